@@ -1,0 +1,82 @@
+"""Errors as types, decided once at the edge where they are raised.
+
+The functions map them to Pub/Sub behaviour without comparing strings:
+
+- `Rejected`: the input is bad or the request is refused. Recorded where the user looks
+  (Firestore, `status`), then the message is acknowledged: retrying cannot help.
+- `Permanent`: an external API refused the call in a way a retry will not fix (403, 404, 422,
+  INVALID_ARGUMENT, FAILED_PRECONDITION...). Recorded as FAILED with the API's message.
+- `Transient`: worth retrying (5xx, 429, timeouts, ABORTED, a lease held by someone else).
+  The function raises, Pub/Sub redelivers with backoff, then dead-letters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input, named by the path of the field that holds it."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class ProvisionerError(Exception):
+    """Base of every error the controller raises on purpose."""
+
+
+class Rejected(ProvisionerError):
+    """Bad input or a refused request; never retried.
+
+    `problems` lists every problem found (validation collects them all rather than stopping at
+    the first). `event_id` and `cluster` carry what could be parsed, so the rejection can be
+    recorded under the cluster the request named.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        problems: tuple[Problem, ...] | list[Problem] = (),
+        *,
+        event_id: str | None = None,
+        cluster: Any = None,
+        kind: str = "invalid",
+        context: dict[str, Any] | None = None,
+    ) -> None:
+        self.reason = reason
+        self.problems = tuple(problems)
+        self.event_id = event_id
+        self.cluster = cluster
+        self.kind = kind
+        self.context = dict(context or {})
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        if not self.problems:
+            return self.reason
+        return self.reason + ": " + "; ".join(str(p) for p in self.problems)
+
+
+class Permanent(ProvisionerError):
+    """An external API refused the call for good (permission, not found, invalid)."""
+
+    def __init__(self, message: str, *, code: str | int | None = None, api: str = "") -> None:
+        self.code = code
+        self.api = api
+        super().__init__(message)
+
+
+class Transient(ProvisionerError):
+    """A failure worth retrying: the function raises so that Pub/Sub redelivers."""
+
+    def __init__(self, message: str, *, code: str | int | None = None, api: str = "") -> None:
+        self.code = code
+        self.api = api
+        super().__init__(message)

@@ -1,0 +1,1 @@
+"""Fixtures for the emulators servers (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""Fixtures for the gke servers (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""Fixtures for the kube servers (filled in by its issue)."""
