@@ -1,0 +1,362 @@
+"""The offline stack: a simulated GCP project on loopback, with the real functions.
+
+Started pieces, all on 127.0.0.1 and free ports:
+- Google's Firestore and Pub/Sub emulators (`sandbox.emulators`);
+- one sandbox Kubernetes API server per simulated cluster (`sandbox.kube`), HTTPS with its own
+  CA and a Bearer token, whose endpoint and CA the GKE sandbox hands out as GKE does;
+- the sandbox GKE ClusterManager gRPC server (`sandbox.gke`) seeded from a scenario file; its
+  audit entries are published to the cluster / node pool topics as a Logging sink would;
+- the four functions, each in its own `functions-framework` process, each fed by a Pub/Sub
+  **push** subscription on its topic, as in production.
+
+The controller code cannot tell this from Google: it only sees environment variables
+(`FIRESTORE_EMULATOR_HOST`, `MULTUS_PROVISIONER_GKE_ENDPOINT`, ...), written to an env file so
+that the CLI (`--sandbox ENV_FILE`), kubectl and tests can reach the same stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SCENARIO = Path(__file__).resolve().parent / "scenarios" / "default.yaml"
+
+# topic name -> (entry point, what it carries)
+TOPICS: dict[str, tuple[str, str]] = {
+    "cluster-events": ("on_cluster_event", "CreateCluster / DeleteCluster audit entries"),
+    "node-pool-events": ("on_node_pool_event", "CreateNodePool / DeleteNodePool audit entries"),
+    "nad-requests": ("on_nad_request", "NAD requests (JSON) from users"),
+    "reconcile": ("reconcile", "scheduled reconcile ticks"),
+}
+FUNCTIONS = tuple(fn for fn, _ in TOPICS.values())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float, what: str, proc: subprocess.Popen | None = None,
+              log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting:\n{tail}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+def load_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read a KEY=VALUE env file as the sandbox writes it (no shell, no expansion)."""
+    out: dict[str, str] = {}
+    text = Path(path).read_text()
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.replace("_", "").isalnum():
+            raise ValueError(f"{path}:{n}: expected KEY=VALUE, got {line[:80]!r}")
+        out[key] = value
+    return out
+
+
+@dataclass
+class Stack:
+    """Start with `start()`, stop with `stop()` (also a context manager)."""
+
+    scenario: Path = DEFAULT_SCENARIO
+    state_dir: Path = field(default_factory=lambda: REPO / ".sandbox")
+    project: str = "multus-sandbox"
+    operation_delay: float = 1.0
+    crd_delay: float = 0.3
+    rollout_delay: float = 1.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+    progress: Callable[[str], None] = lambda _msg: None
+    emulators: Any = None  # an already running sandbox.emulators.Emulators to reuse
+
+    def __post_init__(self) -> None:
+        self.scenario = Path(self.scenario)
+        self.state_dir = Path(self.state_dir)
+        self._own_emulators = self.emulators is None
+        self.gke: Any = None
+        self.kube_servers: dict[str, Any] = {}
+        self.function_urls: dict[str, str] = {}
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._publisher: Any = None
+        self._lock = threading.Lock()
+        self.token = secrets.token_urlsafe(32)
+        self.env: dict[str, str] = {}
+        self.audit_published = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> dict[str, str]:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> dict[str, str]:
+        from sandbox.emulators import Emulators
+
+        (self.state_dir / "kubeconfig").mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        token_file = self.state_dir / "token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(self.token)
+        scenario = yaml.safe_load(self.scenario.read_text())
+        self.project = scenario.get("project", self.project) if isinstance(scenario, dict) else self.project
+        if self.emulators is None:
+            self.progress("starting Google's Firestore and Pub/Sub emulators")
+            self.emulators = Emulators(project=self.project)
+            self.emulators.start()
+        emu_env = self.emulators.env()
+        os.environ.update({k: v for k, v in emu_env.items() if k.endswith("EMULATOR_HOST")})
+        self.env = {
+            "FIRESTORE_EMULATOR_HOST": emu_env["FIRESTORE_EMULATOR_HOST"],
+            "PUBSUB_EMULATOR_HOST": emu_env["PUBSUB_EMULATOR_HOST"],
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "MULTUS_PROVISIONER_PROJECT": self.project,
+            "MULTUS_PROVISIONER_ACCESS_TOKEN_FILE": str(token_file),
+            "MULTUS_PROVISIONER_KUBECONFIG_DIR": str(self.state_dir / "kubeconfig"),
+            "MULTUS_PROVISIONER_CRD_POLL_SECONDS": "0.1",
+            "MULTUS_PROVISIONER_STALL_SECONDS": "5",
+        }
+        template = _template_from_scenario(scenario)
+        if template:
+            self.env["MULTUS_PROVISIONER_NODE_POOL_TEMPLATE"] = json.dumps(template, sort_keys=True)
+        self.env.update(self.extra_env)
+
+        self.progress("starting the sandbox GKE API and one Kubernetes API server per cluster")
+        from sandbox.gke import GkeSandbox, load_scenario
+
+        self.gke = GkeSandbox(load_scenario(self.scenario), on_cluster=self._on_cluster,
+                              on_node_pool=self._on_node_pool, on_cluster_deleted=self._on_cluster_deleted,
+                              audit_sink=self._publish_audit, operation_delay=self.operation_delay)
+        gke_endpoint = self.gke.start(port=0)
+        self.env["MULTUS_PROVISIONER_GKE_ENDPOINT"] = gke_endpoint
+
+        self.progress("creating Pub/Sub topics and starting the functions")
+        self._start_functions()
+        self._create_topics()
+        self.write_env_file(self.state_dir / "env")
+        return self.env
+
+    def stop(self) -> None:
+        for name, proc in list(self._procs.items()):
+            _stop_group(proc)
+            self._procs.pop(name, None)
+        if self.gke is not None:
+            with contextlib.suppress(Exception):
+                self.gke.stop()
+            self.gke = None
+        for server in list(self.kube_servers.values()):
+            with contextlib.suppress(Exception):
+                server.stop()
+        self.kube_servers.clear()
+        if self._publisher is not None:
+            with contextlib.suppress(Exception):
+                self._publisher.stop()
+            self._publisher = None
+        if self._own_emulators and self.emulators is not None:
+            self.emulators.stop()
+            self.emulators = None
+
+    # -- env file ------------------------------------------------------------------------------
+    def write_env_file(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = ["# multus-provisioner sandbox: written by `multus-provisioner sandbox`; KEY=VALUE, no shell"]
+        lines += [f"{k}={v}" for k, v in sorted(self.env.items())]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    # -- clusters: one Kubernetes API server each -------------------------------------------
+    def _on_cluster(self, cluster: Any) -> tuple[str, bytes]:
+        from sandbox.kube import KubeApiServer
+
+        nodes: list[str] = []
+        labels: dict[str, dict[str, str]] = {}
+        for pool in cluster.node_pools:
+            for i in range(max(1, int(pool.initial_node_count or 1))):
+                name = f"gke-{cluster.name}-{pool.name}-{secrets.token_hex(4)}-{i:04d}"[:63]
+                nodes.append(name)
+                labels[name] = {"cloud.google.com/gke-nodepool": pool.name}
+        server = KubeApiServer(token=self.token, nodes=[], crd_delay=self.crd_delay,
+                               rollout_delay=self.rollout_delay, name=cluster.name)
+        server.start(port=0)
+        for name in nodes:
+            server.add_nodes([name], labels=labels[name])
+        with self._lock:
+            old = self.kube_servers.pop(cluster.name, None)
+            self.kube_servers[cluster.name] = server
+        if old is not None:
+            old.stop()
+        server.write_kubeconfig(self.state_dir / "kubeconfig" / f"{cluster.name}.yaml", context=cluster.name)
+        return server.endpoint, server.ca_pem
+
+    def _on_node_pool(self, cluster_ref: Any, pool: Any, node_names: list[str]) -> None:
+        name = getattr(cluster_ref, "cluster", None) or str(cluster_ref).rsplit("/", 1)[-1]
+        server = self.kube_servers.get(name)
+        if server is not None:
+            server.add_nodes(list(node_names), labels={"cloud.google.com/gke-nodepool": pool.name})
+
+    def _on_cluster_deleted(self, cluster_ref: Any, *_: Any) -> None:
+        name = getattr(cluster_ref, "cluster", None) or str(cluster_ref).rsplit("/", 1)[-1]
+        with self._lock:
+            server = self.kube_servers.pop(name, None)
+        if server is not None:
+            server.stop()
+
+    def kube_server(self, cluster: str) -> Any:
+        return self.kube_servers[cluster]
+
+    # -- Pub/Sub: topics, push subscriptions, the Logging-sink stand-in ------------------------
+    def topic_path(self, short: str) -> str:
+        return f"projects/{self.project}/topics/multus-{short}"
+
+    def _create_topics(self) -> None:
+        from google.cloud import pubsub_v1
+
+        publisher = pubsub_v1.PublisherClient()
+        subscriber = pubsub_v1.SubscriberClient()
+        try:
+            for short, (fn, _) in TOPICS.items():
+                topic = self.topic_path(short)
+                dead = topic + "-dead-letter"
+                for t in (topic, dead):
+                    with contextlib.suppress(Exception):  # AlreadyExists when reusing emulators
+                        publisher.create_topic(name=t)
+                sub = f"projects/{self.project}/subscriptions/multus-{short}-push"
+                with contextlib.suppress(Exception):
+                    subscriber.delete_subscription(subscription=sub)
+                subscriber.create_subscription(request={
+                    "name": sub, "topic": topic,
+                    "push_config": {"push_endpoint": self.function_urls[fn]},
+                    "ack_deadline_seconds": 60,
+                    "dead_letter_policy": {"dead_letter_topic": dead, "max_delivery_attempts": 5},
+                    "retry_policy": {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 10}},
+                })
+                dsub = f"projects/{self.project}/subscriptions/multus-{short}-dead-letter"
+                with contextlib.suppress(Exception):
+                    subscriber.create_subscription(request={"name": dsub, "topic": dead})
+                self.env[f"MULTUS_PROVISIONER_TOPIC_{short.upper().replace('-', '_')}"] = topic
+        finally:
+            subscriber.close()
+        self._publisher = _Publisher(publisher)
+
+    def publish(self, short: str, payload: bytes, **attributes: str) -> str:
+        """Publish to one of the stack's topics; returns the message id."""
+        if self._publisher is None:
+            raise RuntimeError("the stack is not started")
+        return self._publisher.publish(self.topic_path(short), payload, attributes)
+
+    def _publish_audit(self, entry: dict[str, Any]) -> None:
+        method = entry.get("protoPayload", {}).get("methodName", "")
+        short = "node-pool-events" if "NodePool" in method else "cluster-events"
+        self.publish(short, json.dumps(entry).encode())
+        self.audit_published += 1
+
+    # -- functions under functions-framework ------------------------------------------------------
+    def _start_functions(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MULTUS_PROVISIONER_")}
+        env.update(self.env)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        env.setdefault("THREADS", "8")
+        ports = {}
+        for fn in FUNCTIONS:
+            port = free_port()
+            log = self.state_dir / "logs" / f"{fn}.log"
+            with open(log, "ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "functions_framework", "--target", fn, "--signature-type",
+                     "cloudevent", "--source", str(REPO / "functions" / "main.py"), "--host", "127.0.0.1",
+                     "--port", str(port)],
+                    cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self._procs[fn] = proc
+            ports[fn] = (port, log)
+        for fn, (port, log) in ports.items():
+            wait_port(port, 30, f"function {fn}", self._procs[fn], log)
+            url = f"http://127.0.0.1:{port}/"
+            self.function_urls[fn] = url
+            self.env[f"MULTUS_PROVISIONER_URL_{fn.upper()}"] = url
+
+    def function_log(self, fn: str) -> str:
+        path = self.state_dir / "logs" / f"{fn}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+class _Publisher:
+    """A small wrapper so the stack publishes synchronously (ordering of the demo's story)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> str:
+        return self.client.publish(topic, data, **attributes).result(timeout=30)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.stop()
+
+
+def _template_from_scenario(scenario: Any) -> dict[str, Any] | None:
+    """The node pool template the sandbox's policy uses: the scenario's first secondary range."""
+    if not isinstance(scenario, dict):
+        return None
+    for sub in scenario.get("subnetworks") or []:
+        if not isinstance(sub, dict):
+            continue
+        ranges = sub.get("secondary_ranges") or {}
+        if isinstance(ranges, dict) and ranges:
+            name = sorted(ranges)[0]
+        elif isinstance(ranges, list) and ranges and isinstance(ranges[0], dict):
+            name = ranges[0].get("name") or ranges[0].get("range_name")
+        else:
+            continue
+        return {"name": "multus-pool", "network": sub.get("network"),
+                "subnetwork": sub.get("subnetwork") or sub.get("name"),
+                "secondary_pod_range": name, "max_pods_per_node": 8, "machine_type": "e2-standard-4",
+                "node_count": 2}
+    return None
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(grace)

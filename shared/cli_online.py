@@ -1,0 +1,422 @@
+"""The online CLI: `sandbox`, `demo`, `request-nad`, `status`, `history`, `verify`.
+
+Kept apart from `shared.cli` (the offline commands) so that `render-nad --help` never imports
+Pub/Sub or Firestore. Every command reads the same Firestore documents through `shared.store`
+as the functions write them, against Google or, with `--sandbox ENV_FILE`, against the sandbox.
+Exit codes as in the offline CLI: 0 fine, 2 invalid input, 1 anything unexpected; `verify`
+answers 4 when the check ran and failed, `demo` 1 when any step missed its expected state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_VERIFY_FAILED = 0, 1, 2, 4
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("sandbox", help="run the offline stack (emulators, GKE and cluster APIs, functions)",
+                              description="Start the whole simulated GCP project on 127.0.0.1 and wait for Ctrl-C.")
+    p.add_argument("--scenario", help="scenario YAML (default: sandbox/scenarios/default.yaml)")
+    p.add_argument("--env-file", default=".sandbox/env", help="where to write the env file (default: .sandbox/env)")
+    p.add_argument("--state-dir", default=".sandbox", help="kubeconfigs, token and logs go here")
+    p.set_defaults(func=cmd_sandbox)
+
+    p = subparsers.add_parser("demo", help="the whole procedure, end to end, in the sandbox",
+                              description="Create clusters, let the controller provision them, attach a pod.")
+    p.add_argument("--scenario", help="scenario YAML (default: sandbox/scenarios/default.yaml)")
+    p.add_argument("--state-dir", default=".sandbox/demo", help="kubeconfigs, token and logs go here")
+    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each milestone")
+    p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    p.set_defaults(func=cmd_demo)
+
+    p = subparsers.add_parser("request-nad", help="publish a NAD request to the controller's topic",
+                              description="Validate a NAD request locally, then publish it with Pub/Sub.")
+    _request_flags(p)
+    p.add_argument("--file", help="request JSON file ('-' for stdin) instead of flags")
+    p.add_argument("--topic", help="topic (name or projects/P/topics/T); default from the environment")
+    p.add_argument("--wait", action="store_true", help="wait until the controller recorded an outcome")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds for --wait")
+    _common(p)
+    p.set_defaults(func=cmd_request_nad)
+
+    p = subparsers.add_parser("status", help="clusters and their NADs as the controller recorded them",
+                              description="Without CLUSTER: every cluster. With CLUSTER: steps, NADs, rejections.")
+    p.add_argument("cluster", nargs="?", help="a cluster name or projects/P/locations/L/clusters/C")
+    _common(p)
+    p.set_defaults(func=cmd_status)
+
+    p = subparsers.add_parser("history", help="the audit trail of one cluster, oldest first")
+    p.add_argument("cluster", help="a cluster name or projects/P/locations/L/clusters/C")
+    p.add_argument("--limit", type=int, default=200, help="at most this many entries (default 200)")
+    _common(p)
+    p.set_defaults(func=cmd_history)
+
+    p = subparsers.add_parser("verify", help="start a pod on a NAD and check that net1 gets an address in range")
+    p.add_argument("cluster", help="a cluster name or projects/P/locations/L/clusters/C")
+    p.add_argument("nad", help="NAMESPACE/NAME of an applied NAD")
+    _common(p)
+    p.set_defaults(func=cmd_verify)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sandbox", metavar="ENV_FILE", help="use the sandbox described by this env file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _request_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", help="projects/P/locations/L/clusters/C")
+    p.add_argument("--name", help="NAD name (DNS-1123 label)")
+    p.add_argument("--namespace", help="namespace (default: default)")
+    p.add_argument("--master", help="node interface (default: eth1)")
+    p.add_argument("--mode", choices=["l2", "l3", "l3s"], help="IPVLAN mode (default: l2)")
+    p.add_argument("--range", help="Whereabouts CIDR (default: the node pool's secondary pod range)")
+    p.add_argument("--range-start", dest="range_start")
+    p.add_argument("--range-end", dest="range_end")
+    p.add_argument("--exclude", action="append", help="CIDR to exclude (repeatable)")
+    p.add_argument("--gateway")
+    p.add_argument("--mtu", type=int)
+    p.add_argument("--request-id", dest="request_id", help="idempotency key")
+    p.add_argument("--delete", action="store_true", help="delete the NAD instead of applying it")
+    p.add_argument("--verify", action="store_true", help="after applying, check that a pod gets net1")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+class UsageError(Exception):
+    """Bad CLI input: exit 2 with this message."""
+
+
+def _load_sandbox(args: argparse.Namespace) -> None:
+    if getattr(args, "sandbox", None):
+        from sandbox.stack import load_env_file
+
+        try:
+            env = load_env_file(args.sandbox)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--sandbox {args.sandbox}: {e}") from None
+        os.environ.update(env)
+
+
+def _settings() -> Any:
+    from shared.settings import ConfigError, Settings
+
+    try:
+        return Settings.from_env()
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def _store(settings: Any) -> Any:
+    from shared.store import Store
+
+    return Store(settings)
+
+
+def _resolve_cluster(store: Any, text: str) -> Any:
+    from shared.errors import Rejected
+    from shared.refs import ClusterRef
+
+    if "/" in text:
+        try:
+            return ClusterRef.parse(text)
+        except Rejected as e:
+            raise UsageError(e.message) from None
+    matches = [r.ref for r in store.list_clusters() if r.ref.cluster == text]
+    if not matches:
+        raise UsageError(f"no cluster named {text!r} is tracked; `multus-provisioner status` lists them")
+    if len(matches) > 1:
+        raise UsageError(f"{text!r} is ambiguous: " + ", ".join(m.path for m in matches))
+    return matches[0]
+
+
+def _ts(value: Any) -> str:
+    if value is None:
+        return "-"
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(_jsonable(obj), indent=2, sort_keys=True, default=str))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r) for r in [header, *rows])
+
+
+# -- request-nad -----------------------------------------------------------------------------
+def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    if args.file:
+        try:
+            text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()  # noqa: SIM115
+            data = json.loads(text)
+        except OSError as e:
+            raise UsageError(f"--file {args.file}: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--file {args.file}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"--file {args.file}: expected a JSON object")
+        return data
+    req: dict[str, Any] = {}
+    for key in ("cluster", "name", "namespace", "master", "mode", "range", "range_start", "range_end",
+                "gateway", "mtu", "request_id"):
+        value = getattr(args, key, None)
+        if value is not None:
+            req[key] = value
+    if args.exclude:
+        req["exclude"] = list(args.exclude)
+    if args.delete:
+        req["action"] = "delete"
+    if args.verify:
+        req["verify"] = True
+    return req
+
+
+def _topic(args: argparse.Namespace, settings: Any) -> str:
+    topic = args.topic or os.environ.get("MULTUS_PROVISIONER_TOPIC_NAD_REQUESTS") or settings.nad_topic
+    if topic.startswith("projects/"):
+        return topic
+    if not settings.project:
+        raise UsageError("no project: set MULTUS_PROVISIONER_PROJECT (or GOOGLE_CLOUD_PROJECT) or give --topic "
+                         "projects/P/topics/T")
+    return f"projects/{settings.project}/topics/{topic}"
+
+
+def publish_request(request: dict[str, Any], topic: str) -> str:
+    """Publish one NAD request (compact JSON) and return the Pub/Sub message id."""
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    try:
+        data = json.dumps(request, sort_keys=True, separators=(",", ":")).encode()
+        return publisher.publish(topic, data).result(timeout=60)
+    finally:
+        publisher.stop()
+
+
+def cmd_request_nad(args: argparse.Namespace) -> int:
+    from shared import nad as nadlib
+    from shared.errors import Rejected
+
+    _load_sandbox(args)
+    request = _request_from_args(args)
+    try:
+        parsed = nadlib.parse_request(request)
+    except Rejected as e:
+        for p in e.problems or ():
+            print(f"error: {p.field}: {p.message}", file=sys.stderr)
+        if not e.problems:
+            print(f"error: {e.message}", file=sys.stderr)
+        return EXIT_INVALID
+    settings = _settings()
+    topic = _topic(args, settings)
+    message_id = publish_request(request, topic)
+    result: dict[str, Any] = {"messageId": message_id, "topic": topic, "cluster": parsed.cluster.path,
+                              "nad": f"{parsed.namespace}/{parsed.name}"}
+    if args.wait:
+        doc = _wait_nad(_store(settings), parsed, args.timeout, quiet=args.json)
+        result["state"] = doc.get("state") if doc else None
+        result["message"] = (doc or {}).get("message")
+    if args.json:
+        _print_json(result)
+    else:
+        print(message_id)
+        if args.wait:
+            print(f"{result['nad']}: {result['state'] or 'no outcome yet'}"
+                  + (f" ({result['message']})" if result.get("message") else ""), file=sys.stderr)
+    return EXIT_OK
+
+
+def _wait_nad(store: Any, req: Any, timeout: float, *, quiet: bool) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        doc = store.get_nad(req.cluster, req.namespace, req.name)
+        state = doc.get("state") if doc else None
+        if state != last and not quiet:
+            print(f"  {req.namespace}/{req.name}: {state or 'waiting for the controller'}", file=sys.stderr)
+            last = state
+        if state in ("APPLIED", "VERIFIED", "REJECTED", "FAILED", "DELETED"):
+            return doc
+        time.sleep(0.5)
+    return store.get_nad(req.cluster, req.namespace, req.name)
+
+
+# -- status / history -------------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> int:
+    _load_sandbox(args)
+    store = _store(_settings())
+    if args.cluster:
+        return _status_one(store, _resolve_cluster(store, args.cluster), args.json)
+    records = store.list_clusters()
+    out = []
+    for rec in records:
+        nads = Counter(n.get("state") for n in store.list_nads(rec.ref))
+        out.append({"cluster": rec.ref.path, "state": rec.state, "version": rec.data.get("version"),
+                    "bundleVersion": rec.data.get("bundleVersion"), "nads": dict(nads),
+                    "updatedAt": rec.data.get("updatedAt"), "lastError": rec.data.get("lastError")})
+    if args.json:
+        _print_json({"clusters": out})
+        return EXIT_OK
+    if not out:
+        print("no clusters tracked yet")
+        return EXIT_OK
+    rows = [[o["cluster"], o["state"], o["version"] or "-", o["bundleVersion"] or "-",
+             ", ".join(f"{k} {v}" for k, v in sorted(o["nads"].items())) or "-", _ts(o["updatedAt"])]
+            for o in out]
+    print(_table(rows, ["CLUSTER", "STATE", "VERSION", "BUNDLE", "NADS", "UPDATED"]))
+    return EXIT_OK
+
+
+def _status_one(store: Any, ref: Any, as_json: bool) -> int:
+    rec = store.get_cluster(ref)
+    nads = store.list_nads(ref)
+    rejections = store.list_rejections(ref)
+    history, _ = store.history(ref, page_size=500)
+    if rec is None and not nads and not rejections:
+        raise UsageError(f"{ref.path} is not tracked")
+    doc = dict(rec.data) if rec else {}
+    doc.pop("lease", None)
+    if as_json:
+        _print_json({"cluster": ref.path, "state": rec.state if rec else None, "document": doc,
+                     "steps": history, "nads": nads, "rejections": rejections})
+        return EXIT_OK
+    print(f"cluster   {ref.path}")
+    print(f"state     {rec.state if rec else 'not tracked (NAD requests are waiting for it)'}")
+    for key, label in (("version", "version"), ("bundleVersion", "bundle"), ("nodePool", "node pool"),
+                       ("rollout", "rollout"), ("lastError", "last error")):
+        value = doc.get(key)
+        if value:
+            shown = json.dumps(_jsonable(value), sort_keys=True) if isinstance(value, dict) else value
+            print(f"{label:<9} {shown}")
+    findings = doc.get("findings") or []
+    if findings:
+        print("findings")
+        for f in findings:
+            print(f"  - [{f.get('severity')}] {f.get('id')}: {f.get('message')}\n      fix: {f.get('fix')}")
+    print("steps")
+    for h in history[-15:]:
+        print(f"  {_ts(h.get('at'))}  {h.get('step', ''):<18} {h.get('outcome', ''):<8} {h.get('message', '')}")
+    print("nads")
+    if not nads:
+        print("  (none)")
+    for n in nads:
+        extra = n.get("range") or ""
+        reasons = "; ".join(n.get("reasons") or [])
+        print(f"  {n.get('namespace')}/{n.get('name'):<24} {n.get('state'):<9} {extra} {reasons}".rstrip())
+    if rejections:
+        print("rejected requests")
+        for r in rejections:
+            problems = "; ".join(f"{p.get('field')}: {p.get('message')}" for p in r.get("problems") or [])
+            print(f"  {_ts(r.get('at'))}  {r.get('reason')}{': ' + problems if problems else ''}")
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    _load_sandbox(args)
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    store = _store(_settings())
+    ref = _resolve_cluster(store, args.cluster)
+    entries: list[dict[str, Any]] = []
+    token = None
+    while len(entries) < args.limit:
+        page, token = store.history(ref, page_size=min(100, args.limit - len(entries)), page_token=token)
+        entries += page
+        if not token:
+            break
+    if args.json:
+        _print_json({"cluster": ref.path, "history": entries})
+        return EXIT_OK
+    if not entries:
+        print(f"no history for {ref.path}")
+    for h in entries:
+        print(f"{_ts(h.get('at'))}  {h.get('state', '') or '':<19} {h.get('step', ''):<18} "
+              f"{h.get('outcome', ''):<8} {h.get('message', '')}")
+    return EXIT_OK
+
+
+# -- verify ----------------------------------------------------------------------------------
+def cmd_verify(args: argparse.Namespace) -> int:
+    from shared.errors import Permanent, Rejected, Transient
+    from shared.workflow import Workflow
+
+    _load_sandbox(args)
+    namespace, sep, name = args.nad.partition("/")
+    if not sep or not namespace or not name:
+        raise UsageError(f"NAD must be NAMESPACE/NAME, got {args.nad!r}")
+    settings = _settings()
+    store = _store(settings)
+    ref = _resolve_cluster(store, args.cluster)
+    wf = Workflow(settings, store=store)
+    try:
+        out = wf.verify(ref, namespace, name, event_id=f"cli-verify-{uuid.uuid4().hex[:12]}")
+    except Rejected as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return EXIT_INVALID
+    except (Transient, Permanent) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        _print_json({"cluster": ref.path, "nad": args.nad, "state": out.state, "ok": out.status == "done",
+                     "message": out.message})
+    else:
+        print(f"{args.nad}: {out.state}: {out.message}")
+    return EXIT_OK if out.status == "done" else EXIT_VERIFY_FAILED
+
+
+# -- sandbox ---------------------------------------------------------------------------------
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    import signal
+    from pathlib import Path
+
+    from sandbox.stack import DEFAULT_SCENARIO, Stack
+
+    stack = Stack(scenario=Path(args.scenario) if args.scenario else DEFAULT_SCENARIO,
+                  state_dir=Path(args.state_dir), progress=lambda m: print(f"... {m}", file=sys.stderr))
+    stopping = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        env = stack.start()
+        path = stack.write_env_file(args.env_file)
+        for key in sorted(env):
+            print(f"{key}={env[key]}")
+        print(f"# env file: {path}\n# kubeconfigs: {env['MULTUS_PROVISIONER_KUBECONFIG_DIR']}\n"
+              f"# try: multus-provisioner status --sandbox {path}\n# Ctrl-C stops everything.", flush=True)
+        while not stopping:
+            time.sleep(0.2)
+    finally:
+        print("... stopping the sandbox", file=sys.stderr)
+        stack.stop()
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sandbox.demo import run_demo
+
+    return run_demo(args)

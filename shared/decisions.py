@@ -1,0 +1,169 @@
+"""The pure decision core: given what is known, what is the next step?
+
+Nothing here talks to an API. The workflow (`shared.workflow`) gathers facts through the
+adapters, asks these functions what to do, performs the side effect and records the outcome.
+Keeping decisions pure makes every branch of the state machine testable without servers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# Cluster workflow states (the words shown in Firestore and `status`).
+DISCOVERED = "DISCOVERED"  # known; waiting for the cluster to finish provisioning
+IGNORED = "IGNORED"  # not opted in: left alone
+INELIGIBLE = "INELIGIBLE"  # prechecks failed: findings say what to fix
+AWAITING_NODE_POOL = "AWAITING_NODE_POOL"  # eligible; needs a pool with additional networks
+CREATING_NODE_POOL = "CREATING_NODE_POOL"  # the controller asked GKE for one
+INSTALLING = "INSTALLING"  # applying the Multus + Whereabouts bundle
+READY = "READY"  # bundle installed, CRDs Established
+FAILED = "FAILED"  # a permanent error; lastError says why
+DELETED = "DELETED"  # the cluster is gone; nothing is applied to it again
+
+CLUSTER_STATES = (DISCOVERED, IGNORED, INELIGIBLE, AWAITING_NODE_POOL, CREATING_NODE_POOL,
+                  INSTALLING, READY, FAILED, DELETED)
+# States a lost event could leave hanging: `reconcile` resumes them once they are stale.
+RESUMABLE = (DISCOVERED, AWAITING_NODE_POOL, CREATING_NODE_POOL, INSTALLING)
+
+# NAD states.
+NAD_PENDING = "PENDING"
+NAD_APPLIED = "APPLIED"
+NAD_VERIFIED = "VERIFIED"
+NAD_REJECTED = "REJECTED"
+NAD_FAILED = "FAILED"
+NAD_DELETED = "DELETED"
+NAD_LIVE = (NAD_APPLIED, NAD_VERIFIED)
+NAD_COUNTED = (NAD_PENDING, NAD_APPLIED, NAD_VERIFIED)
+
+BLOCKING_FINDING_EXEMPT = "node-pool-networks"
+
+
+@dataclass(frozen=True)
+class ClusterStep:
+    """What to do with a cluster now. `kind` is one of the class constants."""
+
+    kind: str
+    state: str
+    message: str
+    pool: Any = None  # PoolNetworks chosen for INSTALL
+    findings: tuple[Any, ...] = ()
+
+    IGNORE = "ignore"
+    WAIT = "wait"
+    INELIGIBLE = "ineligible"
+    CREATE_POOL = "create-pool"
+    AWAIT_POOL = "await-pool"
+    INSTALL = "install"
+    NOTHING = "nothing"
+    CLOSED = "closed"
+
+
+def decide_cluster(*, state: str | None, facts: Any, findings: Sequence[Any], opted_in: bool,
+                   suitable: Sequence[Any], have_template: bool, bundle_version: str) -> ClusterStep:
+    """The next step for a cluster, from its recorded state and what GKE says now.
+
+    `facts` is a `prechecks.ClusterFacts`; `findings` the prechecks' findings; `suitable` the
+    node pools that have both an additional node network and an additional pod network.
+    """
+    if state == DELETED:
+        return ClusterStep(ClusterStep.CLOSED, DELETED, "cluster was deleted; nothing is applied to it")
+    if not opted_in:
+        return ClusterStep(ClusterStep.IGNORE, IGNORED, "cluster is not opted in (label missing); left alone")
+    status = (getattr(facts, "status", "") or "").upper()
+    if status in ("PROVISIONING", "RECONCILING", "STATUS_UNSPECIFIED", ""):
+        return ClusterStep(ClusterStep.WAIT, DISCOVERED,
+                           f"cluster is {status or 'in an unknown status'}; waiting for it to be RUNNING")
+    if status in ("STOPPING", "ERROR", "DEGRADED"):
+        return ClusterStep(ClusterStep.WAIT, state or DISCOVERED, f"cluster status is {status}; not acting now")
+    blocking = [f for f in findings if getattr(f, "severity", "error") == "error"
+                and getattr(f, "id", "") != BLOCKING_FINDING_EXEMPT]
+    if blocking:
+        return ClusterStep(ClusterStep.INELIGIBLE, INELIGIBLE,
+                           f"{len(blocking)} precheck(s) failed: " + "; ".join(f.message for f in blocking),
+                           findings=tuple(blocking))
+    if not suitable:
+        if state == CREATING_NODE_POOL:
+            return ClusterStep(ClusterStep.WAIT, CREATING_NODE_POOL,
+                               "node pool creation requested; waiting for its completion event")
+        if have_template:
+            return ClusterStep(ClusterStep.CREATE_POOL, CREATING_NODE_POOL,
+                               "no node pool with additional networks; creating one from the policy template")
+        missing = [f for f in findings if getattr(f, "id", "") == BLOCKING_FINDING_EXEMPT]
+        return ClusterStep(ClusterStep.AWAIT_POOL, AWAITING_NODE_POOL,
+                           "waiting for a node pool with an additional node network and pod network"
+                           + (f" ({missing[0].fix})" if missing and getattr(missing[0], "fix", "") else ""),
+                           findings=tuple(missing))
+    pool = sorted(suitable, key=lambda p: p.name)[0]
+    if state == READY:
+        return ClusterStep(ClusterStep.NOTHING, READY, "cluster is READY", pool=pool)
+    return ClusterStep(ClusterStep.INSTALL, INSTALLING,
+                       f"node pool {pool.name} has additional networks; installing bundle {bundle_version}",
+                       pool=pool)
+
+
+@dataclass(frozen=True)
+class NadStep:
+    kind: str  # apply | pending | reject | delete
+    state: str
+    message: str
+    range: str | None = None
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+    APPLY = "apply"
+    PENDING = "pending"
+    REJECT = "reject"
+    DELETE = "delete"
+
+
+def decide_nad(*, request: Any, cluster_state: str | None, pool_cidr: str | None,
+               existing: Iterable[Mapping[str, Any]], namespace_problem: str | None,
+               max_nads: int) -> NadStep:
+    """What to do with a validated NAD request on a cluster in `cluster_state`.
+
+    `existing` are the cluster's NAD documents (dicts with namespace, name, state, master, range).
+    """
+    key = f"{request.namespace}~{request.name}"
+    if request.action == "delete":
+        return NadStep(NadStep.DELETE, NAD_DELETED, f"delete {request.namespace}/{request.name}")
+    if namespace_problem:
+        return NadStep(NadStep.REJECT, NAD_REJECTED, namespace_problem, reasons=(namespace_problem,))
+    if cluster_state in (IGNORED, INELIGIBLE, DELETED):
+        why = {IGNORED: "the cluster is not opted in",
+               INELIGIBLE: "the cluster is INELIGIBLE (see its findings)",
+               DELETED: "the cluster was deleted"}[cluster_state]
+        return NadStep(NadStep.REJECT, NAD_REJECTED, why, reasons=(why,))
+    others = [n for n in existing if n.get("key", f"{n.get('namespace')}~{n.get('name')}") != key]
+    live = [n for n in others if n.get("state") in NAD_COUNTED]
+    if len(live) >= max_nads:
+        why = f"the cluster already has {len(live)} NADs (policy limit {max_nads})"
+        return NadStep(NadStep.REJECT, NAD_REJECTED, why, reasons=(why,))
+    if cluster_state != READY or not pool_cidr:
+        return NadStep(NadStep.PENDING, NAD_PENDING,
+                       f"cluster is {cluster_state or 'not known yet'}; the NAD is applied once it is READY")
+    cidr = request.range or pool_cidr
+    reasons = []
+    if request.range and not _within(request.range, pool_cidr):
+        reasons.append(f"range {request.range} is not inside the node pool's secondary pod range {pool_cidr}")
+    for other in others:
+        if other.get("state") not in NAD_LIVE or other.get("master") != request.master or not other.get("range"):
+            continue
+        if _overlap(cidr, other["range"]):
+            reasons.append(f"range {cidr} overlaps {other.get('namespace')}/{other.get('name')} "
+                           f"({other['range']}) on master {request.master}")
+    if reasons:
+        return NadStep(NadStep.REJECT, NAD_REJECTED, "; ".join(reasons), reasons=tuple(reasons))
+    return NadStep(NadStep.APPLY, NAD_APPLIED, f"apply {request.namespace}/{request.name} with range {cidr}",
+                   range=cidr)
+
+
+def _within(inner: str, outer: str) -> bool:
+    a, b = ipaddress.ip_network(inner, strict=False), ipaddress.ip_network(outer, strict=False)
+    return a.version == b.version and a.subnet_of(b)  # type: ignore[arg-type]
+
+
+def _overlap(x: str, y: str) -> bool:
+    a, b = ipaddress.ip_network(x, strict=False), ipaddress.ip_network(y, strict=False)
+    return a.version == b.version and a.overlaps(b)

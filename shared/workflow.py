@@ -1,0 +1,691 @@
+"""The workflow: each event moves a cluster (or a NAD) through its steps, one at a time.
+
+Shape of every handler (DESIGN.md): read the workflow and claim the step in one Firestore
+transaction (with a short lease), ask the pure decision core (`shared.decisions`) what to do,
+perform the side effect (idempotent: server-side apply with a fixed field manager, create
+node pool where ALREADY_EXISTS means done), then record the outcome, the history entry and,
+at the end, the ledger entry in one transaction.
+
+Errors are decided where they arise (adapters raise `Transient` / `Permanent`, decoders raise
+`Rejected`); here they only choose between "record and acknowledge" and "release and retry".
+The adapters are built lazily so that a function instance pays for the SDKs it uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import decisions as d
+from shared import logs
+from shared.errors import Permanent, Rejected, Transient
+from shared.policy import Policy
+from shared.refs import ClusterRef
+from shared.settings import Settings
+
+# Each NAD request costs one cluster API request; the verify pod a few more.
+VERIFY_IMAGE = "registry.k8s.io/pause:3.9"
+NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
+KUBE_CACHE_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a handler did, for the function's log line and for tests."""
+
+    status: str  # done | duplicate | ignored | rejected | failed | pending | waiting
+    message: str
+    cluster: str | None = None
+    state: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Workflow:
+    def __init__(self, settings: Settings, *, store: Any = None, gke: Any = None,
+                 kube_factory: Callable[[Any], Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._store = store
+        self._gke = gke
+        self._kube_factory = kube_factory
+        self._kube_cache: dict[str, tuple[float, Any]] = {}
+        self._policy: tuple[float, Policy] | None = None
+        self._clock = clock
+
+    # -- adapters, built on first use -------------------------------------------------------
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from shared.store import Store
+
+            self._store = Store(self.settings)
+        return self._store
+
+    @property
+    def gke(self) -> Any:
+        if self._gke is None:
+            from shared.gke import Gke
+
+            self._gke = Gke(self.settings)
+        return self._gke
+
+    def kube_for(self, ref: ClusterRef, cluster: Any = None) -> Any:
+        """A cluster API engine for `ref`, cached per process for a few minutes.
+
+        A warm function instance handling many NAD requests for one cluster then makes one
+        cluster API request per NAD, not a GKE call plus credentials each time.
+        """
+        now = self._clock()
+        hit = self._kube_cache.get(ref.doc_id)
+        if hit and hit[0] > now and cluster is None:
+            return hit[1]
+        if cluster is None:
+            cluster = self.gke.get_cluster(ref)
+        if self._kube_factory is not None:
+            kube = self._kube_factory(cluster)
+        else:
+            from shared.kube import Kube
+
+            kube = Kube(self.gke.api_client(cluster))
+        self._kube_cache[ref.doc_id] = (now + KUBE_CACHE_SECONDS, kube)
+        return kube
+
+    def policy(self) -> Policy:
+        """Settings merged with the Firestore `config/policy` document (re-read every minute)."""
+        now = self._clock()
+        if self._policy and self._policy[0] > now:
+            return self._policy[1]
+        policy = Policy.from_settings(self.settings)
+        if self.settings.policy_document:
+            policy = policy.merged(self.store.get_policy())
+        self._policy = (now + 60.0, policy)
+        return policy
+
+    def bundle(self) -> Any:
+        from shared.multus import load_bundle
+
+        s = self.settings
+        return load_bundle(multus_image=s.multus_image, whereabouts_image=s.whereabouts_image,
+                           allow_unpinned=s.allow_unpinned_images, log_level=s.multus_log_level)
+
+    # -- audit events ------------------------------------------------------------------------
+    def handle_audit(self, ev: Any) -> Outcome:
+        """A GKE audit entry: cluster or node pool created or deleted."""
+        ref: ClusterRef = ev.cluster
+        if ev.status_code:
+            return self._note(ref, ev.event_id, "audit",
+                              f"{ev.method} failed in GKE (status {ev.status_code}); nothing to do",
+                              outcome="ignored")
+        if ev.action == "cluster.deleted":
+            if not ev.last:
+                return self._note(ref, ev.event_id, "cluster-deleting",
+                                  "cluster deletion started; closing the workflow when it completes",
+                                  outcome="ignored")
+            return self._close(ref, ev.event_id)
+        if ev.action == "cluster.created" and not ev.last:
+            return self._discover(ref, ev.event_id)
+        if ev.action == "node_pool.created" and not ev.last:
+            return self._note(ref, ev.event_id, "node-pool-creating",
+                              f"node pool {ev.node_pool} is being created", outcome="ignored")
+        if ev.action == "node_pool.deleted" and not ev.last:
+            return self._note(ref, ev.event_id, "node-pool-deleting",
+                              f"node pool {ev.node_pool} is being deleted", outcome="ignored")
+        trigger = {"cluster.created": "cluster created",
+                   "node_pool.created": f"node pool {ev.node_pool} created",
+                   "node_pool.deleted": f"node pool {ev.node_pool} deleted"}[ev.action]
+        create = ev.action == "cluster.created"
+        return self.drive(ref, ev.event_id, trigger=trigger, create=create or None)
+
+    def _note(self, ref: ClusterRef, event_id: str, step: str, message: str, *, outcome: str) -> Outcome:
+        """Record an event that needs no step: in the cluster's history when we know the cluster."""
+        store = self.store
+        rec = store.get_cluster(ref)
+        if rec is None:
+            store.record_ledger(event_id, event_id=event_id, step=step, outcome=outcome, cluster=ref)
+            return Outcome("ignored", message + " (cluster not tracked)", ref.path)
+        from shared.store import AlreadyHandled
+
+        try:
+            store.claim(ref, event_id=event_id, step=step, ledger_key=event_id)
+            rec = store.advance(ref, event_id=event_id, step=step, outcome=outcome, message=message,
+                                ledger_key=event_id, release=True)
+        except AlreadyHandled:
+            return Outcome("duplicate", "event already handled", ref.path)
+        return Outcome("ignored", message, ref.path, rec.state)
+
+    def _discover(self, ref: ClusterRef, event_id: str) -> Outcome:
+        """CreateCluster started: record the cluster as DISCOVERED; the last entry resumes it."""
+        from shared.store import AlreadyHandled
+
+        store = self.store
+        try:
+            rec = store.claim(ref, event_id=event_id, step="discover", ledger_key=event_id,
+                              create_state=d.DISCOVERED, create_fields=_cluster_fields(ref))
+        except AlreadyHandled:
+            return Outcome("duplicate", "event already handled", ref.path)
+        message = "cluster creation started; waiting for it to finish"
+        rec = store.advance(ref, event_id=event_id, step="discover", message=message,
+                            ledger_key=event_id, release=True)
+        return Outcome("waiting", message, ref.path, rec.state)
+
+    def _close(self, ref: ClusterRef, event_id: str) -> Outcome:
+        from shared.store import AlreadyHandled
+
+        store = self.store
+        if store.get_cluster(ref) is None:
+            store.record_ledger(event_id, event_id=event_id, step="close", outcome="ignored", cluster=ref)
+            return Outcome("ignored", "deletion of a cluster the controller never tracked", ref.path)
+        try:
+            store.claim(ref, event_id=event_id, step="close", ledger_key=event_id)
+        except AlreadyHandled:
+            return Outcome("duplicate", "event already handled", ref.path)
+        rec = store.advance(ref, event_id=event_id, step="close", state=d.DELETED,
+                            message="cluster deleted; workflow closed, nothing is applied to it again",
+                            ledger_key=event_id, release=True)
+        self._kube_cache.pop(ref.doc_id, None)
+        return Outcome("done", "workflow closed", ref.path, rec.state)
+
+    # -- the cluster state machine -----------------------------------------------------------
+    def drive(self, ref: ClusterRef, event_id: str, *, trigger: str, create: bool | None = True) -> Outcome:
+        """Take the cluster as far as it can go now. Safe to call again with the same event id."""
+        from shared.store import AlreadyHandled
+
+        store = self.store
+        cursor = _Cursor("precheck")
+        try:
+            rec = store.claim(ref, event_id=event_id, step=cursor.step, ledger_key=event_id,
+                              create_state=d.DISCOVERED if create is not False else None,
+                              create_fields=_cluster_fields(ref))
+        except AlreadyHandled:
+            return Outcome("duplicate", "event already handled", ref.path)
+        except Rejected as e:
+            if e.kind == "unknown-cluster":
+                return Outcome("ignored", "cluster not tracked", ref.path)
+            raise
+        try:
+            return self._drive_claimed(ref, rec, event_id, trigger, cursor)
+        except Transient as e:
+            rec = store.release(ref, event_id=event_id, step=cursor.step,
+                                error=f"{cursor.step}: {e}", outcome="retry")
+            attempts = int(rec.data.get("attempts", 0) or 0)
+            if attempts >= self.settings.max_attempts:
+                return self._fail(ref, event_id, cursor.step,
+                                  f"gave up after {attempts} attempts; last error: {e}")
+            logs.warning("transient failure; Pub/Sub will redeliver", eventId=event_id, cluster=ref.path,
+                         step=cursor.step, error=str(e), attempt=attempts)
+            raise
+        except Permanent as e:
+            return self._fail(ref, event_id, cursor.step, f"{cursor.step}: {e}")
+
+    def _fail(self, ref: ClusterRef, event_id: str, step: str, message: str) -> Outcome:
+        store = self.store
+        store.release(ref, event_id=event_id, step=step, error=message, outcome="failed",
+                      state=d.FAILED, count_attempt=False)
+        store.record_ledger(event_id, event_id=event_id, step=step, outcome="failed", cluster=ref)
+        logs.error("step failed permanently", eventId=event_id, cluster=ref.path, step=step, error=message)
+        return Outcome("failed", message, ref.path, d.FAILED)
+
+    def _drive_claimed(self, ref: ClusterRef, rec: Any, event_id: str, trigger: str,
+                       cursor: _Cursor) -> Outcome:
+        from shared import prechecks
+
+        store = self.store
+        if rec.state == d.DELETED:
+            store.advance(ref, event_id=event_id, step="precheck", outcome="skipped",
+                          message=f"{trigger}: the workflow is closed", ledger_key=event_id, release=True)
+            return Outcome("ignored", "workflow closed", ref.path, d.DELETED)
+        try:
+            cluster = self.gke.get_cluster(ref)
+        except Permanent as e:
+            if str(e.code).upper() in ("NOT_FOUND", "404", "5"):
+                rec = store.advance(ref, event_id=event_id, step="precheck", state=d.DELETED,
+                                    message=f"{trigger}: cluster no longer exists in GKE",
+                                    ledger_key=event_id, release=True)
+                return Outcome("done", "cluster no longer exists", ref.path, rec.state)
+            raise
+        facts = prechecks.ClusterFacts.of(cluster)
+        findings = prechecks.precheck(cluster)
+        policy = self.policy()
+        suitable = prechecks.suitable_pools(list(cluster.node_pools))
+        bundle = self.bundle()
+        step = d.decide_cluster(state=rec.state, facts=facts, findings=findings,
+                                opted_in=policy.opted_in(dict(facts.labels)), suitable=suitable,
+                                have_template=policy.node_pool_template is not None,
+                                bundle_version=bundle.version)
+        base = {"version": facts.version, "status": facts.status,
+                "findings": [f.to_dict() for f in findings], "trigger": trigger}
+        finish = {"attempts": 0}
+        if step.kind in (step.CLOSED, step.IGNORE, step.WAIT, step.INELIGIBLE, step.AWAIT_POOL):
+            rec = store.advance(ref, event_id=event_id, step="precheck", state=step.state,
+                                outcome="ignored" if step.kind == step.IGNORE else "ok",
+                                message=f"{trigger}: {step.message}", fields={**base, **finish},
+                                ledger_key=event_id, release=True)
+            if step.kind in (step.IGNORE, step.INELIGIBLE):
+                self._reject_pending(ref, event_id, step.message)
+            status = {"ignore": "ignored", "ineligible": "done", "closed": "ignored"}.get(step.kind, "waiting")
+            return Outcome(status, step.message, ref.path, rec.state)
+        if step.kind == step.CREATE_POOL:
+            cursor.step = "create-node-pool"
+            tpl = policy.node_pool_template
+            operation = self.gke.create_node_pool(ref, tpl)
+            rec = store.advance(ref, event_id=event_id, step="create-node-pool", state=d.CREATING_NODE_POOL,
+                                message=f"{trigger}: {step.message} ({tpl.name}"
+                                        + (f", operation {operation})" if operation else ", already exists)"),
+                                fields={**base, **finish, "nodePoolRequested": {
+                                    "name": tpl.name, "operation": operation or "",
+                                    "subnetwork": tpl.subnetwork, "secondaryPodRange": tpl.secondary_pod_range}},
+                                ledger_key=event_id, release=True)
+            return Outcome("waiting", step.message, ref.path, rec.state)
+        pool = step.pool
+        pod_net = pool.pod_networks[0]
+        node_pool = dict(rec.data.get("nodePool") or {})
+        if node_pool.get("name") != pool.name or not node_pool.get("cidr"):
+            cursor.step = "resolve-range"
+            cidr = self.gke.secondary_range_cidr(ref, pod_net.subnetwork, pod_net.secondary_pod_range)
+            node_pool = {"name": pool.name, "subnetwork": pod_net.subnetwork,
+                         "secondaryPodRange": pod_net.secondary_pod_range, "cidr": cidr,
+                         "maxPodsPerNode": pod_net.max_pods_per_node}
+        if step.kind == step.INSTALL or rec.data.get("bundleVersion") != bundle.version:
+            cursor.step = "install"
+            rec = store.advance(ref, event_id=event_id, step="precheck", state=d.INSTALLING,
+                                message=f"{trigger}: {step.message}",
+                                fields={**base, "nodePool": node_pool}, next_step="install")
+            kube = self.kube_for(ref, cluster)
+            report = self._install(kube, bundle, cursor)
+            rec = store.advance(ref, event_id=event_id, step="install", state=d.READY,
+                                message=(f"bundle {bundle.version} applied ({report['objects']} objects, "
+                                         f"{report['requests']} API requests); CRDs Established; "
+                                         f"DaemonSet {report['rollout']}"),
+                                fields={**finish, "bundleVersion": bundle.version, "rollout": report["rollout"],
+                                        "installRequests": report["requests"], "lastError": None},
+                                next_step="apply-nads")
+            applied = self._apply_pending(ref, rec, kube, event_id, policy, first_ready=True)
+        else:
+            kube = self.kube_for(ref, cluster)
+            applied = self._apply_pending(ref, rec, kube, event_id, policy, first_ready=False)
+        rec = store.advance(ref, event_id=event_id, step="apply-nads",
+                            message=f"{trigger}: READY; {applied} pending NAD(s) processed",
+                            fields={"nodePool": node_pool}, ledger_key=event_id, release=True)
+        return Outcome("done", "cluster READY", ref.path, rec.state, {"nads": applied})
+
+    def _install(self, kube: Any, bundle: Any, cursor: _Cursor) -> dict[str, Any]:
+        """Apply CRDs, wait until Established, then the rest: nothing uses a CRD before it serves."""
+        before = kube.requests
+        crds = [o for o in bundle.objects if o["kind"] == "CustomResourceDefinition"]
+        rest = [o for o in bundle.objects if o["kind"] != "CustomResourceDefinition"]
+        cursor.step = "apply-crds"
+        kube.apply(crds)
+        cursor.step = "wait-crds"
+        kube.wait_established(bundle.crd_names, timeout=self.settings.crd_timeout_seconds,
+                              poll=self.settings.crd_poll_seconds)
+        cursor.step = "apply-bundle"
+        kube.apply(rest)
+        cursor.step = "rollout"
+        rollout = kube.daemonset_rollout(*bundle.daemonset)
+        cursor.step = "install"
+        return {"objects": len(bundle.objects), "requests": kube.requests - before,
+                "rollout": {"desired": rollout.desired, "updated": rollout.updated,
+                            "ready": rollout.ready, "available": rollout.available}}
+
+    # -- NADs ----------------------------------------------------------------------------------
+    def handle_nad(self, ev: Any) -> Outcome:
+        """A validated NAD request: decide, apply (or wait, or reject), record."""
+        req = ev.request
+        ref: ClusterRef = req.cluster
+        store = self.store
+        ledger = _nad_ledger_key(ev.event_id, req)
+        if store.seen(ledger):
+            return Outcome("duplicate", "request already handled", ref.path)
+        rec = store.get_cluster(ref)
+        cluster_state = rec.state if rec else None
+        pool_cidr = ((rec.data.get("nodePool") or {}).get("cidr")) if rec else None
+        existing = store.list_nads(ref)
+        policy = self.policy()
+        step = d.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr,
+                            existing=existing, namespace_problem=policy.namespace_problem(req.namespace),
+                            max_nads=policy.max_nads_per_cluster)
+        return self._carry_out_nad(ref, req, step, ev.event_id, ledger, cluster_state)
+
+    def _carry_out_nad(self, ref: ClusterRef, req: Any, step: d.NadStep, event_id: str, ledger: str,
+                       cluster_state: str | None) -> Outcome:
+        from shared import nad as nadlib
+
+        store = self.store
+        fields = _nad_fields(req)
+        label = f"{req.namespace}/{req.name}"
+        if step.kind == step.DELETE:
+            deleted = False
+            if cluster_state == d.READY:
+                try:
+                    deleted = self.kube_for(ref).delete_nad(req.namespace, req.name)
+                except Permanent as e:
+                    return self._nad_failed(ref, req, event_id, ledger, "delete", e)
+            message = f"{label} deleted" + ("" if deleted else " (it was not on the cluster)")
+            wrote = store.put_nad(ref, req.namespace, req.name, event_id=event_id, step="delete-nad",
+                                  state=d.NAD_DELETED, fields=fields, message=message, ledger_key=ledger)
+            return Outcome("done" if wrote else "duplicate", message, ref.path, d.NAD_DELETED)
+        if step.kind in (step.REJECT, step.PENDING):
+            extra = {"reasons": list(step.reasons)} if step.reasons else {}
+            wrote = store.put_nad(ref, req.namespace, req.name, event_id=event_id,
+                                  step="reject-nad" if step.kind == step.REJECT else "queue-nad",
+                                  state=step.state, fields={**fields, **extra},
+                                  outcome="rejected" if step.kind == step.REJECT else "ok",
+                                  message=f"{label}: {step.message}", ledger_key=ledger)
+            status = "rejected" if step.kind == step.REJECT else "pending"
+            return Outcome(status if wrote else "duplicate", step.message, ref.path, step.state)
+        obj = nadlib.render_nad(req, step.range)
+        fields.update({"range": step.range, "config": obj["spec"]["config"]})
+        try:
+            kube = self.kube_for(ref)
+            result = kube.apply_nad(obj)
+        except Permanent as e:
+            return self._nad_failed(ref, req, event_id, ledger, "apply", e)
+        fields["resourceVersion"] = getattr(result, "resource_version", "")
+        state, message = d.NAD_APPLIED, f"{label} applied with range {step.range}"
+        if req.verify:
+            ok, detail = self._verify_pod(kube, req, step.range, ref)
+            fields["verification"] = {"ok": ok, "message": detail}
+            state = d.NAD_VERIFIED if ok else d.NAD_APPLIED
+            message += f"; verify: {detail}"
+        wrote = store.put_nad(ref, req.namespace, req.name, event_id=event_id, step="apply-nad",
+                              state=state, fields=fields, message=message, ledger_key=ledger)
+        return Outcome("done" if wrote else "duplicate", message, ref.path, state)
+
+    def _nad_failed(self, ref: ClusterRef, req: Any, event_id: str, ledger: str, what: str,
+                    err: Exception) -> Outcome:
+        message = f"{req.namespace}/{req.name}: {what} refused by the cluster: {err}"
+        self.store.put_nad(ref, req.namespace, req.name, event_id=event_id, step=f"{what}-nad",
+                           state=d.NAD_FAILED, fields={**_nad_fields(req), "lastError": str(err)},
+                           outcome="failed", message=message, ledger_key=ledger)
+        return Outcome("failed", message, ref.path, d.NAD_FAILED)
+
+    def _apply_pending(self, ref: ClusterRef, rec: Any, kube: Any, event_id: str, policy: Policy,
+                       *, first_ready: bool) -> int:
+        """Apply the NADs that waited for READY (and the policy's default NADs on first READY)."""
+        from shared import nad as nadlib
+
+        store = self.store
+        nads = store.list_nads(ref)
+        known = {(n.get("namespace"), n.get("name")) for n in nads}
+        pool_cidr = (rec.data.get("nodePool") or {}).get("cidr")
+        todo: list[Any] = []
+        if first_ready:
+            for raw in policy.default_nads:
+                try:
+                    req = nadlib.parse_request({**raw, "cluster": ref.path})
+                except Rejected as e:
+                    logs.error("default NAD in policy is invalid", cluster=ref.path, error=e.message)
+                    continue
+                if (req.namespace, req.name) not in known:
+                    todo.append(req)
+        for doc in nads:
+            if doc.get("state") == d.NAD_PENDING and isinstance(doc.get("request"), Mapping):
+                try:
+                    todo.append(nadlib.parse_request(dict(doc["request"])))
+                except Rejected as e:
+                    store.put_nad(ref, doc["namespace"], doc["name"], event_id=event_id, step="apply-nad",
+                                  state=d.NAD_REJECTED, fields={"reasons": [e.message]}, outcome="rejected",
+                                  message=e.message, ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}")
+        count = 0
+        for req in todo:
+            step = d.decide_nad(request=req, cluster_state=d.READY, pool_cidr=pool_cidr, existing=nads,
+                                namespace_problem=policy.namespace_problem(req.namespace),
+                                max_nads=policy.max_nads_per_cluster)
+            ledger = f"{event_id}~{req.namespace}~{req.name}"
+            self._carry_out_nad(ref, req, step, event_id, ledger, d.READY)
+            nads = [n for n in nads if (n.get("namespace"), n.get("name")) != (req.namespace, req.name)]
+            nads.append({"namespace": req.namespace, "name": req.name, "state": step.state,
+                         "master": req.master, "range": step.range})
+            count += 1
+        return count
+
+    def _reject_pending(self, ref: ClusterRef, event_id: str, why: str) -> None:
+        for doc in self.store.list_nads(ref, state=d.NAD_PENDING):
+            self.store.put_nad(ref, doc["namespace"], doc["name"], event_id=event_id, step="reject-nad",
+                               state=d.NAD_REJECTED, fields={"reasons": [why]}, outcome="rejected",
+                               message=f"{doc['namespace']}/{doc['name']}: {why}",
+                               ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}")
+
+    # -- verify ----------------------------------------------------------------------------------
+    def verify(self, ref: ClusterRef, namespace: str, name: str, event_id: str) -> Outcome:
+        """Start a short-lived pod on the NAD, check net1's address, record VERIFIED or why not."""
+        store = self.store
+        doc = store.get_nad(ref, namespace, name)
+        if doc is None or doc.get("state") not in d.NAD_LIVE:
+            state = doc.get("state") if doc else "unknown"
+            raise Rejected(f"NAD {namespace}/{name} on {ref.path} is {state}; only APPLIED NADs can be verified",
+                           kind="not-applied", cluster=ref)
+        from shared import nad as nadlib
+
+        req = nadlib.parse_request(dict(doc["request"]))
+        kube = self.kube_for(ref)
+        ok, detail = self._verify_pod(kube, req, doc.get("range"), ref)
+        state = d.NAD_VERIFIED if ok else d.NAD_APPLIED
+        store.put_nad(ref, namespace, name, event_id=event_id, step="verify-nad", state=state,
+                      fields={"verification": {"ok": ok, "message": detail}},
+                      outcome="ok" if ok else "failed", message=f"{namespace}/{name}: verify: {detail}",
+                      ledger_key=f"{event_id}~verify~{namespace}~{name}")
+        return Outcome("done" if ok else "failed", detail, ref.path, state)
+
+    def _verify_pod(self, kube: Any, req: Any, cidr: str | None, ref: ClusterRef,
+                    timeout: float = 30.0) -> tuple[bool, str]:
+        rec = self.store.get_cluster(ref)
+        pool = ((rec.data.get("nodePool") or {}).get("name")) if rec else None
+        digest = hashlib.sha256(f"{req.namespace}/{req.name}/{time.time_ns()}".encode()).hexdigest()[:6]
+        pod_name = f"mp-verify-{req.name[:40]}-{digest}"
+        pod = _verify_pod_manifest(pod_name, req.namespace, req.name, pool)
+        kube.create_pod(pod)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                status = kube.pod_network_status(req.namespace, pod_name)
+                if status:
+                    return _check_network_status(status, cidr)
+                time.sleep(0.2)
+            events = kube.pod_events(req.namespace, pod_name)
+            why = "; ".join(e.get("message", "") for e in events[-3:]) or "no network-status annotation"
+            return False, f"pod {pod_name} got no net1 within {timeout:.0f}s: {why}"
+        finally:
+            try:
+                kube.delete_pod(req.namespace, pod_name)
+            except (Transient, Permanent) as e:
+                logs.warning("could not delete verify pod", cluster=ref.path, error=str(e))
+
+    # -- reconcile --------------------------------------------------------------------------------
+    def reconcile(self, ev: Any) -> Outcome:
+        """Resume stalled workflows, adopt opted-in clusters with none, repair drift on READY ones."""
+        from shared.store import AlreadyHandled
+
+        store = self.store
+        policy = self.policy()
+        resumed, adopted, repaired, errors = [], [], [], []
+        records = [store.get_cluster(ev.scope)] if ev.scope else store.list_clusters()
+        records = [r for r in records if r is not None]
+        tracked = {r.ref.doc_id for r in records}
+        now = time.time()
+        for rec in records:
+            sub_event = f"{ev.event_id}~{rec.ref.doc_id}"
+            try:
+                if rec.state in d.RESUMABLE and _stale(rec, now, self.settings.stall_seconds):
+                    out = self.drive(rec.ref, sub_event, trigger="reconcile: workflow was stalled", create=False)
+                    resumed.append(f"{rec.ref.path}: {out.state}")
+                elif rec.state == d.READY:
+                    fixed = self._repair(rec, sub_event)
+                    if fixed:
+                        repaired.append(f"{rec.ref.path}: {', '.join(fixed)}")
+            except AlreadyHandled:
+                continue
+            except (Transient, Permanent) as e:
+                errors.append(f"{rec.ref.path}: {e}")
+        if not ev.scope and self.settings.project:
+            try:
+                clusters = self.gke.list_clusters(self.settings.project)
+            except (Transient, Permanent) as e:
+                clusters = []
+                errors.append(f"list clusters: {e}")
+            from shared import prechecks
+
+            for cluster in clusters:
+                facts = prechecks.ClusterFacts.of(cluster)
+                ref = ClusterRef(self.settings.project, facts.location, facts.name)
+                if ref.doc_id in tracked or not policy.opted_in(dict(facts.labels)):
+                    continue
+                try:
+                    out = self.drive(ref, f"{ev.event_id}~{ref.doc_id}", trigger="reconcile: untracked cluster")
+                    adopted.append(f"{ref.path}: {out.state}")
+                except (Transient, Permanent) as e:
+                    errors.append(f"{ref.path}: {e}")
+        store.record_ledger(ev.event_id, event_id=ev.event_id, step="reconcile", outcome="ok", cluster=None)
+        message = (f"reconcile: {len(records)} tracked; resumed {len(resumed)}, adopted {len(adopted)}, "
+                   f"repaired {len(repaired)}, errors {len(errors)}")
+        if errors:
+            logs.warning("reconcile could not finish every cluster", eventId=ev.event_id, error=errors[:10])
+        return Outcome("done", message, None, None,
+                       {"resumed": resumed, "adopted": adopted, "repaired": repaired, "errors": errors})
+
+    def _repair(self, rec: Any, event_id: str) -> list[str]:
+        """Re-apply what drifted on a READY cluster: missing bundle objects and managed NADs."""
+        from shared import nad as nadlib
+        from shared.multus import object_key
+
+        ref = rec.ref
+        store = self.store
+        kube = self.kube_for(ref, self.gke.get_cluster(ref))
+        bundle = self.bundle()
+        fixes: list[str] = []
+        missing = []
+        for obj in bundle.objects:
+            _, kind, ns, name = object_key(obj)
+            if kube.get(obj["apiVersion"], kind, ns or None, name) is None:
+                missing.append(obj)
+        if missing or rec.data.get("bundleVersion") != bundle.version:
+            todo = bundle.objects if rec.data.get("bundleVersion") != bundle.version else missing
+            crds = [o for o in todo if o["kind"] == "CustomResourceDefinition"]
+            if crds:
+                kube.apply(crds)
+                kube.wait_established([o["metadata"]["name"] for o in crds],
+                                      timeout=self.settings.crd_timeout_seconds, poll=self.settings.crd_poll_seconds)
+            kube.apply([o for o in todo if o["kind"] != "CustomResourceDefinition"])
+            fixes += [f"re-applied {o['kind']} {o['metadata']['name']}" for o in missing]
+            if rec.data.get("bundleVersion") != bundle.version:
+                fixes.append(f"bundle {rec.data.get('bundleVersion')} -> {bundle.version}")
+        on_cluster = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in kube.list_managed_nads()}
+        for doc in store.list_nads(ref):
+            if doc.get("state") not in d.NAD_LIVE or not doc.get("config"):
+                continue
+            live = on_cluster.get((doc["namespace"], doc["name"]))
+            if live is not None and live.get("spec", {}).get("config") == doc["config"]:
+                continue
+            req = nadlib.parse_request(dict(doc["request"]))
+            kube.apply_nad(nadlib.render_nad(req, doc.get("range")))
+            fixes.append(f"{'re-created' if live is None else 'restored'} NAD {doc['namespace']}/{doc['name']}")
+        if fixes:
+            store.claim(ref, event_id=event_id, step="repair", ledger_key=event_id)
+            store.advance(ref, event_id=event_id, step="repair", message="reconcile repaired: " + "; ".join(fixes),
+                          fields={"bundleVersion": bundle.version}, ledger_key=event_id, release=True)
+        return fixes
+
+    # -- rejected input ---------------------------------------------------------------------------
+    def record_rejection(self, err: Rejected, *, event_id: str, excerpt: str = "") -> Outcome:
+        """Record refused input where `status` and the Firestore console show it."""
+        cluster = err.cluster if isinstance(err.cluster, ClusterRef) else None
+        name = err.context.get("name")
+        namespace = err.context.get("namespace") or "default"
+        problems = [{"field": p.field, "message": p.message} for p in err.problems]
+        if cluster is not None and isinstance(name, str) and _dns_label(name) and _dns_label(namespace):
+            self.store.put_nad(cluster, namespace, name, event_id=event_id, step="validate-nad",
+                               state=d.NAD_REJECTED,
+                               fields={"namespace": namespace, "name": name, "reasons": [str(p) for p in err.problems]
+                                       or [err.reason], "requestExcerpt": excerpt[:512]},
+                               outcome="rejected", message=err.message, ledger_key=event_id)
+        self.store.record_rejection(event_id=event_id, cluster=cluster, reason=err.reason, problems=problems,
+                                    kind=err.kind, excerpt=excerpt[:512], ledger_key=None)
+        return Outcome("rejected", err.message, cluster.path if cluster else None)
+
+
+@dataclass
+class _Cursor:
+    """Where a drive currently is, so an error is recorded against the step that raised it."""
+
+    step: str
+
+
+def _cluster_fields(ref: ClusterRef) -> dict[str, Any]:
+    return {"project": ref.project, "location": ref.location, "cluster": ref.cluster, "path": ref.path}
+
+
+def _nad_fields(req: Any) -> dict[str, Any]:
+    return {"namespace": req.namespace, "name": req.name, "request": req.to_dict(), "master": req.master,
+            "mode": req.mode, "action": req.action, "requestId": req.request_id}
+
+
+def _nad_ledger_key(event_id: str, req: Any) -> str:
+    """Requests carrying a request_id are deduplicated by it, whatever their message id."""
+    if req.request_id:
+        digest = hashlib.sha256(f"{req.cluster.doc_id}/{req.request_id}".encode()).hexdigest()[:32]
+        return f"request-{digest}"
+    return event_id
+
+
+def _stale(rec: Any, now: float, stall_seconds: int) -> bool:
+    updated = rec.data.get("updatedAt")
+    if updated is None:
+        return True
+    ts = updated.timestamp() if hasattr(updated, "timestamp") else float(updated)
+    return now - ts >= stall_seconds
+
+
+def _dns_label(value: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value))
+
+
+def _verify_pod_manifest(pod_name: str, namespace: str, nad_name: str, pool: str | None) -> dict[str, Any]:
+    """A pause pod on the Multus node pool, locked down: it only has to receive an address."""
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 0,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65535, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "pause", "image": VERIFY_IMAGE,
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "16Mi"}},
+            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]}},
+        }],
+    }
+    if pool:
+        spec["nodeSelector"] = {"cloud.google.com/gke-nodepool": pool}
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "multus-provisioner",
+                                "multus-provisioner.io/purpose": "verify"},
+                     "annotations": {NETWORKS_ANNOTATION: f"{namespace}/{nad_name}"}},
+        "spec": spec,
+    }
+
+
+def _check_network_status(status: list[dict[str, Any]], cidr: str | None) -> tuple[bool, str]:
+    nets = [s for s in status if s.get("interface") == "net1"]
+    if not nets:
+        names = ", ".join(str(s.get("interface")) for s in status)
+        return False, f"network-status has no net1 (interfaces: {names})"
+    ips = nets[0].get("ips") or []
+    if not ips:
+        return False, "net1 has no IP address"
+    if cidr:
+        net = ipaddress.ip_network(cidr, strict=False)
+        for ip in ips:
+            try:
+                if ipaddress.ip_address(ip) in net:
+                    return True, f"net1 got {ip}, inside {cidr}"
+            except ValueError:
+                continue
+        return False, f"net1 got {', '.join(ips)}, outside {cidr}"
+    return True, f"net1 got {ips[0]}"
