@@ -1,31 +1,80 @@
 """Firestore adapter: workflow documents, transactions, the event ledger, the audit history.
 
-INTERFACE STUB — to be implemented (issue 3). The workflow is written against exactly these
-signatures; keep them (add, don't change).
+Layout (collection names get `settings.collection_prefix` in front; see docs/FIRESTORE.md):
+- `clusters/{project}~{location}~{cluster}`: state, stateSince, createdAt, updatedAt, lease
+  {holder, step, expiresAt} | None, lastError | None, attempts, plus the workflow's fields
+  (findings, nodePool, bundleVersion, ...). camelCase names, states as words, UTC timestamps.
+- `clusters/{id}/nads/{namespace}~{name}`: one document per NAD, so independent NADs never
+  contend on the cluster's document (Firestore, and its emulator even more, serialises
+  transactions per document).
+- `clusters/{id}/history/{event}~{step}[...]`: deterministic ids written with `set` inside the
+  step's transaction, so a redelivered step can never add a second entry.
+- `clusters/{id}/rejections/{event}` and top-level `rejections/{event}`: refused requests.
+- `events/{ledger key}`: the idempotency ledger, with `expireAt` for a TTL policy.
+- `config/policy`: operator policy (read-only here).
 
-Layout (collection names get `settings.collection_prefix` in front):
-- `clusters/{project}~{location}~{cluster}`: state, findings, nodePool, bundleVersion, timestamps,
-  lastError, lease {holder, step, expiresAt}, ...  (camelCase field names, readable in the console)
-- `clusters/{id}/nads/{namespace}~{name}`: request, config, state, timestamps, ...
-- `clusters/{id}/history/{event_id}~{step}`: eventId, step, outcome, message, state, at
-  (deterministic id and `set`, so a redelivered step can never add a second entry)
-- `clusters/{id}/rejections/{event_id}` and top-level `rejections/{event_id}`: requests refused
-  before a NAD could be named.
-- `events/{ledger_key}`: the idempotency ledger, with `expireAt` for a TTL policy.
+Every step is ONE transaction: begin, one `get_all` of the documents it decides on, commit with
+the state change, ledger entry and history entry together — 3 RPCs (4 when the transaction is
+rolled back because the decision was "already handled" or "busy"). `Store.rpc_count` and
+`Store.count_rpcs()` count the RPCs really sent, with a gRPC interceptor on the client's channel.
+
+Errors at this edge: ABORTED/UNAVAILABLE/DEADLINE_EXCEEDED/RESOURCE_EXHAUSTED/INTERNAL become
+`Transient` (Pub/Sub redelivers), PERMISSION_DENIED/INVALID_ARGUMENT/FAILED_PRECONDITION (and other
+4xx) become `Permanent`. `google.cloud.firestore` and grpc are imported lazily (cold start).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+import base64
+import contextlib
+import functools
+import json
+import re
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, is_dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
+from shared.errors import Permanent, Problem, Rejected, Transient
 from shared.refs import ClusterRef
 from shared.settings import Settings
 
+T = TypeVar("T")
 
-class AlreadyHandled(Exception):  # noqa: N818 - a signal, not a failure
+OUTCOMES = ("ok", "retry", "failed", "rejected", "ignored", "skipped")
+EXCERPT_MAX = 512
+_FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
+_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_K8S_OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+# Fields the store owns: a workflow passing them in `fields` is a bug, reported at once.
+_OWNED = frozenset({"state", "stateSince", "createdAt", "updatedAt", "lease"})
+_CLUSTER_IDENTITY = ("project", "location", "cluster", "path")
+_NAD_IDENTITY = ("namespace", "name", "clusterPath")
+
+
+class AlreadyHandled(Exception):
     """The ledger already holds this key: the event was handled before; do nothing."""
+
+
+class _Delete:
+    """The `DELETE` sentinel: a field given this value is removed from the document."""
+
+    _instance: _Delete | None = None
+
+    def __new__(cls) -> _Delete:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "store.DELETE"
+
+
+DELETE = _Delete()
 
 
 @dataclass(frozen=True)
@@ -33,6 +82,18 @@ class Lease:
     holder: str  # the event id that holds it
     step: str
     expires_at: datetime
+
+    def live(self, now: datetime) -> bool:
+        return self.expires_at > now
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"holder": self.holder, "step": self.step, "expiresAt": self.expires_at}
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> Lease | None:
+        if not isinstance(doc, Mapping) or not doc.get("holder") or doc.get("expiresAt") is None:
+            return None
+        return cls(str(doc["holder"]), str(doc.get("step", "")), doc["expiresAt"])
 
 
 @dataclass(frozen=True)
@@ -42,7 +103,654 @@ class ClusterRecord:
     data: dict[str, Any] = field(default_factory=dict)  # the whole document as stored
     lease: Lease | None = None
 
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self.data.get(name, default)
+        return default if value is None else value
+
+    @property
+    def attempts(self) -> int:
+        return int(self.data.get("attempts") or 0)
+
+    @property
+    def last_error(self) -> dict[str, Any] | None:
+        return self.data.get("lastError")
+
+    @classmethod
+    def of(cls, ref: ClusterRef, data: dict[str, Any]) -> ClusterRecord:
+        return cls(ref, str(data.get("state", "")), data, Lease.from_doc(data.get("lease")))
+
+
+# --------------------------------------------------------------------------- helpers
+
+def safe_id(text: str) -> str:
+    """A Firestore document id for any string, injective: percent-encode all but [A-Za-z0-9._-].
+
+    `~` is encoded too, because ids are joined with `~`; `/` would otherwise open a subcollection.
+    Very long keys (Firestore caps ids at 1500 bytes) keep a readable head plus a digest.
+    """
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"expected a non-empty string for a document id, got {text!r}")
+    out = urllib.parse.quote(text, safe="-._")
+    if out in (".", ".."):
+        out = out.replace(".", "%2E")
+    if out.startswith("__") and out.endswith("__"):
+        out = "%5F" + out[1:]
+    if len(out) > 400:
+        import hashlib
+
+        out = out[:300] + "~sha256-" + hashlib.sha256(text.encode()).hexdigest()
+    return out
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_outcome(outcome: str) -> None:
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome: expected one of {', '.join(OUTCOMES)}, got {outcome!r}")
+
+
+def _check_fields(fields: Mapping[str, Any] | None, identity: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """Workflow fields: camelCase names, not the store's own, identity equal to the document's."""
+    out: dict[str, Any] = {}
+    for key, value in (fields or {}).items():
+        if not isinstance(key, str) or not _FIELD_NAME.match(key):
+            raise ValueError(f"{what} fields: {key!r} is not a plain field name (letters, digits, '_')")
+        if key in _OWNED:
+            raise ValueError(f"{what} fields: {key!r} is maintained by the store; pass state= instead"
+                             if key == "state" else f"{what} fields: {key!r} is maintained by the store")
+        if key in identity:
+            if value != identity[key]:
+                raise ValueError(f"{what} fields: {key}={value!r} contradicts the document's {identity[key]!r}")
+            continue
+        out[key] = value
+    return out
+
+
+def _apply(data: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """What a document looks like after `update(changes)` (top-level fields replaced or deleted)."""
+    new = dict(data)
+    for key, value in changes.items():
+        if value is DELETE:
+            new.pop(key, None)
+        else:
+            new[key] = value
+    return new
+
+
+def _wire(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`changes` ready for `update`: DELETE becomes firestore.DELETE_FIELD.
+
+    Keys are top-level names checked by `_check_fields` (letters, digits, '_'), so each is a
+    simple field path and `update` replaces that whole field (nested maps are not merged).
+    """
+    from google.cloud import firestore
+
+    return {key: firestore.DELETE_FIELD if value is DELETE else value for key, value in changes.items()}
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses (e.g. `Problem`) as dicts, so callers may pass either."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return value
+
+
+def _encode_token(at: Any, doc_id: str) -> str:
+    stamp = at.rfc3339() if hasattr(at, "rfc3339") else at.isoformat()
+    raw = json.dumps({"at": stamp, "id": doc_id}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> tuple[Any, str]:
+    from google.api_core.datetime_helpers import DatetimeWithNanoseconds
+
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        stamp, doc_id = data["at"], data["id"]
+        at = (DatetimeWithNanoseconds.from_rfc3339(stamp) if stamp.endswith("Z")
+              else datetime.fromisoformat(stamp))
+        if not isinstance(doc_id, str):
+            raise TypeError
+        return at, doc_id
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise Rejected("invalid page token", [Problem("page_token", "not a token returned by history()")])
+
+
+# --------------------------------------------------------------------------- errors at the edge
+
+def translate(exc: BaseException) -> BaseException:
+    """A Firestore/gRPC failure as the controller's error type (unknown exceptions unchanged)."""
+    from google.api_core import exceptions as gexc
+
+    if isinstance(exc, ValueError) and isinstance(exc.__cause__, gexc.Aborted):
+        return Transient(f"Firestore transaction kept aborting on contention: {exc}", code="ABORTED",
+                         api="firestore")
+    if not isinstance(exc, gexc.GoogleAPIError):
+        return exc
+    code = getattr(exc, "grpc_status_code", None)
+    name = getattr(code, "name", None) or type(exc).__name__
+    message = f"Firestore {name}: {getattr(exc, 'message', None) or exc}"
+    transient = (gexc.Aborted, gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.TooManyRequests,
+                 gexc.InternalServerError, gexc.ServerError, gexc.RetryError, gexc.Unknown)
+    if isinstance(exc, transient):
+        return Transient(message, code=name, api="firestore")
+    return Permanent(message, code=name, api="firestore")
+
+
+def _edge(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return method(*args, **kwargs)
+        except (AlreadyHandled, Rejected, Transient, Permanent):
+            raise
+        except Exception as e:
+            mapped = translate(e)
+            if mapped is e:
+                raise
+            raise mapped from e
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- RPC counting
+
+class RpcCounter:
+    """Counts the gRPC calls a Firestore client really sends, by method, overall and per thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.total = 0
+        self.by_method: Counter[str] = Counter()
+        self._local = threading.local()
+
+    def hit(self, method: str) -> None:
+        short = method.rsplit("/", 1)[-1]
+        with self._lock:
+            self.total += 1
+            self.by_method[short] += 1
+        for tally in getattr(self._local, "stack", ()):
+            tally.total += 1
+            tally.by_method[short] += 1
+
+    @contextlib.contextmanager
+    def tally(self) -> Iterator[RpcTally]:
+        stack = self._local.__dict__.setdefault("stack", [])
+        t = RpcTally()
+        stack.append(t)
+        try:
+            yield t
+        finally:
+            stack.remove(t)
+
+    def interceptor(self) -> Any:
+        import grpc
+
+        counter = self
+
+        class _Interceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                           grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+            def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+                counter.hit(details.method)
+                return continuation(details, request)
+
+            def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+                counter.hit(details.method)
+                return continuation(details, request)
+
+            def intercept_stream_unary(self, continuation, details, it):  # type: ignore[no-untyped-def]
+                counter.hit(details.method)
+                return continuation(details, it)
+
+            def intercept_stream_stream(self, continuation, details, it):  # type: ignore[no-untyped-def]
+                counter.hit(details.method)
+                return continuation(details, it)
+
+        return _Interceptor()
+
+
+@dataclass
+class RpcTally:
+    """The RPCs sent by this thread inside one `Store.count_rpcs()` block."""
+
+    total: int = 0
+    by_method: Counter[str] = field(default_factory=Counter)
+
+
+def instrument(client: Any) -> RpcCounter:
+    """Put a counting interceptor on a firestore.Client's channel (once per client).
+
+    The client builds its GAPIC client lazily from a channel it creates itself; we let it do so
+    (so credentials, emulator and endpoint choices stay the library's), then rebuild the GAPIC
+    client on the same channel wrapped by `grpc.intercept_channel`. This relies on two private
+    attributes of google-cloud-firestore 2.x (`_firestore_api_internal`, `_transport`), pinned <3
+    in requirements.txt and exercised by tests/test_store.py.
+    """
+    existing = getattr(client, "_multus_rpc_counter", None)
+    if existing is not None:
+        return existing
+    import grpc
+    from google.cloud.firestore_v1.services.firestore import FirestoreClient
+    from google.cloud.firestore_v1.services.firestore.transports.grpc import FirestoreGrpcTransport
+
+    counter = RpcCounter()
+    api = client._firestore_api  # builds the library's own channel and transport
+    channel = grpc.intercept_channel(api._transport.grpc_channel, counter.interceptor())
+    transport = FirestoreGrpcTransport(host=client._target, channel=channel)
+    client._transport = transport
+    client._firestore_api_internal = FirestoreClient(transport=transport, client_options=client._client_options)
+    client._multus_rpc_counter = counter
+    return counter
+
+
+# --------------------------------------------------------------------------- the store
 
 class Store:
-    def __init__(self, settings: Settings, client: Any = None) -> None:
-        raise NotImplementedError
+    """The controller's Firestore documents. One instance per process; thread-safe (the client is)."""
+
+    def __init__(self, settings: Settings, client: Any = None, *, max_attempts: int = 5) -> None:
+        self.settings = settings
+        if client is None:
+            from google.cloud import firestore
+
+            client = firestore.Client(project=settings.project or None, database=settings.database)
+        self.client = client
+        self.max_attempts = max_attempts
+        self._rpcs = instrument(client)
+
+    # -- measurement
+    @property
+    def rpc_count(self) -> int:
+        """RPCs sent by this store's client since it was created (all threads)."""
+        return self._rpcs.total
+
+    def count_rpcs(self) -> contextlib.AbstractContextManager[RpcTally]:
+        """`with store.count_rpcs() as n: ...; n.total` — RPCs sent by this thread in the block."""
+        return self._rpcs.tally()
+
+    # -- references
+    def _col(self, name: str) -> Any:
+        return self.client.collection(self.settings.collection(name))
+
+    def _cluster_doc(self, ref: ClusterRef) -> Any:
+        if not isinstance(ref, ClusterRef):
+            raise TypeError(f"expected a ClusterRef, got {type(ref).__name__}")
+        return self._col("clusters").document(ref.doc_id)
+
+    def _ledger_doc(self, key: str) -> Any:
+        return self._col("events").document(safe_id(key))
+
+    def _nad_doc(self, ref: ClusterRef, namespace: str, name: str) -> Any:
+        problems = []
+        if not isinstance(namespace, str) or not _K8S_NAME.match(namespace):
+            problems.append(Problem("namespace", f"{namespace!r} is not a valid Kubernetes namespace name"))
+        if not isinstance(name, str) or not _K8S_OBJECT_NAME.match(name):
+            problems.append(Problem("name", f"{name!r} is not a valid Kubernetes object name"))
+        if problems:
+            raise Rejected("invalid NAD reference", problems, cluster=ref)
+        return self._cluster_doc(ref).collection("nads").document(f"{namespace}~{name}")
+
+    def _history_doc(self, ref: ClusterRef, doc_id: str) -> Any:
+        return self._cluster_doc(ref).collection("history").document(doc_id)
+
+    def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(transaction, *args)` in one transaction (retried on ABORTED by the client)."""
+        from google.cloud import firestore
+
+        return firestore.transactional(fn)(self.client.transaction(max_attempts=self.max_attempts), *args)
+
+    @staticmethod
+    def _read(transaction: Any, *docs: Any) -> list[Any]:
+        """One `get_all` for every document the step decides on, in the order asked."""
+        snaps = {s.reference.path: s for s in transaction.get_all([d for d in docs if d is not None])}
+        return [snaps.get(d.path) if d is not None else None for d in docs]
+
+    def _history_entry(self, *, event_id: str, step: str, outcome: str, message: str, state: str | None,
+                       extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        from google.cloud import firestore
+
+        entry = {"eventId": event_id, "step": step, "outcome": outcome, "message": str(message)[:4000],
+                 "state": state, "at": firestore.SERVER_TIMESTAMP, "seq": time.time_ns()}
+        entry.update(extra or {})
+        return entry
+
+    def _ledger_entry(self, *, event_id: str, step: str, outcome: str, cluster: ClusterRef | None,
+                      now: datetime) -> dict[str, Any]:
+        from google.cloud import firestore
+
+        return {"eventId": event_id, "cluster": cluster.path if cluster else None, "step": step,
+                "outcome": outcome, "at": firestore.SERVER_TIMESTAMP,
+                "expireAt": now + timedelta(days=self.settings.ledger_ttl_days)}
+
+    @staticmethod
+    def _unknown(ref: ClusterRef, event_id: str) -> Rejected:
+        return Rejected(f"cluster {ref.path} is not tracked by the controller",
+                        [Problem("cluster", "no workflow document; only a creation event starts one")],
+                        event_id=event_id, cluster=ref, kind="unknown-cluster")
+
+    @staticmethod
+    def _busy(ref: ClusterRef, lease: Lease) -> Transient:
+        return Transient(f"cluster {ref.path} is busy: event {lease.holder} holds step {lease.step!r} "
+                         f"until {lease.expires_at.isoformat()}", code="LEASE_HELD", api="firestore")
+
+    # -- clusters
+    @_edge
+    def get_cluster(self, ref: ClusterRef) -> ClusterRecord | None:
+        snap = self._cluster_doc(ref).get()
+        return ClusterRecord.of(ref, snap.to_dict() or {}) if snap.exists else None
+
+    @_edge
+    def claim(self, ref: ClusterRef, *, event_id: str, step: str, ledger_key: str | None = None,
+              create_state: str | None = None, create_fields: dict[str, Any] | None = None,
+              lease_seconds: int | None = None) -> ClusterRecord:
+        """Take the cluster's lease for `step` (creating the document when `create_state` is given)."""
+        doc = self._cluster_doc(ref)
+        ledger = self._ledger_doc(ledger_key) if ledger_key else None
+        identity = {"project": ref.project, "location": ref.location, "cluster": ref.cluster, "path": ref.path}
+        extra = _check_fields(create_fields, identity, "create")
+        seconds = self.settings.lease_seconds if lease_seconds is None else lease_seconds
+
+        def txn(transaction: Any) -> ClusterRecord:
+            snap, seen = self._read(transaction, doc, ledger)
+            if seen is not None and seen.exists:
+                raise AlreadyHandled(ledger_key)
+            now = _now()
+            lease = Lease(event_id, step, now + timedelta(seconds=seconds))
+            if not snap.exists:
+                if create_state is None:
+                    raise self._unknown(ref, event_id)
+                data = {**identity, **extra, "state": create_state, "stateSince": now, "createdAt": now,
+                        "updatedAt": now, "lease": lease.to_doc(), "lastError": None, "attempts": 0}
+                transaction.create(doc, {k: v for k, v in data.items() if v is not DELETE})
+                return ClusterRecord.of(ref, data)
+            data = snap.to_dict() or {}
+            held = Lease.from_doc(data.get("lease"))
+            if held is not None and held.holder != event_id and held.live(now):
+                raise self._busy(ref, held)
+            changes = {"lease": lease.to_doc(), "updatedAt": now}
+            transaction.update(doc, _wire(changes))
+            return ClusterRecord.of(ref, _apply(data, changes))
+
+        return self._run(txn)
+
+    @_edge
+    def advance(self, ref: ClusterRef, *, event_id: str, step: str, outcome: str = "ok", message: str = "",
+                state: str | None = None, fields: dict[str, Any] | None = None, next_step: str | None = None,
+                ledger_key: str | None = None, release: bool = False) -> ClusterRecord:
+        """Record a step: state, fields, history and ledger in one commit; renew or drop the lease."""
+        _check_outcome(outcome)
+        doc = self._cluster_doc(ref)
+        ledger = self._ledger_doc(ledger_key) if ledger_key else None
+        history = self._history_doc(ref, f"{safe_id(event_id)}~{safe_id(step)}")
+        identity = {"project": ref.project, "location": ref.location, "cluster": ref.cluster, "path": ref.path}
+        extra = _check_fields(fields, identity, "advance")
+
+        def txn(transaction: Any) -> ClusterRecord:
+            snap, seen = self._read(transaction, doc, ledger)
+            if seen is not None and seen.exists:
+                raise AlreadyHandled(ledger_key)
+            if not snap.exists:
+                raise self._unknown(ref, event_id)
+            now = _now()
+            data = snap.to_dict() or {}
+            held = Lease.from_doc(data.get("lease"))
+            if held is not None and held.holder != event_id and held.live(now):
+                raise self._busy(ref, held)
+            changes: dict[str, Any] = {**extra, "updatedAt": now}
+            before = data.get("state")
+            if state is not None and state != before:
+                changes["state"] = state
+                changes["stateSince"] = now
+            if release:
+                changes["lease"] = None
+            elif next_step is not None:
+                seconds = self.settings.lease_seconds
+                changes["lease"] = Lease(event_id, next_step, now + timedelta(seconds=seconds)).to_doc()
+            new = _apply(data, changes)
+            transaction.update(doc, _wire(changes))
+            transaction.set(history, self._history_entry(
+                event_id=event_id, step=step, outcome=outcome, message=message, state=new.get("state"),
+                extra={"previousState": before}))
+            if ledger is not None:
+                transaction.set(ledger, self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
+                                                           cluster=ref, now=now))
+            return ClusterRecord.of(ref, new)
+
+        return self._run(txn)
+
+    @_edge
+    def release(self, ref: ClusterRef, *, event_id: str, step: str, error: str, outcome: str = "retry",
+                state: str | None = None, count_attempt: bool = True) -> ClusterRecord:
+        """A step failed: drop our lease, keep the error and count the attempt, visibly in history."""
+        if outcome not in ("retry", "failed"):
+            raise ValueError(f"outcome: expected 'retry' or 'failed', got {outcome!r}")
+        doc = self._cluster_doc(ref)
+
+        def txn(transaction: Any) -> ClusterRecord:
+            (snap,) = self._read(transaction, doc)
+            if not snap.exists:
+                raise self._unknown(ref, event_id)
+            now = _now()
+            data = snap.to_dict() or {}
+            attempts = int(data.get("attempts") or 0) + (1 if count_attempt else 0)
+            releases = int(data.get("releases") or 0) + 1
+            changes: dict[str, Any] = {
+                "lastError": {"message": str(error)[:4000], "step": step, "eventId": event_id, "at": now},
+                "attempts": attempts, "releases": releases, "updatedAt": now}
+            held = Lease.from_doc(data.get("lease"))
+            if held is not None and held.holder == event_id:
+                changes["lease"] = None
+            before = data.get("state")
+            if state is not None and state != before:
+                changes["state"] = state
+                changes["stateSince"] = now
+            new = _apply(data, changes)
+            transaction.update(doc, _wire(changes))
+            # One entry per release: the id carries the cluster's release counter, so every retry shows.
+            history = self._history_doc(ref, f"{safe_id(event_id)}~{safe_id(step)}~{outcome}{releases}")
+            transaction.set(history, self._history_entry(
+                event_id=event_id, step=step, outcome=outcome, message=error, state=new.get("state"),
+                extra={"previousState": before, "attempt": attempts}))
+            return ClusterRecord.of(ref, new)
+
+        return self._run(txn)
+
+    @_edge
+    def list_clusters(self, state: str | None = None, *, limit: int | None = None) -> list[ClusterRecord]:
+        query = self._col("clusters")
+        if state is not None:
+            from google.cloud.firestore_v1.base_query import FieldFilter
+
+            query = query.where(filter=FieldFilter("state", "==", state))
+        if limit is not None:
+            query = query.limit(limit)
+        out = []
+        for snap in query.stream():
+            try:
+                ref = ClusterRef.from_doc_id(snap.id)
+            except Rejected:
+                continue  # a document someone wrote by hand under another id: not ours to show
+            out.append(ClusterRecord.of(ref, snap.to_dict() or {}))
+        return out
+
+    # -- the ledger
+    @_edge
+    def seen(self, ledger_key: str) -> bool:
+        return bool(self._ledger_doc(ledger_key).get().exists)
+
+    @_edge
+    def record_ledger(self, ledger_key: str, *, event_id: str, step: str, outcome: str,
+                      cluster: ClusterRef | None) -> bool:
+        """Create the ledger entry if absent (one commit RPC); False when it existed already."""
+        from google.api_core import exceptions as gexc
+
+        _check_outcome(outcome)
+        try:
+            self._ledger_doc(ledger_key).create(
+                self._ledger_entry(event_id=event_id, step=step, outcome=outcome, cluster=cluster, now=_now()))
+        except gexc.AlreadyExists:
+            return False
+        return True
+
+    # -- NADs
+    @_edge
+    def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> dict[str, Any] | None:
+        snap = self._nad_doc(ref, namespace, name).get()
+        return snap.to_dict() if snap.exists else None
+
+    @_edge
+    def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
+                fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                ledger_key: str | None = None) -> bool:
+        """Record a NAD's state; ledger, NAD document and history entry in one transaction.
+
+        Returns False (and writes nothing) when `ledger_key` was recorded before. The cluster's
+        own document is neither read nor written, so NADs of one cluster never wait on each other.
+        """
+        _check_outcome(outcome)
+        doc = self._nad_doc(ref, namespace, name)
+        ledger = self._ledger_doc(ledger_key) if ledger_key else None
+        identity = {"namespace": namespace, "name": name, "clusterPath": ref.path}
+        extra = _check_fields(fields, identity, "put_nad")
+        history = self._history_doc(
+            ref, f"{safe_id(event_id)}~{safe_id(step)}~{namespace}~{name}")
+
+        def txn(transaction: Any) -> bool:
+            snap, seen = self._read(transaction, doc, ledger)
+            if seen is not None and seen.exists:
+                return False
+            now = _now()
+            before = (snap.to_dict() or {}).get("state") if snap.exists else None
+            changes: dict[str, Any] = {**extra, "state": state, "updatedAt": now}
+            if state != before:
+                changes["stateSince"] = now
+            if snap.exists:
+                transaction.update(doc, _wire(changes))
+            else:
+                clean = {k: v for k, v in changes.items() if v is not DELETE}
+                transaction.set(doc, {**identity, **clean, "createdAt": now})
+            transaction.set(history, self._history_entry(
+                event_id=event_id, step=step, outcome=outcome, message=message, state=state,
+                extra={"nad": f"{namespace}/{name}", "previousState": before}))
+            if ledger is not None:
+                transaction.set(ledger, self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
+                                                           cluster=ref, now=now))
+            return True
+
+        return self._run(txn)
+
+    @_edge
+    def list_nads(self, ref: ClusterRef, state: str | None = None) -> list[dict[str, Any]]:
+        query = self._cluster_doc(ref).collection("nads")
+        if state is not None:
+            from google.cloud.firestore_v1.base_query import FieldFilter
+
+            query = query.where(filter=FieldFilter("state", "==", state))
+        out = []
+        for snap in query.stream():
+            data = snap.to_dict() or {}
+            namespace, _, name = snap.id.partition("~")
+            data.setdefault("namespace", namespace)
+            data.setdefault("name", name)
+            data.setdefault("state", "")
+            out.append(data)
+        return sorted(out, key=lambda d: (d["namespace"], d["name"]))
+
+    # -- history
+    @_edge
+    def history(self, ref: ClusterRef, *, page_size: int = 50,
+                page_token: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """The cluster's history in time order, `page_size` entries at a time.
+
+        Returns (entries, next token or None). The token is opaque (the last entry's commit time
+        and id), so a page is stable even while new entries are appended.
+        """
+        if not isinstance(page_size, int) or not 1 <= page_size <= 1000:
+            raise Rejected("invalid page size", [Problem("page_size", f"expected 1..1000, got {page_size!r}")])
+        col = self._cluster_doc(ref).collection("history")
+        query = col.order_by("at").order_by("__name__")
+        if page_token:
+            at, doc_id = _decode_token(page_token)
+            query = query.start_after({"at": at, "__name__": doc_id})
+        snaps = list(query.limit(page_size + 1).stream())
+        more = len(snaps) > page_size
+        snaps = snaps[:page_size]
+        entries = [{**(s.to_dict() or {}), "id": s.id} for s in snaps]
+        token = _encode_token(entries[-1]["at"], snaps[-1].id) if more and entries else None
+        return entries, token
+
+    # -- rejections
+    @_edge
+    def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
+                         problems: list[dict[str, Any]], kind: str, excerpt: str = "",
+                         ledger_key: str | None = None) -> bool:
+        """Keep a refused request where people look; False (nothing written) if recorded before."""
+        if cluster is not None:
+            doc = self._cluster_doc(cluster).collection("rejections").document(safe_id(event_id))
+            history = self._history_doc(cluster, f"{safe_id(event_id)}~rejected")
+        else:
+            doc = self._col("rejections").document(safe_id(event_id))
+            history = None
+        ledger = self._ledger_doc(ledger_key) if ledger_key else None
+        items = [_plain(p) for p in problems]
+        text = excerpt if isinstance(excerpt, str) else repr(excerpt)
+
+        def txn(transaction: Any) -> bool:
+            snap, seen = self._read(transaction, doc, ledger)
+            if snap.exists or (seen is not None and seen.exists):
+                return False
+            from google.cloud import firestore
+
+            now = _now()
+            transaction.set(doc, {
+                "eventId": event_id, "cluster": cluster.path if cluster else None, "reason": str(reason),
+                "kind": str(kind), "problems": items, "excerpt": text[:EXCERPT_MAX],
+                "at": firestore.SERVER_TIMESTAMP})
+            if history is not None:
+                summary = str(reason) + (": " + "; ".join(
+                    f"{p.get('field')}: {p.get('message')}" if isinstance(p, Mapping) and p.get("field")
+                    else str(p.get("message", p)) if isinstance(p, Mapping) else str(p)
+                    for p in items) if items else "")
+                transaction.set(history, self._history_entry(
+                    event_id=event_id, step="reject", outcome="rejected", message=summary, state=None,
+                    extra={"kind": str(kind)}))
+            if ledger is not None:
+                transaction.set(ledger, self._ledger_entry(event_id=event_id, step="reject", outcome="rejected",
+                                                           cluster=cluster, now=now))
+            return True
+
+        return self._run(txn)
+
+    @_edge
+    def list_rejections(self, ref: ClusterRef | None = None, *, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first: the cluster's rejections, or the top-level ones when `ref` is None."""
+        from google.cloud import firestore
+
+        col = (self._cluster_doc(ref).collection("rejections") if ref is not None
+               else self._col("rejections"))
+        query = col.order_by("at", direction=firestore.Query.DESCENDING).limit(limit)
+        return [{**(s.to_dict() or {}), "id": s.id} for s in query.stream()]
+
+    # -- policy and housekeeping
+    @_edge
+    def get_policy(self) -> dict[str, Any] | None:
+        snap = self._col("config").document("policy").get()
+        return snap.to_dict() if snap.exists else None
+
+    @_edge
+    def delete_cluster_tree(self, ref: ClusterRef) -> None:
+        """Tests and sandbox only: the cluster's document and all its subcollections."""
+        doc = self._cluster_doc(ref)
+        for sub in doc.collections():
+            while True:
+                snaps = list(sub.limit(400).stream())
+                if not snaps:
+                    break
+                batch = self.client.batch()
+                for s in snaps:
+                    batch.delete(s.reference)
+                batch.commit()
+        doc.delete()

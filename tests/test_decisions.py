@@ -1,0 +1,161 @@
+"""The pure decision core and the policy: every branch, no servers needed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from shared import decisions as d
+from shared.policy import Policy
+from shared.settings import ConfigError, NodePoolTemplate, Settings
+
+
+@dataclass(frozen=True)
+class F:
+    id: str
+    severity: str = "error"
+    message: str = "m"
+    fix: str = "fix it"
+
+
+@dataclass(frozen=True)
+class Facts:
+    status: str = "RUNNING"
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+
+
+def decide(**kw):
+    args = dict(state=None, facts=Facts(), findings=[], opted_in=True, suitable=[Pool("p")],
+                have_template=False, bundle_version="sha256:x")
+    args.update(kw)
+    return d.decide_cluster(**args)
+
+
+def test_not_opted_in_is_ignored():
+    assert decide(opted_in=False).kind == d.ClusterStep.IGNORE
+
+
+def test_deleted_is_closed_whatever_else():
+    assert decide(state=d.DELETED, opted_in=False).kind == d.ClusterStep.CLOSED
+
+
+@pytest.mark.parametrize("status", ["PROVISIONING", "RECONCILING", ""])
+def test_provisioning_waits(status):
+    step = decide(facts=Facts(status))
+    assert step.kind == d.ClusterStep.WAIT and step.state == d.DISCOVERED
+
+
+def test_blocking_findings_make_ineligible_but_node_pool_finding_does_not():
+    step = decide(findings=[F("version"), F("node-pool-networks")], suitable=[])
+    assert step.kind == d.ClusterStep.INELIGIBLE
+    assert [f.id for f in step.findings] == ["version"]
+    step = decide(findings=[F("node-pool-networks")], suitable=[])
+    assert step.kind == d.ClusterStep.AWAIT_POOL and step.state == d.AWAITING_NODE_POOL
+    assert "fix it" in step.message
+
+
+def test_warnings_do_not_block():
+    assert decide(findings=[F("version", severity="warning")]).kind == d.ClusterStep.INSTALL
+
+
+def test_template_creates_pool_once():
+    assert decide(suitable=[], have_template=True).kind == d.ClusterStep.CREATE_POOL
+    step = decide(state=d.CREATING_NODE_POOL, suitable=[], have_template=True)
+    assert step.kind == d.ClusterStep.WAIT and step.state == d.CREATING_NODE_POOL
+
+
+def test_suitable_pool_installs_first_by_name_and_ready_does_nothing():
+    step = decide(suitable=[Pool("b"), Pool("a")])
+    assert step.kind == d.ClusterStep.INSTALL and step.pool.name == "a"
+    assert decide(state=d.READY).kind == d.ClusterStep.NOTHING
+
+
+@dataclass(frozen=True)
+class Req:
+    name: str = "n1"
+    namespace: str = "default"
+    master: str = "eth1"
+    range: str | None = None
+    action: str = "apply"
+
+
+def nad(**kw):
+    args = dict(request=Req(), cluster_state=d.READY, pool_cidr="172.16.1.0/24", existing=[],
+                namespace_problem=None, max_nads=3)
+    args.update(kw)
+    return d.decide_nad(**args)
+
+
+def test_nad_applies_with_pool_range_when_absent():
+    step = nad()
+    assert step.kind == d.NadStep.APPLY and step.range == "172.16.1.0/24"
+
+
+def test_nad_range_must_lie_inside_pool_range_and_names_both():
+    step = nad(request=Req(range="10.9.0.0/24"))
+    assert step.kind == d.NadStep.REJECT
+    assert "10.9.0.0/24" in step.message and "172.16.1.0/24" in step.message
+    assert nad(request=Req(range="172.16.1.0/25")).range == "172.16.1.0/25"
+
+
+def test_nad_overlap_on_same_master_only():
+    other = {"namespace": "default", "name": "x", "state": "APPLIED", "master": "eth1", "range": "172.16.1.0/26"}
+    assert nad(request=Req(range="172.16.1.0/25"), existing=[other]).kind == d.NadStep.REJECT
+    assert nad(request=Req(range="172.16.1.128/25"), existing=[other]).kind == d.NadStep.APPLY
+    on_eth2 = {**other, "master": "eth2"}
+    assert nad(request=Req(range="172.16.1.0/25"), existing=[on_eth2]).kind == d.NadStep.APPLY
+    rejected = {**other, "state": "REJECTED"}
+    assert nad(request=Req(range="172.16.1.0/25"), existing=[rejected]).kind == d.NadStep.APPLY
+    itself = {**other, "name": "n1"}
+    assert nad(request=Req(range="172.16.1.0/25"), existing=[itself]).kind == d.NadStep.APPLY
+
+
+def test_nad_pending_until_ready_and_rejected_for_closed_clusters():
+    for state in (None, d.DISCOVERED, d.INSTALLING, d.AWAITING_NODE_POOL, d.FAILED):
+        assert nad(cluster_state=state).kind == d.NadStep.PENDING
+    for state in (d.IGNORED, d.INELIGIBLE, d.DELETED):
+        assert nad(cluster_state=state).kind == d.NadStep.REJECT
+    assert nad(pool_cidr=None).kind == d.NadStep.PENDING
+
+
+def test_nad_limits_namespace_and_delete():
+    live = [{"namespace": "default", "name": f"x{i}", "state": "APPLIED"} for i in range(3)]
+    assert nad(existing=live).kind == d.NadStep.REJECT
+    assert nad(namespace_problem="denied").kind == d.NadStep.REJECT
+    assert nad(request=Req(action="delete"), namespace_problem="denied").kind == d.NadStep.DELETE
+
+
+def test_policy_from_settings_and_firestore_override():
+    s = Settings.from_env({"MULTUS_PROVISIONER_OPT_IN_LABEL": "net=multus",
+                           "MULTUS_PROVISIONER_ALLOWED_NAMESPACES": "apps,data"})
+    p = Policy.from_settings(s)
+    assert p.opted_in({"net": "multus"}) and not p.opted_in({"net": "other"})
+    assert p.namespace_problem("kube-system") and p.namespace_problem("web") and not p.namespace_problem("apps")
+    q = p.merged({"maxNadsPerCluster": 5, "deniedNamespaces": [], "allowedNamespaces": [],
+                  "nodePoolTemplate": {"network": "v", "subnetwork": "s", "secondary_pod_range": "r"}})
+    assert q.max_nads_per_cluster == 5 and q.namespace_problem("kube-system") is None
+    assert q.node_pool_template == NodePoolTemplate(network="v", subnetwork="s", secondary_pod_range="r")
+    with pytest.raises(ConfigError, match="unknown field"):
+        p.merged({"maxNads": 1})
+    with pytest.raises(ConfigError, match="maxNadsPerCluster"):
+        p.merged({"maxNadsPerCluster": True})
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"MULTUS_PROVISIONER_LEASE_SECONDS": "x"}, "LEASE_SECONDS"),
+    ({"MULTUS_PROVISIONER_LEASE_SECONDS": "1"}, "LEASE_SECONDS"),
+    ({"MULTUS_PROVISIONER_OPT_IN_LABEL": "novalue"}, "OPT_IN_LABEL"),
+    ({"MULTUS_PROVISIONER_NODE_POOL_TEMPLATE": "{"}, "NODE_POOL_TEMPLATE"),
+    ({"MULTUS_PROVISIONER_NODE_POOL_TEMPLATE": '{"network": "v"}'}, "subnetwork is required"),
+    ({"MULTUS_PROVISIONER_DENIED_NAMESPACES": "Kube_System"}, "DENIED_NAMESPACES"),
+    ({"MULTUS_PROVISIONER_COLLECTION_PREFIX": "a/b"}, "COLLECTION_PREFIX"),
+    ({"MULTUS_PROVISIONER_DEFAULT_NADS": '{"a": 1}'}, "DEFAULT_NADS"),
+])
+def test_settings_errors_name_the_variable(env, needle):
+    with pytest.raises(ConfigError, match=needle):
+        Settings.from_env(env)
