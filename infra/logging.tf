@@ -1,0 +1,108 @@
+# Logging sinks: GKE Admin Activity audit entries -> the two event topics.
+#
+# Each filter keeps, for `container.googleapis.com`, only the four methods the controller reacts to
+# (v1 and v1beta1 spellings, since gcloud beta and some tools call v1beta1), and only the first and the
+# last entry of each long-running operation: the controller acts on `operation.last` (the cluster or
+# pool is done) and records `operation.first` ("provisioning"). Everything else (GetCluster,
+# UpdateCluster, SetLabels, other services, Data Access logs) never reaches Pub/Sub, so it costs
+# nothing. The filters are plain literals so tests/sink_filter.py can evaluate them against samples.
+#
+# Scope: project sinks by default; var.sink_scope = "folder" / "organization" installs the same sinks
+# one level up with include_children, so clusters in every project below are covered (bind the custom
+# GKE role in those projects through var.managed_cluster_projects).
+
+locals {
+  cluster_events_filter = <<-EOT
+    logName:"cloudaudit.googleapis.com%2Factivity"
+    AND protoPayload.serviceName="container.googleapis.com"
+    AND (protoPayload.methodName="google.container.v1.ClusterManager.CreateCluster"
+      OR protoPayload.methodName="google.container.v1.ClusterManager.DeleteCluster"
+      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.CreateCluster"
+      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.DeleteCluster")
+    AND (operation.first=true OR operation.last=true)
+  EOT
+
+  node_pool_events_filter = <<-EOT
+    logName:"cloudaudit.googleapis.com%2Factivity"
+    AND protoPayload.serviceName="container.googleapis.com"
+    AND (protoPayload.methodName="google.container.v1.ClusterManager.CreateNodePool"
+      OR protoPayload.methodName="google.container.v1.ClusterManager.DeleteNodePool"
+      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.CreateNodePool"
+      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.DeleteNodePool")
+    AND (operation.first=true OR operation.last=true)
+  EOT
+
+  sinks = {
+    cluster-events = {
+      topic  = "cluster-events"
+      filter = local.cluster_events_filter
+    }
+    node-pool-events = {
+      topic  = "node-pool-events"
+      filter = local.node_pool_events_filter
+    }
+  }
+
+  project_sinks = var.sink_scope == "project" ? local.sinks : {}
+  folder_sinks  = var.sink_scope == "folder" ? local.sinks : {}
+  org_sinks     = var.sink_scope == "organization" ? local.sinks : {}
+
+  sink_writers = merge(
+    { for k, s in google_logging_project_sink.events : k => s.writer_identity },
+    { for k, s in google_logging_folder_sink.events : k => s.writer_identity },
+    { for k, s in google_logging_organization_sink.events : k => s.writer_identity },
+  )
+}
+
+resource "google_logging_project_sink" "events" {
+  for_each               = local.project_sinks
+  project                = var.project_id
+  name                   = "${var.name_prefix}-${each.key}"
+  description            = "multus-provisioner: ${local.streams[each.value.topic].description}"
+  destination            = "pubsub.googleapis.com/${google_pubsub_topic.stream[each.value.topic].id}"
+  filter                 = each.value.filter
+  unique_writer_identity = true
+}
+
+resource "google_logging_folder_sink" "events" {
+  for_each         = local.folder_sinks
+  folder           = var.sink_parent_id
+  name             = "${var.name_prefix}-${each.key}"
+  description      = "multus-provisioner: ${local.streams[each.value.topic].description}"
+  destination      = "pubsub.googleapis.com/${google_pubsub_topic.stream[each.value.topic].id}"
+  filter           = each.value.filter
+  include_children = true
+
+  lifecycle {
+    precondition {
+      condition     = var.sink_parent_id != ""
+      error_message = "sink_scope = folder needs sink_parent_id (the folder's numeric id)."
+    }
+  }
+}
+
+resource "google_logging_organization_sink" "events" {
+  for_each         = local.org_sinks
+  org_id           = var.sink_parent_id
+  name             = "${var.name_prefix}-${each.key}"
+  description      = "multus-provisioner: ${local.streams[each.value.topic].description}"
+  destination      = "pubsub.googleapis.com/${google_pubsub_topic.stream[each.value.topic].id}"
+  filter           = each.value.filter
+  include_children = true
+
+  lifecycle {
+    precondition {
+      condition     = var.sink_parent_id != ""
+      error_message = "sink_scope = organization needs sink_parent_id (the organization's numeric id)."
+    }
+  }
+}
+
+# Each sink's writer identity may publish to its own topic, and nowhere else.
+resource "google_pubsub_topic_iam_member" "sink_publisher" {
+  for_each = local.sinks
+  project  = var.project_id
+  topic    = google_pubsub_topic.stream[each.value.topic].name
+  role     = "roles/pubsub.publisher"
+  member   = local.sink_writers[each.key]
+}
