@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from shared.errors import Problem, Rejected
-from shared.nad import NadRequest, load_json, parse_request
+from shared.nad import NadRequest, load_json, parse_cluster, parse_request, plain
 from shared.refs import ClusterRef, check_parts, parse_resource_name, valid_node_pool_name
 
 MAX_MESSAGE_BYTES = 1024 * 1024  # an audit LogEntry is a few KiB; Pub/Sub's own cap is 10 MB
@@ -285,13 +285,15 @@ def _where(entry: Mapping[str, Any], proto: Mapping[str, Any], eid: str) -> tupl
         labels = labels or {}
         parts = (labels.get("project_id"), labels.get("location"), labels.get("cluster_name"))
         if any(p is not None for p in parts):
-            problems = check_parts(*parts, field="resource.labels")
+            problems = check_parts(*parts, field="resource.labels") + [
+                Problem("resource.labels", f"whitespace or control characters in {p!r}")
+                for p in parts if isinstance(p, str) and not plain(p)]
             if problems:
                 raise Rejected("invalid resource labels", problems, kind="invalid", event_id=eid)
             from_labels = ClusterRef(*parts)  # type: ignore[arg-type]
         pool = labels.get("nodepool_name")
         if pool is not None:
-            if not valid_node_pool_name(pool):
+            if not valid_node_pool_name(pool) or not plain(pool):
                 raise _reject(f"invalid node pool name {_short(pool)}", "invalid",
                               "resource.labels.nodepool_name", event_id=eid, cluster=from_labels)
             pool_label = pool
@@ -300,6 +302,9 @@ def _where(entry: Mapping[str, Any], proto: Mapping[str, Any], eid: str) -> tupl
     pool_name: str | None = None
     resource_name = proto.get("resourceName")
     if resource_name is not None:
+        if isinstance(resource_name, str) and not plain(resource_name):
+            raise _reject(f"whitespace or control characters in {_short(resource_name)}", "invalid",
+                          "protoPayload.resourceName", event_id=eid, cluster=from_labels)
         try:
             from_name, pool_name = parse_resource_name(resource_name, field="protoPayload.resourceName")
         except Rejected as e:
@@ -324,7 +329,7 @@ def _pool_in_request(proto: Mapping[str, Any]) -> str | None:
     request = proto.get("request")
     node_pool = request.get("nodePool") if isinstance(request, Mapping) else None
     name = node_pool.get("name") if isinstance(node_pool, Mapping) else None
-    return name if valid_node_pool_name(name) else None
+    return name if valid_node_pool_name(name) and plain(name) else None
 
 
 def _operation(op: Any, eid: str, cluster: ClusterRef) -> tuple[bool, bool, str | None]:
@@ -393,7 +398,7 @@ def decode_reconcile(ce: Any) -> ReconcileEvent:
     if obj.get("cluster") is None:
         return ReconcileEvent(msg.message_id, None)
     try:
-        return ReconcileEvent(msg.message_id, ClusterRef.parse(obj["cluster"], field="cluster"))
+        return ReconcileEvent(msg.message_id, parse_cluster(obj["cluster"], field="cluster"))
     except Rejected as e:
         raise Rejected(e.reason, e.problems, kind="invalid", event_id=msg.message_id) from None
 

@@ -146,7 +146,7 @@ def parse_network(text: object, *, field: str = "range") -> Network:
 def _network_problem(text: object, field: str) -> Problem | None:
     if not isinstance(text, str):
         return Problem(field, f"expected a CIDR string like \"172.16.1.0/24\", got {_type(text)}")
-    if not _CIDR_SHAPE.match(text):
+    if not _CIDR_SHAPE.fullmatch(text):
         hint = ""
         if re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", text):
             hint = " (that looks like a secondary range *name*; give its CIDR, or omit range to use " \
@@ -167,7 +167,7 @@ def _network_problem(text: object, field: str) -> Problem | None:
 def _parse_address(text: object, field: str) -> tuple[Address | None, Problem | None]:
     if not isinstance(text, str):
         return None, Problem(field, f"expected an IP address string, got {_type(text)}")
-    if not _ADDR_SHAPE.match(text):
+    if not _ADDR_SHAPE.fullmatch(text):
         return None, Problem(field, f"expected an IP address like \"172.16.1.10\", got {_show(text)}")
     try:
         return ipaddress.ip_address(text), None
@@ -323,7 +323,7 @@ def validate(obj: Mapping[str, Any]) -> list[Problem]:
         _check_label(obj["namespace"], "namespace", add)
 
     master = opt("master")
-    if master is not None and (not isinstance(master, str) or not _IFNAME.match(master)
+    if master is not None and (not isinstance(master, str) or not _IFNAME.fullmatch(master)
                                or master in (".", "..")):
         add(Problem("master", "expected a Linux interface name (1-15 of A-Z a-z 0-9 _ . -), "
                               f"got {_show(master)}"))
@@ -334,7 +334,7 @@ def validate(obj: Mapping[str, Any]) -> list[Problem]:
     if action is not None and action not in ACTIONS:
         add(Problem("action", f"expected one of {', '.join(ACTIONS)}, got {_show(action)}"))
     request_id = opt("request_id")
-    if request_id is not None and (not isinstance(request_id, str) or not _REQUEST_ID.match(request_id)):
+    if request_id is not None and (not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id)):
         add(Problem("request_id", f"expected 1-128 of A-Z a-z 0-9 . _ : - (starting alphanumeric), "
                                   f"got {_show(request_id)}"))
     verify = opt("verify")
@@ -348,16 +348,30 @@ def validate(obj: Mapping[str, Any]) -> list[Problem]:
     return problems
 
 
+def plain(text: object) -> bool:
+    """A string with no whitespace or control characters. `ClusterRef.parse` anchors with `$`,
+    which also matches before a trailing newline, so names are screened here first."""
+    return isinstance(text, str) and text.isprintable() and not any(c.isspace() for c in text)
+
+
+def parse_cluster(text: object, *, field: str = "cluster") -> ClusterRef:
+    """`ClusterRef.parse`, refusing whitespace and control characters anywhere."""
+    if isinstance(text, str) and not plain(text):
+        raise Rejected("invalid cluster reference",
+                       [Problem(field, f"whitespace or control characters in {text[:200]!r}")])
+    return ClusterRef.parse(text, field=field)
+
+
 def _cluster_problems(cluster: object) -> list[Problem]:
     try:
-        ClusterRef.parse(cluster, field="cluster")
+        parse_cluster(cluster, field="cluster")
     except Rejected as e:
         return list(e.problems) or [Problem("cluster", e.reason)]
     return []
 
 
 def _check_label(value: object, field: str, add: Any) -> None:
-    if not isinstance(value, str) or len(value) > 63 or not _DNS1123_LABEL.match(value):
+    if not isinstance(value, str) or len(value) > 63 or not _DNS1123_LABEL.fullmatch(value):
         add(Problem(field, "expected a DNS-1123 label (lowercase letters, digits and '-', at most 63, "
                            f"starting and ending with a letter or digit), got {_show(value)}"))
 
@@ -444,7 +458,7 @@ def parse_request(raw: bytes | str | Mapping[str, Any]) -> NadRequest:
         raise Rejected("invalid NAD request", [Problem("", f"expected a JSON object, got {_type(obj)}")])
     cluster: ClusterRef | None = None
     try:
-        cluster = ClusterRef.parse(obj.get("cluster"), field="cluster")
+        cluster = parse_cluster(obj.get("cluster"), field="cluster")
     except Rejected:
         pass
     problems = validate(obj)
@@ -487,7 +501,7 @@ def _cluster_in_text(raw: bytes | bytearray | str) -> ClusterRef | None:
     if not m:
         return None
     try:
-        return ClusterRef.parse(m.group(1))
+        return parse_cluster(m.group(1))
     except Rejected:
         return None
 
