@@ -139,7 +139,7 @@ class ClusterFacts:
             name=r.text(d, "name", "cluster"),
             location=r.text(d, "location", "cluster") or r.text(d, "zone", "cluster"),
             version=version,
-            status=r.text(d, "status", "cluster"),
+            status=_status(r.text(d, "status", "cluster")),
             labels=r.labels(d, "resourceLabels", "cluster"),
             autopilot=r.flag(r.obj(d, "autopilot", "cluster"), "enabled", "cluster.autopilot"),
             dataplane_v2=r.text(net, "datapathProvider", "cluster.networkConfig") == ADVANCED_DATAPATH,
@@ -164,7 +164,7 @@ def parse_gke_version(text: object) -> tuple[int, int, int] | None:
     """`1.30.5-gke.1014001` -> (1, 30, 5); `1.29` -> (1, 29, 0); anything else (`latest`, "") -> None."""
     if not isinstance(text, str):
         return None
-    m = _VERSION.match(text.strip())
+    m = _VERSION.fullmatch(text.strip())
     if not m:
         return None
     return int(m[1]), int(m[2]), int(m[3] or 0)
@@ -263,7 +263,7 @@ def _where(c: ClusterFacts | None) -> str:
     """The gcloud location flag: `--zone` for a zonal cluster, `--region` for a regional one."""
     if c is None or not c.location:
         return "--location LOCATION"
-    return f"--zone {c.location}" if _ZONE.match(c.location) else f"--region {c.location}"
+    return f"--zone {c.location}" if _ZONE.fullmatch(c.location) else f"--region {c.location}"
 
 
 def _iterable(value: Any, field: str) -> list[Any]:
@@ -304,7 +304,12 @@ def _pool_from(r: _Reader, pool: Any, path: str) -> PoolNetworks:
             pods.append(PodNetwork(r.text(n, "subnetwork", p), r.text(n, "secondaryPodRange", p),
                                    r.max_pods(n, p)))
     return PoolNetworks(name=r.text(pool, "name", path), node_networks=tuple(nodes),
-                        pod_networks=tuple(pods), status=r.text(pool, "status", path))
+                        pod_networks=tuple(pods), status=_status(r.text(pool, "status", path)))
+
+
+def _status(value: str) -> str:
+    """The enum's zero value means "not reported": the same as a missing field."""
+    return "" if value == "STATUS_UNSPECIFIED" else value
 
 
 def _snake(key: str) -> str:
@@ -376,7 +381,7 @@ class _Reader:
             value = self._get(value, "maxPodsPerNode")
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or not _DIGITS.match(str(value)):
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not _DIGITS.fullmatch(f"{value}"):
             self.problems.append(Problem(f"{path}.maxPodsPerNode",
                                          f"expected a whole number, got {value!r:.40}"))
             return None
