@@ -153,12 +153,12 @@ def check_image(value: object, *, field: str, allow_unpinned: bool = False) -> l
         return [Problem(field, f"expected an image reference string, got {type(value).__name__}")]
     if not value or len(value) > _MAX_IMAGE:
         return [Problem(field, f"an image reference has 1..{_MAX_IMAGE} characters")]
-    m = _IMAGE.match(value)
+    m = _IMAGE.fullmatch(value)
     if not m:
         return [Problem(field, f"{value[:200]!r} is not an image reference like "
                                "registry/repo[:tag]@sha256:<64 hex digits>")]
     digest = m["digest"]
-    if digest is not None and not _SHA256.match(digest):
+    if digest is not None and not _SHA256.fullmatch(digest):
         return [Problem(field, f"digest {digest[:100]!r} must be sha256: followed by "
                                "64 lowercase hex digits")]
     if digest is None and not allow_unpinned:
