@@ -31,39 +31,7 @@ resource "google_firestore_field" "ledger_ttl" {
   index_config {}
 }
 
-# Composite indexes for the only two queries that combine fields (all others filter or order on a single
-# field, which Firestore indexes automatically):
-# - reconcile: clusters whose `state` is one of the resumable states and whose `updatedAt` is older than
-#   stall_seconds  -> where(state in [...]).where(updatedAt < cutoff)
-# - when a cluster becomes READY: its PENDING NADs, oldest first -> nads.where(state == PENDING).order_by(updatedAt)
-resource "google_firestore_index" "clusters_state_updated" {
-  project     = var.project_id
-  database    = local.firestore_db
-  collection  = "${var.collection_prefix}clusters"
-  query_scope = "COLLECTION"
-
-  fields {
-    field_path = "state"
-    order      = "ASCENDING"
-  }
-  fields {
-    field_path = "updatedAt"
-    order      = "ASCENDING"
-  }
-}
-
-resource "google_firestore_index" "nads_state_updated" {
-  project     = var.project_id
-  database    = local.firestore_db
-  collection  = "${var.collection_prefix}nads" # the subcollection clusters/{id}/nads (the prefix applies to every collection id)
-  query_scope = "COLLECTION"
-
-  fields {
-    field_path = "state"
-    order      = "ASCENDING"
-  }
-  fields {
-    field_path = "updatedAt"
-    order      = "ASCENDING"
-  }
-}
+# No composite indexes: every query in shared/store.py filters or orders on ONE field
+# (clusters / nads: where state ==; history: order_by at, __name__; rejections: order_by at desc),
+# which Firestore's automatic single-field indexes serve. tests/test_infra.py reads store.py and fails
+# if a query starts combining fields without a google_firestore_index here.

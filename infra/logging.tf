@@ -1,11 +1,14 @@
 # Logging sinks: GKE Admin Activity audit entries -> the two event topics.
 #
-# Each filter keeps, for `container.googleapis.com`, only the four methods the controller reacts to
-# (v1 and v1beta1 spellings, since gcloud beta and some tools call v1beta1), and only the first and the
-# last entry of each long-running operation: the controller acts on `operation.last` (the cluster or
-# pool is done) and records `operation.first` ("provisioning"). Everything else (GetCluster,
-# UpdateCluster, SetLabels, other services, Data Access logs) never reaches Pub/Sub, so it costs
-# nothing. The filters are plain literals so tests/sink_filter.py can evaluate them against samples.
+# Each filter keeps, from the Admin Activity audit log of `container.googleapis.com`, only the four
+# methods the controller reacts to (v1 and v1beta1 spellings: gcloud beta and some tools call v1beta1).
+# For these methods GKE writes the first entry of the long-running operation (`operation.first`, which
+# the controller records as "provisioning"), the last one (`operation.last`, on which it acts) and, for a
+# request refused at once, a single entry without `operation` (decoded as first and last). All three are
+# wanted, so the filter has no clause on `operation`. Everything else (GetCluster, UpdateCluster,
+# SetLabels, node auto-upgrades in the system_event log, other services, Data Access logs) never reaches
+# Pub/Sub and costs nothing. The filters are plain literals so tests/sink_filter.py can evaluate them
+# against the sample entries.
 #
 # Scope: project sinks by default; var.sink_scope = "folder" / "organization" installs the same sinks
 # one level up with include_children, so clusters in every project below are covered (bind the custom
@@ -19,7 +22,6 @@ locals {
       OR protoPayload.methodName="google.container.v1.ClusterManager.DeleteCluster"
       OR protoPayload.methodName="google.container.v1beta1.ClusterManager.CreateCluster"
       OR protoPayload.methodName="google.container.v1beta1.ClusterManager.DeleteCluster")
-    AND (operation.first=true OR operation.last=true)
   EOT
 
   node_pool_events_filter = <<-EOT
@@ -29,7 +31,6 @@ locals {
       OR protoPayload.methodName="google.container.v1.ClusterManager.DeleteNodePool"
       OR protoPayload.methodName="google.container.v1beta1.ClusterManager.CreateNodePool"
       OR protoPayload.methodName="google.container.v1beta1.ClusterManager.DeleteNodePool")
-    AND (operation.first=true OR operation.last=true)
   EOT
 
   sinks = {
