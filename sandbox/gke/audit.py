@@ -70,13 +70,13 @@ def log_entry(
         "requestMetadata": {
             "callerIp": "127.0.0.1",
             "callerSuppliedUserAgent": "google-cloud-sdk sandbox,gzip(gfe)",
-            "requestAttributes": {},
+            "requestAttributes": {"time": now, "auth": {}},
             "destinationAttributes": {},
         },
         "serviceName": SERVICE,
         "methodName": f"google.container.v1.ClusterManager.{method}",
         "authorizationInfo": [{
-            "resource": resource_name.split("/nodePools/")[0],
+            "resource": resource_name,
             "permission": permission,
             "granted": True,
             "resourceAttributes": {},

@@ -1,0 +1,495 @@
+"""The GKE API adapter: clusters, node pools, usable subnetworks, and cluster API credentials.
+
+The one place the controller talks to GKE. Everything that can go wrong is decided here, once:
+client-library exceptions become `Permanent` (retrying cannot help: the cluster is missing, the
+request is invalid, we lack permission) or `Transient` (Pub/Sub should redeliver: GKE is busy,
+slow or unreachable). Calls carry a fixed timeout and no hidden client-side retries, because the
+function's own retry (Pub/Sub redelivery with backoff) is the one retry policy of the system and
+a call must not outlive the function's deadline.
+
+Heavy SDKs (`google.cloud.container_v1`, `grpc`, `kubernetes`, `google.auth`) are imported inside
+the methods that need them, so a cold start pays for them only when an event needs GKE.
+
+`MULTUS_PROVISIONER_GKE_ENDPOINT=host:port` points the client at another ClusterManager server
+over plain gRPC with no credentials (the sandbox, a test double); without it the ordinary client
+with Application Default Credentials is used.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import ipaddress
+import os
+import re
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import Permanent, Problem, ProvisionerError, Rejected, Transient
+from shared.refs import ClusterRef, check_parts, valid_node_pool_name
+from shared.settings import NodePoolTemplate, Settings
+
+if TYPE_CHECKING:
+    import kubernetes.client
+    from google.cloud import container_v1
+
+API = "gke"
+SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+DEFAULT_TIMEOUT = 30.0
+
+# gRPC codes a retry will not fix; every other error of the API (UNAVAILABLE, DEADLINE_EXCEEDED,
+# RESOURCE_EXHAUSTED, INTERNAL, ABORTED, UNKNOWN, CANCELLED...) and transport failures are transient.
+PERMANENT_CODES = frozenset({"NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED",
+                             "UNAUTHENTICATED", "ALREADY_EXISTS", "OUT_OF_RANGE", "UNIMPLEMENTED"})
+
+_RESOURCE = re.compile(r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$")
+_NETWORK_PATH = re.compile(r"^projects/[a-z][-a-z0-9.:]{0,90}/global/networks/[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$")
+_SUBNET_PATH = re.compile(r"^projects/(?P<p>[a-z][-a-z0-9.:]{0,90})/regions/(?P<r>[a-z]+-[a-z]+[0-9]+)"
+                          r"/subnetworks/(?P<s>[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)$")
+_COMPUTE_PREFIXES = ("https://www.googleapis.com/compute/v1/", "https://compute.googleapis.com/compute/v1/",
+                     "//compute.googleapis.com/")
+_MACHINE_TYPE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+){1,4}$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_OPERATION = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_]{0,127}$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$")
+_TOKEN = re.compile(r"^[\x21-\x7e]{1,8192}$")  # printable ASCII, no spaces: safe in an HTTP header
+
+
+# ---------------------------------------------------------------------------------------------
+# Error mapping
+# ---------------------------------------------------------------------------------------------
+
+def map_error(exc: BaseException, what: str) -> ProvisionerError:
+    """A client-library (or auth, or transport) exception -> Permanent or Transient, with GKE's message."""
+    from google.api_core import exceptions as gexc
+
+    if isinstance(exc, ProvisionerError):
+        return exc
+    if isinstance(exc, gexc.GoogleAPICallError):
+        status = exc.grpc_status_code
+        code = status.name if status is not None else str(exc.code)
+        text = f"GKE {what}: {code}: {exc.message}"
+        return (Permanent if code in PERMANENT_CODES else Transient)(text, code=code, api=API)
+    if isinstance(exc, gexc.RetryError):
+        return Transient(f"GKE {what}: gave up: {exc.message}", code="DEADLINE_EXCEEDED", api=API)
+    auth = _auth_error(exc, what)
+    if auth is not None:
+        return auth
+    # grpc.RpcError outside the GAPIC wrapper, OSError, TimeoutError...: the call did not complete.
+    return Transient(f"GKE {what}: {type(exc).__name__}: {exc}", code="UNAVAILABLE", api=API)
+
+
+def _auth_error(exc: BaseException, what: str) -> ProvisionerError | None:
+    from google.auth import exceptions as aexc
+
+    if isinstance(exc, aexc.TransportError):
+        return Transient(f"{what}: cannot reach the token service: {exc}", code="UNAVAILABLE", api="auth")
+    if isinstance(exc, aexc.RefreshError):
+        cls = Transient if getattr(exc, "retryable", False) else Permanent
+        return cls(f"{what}: cannot refresh Google credentials: {exc}", code="UNAUTHENTICATED", api="auth")
+    if isinstance(exc, aexc.DefaultCredentialsError):
+        return Permanent(f"{what}: no Google credentials: {exc}", code="UNAUTHENTICATED", api="auth")
+    if isinstance(exc, aexc.GoogleAuthError):
+        return Permanent(f"{what}: Google credentials error: {exc}", code="UNAUTHENTICATED", api="auth")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials
+# ---------------------------------------------------------------------------------------------
+
+class FileToken:
+    """A static access token read from a file (like gcloud's `auth/access_token_file`).
+
+    For the sandbox and for operators who mint tokens elsewhere. The file is re-read when it
+    changes (its mtime), so a rotated token reaches long-lived clients through `refresh`.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.token: str = ""
+        self._mtime: int | None = None
+        self.refresh()
+
+    def _stat(self) -> int | None:
+        try:
+            return os.stat(self.path).st_mtime_ns
+        except OSError:
+            return None
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.token) and self._stat() == self._mtime
+
+    @property
+    def expired(self) -> bool:
+        return not self.valid
+
+    def refresh(self, request: object = None) -> None:
+        var = "MULTUS_PROVISIONER_ACCESS_TOKEN_FILE"
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                mtime = os.fstat(f.fileno()).st_mtime_ns
+                token = f.read(16384).strip()
+        except OSError as e:
+            raise Permanent(f"{var}: cannot read {self.path!r} ({e.strerror})", code="UNAUTHENTICATED",
+                            api="auth") from None
+        if not _TOKEN.match(token):
+            raise Permanent(f"{var}: {self.path!r} does not hold one access token (printable, no spaces)",
+                            code="UNAUTHENTICATED", api="auth")
+        self.token, self._mtime = token, mtime
+
+
+def credentials(settings: Settings) -> Any:
+    """Credentials with a current `.token` for the cluster API (and the GKE API in production).
+
+    `settings.access_token_file` set -> a `FileToken`; otherwise Application Default Credentials
+    with the cloud-platform scope, refreshed once here so `.token` is usable immediately.
+    """
+    if settings.access_token_file:
+        return FileToken(settings.access_token_file)
+    import google.auth
+    import google.auth.transport.requests
+
+    try:
+        creds, _ = google.auth.default(scopes=list(SCOPES))
+        creds.refresh(google.auth.transport.requests.Request())
+    except Exception as e:
+        raise map_error(e, "credentials") from e
+    return creds
+
+
+def fresh_token(creds: Any, lock: threading.Lock | None = None) -> str:
+    """The credentials' token, refreshed first when missing or about to expire.
+
+    `google.auth` credentials report `valid` False a few minutes before expiry, so a token
+    handed out here lives long enough for the request that carries it.
+    """
+    with lock or threading.Lock():
+        if not getattr(creds, "valid", False) or not creds.token:
+            try:
+                import google.auth.transport.requests
+
+                creds.refresh(google.auth.transport.requests.Request())
+            except ProvisionerError:
+                raise
+            except Exception as e:
+                raise map_error(e, "credentials") from e
+        token = creds.token
+    if not isinstance(token, str) or not _TOKEN.match(token):
+        raise Permanent("credentials: the access token is empty or malformed", code="UNAUTHENTICATED", api="auth")
+    return token
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of what we send
+# ---------------------------------------------------------------------------------------------
+
+def _compute_ref(value: str) -> str:
+    for prefix in _COMPUTE_PREFIXES:
+        if value.startswith(prefix):
+            return value[len(prefix):]
+    return value
+
+
+def template_problems(template: NodePoolTemplate, *, field: str = "node_pool_template") -> list[Problem]:
+    """Every reason the template cannot become a CreateNodePool request, named by field."""
+    problems: list[Problem] = []
+
+    def check(name: str, ok: bool, why: str) -> None:
+        if not ok:
+            problems.append(Problem(f"{field}.{name}", why))
+
+    def text(name: str) -> str:
+        value = getattr(template, name)
+        if not isinstance(value, str):
+            problems.append(Problem(f"{field}.{name}", f"expected a string, got {type(value).__name__}"))
+            return ""
+        return value
+
+    network, subnetwork = _compute_ref(text("network")), _compute_ref(text("subnetwork"))
+    check("name", valid_node_pool_name(template.name), f"invalid node pool name {template.name!r}")
+    check("network", bool(_RESOURCE.match(network) or _NETWORK_PATH.match(network)),
+          f"{network!r} is not a network name or projects/P/global/networks/N")
+    check("subnetwork", bool(_RESOURCE.match(subnetwork) or _SUBNET_PATH.match(subnetwork)),
+          f"{subnetwork!r} is not a subnetwork name or projects/P/regions/R/subnetworks/S")
+    rng = text("secondary_pod_range")
+    check("secondary_pod_range", bool(_RESOURCE.match(rng)), f"{rng!r} is not a secondary range name")
+    machine = text("machine_type")
+    check("machine_type", bool(_MACHINE_TYPE.match(machine)), f"{machine!r} is not a machine type")
+    for name, lo, hi in (("max_pods_per_node", 1, 256), ("node_count", 0, 1000)):
+        value = getattr(template, name)
+        check(name, type(value) is int and lo <= value <= hi, f"expected an integer in {lo}..{hi}, got {value!r}")
+    labels = template.labels
+    if not isinstance(labels, Mapping):
+        problems.append(Problem(f"{field}.labels", "expected a mapping of label key to value"))
+    else:
+        for k, v in labels.items():
+            if not isinstance(k, str) or not _LABEL_KEY.match(k):
+                problems.append(Problem(f"{field}.labels", f"invalid label key {k!r}"))
+            elif not isinstance(v, str) or not _LABEL_VALUE.match(v):
+                problems.append(Problem(f"{field}.labels.{k}", f"invalid label value {v!r}"))
+    return problems
+
+
+def _endpoint(cluster: Any) -> str:
+    """The cluster's `host[:port]` for https://, checked: it reaches a URL and a TLS hostname check."""
+    endpoint = cluster.endpoint
+    if not endpoint:
+        raise Transient(f"cluster {cluster.name!r} has no endpoint yet (status {cluster.status.name})",
+                        code="UNAVAILABLE", api=API)
+    host, sep, port = endpoint.rpartition(":") if endpoint.count(":") == 1 else (endpoint, "", "")
+    ok_port = not sep or (port.isdigit() and 1 <= int(port) <= 65535)
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        ok_host = True
+    except ValueError:
+        ok_host = bool(_HOSTNAME.match(host))
+    if not (ok_host and ok_port):
+        raise Permanent(f"cluster {cluster.name!r}: malformed endpoint {endpoint[:100]!r}",
+                        code="INVALID_ARGUMENT", api=API)
+    return endpoint
+
+
+def _ca_pem(cluster: Any) -> bytes:
+    raw = cluster.master_auth.cluster_ca_certificate
+    try:
+        pem = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        pem = b""
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise Permanent(f"cluster {cluster.name!r}: master_auth.cluster_ca_certificate is not a base64 PEM "
+                        "certificate", code="INVALID_ARGUMENT", api=API)
+    return pem
+
+
+def _write_private(data: bytes) -> str:
+    """Write `data` to a new temp file readable by this user only (mkstemp creates it 0600)."""
+    fd, path = tempfile.mkstemp(prefix="multus-gke-ca-", suffix=".pem")
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return path
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter
+# ---------------------------------------------------------------------------------------------
+
+def make_client(settings: Settings) -> container_v1.ClusterManagerClient:
+    """The ClusterManagerClient the settings ask for (sandbox endpoint, token file, or ADC)."""
+    from google.cloud import container_v1
+
+    if settings.gke_endpoint:
+        import grpc
+        from google.cloud.container_v1.services.cluster_manager.transports import ClusterManagerGrpcTransport
+
+        host, sep, port = settings.gke_endpoint.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
+            raise Permanent(f"MULTUS_PROVISIONER_GKE_ENDPOINT={settings.gke_endpoint!r}: expected host:port",
+                            code="INVALID_ARGUMENT", api=API)
+        channel = grpc.insecure_channel(settings.gke_endpoint)
+        return container_v1.ClusterManagerClient(transport=ClusterManagerGrpcTransport(channel=channel))
+    try:
+        if settings.access_token_file:
+            from google.oauth2.credentials import Credentials
+
+            token = FileToken(settings.access_token_file).token
+            return container_v1.ClusterManagerClient(credentials=Credentials(token))
+        return container_v1.ClusterManagerClient()
+    except ProvisionerError:
+        raise
+    except Exception as e:
+        raise map_error(e, "client") from e
+
+
+class Gke:
+    """GKE reads and writes for one function invocation (or one long-lived process).
+
+    `client` is used as is when given (a ClusterManagerClient); otherwise one is built from the
+    settings on first use. `calls` counts calls by method, for benchmarks and tests.
+    """
+
+    def __init__(self, settings: Settings, client: Any = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._client = client
+        self._owns_client = client is None
+        self._lock = threading.Lock()
+        self._creds: Any = None
+        self._creds_lock = threading.Lock()
+
+    @property
+    def client(self) -> container_v1.ClusterManagerClient:
+        with self._lock:
+            if self._client is None:
+                self._client = make_client(self.settings)
+            return self._client
+
+    def close(self) -> None:
+        """Close the channel if this adapter created the client."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None and self._owns_client:
+            client.transport.close()
+
+    def _call(self, method: str, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        self.calls[method] += 1
+        try:
+            return fn(**kwargs, retry=None, timeout=self.timeout)
+        except Exception as e:
+            raise map_error(e, what) from e
+
+    # -- reads --
+    def get_cluster(self, ref: ClusterRef) -> container_v1.Cluster:
+        return self._call("get_cluster", f"get cluster {ref.path}", self.client.get_cluster, name=ref.path)
+
+    def list_node_pools(self, ref: ClusterRef) -> list[container_v1.NodePool]:
+        resp = self._call("list_node_pools", f"list node pools of {ref.path}", self.client.list_node_pools,
+                          parent=ref.path)
+        return list(resp.node_pools)
+
+    def get_node_pool(self, ref: ClusterRef, name: str) -> container_v1.NodePool:
+        if not valid_node_pool_name(name):
+            raise Rejected("invalid node pool name", [Problem("node_pool", f"invalid node pool name {name!r}")])
+        path = f"{ref.path}/nodePools/{name}"
+        return self._call("get_node_pool", f"get node pool {path}", self.client.get_node_pool, name=path)
+
+    def get_operation(self, project: str, location: str, operation: str) -> container_v1.Operation:
+        problems = check_parts(project, location, "operation", field="operation")
+        if not isinstance(operation, str) or not _OPERATION.match(operation):
+            problems.append(Problem("operation", f"invalid operation id {operation!r}"))
+        if problems:
+            raise Rejected("invalid operation reference", problems)
+        name = f"projects/{project}/locations/{location}/operations/{operation}"
+        return self._call("get_operation", f"get operation {name}", self.client.get_operation, name=name)
+
+    def secondary_range_cidr(self, ref: ClusterRef, subnetwork: str, range_name: str) -> str:
+        """The CIDR of `range_name` in `subnetwork` (a name, or a projects/P/regions/R/... path).
+
+        A short name may exist in several regions: the cluster's region wins.
+        """
+        if not isinstance(subnetwork, str) or not isinstance(range_name, str):
+            raise Rejected("invalid secondary range reference",
+                           [Problem("subnetwork", "subnetwork and range name must be strings")])
+        wanted = _compute_ref(subnetwork)
+        full = _SUBNET_PATH.match(wanted)
+        region = ref.location if ref.location.count("-") == 1 else ref.location.rsplit("-", 1)[0]
+        what = f"list usable subnetworks of projects/{ref.project}"
+        self.calls["list_usable_subnetworks"] += 1
+        found: list[tuple[bool, str, dict[str, str]]] = []  # (in cluster region, path, ranges)
+        try:
+            pager = self.client.list_usable_subnetworks(request={"parent": f"projects/{ref.project}"},
+                                                        retry=None, timeout=self.timeout)
+            for usable in pager:
+                path = _compute_ref(usable.subnetwork)
+                m = _SUBNET_PATH.match(path)
+                if m is None:
+                    continue
+                if (path == wanted) if full else (m["s"] == wanted):
+                    ranges = {r.range_name: r.ip_cidr_range for r in usable.secondary_ip_ranges}
+                    found.append((m["r"] == region, path, ranges))
+        except ProvisionerError:
+            raise
+        except Exception as e:
+            raise map_error(e, what) from e
+        if not found:
+            raise Permanent(f"subnetwork {subnetwork!r} is not usable in project {ref.project} "
+                            f"(looking for secondary range {range_name!r})", code="NOT_FOUND", api=API)
+        found.sort(key=lambda f: not f[0])  # the cluster's region first
+        for _, _path, ranges in found:
+            if range_name in ranges:
+                return ranges[range_name]
+        raise Permanent(f"subnetwork {found[0][1]!r} has no secondary range {range_name!r} "
+                        f"(it has: {', '.join(sorted(found[0][2])) or 'none'})", code="NOT_FOUND", api=API)
+
+    # -- writes --
+    def node_pool_message(self, template: NodePoolTemplate) -> container_v1.NodePool:
+        """The NodePool of a CreateNodePool request for `template` (Rejected naming bad fields)."""
+        from google.cloud import container_v1 as c
+
+        problems = template_problems(template)
+        if problems:
+            raise Rejected("invalid node pool template", problems)
+        return c.NodePool(
+            name=template.name,
+            initial_node_count=template.node_count,
+            config=c.NodeConfig(machine_type=template.machine_type, labels=dict(template.labels)),
+            network_config=c.NodeNetworkConfig(
+                additional_node_network_configs=[c.AdditionalNodeNetworkConfig(
+                    network=_compute_ref(template.network), subnetwork=_compute_ref(template.subnetwork))],
+                additional_pod_network_configs=[c.AdditionalPodNetworkConfig(
+                    subnetwork=_compute_ref(template.subnetwork),
+                    secondary_pod_range=template.secondary_pod_range,
+                    max_pods_per_node=c.MaxPodsConstraint(max_pods_per_node=template.max_pods_per_node))],
+            ),
+        )
+
+    def create_node_pool(self, ref: ClusterRef, template: NodePoolTemplate) -> str | None:
+        """Start creating the pool; returns the operation name, or None if it already exists.
+
+        ALREADY_EXISTS is success for the workflow: a redelivered event must not fail a step
+        whose effect is already there.
+        """
+        pool = self.node_pool_message(template)
+        what = f"create node pool {ref.path}/nodePools/{template.name}"
+        try:
+            op = self._call("create_node_pool", what, self.client.create_node_pool, parent=ref.path,
+                            node_pool=pool)
+        except Permanent as e:
+            if e.code == "ALREADY_EXISTS":
+                return None
+            raise
+        return op.name
+
+    # -- the cluster API --
+    def _credentials(self) -> Any:
+        with self._creds_lock:
+            if self._creds is None:
+                self._creds = credentials(self.settings)
+            return self._creds
+
+    def api_client(self, cluster: container_v1.Cluster) -> kubernetes.client.ApiClient:
+        """A kubernetes ApiClient for the cluster: TLS verified with the cluster's own CA, Bearer token.
+
+        The CA goes to a private temp file (the client needs a path), removed when the ApiClient is
+        garbage-collected. The token is checked before every request through
+        `refresh_api_key_hook` and refreshed when about to expire, so the client can live long.
+        """
+        import kubernetes.client
+
+        endpoint = _endpoint(cluster)
+        pem = _ca_pem(cluster)
+        creds = self._credentials()
+        lock = threading.Lock()
+        token = fresh_token(creds, lock)
+        path = _write_private(pem)
+        cfg = kubernetes.client.Configuration()
+        cfg.host = f"https://{endpoint}"
+        cfg.ssl_ca_cert = path
+        cfg.verify_ssl = True
+        cfg.api_key = {"authorization": token}
+        cfg.api_key_prefix = {"authorization": "Bearer"}
+
+        def refresh(config: Any) -> None:
+            config.api_key["authorization"] = fresh_token(creds, lock)
+
+        cfg.refresh_api_key_hook = refresh
+        client = kubernetes.client.ApiClient(cfg)
+        weakref.finalize(client, _unlink, path)
+        return client
