@@ -234,7 +234,7 @@ def decode_audit(ce: Any) -> AuditEvent:
         raise _reject(f"service {_short(service)} is not {SERVICE}", "other-service",
                       "protoPayload.serviceName", event_id=eid)
     method = proto.get("methodName")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise _reject(f"method {_short(method)} is not a cluster or node pool create/delete", "other-method",
                       "protoPayload.methodName", event_id=eid)
     action = METHODS[method]

@@ -644,3 +644,34 @@ def test_samples_decode_as_their_names_say(path: Path) -> None:
             parse_request(path.read_bytes())
     else:
         assert parse_request(path.read_bytes()).cluster.project == "my-project"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(field=st.sampled_from([*nad.FIELDS, "other"]), value=json_values)
+def test_property_any_value_in_any_field_is_valid_or_rejected_by_field(field: str, value: Any) -> None:
+    obj = req(**{field: value})
+    problems = validate(obj)
+    try:
+        r = parse_request(obj)
+    except Rejected as e:
+        assert e.problems and {p.field for p in e.problems} == {p.field for p in problems}
+        assert all(p.field.startswith(field) or p.field in ("range_end",) for p in e.problems), e.message
+        return
+    assert problems == []
+    assert parse_request(r.to_dict()) == r
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(st.binary(max_size=200))
+def test_property_arbitrary_bytes_only_reject(data: bytes) -> None:
+    try:
+        parse_request(data)
+    except Rejected as e:
+        assert e.kind in ("json", "encoding", "invalid", "too-large")
