@@ -1,0 +1,358 @@
+"""The cluster API adapter: server-side apply of the bundle and NADs, waits, reads.
+
+One HTTP request per object applied (PATCH `application/apply-patch+yaml`, field manager
+`multus-provisioner`, `force=true`), URLs from a static table of the kinds used (no discovery
+round-trips), and every failure mapped once, here, to the controller's error types:
+
+- 400/401/403/404/422 (and other 4xx but 408/409/429) -> `Permanent` with the API's message;
+- 409, 429, 5xx, timeouts and connection errors -> `Transient` (Pub/Sub redelivers).
+
+`kubernetes` is imported by the caller that builds the `ApiClient` (the GKE adapter); this
+module only uses the client's REST layer, so a cold start that never talks to a cluster pays
+nothing for it. `requests` counts the HTTP calls made, for the per-install and per-NAD figures.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from shared.errors import Permanent, Problem, Rejected, Transient
+
+FIELD_MANAGER = "multus-provisioner"
+MANAGED_BY = ("app.kubernetes.io/managed-by", "multus-provisioner")
+NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
+NAD_API_VERSION = "k8s.cni.cncf.io/v1"
+NAD_KIND = "NetworkAttachmentDefinition"
+DEFAULT_TIMEOUT = 30.0
+
+# (apiVersion, kind) -> (URL prefix, plural, namespaced): every kind the controller touches.
+ROUTES: dict[tuple[str, str], tuple[str, str, bool]] = {
+    ("v1", "Namespace"): ("/api/v1", "namespaces", False),
+    ("v1", "ConfigMap"): ("/api/v1", "configmaps", True),
+    ("v1", "Secret"): ("/api/v1", "secrets", True),
+    ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts", True),
+    ("v1", "Pod"): ("/api/v1", "pods", True),
+    ("v1", "Event"): ("/api/v1", "events", True),
+    ("v1", "Node"): ("/api/v1", "nodes", False),
+    ("apps/v1", "DaemonSet"): ("/apis/apps/v1", "daemonsets", True),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"):
+        ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
+    ("rbac.authorization.k8s.io/v1", "Role"): ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"):
+        ("/apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),
+    (NAD_API_VERSION, NAD_KIND): ("/apis/k8s.cni.cncf.io/v1", "network-attachment-definitions", True),
+    ("whereabouts.cni.cncf.io/v1alpha1", "IPPool"): ("/apis/whereabouts.cni.cncf.io/v1alpha1", "ippools", True),
+    ("whereabouts.cni.cncf.io/v1alpha1", "OverlappingRangeIPReservation"):
+        ("/apis/whereabouts.cni.cncf.io/v1alpha1", "overlappingrangeipreservations", True),
+}
+
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_RBAC_NAME = re.compile(r"^[^/%]+$")
+_PERMANENT = {400, 401, 403, 404, 405, 406, 413, 415, 422}
+
+Key = tuple[str, str, str, str]
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    key: Key                # (apiVersion, kind, namespace or "", name)
+    changed: bool           # created, or its content/ownership changed (see Kube.apply)
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class Rollout:
+    desired: int
+    updated: int
+    ready: int
+    available: int
+    observed: bool          # the controller has seen the current generation
+
+    @property
+    def complete(self) -> bool:
+        """As `kubectl rollout status` decides for a DaemonSet."""
+        return self.observed and self.updated >= self.desired and self.available >= self.desired
+
+
+def object_key(obj: Mapping[str, Any]) -> Key:
+    md = obj.get("metadata") or {}
+    return (str(obj.get("apiVersion", "")), str(obj.get("kind", "")), str(md.get("namespace") or ""),
+            str(md.get("name", "")))
+
+
+class Kube:
+    """Talks to one cluster through a ready `kubernetes.client.ApiClient` (host, CA, token)."""
+
+    def __init__(self, api_client: Any, *, timeout: float = DEFAULT_TIMEOUT,
+                 field_manager: str = FIELD_MANAGER) -> None:
+        self._client = api_client
+        self._timeout = timeout
+        self.field_manager = field_manager
+        self.requests = 0
+        self._seen: dict[Key, str] = {}  # key -> content digest of the last apply response
+
+    # ------------------------------------------------------------ URLs and validation
+    @staticmethod
+    def _route(api_version: str, kind: str, namespace: str | None, name: str | None = None,
+               *, field: str = "") -> str:
+        route = ROUTES.get((api_version, kind))
+        if route is None:
+            raise Rejected("unsupported object", [Problem(f"{field}kind", f"no route for {api_version} {kind}; "
+                                                                          f"supported: {_supported()}")])
+        prefix, plural, namespaced = route
+        problems = []
+        if name is not None:
+            rx = _RBAC_NAME if api_version.startswith("rbac.") else (_LABEL if kind == "Namespace" else _SUBDOMAIN)
+            if not isinstance(name, str) or not name or len(name) > 253 or not rx.match(name) or name in (".", ".."):
+                problems.append(Problem(f"{field}metadata.name", f"invalid {kind} name {name!r}"))
+        if namespaced and (not isinstance(namespace, str) or not _LABEL.match(namespace) or len(namespace) > 63):
+            problems.append(Problem(f"{field}metadata.namespace", f"invalid namespace {namespace!r} for {kind}"))
+        if problems:
+            raise Rejected("invalid Kubernetes object reference", problems)
+        path = prefix
+        if namespaced:
+            path += f"/namespaces/{quote(namespace or '', safe='')}"
+        path += f"/{plural}"
+        if name is not None:
+            path += f"/{quote(name, safe='')}"
+        return path
+
+    # ------------------------------------------------------------ HTTP
+    def _call(self, method: str, path: str, *, query: Mapping[str, str] | None = None, body: Any = None,
+              content_type: str = "application/json", allow_404: bool = False,
+              ) -> tuple[int, dict[str, Any] | None, Mapping[str, str]]:
+        """One HTTP request; returns (status, parsed JSON body, headers); maps failures."""
+        cfg = self._client.configuration
+        url = cfg.host.rstrip("/") + path + ("?" + urlencode(query) if query else "")
+        headers = {"Accept": "application/json", "User-Agent": f"{self.field_manager}/kube"}
+        headers.update(getattr(self._client, "default_headers", {}) or {})
+        for auth in (cfg.auth_settings() or {}).values():
+            if auth.get("in") == "header" and auth.get("value"):
+                headers[auth["key"]] = auth["value"]
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body)
+        self.requests += 1
+        status, text, resp_headers = self._send(method, url, headers, data)
+        if allow_404 and status == 404:
+            return status, None, resp_headers
+        if not 200 <= status <= 299:
+            raise _mapped(status, text, method, path)
+        try:
+            parsed = json.loads(text) if text else None
+        except ValueError:
+            raise Transient(f"{method} {path}: the API answered {status} with a body that is not JSON",
+                            code=status, api="kubernetes")
+        return status, parsed, resp_headers
+
+    def _send(self, method: str, url: str, headers: dict[str, str], data: str | None) -> tuple[int, str, Any]:
+        from kubernetes.client.exceptions import ApiException  # lazy: see the module docstring
+        from urllib3.exceptions import HTTPError
+
+        try:
+            resp = self._client.rest_client.request(method, url, headers=headers, body=data,
+                                                    _request_timeout=self._timeout)
+        except ApiException as e:  # older clients raise for non-2xx; status 0 = TLS/transport failure
+            if not e.status:
+                raise Transient(f"{method} {url}: {e.reason}", code="UNAVAILABLE", api="kubernetes")
+            body = e.body.decode("utf-8", "replace") if isinstance(e.body, bytes) else (e.body or "")
+            return e.status, body, e.headers or {}
+        except (HTTPError, OSError) as e:
+            raise Transient(f"{method} {url}: {type(e).__name__}: {e}", code="UNAVAILABLE", api="kubernetes")
+        raw = resp.data if getattr(resp, "data", None) is not None else resp.read()
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or "")
+        return resp.status, text, resp.headers
+
+    # ------------------------------------------------------------ apply
+    def _apply_one(self, obj: Mapping[str, Any], index: int | None) -> ApplyResult:
+        field = f"objects[{index}]." if index is not None else ""
+        if not isinstance(obj, Mapping):
+            raise Rejected("invalid Kubernetes object", [Problem(field.rstrip("."), "expected a mapping")])
+        md = obj.get("metadata") or {}
+        api_version, kind = obj.get("apiVersion"), obj.get("kind")
+        if not isinstance(api_version, str) or not isinstance(kind, str):
+            raise Rejected("invalid Kubernetes object", [Problem(f"{field}apiVersion", "apiVersion and kind "
+                                                                                        "must be strings")])
+        ns = md.get("namespace") if ROUTES.get((api_version, kind), ("", "", False))[2] else None
+        path = self._route(api_version, kind, ns, md.get("name"), field=field)
+        key = object_key(obj)
+        status, out, headers = self._call(
+            "PATCH", path, query={"fieldManager": self.field_manager, "force": "true"}, body=dict(obj),
+            content_type="application/apply-patch+yaml")
+        out = out or {}
+        rv = str((out.get("metadata") or {}).get("resourceVersion", ""))
+        changed = self._changed(key, status, out, headers)
+        return ApplyResult(key, changed, rv)
+
+    def _changed(self, key: Key, status: int, out: dict[str, Any], headers: Mapping[str, str]) -> bool:
+        """Whether an apply changed the object, decided from its single response.
+
+        Created (201) -> True. Otherwise, if this instance saw the object before, compare its
+        content (without resourceVersion, managedFields and status, which controllers move).
+        Failing that, our manager's managedFields `time` only moves when an apply changes
+        something, so a time within 2 s of the response's `Date` means this apply changed it
+        (it also says True for an unchanged object that we changed less than 2 s earlier).
+        """
+        digest = _content(out)
+        before = self._seen.get(key)
+        self._seen[key] = digest
+        if status == 201:
+            return True
+        if before is not None:
+            return before != digest
+        mine = [m for m in (out.get("metadata") or {}).get("managedFields") or []
+                if m.get("manager") == self.field_manager and m.get("operation") == "Apply"]
+        date = headers.get("Date") or headers.get("date")
+        if not mine or not date:
+            return True
+        try:
+            applied = datetime.strptime(mine[0]["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            now = email.utils.parsedate_to_datetime(date)
+        except (KeyError, TypeError, ValueError):
+            return True
+        return abs((now - applied).total_seconds()) <= 2
+
+    def apply(self, objects: Iterable[Mapping[str, Any]]) -> list[ApplyResult]:
+        """Server-side apply each object, in order, one PATCH each; stops at the first failure.
+
+        Applying the same objects again changes nothing on the server (same resourceVersions).
+        """
+        return [self._apply_one(o, i) for i, o in enumerate(objects)]
+
+    # ------------------------------------------------------------ reads and waits
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        path = self._route(api_version, kind, namespace, name)
+        _, out, _ = self._call("GET", path, allow_404=True)
+        return out
+
+    def wait_established(self, crd_names: Iterable[str], *, timeout: float = 60.0, poll: float = 1.0) -> int:
+        """Poll (one LIST per poll) until every CRD named is Established; returns the polls made."""
+        wanted = sorted(set(crd_names))
+        for n in wanted:
+            self._route("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, n)
+        deadline = time.monotonic() + timeout
+        polls = 0
+        while True:
+            polls += 1
+            _, out, _ = self._call("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+            established = {i["metadata"]["name"] for i in (out or {}).get("items") or []
+                           if any(c.get("type") == "Established" and c.get("status") == "True"
+                                  for c in (i.get("status") or {}).get("conditions") or [])}
+            missing = [n for n in wanted if n not in established]
+            if not missing:
+                return polls
+            if time.monotonic() + poll > deadline:
+                raise Transient(f"CRDs not Established after {timeout:g}s: {', '.join(missing)}",
+                                code="DEADLINE_EXCEEDED", api="kubernetes")
+            time.sleep(poll)
+
+    def daemonset_rollout(self, namespace: str, name: str) -> Rollout:
+        """The DaemonSet's rollout as its status reports it now (one GET, no waiting)."""
+        _, ds, _ = self._call("GET", self._route("apps/v1", "DaemonSet", namespace, name))
+        ds = ds or {}
+        st = ds.get("status") or {}
+        gen = (ds.get("metadata") or {}).get("generation")
+        return Rollout(desired=int(st.get("desiredNumberScheduled") or 0),
+                       updated=int(st.get("updatedNumberScheduled") or 0),
+                       ready=int(st.get("numberReady") or 0), available=int(st.get("numberAvailable") or 0),
+                       observed=gen is not None and st.get("observedGeneration") == gen)
+
+    # ------------------------------------------------------------ NADs
+    def apply_nad(self, obj: Mapping[str, Any]) -> ApplyResult:
+        """Server-side apply one NetworkAttachmentDefinition (exactly one request)."""
+        if obj.get("apiVersion") != NAD_API_VERSION or obj.get("kind") != NAD_KIND:
+            raise Rejected("not a NetworkAttachmentDefinition",
+                           [Problem("kind", f"expected {NAD_API_VERSION} {NAD_KIND}, got "
+                                            f"{obj.get('apiVersion')!r} {obj.get('kind')!r}")])
+        return self._apply_one(obj, None)
+
+    def delete_nad(self, namespace: str, name: str) -> bool:
+        """Delete a NAD; False if it did not exist (one request)."""
+        status, _, _ = self._call("DELETE", self._route(NAD_API_VERSION, NAD_KIND, namespace, name),
+                                  allow_404=True)
+        return status != 404
+
+    def list_managed_nads(self) -> list[dict[str, Any]]:
+        """NADs labelled `app.kubernetes.io/managed-by=multus-provisioner`, in every namespace."""
+        _, out, _ = self._call("GET", "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions",
+                               query={"labelSelector": f"{MANAGED_BY[0]}={MANAGED_BY[1]}"})
+        return list((out or {}).get("items") or [])
+
+    # ------------------------------------------------------------ pods (verification)
+    def create_pod(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        md = obj.get("metadata") or {}
+        ns = md.get("namespace") or "default"
+        path = self._route("v1", "Pod", ns, None)
+        self._route("v1", "Pod", ns, md.get("name"))  # validates the name
+        _, out, _ = self._call("POST", path, body={**obj, "metadata": {**md, "namespace": ns}})
+        return out or {}
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get("v1", "Pod", namespace, name)
+
+    def delete_pod(self, namespace: str, name: str) -> bool:
+        status, _, _ = self._call("DELETE", self._route("v1", "Pod", namespace, name), allow_404=True)
+        return status != 404
+
+    def pod_network_status(self, namespace: str, name: str) -> list[dict[str, Any]] | None:
+        """The pod's parsed `k8s.v1.cni.cncf.io/network-status`; None while absent (or no pod)."""
+        pod = self.get_pod(namespace, name)
+        text = (((pod or {}).get("metadata") or {}).get("annotations") or {}).get(NETWORK_STATUS)
+        if text is None:
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise Permanent(f"pod {namespace}/{name}: {NETWORK_STATUS} is not JSON: {e}", api="kubernetes")
+        if not isinstance(value, list):
+            raise Permanent(f"pod {namespace}/{name}: {NETWORK_STATUS} is not a list", api="kubernetes")
+        return value
+
+    def pod_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """Events about the pod, oldest first (why a pod is Pending: FailedCreatePodSandBox...)."""
+        path = self._route("v1", "Event", namespace, None)
+        self._route("v1", "Pod", namespace, name)
+        _, out, _ = self._call("GET", path, query={
+            "fieldSelector": f"involvedObject.kind=Pod,involvedObject.name={name}"})
+        items = list((out or {}).get("items") or [])
+        return sorted(items, key=lambda e: (e.get("lastTimestamp") or e.get("eventTime") or "",
+                                            (e.get("metadata") or {}).get("name", "")))
+
+
+def _content(obj: Mapping[str, Any]) -> str:
+    """A stable text of what an object says, without what the server and controllers write."""
+    md = {k: v for k, v in (obj.get("metadata") or {}).items()
+          if k not in ("resourceVersion", "managedFields", "generation")}
+    rest = {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+    return json.dumps([md, rest], sort_keys=True)
+
+
+def _supported() -> str:
+    return ", ".join(sorted(f"{k}" for _, k in ROUTES))
+
+
+def _mapped(status: int, text: str, method: str, path: str) -> Exception:
+    message, reason = "", ""
+    try:
+        body = json.loads(text) if text else {}
+        if isinstance(body, dict):
+            message, reason = str(body.get("message") or ""), str(body.get("reason") or "")
+    except ValueError:
+        pass
+    message = message or (text or "").strip()[:500] or f"HTTP {status}"
+    full = f"{message} ({method} {path}: {status}{' ' + reason if reason else ''})"
+    if status in _PERMANENT or (400 <= status < 500 and status not in (408, 409, 410, 429)):
+        return Permanent(full, code=status, api="kubernetes")
+    return Transient(full, code=status, api="kubernetes")
