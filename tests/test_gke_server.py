@@ -381,3 +381,24 @@ def test_module_rejects_a_bad_scenario(tmp_path):
                           capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2
     assert "clusters[0].version" in proc.stderr and proc.stdout == ""
+
+
+def test_failing_hook_fails_the_operation():
+    entries: list[dict] = []
+
+    def broken(ref, pool, nodes):
+        if pool.name == "multus-pool":
+            raise RuntimeError("kube sandbox is down")
+
+    sandbox = GkeSandbox(operation_delay=0.01, start_all=True, on_node_pool=broken, audit_sink=entries.append)
+    try:
+        op = sandbox.world.create_node_pool(c.CreateNodePoolRequest(parent=f"{PARENT}/clusters/demo-eligible",
+                                                                    node_pool=multus_pool()))
+        assert sandbox.wait_idle(5)
+        done = sandbox.world.get_operation(c.GetOperationRequest(name=f"{PARENT}/operations/{op.name}"))
+        assert done.status == c.Operation.Status.DONE
+        assert "kube sandbox is down" in done.status_message and done.error.code == 13
+        assert entries[-1]["protoPayload"]["status"] == {"code": 13, "message": "kube sandbox is down"}
+        assert entries[-1]["severity"] == "ERROR" and entries[-1]["operation"]["last"] is True
+    finally:
+        sandbox.stop()

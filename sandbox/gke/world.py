@@ -154,6 +154,7 @@ class World:
         self._ops: dict[str, _Op] = {}
         self._running: dict[tuple[str, str], str] = {}  # cluster -> running operation id
         self._closed = False
+        self._emitting = 0
         self._subnets = {(s.region, s.subnetwork): s for s in scenario.subnetworks}
         for i, spec in enumerate(scenario.clusters):
             if spec.create_at_start or start_all:
@@ -175,9 +176,9 @@ class World:
                 t.join(timeout=5)
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Wait until no operation is running (True) or `timeout` passes (False)."""
+        """Wait until no operation runs and every closing audit entry is emitted (True), or `timeout` (False)."""
         with self._changed:
-            return self._changed.wait_for(lambda: not self._running, timeout)
+            return self._changed.wait_for(lambda: not self._running and not self._emitting, timeout)
 
     # ------------------------------------------------------------------ names
     def _check_project(self, project: str, permission: str, resource: str) -> None:
@@ -436,9 +437,14 @@ class World:
                 op.message.status_message = error
                 op.message.error = {"code": 13, "message": error}
             self._running.pop((op.key.location, op.key.cluster), None)
-            self._changed.notify_all()
+            self._emitting += 1  # idle only once the closing entry has reached the sink
             last = self._entry(op, first=False, status={"code": 13, "message": error} if error else None)
-        self._emit(last)
+        try:
+            self._emit(last)
+        finally:
+            with self._changed:
+                self._emitting -= 1
+                self._changed.notify_all()
 
     def _entry(self, op: _Op, *, first: bool, **kw: Any) -> dict[str, Any]:
         return audit.log_entry(project=self.project, principal=self.scenario.principal, first=first,
