@@ -359,6 +359,15 @@ class Gke:
     def get_cluster(self, ref: ClusterRef) -> container_v1.Cluster:
         return self._call("get_cluster", f"get cluster {ref.path}", self.client.get_cluster, name=ref.path)
 
+    def list_clusters(self, project: str, location: str = "-") -> list[container_v1.Cluster]:
+        """Every cluster of the project (`location` "-" = all locations), for reconcile sweeps."""
+        problems = check_parts(project, "us-central1" if location == "-" else location, "x", field="parent")
+        if problems:
+            raise Rejected("invalid cluster list parent", problems)
+        parent = f"projects/{project}/locations/{location}"
+        resp = self._call("list_clusters", f"list clusters of {parent}", self.client.list_clusters, parent=parent)
+        return list(resp.clusters)
+
     def list_node_pools(self, ref: ClusterRef) -> list[container_v1.NodePool]:
         resp = self._call("list_node_pools", f"list node pools of {ref.path}", self.client.list_node_pools,
                           parent=ref.path)

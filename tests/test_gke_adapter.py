@@ -64,6 +64,18 @@ def test_reads_cluster_and_pools(gke, gke_sandbox):
     assert gke.calls["get_cluster"] == 2 and gke.calls["list_node_pools"] == 1
 
 
+def test_list_clusters(gke, gke_sandbox):
+    assert [c.name for c in gke.list_clusters(PROJECT)] == ["demo-legacy"]
+    gke_sandbox.create_cluster("demo-eligible")
+    assert sorted(c.name for c in gke.list_clusters(PROJECT, LOCATION)) == ["demo-eligible", "demo-legacy"]
+    assert gke.list_clusters(PROJECT, "europe-west1") == []
+    with pytest.raises(Permanent) as e:
+        gke.list_clusters("other-project")
+    assert e.value.code == "PERMISSION_DENIED"
+    with pytest.raises(Rejected):
+        gke.list_clusters("BAD PROJECT")
+
+
 def test_secondary_range_cidr(gke):
     assert gke.secondary_range_cidr(LEGACY, "multus-subnet", "multus-pods") == "172.16.1.0/24"
     full = f"projects/{PROJECT}/regions/{LOCATION}/subnetworks/multus-subnet"
