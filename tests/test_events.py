@@ -109,6 +109,8 @@ def test_cloudevent_data_as_json_bytes() -> None:
     ({"id": "1", "data": {"message": {"messageId": "1", "data": 5}}}, "envelope", "data.message.data"),
     ({"id": "1", "data": {"message": {"messageId": "1", "data": "not base64!"}}}, "encoding", "data.message.data"),
     ({"id": "1", "data": {"message": {"messageId": "1", "data": "aGVsbG8"}}}, "encoding", "data.message.data"),
+    # characters outside the alphabet are refused, not skipped (b64decode's default skips them)
+    ({"id": "1", "data": {"message": {"messageId": "1", "data": "aGVs!bG8="}}}, "encoding", "data.message.data"),
     ({"id": "1", "data": {"message": {"messageId": "1", "attributes": {"a": 1}}}}, "envelope",
      "data.message.attributes"),
     ({"id": "1", "data": {"message": {"messageId": "1", "attributes": []}}}, "envelope",
