@@ -130,7 +130,7 @@ def safe_id(text: str) -> str:
     """
     if not isinstance(text, str) or not text:
         raise ValueError(f"expected a non-empty string for a document id, got {text!r}")
-    out = urllib.parse.quote(text, safe="-._")
+    out = urllib.parse.quote(text, safe="-._").replace("~", "%7E")  # quote() always keeps "~"
     if out in (".", ".."):
         out = out.replace(".", "%2E")
     if out.startswith("__") and out.endswith("__"):
