@@ -143,7 +143,8 @@ class Kube:
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
-            data = json.dumps(body)
+            # The REST layer JSON-encodes bodies of JSON content types itself; others go as text.
+            data = body if "json" in content_type else json.dumps(body)
         self.requests += 1
         status, text, resp_headers = self._send(method, url, headers, data)
         if allow_404 and status == 404:
@@ -157,7 +158,7 @@ class Kube:
                             code=status, api="kubernetes")
         return status, parsed, resp_headers
 
-    def _send(self, method: str, url: str, headers: dict[str, str], data: str | None) -> tuple[int, str, Any]:
+    def _send(self, method: str, url: str, headers: dict[str, str], data: Any) -> tuple[int, str, Any]:
         from kubernetes.client.exceptions import ApiException  # lazy: see the module docstring
         from urllib3.exceptions import HTTPError
 
