@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--scenario", help="scenario YAML (default: sandbox/scenarios/default.yaml)")
     p.add_argument("--env-file", default=".sandbox/env", help="where to write the env file (default: .sandbox/env)")
     p.add_argument("--state-dir", default=".sandbox", help="kubeconfigs, token and logs go here")
-    p.set_defaults(func=cmd_sandbox)
+    p.set_defaults(handler=_guard(cmd_sandbox))
 
     p = subparsers.add_parser("demo", help="the whole procedure, end to end, in the sandbox",
                               description="Create clusters, let the controller provision them, attach a pod.")
@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--state-dir", default=".sandbox/demo", help="kubeconfigs, token and logs go here")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each milestone")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(handler=_guard(cmd_demo))
 
     p = subparsers.add_parser("request-nad", help="publish a NAD request to the controller's topic",
                               description="Validate a NAD request locally, then publish it with Pub/Sub.")
@@ -45,25 +45,39 @@ def register(subparsers: Any) -> None:
     p.add_argument("--wait", action="store_true", help="wait until the controller recorded an outcome")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds for --wait")
     _common(p)
-    p.set_defaults(func=cmd_request_nad)
+    p.set_defaults(handler=_guard(cmd_request_nad))
 
     p = subparsers.add_parser("status", help="clusters and their NADs as the controller recorded them",
                               description="Without CLUSTER: every cluster. With CLUSTER: steps, NADs, rejections.")
     p.add_argument("cluster", nargs="?", help="a cluster name or projects/P/locations/L/clusters/C")
     _common(p)
-    p.set_defaults(func=cmd_status)
+    p.set_defaults(handler=_guard(cmd_status))
 
     p = subparsers.add_parser("history", help="the audit trail of one cluster, oldest first")
     p.add_argument("cluster", help="a cluster name or projects/P/locations/L/clusters/C")
     p.add_argument("--limit", type=int, default=200, help="at most this many entries (default 200)")
     _common(p)
-    p.set_defaults(func=cmd_history)
+    p.set_defaults(handler=_guard(cmd_history))
 
     p = subparsers.add_parser("verify", help="start a pod on a NAD and check that net1 gets an address in range")
     p.add_argument("cluster", help="a cluster name or projects/P/locations/L/clusters/C")
     p.add_argument("nad", help="NAMESPACE/NAME of an applied NAD")
     _common(p)
-    p.set_defaults(func=cmd_verify)
+    p.set_defaults(handler=_guard(cmd_verify))
+
+
+def _guard(fn: Any) -> Any:
+    """Turn a usage problem into exit 2 with the message on stderr, as the offline CLI does."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_INVALID
+
+    run.__name__ = fn.__name__
+    return run
 
 
 def _common(p: argparse.ArgumentParser) -> None:

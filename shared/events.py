@@ -285,9 +285,7 @@ def _where(entry: Mapping[str, Any], proto: Mapping[str, Any], eid: str) -> tupl
         labels = labels or {}
         parts = (labels.get("project_id"), labels.get("location"), labels.get("cluster_name"))
         if any(p is not None for p in parts):
-            problems = check_parts(*parts, field="resource.labels") + [
-                Problem("resource.labels", f"whitespace or control characters in {p!r}")
-                for p in parts if isinstance(p, str) and not plain(p)]
+            problems = check_parts(*parts, field="resource.labels")
             if problems:
                 raise Rejected("invalid resource labels", problems, kind="invalid", event_id=eid)
             from_labels = ClusterRef(*parts)  # type: ignore[arg-type]

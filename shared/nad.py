@@ -463,7 +463,10 @@ def parse_request(raw: bytes | str | Mapping[str, Any]) -> NadRequest:
         pass
     problems = validate(obj)
     if problems:
-        raise Rejected("invalid NAD request", problems, cluster=cluster)
+        # Name and namespace travel with the rejection (when they are strings) so that it can be
+        # recorded on the NAD's own document, where `status` shows it; the recorder re-checks them.
+        context = {k: obj[k] for k in ("name", "namespace") if isinstance(obj.get(k), str)}
+        raise Rejected("invalid NAD request", problems, cluster=cluster, context=context)
     assert cluster is not None
     exclude = obj.get("exclude") or ()
     return NadRequest(

@@ -67,7 +67,7 @@ def check_parts(project: object, location: object, cluster: object, *, field: st
     problems = []
     for what, value, rx in (("project", project, _PROJECT), ("location", location, _LOCATION),
                             ("cluster name", cluster, _CLUSTER)):
-        if not isinstance(value, str) or not rx.match(value):
+        if not isinstance(value, str) or not rx.fullmatch(value):
             problems.append(Problem(field, f"invalid {what} {value!r}"))
     return problems
 
@@ -78,16 +78,16 @@ def parse_resource_name(text: object, *, field: str = "cluster") -> tuple[Cluste
         raise Rejected("invalid cluster reference",
                        [Problem(field, f"expected a string like projects/P/locations/L/clusters/C, "
                                        f"got {type(text).__name__}")])
-    m = _PATH.match(text)
+    m = _PATH.fullmatch(text)
     if not m:
         raise Rejected("invalid cluster reference",
                        [Problem(field, f"expected projects/P/locations/L/clusters/C (or zones/Z), got {text[:200]!r}")])
     ref = ClusterRef.of(m["p"], m["l"], m["c"], field=field)
     np = m["np"]
-    if np is not None and not _NODE_POOL.match(np):
+    if np is not None and not _NODE_POOL.fullmatch(np):
         raise Rejected("invalid node pool name", [Problem(field, f"invalid node pool name {np!r}")])
     return ref, np
 
 
 def valid_node_pool_name(name: object) -> bool:
-    return isinstance(name, str) and bool(_NODE_POOL.match(name))
+    return isinstance(name, str) and bool(_NODE_POOL.fullmatch(name))
