@@ -119,8 +119,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
         p.step(f"creating opted-in cluster {eligible.cluster} and ineligible {legacy.cluster} through the GKE API")
         parent = f"projects/{project}/locations/{location}"
-        gke.create_cluster(parent=parent, cluster=_cluster_proto(eligible.cluster, eligible=True))
-        gke.create_cluster(parent=parent, cluster=_cluster_proto(legacy.cluster, eligible=False))
+        from sandbox.gke.server import cluster_message
+
+        gke.create_cluster(parent=parent, cluster=cluster_message(stack.gke.cluster_spec(eligible.cluster)))
+        p.step(f"{legacy.cluster} already exists without a workflow: a reconcile tick adopts it")
+        stack.publish("reconcile", b"{}")
 
         seen: dict[str, str] = {}
 

@@ -148,6 +148,7 @@ class Stack:
             "MULTUS_PROVISIONER_KUBECONFIG_DIR": str(self.state_dir / "kubeconfig"),
             "MULTUS_PROVISIONER_CRD_POLL_SECONDS": "0.1",
             "MULTUS_PROVISIONER_STALL_SECONDS": "5",
+            "MULTUS_PROVISIONER_ROLLOUT_WAIT_SECONDS": "15",
         }
         template = _template_from_scenario(scenario)
         if template:

@@ -74,6 +74,7 @@ class Settings:
     lease_seconds: int = 120
     crd_timeout_seconds: float = 60.0
     crd_poll_seconds: float = 0.5
+    rollout_wait_seconds: float = 60.0
     ledger_ttl_days: int = 30
     allowed_namespaces: tuple[str, ...] = ()  # empty: any namespace not denied
     denied_namespaces: tuple[str, ...] = ("kube-system",)
@@ -172,6 +173,7 @@ class Settings:
             lease_seconds=integer("LEASE_SECONDS", 120, 5, 3600),
             crd_timeout_seconds=number("CRD_TIMEOUT_SECONDS", 60.0, 0.1, 600),
             crd_poll_seconds=number("CRD_POLL_SECONDS", 0.5, 0.01, 30),
+            rollout_wait_seconds=number("ROLLOUT_WAIT_SECONDS", 60.0, 0, 600),
             ledger_ttl_days=integer("LEDGER_TTL_DAYS", 30, 1, 3650),
             allowed_namespaces=names("ALLOWED_NAMESPACES", ()),
             denied_namespaces=names("DENIED_NAMESPACES", ("kube-system",)),

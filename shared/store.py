@@ -625,6 +625,8 @@ class Store:
             now = _now()
             before = (snap.to_dict() or {}).get("state") if snap.exists else None
             changes: dict[str, Any] = {**extra, "state": state, "updatedAt": now}
+            if message:
+                changes["message"] = message[:4000]
             if state != before:
                 changes["stateSince"] = now
             if snap.exists:

@@ -299,7 +299,7 @@ class Workflow:
             rec = store.advance(ref, event_id=event_id, step="install", state=d.READY,
                                 message=(f"bundle {bundle.version} applied ({report['objects']} objects, "
                                          f"{report['requests']} API requests); CRDs Established; "
-                                         f"DaemonSet {report['rollout']}"),
+                                         f"DaemonSet {report['rollout']['summary']}"),
                                 fields={**finish, "bundleVersion": bundle.version, "rollout": report["rollout"],
                                         "installRequests": report["requests"], "lastError": None},
                                 next_step="apply-nads")
@@ -325,11 +325,15 @@ class Workflow:
         cursor.step = "apply-bundle"
         kube.apply(rest)
         cursor.step = "rollout"
+        # Report the rollout rather than assume it (the seed allows maxUnavailable: 2): wait a
+        # bounded time, record what was reached; reconcile keeps the figure current afterwards.
+        deadline = time.monotonic() + self.settings.rollout_wait_seconds
         rollout = kube.daemonset_rollout(*bundle.daemonset)
+        while not rollout.complete and time.monotonic() < deadline:
+            time.sleep(min(1.0, max(0.05, self.settings.crd_poll_seconds)))
+            rollout = kube.daemonset_rollout(*bundle.daemonset)
         cursor.step = "install"
-        return {"objects": len(bundle.objects), "requests": kube.requests - before,
-                "rollout": {"desired": rollout.desired, "updated": rollout.updated,
-                            "ready": rollout.ready, "available": rollout.available}}
+        return {"objects": len(bundle.objects), "requests": kube.requests - before, "rollout": _rollout(rollout)}
 
     # -- NADs ----------------------------------------------------------------------------------
     def handle_nad(self, ev: Any) -> Outcome:
@@ -614,13 +618,24 @@ class _Cursor:
     step: str
 
 
+def _rollout(r: Any) -> dict[str, Any]:
+    done = "rolled out" if r.complete else "rollout in progress"
+    return {"desired": r.desired, "updated": r.updated, "ready": r.ready, "available": r.available,
+            "complete": bool(r.complete),
+            "summary": f"{done}: {r.ready}/{r.desired} ready, {r.updated} updated, {r.available} available"}
+
+
 def _cluster_fields(ref: ClusterRef) -> dict[str, Any]:
     return {"project": ref.project, "location": ref.location, "cluster": ref.cluster, "path": ref.path}
 
 
 def _nad_fields(req: Any) -> dict[str, Any]:
+    from shared.store import DELETE
+
+    # `reasons` and `lastError` belong to a previous outcome; a new one clears them unless it sets them.
     return {"namespace": req.namespace, "name": req.name, "request": req.to_dict(), "master": req.master,
-            "mode": req.mode, "action": req.action, "requestId": req.request_id}
+            "mode": req.mode, "action": req.action, "requestId": req.request_id, "reasons": DELETE,
+            "lastError": DELETE}
 
 
 def _nad_ledger_key(event_id: str, req: Any) -> str:
