@@ -80,6 +80,22 @@ def _related(a: Path, b: Path) -> bool:
     return a[:n] == b[:n]
 
 
+def _conflicts(p: Path, q: Path, live: dict[str, Any], applied: dict[str, Any]) -> bool:
+    """Whether applying field `p` conflicts with another manager's field `q`.
+
+    Same field: when the values differ. A map applied over fields in it does not conflict (the
+    manager owns the map, not its entries) unless the map is replaced by a non-map, and fields
+    applied inside another manager's leaf conflict only if that leaf is not a map.
+    """
+    if p == q:
+        return get_path(live, q) != get_path(applied, q)
+    if q[:len(p)] == p:
+        return not isinstance(get_path(applied, p), dict)
+    if p[:len(q)] == q:
+        return not isinstance(get_path(live, q), dict)
+    return False
+
+
 _MISSING = object()
 
 
@@ -111,7 +127,7 @@ def _remove_path(obj: dict[str, Any], path: Path) -> None:
 
 def _deep_merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
     for k, v in src.items():
-        if isinstance(v, dict) and v and isinstance(dst.get(k), dict):
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
             _deep_merge(dst[k], v)
         else:
             dst[k] = copy.deepcopy(v)
@@ -168,7 +184,7 @@ def server_side_apply(live: dict[str, Any] | None, applied: dict[str, Any], *, m
             continue
         for q in list(e.paths):
             for p in new_paths:
-                if _related(p, q) and get_path(live, q) != get_path(applied, q):
+                if _conflicts(p, q, live, applied):
                     conflicts.append((e.manager, q))
                     if force:
                         e.paths.discard(q)
@@ -184,7 +200,7 @@ def server_side_apply(live: dict[str, Any] | None, applied: dict[str, Any], *, m
     previous = mine.paths if mine else set()
     others = [e for e in entries if e is not mine]
     for p in sorted(previous - new_paths, key=len, reverse=True):
-        if not any(_related(p, q) for e in others for q in e.paths):
+        if not any(q[:len(p)] == p for e in others for q in e.paths):  # nobody owns it or a field in it
             _remove_path(obj, p)
     _deep_merge(obj, applied)
     if mine is None:

@@ -395,8 +395,11 @@ def _node_status(index: int) -> dict[str, Any]:
         "addresses": [{"type": "InternalIP", "address": f"10.0.1.{index + 2}"}],
         "capacity": {"cpu": "4", "memory": "16Gi", "pods": "110"},
         "allocatable": {"cpu": "3920m", "memory": "13Gi", "pods": "110"},
-        "nodeInfo": {"kubeletVersion": "v1.30.5-gke.1014001", "containerRuntimeVersion": "containerd://1.7.22",
-                     "operatingSystem": "linux", "architecture": "amd64", "osImage": "Container-Optimized OS"},
+        "nodeInfo": {"kubeletVersion": "v1.30.5-gke.1014001", "kubeProxyVersion": "v1.30.5-gke.1014001",
+                     "containerRuntimeVersion": "containerd://1.7.22", "operatingSystem": "linux",
+                     "architecture": "amd64", "osImage": "Container-Optimized OS from Google",
+                     "kernelVersion": "6.1.100+", "bootID": str(uuid.uuid4()), "machineID": uuid.uuid4().hex,
+                     "systemUUID": str(uuid.uuid4())},
     }
 
 
