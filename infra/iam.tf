@@ -32,13 +32,7 @@ resource "google_service_account" "build" {
 
 locals {
   gke_permission_doc = yamldecode(file("${path.module}/gke-permissions.yaml"))
-  gke_toggles = {
-    grant_usable_subnetworks_lookup = var.grant_usable_subnetworks_lookup
-  }
-  gke_permissions = sort([
-    for p in local.gke_permission_doc.permissions : p.permission
-    if lookup(local.gke_toggles, lookup(p, "toggle", ""), true)
-  ])
+  gke_permissions    = sort([for p in local.gke_permission_doc.permissions : p.permission])
 }
 
 resource "google_project_iam_custom_role" "gke" {

@@ -185,12 +185,6 @@ variable "managed_cluster_projects" {
   default     = []
 }
 
-variable "grant_usable_subnetworks_lookup" {
-  description = "Grant the permission that ListUsableSubnetworks needs (see infra/gke-permissions.yaml)."
-  type        = bool
-  default     = true
-}
-
 # --- Firestore --------------------------------------------------------------------------------------------
 
 variable "create_firestore_database" {

@@ -492,11 +492,13 @@ def test_custom_role_is_built_from_the_one_permission_file():
     assert ref(role["permissions"]) == "local.gke_permissions"
     loc = locals_()
     assert ref(loc["gke_permission_doc"]) == 'yamldecode(file("${path.module}/gke-permissions.yaml"))'
-    assert "local.gke_permission_doc.permissions" in loc["gke_permissions"]
-    toggles = {t for p in permission_doc()["permissions"] if (t := p.get("toggle"))}
-    for toggle in toggles:
-        assert toggle in variables(), f"toggle {toggle} has no variable"
-        assert f"var.{toggle}" in loc["gke_toggles"][toggle]
+    assert ref(loc["gke_permissions"]) == "sort([for p in local.gke_permission_doc.permissions : p.permission])"
+    assert ref(role["for_each"]) == "toset(local.cluster_projects)"
+
+
+# Verbs a list may hold for a resource it reads as a collection (everything else reads named objects).
+LISTED = {"container.clusters.list", "container.customResourceDefinitions.list", "container.events.list",
+          "container.thirdPartyObjects.list"}
 
 
 def test_every_permission_is_well_formed_explained_and_unique():
@@ -504,14 +506,30 @@ def test_every_permission_is_well_formed_explained_and_unique():
     for entry in permission_doc()["permissions"]:
         perm = entry["permission"]
         assert re.fullmatch(r"container\.[a-z][A-Za-z]+\.[a-z][A-Za-z]+", perm), perm
-        assert "*" not in perm
         assert perm not in seen, f"duplicate {perm}"
         seen.add(perm)
         assert len(entry.get("reason", "")) >= 20, f"{perm}: say why"
         assert entry.get("used_by"), f"{perm}: say which code uses it"
         assert entry.get("source") in {"api-permissions", "ssa-create", "rbac-escalation", "observed"}, perm
     assert "container.clusters.getCredentials" not in seen
-    assert not any(p.endswith((".list", ".watch")) and not p.startswith("container.clusters.") for p in seen)
+    assert not any(p.endswith(".watch") for p in seen)
+    assert {p for p in seen if p.endswith(".list")} == LISTED
+
+
+def _functions_in(path: Path) -> set[str]:
+    return {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)}
+
+
+def test_every_permission_names_code_that_exists_and_is_called():
+    """`used_by: file:function` must be a real function, and something in the controller must call it."""
+    sources = {p: p.read_text() for p in [*sorted((ROOT / "shared").glob("*.py")), ROOT / "functions" / "main.py"]}
+    for entry in permission_doc()["permissions"]:
+        for use in entry["used_by"]:
+            file, _, fn = use.partition(":")
+            path = ROOT / file
+            assert path.is_file() and fn in _functions_in(path), f"{entry['permission']}: {use} does not exist"
+            calls = sum(len(re.findall(rf"\.{fn}\(", text)) for text in sources.values())
+            assert calls >= 1, f"{entry['permission']}: nothing calls {use}"
 
 
 # Kubernetes kind -> the GKE IAM resource name of its permissions.
@@ -540,22 +558,19 @@ def test_in_cluster_permissions_match_the_bundle_the_controller_applies():
     assert kinds <= set(KIND_TO_IAM), f"bundle kinds without an IAM mapping here: {kinds - set(KIND_TO_IAM)}"
     perms = {p["permission"] for p in permission_doc()["permissions"]}
     in_cluster = {p.split(".")[1] for p in perms} - {"clusters", "operations"}
-    expected_resources = {KIND_TO_IAM[k] for k in kinds} | {"pods", "thirdPartyObjects"}
-    assert in_cluster == expected_resources, "every in-cluster permission must belong to a kind the code applies"
+    expected_resources = {KIND_TO_IAM[k] for k in kinds} | {"pods", "events", "thirdPartyObjects"}
+    assert in_cluster == expected_resources, "every in-cluster permission must belong to a kind the code touches"
     for kind in kinds:
-        for verb in ("create", "get", "update"):  # server-side apply creates (create) and patches (update)
-            assert f"container.{KIND_TO_IAM[kind]}.{verb}" in perms, (kind, verb)
-    for verb in ("create", "get", "update", "delete"):
-        assert f"container.thirdPartyObjects.{verb}" in perms  # NADs
-    for verb in ("create", "get", "delete"):
-        assert f"container.pods.{verb}" in perms  # verification pod
+        # server-side apply creates (create) and patches (update); reconcile GETs each object
+        assert {f"container.{KIND_TO_IAM[kind]}.{v}" for v in ("create", "get", "update")} <= perms, kind
+        assert f"container.{KIND_TO_IAM[kind]}.delete" not in perms, f"nothing deletes {kind} objects"
+    assert {f"container.thirdPartyObjects.{v}" for v in ("create", "update", "delete", "list")} <= perms  # NADs
+    assert {f"container.pods.{v}" for v in ("create", "get", "delete")} <= perms  # verification pod
     if "ClusterRole" in kinds:
         assert "container.clusterRoles.escalate" in perms
     if "ClusterRoleBinding" in kinds:
         assert "container.clusterRoles.bind" in perms
-    for documented in ("container.clusters.get", "container.clusters.list", "container.clusters.update",
-                       "container.operations.get"):
-        assert documented in perms
+    assert {"container.clusters.get", "container.clusters.list", "container.clusters.update"} <= perms
 
 
 # --- Firestore --------------------------------------------------------------------------------------------------
