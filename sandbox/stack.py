@@ -107,6 +107,7 @@ class Stack:
         self.token = secrets.token_urlsafe(32)
         self.env: dict[str, str] = {}
         self.audit_published = 0
+        self.held_audit: list[dict[str, Any]] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> Stack:
@@ -280,10 +281,36 @@ class Stack:
         return self._publisher.publish(self.topic_path(short), payload, attributes)
 
     def _publish_audit(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            if self.held_audit is not None:
+                self.held_audit.append(entry)
+                return
+        self._route_audit(entry)
+
+    def _route_audit(self, entry: dict[str, Any]) -> str:
         method = entry.get("protoPayload", {}).get("methodName", "")
         short = "node-pool-events" if "NodePool" in method else "cluster-events"
-        self.publish(short, json.dumps(entry).encode())
+        message_id = self.publish(short, json.dumps(entry).encode())
         self.audit_published += 1
+        return message_id
+
+    @staticmethod
+    def audit_topic(entry: dict[str, Any]) -> str:
+        """The entry point a Logging sink would route this audit entry to."""
+        method = entry.get("protoPayload", {}).get("methodName", "")
+        return "on_node_pool_event" if "NodePool" in method else "on_cluster_event"
+
+    def hold_audit(self) -> None:
+        """Keep audit entries instead of publishing them (tests deliver them by hand)."""
+        with self._lock:
+            if self.held_audit is None:
+                self.held_audit = []
+
+    def take_audit(self, *, release: bool = False) -> list[dict[str, Any]]:
+        """The entries held so far; with `release`, later entries are published again."""
+        with self._lock:
+            held, self.held_audit = list(self.held_audit or []), (None if release else [])
+        return held
 
     # -- functions under functions-framework ------------------------------------------------------
     def _start_functions(self) -> None:

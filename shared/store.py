@@ -445,7 +445,7 @@ class Store:
     @_edge
     def claim(self, ref: ClusterRef, *, event_id: str, step: str, ledger_key: str | None = None,
               create_state: str | None = None, create_fields: dict[str, Any] | None = None,
-              lease_seconds: int | None = None) -> ClusterRecord:
+              lease_seconds: int | None = None, holder: str | None = None) -> ClusterRecord:
         """Take the cluster's lease for `step` (creating the document when `create_state` is given)."""
         doc = self._cluster_doc(ref)
         ledger = self._ledger_doc(ledger_key) if ledger_key else None
@@ -458,7 +458,7 @@ class Store:
             if seen is not None and seen.exists:
                 raise AlreadyHandled(ledger_key)
             now = _now()
-            lease = Lease(event_id, step, now + timedelta(seconds=seconds))
+            lease = Lease(holder or event_id, step, now + timedelta(seconds=seconds))
             if not snap.exists:
                 if create_state is None:
                     raise self._unknown(ref, event_id)
@@ -468,7 +468,7 @@ class Store:
                 return ClusterRecord.of(ref, data)
             data = snap.to_dict() or {}
             held = Lease.from_doc(data.get("lease"))
-            if held is not None and held.holder != event_id and held.live(now):
+            if held is not None and held.holder != (holder or event_id) and held.live(now):
                 raise self._busy(ref, held)
             changes = {"lease": lease.to_doc(), "updatedAt": now}
             transaction.update(doc, _wire(changes))
@@ -479,7 +479,8 @@ class Store:
     @_edge
     def advance(self, ref: ClusterRef, *, event_id: str, step: str, outcome: str = "ok", message: str = "",
                 state: str | None = None, fields: dict[str, Any] | None = None, next_step: str | None = None,
-                ledger_key: str | None = None, release: bool = False) -> ClusterRecord:
+                ledger_key: str | None = None, release: bool = False,
+                holder: str | None = None) -> ClusterRecord:
         """Record a step: state, fields, history and ledger in one commit; renew or drop the lease."""
         _check_outcome(outcome)
         doc = self._cluster_doc(ref)
@@ -497,7 +498,7 @@ class Store:
             now = _now()
             data = snap.to_dict() or {}
             held = Lease.from_doc(data.get("lease"))
-            if held is not None and held.holder != event_id and held.live(now):
+            if held is not None and held.holder != (holder or event_id) and held.live(now):
                 raise self._busy(ref, held)
             changes: dict[str, Any] = {**extra, "updatedAt": now}
             before = data.get("state")
@@ -508,7 +509,7 @@ class Store:
                 changes["lease"] = None
             elif next_step is not None:
                 seconds = self.settings.lease_seconds
-                changes["lease"] = Lease(event_id, next_step, now + timedelta(seconds=seconds)).to_doc()
+                changes["lease"] = Lease(holder or event_id, next_step, now + timedelta(seconds=seconds)).to_doc()
             new = _apply(data, changes)
             transaction.update(doc, _wire(changes))
             transaction.set(history, self._history_entry(
@@ -523,7 +524,8 @@ class Store:
 
     @_edge
     def release(self, ref: ClusterRef, *, event_id: str, step: str, error: str, outcome: str = "retry",
-                state: str | None = None, count_attempt: bool = True) -> ClusterRecord:
+                state: str | None = None, count_attempt: bool = True,
+                holder: str | None = None) -> ClusterRecord:
         """A step failed: drop our lease, keep the error and count the attempt, visibly in history."""
         if outcome not in ("retry", "failed"):
             raise ValueError(f"outcome: expected 'retry' or 'failed', got {outcome!r}")
@@ -541,7 +543,7 @@ class Store:
                 "lastError": {"message": str(error)[:4000], "step": step, "eventId": event_id, "at": now},
                 "attempts": attempts, "releases": releases, "updatedAt": now}
             held = Lease.from_doc(data.get("lease"))
-            if held is not None and held.holder == event_id:
+            if held is not None and held.holder == (holder or event_id):
                 changes["lease"] = None
             before = data.get("state")
             if state is not None and state != before:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -149,10 +150,9 @@ class Workflow:
             return Outcome("ignored", message + " (cluster not tracked)", ref.path)
         from shared.store import AlreadyHandled
 
-        try:
-            store.claim(ref, event_id=event_id, step=step, ledger_key=event_id)
+        try:  # no claim: a note changes no state, so it only needs the lease to be free
             rec = store.advance(ref, event_id=event_id, step=step, outcome=outcome, message=message,
-                                ledger_key=event_id, release=True)
+                                ledger_key=event_id)
         except AlreadyHandled:
             return Outcome("duplicate", "event already handled", ref.path)
         return Outcome("ignored", message, ref.path, rec.state)
@@ -162,14 +162,14 @@ class Workflow:
         from shared.store import AlreadyHandled
 
         store = self.store
+        message = "cluster creation started; waiting for it to finish"
         try:
-            rec = store.claim(ref, event_id=event_id, step="discover", ledger_key=event_id,
-                              create_state=d.DISCOVERED, create_fields=_cluster_fields(ref))
+            store.claim(ref, event_id=event_id, step="discover", ledger_key=event_id,
+                        create_state=d.DISCOVERED, create_fields=_cluster_fields(ref))
+            rec = store.advance(ref, event_id=event_id, step="discover", message=message,
+                                ledger_key=event_id, release=True)
         except AlreadyHandled:
             return Outcome("duplicate", "event already handled", ref.path)
-        message = "cluster creation started; waiting for it to finish"
-        rec = store.advance(ref, event_id=event_id, step="discover", message=message,
-                            ledger_key=event_id, release=True)
         return Outcome("waiting", message, ref.path, rec.state)
 
     def _close(self, ref: ClusterRef, event_id: str) -> Outcome:
@@ -181,11 +181,11 @@ class Workflow:
             return Outcome("ignored", "deletion of a cluster the controller never tracked", ref.path)
         try:
             store.claim(ref, event_id=event_id, step="close", ledger_key=event_id)
+            rec = store.advance(ref, event_id=event_id, step="close", state=d.DELETED,
+                                message="cluster deleted; workflow closed, nothing is applied to it again",
+                                ledger_key=event_id, release=True)
         except AlreadyHandled:
             return Outcome("duplicate", "event already handled", ref.path)
-        rec = store.advance(ref, event_id=event_id, step="close", state=d.DELETED,
-                            message="cluster deleted; workflow closed, nothing is applied to it again",
-                            ledger_key=event_id, release=True)
         self._kube_cache.pop(ref.doc_id, None)
         return Outcome("done", "workflow closed", ref.path, rec.state)
 
@@ -196,8 +196,9 @@ class Workflow:
 
         store = self.store
         cursor = _Cursor("precheck")
+        cursor.holder = f"{event_id}#{cursor.holder}"
         try:
-            rec = store.claim(ref, event_id=event_id, step=cursor.step, ledger_key=event_id,
+            rec = store.claim(ref, event_id=event_id, step=cursor.step, ledger_key=event_id, holder=cursor.holder,
                               create_state=d.DISCOVERED if create is not False else None,
                               create_fields=_cluster_fields(ref))
         except AlreadyHandled:
@@ -208,23 +209,25 @@ class Workflow:
             raise
         try:
             return self._drive_claimed(ref, rec, event_id, trigger, cursor)
+        except AlreadyHandled:  # a concurrent duplicate of this event finished first
+            return Outcome("duplicate", "event already handled", ref.path)
         except Transient as e:
-            rec = store.release(ref, event_id=event_id, step=cursor.step,
+            rec = store.release(ref, event_id=event_id, step=cursor.step, holder=cursor.holder,
                                 error=f"{cursor.step}: {e}", outcome="retry")
             attempts = int(rec.data.get("attempts", 0) or 0)
             if attempts >= self.settings.max_attempts:
-                return self._fail(ref, event_id, cursor.step,
+                return self._fail(ref, event_id, cursor,
                                   f"gave up after {attempts} attempts; last error: {e}")
             logs.warning("transient failure; Pub/Sub will redeliver", eventId=event_id, cluster=ref.path,
                          step=cursor.step, error=str(e), attempt=attempts)
             raise
         except Permanent as e:
-            return self._fail(ref, event_id, cursor.step, f"{cursor.step}: {e}")
+            return self._fail(ref, event_id, cursor, f"{cursor.step}: {e}")
 
-    def _fail(self, ref: ClusterRef, event_id: str, step: str, message: str) -> Outcome:
-        store = self.store
+    def _fail(self, ref: ClusterRef, event_id: str, cursor: _Cursor, message: str) -> Outcome:
+        store, step = self.store, cursor.step
         store.release(ref, event_id=event_id, step=step, error=message, outcome="failed",
-                      state=d.FAILED, count_attempt=False)
+                      state=d.FAILED, count_attempt=False, holder=cursor.holder)
         store.record_ledger(event_id, event_id=event_id, step=step, outcome="failed", cluster=ref)
         logs.error("step failed permanently", eventId=event_id, cluster=ref.path, step=step, error=message)
         return Outcome("failed", message, ref.path, d.FAILED)
@@ -234,15 +237,19 @@ class Workflow:
         from shared import prechecks
 
         store = self.store
+
+        def advance(**kw: Any) -> Any:
+            return store.advance(ref, holder=cursor.holder, event_id=event_id, **kw)
+
         if rec.state == d.DELETED:
-            store.advance(ref, event_id=event_id, step="precheck", outcome="skipped",
+            advance(step="precheck", outcome="skipped",
                           message=f"{trigger}: the workflow is closed", ledger_key=event_id, release=True)
             return Outcome("ignored", "workflow closed", ref.path, d.DELETED)
         try:
             cluster = self.gke.get_cluster(ref)
         except Permanent as e:
             if str(e.code).upper() in ("NOT_FOUND", "404", "5"):
-                rec = store.advance(ref, event_id=event_id, step="precheck", state=d.DELETED,
+                rec = advance(step="precheck", state=d.DELETED,
                                     message=f"{trigger}: cluster no longer exists in GKE",
                                     ledger_key=event_id, release=True)
                 return Outcome("done", "cluster no longer exists", ref.path, rec.state)
@@ -260,7 +267,7 @@ class Workflow:
                 "findings": [f.to_dict() for f in findings], "trigger": trigger}
         finish = {"attempts": 0}
         if step.kind in (step.CLOSED, step.IGNORE, step.WAIT, step.INELIGIBLE, step.AWAIT_POOL):
-            rec = store.advance(ref, event_id=event_id, step="precheck", state=step.state,
+            rec = advance(step="precheck", state=step.state,
                                 outcome="ignored" if step.kind == step.IGNORE else "ok",
                                 message=f"{trigger}: {step.message}", fields={**base, **finish},
                                 ledger_key=event_id, release=True)
@@ -272,7 +279,7 @@ class Workflow:
             cursor.step = "create-node-pool"
             tpl = policy.node_pool_template
             operation = self.gke.create_node_pool(ref, tpl)
-            rec = store.advance(ref, event_id=event_id, step="create-node-pool", state=d.CREATING_NODE_POOL,
+            rec = advance(step="create-node-pool", state=d.CREATING_NODE_POOL,
                                 message=f"{trigger}: {step.message} ({tpl.name}"
                                         + (f", operation {operation})" if operation else ", already exists)"),
                                 fields={**base, **finish, "nodePoolRequested": {
@@ -291,12 +298,12 @@ class Workflow:
                          "maxPodsPerNode": pod_net.max_pods_per_node}
         if step.kind == step.INSTALL or rec.data.get("bundleVersion") != bundle.version:
             cursor.step = "install"
-            rec = store.advance(ref, event_id=event_id, step="precheck", state=d.INSTALLING,
+            rec = advance(step="precheck", state=d.INSTALLING,
                                 message=f"{trigger}: {step.message}",
                                 fields={**base, "nodePool": node_pool}, next_step="install")
             kube = self.kube_for(ref, cluster)
             report = self._install(kube, bundle, cursor)
-            rec = store.advance(ref, event_id=event_id, step="install", state=d.READY,
+            rec = advance(step="install", state=d.READY,
                                 message=(f"bundle {bundle.version} applied ({report['objects']} objects, "
                                          f"{report['requests']} API requests); CRDs Established; "
                                          f"DaemonSet {report['rollout']['summary']}"),
@@ -307,7 +314,7 @@ class Workflow:
         else:
             kube = self.kube_for(ref, cluster)
             applied = self._apply_pending(ref, rec, kube, event_id, policy, first_ready=False)
-        rec = store.advance(ref, event_id=event_id, step="apply-nads",
+        rec = advance(step="apply-nads",
                             message=f"{trigger}: READY; {applied} pending NAD(s) processed",
                             fields={"nodePool": node_pool}, ledger_key=event_id, release=True)
         return Outcome("done", "cluster READY", ref.path, rec.state, {"nads": applied})
@@ -613,9 +620,15 @@ class Workflow:
 
 @dataclass
 class _Cursor:
-    """Where a drive currently is, so an error is recorded against the step that raised it."""
+    """Where a drive currently is, so an error is recorded against the step that raised it.
+
+    `holder` names this delivery of the event in the lease: two concurrent deliveries of one
+    event (Pub/Sub is at least once) must not both run the steps, so each has its own holder and
+    the second gets a `Transient` "busy" answer; it is redelivered later and finds the ledger.
+    """
 
     step: str
+    holder: str = field(default_factory=lambda: secrets.token_hex(6))
 
 
 def _rollout(r: Any) -> dict[str, Any]:

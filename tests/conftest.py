@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures_emulators",
     "tests.fixtures_gke",
     "tests.fixtures_kube",
+    "tests.fixtures_stack",
 ]
