@@ -5,9 +5,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint unit demo sandbox bench package clean
+TOOLS := .venv-tools
+
+.PHONY: setup tools test lint unit demo sandbox bench package clean
 
 setup: $(STAMP)
+
+# checkov pins versions that clash with the runtime's, so it lives in its own virtualenv.
+tools: $(TOOLS)/.installed
+
+$(TOOLS)/.installed: infra/tools-requirements.txt
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check -r infra/tools-requirements.txt
+	@touch $@
 
 # Re-installs only when the requirement files change; quick no-op otherwise.
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -19,7 +29,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
+test: setup lint tools
 	$(BIN)/python -m pytest -q
 
 demo: setup

@@ -165,10 +165,10 @@ def test_every_tf_file_parses_and_declares_something():
         assert doc, f"{name} is empty"
 
 
-def test_terraform_fmt_is_clean_when_terraform_is_installed():
+def test_terraform_fmt_is_clean():
+    # The machine image ships terraform (no provider can be downloaded, so fmt is all it can do here).
     terraform = shutil.which("terraform")
-    if terraform is None:
-        pytest.skip("terraform binary not on this machine (formatting only; the HCL is parsed above)")
+    assert terraform, "terraform is not on PATH; the machine image ships it in /usr/local/bin"
     proc = subprocess.run([terraform, "fmt", "-check", "-diff", "-recursive", str(INFRA)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
