@@ -93,6 +93,10 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     progress: Callable[[str], None] = lambda _msg: None
     emulators: Any = None  # an already running sandbox.emulators.Emulators to reuse
+    # Put a fault-injecting gRPC proxy (sandbox.grpc_proxy) between the functions and Firestore /
+    # the GKE sandbox; tests arm it through `stack.firestore_proxy.faults` / `stack.gke_proxy.faults`.
+    firestore_proxy: Any = False
+    gke_proxy: Any = False
 
     def __post_init__(self) -> None:
         self.scenario = Path(self.scenario)
@@ -108,6 +112,8 @@ class Stack:
         self.env: dict[str, str] = {}
         self.audit_published = 0
         self.held_audit: list[dict[str, Any]] | None = None
+        self._ports: dict[str, int] = {}
+        self._fn_env: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> Stack:
@@ -151,6 +157,11 @@ class Stack:
             "MULTUS_PROVISIONER_STALL_SECONDS": "5",
             "MULTUS_PROVISIONER_ROLLOUT_WAIT_SECONDS": "15",
         }
+        if self.firestore_proxy:
+            from sandbox.grpc_proxy import GrpcProxy
+
+            self.firestore_proxy = GrpcProxy(emu_env["FIRESTORE_EMULATOR_HOST"])
+            self.env["FIRESTORE_EMULATOR_HOST"] = self.firestore_proxy.start()
         template = _template_from_scenario(scenario)
         if template:
             self.env["MULTUS_PROVISIONER_NODE_POOL_TEMPLATE"] = json.dumps(template, sort_keys=True)
@@ -163,6 +174,11 @@ class Stack:
                               on_node_pool=self._on_node_pool, on_cluster_deleted=self._on_cluster_deleted,
                               audit_sink=self._publish_audit, operation_delay=self.operation_delay)
         gke_endpoint = self.gke.start(port=0)
+        if self.gke_proxy:
+            from sandbox.grpc_proxy import GrpcProxy
+
+            self.gke_proxy = GrpcProxy(gke_endpoint)
+            gke_endpoint = self.gke_proxy.start()
         self.env["MULTUS_PROVISIONER_GKE_ENDPOINT"] = gke_endpoint
 
         self.progress("creating Pub/Sub topics and starting the functions")
@@ -187,6 +203,10 @@ class Stack:
             with contextlib.suppress(Exception):
                 self._publisher.stop()
             self._publisher = None
+        for proxy in (self.firestore_proxy, self.gke_proxy):
+            if proxy and hasattr(proxy, "stop"):
+                with contextlib.suppress(Exception):
+                    proxy.stop()
         if self._own_emulators and self.emulators is not None:
             self.emulators.stop()
             self.emulators = None
@@ -319,23 +339,55 @@ class Stack:
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         env.setdefault("THREADS", "8")
+        self._fn_env = env
         ports = {}
         for fn in FUNCTIONS:
             port = free_port()
-            log = self.state_dir / "logs" / f"{fn}.log"
-            with open(log, "ab") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "functions_framework", "--target", fn, "--signature-type",
-                     "cloudevent", "--source", str(REPO / "functions" / "main.py"), "--host", "127.0.0.1",
-                     "--port", str(port)],
-                    cwd=str(REPO), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-            self._procs[fn] = proc
-            ports[fn] = (port, log)
+            ports[fn] = (port, self._spawn(fn, port))
         for fn, (port, log) in ports.items():
             wait_port(port, 30, f"function {fn}", self._procs[fn], log)
             url = f"http://127.0.0.1:{port}/"
             self.function_urls[fn] = url
             self.env[f"MULTUS_PROVISIONER_URL_{fn.upper()}"] = url
+
+    def _spawn(self, fn: str, port: int) -> Path:
+        log = self.state_dir / "logs" / f"{fn}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "functions_framework", "--target", fn, "--signature-type",
+                 "cloudevent", "--source", str(REPO / "functions" / "main.py"), "--host", "127.0.0.1",
+                 "--port", str(port)],
+                cwd=str(REPO), env=self._fn_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self._procs[fn] = proc
+        self._ports[fn] = port
+        return log
+
+    def kill_function(self, fn: str) -> None:
+        """SIGKILL the function's whole process group (a crash: no cleanup, no answer sent)."""
+        proc = self._procs[fn]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def restart_function(self, fn: str, timeout: float = 30.0) -> None:
+        """Start `fn` again on its port (after `kill_function`, or stopping it gracefully first)."""
+        proc = self._procs[fn]
+        if proc.poll() is None:
+            _stop_group(proc)
+        port = self._ports[fn]
+        deadline = time.monotonic() + timeout
+        while True:  # the killed server's socket may linger for a moment
+            try:
+                with socket.socket() as probe:  # as the server binds: TIME_WAIT does not count
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"port {port} of {fn} is still taken after {timeout:.0f}s") from None
+                time.sleep(0.1)
+        log = self._spawn(fn, port)
+        wait_port(port, timeout, f"function {fn}", self._procs[fn], log)
 
     def function_log(self, fn: str) -> str:
         path = self.state_dir / "logs" / f"{fn}.log"

@@ -72,6 +72,7 @@ class Settings:
     gke_endpoint: str | None = None
     access_token_file: str | None = None
     lease_seconds: int = 120
+    api_timeout_seconds: float = 30.0  # per call to Firestore, GKE and cluster APIs (docs/RELIABILITY.md)
     crd_timeout_seconds: float = 60.0
     crd_poll_seconds: float = 0.5
     rollout_wait_seconds: float = 60.0
@@ -171,6 +172,7 @@ class Settings:
             gke_endpoint=get("GKE_ENDPOINT"),
             access_token_file=get("ACCESS_TOKEN_FILE"),
             lease_seconds=integer("LEASE_SECONDS", 120, 5, 3600),
+            api_timeout_seconds=number("API_TIMEOUT_SECONDS", 30.0, 0.5, 600),
             crd_timeout_seconds=number("CRD_TIMEOUT_SECONDS", 60.0, 0.1, 600),
             crd_poll_seconds=number("CRD_POLL_SECONDS", 0.5, 0.01, 30),
             rollout_wait_seconds=number("ROLLOUT_WAIT_SECONDS", 60.0, 0, 600),

@@ -53,6 +53,7 @@ _K8S_OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 # Fields the store owns: a workflow passing them in `fields` is a bug, reported at once.
 _OWNED = frozenset({"state", "stateSince", "createdAt", "updatedAt", "lease"})
 _CLUSTER_IDENTITY = ("project", "location", "cluster", "path")
+_LOST_TRANSACTION = re.compile(r"transaction.{0,40}(invalid|closed|expired|no longer valid)", re.I)
 _NAD_IDENTITY = ("namespace", "name", "clusterPath")
 
 
@@ -233,6 +234,12 @@ def translate(exc: BaseException) -> BaseException:
     code = getattr(exc, "grpc_status_code", None)
     name = getattr(code, "name", None) or type(exc).__name__
     message = f"Firestore {name}: {getattr(exc, 'message', None) or exc}"
+    if isinstance(exc, gexc.InvalidArgument) and _LOST_TRANSACTION.search(message):
+        # The client library retries a Commit whose answer was lost (UNAVAILABLE); if the first
+        # Commit did land, the retry hears "transaction is invalid or closed". The step's fate is
+        # unknown, not refused: redeliver, and the ledger tells whether it was recorded.
+        return Transient(message + " (the transaction's outcome is unknown; retrying the event)",
+                         code=name, api="firestore")
     transient = (gexc.Aborted, gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.TooManyRequests,
                  gexc.InternalServerError, gexc.ServerError, gexc.RetryError, gexc.Unknown)
     if isinstance(exc, transient):
@@ -263,6 +270,7 @@ class RpcCounter:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.max_timeout: float | None = None  # clamps every call's deadline (Store's timeout)
         self.total = 0
         self.by_method: Counter[str] = Counter()
         self._local = threading.local()
@@ -291,23 +299,31 @@ class RpcCounter:
 
         counter = self
 
+        def clamp(details: Any) -> Any:
+            # The library's defaults are 60-300 s per call; a call must not outlive the lease
+            # or the function's deadline, so the store's timeout caps it (docs/RELIABILITY.md).
+            limit = counter.max_timeout
+            if limit is None or (details.timeout is not None and details.timeout <= limit):
+                return details
+            return details._replace(timeout=limit)
+
         class _Interceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
                            grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
             def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
                 counter.hit(details.method)
-                return continuation(details, request)
+                return continuation(clamp(details), request)
 
             def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
                 counter.hit(details.method)
-                return continuation(details, request)
+                return continuation(clamp(details), request)
 
             def intercept_stream_unary(self, continuation, details, it):  # type: ignore[no-untyped-def]
                 counter.hit(details.method)
-                return continuation(details, it)
+                return continuation(clamp(details), it)
 
             def intercept_stream_stream(self, continuation, details, it):  # type: ignore[no-untyped-def]
                 counter.hit(details.method)
-                return continuation(details, it)
+                return continuation(clamp(details), it)
 
         return _Interceptor()
 
@@ -351,7 +367,8 @@ def instrument(client: Any) -> RpcCounter:
 class Store:
     """The controller's Firestore documents. One instance per process; thread-safe (the client is)."""
 
-    def __init__(self, settings: Settings, client: Any = None, *, max_attempts: int = 5) -> None:
+    def __init__(self, settings: Settings, client: Any = None, *, max_attempts: int = 5,
+                 timeout: float | None = None) -> None:
         self.settings = settings
         if client is None:
             from google.cloud import firestore
@@ -360,6 +377,7 @@ class Store:
         self.client = client
         self.max_attempts = max_attempts
         self._rpcs = instrument(client)
+        self._rpcs.max_timeout = settings.api_timeout_seconds if timeout is None else timeout
 
     # -- measurement
     @property

@@ -71,7 +71,7 @@ class Workflow:
         if self._gke is None:
             from shared.gke import Gke
 
-            self._gke = Gke(self.settings)
+            self._gke = Gke(self.settings, timeout=self.settings.api_timeout_seconds)
         return self._gke
 
     def kube_for(self, ref: ClusterRef, cluster: Any = None) -> Any:
@@ -91,7 +91,7 @@ class Workflow:
         else:
             from shared.kube import Kube
 
-            kube = Kube(self.gke.api_client(cluster))
+            kube = Kube(self.gke.api_client(cluster), timeout=self.settings.api_timeout_seconds)
         self._kube_cache[ref.doc_id] = (now + KUBE_CACHE_SECONDS, kube)
         return kube
 
