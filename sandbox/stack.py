@@ -97,6 +97,9 @@ class Stack:
     # the GKE sandbox; tests arm it through `stack.firestore_proxy.faults` / `stack.gke_proxy.faults`.
     firestore_proxy: Any = False
     gke_proxy: Any = False
+    # False: no functions, topics or push subscriptions; audit entries are held (`take_audit`) for
+    # in-process workflow tests that call the workflow themselves.
+    with_functions: bool = True
 
     def __post_init__(self) -> None:
         self.scenario = Path(self.scenario)
@@ -181,9 +184,12 @@ class Stack:
             gke_endpoint = self.gke_proxy.start()
         self.env["MULTUS_PROVISIONER_GKE_ENDPOINT"] = gke_endpoint
 
-        self.progress("creating Pub/Sub topics and starting the functions")
-        self._start_functions()
-        self._create_topics()
+        if self.with_functions:
+            self.progress("creating Pub/Sub topics and starting the functions")
+            self._start_functions()
+            self._create_topics()
+        else:
+            self.hold_audit()
         self.write_env_file(self.state_dir / "env")
         return self.env
 
