@@ -1,0 +1,198 @@
+"""The workflow in-process against real servers (Firestore emulator, sandbox GKE and cluster APIs).
+
+The end-to-end suite proves the same paths through Pub/Sub and functions-framework; here the
+workflow is called directly, so that branches that are awkward to reach through the wire
+(policy documents, attempts exhausted, permanent errors, stalled workflows) are tested exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.gke.scenario import NodePoolSpec
+from sandbox.stack import Stack
+from shared import decisions as d
+from shared.errors import Transient
+from shared.events import decode_audit, decode_nad_request, decode_reconcile
+from shared.refs import ClusterRef
+from shared.settings import Settings
+from shared.workflow import Workflow
+
+
+@pytest.fixture(scope="module")
+def local_stack(emulators: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(state_dir=Path(tmp_path_factory.mktemp("local")), emulators=emulators, operation_delay=0.05,
+              crd_delay=0.05, rollout_delay=0.05, with_functions=False)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def make_wf(local_stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", local_stack.env["FIRESTORE_EMULATOR_HOST"])
+    prefix = f"wf{uuid.uuid4().hex[:8]}_"
+
+    def make(**env: str) -> Workflow:
+        settings = Settings.from_env({**local_stack.env, "MULTUS_PROVISIONER_COLLECTION_PREFIX": prefix,
+                                      "MULTUS_PROVISIONER_ROLLOUT_WAIT_SECONDS": "2", **env})
+        return Workflow(settings)
+
+    return make
+
+
+def ce(payload: dict[str, Any] | bytes, message_id: str | None = None) -> dict[str, Any]:
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    mid = message_id or uuid.uuid4().hex
+    return {"id": mid, "data": {"message": {"data": base64.b64encode(data).decode(), "messageId": mid}}}
+
+
+def new_cluster(stack: Stack, **overrides: Any) -> tuple[ClusterRef, list[dict[str, Any]]]:
+    """Create a cluster in the GKE sandbox; returns its ref and the audit entries it produced."""
+    name = f"wf-{uuid.uuid4().hex[:8]}"
+    overrides.setdefault("labels", {"multus-provisioner": "enabled"})
+    overrides.setdefault("node_pools", (NodePoolSpec("default-pool"),))
+    stack.gke.create_cluster(name, wait=True, **overrides)
+    entries = [e for e in stack.take_audit() if name in json.dumps(e)]
+    return ClusterRef(stack.project, "us-central1", name), entries
+
+
+def feed(wf: Workflow, stack: Stack, entries: list[dict[str, Any]]) -> list[Any]:
+    return [wf.handle_audit(decode_audit(ce(e))) for e in entries]
+
+
+def to_ready(wf: Workflow, stack: Stack, **overrides: Any) -> ClusterRef:
+    ref, entries = new_cluster(stack, **overrides)
+    feed(wf, stack, entries)  # -> CREATING_NODE_POOL
+    assert stack.gke.wait_idle(10)
+    feed(wf, stack, [e for e in stack.take_audit() if ref.cluster in json.dumps(e)])
+    assert wf.store.get_cluster(ref).state == d.READY
+    return ref
+
+
+def test_policy_document_overrides_settings_and_default_nads_apply_on_first_ready(local_stack, make_wf):
+    wf = make_wf()
+    policy = wf.store._col("config").document("policy")
+    policy.set({"deniedNamespaces": ["blocked"], "maxNadsPerCluster": 3,
+                "defaultNads": [{"name": "default-net", "range": "172.16.1.0/28"},
+                                {"name": "Broken Name"}]})
+    ref = to_ready(wf, local_stack)
+    nads = {n["name"]: n for n in wf.store.list_nads(ref)}
+    assert nads["default-net"]["state"] == d.NAD_APPLIED and nads["default-net"]["range"] == "172.16.1.0/28"
+    assert "Broken Name" not in nads  # an invalid default NAD is logged and skipped, not applied
+    out = wf.handle_nad(decode_nad_request(ce({"cluster": ref.path, "name": "x", "namespace": "blocked"})))
+    assert out.status == "rejected" and "denied by policy" in out.message
+    # kube-system is allowed now: the document replaced the default deny list
+    out = wf.handle_nad(decode_nad_request(ce({"cluster": ref.path, "name": "sys", "namespace": "kube-system",
+                                               "range": "172.16.1.16/28"})))
+    assert out.status == "done", out.message
+    out = wf.handle_nad(decode_nad_request(ce({"cluster": ref.path, "name": "third", "range": "172.16.1.32/28"})))
+    assert out.status == "done"
+    out = wf.handle_nad(decode_nad_request(ce({"cluster": ref.path, "name": "fourth", "range": "172.16.1.48/28"})))
+    assert out.status == "rejected" and "policy limit 3" in out.message
+
+
+def test_invalid_policy_document_is_reported_by_name(local_stack, make_wf):
+    from shared.settings import ConfigError
+
+    wf = make_wf()
+    wf.store._col("config").document("policy").set({"maxNads": 3})
+    with pytest.raises(ConfigError, match="unknown field"):
+        wf.policy()
+
+
+def test_transient_errors_retry_then_fail_after_max_attempts(local_stack, make_wf):
+    wf = make_wf(MULTUS_PROVISIONER_MAX_ATTEMPTS="2")
+    ref, entries = new_cluster(local_stack)
+    last = [e for e in entries if e.get("operation", {}).get("last")]
+    event = decode_audit(ce(last[0]))
+    local_stack.gke.faults.fail("GetCluster", "UNAVAILABLE", times=5)
+    try:
+        with pytest.raises(Transient):
+            wf.handle_audit(event)
+        rec = wf.store.get_cluster(ref)
+        assert rec.data["attempts"] == 1 and rec.data["lease"] is None and rec.data["lastError"]["step"] == "precheck"
+        out = wf.handle_audit(event)  # the redelivery: second attempt, limit reached
+    finally:
+        local_stack.gke.faults.clear()
+    assert out.status == "failed" and out.state == d.FAILED and "gave up after 2 attempts" in out.message
+    assert wf.handle_audit(event).status == "duplicate"  # acknowledged: the ledger has it
+    outcomes = [h["outcome"] for h in wf.store.history(ref, page_size=50)[0]]
+    assert outcomes.count("retry") == 2 and outcomes.count("failed") == 1
+
+
+def test_permanent_error_fails_at_once_with_the_api_message(local_stack, make_wf):
+    wf = make_wf()
+    ref, entries = new_cluster(local_stack)
+    local_stack.gke.faults.fail("CreateNodePool", "PERMISSION_DENIED", times=1,
+                                message="Required 'container.clusters.update' permission")
+    try:
+        out = feed(wf, local_stack, entries)[-1]
+    finally:
+        local_stack.gke.faults.clear()
+    assert out.status == "failed" and "container.clusters.update" in out.message
+    rec = wf.store.get_cluster(ref)
+    assert rec.state == d.FAILED and "create-node-pool" in rec.data["lastError"]["message"]
+
+
+def test_reconcile_resumes_a_workflow_whose_event_was_lost(local_stack, make_wf):
+    wf = make_wf(MULTUS_PROVISIONER_STALL_SECONDS="1")
+    ref, entries = new_cluster(local_stack)
+    feed(wf, local_stack, entries)
+    assert wf.store.get_cluster(ref).state == d.CREATING_NODE_POOL
+    assert local_stack.gke.wait_idle(10)
+    local_stack.take_audit()  # the node pool's audit entries are lost
+    import time
+
+    time.sleep(1.1)
+    out = wf.reconcile(decode_reconcile(ce(b"")))
+    assert any(ref.path in r and "READY" in r for r in out.details["resumed"]), out.details
+    assert wf.store.get_cluster(ref).state == d.READY
+
+
+def test_reconcile_adopts_an_opted_in_cluster_without_workflow(local_stack, make_wf):
+    wf = make_wf()
+    ref, _ = new_cluster(local_stack)  # its audit entries never reach the controller
+    out = wf.reconcile(decode_reconcile(ce(b"{}")))
+    assert any(ref.path in a for a in out.details["adopted"]), out.details
+    assert wf.store.get_cluster(ref).state == d.CREATING_NODE_POOL
+    # demo-legacy (in the scenario from the start, opted in, ineligible) is adopted too
+    legacy = ClusterRef(local_stack.project, "us-central1", "demo-legacy")
+    assert wf.store.get_cluster(legacy).state == d.INELIGIBLE
+
+
+def test_cluster_without_template_waits_for_a_node_pool(local_stack, make_wf):
+    wf = make_wf(MULTUS_PROVISIONER_NODE_POOL_TEMPLATE="")
+    assert wf.settings.node_pool_template is None
+    ref, entries = new_cluster(local_stack)
+    out = feed(wf, local_stack, entries)[-1]
+    rec = wf.store.get_cluster(ref)
+    assert rec.state == d.AWAITING_NODE_POOL and "additional-pod-network" in out.message
+
+
+def test_node_pool_deletion_is_recorded(local_stack, make_wf):
+    import grpc
+    from google.cloud import container_v1
+    from google.cloud.container_v1.services.cluster_manager.transports import ClusterManagerGrpcTransport
+
+    wf = make_wf()
+    ref = to_ready(wf, local_stack)
+    channel = grpc.insecure_channel(local_stack.env["MULTUS_PROVISIONER_GKE_ENDPOINT"])
+    client = container_v1.ClusterManagerClient(transport=ClusterManagerGrpcTransport(channel=channel))
+    client.delete_node_pool(name=f"{ref.path}/nodePools/multus-pool")
+    channel.close()
+    assert local_stack.gke.wait_idle(10)
+    outs = feed(wf, local_stack, [e for e in local_stack.take_audit() if ref.cluster in json.dumps(e)])
+    assert outs[0].status == "ignored"  # first entry: noted
+    rec = wf.store.get_cluster(ref)
+    # the only pool with extra networks is gone: the template makes the controller create it again
+    assert rec.state == d.CREATING_NODE_POOL, rec.state
