@@ -594,10 +594,16 @@ class Workflow:
             req = nadlib.parse_request(dict(doc["request"]))
             kube.apply_nad(nadlib.render_nad(req, doc.get("range")))
             fixes.append(f"{'re-created' if live is None else 'restored'} NAD {doc['namespace']}/{doc['name']}")
-        if fixes:
+        # The rollout recorded at install time may have been partial; keep the figure current.
+        rollout = _rollout(kube.daemonset_rollout(*bundle.daemonset))
+        rollout_changed = rollout["summary"] != (rec.data.get("rollout") or {}).get("summary")
+        if fixes or rollout_changed:
+            message = ("reconcile repaired: " + "; ".join(fixes)) if fixes else "reconcile: nothing to repair"
+            message += f"; DaemonSet {rollout['summary']}"
             store.claim(ref, event_id=event_id, step="repair", ledger_key=event_id)
-            store.advance(ref, event_id=event_id, step="repair", message="reconcile repaired: " + "; ".join(fixes),
-                          fields={"bundleVersion": bundle.version}, ledger_key=event_id, release=True)
+            store.advance(ref, event_id=event_id, step="repair", message=message,
+                          fields={"bundleVersion": bundle.version, "rollout": rollout}, ledger_key=event_id,
+                          release=True)
         return fixes
 
     # -- rejected input ---------------------------------------------------------------------------

@@ -72,6 +72,12 @@ def test_happy_path_nad_before_cluster_then_ready_and_verified(stack, e2e_store,
     for step in ("queue-nad", "discover", "create-node-pool", "precheck", "install", "apply-nad", "apply-nads"):
         assert step in steps, steps
 
+    # structured logs as Cloud Logging reads them: one JSON object per line, severity, event id, cluster
+    lines = [json.loads(x) for x in stack.function_log("on_node_pool_event").splitlines() if x.startswith("{")]
+    mine = [x for x in lines if x.get("cluster") == ref.path]
+    assert mine and all(x["severity"] in ("INFO", "WARNING", "ERROR") and x["eventId"] for x in mine)
+    assert any(x.get("state") == "READY" and x.get("outcome") == "done" for x in mine)
+
     env_file = stack.write_env_file(stack.state_dir / "env")
     assert cli.main(["verify", "--sandbox", str(env_file), cluster_name, "default/early"]) == 0
     assert "VERIFIED" in capsys.readouterr().out
