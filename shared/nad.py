@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shared.errors import Problem, Rejected
-from shared.refs import ClusterRef
+from shared.refs import ClusterRef, parse_resource_name
 
 MAX_REQUEST_BYTES = 64 * 1024
 MANAGED_BY = ("app.kubernetes.io/managed-by", "multus-provisioner")
@@ -359,7 +359,11 @@ def parse_cluster(text: object, *, field: str = "cluster") -> ClusterRef:
     if isinstance(text, str) and not plain(text):
         raise Rejected("invalid cluster reference",
                        [Problem(field, f"whitespace or control characters in {text[:200]!r}")])
-    return ClusterRef.parse(text, field=field)
+    ref, node_pool = parse_resource_name(text, field=field)
+    if node_pool is not None:  # the schema and docs name a cluster; a pool path is not silently cut
+        raise Rejected("invalid cluster reference",
+                       [Problem(field, f"expected projects/P/locations/L/clusters/C, got a node pool: {text[:200]!r}")])
+    return ref
 
 
 def _cluster_problems(cluster: object) -> list[Problem]:
