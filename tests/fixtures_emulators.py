@@ -46,12 +46,15 @@ def _prefix(node_name: str) -> str:
 
 @pytest.fixture
 def store_settings(emulators: Emulators, monkeypatch: pytest.MonkeyPatch,
-                   request: pytest.FixtureRequest) -> Settings:
+                   request: pytest.FixtureRequest) -> Iterator[Settings]:
     host = emulators.firestore_host
     assert host, "the emulators fixture has no Firestore"
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", host)
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", TEST_PROJECT)
-    return Settings(project=TEST_PROJECT, collection_prefix=_prefix(request.node.name))
+    yield Settings(project=TEST_PROJECT, collection_prefix=_prefix(request.node.name))
+    # Belt and braces: the prefix already isolates tests; the emulator's documented reset endpoint
+    # then empties the test project (the end-to-end stack lives in another project, untouched).
+    emulators.reset_firestore(project=TEST_PROJECT)
 
 
 @pytest.fixture
