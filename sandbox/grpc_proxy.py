@@ -52,6 +52,24 @@ def method_name(method: str) -> str:
     return method if method.startswith("/") else "/" + method
 
 
+Needles = bytes | str | tuple[bytes | str, ...] | list[bytes | str] | None
+
+
+def _needles(contains: Any) -> tuple[bytes, ...]:
+    """`contains` as a tuple of byte strings, all of which a matching request must hold."""
+    if contains is None:
+        return ()
+    items = contains if isinstance(contains, tuple | list) else (contains,)
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            item = item.encode()
+        if not isinstance(item, bytes) or not item:
+            raise ValueError(f"contains: expected non-empty bytes or str, got {item!r}")
+        out.append(item)
+    return tuple(out)
+
+
 def status_code(code: grpc.StatusCode | str) -> grpc.StatusCode:
     if isinstance(code, grpc.StatusCode):
         status = code
@@ -84,7 +102,7 @@ class Hold:
 @dataclass
 class _Fault:
     method: str
-    contains: bytes | None
+    contains: tuple[bytes, ...]  # all must occur in the first request message; () = any call
     times: int  # remaining; -1 = forever
     code: grpc.StatusCode | None = None
     message: str = ""
@@ -96,7 +114,7 @@ class _Fault:
     def matches(self, method: str, first: bytes | None) -> bool:
         if self.method != method:
             return False
-        return self.contains is None or (first is not None and self.contains in first)
+        return not self.contains or (first is not None and all(c in first for c in self.contains))
 
 
 @dataclass
@@ -109,29 +127,26 @@ class ProxyFaults:
     def _add(self, fault: _Fault) -> _Fault:
         if not isinstance(fault.times, int) or fault.times == 0 or fault.times < -1:
             raise ValueError(f"times must be a positive integer or -1 (forever), got {fault.times!r}")
-        if fault.contains is not None and not isinstance(fault.contains, bytes | str):
-            raise ValueError("contains: expected bytes or str")
-        if isinstance(fault.contains, str):
-            fault.contains = fault.contains.encode()
+        fault.contains = _needles(fault.contains)
         with self._lock:
             self._faults.append(fault)
         return fault
 
     def fail(self, method: str, code: grpc.StatusCode | str, times: int = 1, *, message: str = "",
-             contains: bytes | str | None = None, after: bool = False) -> None:
+             contains: Needles = None, after: bool = False) -> None:
         """The next `times` matching calls end with `code` (after being forwarded, with `after`)."""
         status = status_code(code)
         name = method_name(method)
         self._add(_Fault(name, contains, times, code=status, after=after,  # type: ignore[arg-type]
                          message=message or f"injected by the proxy: {status.name} for {name}"))
 
-    def delay(self, method: str, seconds: float, times: int = 1, *, contains: bytes | str | None = None) -> None:
+    def delay(self, method: str, seconds: float, times: int = 1, *, contains: Needles = None) -> None:
         """The next `times` matching calls wait `seconds` before being forwarded (if still wanted)."""
         if not isinstance(seconds, int | float) or not 0 <= seconds <= 600:
             raise ValueError(f"seconds must be a number in 0..600, got {seconds!r}")
         self._add(_Fault(method_name(method), contains, times, delay=float(seconds)))  # type: ignore[arg-type]
 
-    def hold(self, method: str, *, contains: bytes | str | None = None) -> Hold:
+    def hold(self, method: str, *, contains: Needles = None) -> Hold:
         """Park the next matching call until the returned Hold is released (or its client goes)."""
         hold = Hold()
         self._add(_Fault(method_name(method), contains, 1, hold=hold))  # type: ignore[arg-type]
@@ -143,7 +158,7 @@ class ProxyFaults:
 
     def pending(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [{"method": f.method, "contains": f.contains, "times": f.times,
+            return [{"method": f.method, "contains": list(f.contains), "times": f.times,
                      "code": f.code.name if f.code else None, "delay": f.delay, "hold": f.hold is not None}
                     for f in self._faults]
 

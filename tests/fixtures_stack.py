@@ -115,3 +115,39 @@ def push(url: str, payload: bytes, message_id: str, *, binary: bool = False, tim
                    "ce-time": datetime.now(UTC).isoformat(), "content-type": "application/json"}
         return requests.post(url, data=json.dumps(body), headers=headers, timeout=timeout).status_code
     return requests.post(url, json=body, timeout=timeout).status_code
+
+
+# -- helpers for the reliability suites (tests/test_faults.py, tests/test_concurrency.py) --------
+
+def start_stack(emulators: Any, state_dir: Path, prefix: str, *, env: dict[str, str] | None = None,
+                **options: Any) -> Stack:
+    """A second, started Stack on the session's emulators with its own collection prefix and env.
+
+    The caller stops it. `options` are Stack fields (`firestore_proxy=True`, `gke_proxy=True`...).
+    """
+    extra = {"MULTUS_PROVISIONER_COLLECTION_PREFIX": prefix, "MULTUS_PROVISIONER_ROLLOUT_WAIT_SECONDS": "5",
+             **(env or {})}
+    options = {"operation_delay": 0.3, "crd_delay": 0.1, "rollout_delay": 0.2, **options}
+    s = Stack(state_dir=state_dir, emulators=emulators, extra_env=extra, **options)
+    s.start()
+    return s
+
+
+def direct_store(stack: Stack) -> Any:
+    """A Store on the emulator itself (never through a fault proxy), with the stack's prefix."""
+    from shared.store import Store
+
+    prefix = stack.env.get("MULTUS_PROVISIONER_COLLECTION_PREFIX", "")
+    return Store(Settings(project=stack.project, collection_prefix=prefix), timeout=30.0)
+
+
+def log_entries(stack: Stack, fn: str) -> list[dict[str, Any]]:
+    """The function's structured log lines (JSON objects), in order."""
+    out = []
+    for line in stack.function_log(fn).splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
