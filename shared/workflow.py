@@ -521,8 +521,13 @@ class Workflow:
         for rec in records:
             sub_event = f"{ev.event_id}~{rec.ref.doc_id}"
             try:
-                if rec.state in d.RESUMABLE and _stale(rec, now, self.settings.stall_seconds):
-                    out = self.drive(rec.ref, sub_event, trigger="reconcile: workflow was stalled", create=False)
+                # A scoped run is how a user asks for a re-check after fixing a cluster (enabling
+                # multi-networking emits none of the four audited methods); a full run leaves
+                # INELIGIBLE / FAILED / IGNORED alone so that a broken cluster does not loop.
+                recheck = ev.scope is not None and rec.state in (d.INELIGIBLE, d.FAILED, d.IGNORED)
+                if recheck or (rec.state in d.RESUMABLE and _stale(rec, now, self.settings.stall_seconds)):
+                    why = "re-check requested" if recheck else "workflow was stalled"
+                    out = self.drive(rec.ref, sub_event, trigger=f"reconcile: {why}", create=False)
                     resumed.append(f"{rec.ref.path}: {out.state}")
                 elif rec.state == d.READY:
                     fixed = self._repair(rec, sub_event)

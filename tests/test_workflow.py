@@ -196,3 +196,19 @@ def test_node_pool_deletion_is_recorded(local_stack, make_wf):
     rec = wf.store.get_cluster(ref)
     # the only pool with extra networks is gone: the template makes the controller create it again
     assert rec.state == d.CREATING_NODE_POOL, rec.state
+
+
+def test_scoped_reconcile_rechecks_an_ineligible_cluster_after_it_was_fixed(local_stack, make_wf):
+    wf = make_wf()
+    ref, entries = new_cluster(local_stack, multi_networking=False)
+    assert feed(wf, local_stack, entries)[-1].state == d.INELIGIBLE
+    out = wf.reconcile(decode_reconcile(ce(b"{}")))  # a full run leaves it alone
+    assert not any(ref.path in r for r in out.details["resumed"])
+
+    def fix(cluster: Any) -> None:  # the user enables multi-networking
+        cluster.network_config.enable_multi_networking = True
+
+    local_stack.gke.world.edit_cluster(ref.location, ref.cluster, fix)
+    out = wf.reconcile(decode_reconcile(ce({"cluster": ref.path})))
+    assert any(ref.path in r for r in out.details["resumed"]), out.details
+    assert wf.store.get_cluster(ref).state == d.CREATING_NODE_POOL

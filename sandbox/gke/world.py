@@ -228,6 +228,19 @@ class World:
         self._check_project(project, permission, f"projects/{project}/locations/{location}")
         return project, location
 
+    def edit_cluster(self, location: str, name: str, edit: Any) -> None:
+        """Change a cluster in place, as an out-of-band update would (UpdateCluster, the console).
+
+        `edit` receives the stored `container_v1.Cluster` (without node pools) under the world's
+        lock. No audit entry is emitted: the controller's sink does not select UpdateCluster.
+        """
+        with self._lock:
+            state = self._clusters.get((location, name))
+            if state is None:
+                raise KeyError(f"no cluster {name!r} in {location!r}")
+            edit(state.cluster)
+            self._changed.notify_all()
+
     def _state(self, key: ClusterKey) -> _ClusterState:
         state = self._clusters.get((key.location, key.cluster))
         if state is None:
