@@ -537,6 +537,12 @@ class Workflow:
                 continue
             except (Transient, Permanent) as e:
                 errors.append(f"{rec.ref.path}: {e}")
+        if ev.scope and not records:  # a re-check of a cluster the controller never saw
+            try:
+                out = self.drive(ev.scope, f"{ev.event_id}~{ev.scope.doc_id}", trigger="reconcile: re-check requested")
+                adopted.append(f"{ev.scope.path}: {out.state}")
+            except (Transient, Permanent) as e:
+                errors.append(f"{ev.scope.path}: {e}")
         if not ev.scope and self.settings.project:
             try:
                 clusters = self.gke.list_clusters(self.settings.project)

@@ -212,3 +212,13 @@ def test_scoped_reconcile_rechecks_an_ineligible_cluster_after_it_was_fixed(loca
     out = wf.reconcile(decode_reconcile(ce({"cluster": ref.path})))
     assert any(ref.path in r for r in out.details["resumed"]), out.details
     assert wf.store.get_cluster(ref).state == d.CREATING_NODE_POOL
+
+
+def test_scoped_reconcile_of_an_untracked_cluster_adopts_it(local_stack, make_wf):
+    wf = make_wf()
+    ref, _ = new_cluster(local_stack)
+    out = wf.reconcile(decode_reconcile(ce({"cluster": ref.path})))
+    assert out.details["adopted"] == [f"{ref.path}: {d.CREATING_NODE_POOL}"], out.details
+    missing = ClusterRef(local_stack.project, "us-central1", "never-existed")
+    out = wf.reconcile(decode_reconcile(ce({"cluster": missing.path})))
+    assert wf.store.get_cluster(missing).state == d.DELETED  # GKE says NOT_FOUND: closed, not retried
