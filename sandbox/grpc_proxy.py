@@ -83,10 +83,12 @@ def status_code(code: grpc.StatusCode | str) -> grpc.StatusCode:
 
 
 class Hold:
-    """A parked call: `reached` is set when a call arrives, `release()` lets it go on."""
+    """A parked call: `reached` is set when a call arrives, `release()` lets it go on;
+    `dropped` is set when its client went away while parked (the call is then never forwarded)."""
 
     def __init__(self) -> None:
         self.reached = threading.Event()
+        self.dropped = threading.Event()
         self._released = threading.Event()
 
     def release(self) -> None:
@@ -96,6 +98,7 @@ class Hold:
         self.reached.set()
         while not self._released.wait(0.05):
             if stop.is_set() or not context.is_active():
+                self.dropped.set()
                 return
 
 

@@ -382,19 +382,19 @@ def test_nad_apply_transient_then_applied_permanent_then_failed(fstack, fstore):
     server.faults.add("PATCH", nad_path("flaky"), 503)
     server.faults.add("PATCH", nad_path("flaky"), 0, delay=LATE)
     server.faults.add("PATCH", nad_path("denied"), 403, message="no NADs for you")
-    fstack.publish("nad-requests", json.dumps({"cluster": ref.path, "name": "flaky",
-                                               "range": "172.16.1.0/26"}).encode())
+    flaky_id = fstack.publish("nad-requests", json.dumps({"cluster": ref.path, "name": "flaky",
+                                                          "range": "172.16.1.0/26"}).encode())
     mid = fstack.publish("nad-requests", json.dumps({"cluster": ref.path, "name": "denied",
                                                      "range": "172.16.1.64/26"}).encode())
     doc = wait_nad(fstore, ref, "default", "flaky", "APPLIED", 40)
     assert doc["range"] == "172.16.1.0/26"
     doc = wait_nad(fstore, ref, "default", "denied", "FAILED", 20)
     assert "no NADs for you" in doc["message"] and "403" in doc["lastError"]
-    entries = log_entries(fstack, "on_nad_request")
-    flaky = [e for e in entries if e.get("cluster") == ref.path and "flaky" in json.dumps(e)]
-    transient = [e for e in entries if "transient failure" in e.get("message", "") and ref.path in e.get("message", "")
-                 + e.get("error", "")]
-    assert len(transient) >= 2, flaky  # 503, then the timeout: two redeliveries, visible in the log
+    flaky = [e for e in log_entries(fstack, "on_nad_request") if e.get("eventId") == flaky_id]
+    # 503, then the timeout: two redeliveries, visible in the function log (a NAD's transient
+    # failure writes no history entry: see docs/RELIABILITY.md), then one success.
+    assert [e.get("severity") for e in flaky] == ["WARNING", "WARNING", "INFO"], flaky
+    assert "503" in flaky[0]["error"] and "timed out" in flaky[1]["error"].lower(), flaky
     time.sleep(3)
     denied = [e for e in log_entries(fstack, "on_nad_request") if e.get("eventId") == mid]
     assert [e.get("outcome") for e in denied] == ["failed"], denied  # handled once, acknowledged
@@ -407,18 +407,23 @@ def test_nad_apply_transient_then_applied_permanent_then_failed(fstack, fstore):
 # ------------------------------------------------------------------------------------------------
 
 def test_killed_between_side_effect_and_record_redelivery_completes_once(fstack, fstore):
+    """Bundle applied (side effect), then the install record's transaction is parked at its read
+    and the function's process group is SIGKILLed. Parking the read, not the Commit: a transaction
+    killed after its read holds the emulator's document lock (see docs/RELIABILITY.md)."""
     cluster = name("k")
-    hold = fstack.firestore_proxy.faults.hold(FS + "Commit", contains=(cluster.encode(), b"~install"))
     ref = create(fstack, cluster)
-    assert hold.reached.wait(60), "the install step's record never reached Firestore"
-    server = fstack.kube_server(cluster)
-    applied = server.stats.snapshot()
-    assert sum(n for (v, _), n in applied.items() if v == "PATCH") == 10  # the side effect is done
-    fstack.kill_function("on_node_pool_event")  # mid-Commit: the record is lost with the process
-    hold.release()
+    server = kube_server(fstack, cluster)
+    server.faults.add("GET", r"/daemonsets/gke-multinet$", 0, delay=1.0)  # a window after the last PATCH
+    wait_for(lambda: sum(n for (v, _), n in server.stats.snapshot().items() if v == "PATCH") >= 10, 60,
+             "the bundle to be applied", poll=0.01)
+    hold = fstack.firestore_proxy.faults.hold(FS + "BatchGetDocuments", contains=ref.doc_id.encode())
+    assert hold.reached.wait(20), "the install step's record never started"
+    assert fstore.get_cluster(ref).state == "INSTALLING"  # side effect done, not recorded
+    fstack.kill_function("on_node_pool_event")
+    assert hold.dropped.wait(10), "the proxy did not see the killed client go"
     fstack.restart_function("on_node_pool_event")
     rec = wait_settled(fstore, ref, "READY", 60)
-    assert rec.lease is None and rec.data["attempts"] == 0
+    assert rec.data["attempts"] == 0
     entries = history(fstore, ref)
     keys = [(h["eventId"], h["step"]) for h in entries]
     assert len(keys) == len(set(keys)), keys
@@ -426,4 +431,3 @@ def test_killed_between_side_effect_and_record_redelivery_completes_once(fstack,
     assert steps.count("install") == 1 and steps.count("apply-nads") == 1, steps
     patches = sum(n for (v, _), n in server.stats.snapshot().items() if v == "PATCH")
     assert patches == 20  # the redelivery redid the (idempotent) apply, then recorded it once
-    assert len(server.stats.snapshot()) >= 10
