@@ -1,0 +1,714 @@
+"""Benchmarks on the sandbox stack, through the real functions (`make bench`).
+
+    .venv/bin/python -m scripts.bench [--quick] [--json] [--write-doc]
+
+Measures (issue 8): cold start (import time of functions/main.py against a bare
+`import functions_framework`, and process start to first event handled); NAD throughput end to
+end with 8 concurrent deliveries (HTTP push to on_nad_request until its 2xx; each applies a NAD
+on a READY cluster and records it in Firestore) and through Pub/Sub push; economy (Firestore RPCs
+per event, counted by the store's gRPC interceptor around the real entry point; cluster-API
+requests counted at the sandbox API server, per NAD and per bundle install, next to `kubectl
+apply` of the same bundle); scale (the per-event figures with 10 and 1,000 cluster documents
+seeded in Firestore); memory (peak RSS of the on_nad_request worker under the throughput load).
+
+Everything binds 127.0.0.1; every process started here is stopped before the script exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import io
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "BENCHMARKS.md"
+KUBECTL = Path("/usr/lib/google-cloud-sdk/bin/kubectl.1.33")
+LOCATION = "us-central1"
+OPTED_IN = {"multus-provisioner": "enabled"}
+CONCURRENCY = 8
+NAD_PATH_PART = "/network-attachment-definitions/"
+
+
+@dataclass(frozen=True)
+class Row:
+    section: str
+    figure: str
+    value: str
+    target: str = ""
+    met: bool | None = None
+    note: str = ""
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Cold start
+# --------------------------------------------------------------------------------------------
+
+_IMPORT_FF = "import time; t = time.perf_counter(); import functions_framework; " \
+             "print(time.perf_counter() - t)"
+_IMPORT_MAIN = (
+    "import sys, time, importlib.util; sys.path.insert(0, {repo!r}); t = time.perf_counter(); "
+    "spec = importlib.util.spec_from_file_location('main', {src!r}); m = importlib.util.module_from_spec(spec); "
+    "sys.modules['main'] = m; spec.loader.exec_module(m); d = time.perf_counter() - t; "
+    "heavy = sorted({{'.'.join(n.split('.')[:3 if n.startswith('google.') else 1]) for n in sys.modules "
+    "if n.startswith(('google.cloud.firestore', 'google.cloud.pubsub', 'google.cloud.container', "
+    "'google.api_core', 'kubernetes', 'grpc'))}}); "
+    "print(d, ','.join(heavy))"
+)
+
+
+def _python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=str(REPO), timeout=120).stdout.strip()
+
+
+def import_times(n: int) -> tuple[float, float, str]:
+    """Median import time of functions_framework alone and of functions/main.py (the way
+    functions-framework loads a source file), alternating fresh processes to share any drift."""
+    ff, main, heavy = [], [], ""
+    code_main = _IMPORT_MAIN.format(repo=str(REPO), src=str(REPO / "functions" / "main.py"))
+    _python(_IMPORT_FF)  # warm the OS file cache for both
+    _python(code_main)
+    for _ in range(n):
+        ff.append(float(_python(_IMPORT_FF)))
+        seconds, _, heavy = _python(code_main).partition(" ")
+        main.append(float(seconds))
+    return statistics.median(ff), statistics.median(main), heavy
+
+
+def _function_env(stack: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MULTUS_PROVISIONER_")}
+    env.update(stack.env)
+    env.update({"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), "THREADS": "8"})
+    return env
+
+
+@contextlib.contextmanager
+def function_process(stack: Any, target: str, log_path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    from sandbox.stack import _stop_group, free_port
+
+    port = free_port()
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "functions_framework", "--target", target, "--signature-type", "cloudevent",
+             "--source", str(REPO / "functions" / "main.py"), "--host", "127.0.0.1", "--port", str(port)],
+            cwd=str(REPO), env=_function_env(stack), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc, f"http://127.0.0.1:{port}/"
+    finally:
+        _stop_group(proc)
+
+
+def _listening(url: str) -> bool:
+    import socket
+
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
+        return True
+    return False
+
+
+def envelope(payload: bytes, message_id: str) -> dict[str, Any]:
+    return {"message": {"data": base64.b64encode(payload).decode(), "messageId": message_id,
+                        "publishTime": datetime.now(UTC).isoformat(), "attributes": {}},
+            "subscription": "projects/multus-sandbox/subscriptions/bench"}
+
+
+def nad_payload(ref: Any, i: int, tag: str) -> bytes:
+    """A distinct NAD per request: its own master, so ranges never overlap (one /28 each)."""
+    return json.dumps({"cluster": ref.path, "name": f"{tag}-{i}", "master": f"{tag[:6]}{i}"[:15],
+                       "range": "172.16.1.0/28"}).encode()
+
+
+def cold_starts(stack: Any, ref: Any, runs: int, logs: Path) -> dict[str, float]:
+    """Process start -> listening -> first event handled (2xx) -> a second (warm) event."""
+    import requests
+
+    listen, first, warm = [], [], []
+    for r in range(runs):
+        tag = f"cold{r}"
+        t0 = time.perf_counter()
+        with function_process(stack, "on_nad_request", logs / f"cold-{r}.log") as (proc, url):
+            while not _listening(url):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"cold-start function exited: {(logs / f'cold-{r}.log').read_text()[-2000:]}")
+                time.sleep(0.005)
+            t1 = time.perf_counter()
+            status = requests.post(url, json=envelope(nad_payload(ref, 0, tag), f"{tag}-a"), timeout=60).status_code
+            t2 = time.perf_counter()
+            assert status == 200, status
+            requests.post(url, json=envelope(nad_payload(ref, 1, tag), f"{tag}-b"), timeout=60)
+            t3 = time.perf_counter()
+        listen.append(t1 - t0)
+        first.append(t2 - t0)
+        warm.append(t3 - t2)
+    return {"listen": statistics.median(listen), "first": statistics.median(first),
+            "first_event": statistics.median(first) - statistics.median(listen), "warm": statistics.median(warm)}
+
+
+# --------------------------------------------------------------------------------------------
+# Clusters
+# --------------------------------------------------------------------------------------------
+
+def make_ready(stack: Any, store: Any, names: list[str], timeout: float = 90.0) -> list[Any]:
+    from sandbox.gke.scenario import NodePoolSpec
+    from shared.refs import ClusterRef
+
+    for name in names:
+        stack.gke.create_cluster(name, wait=False, labels=OPTED_IN,
+                                 node_pools=(NodePoolSpec("default-pool", node_count=1),))
+    refs = [ClusterRef(stack.project, LOCATION, n) for n in names]
+    deadline = time.monotonic() + timeout
+    for ref in refs:
+        while True:
+            rec = store.get_cluster(ref)
+            if rec is not None and rec.state == "READY" and not rec.data.get("lease"):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{ref.cluster} is {rec and rec.state}, not READY: "
+                                   f"{rec and rec.data.get('lastError')}")
+            time.sleep(0.2)
+    return refs
+
+
+def stats_total(stack: Any, refs: list[Any]) -> Counter:
+    out: Counter = Counter()
+    for ref in refs:
+        out.update(stack.kube_server(ref.cluster).stats.snapshot())
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Throughput and 5. memory
+# --------------------------------------------------------------------------------------------
+
+def _worker_pids(pid: int) -> list[int]:
+    out = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            text = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+            out += [int(x) for x in text]
+    return out
+
+
+def _status_kib(pid: int, key: str) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _py_spy(pid: int, out: Path, seconds: float) -> subprocess.Popen | None:
+    """Sample the function worker while it serves the load (`--profile`; py-spy from PyPI)."""
+    exe = Path(sys.executable).parent / "py-spy"
+    if not exe.exists():
+        log("--profile: py-spy is not installed in this virtualenv (pip install py-spy)")
+        return None
+    return subprocess.Popen([str(exe), "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
+                             "--format", "raw", "--rate", "200", "--nonblocking", "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def top_frames(raw: Path, limit: int = 12) -> list[tuple[str, float]]:
+    """Inclusive share of samples per function (file:function) from py-spy's collapsed stacks."""
+    counts: Counter = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        frames = {f.split(" (")[0] + " " + f.split(" (", 1)[1].split(":")[0].rsplit("/", 1)[-1]
+                  for f in stack.split(";") if " (" in f}
+        for f in frames:
+            counts[f] += int(n)
+    return [(f, c / total) for f, c in counts.most_common(limit)] if total else []
+
+
+def throughput(stack: Any, refs: list[Any], n: int, tag: str, profile: Path | None = None) -> dict[str, Any]:
+    import requests
+
+    url = stack.function_urls["on_nad_request"]
+    local = threading.local()
+
+    def post(i: int) -> tuple[int, float]:
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+        ref = refs[i % len(refs)]
+        t = time.perf_counter()
+        status = session.post(url, json=envelope(nad_payload(ref, i, tag), f"{tag}-{i}"), timeout=120).status_code
+        return status, time.perf_counter() - t
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:  # warm: one event per cluster (kube clients cached)
+        list(pool.map(post, range(len(refs))))
+    before = stats_total(stack, refs)
+    arbiter = stack._procs["on_nad_request"].pid
+    spy = _py_spy(_worker_pids(arbiter)[0], profile, n / 60) if profile else None
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        results = list(pool.map(post, range(len(refs), len(refs) + n)))
+    wall = time.perf_counter() - t0
+    profiled: list[tuple[str, float]] = []
+    if spy is not None and profile is not None:
+        _, err = spy.communicate(timeout=120)
+        if profile.exists():
+            ours = ("store.py", "workflow.py", "kube.py", "nad.py", "decisions.py", "events.py", "policy.py")
+            profiled = [(f, x) for f, x in top_frames(profile, 1000)
+                        if f.endswith(ours) and "Interceptor" not in f and "wrapper" not in f][:8]
+        else:
+            log(f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}")
+    diff = stats_total(stack, refs) - before
+    statuses = Counter(s for s, _ in results)
+    lat = sorted(x for _, x in results)
+    workers = _worker_pids(arbiter)
+    hwm = max([_status_kib(p, "VmHWM") for p in workers] or [0])
+    return {"n": n, "wall": wall, "rate": n / wall, "p50": lat[len(lat) // 2],
+            "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))], "statuses": dict(statuses),
+            "kube_requests": sum(diff.values()), "kube_by_verb": dict(Counter(v for (v, _), c in diff.items()
+                                                                              for _ in range(c))),
+            "worker_peak_rss_mib": hwm / 1024, "arbiter_rss_mib": _status_kib(arbiter, "VmRSS") / 1024,
+            "profile": profiled}
+
+
+def pubsub_throughput(stack: Any, store: Any, ref: Any, n: int, tag: str, timeout: float = 120.0) -> dict[str, Any]:
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    t0 = time.perf_counter()
+    futures = [publisher.publish(stack.topic_path("nad-requests"), nad_payload(ref, i, tag)) for i in range(n)]
+    for f in futures:
+        f.result(timeout=60)
+    published = time.perf_counter() - t0
+    deadline = time.monotonic() + timeout
+    done = 0
+    while time.monotonic() < deadline:
+        done = sum(1 for d in store.list_nads(ref) if d["name"].startswith(f"{tag}-") and d["state"] == "APPLIED")
+        if done >= n:
+            break
+        time.sleep(0.1)
+    wall = time.perf_counter() - t0
+    with contextlib.suppress(Exception):
+        publisher.stop()
+    return {"n": n, "recorded": done, "wall": wall, "rate": done / wall, "publish_seconds": published}
+
+
+# --------------------------------------------------------------------------------------------
+# 3/4. Economy and scale, counted around the real entry points (in this process)
+# --------------------------------------------------------------------------------------------
+
+class InProcess:
+    """functions/main.py loaded here with the stack's environment: the entry points are the
+    same objects functions-framework calls; the store's interceptor counts this thread's RPCs."""
+
+    def __init__(self, stack: Any) -> None:
+        import importlib.util
+
+        os.environ.update(stack.env)
+        spec = importlib.util.spec_from_file_location("bench_main", REPO / "functions" / "main.py")
+        assert spec and spec.loader
+        self.main = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(self.main)
+        self.stack = stack
+        self.log = io.StringIO()
+
+    def deliver(self, fn: str, payload: bytes, message_id: str, refs: list[Any]) -> dict[str, Any]:
+        from cloudevents.http import CloudEvent
+
+        ce = CloudEvent({"type": "google.cloud.pubsub.topic.v1.messagePublished", "id": message_id,
+                         "source": "//pubsub.googleapis.com/projects/multus-sandbox/topics/bench"},
+                        envelope(payload, message_id))
+        store = self.main._workflow().store
+        before = stats_total(self.stack, refs)
+        t = time.perf_counter()
+        with store.count_rpcs() as tally, contextlib.redirect_stdout(self.log):  # its structured log lines
+            getattr(self.main, fn)(ce)
+        seconds = time.perf_counter() - t
+        diff = stats_total(self.stack, refs) - before
+        return {"rpcs": tally.total, "by_method": dict(tally.by_method), "kube": sum(diff.values()),
+                "kube_detail": {f"{v} {p}": c for (v, p), c in diff.items()}, "ms": seconds * 1000}
+
+
+def audit_entry(ref: Any, method: str, *, first: bool, last: bool, pool: str | None = None) -> bytes:
+    labels = {"project_id": ref.project, "location": ref.location, "cluster_name": ref.cluster}
+    if pool:
+        labels["nodepool_name"] = pool
+    return json.dumps({
+        "protoPayload": {"@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+                         "serviceName": "container.googleapis.com",
+                         "methodName": f"google.container.v1.ClusterManager.{method}"},
+        "resource": {"type": "gke_nodepool" if pool else "gke_cluster", "labels": labels},
+        "operation": {"id": f"op-{uuid.uuid4().hex[:8]}", "first": first, "last": last}}).encode()
+
+
+def per_event(ip: InProcess, ref: Any, tag: str) -> dict[str, dict[str, Any]]:
+    """The per-event figures on a READY cluster (warm instance: policy and kube client cached)."""
+    out: dict[str, dict[str, Any]] = {}
+    ip.deliver("on_nad_request", nad_payload(ref, 0, tag + "w"), f"{tag}-warm", [ref])
+    out["NAD request applied"] = ip.deliver("on_nad_request", nad_payload(ref, 1, tag), f"{tag}-nad", [ref])
+    out["NAD request, duplicate delivery"] = ip.deliver("on_nad_request", nad_payload(ref, 1, tag), f"{tag}-nad", [ref])
+    bad = json.dumps({"cluster": ref.path, "name": f"{tag}-bad", "range": "172.16.1.5/24"}).encode()
+    out["NAD request rejected (invalid)"] = ip.deliver("on_nad_request", bad, f"{tag}-bad", [ref])
+    out["NAD request rejected (overlap)"] = ip.deliver(
+        "on_nad_request", json.dumps({"cluster": ref.path, "name": f"{tag}-ov", "master": f"{tag[:6]}1"[:15],
+                                      "range": "172.16.1.0/26"}).encode(), f"{tag}-ov", [ref])
+    out["audit: other service (ignored)"] = ip.deliver(
+        "on_cluster_event", json.dumps({"protoPayload": {"serviceName": "compute.googleapis.com"}}).encode(),
+        f"{tag}-other", [ref])
+    out["audit: CreateNodePool first entry (note)"] = ip.deliver(
+        "on_node_pool_event", audit_entry(ref, "CreateNodePool", first=True, last=False, pool="extra"),
+        f"{tag}-note", [ref])
+    out["reconcile of one READY cluster (drift check)"] = ip.deliver(
+        "reconcile", json.dumps({"cluster": ref.path}).encode(), f"{tag}-rec", [ref])
+    return out
+
+
+def lifecycle(ip: InProcess, stack: Any, store: Any, name: str) -> dict[str, dict[str, Any]]:
+    """Create a cluster with its audit entries held, then hand each to the entry point here."""
+    from sandbox.gke.scenario import NodePoolSpec
+    from shared.refs import ClusterRef
+
+    ref = ClusterRef(stack.project, LOCATION, name)
+    out: dict[str, dict[str, Any]] = {}
+    stack.hold_audit()
+    try:
+        stack.gke.create_cluster(name, wait=False, labels=OPTED_IN,
+                                 node_pools=(NodePoolSpec("default-pool", node_count=1),))
+        stack.gke.wait_idle(30)
+        for i, entry in enumerate(stack.take_audit()):
+            which = "last" if entry.get("operation", {}).get("last") else "first"
+            out[f"audit: CreateCluster {which} entry"] = ip.deliver(
+                "on_cluster_event", json.dumps(entry).encode(), f"life-{name}-c{i}", [ref])
+        stack.gke.wait_idle(30)
+        for i, entry in enumerate(stack.take_audit()):
+            which = "last" if entry.get("operation", {}).get("last") else "first"
+            key = f"audit: CreateNodePool {which} entry" + (" (bundle install)" if which == "last" else "")
+            out[key] = ip.deliver("on_node_pool_event", json.dumps(entry).encode(), f"life-{name}-p{i}", [ref])
+    finally:
+        stack.take_audit(release=True)
+    rec = store.get_cluster(ref)
+    assert rec is not None and rec.state == "READY", rec and rec.state
+    return out
+
+
+def seed_clusters(store: Any, project: str, start: int, count: int) -> None:
+    """Cluster documents written directly (batched), shaped like READY records."""
+    now = datetime.now(UTC)
+    col = store.client.collection(store.settings.collection("clusters"))
+    batch, pending = store.client.batch(), 0
+    for i in range(start, start + count):
+        name = f"seed-{i:05d}"
+        doc_id = f"{project}~{LOCATION}~{name}"
+        batch.set(col.document(doc_id), {
+            "project": project, "location": LOCATION, "cluster": name,
+            "path": f"projects/{project}/locations/{LOCATION}/clusters/{name}", "state": "READY",
+            "stateSince": now, "updatedAt": now, "createdAt": now, "attempts": 0,
+            "nodePool": {"name": "multus-pool", "cidr": "172.16.1.0/24"}})
+        pending += 1
+        if pending == 400:
+            batch.commit()
+            batch, pending = store.client.batch(), 0
+    if pending:
+        batch.commit()
+
+
+# --------------------------------------------------------------------------------------------
+# kubectl against a fresh sandbox cluster
+# --------------------------------------------------------------------------------------------
+
+def kubectl_apply(server_side: bool, tmp: Path) -> dict[str, Any]:
+    from sandbox.kube import KubeApiServer
+    from shared.multus import load_bundle
+
+    bundle = tmp / "bundle.yaml"
+    bundle.write_text(load_bundle().to_yaml())
+    home = tmp / f"home-{uuid.uuid4().hex[:6]}"  # a cold discovery cache, as on a fresh machine
+    home.mkdir()
+    with KubeApiServer(token=uuid.uuid4().hex, nodes=2, crd_delay=0.1, rollout_delay=0.2, name="kubectl") as server:
+        kubeconfig = server.write_kubeconfig(home / "kubeconfig")
+        server.stats.reset()
+        args = [str(KUBECTL), "apply", *(["--server-side"] if server_side else []), "-f", str(bundle)]
+        p = subprocess.run(args, env={"PATH": os.environ.get("PATH", ""), "HOME": str(home),
+                                      "KUBECONFIG": kubeconfig}, capture_output=True, text=True, timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError(f"kubectl apply failed: {p.stderr[-2000:]}")
+        return {"total": server.stats.total, "by_verb": server.stats.by_verb()}
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+def run(quick: bool, profile: Path | None = None) -> dict[str, Any]:
+    from sandbox.stack import Stack
+    from shared.multus import load_bundle
+    from shared.settings import Settings
+    from shared.store import Store
+
+    res: dict[str, Any] = {"quick": quick}
+    n_import = 5 if quick else 15
+    log(f"import times, {n_import} fresh processes each")
+    ff, main, heavy = import_times(n_import)
+    res["import"] = {"functions_framework": ff, "main": main, "ratio": main / ff, "heavy_modules": heavy}
+
+    bundle = load_bundle()
+    res["bundle"] = {"objects": len(bundle.objects), "crds": len(bundle.crd_names)}
+    with tempfile.TemporaryDirectory(prefix="multus-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        if KUBECTL.exists():
+            log("kubectl apply (client-side and server-side) against fresh sandbox clusters")
+            res["kubectl"] = {"client-side": kubectl_apply(False, tmp), "server-side": kubectl_apply(True, tmp)}
+        log("starting the sandbox stack")
+        extra = {"MULTUS_PROVISIONER_COLLECTION_PREFIX": f"bench{uuid.uuid4().hex[:6]}_",
+                 "MULTUS_PROVISIONER_MAX_NADS_PER_CLUSTER": "1000"}
+        with Stack(state_dir=tmp / "stack", operation_delay=0.2, crd_delay=0.1, rollout_delay=0.2,
+                   extra_env=extra) as stack:
+            store = Store(Settings.from_env(stack.env))
+            names = [f"bench-{i}" for i in range(8)]
+            log(f"creating {len(names)} READY clusters through the functions")
+            refs = make_ready(stack, store, names)
+            installs = [store.get_cluster(r).data.get("installRequests") for r in refs]
+            res["install_via_functions"] = installs
+
+            ip = InProcess(stack)
+            log("cluster lifecycle, audit entries handed to the entry points in this process")
+            res["lifecycle"] = lifecycle(ip, stack, store, "bench-life")
+
+            runs = 1 if quick else 3
+            log(f"cold start to first event, {runs} run(s)")
+            res["cold"] = cold_starts(stack, refs[0], runs, tmp)
+
+            n = 120 if quick else 480
+            log(f"throughput: {n} NAD requests, {CONCURRENCY} concurrent HTTP pushes")
+            res["throughput"] = throughput(stack, refs, n, "tp", profile)
+            m = 40 if quick else 160
+            log(f"throughput through Pub/Sub push: {m} published")
+            res["pubsub"] = pubsub_throughput(stack, store, refs[1], m, "ps")
+
+            log("per-event figures at scale (10 and 1,000 cluster documents)")
+            scale: dict[str, Any] = {}
+            base = len(store.list_clusters())
+            for target in (10, 1000):
+                have = len(store.list_clusters())
+                if have < target:
+                    seed_clusters(store, stack.project, have, target - have)
+                scale[str(target)] = {"clusters": len(store.list_clusters()),
+                                      "events": per_event(ip, refs[2], f"s{target}")}
+            res["scale"] = scale
+            res["scale_base_clusters"] = base
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+def rows(res: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    imp = res["import"]
+    out.append(Row("cold start", "import functions_framework (median)", f"{imp['functions_framework'] * 1000:.0f} ms"))
+    out.append(Row("cold start", "import functions/main.py (median)", f"{imp['main'] * 1000:.0f} ms",
+                   note="SDKs loaded at import: " + (imp["heavy_modules"] or "none")))
+    out.append(Row("cold start", "ratio main / functions_framework", f"{imp['ratio']:.2f}", "<= 1.3",
+                   imp["ratio"] <= 1.3))
+    cold = res["cold"]
+    out.append(Row("cold start", "process start -> listening", f"{cold['listen'] * 1000:.0f} ms"))
+    out.append(Row("cold start", "process start -> first event handled (2xx)", f"{cold['first'] * 1000:.0f} ms",
+                   note=f"first event itself {cold['first_event'] * 1000:.0f} ms (lazy SDK imports, clients, "
+                        f"GKE lookup); next event {cold['warm'] * 1000:.0f} ms"))
+    tp = res["throughput"]
+    ok = tp["statuses"].get(200, 0) == tp["n"]
+    out.append(Row("throughput", f"NAD requests/s, HTTP push, {CONCURRENCY} concurrent ({tp['n']} requests)",
+                   f"{tp['rate']:.1f}/s", ">= 50/s", tp["rate"] >= 50 and ok,
+                   note="" if ok else f"statuses {tp['statuses']}"))
+    out.append(Row("throughput", "latency p50 / p99", f"{tp['p50'] * 1000:.0f} / {tp['p99'] * 1000:.0f} ms"))
+    ps = res["pubsub"]
+    out.append(Row("throughput", f"NAD requests/s through Pub/Sub push ({ps['n']} published)",
+                   f"{ps['rate']:.1f}/s", note=f"{ps['recorded']}/{ps['n']} APPLIED in {ps['wall']:.1f} s"))
+    per_nad = tp["kube_requests"] / tp["n"]
+    out.append(Row("economy", "cluster-API requests per NAD", f"{per_nad:.2f}", "1", per_nad == 1,
+                   note=", ".join(f"{k} {v}" for k, v in sorted(tp["kube_by_verb"].items()))))
+    life = res["lifecycle"]
+    install = next((v for k, v in life.items() if "bundle install" in k), None)
+    if install:
+        detail = Counter()
+        for key, count in install["kube_detail"].items():
+            verb, path = key.split(" ", 1)
+            kind = ("CRD poll" if verb == "GET" and "customresourcedefinitions" in path else
+                    "rollout poll" if verb == "GET" and "daemonsets" in path else f"{verb}")
+            detail[kind] += count
+        objects = res["bundle"]["objects"]
+        polls = detail.get("CRD poll", 0)
+        applies = detail.get("PATCH", 0)
+        met = applies == objects and install["kube"] == objects + polls + detail.get("rollout poll", 0)
+        out.append(Row("economy", "cluster-API requests per bundle install", str(install["kube"]),
+                       f"{objects} objects + CRD polls", met,
+                       note=", ".join(f"{k} {v}" for k, v in sorted(detail.items())) + " (rollout polls report "
+                            "progress; the seed's kubectl apply does not wait)"))
+    for mode, k in (res.get("kubectl") or {}).items():
+        out.append(Row("economy", f"kubectl 1.33 apply {'--server-side ' if mode == 'server-side' else ''}-f bundle",
+                       str(k["total"]), note=", ".join(f"{v} {c}" for v, c in sorted(k["by_verb"].items()))
+                       + " (cold discovery cache)"))
+    for key, fig in life.items():
+        out.append(Row("economy", f"Firestore RPCs: {key}", str(fig["rpcs"]),
+                       note=_methods(fig) + (f"; cluster API {fig['kube']}" if fig["kube"] else "")))
+    scale = res["scale"]
+    small, big = scale["10"]["events"], scale["1000"]["events"]
+    for key in small:
+        a, b = small[key], big[key]
+        same = a["rpcs"] == b["rpcs"] and a["kube"] == b["kube"]
+        out.append(Row("scale", f"{key}: RPCs / cluster API / ms at {scale['10']['clusters']} vs "
+                                f"{scale['1000']['clusters']} clusters",
+                       f"{a['rpcs']}/{a['kube']}/{a['ms']:.0f} vs {b['rpcs']}/{b['kube']}/{b['ms']:.0f}",
+                       "no growth", same, note=_methods(b)))
+    rss = tp["worker_peak_rss_mib"]
+    out.append(Row("memory", "peak RSS of the on_nad_request worker under the throughput load", f"{rss:.0f} MiB",
+                   "<= 200 MiB", 0 < rss <= 200, note=f"gunicorn arbiter {tp['arbiter_rss_mib']:.0f} MiB"))
+    return out
+
+
+def _methods(fig: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(fig["by_method"].items())) or "none"
+
+
+def table(rs: list[Row]) -> str:
+    lines = ["| | figure | value | target | met | note |", "|---|---|---|---|---|---|"]
+    for r in rs:
+        met = "" if r.met is None else ("yes" if r.met else "**MISSED**")
+        lines.append(f"| {r.section} | {r.figure} | {r.value} | {r.target} | {met} | {r.note} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    mem = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    cpu = ""
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), "")
+    return (f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}{', ' + cpu if cpu else ''}), "
+            f"{mem} memory, Python {platform.python_version()}, {platform.system()} {platform.release()}")
+
+
+def write_doc(rs: list[Row], res: dict[str, Any], notes: str) -> None:
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = "\n".join([
+        "# Benchmarks",
+        "",
+        f"Latest run: {when}{' (--quick)' if res['quick'] else ''}, `make bench` (`scripts/bench.py`).",
+        f"Machine: {machine()}. The sandbox stack (Firestore and Pub/Sub emulators, GKE and Kubernetes API "
+        "servers, four functions-framework processes) runs on the same machine as the load.",
+        "",
+        "How each figure is measured is in the docstring of `scripts/bench.py`: HTTP figures go through "
+        "functions-framework exactly as a Pub/Sub push does; Firestore RPCs are counted by the store's gRPC "
+        "interceptor around the real entry points loaded in the benchmark process; cluster-API requests are "
+        "counted by the sandbox API server.",
+        "",
+        table(rs),
+        "",
+        "## Notes",
+        "",
+        notes,
+        "",
+    ])
+    DOC.write_text(text)
+
+
+def closing_notes(rs: list[Row], res: dict[str, Any]) -> str:
+    missed = [r for r in rs if r.met is False]
+    lines = []
+    if not missed:
+        lines.append("- Every target was met in this run.")
+    for r in missed:
+        lines.append(f"- Missed: {r.figure} = {r.value} (target {r.target}). {WHY.get(r.section, '')}")
+    tp = res["throughput"]
+    lines.append(f"- Throughput: {tp['n']} requests in {tp['wall']:.1f} s; each request is one Firestore ledger "
+                 "read, one cluster read, one NAD list query, one NAD transaction (commit) and one server-side "
+                 "apply. The per-cluster NAD list is read for the overlap check, so its size grows with the NADs "
+                 "of that one cluster (bounded by the policy's maxNadsPerCluster), never with the number of "
+                 "clusters (see the scale rows).")
+    if tp.get("profile"):
+        lines.append("- Where the worker's time goes under the throughput load (py-spy, share of samples that "
+                     "include the function, project code only): "
+                     + "; ".join(f"`{f}` {share:.0%}" for f, share in tp["profile"])
+                     + ". The sampler itself costs CPU on this machine: the throughput of a profiled run is lower.")
+    lines.append("- Profiled (`python -m scripts.bench --profile FILE`, py-spy): the largest single cost is "
+                 "`Store.list_nads` (about a third of the handler's samples with 120 NADs per cluster): the "
+                 "overlap check reads every NAD document of the cluster, so a request's cost grows with the NADs "
+                 "already on that cluster (the benchmark spreads its NADs over its clusters, each on its own "
+                 "master). What would make it flat: query only the NADs on the request's master plus a count "
+                 "aggregation for the policy's per-cluster limit.")
+    lines.append("- The drift check of a reconcile builds a fresh cluster client (GKE lookup, TLS) and GETs each "
+                 "bundle object and the managed NAD list: 12 cluster requests, about half a second.")
+    lines.append("- Pub/Sub push throughput is bounded by the emulator's push delivery, not by the function: "
+                 "compare with the direct HTTP figure.")
+    lines.append("- `kubectl apply` spends most of its requests on discovery (cold cache) and, client-side, on a "
+                 "GET before each create; the controller needs one PATCH per object plus the CRD polls before "
+                 "the objects that depend on them, and then reports the DaemonSet rollout.")
+    return "\n".join(lines)
+
+
+WHY = {
+    "throughput": "The machine has 2 cores shared by the emulators (Java), the API servers and the load "
+                  "generator; the function's time per request is mostly waiting on Firestore round trips. "
+                  "What would close it: the NAD list and cluster read in one transaction, or more instances "
+                  "(Cloud Run scales out; one instance here).",
+    "memory": "Most of it is the google-cloud-firestore/grpc and kubernetes SDKs; the deployed memory "
+              "setting keeps headroom above it.",
+    "cold start": "The entry module imports only functions_framework and the pure shared modules.",
+    "economy": "",
+    "scale": "",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and requests (about a minute)")
+    parser.add_argument("--json", action="store_true", help="print the raw results as JSON instead of a table")
+    parser.add_argument("--write-doc", action="store_true", help=f"write the results to {DOC.relative_to(REPO)}")
+    parser.add_argument("--profile", type=Path, metavar="RAW",
+                        help="sample the on_nad_request worker with py-spy during the throughput run; "
+                             "collapsed stacks to RAW, the top functions in the notes")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup of every `with`
+    res = run(args.quick, args.profile.resolve() if args.profile else None)
+    rs = rows(res)
+    if args.json:
+        sys.stdout.write(json.dumps({"results": res, "rows": [asdict(r) for r in rs]}, indent=2, default=str) + "\n")
+    else:
+        sys.stdout.write(table(rs) + "\n")
+    if args.write_doc:
+        write_doc(rs, res, closing_notes(rs, res))
+        log(f"wrote {DOC.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
