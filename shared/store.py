@@ -665,12 +665,17 @@ class Store:
         return self._run(txn)
 
     @_edge
-    def list_nads(self, ref: ClusterRef, state: str | None = None) -> list[dict[str, Any]]:
+    def list_nads(self, ref: ClusterRef, state: str | None = None, *,
+                  fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """NAD documents of a cluster; `fields` projects them (the decision on a new request needs
+        only state, master and range, not each NAD's rendered config and request)."""
         query = self._cluster_doc(ref).collection("nads")
         if state is not None:
             from google.cloud.firestore_v1.base_query import FieldFilter
 
             query = query.where(filter=FieldFilter("state", "==", state))
+        if fields:
+            query = query.select(list(fields))
         out = []
         for snap in query.stream():
             data = snap.to_dict() or {}

@@ -32,6 +32,8 @@ from shared.settings import Settings
 VERIFY_IMAGE = "registry.k8s.io/pause:3.9"
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 KUBE_CACHE_SECONDS = 300.0
+# What `decisions.decide_nad` reads of the other NADs (namespace and name come from the doc id).
+NAD_DECISION_FIELDS = ("state", "master", "range")
 
 
 @dataclass(frozen=True)
@@ -354,7 +356,7 @@ class Workflow:
         rec = store.get_cluster(ref)
         cluster_state = rec.state if rec else None
         pool_cidr = ((rec.data.get("nodePool") or {}).get("cidr")) if rec else None
-        existing = store.list_nads(ref)
+        existing = store.list_nads(ref, fields=NAD_DECISION_FIELDS)
         policy = self.policy()
         step = d.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr,
                             existing=existing, namespace_problem=policy.namespace_problem(req.namespace),
