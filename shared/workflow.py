@@ -14,7 +14,6 @@ The adapters are built lazily so that a function instance pays for the SDKs it u
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -28,9 +27,6 @@ from shared.policy import Policy
 from shared.refs import ClusterRef
 from shared.settings import Settings
 
-# Each NAD request costs one cluster API request; the verify pod a few more.
-VERIFY_IMAGE = "registry.k8s.io/pause:3.9"
-NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 KUBE_CACHE_SECONDS = 300.0
 # What `decisions.decide_nad` reads of the other NADs (namespace and name come from the doc id).
 NAD_DECISION_FIELDS = ("state", "master", "range")
@@ -342,7 +338,7 @@ class Workflow:
             time.sleep(min(1.0, max(0.05, self.settings.crd_poll_seconds)))
             rollout = kube.daemonset_rollout(*bundle.daemonset)
         cursor.step = "install"
-        return {"objects": len(bundle.objects), "requests": kube.requests - before, "rollout": _rollout(rollout)}
+        return {"objects": len(bundle.objects), "requests": kube.requests - before, "rollout": rollout_fields(rollout)}
 
     # -- NADs ----------------------------------------------------------------------------------
     def handle_nad(self, ev: Any) -> Outcome:
@@ -484,140 +480,19 @@ class Workflow:
                       ledger_key=f"{event_id}~verify~{namespace}~{name}")
         return Outcome("done" if ok else "failed", detail, ref.path, state)
 
-    def _verify_pod(self, kube: Any, req: Any, cidr: str | None, ref: ClusterRef,
-                    timeout: float = 30.0) -> tuple[bool, str]:
+    def _verify_pod(self, kube: Any, req: Any, cidr: str | None, ref: ClusterRef) -> tuple[bool, str]:
+        from shared.verify import run_verification
+
         rec = self.store.get_cluster(ref)
         pool = ((rec.data.get("nodePool") or {}).get("name")) if rec else None
-        digest = hashlib.sha256(f"{req.namespace}/{req.name}/{time.time_ns()}".encode()).hexdigest()[:6]
-        pod_name = f"mp-verify-{req.name[:40]}-{digest}"
-        pod = _verify_pod_manifest(pod_name, req.namespace, req.name, pool)
-        kube.create_pod(pod)
-        try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                status = kube.pod_network_status(req.namespace, pod_name)
-                if status:
-                    return _check_network_status(status, cidr)
-                time.sleep(0.2)
-            events = kube.pod_events(req.namespace, pod_name)
-            why = "; ".join(e.get("message", "") for e in events[-3:]) or "no network-status annotation"
-            return False, f"pod {pod_name} got no net1 within {timeout:.0f}s: {why}"
-        finally:
-            try:
-                kube.delete_pod(req.namespace, pod_name)
-            except (Transient, Permanent) as e:
-                logs.warning("could not delete verify pod", cluster=ref.path, error=str(e))
+        return run_verification(kube, req.namespace, req.name, cidr, pool=pool, cluster=ref.path)
 
     # -- reconcile --------------------------------------------------------------------------------
     def reconcile(self, ev: Any) -> Outcome:
-        """Resume stalled workflows, adopt opted-in clusters with none, repair drift on READY ones."""
-        from shared.store import AlreadyHandled
+        """Resume stalled workflows, adopt opted-in clusters with none, repair drift (`shared.reconcile`)."""
+        from shared.reconcile import reconcile
 
-        store = self.store
-        policy = self.policy()
-        resumed, adopted, repaired, errors = [], [], [], []
-        records = [store.get_cluster(ev.scope)] if ev.scope else store.list_clusters()
-        records = [r for r in records if r is not None]
-        tracked = {r.ref.doc_id for r in records}
-        now = time.time()
-        for rec in records:
-            sub_event = f"{ev.event_id}~{rec.ref.doc_id}"
-            try:
-                # A scoped run is how a user asks for a re-check after fixing a cluster (enabling
-                # multi-networking emits none of the four audited methods); a full run leaves
-                # INELIGIBLE / FAILED / IGNORED alone so that a broken cluster does not loop.
-                recheck = ev.scope is not None and rec.state in (d.INELIGIBLE, d.FAILED, d.IGNORED)
-                if recheck or (rec.state in d.RESUMABLE and _stale(rec, now, self.settings.stall_seconds)):
-                    why = "re-check requested" if recheck else "workflow was stalled"
-                    out = self.drive(rec.ref, sub_event, trigger=f"reconcile: {why}", create=False)
-                    resumed.append(f"{rec.ref.path}: {out.state}")
-                elif rec.state == d.READY:
-                    fixed = self._repair(rec, sub_event)
-                    if fixed:
-                        repaired.append(f"{rec.ref.path}: {', '.join(fixed)}")
-            except AlreadyHandled:
-                continue
-            except (Transient, Permanent) as e:
-                errors.append(f"{rec.ref.path}: {e}")
-        if ev.scope and not records:  # a re-check of a cluster the controller never saw
-            try:
-                out = self.drive(ev.scope, f"{ev.event_id}~{ev.scope.doc_id}", trigger="reconcile: re-check requested")
-                adopted.append(f"{ev.scope.path}: {out.state}")
-            except (Transient, Permanent) as e:
-                errors.append(f"{ev.scope.path}: {e}")
-        if not ev.scope and self.settings.project:
-            try:
-                clusters = self.gke.list_clusters(self.settings.project)
-            except (Transient, Permanent) as e:
-                clusters = []
-                errors.append(f"list clusters: {e}")
-            from shared import prechecks
-
-            for cluster in clusters:
-                facts = prechecks.ClusterFacts.of(cluster)
-                ref = ClusterRef(self.settings.project, facts.location, facts.name)
-                if ref.doc_id in tracked or not policy.opted_in(dict(facts.labels)):
-                    continue
-                try:
-                    out = self.drive(ref, f"{ev.event_id}~{ref.doc_id}", trigger="reconcile: untracked cluster")
-                    adopted.append(f"{ref.path}: {out.state}")
-                except (Transient, Permanent) as e:
-                    errors.append(f"{ref.path}: {e}")
-        store.record_ledger(ev.event_id, event_id=ev.event_id, step="reconcile", outcome="ok", cluster=None)
-        message = (f"reconcile: {len(records)} tracked; resumed {len(resumed)}, adopted {len(adopted)}, "
-                   f"repaired {len(repaired)}, errors {len(errors)}")
-        if errors:
-            logs.warning("reconcile could not finish every cluster", eventId=ev.event_id, error=errors[:10])
-        return Outcome("done", message, None, None,
-                       {"resumed": resumed, "adopted": adopted, "repaired": repaired, "errors": errors})
-
-    def _repair(self, rec: Any, event_id: str) -> list[str]:
-        """Re-apply what drifted on a READY cluster: missing bundle objects and managed NADs."""
-        from shared import nad as nadlib
-        from shared.multus import object_key
-
-        ref = rec.ref
-        store = self.store
-        kube = self.kube_for(ref, self.gke.get_cluster(ref))
-        bundle = self.bundle()
-        fixes: list[str] = []
-        missing = []
-        for obj in bundle.objects:
-            _, kind, ns, name = object_key(obj)
-            if kube.get(obj["apiVersion"], kind, ns or None, name) is None:
-                missing.append(obj)
-        if missing or rec.data.get("bundleVersion") != bundle.version:
-            todo = bundle.objects if rec.data.get("bundleVersion") != bundle.version else missing
-            crds = [o for o in todo if o["kind"] == "CustomResourceDefinition"]
-            if crds:
-                kube.apply(crds)
-                kube.wait_established([o["metadata"]["name"] for o in crds],
-                                      timeout=self.settings.crd_timeout_seconds, poll=self.settings.crd_poll_seconds)
-            kube.apply([o for o in todo if o["kind"] != "CustomResourceDefinition"])
-            fixes += [f"re-applied {o['kind']} {o['metadata']['name']}" for o in missing]
-            if rec.data.get("bundleVersion") != bundle.version:
-                fixes.append(f"bundle {rec.data.get('bundleVersion')} -> {bundle.version}")
-        on_cluster = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in kube.list_managed_nads()}
-        for doc in store.list_nads(ref):
-            if doc.get("state") not in d.NAD_LIVE or not doc.get("config"):
-                continue
-            live = on_cluster.get((doc["namespace"], doc["name"]))
-            if live is not None and live.get("spec", {}).get("config") == doc["config"]:
-                continue
-            req = nadlib.parse_request(dict(doc["request"]))
-            kube.apply_nad(nadlib.render_nad(req, doc.get("range")))
-            fixes.append(f"{'re-created' if live is None else 'restored'} NAD {doc['namespace']}/{doc['name']}")
-        # The rollout recorded at install time may have been partial; keep the figure current.
-        rollout = _rollout(kube.daemonset_rollout(*bundle.daemonset))
-        rollout_changed = rollout["summary"] != (rec.data.get("rollout") or {}).get("summary")
-        if fixes or rollout_changed:
-            message = ("reconcile repaired: " + "; ".join(fixes)) if fixes else "reconcile: nothing to repair"
-            message += f"; DaemonSet {rollout['summary']}"
-            store.claim(ref, event_id=event_id, step="repair", ledger_key=event_id)
-            store.advance(ref, event_id=event_id, step="repair", message=message,
-                          fields={"bundleVersion": bundle.version, "rollout": rollout}, ledger_key=event_id,
-                          release=True)
-        return fixes
+        return reconcile(self, ev)
 
     # -- rejected input ---------------------------------------------------------------------------
     def record_rejection(self, err: Rejected, *, event_id: str, excerpt: str = "") -> Outcome:
@@ -650,7 +525,7 @@ class _Cursor:
     holder: str = field(default_factory=lambda: secrets.token_hex(6))
 
 
-def _rollout(r: Any) -> dict[str, Any]:
+def rollout_fields(r: Any) -> dict[str, Any]:
     done = "rolled out" if r.complete else "rollout in progress"
     return {"desired": r.desired, "updated": r.updated, "ready": r.ready, "available": r.available,
             "complete": bool(r.complete),
@@ -678,61 +553,7 @@ def _nad_ledger_key(event_id: str, req: Any) -> str:
     return event_id
 
 
-def _stale(rec: Any, now: float, stall_seconds: int) -> bool:
-    updated = rec.data.get("updatedAt")
-    if updated is None:
-        return True
-    ts = updated.timestamp() if hasattr(updated, "timestamp") else float(updated)
-    return now - ts >= stall_seconds
-
-
 def _dns_label(value: str) -> bool:
     import re
 
     return bool(re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value))
-
-
-def _verify_pod_manifest(pod_name: str, namespace: str, nad_name: str, pool: str | None) -> dict[str, Any]:
-    """A pause pod on the Multus node pool, locked down: it only has to receive an address."""
-    spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "terminationGracePeriodSeconds": 0,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 65535, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{
-            "name": "pause", "image": VERIFY_IMAGE,
-            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "16Mi"}},
-            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]}},
-        }],
-    }
-    if pool:
-        spec["nodeSelector"] = {"cloud.google.com/gke-nodepool": pool}
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": pod_name, "namespace": namespace,
-                     "labels": {"app.kubernetes.io/managed-by": "multus-provisioner",
-                                "multus-provisioner.io/purpose": "verify"},
-                     "annotations": {NETWORKS_ANNOTATION: f"{namespace}/{nad_name}"}},
-        "spec": spec,
-    }
-
-
-def _check_network_status(status: list[dict[str, Any]], cidr: str | None) -> tuple[bool, str]:
-    nets = [s for s in status if s.get("interface") == "net1"]
-    if not nets:
-        names = ", ".join(str(s.get("interface")) for s in status)
-        return False, f"network-status has no net1 (interfaces: {names})"
-    ips = nets[0].get("ips") or []
-    if not ips:
-        return False, "net1 has no IP address"
-    if cidr:
-        net = ipaddress.ip_network(cidr, strict=False)
-        for ip in ips:
-            try:
-                if ipaddress.ip_address(ip) in net:
-                    return True, f"net1 got {ip}, inside {cidr}"
-            except ValueError:
-                continue
-        return False, f"net1 got {', '.join(ips)}, outside {cidr}"
-    return True, f"net1 got {ips[0]}"

@@ -1,0 +1,148 @@
+"""reconcile: the scheduled safety net for lost events and drift.
+
+Events can be lost (a sink misconfigured for an hour, a message dead-lettered). Every run:
+- drives again each workflow left in a waiting state (DISCOVERED, AWAITING_NODE_POOL,
+  CREATING_NODE_POOL, INSTALLING) that has not moved for `STALL_SECONDS`;
+- on READY clusters, re-applies bundle objects that are missing (or the whole bundle when its
+  version changed), restores managed NADs deleted or edited on the cluster, refreshes the rollout;
+- adopts opted-in clusters of the project that have no workflow yet.
+A run scoped to one cluster (`{"cluster": "projects/..."}`) is also the user's way to ask for a
+re-check after fixing an INELIGIBLE or FAILED cluster. Each repair is a history entry.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from shared import decisions as d
+from shared import logs
+from shared.errors import Permanent, Transient
+from shared.refs import ClusterRef
+
+if TYPE_CHECKING:
+    from shared.workflow import Outcome, Workflow
+
+
+def reconcile(wf: Workflow, ev: Any) -> Outcome:
+    """Resume stalled workflows, adopt opted-in clusters with none, repair drift on READY ones."""
+    from shared.store import AlreadyHandled
+    from shared.workflow import Outcome
+
+    store = wf.store
+    policy = wf.policy()
+    resumed, adopted, repaired, errors = [], [], [], []
+    records = [store.get_cluster(ev.scope)] if ev.scope else store.list_clusters()
+    records = [r for r in records if r is not None]
+    tracked = {r.ref.doc_id for r in records}
+    now = time.time()
+    for rec in records:
+        sub_event = f"{ev.event_id}~{rec.ref.doc_id}"
+        try:
+            # A scoped run is how a user asks for a re-check after fixing a cluster (enabling
+            # multi-networking emits none of the four audited methods); a full run leaves
+            # INELIGIBLE / FAILED / IGNORED alone so that a broken cluster does not loop.
+            recheck = ev.scope is not None and rec.state in (d.INELIGIBLE, d.FAILED, d.IGNORED)
+            if recheck or (rec.state in d.RESUMABLE and _stale(rec, now, wf.settings.stall_seconds)):
+                why = "re-check requested" if recheck else "workflow was stalled"
+                out = wf.drive(rec.ref, sub_event, trigger=f"reconcile: {why}", create=False)
+                resumed.append(f"{rec.ref.path}: {out.state}")
+            elif rec.state == d.READY:
+                fixed = repair(wf, rec, sub_event)
+                if fixed:
+                    repaired.append(f"{rec.ref.path}: {', '.join(fixed)}")
+        except AlreadyHandled:
+            continue
+        except (Transient, Permanent) as e:
+            errors.append(f"{rec.ref.path}: {e}")
+    if ev.scope and not records:  # a re-check of a cluster the controller never saw
+        try:
+            out = wf.drive(ev.scope, f"{ev.event_id}~{ev.scope.doc_id}", trigger="reconcile: re-check requested")
+            adopted.append(f"{ev.scope.path}: {out.state}")
+        except (Transient, Permanent) as e:
+            errors.append(f"{ev.scope.path}: {e}")
+    if not ev.scope and wf.settings.project:
+        try:
+            clusters = wf.gke.list_clusters(wf.settings.project)
+        except (Transient, Permanent) as e:
+            clusters = []
+            errors.append(f"list clusters: {e}")
+        from shared import prechecks
+
+        for cluster in clusters:
+            facts = prechecks.ClusterFacts.of(cluster)
+            ref = ClusterRef(wf.settings.project, facts.location, facts.name)
+            if ref.doc_id in tracked or not policy.opted_in(dict(facts.labels)):
+                continue
+            try:
+                out = wf.drive(ref, f"{ev.event_id}~{ref.doc_id}", trigger="reconcile: untracked cluster")
+                adopted.append(f"{ref.path}: {out.state}")
+            except (Transient, Permanent) as e:
+                errors.append(f"{ref.path}: {e}")
+    store.record_ledger(ev.event_id, event_id=ev.event_id, step="reconcile", outcome="ok", cluster=None)
+    message = (f"reconcile: {len(records)} tracked; resumed {len(resumed)}, adopted {len(adopted)}, "
+               f"repaired {len(repaired)}, errors {len(errors)}")
+    if errors:
+        logs.warning("reconcile could not finish every cluster", eventId=ev.event_id, error=errors[:10])
+    return Outcome("done", message, None, None,
+                   {"resumed": resumed, "adopted": adopted, "repaired": repaired, "errors": errors})
+
+def repair(wf: Workflow, rec: Any, event_id: str) -> list[str]:
+    from shared.workflow import rollout_fields
+
+    """Re-apply what drifted on a READY cluster: missing bundle objects and managed NADs."""
+    from shared import nad as nadlib
+    from shared.multus import object_key
+
+    ref = rec.ref
+    store = wf.store
+    kube = wf.kube_for(ref, wf.gke.get_cluster(ref))
+    bundle = wf.bundle()
+    fixes: list[str] = []
+    missing = []
+    for obj in bundle.objects:
+        _, kind, ns, name = object_key(obj)
+        if kube.get(obj["apiVersion"], kind, ns or None, name) is None:
+            missing.append(obj)
+    if missing or rec.data.get("bundleVersion") != bundle.version:
+        todo = bundle.objects if rec.data.get("bundleVersion") != bundle.version else missing
+        crds = [o for o in todo if o["kind"] == "CustomResourceDefinition"]
+        if crds:
+            kube.apply(crds)
+            kube.wait_established([o["metadata"]["name"] for o in crds],
+                                  timeout=wf.settings.crd_timeout_seconds, poll=wf.settings.crd_poll_seconds)
+        kube.apply([o for o in todo if o["kind"] != "CustomResourceDefinition"])
+        fixes += [f"re-applied {o['kind']} {o['metadata']['name']}" for o in missing]
+        if rec.data.get("bundleVersion") != bundle.version:
+            fixes.append(f"bundle {rec.data.get('bundleVersion')} -> {bundle.version}")
+    on_cluster = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in kube.list_managed_nads()}
+    for doc in store.list_nads(ref):
+        if doc.get("state") not in d.NAD_LIVE or not doc.get("config"):
+            continue
+        live = on_cluster.get((doc["namespace"], doc["name"]))
+        if live is not None and live.get("spec", {}).get("config") == doc["config"]:
+            continue
+        req = nadlib.parse_request(dict(doc["request"]))
+        kube.apply_nad(nadlib.render_nad(req, doc.get("range")))
+        fixes.append(f"{'re-created' if live is None else 'restored'} NAD {doc['namespace']}/{doc['name']}")
+    # The rollout recorded at install time may have been partial; keep the figure current.
+    rollout = rollout_fields(kube.daemonset_rollout(*bundle.daemonset))
+    rollout_changed = rollout["summary"] != (rec.data.get("rollout") or {}).get("summary")
+    if fixes or rollout_changed:
+        message = ("reconcile repaired: " + "; ".join(fixes)) if fixes else "reconcile: nothing to repair"
+        message += f"; DaemonSet {rollout['summary']}"
+        store.claim(ref, event_id=event_id, step="repair", ledger_key=event_id)
+        store.advance(ref, event_id=event_id, step="repair", message=message,
+                      fields={"bundleVersion": bundle.version, "rollout": rollout}, ledger_key=event_id,
+                      release=True)
+    return fixes
+
+
+def _stale(rec: Any, now: float, stall_seconds: int) -> bool:
+    updated = rec.data.get("updatedAt")
+    if updated is None:
+        return True
+    ts = updated.timestamp() if hasattr(updated, "timestamp") else float(updated)
+    return now - ts >= stall_seconds
+
+

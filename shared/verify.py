@@ -1,0 +1,89 @@
+"""Verification: does a pod on this NAD really get `net1` with an address in range?
+
+The procedure's step 7 done by the controller: start a short-lived, locked-down pause pod with
+the networks annotation on the Multus node pool, read the `k8s.v1.cni.cncf.io/network-status`
+annotation that Multus writes, check `net1`'s address against the NAD's range, delete the pod.
+A failure says why (no net1, an address outside the range, or the pod's last Events).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import time
+from typing import Any
+
+from shared import logs
+from shared.errors import Permanent, Transient
+
+VERIFY_IMAGE = "registry.k8s.io/pause:3.9"
+NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
+
+
+def run_verification(kube: Any, namespace: str, nad_name: str, cidr: str | None, *, pool: str | None,
+                     cluster: str = "", timeout: float = 30.0) -> tuple[bool, str]:
+    """(ok, what was seen). The pod is deleted whatever happens."""
+    digest = hashlib.sha256(f"{namespace}/{nad_name}/{time.time_ns()}".encode()).hexdigest()[:6]
+    pod_name = f"mp-verify-{nad_name[:40]}-{digest}"
+    kube.create_pod(verify_pod_manifest(pod_name, namespace, nad_name, pool))
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = kube.pod_network_status(namespace, pod_name)
+            if status:
+                return check_network_status(status, cidr)
+            time.sleep(0.2)
+        events = kube.pod_events(namespace, pod_name)
+        why = "; ".join(e.get("message", "") for e in events[-3:]) or "no network-status annotation"
+        return False, f"pod {pod_name} got no net1 within {timeout:.0f}s: {why}"
+    finally:
+        try:
+            kube.delete_pod(namespace, pod_name)
+        except (Transient, Permanent) as e:
+            logs.warning("could not delete verify pod", cluster=cluster, error=str(e))
+
+
+def verify_pod_manifest(pod_name: str, namespace: str, nad_name: str, pool: str | None) -> dict[str, Any]:
+    """A pause pod on the Multus node pool, locked down: it only has to receive an address."""
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 0,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65535, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "pause", "image": VERIFY_IMAGE,
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "16Mi"}},
+            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]}},
+        }],
+    }
+    if pool:
+        spec["nodeSelector"] = {"cloud.google.com/gke-nodepool": pool}
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "multus-provisioner",
+                                "multus-provisioner.io/purpose": "verify"},
+                     "annotations": {NETWORKS_ANNOTATION: f"{namespace}/{nad_name}"}},
+        "spec": spec,
+    }
+
+
+def check_network_status(status: list[dict[str, Any]], cidr: str | None) -> tuple[bool, str]:
+    nets = [s for s in status if s.get("interface") == "net1"]
+    if not nets:
+        names = ", ".join(str(s.get("interface")) for s in status)
+        return False, f"network-status has no net1 (interfaces: {names})"
+    ips = nets[0].get("ips") or []
+    if not ips:
+        return False, "net1 has no IP address"
+    if cidr:
+        net = ipaddress.ip_network(cidr, strict=False)
+        for ip in ips:
+            try:
+                if ipaddress.ip_address(ip) in net:
+                    return True, f"net1 got {ip}, inside {cidr}"
+            except ValueError:
+                continue
+        return False, f"net1 got {', '.join(ips)}, outside {cidr}"
+    return True, f"net1 got {ips[0]}"
