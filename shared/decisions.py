@@ -30,13 +30,14 @@ RESUMABLE = (DISCOVERED, AWAITING_NODE_POOL, CREATING_NODE_POOL, INSTALLING)
 
 # NAD states.
 NAD_PENDING = "PENDING"
+NAD_APPLYING = "APPLYING"  # claimed by a worker: range reserved, being applied to the cluster
 NAD_APPLIED = "APPLIED"
 NAD_VERIFIED = "VERIFIED"
 NAD_REJECTED = "REJECTED"
 NAD_FAILED = "FAILED"
 NAD_DELETED = "DELETED"
 NAD_LIVE = (NAD_APPLIED, NAD_VERIFIED)
-NAD_COUNTED = (NAD_PENDING, NAD_APPLIED, NAD_VERIFIED)
+NAD_COUNTED = (NAD_PENDING, NAD_APPLYING, NAD_APPLIED, NAD_VERIFIED)
 
 BLOCKING_FINDING_EXEMPT = "node-pool-networks"
 
@@ -157,6 +158,37 @@ def decide_nad(*, request: Any, cluster_state: str | None, pool_cidr: str | None
         return NadStep(NadStep.REJECT, NAD_REJECTED, "; ".join(reasons), reasons=tuple(reasons))
     return NadStep(NadStep.APPLY, NAD_APPLIED, f"apply {request.namespace}/{request.name} with range {cidr}",
                    range=cidr)
+
+
+@dataclass(frozen=True)
+class Arbitration:
+    """Which overlapping NADs a claim loses to, and which later claims it must turn away."""
+
+    lose_to: tuple[Mapping[str, Any], ...]
+    win_over: tuple[Mapping[str, Any], ...]
+
+
+def arbitrate(*, key: str, master: str, cidr: str, order: str, others: Iterable[Mapping[str, Any]]) -> Arbitration:
+    """Settle overlapping ranges between concurrent requests of one cluster.
+
+    Each worker first writes its claim (state APPLYING, `claimOrder`), then reads the others: of
+    two concurrent claims at least one sees the other, so the rule must be one both can apply
+    alone. An overlapping NAD that is already APPLIED/VERIFIED wins; between two claims the
+    smaller `claimOrder` wins, and whoever sees a conflict enforces it (the winner rejects the
+    loser's claim with a compare-and-set; a loser rejects itself).
+    """
+    lose, win = [], []
+    for other in others:
+        if f"{other.get('namespace')}~{other.get('name')}" == key:
+            continue
+        if other.get("master") != master or not other.get("range") or not _overlap(cidr, other["range"]):
+            continue
+        state = other.get("state")
+        if state in NAD_LIVE:
+            lose.append(other)
+        elif state == NAD_APPLYING:
+            (lose if str(other.get("claimOrder") or "") < order else win).append(other)
+    return Arbitration(tuple(lose), tuple(win))
 
 
 def _within(inner: str, outer: str) -> bool:

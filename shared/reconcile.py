@@ -74,6 +74,10 @@ def reconcile(wf: Workflow, ev: Any) -> Outcome:
             ref = ClusterRef(wf.settings.project, facts.location, facts.name)
             if ref.doc_id in tracked or not policy.opted_in(dict(facts.labels)):
                 continue
+            # The tracked set was read when this run started; an event may have created (and even
+            # failed) the workflow since. Adopt only what is still untracked now.
+            if store.get_cluster(ref) is not None:
+                continue
             try:
                 out = wf.drive(ref, f"{ev.event_id}~{ref.doc_id}", trigger="reconcile: untracked cluster")
                 adopted.append(f"{ref.path}: {out.state}")
@@ -125,6 +129,13 @@ def repair(wf: Workflow, rec: Any, event_id: str) -> list[str]:
         req = nadlib.parse_request(dict(doc["request"]))
         kube.apply_nad(nadlib.render_nad(req, doc.get("range")))
         fixes.append(f"{'re-created' if live is None else 'restored'} NAD {doc['namespace']}/{doc['name']}")
+    # NADs still waiting on a READY cluster (a lost wake-up) or claimed by a worker that died.
+    waiting = [n for n in store.list_nads(ref, fields=("state", "claimOrder")) if n.get("state") in
+               (d.NAD_PENDING, d.NAD_APPLYING)]
+    if waiting:
+        handled = wf._apply_pending(ref, rec, kube, event_id, wf.policy(), first_ready=False)
+        if handled:
+            fixes.append(f"took up {handled} waiting NAD(s)")
     # The rollout recorded at install time may have been partial; keep the figure current.
     rollout = rollout_fields(kube.daemonset_rollout(*bundle.daemonset))
     rollout_changed = rollout["summary"] != (rec.data.get("rollout") or {}).get("summary")

@@ -624,18 +624,24 @@ class Store:
     @_edge
     def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
                 fields: dict[str, Any], outcome: str = "ok", message: str = "",
-                ledger_key: str | None = None) -> bool:
+                ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
+                expect_fields: dict[str, Any] | None = None, history: bool = True,
+                write_ledger: bool = True) -> bool:
         """Record a NAD's state; ledger, NAD document and history entry in one transaction.
 
-        Returns False (and writes nothing) when `ledger_key` was recorded before. The cluster's
-        own document is neither read nor written, so NADs of one cluster never wait on each other.
+        Returns False (and writes nothing) when `ledger_key` was recorded before, or when the
+        document's current state is not one of `expect_states` (None in it stands for "no document
+        yet") or a field differs from `expect_fields`: a compare-and-set, so that of two workers
+        moving one NAD out of PENDING or APPLYING exactly one succeeds. `history=False` records
+        no history entry (a transient reservation); `write_ledger=False` checks the ledger only.
+        The cluster's own document is neither read nor written, so NADs never wait on it.
         """
         _check_outcome(outcome)
         doc = self._nad_doc(ref, namespace, name)
         ledger = self._ledger_doc(ledger_key) if ledger_key else None
         identity = {"namespace": namespace, "name": name, "clusterPath": ref.path}
         extra = _check_fields(fields, identity, "put_nad")
-        history = self._history_doc(
+        history_doc = self._history_doc(
             ref, f"{safe_id(event_id)}~{safe_id(step)}~{namespace}~{name}")
 
         def txn(transaction: Any) -> bool:
@@ -643,7 +649,12 @@ class Store:
             if seen is not None and seen.exists:
                 return False
             now = _now()
-            before = (snap.to_dict() or {}).get("state") if snap.exists else None
+            current = (snap.to_dict() or {}) if snap.exists else {}
+            before = current.get("state") if snap.exists else None
+            if expect_states is not None and before not in expect_states:
+                return False
+            if expect_fields and any(current.get(k) != v for k, v in expect_fields.items()):
+                return False
             changes: dict[str, Any] = {**extra, "state": state, "updatedAt": now}
             if message:
                 changes["message"] = message[:4000]
@@ -654,10 +665,11 @@ class Store:
             else:
                 clean = {k: v for k, v in changes.items() if v is not DELETE}
                 transaction.set(doc, {**identity, **clean, "createdAt": now})
-            transaction.set(history, self._history_entry(
-                event_id=event_id, step=step, outcome=outcome, message=message, state=state,
-                extra={"nad": f"{namespace}/{name}", "previousState": before}))
-            if ledger is not None:
+            if history:
+                transaction.set(history_doc, self._history_entry(
+                    event_id=event_id, step=step, outcome=outcome, message=message, state=state,
+                    extra={"nad": f"{namespace}/{name}", "previousState": before}))
+            if ledger is not None and write_ledger:
                 transaction.set(ledger, self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                            cluster=ref, now=now))
             return True

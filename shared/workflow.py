@@ -13,6 +13,7 @@ The adapters are built lazily so that a function instance pays for the SDKs it u
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import time
@@ -28,8 +29,8 @@ from shared.refs import ClusterRef
 from shared.settings import Settings
 
 KUBE_CACHE_SECONDS = 300.0
-# What `decisions.decide_nad` reads of the other NADs (namespace and name come from the doc id).
-NAD_DECISION_FIELDS = ("state", "master", "range")
+# What the NAD decisions read of the other NADs (namespace and name come from the doc id).
+NAD_DECISION_FIELDS = ("state", "master", "range", "claimOrder")
 
 
 @dataclass(frozen=True)
@@ -351,18 +352,36 @@ class Workflow:
             return Outcome("duplicate", "request already handled", ref.path)
         rec = store.get_cluster(ref)
         cluster_state = rec.state if rec else None
-        pool_cidr = ((rec.data.get("nodePool") or {}).get("cidr")) if rec else None
-        existing = store.list_nads(ref, fields=NAD_DECISION_FIELDS)
+        out = self._decide_and_carry_out(ref, rec, req, ev.event_id, ledger, expect=None)
+        if out.state == d.NAD_PENDING and out.status == "pending":
+            # Lost wake-up guard: the cluster may have become READY (and scanned its PENDING NADs)
+            # between our read of it and our write. Look once more; the compare-and-set on PENDING
+            # makes sure only one of us and that scan applies the NAD.
+            rec = store.get_cluster(ref)
+            if rec is not None and rec.state == d.READY and cluster_state != d.READY:
+                return self._decide_and_carry_out(ref, rec, req, ev.event_id, f"{ledger}~late",
+                                                  expect=(d.NAD_PENDING,))
+        return out
+
+    def _decide_and_carry_out(self, ref: ClusterRef, rec: Any, req: Any, event_id: str, ledger: str, *,
+                              expect: tuple[str | None, ...] | None, expect_claim: str | None = None) -> Outcome:
+        """The pure checks first (state, namespace, range inside the pool's); the checks that
+        depend on the other NADs (overlap, limit) are made after this request's claim, see
+        `_apply_nad`."""
         policy = self.policy()
-        step = d.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr,
-                            existing=existing, namespace_problem=policy.namespace_problem(req.namespace),
-                            max_nads=policy.max_nads_per_cluster)
-        return self._carry_out_nad(ref, req, step, ev.event_id, ledger, cluster_state)
+        cluster_state = rec.state if rec else None
+        pool_cidr = ((rec.data.get("nodePool") or {}).get("cidr")) if rec else None
+        step = d.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr, existing=(),
+                            namespace_problem=policy.namespace_problem(req.namespace), max_nads=1 << 30)
+        if step.kind == step.APPLY:
+            return self._apply_nad(ref, req, step.range, event_id, ledger, expect=expect, expect_claim=expect_claim)
+        return self._carry_out_nad(ref, req, step, event_id, ledger, cluster_state, expect=expect,
+                                   expect_claim=expect_claim)
 
     def _carry_out_nad(self, ref: ClusterRef, req: Any, step: d.NadStep, event_id: str, ledger: str,
-                       cluster_state: str | None) -> Outcome:
-        from shared import nad as nadlib
-
+                       cluster_state: str | None, *, expect: tuple[str | None, ...] | None = None,
+                       expect_claim: str | None = None) -> Outcome:
+        """Delete, reject or queue a NAD (applying is `_apply_nad`)."""
         store = self.store
         fields = _nad_fields(req)
         label = f"{req.namespace}/{req.name}"
@@ -377,51 +396,137 @@ class Workflow:
             wrote = store.put_nad(ref, req.namespace, req.name, event_id=event_id, step="delete-nad",
                                   state=d.NAD_DELETED, fields=fields, message=message, ledger_key=ledger)
             return Outcome("done" if wrote else "duplicate", message, ref.path, d.NAD_DELETED)
-        if step.kind in (step.REJECT, step.PENDING):
-            extra = {"reasons": list(step.reasons)} if step.reasons else {}
-            wrote = store.put_nad(ref, req.namespace, req.name, event_id=event_id,
-                                  step="reject-nad" if step.kind == step.REJECT else "queue-nad",
-                                  state=step.state, fields={**fields, **extra},
-                                  outcome="rejected" if step.kind == step.REJECT else "ok",
-                                  message=f"{label}: {step.message}", ledger_key=ledger)
-            status = "rejected" if step.kind == step.REJECT else "pending"
-            return Outcome(status if wrote else "duplicate", step.message, ref.path, step.state)
-        obj = nadlib.render_nad(req, step.range)
-        fields.update({"range": step.range, "config": obj["spec"]["config"]})
+        extra = {"reasons": list(step.reasons)} if step.reasons else {}
+        wrote = store.put_nad(ref, req.namespace, req.name, event_id=event_id,
+                              step="reject-nad" if step.kind == step.REJECT else "queue-nad",
+                              state=step.state, fields={**fields, **extra},
+                              outcome="rejected" if step.kind == step.REJECT else "ok",
+                              message=f"{label}: {step.message}", ledger_key=ledger, expect_states=expect,
+                              expect_fields={"claimOrder": expect_claim} if expect_claim else None)
+        status = "rejected" if step.kind == step.REJECT else "pending"
+        return Outcome(status if wrote else "duplicate", step.message, ref.path, step.state)
+
+    def _apply_nad(self, ref: ClusterRef, req: Any, cidr: str, event_id: str, ledger: str, *,
+                   expect: tuple[str | None, ...] | None, expect_claim: str | None = None) -> Outcome:
+        """Claim, check against the other NADs, apply to the cluster, record.
+
+        Two requests of one cluster handled at once must not both get overlapping ranges, yet a
+        lock per cluster would make every NAD of a cluster wait on one document. So each request
+        claims its NAD document first (APPLYING + `claimOrder`), then reads the others and
+        settles conflicts with `decisions.arbitrate`; the final record is a compare-and-set on the
+        claim, so a claim turned away meanwhile withdraws its object from the cluster.
+        """
+
+        store = self.store
+        ns, name, label = req.namespace, req.name, f"{req.namespace}/{req.name}"
+        order = f"{time.time_ns():020d}~{secrets.token_hex(4)}"
+        mine = {"claimOrder": order}
+        if not store.put_nad(ref, ns, name, event_id=event_id, step="claim-nad", state=d.NAD_APPLYING,
+                             fields={**_nad_fields(req), "range": cidr, **mine},
+                             message=f"{label}: applying with range {cidr}", ledger_key=ledger,
+                             expect_states=expect, history=False, write_ledger=False,
+                             expect_fields={"claimOrder": expect_claim} if expect_claim else None):
+            return Outcome("duplicate", "request already handled, or taken by another worker", ref.path)
+        try:
+            return self._apply_claimed(ref, req, cidr, event_id, ledger, order)
+        except Transient:
+            if expect == (d.NAD_PENDING,):  # hand it back to the queue for the next drive or reconcile
+                with contextlib.suppress(Transient, Permanent):
+                    store.put_nad(ref, ns, name, event_id=event_id, step="claim-nad", state=d.NAD_PENDING,
+                                  fields={}, message=f"{label}: waiting again after a transient failure",
+                                  expect_states=(d.NAD_APPLYING,), expect_fields=mine, history=False)
+            raise
+
+    def _apply_claimed(self, ref: ClusterRef, req: Any, cidr: str, event_id: str, ledger: str,
+                       order: str) -> Outcome:
+        from shared import nad as nadlib
+
+        store = self.store
+        ns, name, label = req.namespace, req.name, f"{req.namespace}/{req.name}"
+        mine = {"claimOrder": order}
+        policy = self.policy()
+        others = [n for n in store.list_nads(ref, fields=NAD_DECISION_FIELDS)
+                  if (n["namespace"], n["name"]) != (ns, name)]
+        reasons = []
+        counted = [n for n in others if n.get("state") in d.NAD_COUNTED]
+        if len(counted) >= policy.max_nads_per_cluster:
+            reasons.append(f"the cluster already has {len(counted)} NADs (policy limit {policy.max_nads_per_cluster})")
+        arb = d.arbitrate(key=f"{ns}~{name}", master=req.master, cidr=cidr, order=order, others=others)
+        lose_to = list(arb.lose_to)
+        # Only a claim that is going to be applied turns later claims away.
+        for other in (arb.win_over if not (lose_to or reasons) else ()):
+            o_label = f"{other['namespace']}/{other['name']}"
+            why = f"range {other['range']} overlaps {label} ({cidr}) on master {req.master}, claimed first"
+            if not store.put_nad(ref, other["namespace"], other["name"], event_id=event_id, step="reject-nad",
+                                 state=d.NAD_REJECTED, fields={"reasons": [why]}, outcome="rejected",
+                                 message=f"{o_label}: {why}", expect_states=(d.NAD_APPLYING,),
+                                 expect_fields={"claimOrder": other.get("claimOrder")}):
+                now = store.get_nad(ref, other["namespace"], other["name"]) or {}
+                if now.get("state") in d.NAD_LIVE and now.get("range") == other["range"]:
+                    lose_to.append(now)  # it finished first after all
+        reasons += [f"range {cidr} overlaps {o.get('namespace')}/{o.get('name')} ({o.get('range')}) "
+                    f"on master {req.master}" for o in lose_to]
+        if reasons:
+            if not store.put_nad(ref, ns, name, event_id=event_id, step="reject-nad", state=d.NAD_REJECTED,
+                                 fields={"reasons": reasons}, outcome="rejected",
+                                 message=f"{label}: " + "; ".join(reasons), ledger_key=ledger,
+                                 expect_states=(d.NAD_APPLYING,), expect_fields=mine):
+                store.record_ledger(ledger, event_id=event_id, step="reject-nad", outcome="rejected", cluster=ref)
+            return Outcome("rejected", "; ".join(reasons), ref.path, d.NAD_REJECTED)
+        obj = nadlib.render_nad(req, cidr)
+        fields = {**_nad_fields(req), "range": cidr, "config": obj["spec"]["config"]}
         try:
             kube = self.kube_for(ref)
             result = kube.apply_nad(obj)
         except Permanent as e:
-            return self._nad_failed(ref, req, event_id, ledger, "apply", e)
+            return self._nad_failed(ref, req, event_id, ledger, "apply", e, expect_fields=mine)
         fields["resourceVersion"] = getattr(result, "resource_version", "")
-        state, message = d.NAD_APPLIED, f"{label} applied with range {step.range}"
+        state, message = d.NAD_APPLIED, f"{label} applied with range {cidr}"
         if req.verify:
-            ok, detail = self._verify_pod(kube, req, step.range, ref)
+            ok, detail = self._verify_pod(kube, req, cidr, ref)
             fields["verification"] = {"ok": ok, "message": detail}
             state = d.NAD_VERIFIED if ok else d.NAD_APPLIED
             message += f"; verify: {detail}"
-        wrote = store.put_nad(ref, req.namespace, req.name, event_id=event_id, step="apply-nad",
-                              state=state, fields=fields, message=message, ledger_key=ledger)
-        return Outcome("done" if wrote else "duplicate", message, ref.path, state)
+        if store.put_nad(ref, ns, name, event_id=event_id, step="apply-nad", state=state, fields=fields,
+                         message=message, ledger_key=ledger, expect_states=(d.NAD_APPLYING,), expect_fields=mine):
+            return Outcome("done", message, ref.path, state)
+        if store.seen(ledger):
+            return Outcome("duplicate", "request already handled", ref.path)
+        now = store.get_nad(ref, ns, name) or {}
+        if now.get("state") != d.NAD_REJECTED:
+            # Another worker claimed it since (a duplicate of this request, or a take-over): it
+            # applies the same object and records the outcome, ledger included; nothing to undo.
+            return Outcome("superseded", f"{label}: a newer request for the same NAD took over", ref.path,
+                           now.get("state"))
+        # Turned away while applying (an overlapping claim with an earlier order won): withdraw.
+        try:
+            kube.delete_nad(ns, name)
+        finally:
+            store.record_ledger(ledger, event_id=event_id, step="apply-nad", outcome="rejected", cluster=ref)
+        return Outcome("rejected", f"{label} withdrawn: an overlapping request claimed its range first",
+                       ref.path, d.NAD_REJECTED)
 
     def _nad_failed(self, ref: ClusterRef, req: Any, event_id: str, ledger: str, what: str,
-                    err: Exception) -> Outcome:
+                    err: Exception, *, expect_fields: dict[str, Any] | None = None) -> Outcome:
         message = f"{req.namespace}/{req.name}: {what} refused by the cluster: {err}"
         self.store.put_nad(ref, req.namespace, req.name, event_id=event_id, step=f"{what}-nad",
                            state=d.NAD_FAILED, fields={**_nad_fields(req), "lastError": str(err)},
-                           outcome="failed", message=message, ledger_key=ledger)
+                           outcome="failed", message=message, ledger_key=ledger, expect_fields=expect_fields)
         return Outcome("failed", message, ref.path, d.NAD_FAILED)
 
     def _apply_pending(self, ref: ClusterRef, rec: Any, kube: Any, event_id: str, policy: Policy,
                        *, first_ready: bool) -> int:
-        """Apply the NADs that waited for READY (and the policy's default NADs on first READY)."""
+        """Apply the NADs that waited for READY (and the policy's default NADs on first READY).
+
+        Each goes through the same path as a new request; the compare-and-set on PENDING makes a
+        NAD that a concurrent request handler is already applying a no-op here.
+        """
         from shared import nad as nadlib
 
         store = self.store
-        nads = store.list_nads(ref)
+        nads = store.list_nads(ref, fields=("state", "request", "claimOrder"))
         known = {(n.get("namespace"), n.get("name")) for n in nads}
-        pool_cidr = (rec.data.get("nodePool") or {}).get("cidr")
-        todo: list[Any] = []
+        todo: list[tuple[Any, tuple[str | None, ...], str | None]] = []
         if first_ready:
             for raw in policy.default_nads:
                 try:
@@ -430,27 +535,29 @@ class Workflow:
                     logs.error("default NAD in policy is invalid", cluster=ref.path, error=e.message)
                     continue
                 if (req.namespace, req.name) not in known:
-                    todo.append(req)
+                    todo.append((req, (None,), None))
+        stale_before = f"{time.time_ns() - int(self.settings.lease_seconds * 1e9):020d}"
         for doc in nads:
-            if doc.get("state") == d.NAD_PENDING and isinstance(doc.get("request"), Mapping):
-                try:
-                    todo.append(nadlib.parse_request(dict(doc["request"])))
-                except Rejected as e:
-                    store.put_nad(ref, doc["namespace"], doc["name"], event_id=event_id, step="apply-nad",
-                                  state=d.NAD_REJECTED, fields={"reasons": [e.message]}, outcome="rejected",
-                                  message=e.message, ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}")
-        count = 0
-        for req in todo:
-            step = d.decide_nad(request=req, cluster_state=d.READY, pool_cidr=pool_cidr, existing=nads,
-                                namespace_problem=policy.namespace_problem(req.namespace),
-                                max_nads=policy.max_nads_per_cluster)
+            if not isinstance(doc.get("request"), Mapping):
+                continue
+            claim = None
+            if doc.get("state") == d.NAD_PENDING:
+                expect: tuple[str | None, ...] = (d.NAD_PENDING,)
+            elif doc.get("state") == d.NAD_APPLYING and str(doc.get("claimOrder") or "") < stale_before:
+                expect, claim = (d.NAD_APPLYING,), doc.get("claimOrder")  # its worker died: take it over
+            else:
+                continue
+            try:
+                todo.append((nadlib.parse_request(dict(doc["request"])), expect, claim))
+            except Rejected as e:
+                store.put_nad(ref, doc["namespace"], doc["name"], event_id=event_id, step="apply-nad",
+                              state=d.NAD_REJECTED, fields={"reasons": [e.message]}, outcome="rejected",
+                              message=e.message, ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}",
+                              expect_states=(d.NAD_PENDING,))
+        for req, expect, claim in todo:
             ledger = f"{event_id}~{req.namespace}~{req.name}"
-            self._carry_out_nad(ref, req, step, event_id, ledger, d.READY)
-            nads = [n for n in nads if (n.get("namespace"), n.get("name")) != (req.namespace, req.name)]
-            nads.append({"namespace": req.namespace, "name": req.name, "state": step.state,
-                         "master": req.master, "range": step.range})
-            count += 1
-        return count
+            self._decide_and_carry_out(ref, rec, req, event_id, ledger, expect=expect, expect_claim=claim)
+        return len(todo)
 
     def _reject_pending(self, ref: ClusterRef, event_id: str, why: str) -> None:
         for doc in self.store.list_nads(ref, state=d.NAD_PENDING):

@@ -159,3 +159,26 @@ def test_policy_from_settings_and_firestore_override():
 def test_settings_errors_name_the_variable(env, needle):
     with pytest.raises(ConfigError, match=needle):
         Settings.from_env(env)
+
+
+def _n(name, state, rng, order="", master="eth1"):
+    return {"namespace": "default", "name": name, "state": state, "range": rng, "master": master,
+            "claimOrder": order}
+
+
+def test_arbitrate_live_wins_then_the_earlier_claim():
+    others = [_n("live", "APPLIED", "172.16.1.0/26"), _n("early", "APPLYING", "172.16.1.64/26", "0001"),
+              _n("late", "APPLYING", "172.16.1.0/25", "0009"), _n("apart", "APPLYING", "172.16.1.192/26", "0000"),
+              _n("eth2", "APPLIED", "172.16.1.0/24", master="eth2"), _n("gone", "REJECTED", "172.16.1.0/24"),
+              _n("me", "APPLIED", "172.16.1.0/24")]
+    arb = d.arbitrate(key="default~me", master="eth1", cidr="172.16.1.0/25", order="0005", others=others)
+    assert [o["name"] for o in arb.lose_to] == ["live", "early"]
+    assert [o["name"] for o in arb.win_over] == ["late"]
+
+
+def test_arbitrate_is_symmetric_for_two_claims():
+    a, b = _n("a", "APPLYING", "172.16.1.0/25", "0001"), _n("b", "APPLYING", "172.16.1.64/26", "0002")
+    from_a = d.arbitrate(key="default~a", master="eth1", cidr=a["range"], order=a["claimOrder"], others=[b])
+    from_b = d.arbitrate(key="default~b", master="eth1", cidr=b["range"], order=b["claimOrder"], others=[a])
+    assert (len(from_a.win_over), len(from_a.lose_to)) == (1, 0)
+    assert (len(from_b.win_over), len(from_b.lose_to)) == (0, 1)

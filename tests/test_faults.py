@@ -37,8 +37,11 @@ OPTED_IN = {"multus-provisioner": "enabled"}
 
 @pytest.fixture(scope="module")
 def fstack(emulators: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    # The scheduler matters: a burst of failing pushes makes Pub/Sub (and its emulator) slow down the
+    # whole subscription, sometimes for longer than these tests wait; reconcile resumes what waits.
     s = start_stack(emulators, tmp_path_factory.mktemp("faults"), "faults_", firestore_proxy=True, gke_proxy=True,
-                    env={"MULTUS_PROVISIONER_MAX_ATTEMPTS": "5",
+                    reconcile_every=5.0,
+                    env={"MULTUS_PROVISIONER_MAX_ATTEMPTS": "5", "MULTUS_PROVISIONER_STALL_SECONDS": "8",
                          "MULTUS_PROVISIONER_API_TIMEOUT_SECONDS": str(TIMEOUT),
                          "MULTUS_PROVISIONER_LEASE_SECONDS": "5"})
     try:
@@ -284,11 +287,12 @@ def test_transient_fault_at_every_call_site_ends_ready_with_the_retries_in_histo
     for case, cluster in clusters.items():
         if case.startswith(("firestore", "gke")):
             _arm_transient(fstack, case, cluster)
-    refs = {case: create(fstack, cluster) for case, cluster in clusters.items()}
-    by_ref = create(fstack, bystander)
-    for case, cluster in clusters.items():
+    refs = {}
+    for case, cluster in clusters.items():  # arm each cluster API fault as soon as its server exists
+        refs[case] = create(fstack, cluster)
         if not case.startswith(("firestore", "gke")):
             _arm_transient(fstack, case, cluster)
+    by_ref = create(fstack, bystander)
     for case, ref in refs.items():
         rec = wait_settled(fstore, ref, "READY", 90)
         assert rec.data["attempts"] == 0 and rec.lease is None, case
@@ -344,11 +348,12 @@ def test_permanent_fault_at_every_call_site_fails_once_acknowledged_and_alone(fs
     for case, cluster in clusters.items():
         if case.startswith(("firestore", "gke")):
             _arm_permanent(fstack, case, cluster)
-    refs = {case: create(fstack, cluster) for case, cluster in clusters.items()}
-    by_ref = create(fstack, name("by"))
-    for case, cluster in clusters.items():
+    refs = {}
+    for case, cluster in clusters.items():  # arm each cluster API fault as soon as its server exists
+        refs[case] = create(fstack, cluster)
         if not case.startswith(("firestore", "gke")):
             _arm_permanent(fstack, case, cluster)
+    by_ref = create(fstack, name("by"))
     for case, ref in refs.items():
         rec = wait_settled(fstore, ref, "FAILED", 60)
         err = rec.data["lastError"]
