@@ -113,6 +113,9 @@ class Stack:
         self.scenario = Path(self.scenario)
         self.state_dir = Path(self.state_dir)
         self._own_emulators = self.emulators is None
+        # Stacks sharing one Pub/Sub emulator (tests) must not share topics or subscriptions: a
+        # second stack would re-point the first one's push subscriptions at its own functions.
+        self.name_prefix = "multus" if self._own_emulators else f"multus-{secrets.token_hex(3)}"
         self.gke: Any = None
         self.kube_servers: dict[str, Any] = {}
         self.function_urls: dict[str, str] = {}
@@ -287,7 +290,7 @@ class Stack:
 
     # -- Pub/Sub: topics, push subscriptions, the Logging-sink stand-in ------------------------
     def topic_path(self, short: str) -> str:
-        return f"projects/{self.project}/topics/multus-{short}"
+        return f"projects/{self.project}/topics/{self.name_prefix}-{short}"
 
     def _create_topics(self) -> None:
         from google.cloud import pubsub_v1
@@ -301,7 +304,7 @@ class Stack:
                 for t in (topic, dead):
                     with contextlib.suppress(Exception):  # AlreadyExists when reusing emulators
                         publisher.create_topic(name=t)
-                sub = f"projects/{self.project}/subscriptions/multus-{short}-push"
+                sub = f"projects/{self.project}/subscriptions/{self.name_prefix}-{short}-push"
                 with contextlib.suppress(Exception):
                     subscriber.delete_subscription(subscription=sub)
                 subscriber.create_subscription(request={
@@ -311,7 +314,7 @@ class Stack:
                     "dead_letter_policy": {"dead_letter_topic": dead, "max_delivery_attempts": 5},
                     "retry_policy": {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 10}},
                 })
-                dsub = f"projects/{self.project}/subscriptions/multus-{short}-dead-letter"
+                dsub = f"projects/{self.project}/subscriptions/{self.name_prefix}-{short}-dead-letter"
                 with contextlib.suppress(Exception):
                     subscriber.create_subscription(request={"name": dsub, "topic": dead})
                 self.env[f"MULTUS_PROVISIONER_TOPIC_{short.upper().replace('-', '_')}"] = topic

@@ -27,6 +27,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--scenario", help="scenario YAML (default: sandbox/scenarios/default.yaml)")
     p.add_argument("--env-file", default=".sandbox/env", help="where to write the env file (default: .sandbox/env)")
     p.add_argument("--state-dir", default=".sandbox", help="kubeconfigs, token and logs go here")
+    p.add_argument("--reconcile-every", type=float, default=60.0, metavar="SECONDS",
+                   help="publish a reconcile tick this often, as Cloud Scheduler does (0: never; default 60)")
     p.set_defaults(handler=_guard(cmd_sandbox))
 
     p = subparsers.add_parser("demo", help="the whole procedure, end to end, in the sandbox",
@@ -407,7 +409,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     from sandbox.stack import DEFAULT_SCENARIO, Stack
 
     stack = Stack(scenario=Path(args.scenario) if args.scenario else DEFAULT_SCENARIO,
-                  state_dir=Path(args.state_dir), progress=lambda m: print(f"... {m}", file=sys.stderr))
+                  state_dir=Path(args.state_dir), progress=lambda m: print(f"... {m}", file=sys.stderr),
+                  reconcile_every=args.reconcile_every or None)
     stopping = []
 
     def stop(signum: int, _frame: Any) -> None:
