@@ -644,13 +644,23 @@ class Store:
         history_doc = self._history_doc(
             ref, f"{safe_id(event_id)}~{safe_id(step)}~{namespace}~{name}")
 
-        def txn(transaction: Any) -> bool:
-            snap, seen = self._read(transaction, doc, ledger)
+        # Optimistic, not a transaction: one batched read, then one atomic commit guarded by
+        # preconditions (the document's update time, the ledger entry's absence). The emulator
+        # (like Firestore) locks documents read in a transaction; NAD writes of one cluster race
+        # each other by design (claims), and a lost race is an answer here, not a retry.
+        from google.api_core import exceptions as gexc
+
+        attempts = 4
+        for _ in range(attempts):
+            snaps = {x.reference.path: x for x in self.client.get_all([d for d in (doc, ledger) if d is not None])}
+            snap = snaps.get(doc.path)
+            seen = snaps.get(ledger.path) if ledger is not None else None
             if seen is not None and seen.exists:
                 return False
             now = _now()
-            current = (snap.to_dict() or {}) if snap.exists else {}
-            before = current.get("state") if snap.exists else None
+            current = (snap.to_dict() or {}) if snap is not None and snap.exists else {}
+            exists = snap is not None and snap.exists
+            before = current.get("state") if exists else None
             if expect_states is not None and before not in expect_states:
                 return False
             if expect_fields and any(current.get(k) != v for k, v in expect_fields.items()):
@@ -660,21 +670,26 @@ class Store:
                 changes["message"] = message[:4000]
             if state != before:
                 changes["stateSince"] = now
-            if snap.exists:
-                transaction.update(doc, _wire(changes))
+            batch = self.client.batch()
+            if exists:
+                batch.update(doc, _wire(changes), option=self.client.write_option(last_update_time=snap.update_time))
             else:
                 clean = {k: v for k, v in changes.items() if v is not DELETE}
-                transaction.set(doc, {**identity, **clean, "createdAt": now})
+                batch.create(doc, {**identity, **clean, "createdAt": now})
             if history:
-                transaction.set(history_doc, self._history_entry(
+                batch.set(history_doc, self._history_entry(
                     event_id=event_id, step=step, outcome=outcome, message=message, state=state,
                     extra={"nad": f"{namespace}/{name}", "previousState": before}))
             if ledger is not None and write_ledger:
-                transaction.set(ledger, self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
-                                                           cluster=ref, now=now))
+                batch.create(ledger, self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
+                                                        cluster=ref, now=now))
+            try:
+                batch.commit()
+            except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Conflict, gexc.Aborted):
+                continue  # another writer got there first: read again and re-check the conditions
             return True
-
-        return self._run(txn)
+        raise Transient(f"NAD {namespace}/{name} of {ref.path}: {attempts} writes lost to concurrent writers",
+                        code="ABORTED", api="firestore")
 
     @_edge
     def list_nads(self, ref: ClusterRef, state: str | None = None, *,
