@@ -461,6 +461,18 @@ class Store:
         return ClusterRecord.of(ref, snap.to_dict() or {}) if snap.exists else None
 
     @_edge
+    def get_cluster_unless_seen(self, ref: ClusterRef, ledger_key: str) -> tuple[ClusterRecord | None, bool]:
+        """The cluster's record and whether the ledger has `ledger_key`, in one read (a request's
+        first look: a duplicate stops here, anything else needs the cluster's state anyway)."""
+        doc, ledger = self._cluster_doc(ref), self._ledger_doc(ledger_key)
+        snaps = {x.reference.path: x for x in self.client.get_all([doc, ledger])}
+        seen = snaps.get(ledger.path)
+        if seen is not None and seen.exists:
+            return None, True
+        snap = snaps.get(doc.path)
+        return (ClusterRecord.of(ref, snap.to_dict() or {}) if snap is not None and snap.exists else None), False
+
+    @_edge
     def claim(self, ref: ClusterRef, *, event_id: str, step: str, ledger_key: str | None = None,
               create_state: str | None = None, create_fields: dict[str, Any] | None = None,
               lease_seconds: int | None = None, holder: str | None = None) -> ClusterRecord:

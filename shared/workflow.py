@@ -348,9 +348,9 @@ class Workflow:
         ref: ClusterRef = req.cluster
         store = self.store
         ledger = _nad_ledger_key(ev.event_id, req)
-        if store.seen(ledger):
+        rec, seen = store.get_cluster_unless_seen(ref, ledger)
+        if seen:
             return Outcome("duplicate", "request already handled", ref.path)
-        rec = store.get_cluster(ref)
         cluster_state = rec.state if rec else None
         out = self._decide_and_carry_out(ref, rec, req, ev.event_id, ledger, expect=None)
         if out.state == d.NAD_PENDING and out.status == "pending":

@@ -517,3 +517,14 @@ def test_put_nad_compare_and_set_lets_exactly_one_concurrent_writer_win(store: S
     # an unconditional writer is never lost: it re-reads and writes after the winner
     assert store.put_nad(REF, "default", "race", event_id="z", step="reject-nad", state="REJECTED", fields={})
     assert store.get_nad(REF, "default", "race")["state"] == "REJECTED"
+
+
+def test_get_cluster_unless_seen_reads_both_in_one_rpc(store: Store) -> None:
+    with store.count_rpcs() as n:
+        assert store.get_cluster_unless_seen(REF, "never") == (None, False)
+    assert n.total == 1
+    store.claim(REF, event_id="g1", step="discover", ledger_key="g1", create_state="DISCOVERED")
+    rec, seen = store.get_cluster_unless_seen(REF, "g1")
+    assert rec is not None and rec.state == "DISCOVERED" and not seen
+    store.record_ledger("g1", event_id="g1", step="discover", outcome="ok", cluster=REF)
+    assert store.get_cluster_unless_seen(REF, "g1") == (None, True)
