@@ -40,6 +40,8 @@ from typing import Any
 
 import grpc
 
+from sandbox.gke.faults import status_code  # one parser of status names for both fault tables
+
 _METHOD = re.compile(r"^/?[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*$")
 # Metadata keys gRPC manages itself; forwarding them upstream would be refused or wrong.
 _RESERVED = ("user-agent", "te", "content-type", "grpc-")
@@ -68,18 +70,6 @@ def _needles(contains: Any) -> tuple[bytes, ...]:
             raise ValueError(f"contains: expected non-empty bytes or str, got {item!r}")
         out.append(item)
     return tuple(out)
-
-
-def status_code(code: grpc.StatusCode | str) -> grpc.StatusCode:
-    if isinstance(code, grpc.StatusCode):
-        status = code
-    elif isinstance(code, str) and code.upper() in grpc.StatusCode.__members__:
-        status = grpc.StatusCode[code.upper()]
-    else:
-        raise ValueError(f"code {code!r}: expected a gRPC status name such as 'UNAVAILABLE'")
-    if status is grpc.StatusCode.OK:
-        raise ValueError("code: a fault needs an error status, not OK")
-    return status
 
 
 class Hold:
