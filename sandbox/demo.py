@@ -5,7 +5,8 @@ The story, told with a progress display:
 2. a NAD is requested *before* its cluster exists (it waits as PENDING);
 3. an opted-in cluster is created through the GKE API; the controller prechecks it, creates the node
    pool with the additional networks, reacts to that pool's audit event, installs Multus + Whereabouts;
-4. an ineligible cluster is created too: it ends INELIGIBLE with findings and their fixes;
+4. an ineligible cluster that existed before the controller (no event for it) is adopted by a
+   reconcile tick: it ends INELIGIBLE with findings and their fixes;
 5. the early NAD is applied once the cluster is READY; a sample pod gets `net1` from the range;
 6. the Firestore audit trail and the objects in the cluster are printed.
 Exit 0 only if every milestone reached its expected state.
@@ -56,28 +57,6 @@ def _wait(predicate: Any, timeout: float, poll: float = 0.25) -> Any:
         time.sleep(poll)
 
 
-def _cluster_proto(name: str, *, eligible: bool) -> Any:
-    from google.cloud import container_v1 as c
-
-    if eligible:
-        return c.Cluster(
-            name=name, initial_cluster_version="1.30.5-gke.1014001",
-            resource_labels={"multus-provisioner": "enabled", "team": "network"},
-            node_pools=[c.NodePool(name="default-pool", initial_node_count=1,
-                                   config=c.NodeConfig(machine_type="e2-standard-4"))],
-            network_config=c.NetworkConfig(datapath_provider=c.DatapathProvider.ADVANCED_DATAPATH,
-                                           enable_multi_networking=True),
-            ip_allocation_policy=c.IPAllocationPolicy(use_ip_aliases=True),
-        )
-    return c.Cluster(
-        name=name, initial_cluster_version="1.27.16-gke.1000",
-        resource_labels={"multus-provisioner": "enabled"},
-        node_pools=[c.NodePool(name="default-pool", initial_node_count=1)],
-        network_config=c.NetworkConfig(datapath_provider=c.DatapathProvider.LEGACY_DATAPATH),
-        ip_allocation_policy=c.IPAllocationPolicy(use_ip_aliases=False),
-    )
-
-
 def run_demo(args: argparse.Namespace) -> int:
     import grpc
     from google.cloud import container_v1
@@ -117,7 +96,7 @@ def run_demo(args: argparse.Namespace) -> int:
         else:
             p.fail(f"early NAD not PENDING: {doc and doc.get('state')}")
 
-        p.step(f"creating opted-in cluster {eligible.cluster} and ineligible {legacy.cluster} through the GKE API")
+        p.step(f"creating opted-in cluster {eligible.cluster} through the GKE API")
         parent = f"projects/{project}/locations/{location}"
         from sandbox.gke.server import cluster_message
 

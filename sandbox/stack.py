@@ -100,9 +100,8 @@ class Stack:
     # False: no functions, topics or push subscriptions; audit entries are held (`take_audit`) for
     # in-process workflow tests that call the workflow themselves.
     with_functions: bool = True
-    # The push subscriptions' ack deadline. The Pub/Sub emulator sometimes loses track of a
-    # push answered with an error and redelivers it only when this deadline expires (seen in
-    # tests/test_faults.py); a short one keeps the sandbox's recovery quick.
+    # The push subscriptions' ack deadline: how long Pub/Sub waits on a push before it counts as
+    # failed and is redelivered. Short, so that a push to a killed function comes back quickly.
     ack_deadline_seconds: int = 15
     # Cloud Scheduler's stand-in: publish `{}` to the reconcile topic every so many seconds (None:
     # never). Pub/Sub slows pushes to a whole subscription after a burst of errors (the emulator

@@ -120,11 +120,14 @@ class NadStep:
 
 
 def decide_nad(*, request: Any, cluster_state: str | None, pool_cidr: str | None,
-               existing: Iterable[Mapping[str, Any]], namespace_problem: str | None,
-               max_nads: int) -> NadStep:
+               existing: Iterable[Mapping[str, Any]] | None, namespace_problem: str | None,
+               max_nads: int | None) -> NadStep:
     """What to do with a validated NAD request on a cluster in `cluster_state`.
 
     `existing` are the cluster's NAD documents (dicts with namespace, name, state, master, range).
+    The workflow passes `existing=None, max_nads=None`: it checks overlaps and the limit only after
+    the request has claimed its NAD (`limit_problem`, `arbitrate`), when concurrent requests see
+    each other; a caller with a settled snapshot can have every check made here at once.
     """
     key = f"{request.namespace}~{request.name}"
     if request.action == "delete":
@@ -136,10 +139,9 @@ def decide_nad(*, request: Any, cluster_state: str | None, pool_cidr: str | None
                INELIGIBLE: "the cluster is INELIGIBLE (see its findings)",
                DELETED: "the cluster was deleted"}[cluster_state]
         return NadStep(NadStep.REJECT, NAD_REJECTED, why, reasons=(why,))
-    others = [n for n in existing if n.get("key", f"{n.get('namespace')}~{n.get('name')}") != key]
-    live = [n for n in others if n.get("state") in NAD_COUNTED]
-    if len(live) >= max_nads:
-        why = f"the cluster already has {len(live)} NADs (policy limit {max_nads})"
+    others = [n for n in existing or () if n.get("key", f"{n.get('namespace')}~{n.get('name')}") != key]
+    why = limit_problem(others, max_nads) if max_nads is not None else None
+    if why:
         return NadStep(NadStep.REJECT, NAD_REJECTED, why, reasons=(why,))
     if cluster_state != READY or not pool_cidr:
         return NadStep(NadStep.PENDING, NAD_PENDING,
@@ -158,6 +160,15 @@ def decide_nad(*, request: Any, cluster_state: str | None, pool_cidr: str | None
         return NadStep(NadStep.REJECT, NAD_REJECTED, "; ".join(reasons), reasons=tuple(reasons))
     return NadStep(NadStep.APPLY, NAD_APPLIED, f"apply {request.namespace}/{request.name} with range {cidr}",
                    range=cidr)
+
+
+def limit_problem(others: Iterable[Mapping[str, Any]], max_nads: int) -> str | None:
+    """Why one more NAD would exceed the policy's per-cluster limit, or None (`others` excludes
+    the NAD being decided)."""
+    counted = sum(1 for n in others if n.get("state") in NAD_COUNTED)
+    if counted >= max_nads:
+        return f"the cluster already has {counted} NADs (policy limit {max_nads})"
+    return None
 
 
 @dataclass(frozen=True)

@@ -639,7 +639,7 @@ class Store:
                 ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
                 expect_fields: dict[str, Any] | None = None, history: bool = True,
                 write_ledger: bool = True) -> bool:
-        """Record a NAD's state; ledger, NAD document and history entry in one transaction.
+        """Record a NAD's state; ledger, NAD document and history entry in one atomic commit.
 
         Returns False (and writes nothing) when `ledger_key` was recorded before, or when the
         document's current state is not one of `expect_states` (None in it stands for "no document

@@ -371,8 +371,8 @@ class Workflow:
         policy = self.policy()
         cluster_state = rec.state if rec else None
         pool_cidr = ((rec.data.get("nodePool") or {}).get("cidr")) if rec else None
-        step = d.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr, existing=(),
-                            namespace_problem=policy.namespace_problem(req.namespace), max_nads=1 << 30)
+        step = d.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr, existing=None,
+                            namespace_problem=policy.namespace_problem(req.namespace), max_nads=None)
         if step.kind == step.APPLY:
             return self._apply_nad(ref, req, step.range, event_id, ledger, expect=expect, expect_claim=expect_claim)
         return self._carry_out_nad(ref, req, step, event_id, ledger, cluster_state, expect=expect,
@@ -447,10 +447,8 @@ class Workflow:
         policy = self.policy()
         others = [n for n in store.list_nads(ref, fields=NAD_DECISION_FIELDS)
                   if (n["namespace"], n["name"]) != (ns, name)]
-        reasons = []
-        counted = [n for n in others if n.get("state") in d.NAD_COUNTED]
-        if len(counted) >= policy.max_nads_per_cluster:
-            reasons.append(f"the cluster already has {len(counted)} NADs (policy limit {policy.max_nads_per_cluster})")
+        limit = d.limit_problem(others, policy.max_nads_per_cluster)
+        reasons = [limit] if limit else []
         arb = d.arbitrate(key=f"{ns}~{name}", master=req.master, cidr=cidr, order=order, others=others)
         lose_to = list(arb.lose_to)
         # Only a claim that is going to be applied turns later claims away.
