@@ -534,7 +534,10 @@ class Workflow:
                     continue
                 if (req.namespace, req.name) not in known:
                     todo.append((req, (None,), None))
-        stale_before = f"{time.time_ns() - int(self.settings.lease_seconds * 1e9):020d}"
+        # A claim is abandoned, not slow, once it is three leases old: a request whose worker hit a
+        # transient error keeps its claim while Pub/Sub redelivers it (seconds to minutes of
+        # backoff), and that redelivery re-claims it itself; taking over earlier would only race it.
+        stale_before = f"{time.time_ns() - int(3 * self.settings.lease_seconds * 1e9):020d}"
         for doc in nads:
             if not isinstance(doc.get("request"), Mapping):
                 continue

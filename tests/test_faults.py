@@ -279,19 +279,26 @@ EXPECTED_STEP = {"gke-get": "precheck", "gke-create": "create-node-pool", "crd-w
                  "firestore-commit": "install"}
 
 
+def create_armed(stack: Any, clusters: dict[str, str], arm: Any) -> dict[str, Any]:
+    """Create each case's cluster with its fault armed: proxy faults (Firestore, GKE) before the
+    cluster exists, cluster API faults as soon as its API server does (before any install)."""
+    for case, cluster in clusters.items():
+        if case.startswith(("firestore", "gke")):
+            arm(stack, case, cluster)
+    refs = {}
+    for case, cluster in clusters.items():
+        refs[case] = create(stack, cluster)
+        if not case.startswith(("firestore", "gke")):
+            arm(stack, case, cluster)
+    return refs
+
+
 def test_transient_fault_at_every_call_site_ends_ready_with_the_retries_in_history(fstack, fstore):
     cases = ["firestore-read", "firestore-commit", "gke-get", "gke-create", "crd-wait"]
     cases += [f"apply {path}" for _, path in bundle_paths()]
     clusters = {case: name("t") for case in cases}
     bystander = name("by")
-    for case, cluster in clusters.items():
-        if case.startswith(("firestore", "gke")):
-            _arm_transient(fstack, case, cluster)
-    refs = {}
-    for case, cluster in clusters.items():  # arm each cluster API fault as soon as its server exists
-        refs[case] = create(fstack, cluster)
-        if not case.startswith(("firestore", "gke")):
-            _arm_transient(fstack, case, cluster)
+    refs = create_armed(fstack, clusters, _arm_transient)
     by_ref = create(fstack, bystander)
     for case, ref in refs.items():
         rec = wait_settled(fstore, ref, "READY", 90)
@@ -345,14 +352,7 @@ def test_permanent_fault_at_every_call_site_fails_once_acknowledged_and_alone(fs
     cases = ["firestore-commit", "gke-get", "gke-create", "crd-wait"]
     cases += [f"apply {path}" for _, path in bundle_paths()]
     clusters = {case: name("p") for case in cases}
-    for case, cluster in clusters.items():
-        if case.startswith(("firestore", "gke")):
-            _arm_permanent(fstack, case, cluster)
-    refs = {}
-    for case, cluster in clusters.items():  # arm each cluster API fault as soon as its server exists
-        refs[case] = create(fstack, cluster)
-        if not case.startswith(("firestore", "gke")):
-            _arm_permanent(fstack, case, cluster)
+    refs = create_armed(fstack, clusters, _arm_permanent)
     by_ref = create(fstack, name("by"))
     for case, ref in refs.items():
         rec = wait_settled(fstore, ref, "FAILED", 60)
