@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 TOOLS := .venv-tools
 
-.PHONY: setup tools test lint unit demo sandbox bench package clean
+.PHONY: setup tools test lint unit demo sandbox bench package lock clean
 
 setup: $(STAMP)
 
@@ -19,18 +19,31 @@ $(TOOLS)/.installed: infra/tools-requirements.txt
 	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check -r infra/tools-requirements.txt
 	@touch $@
 
-# Re-installs only when the requirement files change; quick no-op otherwise.
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+# Re-installs only when the requirement files change; quick no-op otherwise. The runtime comes
+# from the lock (exact versions, hashes checked), the dev tools after it; the CLI runs from this
+# checkout (scripts/devenv.py: a .pth line and a launcher, no package installed).
+$(STAMP): requirements.txt requirements-dev.txt scripts/devenv.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m scripts.devenv
 	@touch $@
+
+# Re-resolve the runtime ranges (requirements.in) into the lock; commit both.
+lock: setup
+	PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links --no-emit-trusted-host -o requirements.txt requirements.in
 
 lint: setup
 	$(BIN)/ruff check .
 
 test: setup lint tools
 	$(BIN)/python -m pytest -q
+
+# The fast tier: pure logic and contract tests that start no emulator or stack.
+unit: setup
+	$(BIN)/python -m pytest -q -m "not emulator and not e2e"
 
 demo: setup
 	$(BIN)/multus-provisioner demo

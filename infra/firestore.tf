@@ -31,7 +31,7 @@ resource "google_firestore_field" "ledger_ttl" {
   index_config {}
 }
 
-# No composite indexes: every query in shared/store.py filters or orders on ONE field
+# No composite indexes: every query in shared/adapters/store.py filters or orders on ONE field
 # (clusters / nads: where state ==; history: order_by at, __name__; rejections: order_by at desc),
 # which Firestore's automatic single-field indexes serve. tests/test_infra.py reads store.py and fails
 # if a query starts combining fields without a google_firestore_index here.

@@ -37,7 +37,7 @@ locals {
 
   pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 
-  # What the functions read (shared/settings.py, prefix MULTUS_PROVISIONER_). Empty string = default.
+  # What the functions read (shared/core/settings.py, prefix MULTUS_PROVISIONER_). Empty string = default.
   runtime_env = {
     MULTUS_PROVISIONER_PROJECT              = var.project_id
     MULTUS_PROVISIONER_COLLECTION_PREFIX    = var.collection_prefix

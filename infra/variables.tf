@@ -1,4 +1,4 @@
-# Inputs. Defaults match shared/settings.py, so a deployment needs only project_id and source_zip.
+# Inputs. Defaults match shared/core/settings.py, so a deployment needs only project_id and source_zip.
 
 variable "project_id" {
   description = "Project that hosts the controller (functions, topics, Firestore)."
@@ -219,7 +219,7 @@ variable "collection_prefix" {
   }
 }
 
-# --- controller settings (shared/settings.py) -------------------------------------------------------------
+# --- controller settings (shared/core/settings.py) -------------------------------------------------------------
 
 variable "opt_in_label" {
   description = "Cluster resource label that opts a cluster in, as key=value."
@@ -302,7 +302,7 @@ variable "max_nads_per_cluster" {
 }
 
 variable "node_pool_template" {
-  description = "Node pool the controller creates when an opted-in cluster has none with additional networks (null: never create one). Fields as shared/settings.py NodePoolTemplate."
+  description = "Node pool the controller creates when an opted-in cluster has none with additional networks (null: never create one). Fields as shared/core/settings.py NodePoolTemplate."
   type = object({
     name                = optional(string, "multus-pool")
     network             = string

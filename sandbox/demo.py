@@ -58,95 +58,16 @@ def _wait(predicate: Any, timeout: float, poll: float = 0.25) -> Any:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    import grpc
-    from google.cloud import container_v1
-    from google.cloud.container_v1.services.cluster_manager.transports import ClusterManagerGrpcTransport
-
+    """Play the story on a fresh sandbox; exit 0 only if every chapter reached its expected state."""
     from sandbox.stack import DEFAULT_SCENARIO, Stack
-    from shared.cli_online import publish_request
-    from shared.refs import ClusterRef
-    from shared.settings import Settings
-    from shared.store import Store
 
     p = Progress(quiet=args.json)
     scenario = Path(args.scenario) if args.scenario else DEFAULT_SCENARIO
     stack = Stack(scenario=scenario, state_dir=Path(args.state_dir), progress=p.step)
     summary: dict[str, Any] = {}
     try:
-        env = stack.start()
-        p.ok(f"sandbox up: GKE {env['MULTUS_PROVISIONER_GKE_ENDPOINT']}, Firestore "
-             f"{env['FIRESTORE_EMULATOR_HOST']}, Pub/Sub {env['PUBSUB_EMULATOR_HOST']}, 4 functions")
-        import os
-
-        os.environ.update(env)
-        settings = Settings.from_env()
-        store = Store(settings)
-        project, location = stack.project, "us-central1"
-        eligible = ClusterRef(project, location, "demo-eligible")
-        legacy = ClusterRef(project, location, "demo-legacy")
-        channel = grpc.insecure_channel(env["MULTUS_PROVISIONER_GKE_ENDPOINT"])
-        gke = container_v1.ClusterManagerClient(transport=ClusterManagerGrpcTransport(channel=channel))
-
-        p.step(f"requesting NAD {EARLY_NAD['namespace']}/{EARLY_NAD['name']} on {eligible.cluster} "
-               "before the cluster exists")
-        publish_request({**EARLY_NAD, "cluster": eligible.path}, env["MULTUS_PROVISIONER_TOPIC_NAD_REQUESTS"])
-        doc = _wait(lambda: store.get_nad(eligible, EARLY_NAD["namespace"], EARLY_NAD["name"]), args.timeout)
-        if doc and doc.get("state") == "PENDING":
-            p.ok(f"NAD recorded as PENDING: {doc.get('message', '')}")
-        else:
-            p.fail(f"early NAD not PENDING: {doc and doc.get('state')}")
-
-        p.step(f"creating opted-in cluster {eligible.cluster} through the GKE API")
-        parent = f"projects/{project}/locations/{location}"
-        from sandbox.gke.server import cluster_message
-
-        gke.create_cluster(parent=parent, cluster=cluster_message(stack.gke.cluster_spec(eligible.cluster)))
-        p.step(f"{legacy.cluster} already exists without a workflow: a reconcile tick adopts it")
-        stack.publish("reconcile", b"{}")
-
-        seen: dict[str, str] = {}
-
-        def watch(ref: ClusterRef, want: str) -> Any:
-            rec = store.get_cluster(ref)
-            state = rec.state if rec else None
-            if state and seen.get(ref.cluster) != state:
-                seen[ref.cluster] = state
-                p.say("->", f"{ref.cluster}: {state}")
-            return rec if state in (want, "FAILED") else None
-
-        rec = _wait(lambda: watch(legacy, "INELIGIBLE"), args.timeout)
-        if rec and rec.state == "INELIGIBLE":
-            p.ok(f"{legacy.cluster} is INELIGIBLE; findings:")
-            for f in rec.data.get("findings") or []:
-                if f.get("severity") == "error":
-                    p.say("  ", f"{f['id']}: {f['message']}  (fix: {f['fix']})")
-        else:
-            p.fail(f"{legacy.cluster} did not become INELIGIBLE (state {rec and rec.state})")
-
-        rec = _wait(lambda: watch(eligible, "READY"), args.timeout)
-        if rec and rec.state == "READY":
-            pool = rec.data.get("nodePool") or {}
-            p.ok(f"{eligible.cluster} READY: bundle {rec.data.get('bundleVersion')}, node pool "
-                 f"{pool.get('name')} ({pool.get('secondaryPodRange')} = {pool.get('cidr')})")
-        else:
-            p.fail(f"{eligible.cluster} did not become READY (state {rec and rec.state}; "
-                   f"last error {rec and rec.data.get('lastError')})")
-
-        doc = _wait(lambda: (lambda n: n if n and n.get("state") != "PENDING" else None)(
-            store.get_nad(eligible, EARLY_NAD["namespace"], EARLY_NAD["name"])), args.timeout)
-        nad_range = doc.get("range") if doc else None
-        if doc and doc.get("state") == "APPLIED":
-            p.ok(f"early NAD applied with range {nad_range}")
-        else:
-            p.fail(f"early NAD not applied: {doc and doc.get('state')} {doc and doc.get('message')}")
-
-        ip = _sample_pod(stack, eligible.cluster, p, nad_range, args.timeout)
-        summary = {"clusters": {eligible.cluster: rec.state if rec else None,
-                                legacy.cluster: (store.get_cluster(legacy) or rec).state},
-                   "nad": doc.get("state") if doc else None, "range": nad_range, "podIp": ip}
-        _print_trail(store, eligible, p)
-        _print_objects(stack, eligible.cluster, p)
-        channel.close()
+        story = _Story(stack, p, args.timeout)
+        summary = story.play()
     except Exception as e:  # the demo must say what broke, then stop everything
         p.fail(f"{type(e).__name__}: {e}")
     finally:
@@ -161,6 +82,116 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         print(f"\ndemo passed in {elapsed:.1f}s: every step reached its expected state.")
     return 0 if not p.failures else 1
+
+
+class _Story:
+    """The chapters of the demo, in order, against one started stack. Each waits for an end state
+    (never for "no longer the previous state"), then judges it."""
+
+    def __init__(self, stack: Any, p: Progress, timeout: float) -> None:
+        self.stack, self.p, self.timeout = stack, p, timeout
+        self.seen: dict[str, str] = {}
+
+    def play(self) -> dict[str, Any]:
+        import os
+
+        import grpc
+        from google.cloud import container_v1
+        from google.cloud.container_v1.services.cluster_manager.transports import ClusterManagerGrpcTransport
+
+        from shared.adapters.store import Store
+        from shared.core.refs import ClusterRef
+        from shared.core.settings import Settings
+
+        env = self.stack.start()
+        self.p.ok(f"sandbox up: GKE {env['MULTUS_PROVISIONER_GKE_ENDPOINT']}, Firestore "
+                  f"{env['FIRESTORE_EMULATOR_HOST']}, Pub/Sub {env['PUBSUB_EMULATOR_HOST']}, 4 functions")
+        os.environ.update(env)
+        self.env = env
+        self.store = Store(Settings.from_env())
+        project, location = self.stack.project, "us-central1"
+        eligible = ClusterRef(project, location, "demo-eligible")
+        legacy = ClusterRef(project, location, "demo-legacy")
+        channel = grpc.insecure_channel(env["MULTUS_PROVISIONER_GKE_ENDPOINT"])
+        try:
+            gke = container_v1.ClusterManagerClient(transport=ClusterManagerGrpcTransport(channel=channel))
+            self.request_early_nad(eligible)
+            self.create_clusters(gke, eligible, legacy)
+            legacy_rec = self.legacy_is_ineligible(legacy)
+            rec = self.eligible_is_ready(eligible)
+            doc = self.early_nad_applied(eligible)
+            nad_range = doc.get("range") if doc else None
+            ip = _sample_pod(self.stack, eligible.cluster, self.p, nad_range, self.timeout)
+            _print_trail(self.store, eligible, self.p)
+            _print_objects(self.stack, eligible.cluster, self.p)
+        finally:
+            channel.close()
+        return {"clusters": {eligible.cluster: rec.state if rec else None,
+                             legacy.cluster: legacy_rec.state if legacy_rec else None},
+                "nad": doc.get("state") if doc else None, "range": nad_range, "podIp": ip}
+
+    def request_early_nad(self, eligible: Any) -> None:
+        from multus_cli.online import publish_request
+
+        self.p.step(f"requesting NAD {EARLY_NAD['namespace']}/{EARLY_NAD['name']} on {eligible.cluster} "
+                    "before the cluster exists")
+        publish_request({**EARLY_NAD, "cluster": eligible.path}, self.env["MULTUS_PROVISIONER_TOPIC_NAD_REQUESTS"])
+        doc = _wait(lambda: self.store.get_nad(eligible, EARLY_NAD["namespace"], EARLY_NAD["name"]), self.timeout)
+        if doc and doc.get("state") == "PENDING":
+            self.p.ok(f"NAD recorded as PENDING: {doc.get('message', '')}")
+        else:
+            self.p.fail(f"early NAD not PENDING: {doc and doc.get('state')}")
+
+    def create_clusters(self, gke: Any, eligible: Any, legacy: Any) -> None:
+        from sandbox.gke.server import cluster_message
+
+        self.p.step(f"creating opted-in cluster {eligible.cluster} through the GKE API")
+        parent = f"projects/{eligible.project}/locations/{eligible.location}"
+        gke.create_cluster(parent=parent, cluster=cluster_message(self.stack.gke.cluster_spec(eligible.cluster)))
+        self.p.step(f"{legacy.cluster} already exists without a workflow: a reconcile tick adopts it")
+        self.stack.publish("reconcile", b"{}")
+
+    def watch(self, ref: Any, want: str) -> Any:
+        rec = self.store.get_cluster(ref)
+        state = rec.state if rec else None
+        if state and self.seen.get(ref.cluster) != state:
+            self.seen[ref.cluster] = state
+            self.p.say("->", f"{ref.cluster}: {state}")
+        return rec if state in (want, "FAILED") else None
+
+    def legacy_is_ineligible(self, legacy: Any) -> Any:
+        rec = _wait(lambda: self.watch(legacy, "INELIGIBLE"), self.timeout)
+        if rec and rec.state == "INELIGIBLE":
+            self.p.ok(f"{legacy.cluster} is INELIGIBLE; findings:")
+            for f in rec.data.get("findings") or []:
+                if f.get("severity") == "error":
+                    self.p.say("  ", f"{f['id']}: {f['message']}  (fix: {f['fix']})")
+        else:
+            self.p.fail(f"{legacy.cluster} did not become INELIGIBLE (state {rec and rec.state})")
+        return rec
+
+    def eligible_is_ready(self, eligible: Any) -> Any:
+        rec = _wait(lambda: self.watch(eligible, "READY"), self.timeout)
+        if rec and rec.state == "READY":
+            pool = rec.data.get("nodePool") or {}
+            self.p.ok(f"{eligible.cluster} READY: bundle {rec.data.get('bundleVersion')}, node pool "
+                      f"{pool.get('name')} ({pool.get('secondaryPodRange')} = {pool.get('cidr')})")
+        else:
+            self.p.fail(f"{eligible.cluster} did not become READY (state {rec and rec.state}; "
+                        f"last error {rec and rec.data.get('lastError')})")
+        return rec
+
+    def early_nad_applied(self, eligible: Any) -> Any:
+        from shared.core.decisions import NAD_SETTLED
+
+        # Wait for the request's outcome (PENDING and APPLYING are on the way to it), then judge it.
+        doc = _wait(lambda: (lambda n: n if n and n.get("state") in NAD_SETTLED else None)(
+            self.store.get_nad(eligible, EARLY_NAD["namespace"], EARLY_NAD["name"])), self.timeout)
+        if doc and doc.get("state") == "APPLIED":
+            self.p.ok(f"early NAD applied with range {doc.get('range')}")
+        else:
+            self.p.fail(f"early NAD not applied: {doc and doc.get('state')} {doc and doc.get('message')}")
+        return doc
 
 
 def _sample_pod(stack: Any, cluster: str, p: Progress, nad_range: str | None, timeout: float) -> str | None:

@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from multus_cli.envfile import write_env_file
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SCENARIO = Path(__file__).resolve().parent / "scenarios" / "default.yaml"
 
@@ -63,21 +65,6 @@ def wait_port(port: int, timeout: float, what: str, proc: subprocess.Popen | Non
             return
         time.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
-
-
-def load_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Read a KEY=VALUE env file as the sandbox writes it (no shell, no expansion)."""
-    out: dict[str, str] = {}
-    text = Path(path).read_text()
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.replace("_", "").isalnum():
-            raise ValueError(f"{path}:{n}: expected KEY=VALUE, got {line[:80]!r}")
-        out[key] = value
-    return out
 
 
 @dataclass
@@ -240,12 +227,8 @@ class Stack:
 
     # -- env file ------------------------------------------------------------------------------
     def write_env_file(self, path: str | os.PathLike[str]) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lines = ["# multus-provisioner sandbox: written by `multus-provisioner sandbox`; KEY=VALUE, no shell"]
-        lines += [f"{k}={v}" for k, v in sorted(self.env.items())]
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        return write_env_file(path, self.env, header="multus-provisioner sandbox: written by "
+                                                     "`multus-provisioner sandbox`; KEY=VALUE, no shell")
 
     # -- clusters: one Kubernetes API server each -------------------------------------------
     def _on_cluster(self, cluster: Any) -> tuple[str, bytes]:

@@ -175,7 +175,7 @@ def cold_starts(stack: Any, ref: Any, runs: int, logs: Path) -> dict[str, float]
 
 def make_ready(stack: Any, store: Any, names: list[str], timeout: float = 90.0) -> list[Any]:
     from sandbox.gke.scenario import NodePoolSpec
-    from shared.refs import ClusterRef
+    from shared.core.refs import ClusterRef
 
     for name in names:
         stack.gke.create_cluster(name, wait=False, labels=OPTED_IN,
@@ -390,7 +390,7 @@ def per_event(ip: InProcess, ref: Any, tag: str) -> dict[str, dict[str, Any]]:
 def lifecycle(ip: InProcess, stack: Any, store: Any, name: str) -> dict[str, dict[str, Any]]:
     """Create a cluster with its audit entries held, then hand each to the entry point here."""
     from sandbox.gke.scenario import NodePoolSpec
-    from shared.refs import ClusterRef
+    from shared.core.refs import ClusterRef
 
     ref = ClusterRef(stack.project, LOCATION, name)
     out: dict[str, dict[str, Any]] = {}
@@ -442,7 +442,7 @@ def seed_clusters(store: Any, project: str, start: int, count: int) -> None:
 
 def kubectl_apply(server_side: bool, tmp: Path) -> dict[str, Any]:
     from sandbox.kube import KubeApiServer
-    from shared.multus import load_bundle
+    from shared.core.multus import load_bundle
 
     bundle = tmp / "bundle.yaml"
     bundle.write_text(load_bundle().to_yaml())
@@ -465,9 +465,9 @@ def kubectl_apply(server_side: bool, tmp: Path) -> dict[str, Any]:
 
 def run(quick: bool, profile: Path | None = None) -> dict[str, Any]:
     from sandbox.stack import Stack
-    from shared.multus import load_bundle
-    from shared.settings import Settings
-    from shared.store import Store
+    from shared.adapters.store import Store
+    from shared.core.multus import load_bundle
+    from shared.core.settings import Settings
 
     res: dict[str, Any] = {"quick": quick}
     n_import = 5 if quick else 15

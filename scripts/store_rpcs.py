@@ -22,10 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sandbox.emulators import Emulators
-from shared.errors import Transient
-from shared.refs import ClusterRef
-from shared.settings import Settings
-from shared.store import AlreadyHandled, Store
+from shared.adapters.store import AlreadyHandled, Store
+from shared.core.errors import Transient
+from shared.core.refs import ClusterRef
+from shared.core.settings import Settings
 
 REF = ClusterRef.of("bench-project", "us-central1", "bench")
 

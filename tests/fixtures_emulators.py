@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from sandbox.emulators import Emulators
-from shared.settings import Settings
+from shared.core.settings import Settings
 
 TEST_PROJECT = "multus-test"
 

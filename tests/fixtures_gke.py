@@ -4,7 +4,7 @@
   demo-eligible is `create_at_start: false`, create it with `gke_sandbox.create_cluster(...)`),
   operations finishing after 0.1 s; audit entries in `gke_sandbox.audit_log`. Stopped afterwards.
 - `gke_settings`: `Settings` for project multus-sandbox with `gke_endpoint` pointing at it.
-- `gke`: a `shared.gke.Gke` against it (closed afterwards).
+- `gke`: a `shared.adapters.gke.Gke` against it (closed afterwards).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.settings import Settings
+from shared.core.settings import Settings
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def gke_settings(gke_sandbox: object) -> Settings:
 
 @pytest.fixture
 def gke(gke_settings: Settings) -> Iterator[object]:
-    from shared.gke import Gke
+    from shared.adapters.gke import Gke
 
     adapter = Gke(gke_settings)
     try:

@@ -2,7 +2,7 @@
 
 - `kube_server`: a started `sandbox.kube.KubeApiServer` (2 nodes, short delays), stopped after.
 - `kube_api_client`: a `kubernetes.client.ApiClient` for it (TLS verified with its CA, token).
-- `kube`: a `shared.kube.Kube` on that client.
+- `kube`: a `shared.adapters.kube.Kube` on that client.
 - `make_api_client(server, tmp_path, ca_pem=None, token=None)`: helper for clients with other
   credentials (another CA, no token).
 """
@@ -58,6 +58,6 @@ def kube_api_client(kube_server: Any, tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def kube(kube_api_client: Any) -> Any:
-    from shared.kube import Kube
+    from shared.adapters.kube import Kube
 
     return Kube(kube_api_client, timeout=10.0)

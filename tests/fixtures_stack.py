@@ -21,8 +21,8 @@ import pytest
 import requests
 
 from sandbox.stack import Stack
-from shared.refs import ClusterRef
-from shared.settings import Settings
+from shared.core.refs import ClusterRef
+from shared.core.settings import Settings
 
 E2E_PREFIX = "e2e_"
 
@@ -44,7 +44,7 @@ def stack(emulators: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 @pytest.fixture
 def e2e_store(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A Store reading what the functions wrote (same emulator, same prefix)."""
-    from shared.store import Store
+    from shared.adapters.store import Store
 
     for key, value in stack.env.items():
         monkeypatch.setenv(key, value)
@@ -135,7 +135,7 @@ def start_stack(emulators: Any, state_dir: Path, prefix: str, *, env: dict[str, 
 
 def direct_store(stack: Stack) -> Any:
     """A Store on the emulator itself (never through a fault proxy), with the stack's prefix."""
-    from shared.store import Store
+    from shared.adapters.store import Store
 
     prefix = stack.env.get("MULTUS_PROVISIONER_COLLECTION_PREFIX", "")
     return Store(Settings(project=stack.project, collection_prefix=prefix), timeout=30.0)

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shared import cli
-from shared.nad import parse_request, render_nad
+from multus_cli import main as cli
+from shared.core.nad import parse_request, render_nad
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUESTS = ROOT / "tests" / "samples" / "requests"
@@ -163,7 +163,7 @@ def test_validate_request_unreadable(capsys: pytest.CaptureFixture[str], tmp_pat
 # --------------------------------------------------------------------------------------------
 
 def test_render_bundle_yaml_and_json(capsys: pytest.CaptureFixture[str]) -> None:
-    from shared.multus import load_bundle
+    from shared.core.multus import load_bundle
 
     bundle = load_bundle()
     code, out, err = run(capsys, "render-bundle")
@@ -244,7 +244,7 @@ def test_unexpected_error_exits_1(capsys: pytest.CaptureFixture[str], monkeypatc
     def explode(*_: Any, **__: Any) -> Any:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("shared.nad.render_nad", explode)
+    monkeypatch.setattr("shared.core.nad.render_nad", explode)
     code, _, err = run(capsys, "render-nad", "--file", str(REQUESTS / "full.json"))
     assert code == 1 and "unexpected RuntimeError: disk on fire" in err
 
@@ -281,7 +281,7 @@ def test_a_broken_extension_leaves_offline_commands_working(capsys: pytest.Captu
 
 
 def test_cli_online_is_the_default_extension() -> None:
-    assert cli.EXTENSIONS == ("shared.cli_online",)
+    assert cli.EXTENSIONS == ("multus_cli.online", "sandbox.commands")
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,7 +302,7 @@ def test_console_script(tmp_path: Path) -> None:
 
 def test_importing_the_cli_stays_light() -> None:
     """`--help` and the offline commands must not pay for the cloud SDKs at import time."""
-    code = ("import sys; before = set(sys.modules); import shared.cli; "  # .pth files preload google.cloud
+    code = ("import sys; before = set(sys.modules); import multus_cli.main; "  # .pth files preload google.cloud
             "heavy = [m for m in set(sys.modules) - before if m.split('.')[0] in "
             "('google', 'kubernetes', 'grpc', 'yaml', 'jsonschema', 'cloudevents')]; print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)

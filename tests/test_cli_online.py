@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import cli
+from multus_cli import main as cli
 from tests.fixtures_stack import ref_of, wait_nad, wait_state
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def _children_alive(pids: list[int]) -> list[int]:
 def test_sandbox_command_prints_env_and_stops_everything_on_sigterm(tmp_path):
     env_path = tmp_path / "env"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "sandbox", "--env-file", str(env_path), "--state-dir",
+        [sys.executable, "-m", "multus_cli.main", "sandbox", "--env-file", str(env_path), "--state-dir",
          str(tmp_path / "state")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:

@@ -288,7 +288,7 @@ class Run:
     rejections: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def unknown(self, case: Case) -> Any:
-        from shared.refs import ClusterRef
+        from shared.core.refs import ClusterRef
 
         digest = hashlib.sha256(f"{self.token}/{case.id}".encode()).hexdigest()[:10]
         return ClusterRef(self.ready.project, LOCATION, f"u-{digest}")
@@ -359,9 +359,9 @@ def _writes_cluster_doc(case: Case) -> bool:
 @pytest.fixture(scope="module")
 def run(stack: Any) -> Iterator[Run]:
     from sandbox.gke.scenario import NodePoolSpec
-    from shared.refs import ClusterRef
-    from shared.settings import Settings
-    from shared.store import Store
+    from shared.adapters.store import Store
+    from shared.core.refs import ClusterRef
+    from shared.core.settings import Settings
     from tests.fixtures_stack import wait_for, wait_state
 
     store = Store(Settings.from_env(stack.env))
@@ -476,7 +476,7 @@ def test_nothing_malformed_reached_the_cluster(run: Run) -> None:
     assert run.stats_diff == _accepted("PATCH") + _accepted("DELETE"), run.stats_diff
     from kubernetes import config as kconfig
 
-    from shared.kube import Kube
+    from shared.adapters.kube import Kube
 
     # read back through the API (after the request snapshot was taken)
     path = Path(run.stack.env["MULTUS_PROVISIONER_KUBECONFIG_DIR"]) / f"{run.ready.cluster}.yaml"

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from shared import decisions as d
-from shared.policy import Policy
-from shared.settings import ConfigError, NodePoolTemplate, Settings
+from shared.core import decisions as d
+from shared.core.policy import Policy
+from shared.core.settings import ConfigError, NodePoolTemplate, Settings
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def test_policy_from_settings_and_firestore_override():
     ({"MULTUS_PROVISIONER_LEASE_SECONDS": "1"}, "LEASE_SECONDS"),
     ({"MULTUS_PROVISIONER_OPT_IN_LABEL": "novalue"}, "OPT_IN_LABEL"),
     ({"MULTUS_PROVISIONER_NODE_POOL_TEMPLATE": "{"}, "NODE_POOL_TEMPLATE"),
-    ({"MULTUS_PROVISIONER_NODE_POOL_TEMPLATE": '{"network": "v"}'}, "subnetwork is required"),
+    ({"MULTUS_PROVISIONER_NODE_POOL_TEMPLATE": '{"network": "v"}'}, "TEMPLATE.subnetwork: is required"),
     ({"MULTUS_PROVISIONER_DENIED_NAMESPACES": "Kube_System"}, "DENIED_NAMESPACES"),
     ({"MULTUS_PROVISIONER_COLLECTION_PREFIX": "a/b"}, "COLLECTION_PREFIX"),
     ({"MULTUS_PROVISIONER_DEFAULT_NADS": '{"a": 1}'}, "DEFAULT_NADS"),

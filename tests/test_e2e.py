@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from shared import cli
-from shared.refs import ClusterRef
+from multus_cli import main as cli
+from shared.core.refs import ClusterRef
 from tests.fixtures_stack import push, ref_of, wait_for, wait_nad, wait_state
 
 pytestmark = pytest.mark.e2e
@@ -41,7 +41,7 @@ def history(store: Any, ref: ClusterRef) -> list[dict[str, Any]]:
 def kube_engine(stack: Any, name: str) -> Any:
     from kubernetes import config as kconfig
 
-    from shared.kube import Kube
+    from shared.adapters.kube import Kube
 
     path = f"{stack.env['MULTUS_PROVISIONER_KUBECONFIG_DIR']}/{name}.yaml"
     return Kube(kconfig.new_client_from_config(config_file=path))
@@ -68,8 +68,12 @@ def test_happy_path_nad_before_cluster_then_ready_and_verified(stack, e2e_store,
     ds = kube.daemonset_rollout("kube-system", "gke-multinet")
     assert ds.desired >= 2
 
+    # Pub/Sub does not keep order: CreateCluster's first entry ("discover") may be delivered after
+    # its last one drove the cluster to READY. Wait for every step's entry, then check them all.
+    wanted = ("queue-nad", "discover", "create-node-pool", "precheck", "install", "apply-nad", "apply-nads")
+    wait_for(lambda: set(wanted) <= {h["step"] for h in history(e2e_store, ref)}, timeout=60)
     steps = [h["step"] for h in history(e2e_store, ref)]
-    for step in ("queue-nad", "discover", "create-node-pool", "precheck", "install", "apply-nad", "apply-nads"):
+    for step in wanted:
         assert step in steps, steps
 
     # structured logs as Cloud Logging reads them: one JSON object per line, severity, event id, cluster

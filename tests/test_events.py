@@ -14,9 +14,9 @@ from cloudevents.http import CloudEvent
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import events
-from shared.errors import Rejected
-from shared.events import (
+from shared.core import events
+from shared.core.errors import Rejected
+from shared.core.events import (
     AuditEvent,
     NadRequestEvent,
     PubSubMessage,
@@ -26,7 +26,7 @@ from shared.events import (
     decode_reconcile,
     message_from_cloudevent,
 )
-from shared.refs import ClusterRef
+from shared.core.refs import ClusterRef
 
 AUDIT = Path(__file__).resolve().parent / "samples" / "audit"
 REQUESTS = Path(__file__).resolve().parent / "samples" / "requests"

@@ -21,9 +21,9 @@ import grpc
 import pytest
 
 from sandbox.grpc_proxy import GrpcProxy, method_name
-from shared.errors import Transient
-from shared.kube import Kube
-from shared.refs import ClusterRef
+from shared.adapters.kube import Kube
+from shared.core.errors import Transient
+from shared.core.refs import ClusterRef
 from tests.fixtures_stack import direct_store, log_entries, ref_of, start_stack, wait_for, wait_nad, wait_state
 
 pytestmark = pytest.mark.e2e
@@ -88,7 +88,7 @@ def retries(store: Any, ref: ClusterRef) -> list[dict[str, Any]]:
 
 def bundle_paths() -> list[tuple[str, str]]:
     """(label, URL path) of each of the bundle's objects, as the adapter PATCHes them."""
-    from shared.multus import load_bundle
+    from shared.core.multus import load_bundle
 
     out = []
     for obj in load_bundle().objects:
@@ -217,8 +217,8 @@ def test_proxy_faults_fail_delay_hold_and_match_request_bytes(echo_proxy):
 def test_firestore_through_the_proxy_and_the_store_at_its_edges(emulators, monkeypatch):
     """The real client's calls pass (unary, streams, transactions); the Store caps every call at
     its timeout, and a Commit whose answer was lost is Transient (its fate unknown), never Permanent."""
-    from shared.settings import Settings
-    from shared.store import Store
+    from shared.adapters.store import Store
+    from shared.core.settings import Settings
 
     with GrpcProxy(emulators.firestore_host) as proxy:
         monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", proxy.address)

@@ -26,9 +26,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import events, nad
-from shared.errors import Rejected
-from shared.nad import parse_request, render_config, render_nad, validate
+from shared.core import events, nad
+from shared.core.errors import Rejected
+from shared.core.nad import parse_request, render_config, render_nad, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "shared" / "schemas"

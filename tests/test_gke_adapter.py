@@ -1,4 +1,4 @@
-"""shared.gke against the sandbox GKE server, through the real ClusterManagerClient (no mocks)."""
+"""shared.adapters.gke against the sandbox GKE server, through the real ClusterManagerClient (no mocks)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from google.cloud import container_v1
 
-from shared.errors import Permanent, Rejected, Transient
-from shared.gke import Gke, credentials
-from shared.refs import ClusterRef
-from shared.settings import NodePoolTemplate, Settings
+from shared.adapters.gke import Gke, credentials
+from shared.core.errors import Permanent, Rejected, Transient
+from shared.core.refs import ClusterRef
+from shared.core.settings import NodePoolTemplate, Settings
 
 PROJECT, LOCATION = "multus-sandbox", "us-central1"
 ELIGIBLE = ClusterRef(PROJECT, LOCATION, "demo-eligible")
@@ -135,7 +135,7 @@ def test_create_node_pool_operation_pool_and_audit(gke, gke_sandbox):
 
     # The controller's own decoder reads them, wrapped as a Logging sink -> Pub/Sub push would be.
     from sandbox.gke.audit import push_envelope
-    from shared.events import decode_audit
+    from shared.core.events import decode_audit
 
     decoded = []
     for e in (first, last):

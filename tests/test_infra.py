@@ -189,7 +189,7 @@ def test_key_variables_are_validated(name):
 
 
 def test_defaults_match_shared_settings():
-    from shared.settings import Settings
+    from shared.core.settings import Settings
 
     s = Settings()
     v = variables()
@@ -264,11 +264,11 @@ def test_one_function_per_stream_built_from_the_package():
 
 def test_function_environment_is_exactly_what_shared_settings_reads():
     env = locals_()["runtime_env"]
-    source = (ROOT / "shared" / "settings.py").read_text()
+    source = (ROOT / "shared" / "core" / "settings.py").read_text()
     read = set(re.findall(r'(?:get|integer|number|names|as_json)\("([A-Z_]+)"', source))
     for key in env:
         assert key.startswith("MULTUS_PROVISIONER_"), key
-        assert key.removeprefix("MULTUS_PROVISIONER_") in read, f"{key} is not read by shared/settings.py"
+        assert key.removeprefix("MULTUS_PROVISIONER_") in read, f"{key} is not read by shared/core/settings.py"
     for needed in ("PROJECT", "COLLECTION_PREFIX", "DATABASE", "OPT_IN_LABEL", "MAX_ATTEMPTS",
                    "TOPIC_NAD_REQUESTS", "NODE_POOL_TEMPLATE", "DEFAULT_NADS"):
         assert f"MULTUS_PROVISIONER_{needed}" in env, needed
@@ -522,7 +522,7 @@ def _functions_in(path: Path) -> set[str]:
 
 def test_every_permission_names_code_that_exists_and_is_called():
     """`used_by: file:function` must be a real function, and something in the controller must call it."""
-    sources = {p: p.read_text() for p in [*sorted((ROOT / "shared").glob("*.py")), ROOT / "functions" / "main.py"]}
+    sources = {p: p.read_text() for p in [*sorted((ROOT / "shared").rglob("*.py")), ROOT / "functions" / "main.py"]}
     for entry in permission_doc()["permissions"]:
         for use in entry["used_by"]:
             file, _, fn = use.partition(":")
@@ -582,13 +582,13 @@ def test_firestore_native_database_and_ttl_on_the_ledger():
     assert ttl["collection"] == "${var.collection_prefix}events"
     assert ttl["field"] == "expireAt"
     assert ttl["ttl_config"] == [{}]
-    store = (ROOT / "shared" / "store.py").read_text()
+    store = (ROOT / "shared" / "adapters" / "store.py").read_text()
     assert '"expireAt"' in store and '_col("events")' in store
 
 
 def _query_fields_per_function() -> dict[str, set[str]]:
     """Fields each store.py function filters or orders on (FieldFilter("f", ...), order_by("f"))."""
-    tree = ast.parse((ROOT / "shared" / "store.py").read_text())
+    tree = ast.parse((ROOT / "shared" / "adapters" / "store.py").read_text())
     out: dict[str, set[str]] = {}
     for fn in ast.walk(tree):
         if not isinstance(fn, ast.FunctionDef):
@@ -610,7 +610,7 @@ def _query_fields_per_function() -> dict[str, set[str]]:
 
 def test_composite_indexes_exist_for_every_multi_field_query_and_only_those():
     per_fn = _query_fields_per_function()
-    assert per_fn, "found no Firestore query in shared/store.py"
+    assert per_fn, "found no Firestore query in shared/adapters/store.py"
     needed = {frozenset(f) for f in per_fn.values() if len(f) > 1}
     declared = set()
     for body in of_type("google_firestore_index").values():

@@ -1,4 +1,4 @@
-"""The server-side apply engine (shared/kube.py) against the sandbox API server, through the real
+"""The server-side apply engine (shared/adapters/kube.py) against the sandbox API server, through the real
 kubernetes client's REST layer: install, idempotence, NADs, pods, error mapping."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from shared.errors import Permanent, Rejected, Transient
-from shared.kube import FIELD_MANAGER, Kube, Rollout
-from shared.multus import load_bundle
+from shared.adapters.kube import FIELD_MANAGER, Kube, Rollout
+from shared.core.errors import Permanent, Rejected, Transient
+from shared.core.multus import load_bundle
 
 NAD_RANGE = "172.16.1.0/24"
 

@@ -38,7 +38,7 @@ def https(server: Any, method: str, path: str, body: Any = None, token: str | No
 
 
 def bundle_crd() -> dict[str, Any]:
-    from shared.multus import load_bundle
+    from shared.core.multus import load_bundle
 
     return next(o for o in load_bundle().objects if o["metadata"]["name"] == NAD_CRD)
 
@@ -83,11 +83,12 @@ def test_discovery_and_crd_establishment(kube_server: Any, kube_api_client: Any)
     code, apis = https(kube_server, "GET", "/apis")
     assert code == 200 and "k8s.cni.cncf.io" not in [g["name"] for g in apis["groups"]]
     ext = kubernetes.client.ApiextensionsV1Api(kube_api_client)
-    ext.create_custom_resource_definition(bundle_crd())
-    crd = ext.read_custom_resource_definition(NAD_CRD)
-    conds = {c.type: c.status for c in crd.status.conditions}
-    assert conds == {"NamesAccepted": "True"} and crd.status.accepted_names.short_names == ["net-attach-def"]
-    assert https(kube_server, "GET", "/apis/k8s.cni.cncf.io/v1")[0] == 404  # not served before Established
+    with kube_server.paused():  # the CRD controller waits: what is seen before Established is not a race
+        ext.create_custom_resource_definition(bundle_crd())
+        crd = ext.read_custom_resource_definition(NAD_CRD)
+        conds = {c.type: c.status for c in crd.status.conditions}
+        assert conds == {"NamesAccepted": "True"} and crd.status.accepted_names.short_names == ["net-attach-def"]
+        assert https(kube_server, "GET", "/apis/k8s.cni.cncf.io/v1")[0] == 404  # not served before Established
     wait_for(lambda: {c.type: c.status for c in ext.read_custom_resource_definition(NAD_CRD).status.conditions}
              .get("Established") == "True")
     code, rl = https(kube_server, "GET", "/apis/k8s.cni.cncf.io/v1")
@@ -106,7 +107,7 @@ def test_discovery_and_crd_establishment(kube_server: Any, kube_api_client: Any)
 def test_custom_resources_are_validated_against_the_crd_schema(kube_server: Any, kube_api_client: Any) -> None:
     import kubernetes.client
 
-    from shared.multus import load_bundle
+    from shared.core.multus import load_bundle
 
     ext = kubernetes.client.ApiextensionsV1Api(kube_api_client)
     for o in load_bundle().objects:

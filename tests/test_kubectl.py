@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shared.multus import load_bundle
+from shared.core.multus import load_bundle
 
 SDK_BIN = Path("/usr/lib/google-cloud-sdk/bin")
 VERSIONS = ("1.27", "1.33")

@@ -1,7 +1,7 @@
 """The Multus bundle: faithful to the seed, valid for Kubernetes 1.28+, ordered, versioned, overridable.
 
 Golden files: `tests/golden/bundle.yaml` and `bundle.json` are what `render-bundle` prints. After
-an intended change of the manifests, regenerate them with `python -m shared.multus --write-golden`
+an intended change of the manifests, regenerate them with `python -m shared.core.multus --write-golden`
 and review the diff. `tests/golden/seed-manifest.yaml` is the seed's manifest, verbatim.
 """
 
@@ -21,9 +21,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shared import multus
-from shared.errors import Rejected
-from shared.multus import DEFAULT_MULTUS_IMAGE, DEFAULT_WHEREABOUTS_IMAGE, load_bundle, object_key
+from shared.core import multus
+from shared.core.errors import Rejected
+from shared.core.multus import DEFAULT_MULTUS_IMAGE, DEFAULT_WHEREABOUTS_IMAGE, load_bundle, object_key
 
 GOLDEN = Path(__file__).parent / "golden"
 SEED_MULTUS = ("gcr.io/gke-release/multus-cni:v4.2.1-gke.6"
@@ -384,7 +384,7 @@ def test_object_key_rejects_incomplete_objects_by_field(obj, fields):
 
 
 def test_importing_the_module_does_not_import_yaml_or_sdks():
-    code = ("import sys, shared.multus; "
+    code = ("import sys, shared.core.multus; "
             "bad = [m for m in ('yaml', 'kubernetes', 'google.cloud.container_v1') if m in sys.modules]; "
             "print(bad); raise SystemExit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

@@ -43,7 +43,7 @@ def built(tmp_path_factory) -> pkg.Package:
 
 def test_package_holds_main_shared_and_runtime_requirements_only(built):
     names = set(built.files)
-    assert {"main.py", "requirements.txt", "shared/__init__.py", "shared/settings.py"} <= names
+    assert {"main.py", "requirements.txt", "shared/__init__.py", "shared/core/settings.py"} <= names
     assert (built.folder / "main.py").read_bytes() == (ROOT / "functions" / "main.py").read_bytes()
     assert (built.folder / "requirements.txt").read_bytes() == (ROOT / "requirements.txt").read_bytes()
     for name in names:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from google.cloud import container_v1
 
-from shared import prechecks
-from shared.errors import Rejected
-from shared.prechecks import (
+from shared.core import prechecks
+from shared.core.errors import Rejected
+from shared.core.prechecks import (
     ClusterFacts,
     Finding,
     PodNetwork,
@@ -351,7 +351,7 @@ def test_finding_to_dict_and_helpers():
 
 
 def test_dict_input_does_not_import_the_gke_client():
-    code = ("import sys, json; from shared import prechecks; "
+    code = ("import sys, json; from shared.core import prechecks; "
             "prechecks.precheck(json.load(open('tests/samples/clusters/legacy.json'))); "
             "bad = [m for m in ('google.cloud.container_v1', 'google.protobuf', 'grpc') if m in sys.modules]; "
             "print(bad); raise SystemExit(1 if bad else 0)")

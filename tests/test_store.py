@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from shared.errors import Permanent, Problem, Rejected, Transient
-from shared.refs import ClusterRef
-from shared.settings import Settings
-from shared.store import DELETE, EXCERPT_MAX, AlreadyHandled, Store, safe_id, translate
+from shared.adapters.store import DELETE, EXCERPT_MAX, AlreadyHandled, Store, safe_id, translate
+from shared.core.errors import Permanent, Problem, Rejected, Transient
+from shared.core.refs import ClusterRef
+from shared.core.settings import Settings
 
 pytestmark = pytest.mark.emulator
 ROOT = Path(__file__).resolve().parent.parent
@@ -450,9 +450,9 @@ def test_guarantee_3_expired_lease_can_be_taken_over(store: Store) -> None:
 _WORKER = """
 import sys, time
 from pathlib import Path
-from shared.refs import ClusterRef
-from shared.settings import Settings
-from shared.store import Store
+from shared.core.refs import ClusterRef
+from shared.core.settings import Settings
+from shared.adapters.store import Store
 store = Store(Settings.from_env())
 ref = ClusterRef.parse(sys.argv[1])
 store.claim(ref, event_id="evt-kill", step="install", ledger_key="evt-kill", lease_seconds=300)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.verify import NETWORKS_ANNOTATION, check_network_status, verify_pod_manifest
+from shared.flows.verify import NETWORKS_ANNOTATION, check_network_status, verify_pod_manifest
 
 
 def test_net1_inside_the_range_passes_and_names_the_address():

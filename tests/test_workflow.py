@@ -18,12 +18,12 @@ import pytest
 
 from sandbox.gke.scenario import NodePoolSpec
 from sandbox.stack import Stack
-from shared import decisions as d
-from shared.errors import Transient
-from shared.events import decode_audit, decode_nad_request, decode_reconcile
-from shared.refs import ClusterRef
-from shared.settings import Settings
-from shared.workflow import Workflow
+from shared.core import decisions as d
+from shared.core.errors import Transient
+from shared.core.events import decode_audit, decode_nad_request, decode_reconcile
+from shared.core.refs import ClusterRef
+from shared.core.settings import Settings
+from shared.app import Controller
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +42,10 @@ def make_wf(local_stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", local_stack.env["FIRESTORE_EMULATOR_HOST"])
     prefix = f"wf{uuid.uuid4().hex[:8]}_"
 
-    def make(**env: str) -> Workflow:
+    def make(**env: str) -> Controller:
         settings = Settings.from_env({**local_stack.env, "MULTUS_PROVISIONER_COLLECTION_PREFIX": prefix,
                                       "MULTUS_PROVISIONER_ROLLOUT_WAIT_SECONDS": "2", **env})
-        return Workflow(settings)
+        return Controller(settings)
 
     return make
 
@@ -66,11 +66,11 @@ def new_cluster(stack: Stack, **overrides: Any) -> tuple[ClusterRef, list[dict[s
     return ClusterRef(stack.project, "us-central1", name), entries
 
 
-def feed(wf: Workflow, stack: Stack, entries: list[dict[str, Any]]) -> list[Any]:
+def feed(wf: Controller, stack: Stack, entries: list[dict[str, Any]]) -> list[Any]:
     return [wf.handle_audit(decode_audit(ce(e))) for e in entries]
 
 
-def to_ready(wf: Workflow, stack: Stack, **overrides: Any) -> ClusterRef:
+def to_ready(wf: Controller, stack: Stack, **overrides: Any) -> ClusterRef:
     ref, entries = new_cluster(stack, **overrides)
     feed(wf, stack, entries)  # -> CREATING_NODE_POOL
     assert stack.gke.wait_idle(10)
@@ -102,7 +102,7 @@ def test_policy_document_overrides_settings_and_default_nads_apply_on_first_read
 
 
 def test_invalid_policy_document_is_reported_by_name(local_stack, make_wf):
-    from shared.settings import ConfigError
+    from shared.core.settings import ConfigError
 
     wf = make_wf()
     wf.store._col("config").document("policy").set({"maxNads": 3})

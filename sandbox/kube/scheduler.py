@@ -7,17 +7,26 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
 
 class Scheduler:
+    """Runs the simulated controllers' steps when they are due.
+
+    `paused()` holds every step (due or not) until the block ends: a test that must observe the
+    state *before* a simulated controller acts (a CRD not yet Established) holds the clock instead
+    of racing a delay, which a loaded machine can overshoot.
+    """
+
     def __init__(self, name: str) -> None:
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._count = itertools.count()
         self._cond = threading.Condition()
         self._stopped = False
+        self._holds = 0
         self._thread = threading.Thread(target=self._run, name=f"kube-sim-{name}", daemon=True)
         self._thread.start()
 
@@ -27,6 +36,17 @@ class Scheduler:
                 return
             heapq.heappush(self._heap, (time.monotonic() + max(0.0, delay), next(self._count), fn))
             self._cond.notify()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        with self._cond:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holds -= 1
+                self._cond.notify()
 
     def stop(self) -> None:
         with self._cond:
@@ -39,8 +59,9 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
-                    self._cond.wait(None if not self._heap else max(0.0, self._heap[0][0] - time.monotonic()))
+                while not self._stopped and (self._holds or not self._heap or self._heap[0][0] > time.monotonic()):
+                    due = None if self._holds or not self._heap else max(0.0, self._heap[0][0] - time.monotonic())
+                    self._cond.wait(due)
                 if self._stopped:
                     return
                 _, _, fn = heapq.heappop(self._heap)

@@ -112,6 +112,14 @@ class KubeApiServer:
         self.stop()
 
     # ------------------------------------------------------------ nodes
+    def paused(self) -> Any:
+        """A context in which no simulated controller acts (CRDs stay un-Established, rollouts and
+        pods do not progress); what was due happens when it ends. For tests that must see the
+        state before a controller acts, without racing its delay."""
+        if self._sched is None:
+            raise RuntimeError("the server is not started")
+        return self._sched.paused()
+
     def add_nodes(self, names: Iterable[str], labels: dict[str, str] | None = None) -> list[str]:
         added = []
         for n in names:

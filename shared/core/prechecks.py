@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import Problem, Rejected
+from shared.core.errors import Problem, Rejected
 
 MIN_VERSION = (1, 28, 0)
 ADVANCED_DATAPATH = "ADVANCED_DATAPATH"

@@ -8,7 +8,7 @@ on a deep copy, and stamps the result with a content hash. The hash is the bundl
 equal content gives an equal version on every machine, any change gives a new one, which is how
 the controller tells an up-to-date cluster from a drifted or outdated one.
 
-Regenerate the golden files used by the tests with `python -m shared.multus --write-golden`.
+Regenerate the golden files used by the tests with `python -m shared.core.multus --write-golden`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from shared.errors import Problem, Rejected
+from shared.core.errors import Problem, Rejected
 
 # The images of the seed manifest, pinned by digest (GKE-validated Multus v4.2.1).
 DEFAULT_MULTUS_IMAGE = (
@@ -287,11 +287,11 @@ def _dumper() -> type:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m shared.multus [--output yaml|json] [--write-golden [DIR]]`."""
+    """`python -m shared.core.multus [--output yaml|json] [--write-golden [DIR]]`."""
     import argparse
     from pathlib import Path
 
-    parser = argparse.ArgumentParser(prog="python -m shared.multus", description="Print the default bundle.")
+    parser = argparse.ArgumentParser(prog="python -m shared.core.multus", description="Print the default bundle.")
     parser.add_argument("--output", choices=("yaml", "json"), default="yaml")
     parser.add_argument("--write-golden", nargs="?", const="tests/golden", metavar="DIR",
                         help="write DIR/bundle.yaml and DIR/bundle.json (default DIR: tests/golden)")

@@ -39,86 +39,22 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from shared.errors import Permanent, Problem, Rejected, Transient
-from shared.refs import ClusterRef
-from shared.settings import Settings
+from shared.core.errors import Permanent, Problem, Rejected, Transient
+from shared.core.names import is_dns_label, is_object_name
+from shared.core.refs import ClusterRef
+from shared.core.settings import Settings
+from shared.ports import DELETE, AlreadyHandled, ClusterRecord, Lease
 
 T = TypeVar("T")
 
 OUTCOMES = ("ok", "retry", "failed", "rejected", "ignored", "skipped")
 EXCERPT_MAX = 512
 _FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
-_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_K8S_OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 # Fields the store owns: a workflow passing them in `fields` is a bug, reported at once.
 _OWNED = frozenset({"state", "stateSince", "createdAt", "updatedAt", "lease"})
 _CLUSTER_IDENTITY = ("project", "location", "cluster", "path")
 _LOST_TRANSACTION = re.compile(r"transaction.{0,40}(invalid|closed|expired|no longer valid)", re.I)
 _NAD_IDENTITY = ("namespace", "name", "clusterPath")
-
-
-class AlreadyHandled(Exception):
-    """The ledger already holds this key: the event was handled before; do nothing."""
-
-
-class _Delete:
-    """The `DELETE` sentinel: a field given this value is removed from the document."""
-
-    _instance: _Delete | None = None
-
-    def __new__(cls) -> _Delete:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "store.DELETE"
-
-
-DELETE = _Delete()
-
-
-@dataclass(frozen=True)
-class Lease:
-    holder: str  # the event id that holds it
-    step: str
-    expires_at: datetime
-
-    def live(self, now: datetime) -> bool:
-        return self.expires_at > now
-
-    def to_doc(self) -> dict[str, Any]:
-        return {"holder": self.holder, "step": self.step, "expiresAt": self.expires_at}
-
-    @classmethod
-    def from_doc(cls, doc: Any) -> Lease | None:
-        if not isinstance(doc, Mapping) or not doc.get("holder") or doc.get("expiresAt") is None:
-            return None
-        return cls(str(doc["holder"]), str(doc.get("step", "")), doc["expiresAt"])
-
-
-@dataclass(frozen=True)
-class ClusterRecord:
-    ref: ClusterRef
-    state: str
-    data: dict[str, Any] = field(default_factory=dict)  # the whole document as stored
-    lease: Lease | None = None
-
-    def get(self, name: str, default: Any = None) -> Any:
-        value = self.data.get(name, default)
-        return default if value is None else value
-
-    @property
-    def attempts(self) -> int:
-        return int(self.data.get("attempts") or 0)
-
-    @property
-    def last_error(self) -> dict[str, Any] | None:
-        return self.data.get("lastError")
-
-    @classmethod
-    def of(cls, ref: ClusterRef, data: dict[str, Any]) -> ClusterRecord:
-        return cls(ref, str(data.get("state", "")), data, Lease.from_doc(data.get("lease")))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -403,9 +339,9 @@ class Store:
 
     def _nad_doc(self, ref: ClusterRef, namespace: str, name: str) -> Any:
         problems = []
-        if not isinstance(namespace, str) or not _K8S_NAME.match(namespace):
+        if not is_dns_label(namespace):
             problems.append(Problem("namespace", f"{namespace!r} is not a valid Kubernetes namespace name"))
-        if not isinstance(name, str) or not _K8S_OBJECT_NAME.match(name):
+        if not is_object_name(name):
             problems.append(Problem("name", f"{name!r} is not a valid Kubernetes object name"))
         if problems:
             raise Rejected("invalid NAD reference", problems, cluster=ref)

@@ -7,10 +7,11 @@ Keeping decisions pure makes every branch of the state machine testable without 
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from shared.core.nad import range_within, ranges_overlap
 
 # Cluster workflow states (the words shown in Firestore and `status`).
 DISCOVERED = "DISCOVERED"  # known; waiting for the cluster to finish provisioning
@@ -38,6 +39,8 @@ NAD_FAILED = "FAILED"
 NAD_DELETED = "DELETED"
 NAD_LIVE = (NAD_APPLIED, NAD_VERIFIED)
 NAD_COUNTED = (NAD_PENDING, NAD_APPLYING, NAD_APPLIED, NAD_VERIFIED)
+# A request has its outcome once its NAD is in one of these (PENDING and APPLYING are on the way).
+NAD_SETTLED = (NAD_APPLIED, NAD_VERIFIED, NAD_REJECTED, NAD_FAILED, NAD_DELETED)
 
 BLOCKING_FINDING_EXEMPT = "node-pool-networks"
 
@@ -148,12 +151,12 @@ def decide_nad(*, request: Any, cluster_state: str | None, pool_cidr: str | None
                        f"cluster is {cluster_state or 'not known yet'}; the NAD is applied once it is READY")
     cidr = request.range or pool_cidr
     reasons = []
-    if request.range and not _within(request.range, pool_cidr):
+    if request.range and not range_within(request.range, pool_cidr):
         reasons.append(f"range {request.range} is not inside the node pool's secondary pod range {pool_cidr}")
     for other in others:
         if other.get("state") not in NAD_LIVE or other.get("master") != request.master or not other.get("range"):
             continue
-        if _overlap(cidr, other["range"]):
+        if ranges_overlap(cidr, other["range"]):
             reasons.append(f"range {cidr} overlaps {other.get('namespace')}/{other.get('name')} "
                            f"({other['range']}) on master {request.master}")
     if reasons:
@@ -192,7 +195,7 @@ def arbitrate(*, key: str, master: str, cidr: str, order: str, others: Iterable[
     for other in others:
         if f"{other.get('namespace')}~{other.get('name')}" == key:
             continue
-        if other.get("master") != master or not other.get("range") or not _overlap(cidr, other["range"]):
+        if other.get("master") != master or not other.get("range") or not ranges_overlap(cidr, other["range"]):
             continue
         state = other.get("state")
         if state in NAD_LIVE:
@@ -200,13 +203,3 @@ def arbitrate(*, key: str, master: str, cidr: str, order: str, others: Iterable[
         elif state == NAD_APPLYING:
             (lose if str(other.get("claimOrder") or "") < order else win).append(other)
     return Arbitration(tuple(lose), tuple(win))
-
-
-def _within(inner: str, outer: str) -> bool:
-    a, b = ipaddress.ip_network(inner, strict=False), ipaddress.ip_network(outer, strict=False)
-    return a.version == b.version and a.subnet_of(b)  # type: ignore[arg-type]
-
-
-def _overlap(x: str, y: str) -> bool:
-    a, b = ipaddress.ip_network(x, strict=False), ipaddress.ip_network(y, strict=False)
-    return a.version == b.version and a.overlaps(b)

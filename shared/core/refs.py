@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shared.errors import Problem, Rejected
+from shared.core.errors import Problem, Rejected
 
 # GCP project ids: 6-30 chars, lowercase letters, digits, hyphens; may carry a domain prefix
 # ("example.com:proj"). Locations: regions/zones. Cluster names: lowercase, digits, hyphens, <= 40.

@@ -2,8 +2,10 @@
 
 Each command group lives in a module with a `register(subparsers)` function that adds its
 parsers and sets `handler=` on each; this module registers its own offline commands and, when
-it is installed, `shared.cli_online` (sandbox, demo, request-nad, status, ...). Everything
-heavier than argparse is imported inside the handlers so `--help` stays instant.
+present, the extensions: `multus_cli.online` (request-nad, status, history, verify) and the sandbox's
+own commands (`sandbox.commands`: sandbox, demo), which register themselves here. The CLI lives
+outside the deployed library (`shared/`) and only imports it; nothing deployed imports the CLI.
+Everything heavier than argparse is imported inside the handlers so `--help` stays instant.
 
 Exit codes: 0 fine; 2 invalid input (each problem on stderr, named by its field);
 3 cluster not eligible (`precheck`); 1 anything unexpected.
@@ -19,11 +21,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from shared.errors import Problem, Rejected
+from shared.core.errors import Problem, Rejected
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_INVALID, EXIT_INELIGIBLE = 0, 1, 2, 3
 MAX_INPUT_BYTES = 16 * 1024 * 1024  # cluster JSON can be large; requests are capped by shared.nad
-EXTENSIONS = ("shared.cli_online",)
+EXTENSIONS = ("multus_cli.online", "sandbox.commands")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -48,7 +50,7 @@ def read_input(path: str, *, what: str, max_bytes: int = MAX_INPUT_BYTES) -> byt
 
 
 def read_json(path: str, *, what: str) -> Any:
-    from shared.nad import load_json
+    from shared.core.nad import load_json
 
     data = read_input(path, what=what)
     try:
@@ -94,8 +96,23 @@ _NAD_FLAGS = (  # (flag, request field, help)
 )
 
 
-def _request_from_args(args: argparse.Namespace) -> Any:
-    from shared.nad import parse_request
+def add_request_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of a NAD request, for every command that takes one (render-nad, request-nad)."""
+    for flag, dest, help_ in _NAD_FLAGS:
+        p.add_argument(flag, dest=dest, help=help_)
+    p.add_argument("--exclude", action="append", metavar="CIDR", help="CIDR to exclude (repeatable)")
+    p.add_argument("--mtu", type=int, help="interface MTU (68-8896)")
+    p.add_argument("--file", metavar="REQUEST.json", help="read the request from a JSON file ('-': stdin)")
+
+
+def request_from_args(args: argparse.Namespace, **extra: Any) -> tuple[dict[str, Any], Any]:
+    """The request a command line describes: (the JSON object, the parsed `NadRequest`).
+
+    From `--file` (strict JSON, as the functions read it) or from the flags, never both; the
+    problems of a request given by flags name the flags the user typed, not the JSON fields.
+    `extra` adds fields that are not flags of their own (`action`, `verify`).
+    """
+    from shared.core.nad import parse_request
 
     if args.file is not None:
         given = [flag for flag, dest, _ in _NAD_FLAGS if getattr(args, dest) is not None]
@@ -104,15 +121,19 @@ def _request_from_args(args: argparse.Namespace) -> Any:
         if given:
             raise Rejected("invalid arguments",
                            [Problem("--file", f"cannot be combined with {', '.join(given)}")])
-        return parse_request(read_input(args.file, what="--file"))
-    obj: dict[str, Any] = {dest: getattr(args, dest) for _, dest, _ in _NAD_FLAGS
-                           if getattr(args, dest) is not None}
+        req = parse_request(read_input(args.file, what="--file"))
+        if not extra:
+            return req.to_dict(), req
+        obj = {**req.to_dict(), **extra}
+        return obj, parse_request(obj)
+    obj = {dest: getattr(args, dest) for _, dest, _ in _NAD_FLAGS if getattr(args, dest) is not None}
     if args.exclude:
         obj["exclude"] = list(args.exclude)
     if args.mtu is not None:
         obj["mtu"] = args.mtu
+    obj.update(extra)
     try:
-        return parse_request(obj)
+        return obj, parse_request(obj)
     except Rejected as e:  # name the flags the user typed, not the JSON fields
         raise Rejected(e.reason, [Problem(_flag_of(p.field), p.message) for p in e.problems],
                        cluster=e.cluster) from None
@@ -124,15 +145,15 @@ def _flag_of(field: str) -> str:
 
 
 def cmd_render_nad(args: argparse.Namespace) -> int:
-    from shared.nad import render_nad
+    from shared.core.nad import render_nad
 
-    req = _request_from_args(args)
+    _, req = request_from_args(args)
     dump(render_nad(req), args.output, sys.stdout)
     return EXIT_OK
 
 
 def cmd_validate_request(args: argparse.Namespace) -> int:
-    from shared.nad import parse_request
+    from shared.core.nad import parse_request
 
     req = parse_request(read_input(args.file, what="FILE"))
     note = "" if req.range else " (range omitted: the node pool's secondary pod range will be used)"
@@ -145,7 +166,7 @@ def cmd_validate_request(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 def cmd_render_bundle(args: argparse.Namespace) -> int:
-    from shared.multus import load_bundle
+    from shared.core.multus import load_bundle
 
     try:
         bundle = load_bundle(multus_image=args.multus_image, whereabouts_image=args.whereabouts_image,
@@ -165,7 +186,7 @@ def cmd_render_bundle(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 def cmd_precheck(args: argparse.Namespace) -> int:
-    from shared import prechecks
+    from shared.core import prechecks
 
     cluster = read_json(args.cluster_json, what="--cluster-json")
     if not isinstance(cluster, dict):
@@ -201,11 +222,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("render-nad", help="print the NetworkAttachmentDefinition for a request",
                               description="Render a NAD from flags or a request file "
                                           "(see docs/NAD_REQUESTS.md).")
-    for flag, dest, help_ in _NAD_FLAGS:
-        p.add_argument(flag, dest=dest, help=help_)
-    p.add_argument("--exclude", action="append", metavar="CIDR", help="CIDR to exclude (repeatable)")
-    p.add_argument("--mtu", type=int, help="interface MTU (68-8896)")
-    p.add_argument("--file", metavar="REQUEST.json", help="read the request from a JSON file ('-': stdin)")
+    add_request_flags(p)
     p.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml")
     p.set_defaults(handler=cmd_render_nad)
 

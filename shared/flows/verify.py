@@ -13,8 +13,11 @@ import ipaddress
 import time
 from typing import Any
 
-from shared import logs
-from shared.errors import Permanent, Transient
+from shared.core import decisions as d
+from shared.core import logs
+from shared.core.errors import Permanent, Rejected, Transient
+from shared.core.refs import ClusterRef
+from shared.flows.context import Context, Outcome
 
 VERIFY_IMAGE = "registry.k8s.io/pause:3.9"
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
@@ -41,6 +44,39 @@ def run_verification(kube: Any, namespace: str, nad_name: str, cidr: str | None,
             kube.delete_pod(namespace, pod_name)
         except (Transient, Permanent) as e:
             logs.warning("could not delete verify pod", cluster=cluster, error=str(e))
+
+
+class VerifyFlow:
+    """`multus-provisioner verify` and a request's `verify: true`: the check, recorded on the NAD."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def verify(self, ref: ClusterRef, namespace: str, name: str, event_id: str) -> Outcome:
+        """Start a short-lived pod on the NAD, check net1's address, record VERIFIED or why not."""
+        store = self.ctx.store
+        doc = store.get_nad(ref, namespace, name)
+        if doc is None or doc.get("state") not in d.NAD_LIVE:
+            state = doc.get("state") if doc else "unknown"
+            raise Rejected(f"NAD {namespace}/{name} on {ref.path} is {state}; only APPLIED NADs can be verified",
+                           kind="not-applied", cluster=ref)
+        from shared.core import nad as nadlib
+
+        req = nadlib.parse_request(dict(doc["request"]))
+        kube = self.ctx.kube_for(ref)
+        ok, detail = self.check(kube, req, doc.get("range"), ref)
+        state = d.NAD_VERIFIED if ok else d.NAD_APPLIED
+        store.put_nad(ref, namespace, name, event_id=event_id, step="verify-nad", state=state,
+                      fields={"verification": {"ok": ok, "message": detail}},
+                      outcome="ok" if ok else "failed", message=f"{namespace}/{name}: verify: {detail}",
+                      ledger_key=f"{event_id}~verify~{namespace}~{name}")
+        return Outcome("done" if ok else "failed", detail, ref.path, state)
+
+    def check(self, kube: Any, req: Any, cidr: str | None, ref: ClusterRef) -> tuple[bool, str]:
+        """Run the pod check for `req` on its cluster's Multus node pool."""
+        rec = self.ctx.store.get_cluster(ref)
+        pool = ((rec.data.get("nodePool") or {}).get("name")) if rec else None
+        return run_verification(kube, req.namespace, req.name, cidr, pool=pool, cluster=ref.path)
 
 
 def verify_pod_manifest(pod_name: str, namespace: str, nad_name: str, pool: str | None) -> dict[str, Any]:

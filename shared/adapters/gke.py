@@ -26,12 +26,13 @@ import re
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import Permanent, Problem, ProvisionerError, Rejected, Transient
-from shared.refs import ClusterRef, check_parts, valid_node_pool_name
-from shared.settings import NodePoolTemplate, Settings
+from shared.core.errors import Permanent, Problem, ProvisionerError, Rejected, Transient
+from shared.core.names import SUBNET_PATH, compute_ref
+from shared.core.refs import ClusterRef, check_parts, valid_node_pool_name
+from shared.core.settings import NodePoolTemplate, Settings
 
 if TYPE_CHECKING:
     import kubernetes.client
@@ -46,15 +47,6 @@ DEFAULT_TIMEOUT = 30.0
 PERMANENT_CODES = frozenset({"NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED",
                              "UNAUTHENTICATED", "ALREADY_EXISTS", "OUT_OF_RANGE", "UNIMPLEMENTED"})
 
-_RESOURCE = re.compile(r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$")
-_NETWORK_PATH = re.compile(r"^projects/[a-z][-a-z0-9.:]{0,90}/global/networks/[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$")
-_SUBNET_PATH = re.compile(r"^projects/(?P<p>[a-z][-a-z0-9.:]{0,90})/regions/(?P<r>[a-z]+-[a-z]+[0-9]+)"
-                          r"/subnetworks/(?P<s>[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)$")
-_COMPUTE_PREFIXES = ("https://www.googleapis.com/compute/v1/", "https://compute.googleapis.com/compute/v1/",
-                     "//compute.googleapis.com/")
-_MACHINE_TYPE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+){1,4}$")
-_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _OPERATION = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_]{0,127}$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
                        r"(?:\.[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$")
@@ -190,53 +182,6 @@ def fresh_token(creds: Any, lock: threading.Lock | None = None) -> str:
 # ---------------------------------------------------------------------------------------------
 # Validation of what we send
 # ---------------------------------------------------------------------------------------------
-
-def _compute_ref(value: str) -> str:
-    for prefix in _COMPUTE_PREFIXES:
-        if value.startswith(prefix):
-            return value[len(prefix):]
-    return value
-
-
-def template_problems(template: NodePoolTemplate, *, field: str = "node_pool_template") -> list[Problem]:
-    """Every reason the template cannot become a CreateNodePool request, named by field."""
-    problems: list[Problem] = []
-
-    def check(name: str, ok: bool, why: str) -> None:
-        if not ok:
-            problems.append(Problem(f"{field}.{name}", why))
-
-    def text(name: str) -> str:
-        value = getattr(template, name)
-        if not isinstance(value, str):
-            problems.append(Problem(f"{field}.{name}", f"expected a string, got {type(value).__name__}"))
-            return ""
-        return value
-
-    network, subnetwork = _compute_ref(text("network")), _compute_ref(text("subnetwork"))
-    check("name", valid_node_pool_name(template.name), f"invalid node pool name {template.name!r}")
-    check("network", bool(_RESOURCE.match(network) or _NETWORK_PATH.match(network)),
-          f"{network!r} is not a network name or projects/P/global/networks/N")
-    check("subnetwork", bool(_RESOURCE.match(subnetwork) or _SUBNET_PATH.match(subnetwork)),
-          f"{subnetwork!r} is not a subnetwork name or projects/P/regions/R/subnetworks/S")
-    rng = text("secondary_pod_range")
-    check("secondary_pod_range", bool(_RESOURCE.match(rng)), f"{rng!r} is not a secondary range name")
-    machine = text("machine_type")
-    check("machine_type", bool(_MACHINE_TYPE.match(machine)), f"{machine!r} is not a machine type")
-    for name, lo, hi in (("max_pods_per_node", 1, 256), ("node_count", 0, 1000)):
-        value = getattr(template, name)
-        check(name, type(value) is int and lo <= value <= hi, f"expected an integer in {lo}..{hi}, got {value!r}")
-    labels = template.labels
-    if not isinstance(labels, Mapping):
-        problems.append(Problem(f"{field}.labels", "expected a mapping of label key to value"))
-    else:
-        for k, v in labels.items():
-            if not isinstance(k, str) or not _LABEL_KEY.match(k):
-                problems.append(Problem(f"{field}.labels", f"invalid label key {k!r}"))
-            elif not isinstance(v, str) or not _LABEL_VALUE.match(v):
-                problems.append(Problem(f"{field}.labels.{k}", f"invalid label value {v!r}"))
-    return problems
-
 
 def _endpoint(cluster: Any) -> str:
     """The cluster's `host[:port]` for https://, checked: it reaches a URL and a TLS hostname check."""
@@ -396,8 +341,8 @@ class Gke:
         if not isinstance(subnetwork, str) or not isinstance(range_name, str):
             raise Rejected("invalid secondary range reference",
                            [Problem("subnetwork", "subnetwork and range name must be strings")])
-        wanted = _compute_ref(subnetwork)
-        full = _SUBNET_PATH.match(wanted)
+        wanted = compute_ref(subnetwork)
+        full = SUBNET_PATH.match(wanted)
         region = ref.location if ref.location.count("-") == 1 else ref.location.rsplit("-", 1)[0]
         what = f"list usable subnetworks of projects/{ref.project}"
         self.calls["list_usable_subnetworks"] += 1
@@ -406,8 +351,8 @@ class Gke:
             pager = self.client.list_usable_subnetworks(request={"parent": f"projects/{ref.project}"},
                                                         retry=None, timeout=self.timeout)
             for usable in pager:
-                path = _compute_ref(usable.subnetwork)
-                m = _SUBNET_PATH.match(path)
+                path = compute_ref(usable.subnetwork)
+                m = SUBNET_PATH.match(path)
                 if m is None:
                     continue
                 if (path == wanted) if full else (m["s"] == wanted):
@@ -432,7 +377,7 @@ class Gke:
         """The NodePool of a CreateNodePool request for `template` (Rejected naming bad fields)."""
         from google.cloud import container_v1 as c
 
-        problems = template_problems(template)
+        problems = template.problems()
         if problems:
             raise Rejected("invalid node pool template", problems)
         return c.NodePool(
@@ -441,9 +386,9 @@ class Gke:
             config=c.NodeConfig(machine_type=template.machine_type, labels=dict(template.labels)),
             network_config=c.NodeNetworkConfig(
                 additional_node_network_configs=[c.AdditionalNodeNetworkConfig(
-                    network=_compute_ref(template.network), subnetwork=_compute_ref(template.subnetwork))],
+                    network=compute_ref(template.network), subnetwork=compute_ref(template.subnetwork))],
                 additional_pod_network_configs=[c.AdditionalPodNetworkConfig(
-                    subnetwork=_compute_ref(template.subnetwork),
+                    subnetwork=compute_ref(template.subnetwork),
                     secondary_pod_range=template.secondary_pod_range,
                     max_pods_per_node=c.MaxPodsConstraint(max_pods_per_node=template.max_pods_per_node))],
             ),

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from shared.settings import ConfigError, NodePoolTemplate, Settings
+from shared.core.settings import ConfigError, NodePoolTemplate, Settings
 
 
 @dataclass(frozen=True)

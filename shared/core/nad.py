@@ -18,8 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from shared.errors import Problem, Rejected
-from shared.refs import ClusterRef, parse_resource_name
+from shared.core.errors import Problem, Rejected
+from shared.core.names import is_dns_label
+from shared.core.refs import ClusterRef, parse_resource_name
 
 MAX_REQUEST_BYTES = 64 * 1024
 MANAGED_BY = ("app.kubernetes.io/managed-by", "multus-provisioner")
@@ -37,7 +38,6 @@ MAX_EXCLUDES = 64
 FIELDS = ("version", "cluster", "name", "namespace", "master", "mode", "range", "range_start",
           "range_end", "exclude", "gateway", "mtu", "action", "request_id", "verify")
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 # Idempotency keys: UUIDs, ULIDs, "ticket-123", "team:req.7"... nothing that needs escaping.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -198,22 +198,12 @@ def range_within(inner: str | Network, outer: str | Network) -> bool:
     return a.version == b.version and a.subnet_of(b)  # type: ignore[arg-type]
 
 
-def find_overlaps(cidr: str, master: str, existing: Iterable[tuple[str, str, str]]) -> list[str]:
-    """Names of the existing NADs on `master` whose range overlaps `cidr`.
-
-    Two NADs on the same master with overlapping Whereabouts ranges would hand out the same
-    addresses on the same L2 segment. Ranges on other masters are other networks. An existing
-    range that cannot be read is skipped (it was not written by us and cannot be judged).
-    """
-    net = parse_network(cidr, field="range")
-    hits = []
-    for name, other_master, other_range in existing:
-        if other_master != master:
-            continue
-        other = _lenient_network(other_range)
-        if other is not None and other.version == net.version and other.overlaps(net):  # type: ignore[arg-type]
-            hits.append(name)
-    return hits
+def ranges_overlap(x: str | Network, y: str | Network) -> bool:
+    """Do two ranges share an address? Two NADs on one master whose Whereabouts ranges overlap
+    would hand out the same addresses on one L2 segment. Different IP families never overlap."""
+    a = x if isinstance(x, ipaddress.IPv4Network | ipaddress.IPv6Network) else parse_network(x, field="range")
+    b = y if isinstance(y, ipaddress.IPv4Network | ipaddress.IPv6Network) else parse_network(y, field="range")
+    return a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,7 +365,7 @@ def _cluster_problems(cluster: object) -> list[Problem]:
 
 
 def _check_label(value: object, field: str, add: Any) -> None:
-    if not isinstance(value, str) or len(value) > 63 or not _DNS1123_LABEL.fullmatch(value):
+    if not is_dns_label(value):
         add(Problem(field, "expected a DNS-1123 label (lowercase letters, digits and '-', at most 63, "
                            f"starting and ending with a letter or digit), got {_show(value)}"))
 

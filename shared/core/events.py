@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from shared.errors import Problem, Rejected
-from shared.nad import NadRequest, load_json, parse_cluster, parse_request, plain
-from shared.refs import ClusterRef, check_parts, parse_resource_name, valid_node_pool_name
+from shared.core.errors import Problem, Rejected
+from shared.core.nad import NadRequest, load_json, parse_cluster, parse_request, plain
+from shared.core.refs import ClusterRef, check_parts, parse_resource_name, valid_node_pool_name
 
 MAX_MESSAGE_BYTES = 1024 * 1024  # an audit LogEntry is a few KiB; Pub/Sub's own cap is 10 MB
 AUDIT_LOG_TYPE = "type.googleapis.com/google.cloud.audit.AuditLog"
@@ -202,6 +202,12 @@ def _first_str(obj: Mapping[str, Any], *keys: str) -> str | None:
     return None
 
 
+def as_message(event: PubSubMessage | Any) -> PubSubMessage:
+    """The decoders take the message the entry point decoded once; a CloudEvent is decoded here
+    (for callers that have nothing else, such as tests and tools)."""
+    return event if isinstance(event, PubSubMessage) else message_from_cloudevent(event)
+
+
 def _json_payload(msg: PubSubMessage, what: str) -> Any:
     try:
         return load_json(msg.data, max_bytes=MAX_MESSAGE_BYTES, what=what)
@@ -215,9 +221,9 @@ def _json_payload(msg: PubSubMessage, what: str) -> Any:
 # --------------------------------------------------------------------------------------------
 
 @_only_rejected
-def decode_audit(ce: Any) -> AuditEvent:
+def decode_audit(event: PubSubMessage | Any) -> AuditEvent:
     """A GKE Create/Delete Cluster/NodePool audit `LogEntry` -> `AuditEvent`."""
-    msg = message_from_cloudevent(ce)
+    msg = as_message(event)
     eid = msg.message_id
     entry = _json_payload(msg, "audit log entry")
     if not isinstance(entry, Mapping):
@@ -369,9 +375,9 @@ def _status_code(status: Any, eid: str, cluster: ClusterRef) -> int | None:
 # --------------------------------------------------------------------------------------------
 
 @_only_rejected
-def decode_nad_request(ce: Any) -> NadRequestEvent:
+def decode_nad_request(event: PubSubMessage | Any) -> NadRequestEvent:
     """A NAD request message -> `NadRequestEvent`; `Rejected` carries event_id and cluster."""
-    msg = message_from_cloudevent(ce)
+    msg = as_message(event)
     try:
         return NadRequestEvent(msg.message_id, parse_request(msg.data))
     except Rejected as e:
@@ -380,9 +386,9 @@ def decode_nad_request(ce: Any) -> NadRequestEvent:
 
 
 @_only_rejected
-def decode_reconcile(ce: Any) -> ReconcileEvent:
+def decode_reconcile(event: PubSubMessage | Any) -> ReconcileEvent:
     """An empty payload or `{}` -> every cluster; `{"cluster": "projects/..."}` -> that one."""
-    msg = message_from_cloudevent(ce)
+    msg = as_message(event)
     if not msg.data.strip():
         return ReconcileEvent(msg.message_id, None)
     obj = _json_payload(msg, "reconcile request")

@@ -16,6 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.core import names as naming
+from shared.core.errors import Problem
+from shared.core.names import compute_ref
+from shared.core.refs import valid_node_pool_name
+
 PREFIX = "MULTUS_PROVISIONER_"
 
 
@@ -23,9 +28,6 @@ class ConfigError(ValueError):
     """A setting has a value that cannot work; the message names the variable."""
 
 
-_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PREFIX_RX = re.compile(r"^[A-Za-z0-9_-]{0,40}$")
 
 
@@ -44,23 +46,68 @@ class NodePoolTemplate:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str) -> NodePoolTemplate:
+        """Decode an operator's template (env JSON or the policy document); every problem named."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: expected a JSON object")
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}")
-        tpl = cls(**{k: (dict(v) if k == "labels" else v) for k, v in data.items()})
-        for name in ("network", "subnetwork", "secondary_pod_range"):
-            if not getattr(tpl, name):
-                raise ConfigError(f"{source}: {name} is required")
-        if not _DNS1123.match(tpl.name) or len(tpl.name) > 40:
-            raise ConfigError(f"{source}: name {tpl.name!r} is not a valid node pool name")
-        if not isinstance(tpl.max_pods_per_node, int) or not 1 <= tpl.max_pods_per_node <= 256:
-            raise ConfigError(f"{source}: max_pods_per_node must be an integer in 1..256")
-        if not isinstance(tpl.node_count, int) or not 0 <= tpl.node_count <= 1000:
-            raise ConfigError(f"{source}: node_count must be an integer in 0..1000")
+        tpl = cls(**{k: (dict(v) if k == "labels" and isinstance(v, Mapping) else v) for k, v in data.items()})
+        problems = tpl.problems(field=source)
+        if problems:
+            raise ConfigError("; ".join(str(p) for p in problems))
         return tpl
+
+    def problems(self, *, field: str = "node_pool_template") -> list[Problem]:
+        """Every reason this template cannot become a CreateNodePool request, named by field.
+
+        The one validator of a template: settings, the policy document and the GKE adapter all
+        ask it, so what is accepted at start-up is exactly what GKE is sent.
+        """
+        problems: list[Problem] = []
+
+        def check(name: str, ok: bool, why: str) -> None:
+            if not ok:
+                problems.append(Problem(f"{field}.{name}", why))
+
+        def text(name: str) -> str:
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                problems.append(Problem(f"{field}.{name}", f"expected a string, got {type(value).__name__}"))
+                return ""
+            if not value and name in ("network", "subnetwork", "secondary_pod_range"):
+                problems.append(Problem(f"{field}.{name}", "is required"))
+                return ""
+            return value
+
+        network, subnetwork = compute_ref(text("network")), compute_ref(text("subnetwork"))
+        check("name", valid_node_pool_name(self.name), f"invalid node pool name {self.name!r}")
+        if network:
+            check("network", bool(naming.GCE_NAME.match(network) or naming.NETWORK_PATH.match(network)),
+                  f"{network!r} is not a network name or projects/P/global/networks/N")
+        if subnetwork:
+            check("subnetwork", bool(naming.GCE_NAME.match(subnetwork) or naming.SUBNET_PATH.match(subnetwork)),
+                  f"{subnetwork!r} is not a subnetwork name or projects/P/regions/R/subnetworks/S")
+        rng = text("secondary_pod_range")
+        if rng:
+            check("secondary_pod_range", bool(naming.GCE_NAME.match(rng)), f"{rng!r} is not a secondary range name")
+        machine = text("machine_type")
+        check("machine_type", bool(naming.MACHINE_TYPE.match(machine)), f"{machine!r} is not a machine type")
+        for name, lo, hi in (("max_pods_per_node", 1, 256), ("node_count", 0, 1000)):
+            value = getattr(self, name)
+            check(name, type(value) is int and lo <= value <= hi,
+                  f"expected an integer in {lo}..{hi}, got {value!r}")
+        labels = self.labels
+        if not isinstance(labels, Mapping):
+            problems.append(Problem(f"{field}.labels", "expected a mapping of label key to value"))
+        else:
+            for k, v in labels.items():
+                if not isinstance(k, str) or not naming.LABEL_KEY.match(k):
+                    problems.append(Problem(f"{field}.labels", f"invalid label key {k!r}"))
+                elif not isinstance(v, str) or not naming.LABEL_VALUE.match(v):
+                    problems.append(Problem(f"{field}.labels.{k}", f"invalid label value {v!r}"))
+        return problems
 
 
 @dataclass(frozen=True)
@@ -98,61 +145,15 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-
-        def get(name: str, default: str | None = None) -> str | None:
-            value = env.get(PREFIX + name)
-            return default if value is None or value == "" else value
-
-        def integer(name: str, default: int, lo: int, hi: int) -> int:
-            raw = get(name)
-            if raw is None:
-                return default
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ConfigError(f"{PREFIX}{name}={raw!r}: expected an integer") from None
-            if not lo <= value <= hi:
-                raise ConfigError(f"{PREFIX}{name}={value}: expected {lo}..{hi}")
-            return value
-
-        def number(name: str, default: float, lo: float, hi: float) -> float:
-            raw = get(name)
-            if raw is None:
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ConfigError(f"{PREFIX}{name}={raw!r}: expected a number") from None
-            if not lo <= value <= hi:
-                raise ConfigError(f"{PREFIX}{name}={value}: expected {lo}..{hi}")
-            return value
-
-        def names(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-            raw = get(name)
-            if raw is None:
-                return default
-            items = tuple(x.strip() for x in raw.split(",") if x.strip())
-            for item in items:
-                if not _DNS1123.match(item):
-                    raise ConfigError(f"{PREFIX}{name}: {item!r} is not a valid namespace name")
-            return items
-
-        def as_json(name: str) -> Any:
-            raw = get(name)
-            if raw is None:
-                return None
-            try:
-                return json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{PREFIX}{name}: not valid JSON ({e.msg} at {e.pos})") from None
-
+        r = _EnvReader(env)
+        get, integer, number, names, as_json = r.get, r.integer, r.number, r.names, r.as_json
         project = get("PROJECT") or env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCLOUD_PROJECT") or ""
         prefix = get("COLLECTION_PREFIX", "") or ""
         if not _PREFIX_RX.match(prefix):
             raise ConfigError(f"{PREFIX}COLLECTION_PREFIX={prefix!r}: letters, digits, '_' and '-' only, <= 40")
         label = get("OPT_IN_LABEL", "multus-provisioner=enabled") or ""
         key, sep, value = label.partition("=")
-        if not sep or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+        if not sep or not naming.LABEL_KEY.match(key) or not naming.LABEL_VALUE.match(value):
             raise ConfigError(f"{PREFIX}OPT_IN_LABEL={label!r}: expected key=value with a valid label key and value")
         tpl_raw = as_json("NODE_POOL_TEMPLATE")
         template = (NodePoolTemplate.from_mapping(tpl_raw, source=PREFIX + "NODE_POOL_TEMPLATE")
@@ -191,3 +192,57 @@ class Settings:
             nad_topic=get("TOPIC_NAD_REQUESTS", "multus-nad-requests") or "multus-nad-requests",
             policy_document=(get("POLICY_DOCUMENT", "true") or "").lower() not in ("0", "false", "no"),
         )
+
+
+@dataclass(frozen=True)
+class _EnvReader:
+    """Typed reads of `MULTUS_PROVISIONER_*` variables; each bad value names its variable."""
+
+    env: Mapping[str, str]
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        value = self.env.get(PREFIX + name)
+        return default if value is None or value == "" else value
+
+    def integer(self, name: str, default: int, lo: int, hi: int) -> int:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{PREFIX}{name}={raw!r}: expected an integer") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"{PREFIX}{name}={value}: expected {lo}..{hi}")
+        return value
+
+    def number(self, name: str, default: float, lo: float, hi: float) -> float:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{PREFIX}{name}={raw!r}: expected a number") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"{PREFIX}{name}={value}: expected {lo}..{hi}")
+        return value
+
+    def names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        items = tuple(x.strip() for x in raw.split(",") if x.strip())
+        for item in items:
+            if not naming.DNS_LABEL.match(item):
+                raise ConfigError(f"{PREFIX}{name}: {item!r} is not a valid namespace name")
+        return items
+
+    def as_json(self, name: str) -> Any:
+        raw = self.get(name)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{PREFIX}{name}: not valid JSON ({e.msg} at {e.pos})") from None

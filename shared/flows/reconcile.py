@@ -13,24 +13,33 @@ re-check after fixing an INELIGIBLE or FAILED cluster. Each repair is a history 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from shared import decisions as d
-from shared import logs
-from shared.errors import Permanent, Transient
-from shared.refs import ClusterRef
+from shared.core import decisions as d
+from shared.core import logs
+from shared.core.errors import Permanent, Transient
+from shared.core.refs import ClusterRef
+from shared.flows.cluster import ClusterFlow, rollout_fields
+from shared.flows.context import Context, Outcome
+from shared.flows.nad import NadFlow
+from shared.ports import AlreadyHandled
 
-if TYPE_CHECKING:
-    from shared.workflow import Outcome, Workflow
+
+class ReconcileFlow:
+    def __init__(self, ctx: Context, clusters: ClusterFlow, nads: NadFlow) -> None:
+        self.ctx = ctx
+        self.clusters = clusters
+        self.nads = nads
+
+    def run(self, ev: Any) -> Outcome:
+        """Resume stalled workflows, adopt opted-in clusters with none, repair drift on READY ones."""
+        return reconcile(self, ev)
 
 
-def reconcile(wf: Workflow, ev: Any) -> Outcome:
+def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
     """Resume stalled workflows, adopt opted-in clusters with none, repair drift on READY ones."""
-    from shared.store import AlreadyHandled
-    from shared.workflow import Outcome
-
-    store = wf.store
-    policy = wf.policy()
+    store = wf.ctx.store
+    policy = wf.ctx.policy()
     resumed, adopted, repaired, errors = [], [], [], []
     records = [store.get_cluster(ev.scope)] if ev.scope else store.list_clusters()
     records = [r for r in records if r is not None]
@@ -43,9 +52,9 @@ def reconcile(wf: Workflow, ev: Any) -> Outcome:
             # multi-networking emits none of the four audited methods); a full run leaves
             # INELIGIBLE / FAILED / IGNORED alone so that a broken cluster does not loop.
             recheck = ev.scope is not None and rec.state in (d.INELIGIBLE, d.FAILED, d.IGNORED)
-            if recheck or (rec.state in d.RESUMABLE and _stale(rec, now, wf.settings.stall_seconds)):
+            if recheck or (rec.state in d.RESUMABLE and _stale(rec, now, wf.ctx.settings.stall_seconds)):
                 why = "re-check requested" if recheck else "workflow was stalled"
-                out = wf.drive(rec.ref, sub_event, trigger=f"reconcile: {why}", create=False)
+                out = wf.clusters.drive(rec.ref, sub_event, trigger=f"reconcile: {why}", create=False)
                 resumed.append(f"{rec.ref.path}: {out.state}")
             elif rec.state == d.READY:
                 fixed = repair(wf, rec, sub_event)
@@ -57,21 +66,22 @@ def reconcile(wf: Workflow, ev: Any) -> Outcome:
             errors.append(f"{rec.ref.path}: {e}")
     if ev.scope and not records:  # a re-check of a cluster the controller never saw
         try:
-            out = wf.drive(ev.scope, f"{ev.event_id}~{ev.scope.doc_id}", trigger="reconcile: re-check requested")
+            out = wf.clusters.drive(ev.scope, f"{ev.event_id}~{ev.scope.doc_id}",
+                                    trigger="reconcile: re-check requested")
             adopted.append(f"{ev.scope.path}: {out.state}")
         except (Transient, Permanent) as e:
             errors.append(f"{ev.scope.path}: {e}")
-    if not ev.scope and wf.settings.project:
+    if not ev.scope and wf.ctx.settings.project:
         try:
-            clusters = wf.gke.list_clusters(wf.settings.project)
+            clusters = wf.ctx.gke.list_clusters(wf.ctx.settings.project)
         except (Transient, Permanent) as e:
             clusters = []
             errors.append(f"list clusters: {e}")
-        from shared import prechecks
+        from shared.core import prechecks
 
         for cluster in clusters:
             facts = prechecks.ClusterFacts.of(cluster)
-            ref = ClusterRef(wf.settings.project, facts.location, facts.name)
+            ref = ClusterRef(wf.ctx.settings.project, facts.location, facts.name)
             if ref.doc_id in tracked or not policy.opted_in(dict(facts.labels)):
                 continue
             # The tracked set was read when this run started; an event may have created (and even
@@ -79,7 +89,7 @@ def reconcile(wf: Workflow, ev: Any) -> Outcome:
             if store.get_cluster(ref) is not None:
                 continue
             try:
-                out = wf.drive(ref, f"{ev.event_id}~{ref.doc_id}", trigger="reconcile: untracked cluster")
+                out = wf.clusters.drive(ref, f"{ev.event_id}~{ref.doc_id}", trigger="reconcile: untracked cluster")
                 adopted.append(f"{ref.path}: {out.state}")
             except (Transient, Permanent) as e:
                 errors.append(f"{ref.path}: {e}")
@@ -91,17 +101,15 @@ def reconcile(wf: Workflow, ev: Any) -> Outcome:
     return Outcome("done", message, None, None,
                    {"resumed": resumed, "adopted": adopted, "repaired": repaired, "errors": errors})
 
-def repair(wf: Workflow, rec: Any, event_id: str) -> list[str]:
-    from shared.workflow import rollout_fields
-
+def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
     """Re-apply what drifted on a READY cluster: missing bundle objects and managed NADs."""
-    from shared import nad as nadlib
-    from shared.multus import object_key
+    from shared.core import nad as nadlib
+    from shared.core.multus import object_key
 
     ref = rec.ref
-    store = wf.store
-    kube = wf.kube_for(ref, wf.gke.get_cluster(ref))
-    bundle = wf.bundle()
+    store = wf.ctx.store
+    kube = wf.ctx.kube_for(ref, wf.ctx.gke.get_cluster(ref))
+    bundle = wf.ctx.bundle()
     fixes: list[str] = []
     missing = []
     for obj in bundle.objects:
@@ -114,7 +122,7 @@ def repair(wf: Workflow, rec: Any, event_id: str) -> list[str]:
         if crds:
             kube.apply(crds)
             kube.wait_established([o["metadata"]["name"] for o in crds],
-                                  timeout=wf.settings.crd_timeout_seconds, poll=wf.settings.crd_poll_seconds)
+                                  timeout=wf.ctx.settings.crd_timeout_seconds, poll=wf.ctx.settings.crd_poll_seconds)
         kube.apply([o for o in todo if o["kind"] != "CustomResourceDefinition"])
         fixes += [f"re-applied {o['kind']} {o['metadata']['name']}" for o in missing]
         if rec.data.get("bundleVersion") != bundle.version:
@@ -133,7 +141,7 @@ def repair(wf: Workflow, rec: Any, event_id: str) -> list[str]:
     waiting = [n for n in store.list_nads(ref, fields=("state", "claimOrder")) if n.get("state") in
                (d.NAD_PENDING, d.NAD_APPLYING)]
     if waiting:
-        handled = wf._apply_pending(ref, rec, kube, event_id, wf.policy(), first_ready=False)
+        handled = wf.nads.apply_pending(ref, rec, kube, event_id, wf.ctx.policy(), first_ready=False)
         if handled:
             fixes.append(f"took up {handled} waiting NAD(s)")
     # The rollout recorded at install time may have been partial; keep the figure current.

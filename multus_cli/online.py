@@ -1,10 +1,11 @@
-"""The online CLI: `sandbox`, `demo`, `request-nad`, `status`, `history`, `verify`.
+"""The online CLI: `request-nad`, `status`, `history`, `verify`.
 
-Kept apart from `shared.cli` (the offline commands) so that `render-nad --help` never imports
-Pub/Sub or Firestore. Every command reads the same Firestore documents through `shared.store`
-as the functions write them, against Google or, with `--sandbox ENV_FILE`, against the sandbox.
+Kept apart from `multus_cli.main` (the offline commands) so that `render-nad --help` never imports
+Pub/Sub or Firestore. Every command reads the same Firestore documents through
+`shared.adapters.store` as the functions write them, against Google or, with `--sandbox ENV_FILE`,
+against the sandbox (whose own commands, `sandbox` and `demo`, live in `sandbox.commands`).
 Exit codes as in the offline CLI: 0 fine, 2 invalid input, 1 anything unexpected; `verify`
-answers 4 when the check ran and failed, `demo` 1 when any step missed its expected state.
+answers 4 when the check ran and failed.
 """
 
 from __future__ import annotations
@@ -18,31 +19,17 @@ import uuid
 from collections import Counter
 from typing import Any
 
+from multus_cli.main import add_request_flags, request_from_args
+
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_VERIFY_FAILED = 0, 1, 2, 4
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("sandbox", help="run the offline stack (emulators, GKE and cluster APIs, functions)",
-                              description="Start the whole simulated GCP project on 127.0.0.1 and wait for Ctrl-C.")
-    p.add_argument("--scenario", help="scenario YAML (default: sandbox/scenarios/default.yaml)")
-    p.add_argument("--env-file", default=".sandbox/env", help="where to write the env file (default: .sandbox/env)")
-    p.add_argument("--state-dir", default=".sandbox", help="kubeconfigs, token and logs go here")
-    p.add_argument("--reconcile-every", type=float, default=60.0, metavar="SECONDS",
-                   help="publish a reconcile tick this often, as Cloud Scheduler does (0: never; default 60)")
-    p.set_defaults(handler=_guard(cmd_sandbox))
-
-    p = subparsers.add_parser("demo", help="the whole procedure, end to end, in the sandbox",
-                              description="Create clusters, let the controller provision them, attach a pod.")
-    p.add_argument("--scenario", help="scenario YAML (default: sandbox/scenarios/default.yaml)")
-    p.add_argument("--state-dir", default=".sandbox/demo", help="kubeconfigs, token and logs go here")
-    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each milestone")
-    p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
-    p.set_defaults(handler=_guard(cmd_demo))
-
     p = subparsers.add_parser("request-nad", help="publish a NAD request to the controller's topic",
                               description="Validate a NAD request locally, then publish it with Pub/Sub.")
-    _request_flags(p)
-    p.add_argument("--file", help="request JSON file ('-' for stdin) instead of flags")
+    add_request_flags(p)
+    p.add_argument("--delete", action="store_true", help="delete the NAD instead of applying it")
+    p.add_argument("--verify", action="store_true", help="after applying, check that a pod gets net1")
     p.add_argument("--topic", help="topic (name or projects/P/topics/T); default from the environment")
     p.add_argument("--wait", action="store_true", help="wait until the controller recorded an outcome")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds for --wait")
@@ -87,23 +74,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _request_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cluster", help="projects/P/locations/L/clusters/C")
-    p.add_argument("--name", help="NAD name (DNS-1123 label)")
-    p.add_argument("--namespace", help="namespace (default: default)")
-    p.add_argument("--master", help="node interface (default: eth1)")
-    p.add_argument("--mode", choices=["l2", "l3", "l3s"], help="IPVLAN mode (default: l2)")
-    p.add_argument("--range", help="Whereabouts CIDR (default: the node pool's secondary pod range)")
-    p.add_argument("--range-start", dest="range_start")
-    p.add_argument("--range-end", dest="range_end")
-    p.add_argument("--exclude", action="append", help="CIDR to exclude (repeatable)")
-    p.add_argument("--gateway")
-    p.add_argument("--mtu", type=int)
-    p.add_argument("--request-id", dest="request_id", help="idempotency key")
-    p.add_argument("--delete", action="store_true", help="delete the NAD instead of applying it")
-    p.add_argument("--verify", action="store_true", help="after applying, check that a pod gets net1")
-
-
 # -- helpers ---------------------------------------------------------------------------------
 class UsageError(Exception):
     """Bad CLI input: exit 2 with this message."""
@@ -111,7 +81,7 @@ class UsageError(Exception):
 
 def _load_sandbox(args: argparse.Namespace) -> None:
     if getattr(args, "sandbox", None):
-        from sandbox.stack import load_env_file
+        from multus_cli.envfile import load_env_file
 
         try:
             env = load_env_file(args.sandbox)
@@ -121,7 +91,7 @@ def _load_sandbox(args: argparse.Namespace) -> None:
 
 
 def _settings() -> Any:
-    from shared.settings import ConfigError, Settings
+    from shared.core.settings import ConfigError, Settings
 
     try:
         return Settings.from_env()
@@ -130,14 +100,14 @@ def _settings() -> Any:
 
 
 def _store(settings: Any) -> Any:
-    from shared.store import Store
+    from shared.adapters.store import Store
 
     return Store(settings)
 
 
 def _resolve_cluster(store: Any, text: str) -> Any:
-    from shared.errors import Rejected
-    from shared.refs import ClusterRef
+    from shared.core.errors import Rejected
+    from shared.core.refs import ClusterRef
 
     if "/" in text:
         try:
@@ -181,33 +151,6 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 # -- request-nad -----------------------------------------------------------------------------
-def _request_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    if args.file:
-        try:
-            text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()  # noqa: SIM115
-            data = json.loads(text)
-        except OSError as e:
-            raise UsageError(f"--file {args.file}: {e.strerror}") from None
-        except json.JSONDecodeError as e:
-            raise UsageError(f"--file {args.file}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        if not isinstance(data, dict):
-            raise UsageError(f"--file {args.file}: expected a JSON object")
-        return data
-    req: dict[str, Any] = {}
-    for key in ("cluster", "name", "namespace", "master", "mode", "range", "range_start", "range_end",
-                "gateway", "mtu", "request_id"):
-        value = getattr(args, key, None)
-        if value is not None:
-            req[key] = value
-    if args.exclude:
-        req["exclude"] = list(args.exclude)
-    if args.delete:
-        req["action"] = "delete"
-    if args.verify:
-        req["verify"] = True
-    return req
-
-
 def _topic(args: argparse.Namespace, settings: Any) -> str:
     topic = args.topic or os.environ.get("MULTUS_PROVISIONER_TOPIC_NAD_REQUESTS") or settings.nad_topic
     if topic.startswith("projects/"):
@@ -231,19 +174,11 @@ def publish_request(request: dict[str, Any], topic: str) -> str:
 
 
 def cmd_request_nad(args: argparse.Namespace) -> int:
-    from shared import nad as nadlib
-    from shared.errors import Rejected
-
     _load_sandbox(args)
-    request = _request_from_args(args)
-    try:
-        parsed = nadlib.parse_request(request)
-    except Rejected as e:
-        for p in e.problems or ():
-            print(f"error: {p.field}: {p.message}", file=sys.stderr)
-        if not e.problems:
-            print(f"error: {e.message}", file=sys.stderr)
-        return EXIT_INVALID
+    extra: dict[str, Any] = {"action": "delete"} if args.delete else {}
+    if args.verify:
+        extra["verify"] = True
+    request, parsed = request_from_args(args, **extra)  # Rejected: exit 2, each problem by its flag
     settings = _settings()
     topic = _topic(args, settings)
     message_id = publish_request(request, topic)
@@ -264,6 +199,8 @@ def cmd_request_nad(args: argparse.Namespace) -> int:
 
 
 def _wait_nad(store: Any, req: Any, timeout: float, *, quiet: bool) -> dict[str, Any] | None:
+    from shared.core.decisions import NAD_SETTLED
+
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -272,7 +209,7 @@ def _wait_nad(store: Any, req: Any, timeout: float, *, quiet: bool) -> dict[str,
         if state != last and not quiet:
             print(f"  {req.namespace}/{req.name}: {state or 'waiting for the controller'}", file=sys.stderr)
             last = state
-        if state in ("APPLIED", "VERIFIED", "REJECTED", "FAILED", "DELETED"):
+        if state in NAD_SETTLED:
             return doc
         time.sleep(0.5)
     return store.get_nad(req.cluster, req.namespace, req.name)
@@ -374,8 +311,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 # -- verify ----------------------------------------------------------------------------------
 def cmd_verify(args: argparse.Namespace) -> int:
-    from shared.errors import Permanent, Rejected, Transient
-    from shared.workflow import Workflow
+    from shared.app import Controller
+    from shared.core.errors import Permanent, Rejected, Transient
 
     _load_sandbox(args)
     namespace, sep, name = args.nad.partition("/")
@@ -384,7 +321,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     settings = _settings()
     store = _store(settings)
     ref = _resolve_cluster(store, args.cluster)
-    wf = Workflow(settings, store=store)
+    wf = Controller(settings, store=store)
     try:
         out = wf.verify(ref, namespace, name, event_id=f"cli-verify-{uuid.uuid4().hex[:12]}")
     except Rejected as e:
@@ -399,41 +336,3 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         print(f"{args.nad}: {out.state}: {out.message}")
     return EXIT_OK if out.status == "done" else EXIT_VERIFY_FAILED
-
-
-# -- sandbox ---------------------------------------------------------------------------------
-def cmd_sandbox(args: argparse.Namespace) -> int:
-    import signal
-    from pathlib import Path
-
-    from sandbox.stack import DEFAULT_SCENARIO, Stack
-
-    stack = Stack(scenario=Path(args.scenario) if args.scenario else DEFAULT_SCENARIO,
-                  state_dir=Path(args.state_dir), progress=lambda m: print(f"... {m}", file=sys.stderr),
-                  reconcile_every=args.reconcile_every or None)
-    stopping = []
-
-    def stop(signum: int, _frame: Any) -> None:
-        stopping.append(signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        env = stack.start()
-        path = stack.write_env_file(args.env_file)
-        for key in sorted(env):
-            print(f"{key}={env[key]}")
-        print(f"# env file: {path}\n# kubeconfigs: {env['MULTUS_PROVISIONER_KUBECONFIG_DIR']}\n"
-              f"# try: multus-provisioner status --sandbox {path}\n# Ctrl-C stops everything.", flush=True)
-        while not stopping:
-            time.sleep(0.2)
-    finally:
-        print("... stopping the sandbox", file=sys.stderr)
-        stack.stop()
-    return EXIT_OK
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from sandbox.demo import run_demo
-
-    return run_demo(args)

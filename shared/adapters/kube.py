@@ -24,7 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from shared.errors import Permanent, Problem, Rejected, Transient
+from shared.core.errors import Permanent, Problem, Rejected, Transient
+from shared.core.multus import object_key
 
 FIELD_MANAGER = "multus-provisioner"
 MANAGED_BY = ("app.kubernetes.io/managed-by", "multus-provisioner")
@@ -83,12 +84,6 @@ class Rollout:
     def complete(self) -> bool:
         """As `kubectl rollout status` decides for a DaemonSet."""
         return self.observed and self.updated >= self.desired and self.available >= self.desired
-
-
-def object_key(obj: Mapping[str, Any]) -> Key:
-    md = obj.get("metadata") or {}
-    return (str(obj.get("apiVersion", "")), str(obj.get("kind", "")), str(md.get("namespace") or ""),
-            str(md.get("name", "")))
 
 
 class Kube:

@@ -1,0 +1,84 @@
+"""The composition root: builds the adapters (lazily) and wires the flows to them.
+
+Entry points (`functions/main.py`, the CLI's `verify`) hold one `Controller` per process. It is
+the only module of the deployed library that knows both the adapters and the flows; the flows
+see the ports only. Tests pass their own store, GKE adapter or cluster API factory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from shared.core.errors import Rejected
+from shared.core.refs import ClusterRef
+from shared.core.settings import Settings
+from shared.flows.cluster import ClusterFlow
+from shared.flows.context import Context, Outcome
+from shared.flows.nad import NadFlow
+from shared.flows.reconcile import ReconcileFlow
+from shared.flows.rejections import record_rejection
+from shared.flows.verify import VerifyFlow
+
+
+class Controller:
+    """One per function instance: the flows over one context (settings, ports, caches)."""
+
+    def __init__(self, settings: Settings, *, store: Any = None, gke: Any = None,
+                 kube_factory: Callable[[Any], Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        def make_store() -> Any:
+            if store is not None:
+                return store
+            from shared.adapters.store import Store
+
+            return Store(settings)
+
+        def make_gke() -> Any:
+            if gke is not None:
+                return gke
+            from shared.adapters.gke import Gke
+
+            return Gke(settings, timeout=settings.api_timeout_seconds)
+
+        def make_kube(cluster: Any) -> Any:
+            if kube_factory is not None:
+                return kube_factory(cluster)
+            from shared.adapters.kube import Kube
+
+            return Kube(self.ctx.gke.api_client(cluster), timeout=settings.api_timeout_seconds)
+
+        self.settings = settings
+        self.ctx = Context(settings, store=make_store, gke=make_gke, kube=make_kube, clock=clock)
+        self.verifier = VerifyFlow(self.ctx)
+        self.nads = NadFlow(self.ctx, self.verifier)
+        self.clusters = ClusterFlow(self.ctx, self.nads)
+        self.reconciler = ReconcileFlow(self.ctx, self.clusters, self.nads)
+
+    @property
+    def store(self) -> Any:
+        return self.ctx.store
+
+    @property
+    def gke(self) -> Any:
+        return self.ctx.gke
+
+    def policy(self) -> Any:
+        """The policy in force (settings merged with `config/policy`); `ConfigError` names a bad field."""
+        return self.ctx.policy()
+
+    def handle_audit(self, ev: Any) -> Outcome:
+        return self.clusters.handle_audit(ev)
+
+    def handle_nad(self, ev: Any) -> Outcome:
+        return self.nads.handle_nad(ev)
+
+    def reconcile(self, ev: Any) -> Outcome:
+        return self.reconciler.run(ev)
+
+    def verify(self, ref: ClusterRef, namespace: str, name: str, event_id: str) -> Outcome:
+        return self.verifier.verify(ref, namespace, name, event_id)
+
+    def record_rejection(self, err: Rejected, *, event_id: str, excerpt: str = "") -> Outcome:
+        return record_rejection(self.ctx, err, event_id=event_id, excerpt=excerpt)

@@ -1,0 +1,291 @@
+"""The cluster flow: each GKE audit event moves a cluster through its steps, one at a time.
+
+Shape of every step (docs/WORKFLOW.md): read the workflow and claim the step in one Firestore
+transaction (with a short lease), ask the pure decision core (`shared.core.decisions`) what to
+do, perform the side effect (idempotent: server-side apply with a fixed field manager, create
+node pool where ALREADY_EXISTS means done), then record the outcome, the history entry and the
+ledger entry in one transaction.
+
+Errors are decided where they arise (adapters raise `Transient` / `Permanent`, decoders raise
+`Rejected`); here they only choose between "record and acknowledge" and "release and retry".
+When a cluster becomes READY, the NADs that waited for it are handed to the NAD flow.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from shared.core import decisions as d
+from shared.core import logs
+from shared.core.errors import Permanent, Rejected, Transient
+from shared.core.refs import ClusterRef
+from shared.flows.context import Context, Cursor, Outcome, cluster_fields
+from shared.flows.nad import NadFlow
+
+
+class ClusterFlow:
+    def __init__(self, ctx: Context, nads: NadFlow) -> None:
+        self.ctx = ctx
+        self.nads = nads
+
+    # -- audit events ------------------------------------------------------------------------
+    def handle_audit(self, ev: Any) -> Outcome:
+        """A GKE audit entry: cluster or node pool created or deleted."""
+        ref: ClusterRef = ev.cluster
+        if ev.status_code:
+            return self._note(ref, ev.event_id, "audit",
+                              f"{ev.method} failed in GKE (status {ev.status_code}); nothing to do",
+                              outcome="ignored")
+        if ev.action == "cluster.deleted":
+            if not ev.last:
+                return self._note(ref, ev.event_id, "cluster-deleting",
+                                  "cluster deletion started; closing the workflow when it completes",
+                                  outcome="ignored")
+            return self._close(ref, ev.event_id)
+        if ev.action == "cluster.created" and not ev.last:
+            return self._discover(ref, ev.event_id)
+        if ev.action == "node_pool.created" and not ev.last:
+            return self._note(ref, ev.event_id, "node-pool-creating",
+                              f"node pool {ev.node_pool} is being created", outcome="ignored")
+        if ev.action == "node_pool.deleted" and not ev.last:
+            return self._note(ref, ev.event_id, "node-pool-deleting",
+                              f"node pool {ev.node_pool} is being deleted", outcome="ignored")
+        trigger = {"cluster.created": "cluster created",
+                   "node_pool.created": f"node pool {ev.node_pool} created",
+                   "node_pool.deleted": f"node pool {ev.node_pool} deleted"}[ev.action]
+        create = ev.action == "cluster.created"
+        return self.drive(ref, ev.event_id, trigger=trigger, create=create or None)
+
+    def _note(self, ref: ClusterRef, event_id: str, step: str, message: str, *, outcome: str) -> Outcome:
+        """Record an event that needs no step: in the cluster's history when we know the cluster."""
+        store = self.ctx.store
+        rec = store.get_cluster(ref)
+        if rec is None:
+            store.record_ledger(event_id, event_id=event_id, step=step, outcome=outcome, cluster=ref)
+            return Outcome("ignored", message + " (cluster not tracked)", ref.path)
+        from shared.ports import AlreadyHandled
+
+        try:  # no claim: a note changes no state, so it only needs the lease to be free
+            rec = store.advance(ref, event_id=event_id, step=step, outcome=outcome, message=message,
+                                ledger_key=event_id)
+        except AlreadyHandled:
+            return Outcome("duplicate", "event already handled", ref.path)
+        return Outcome("ignored", message, ref.path, rec.state)
+
+    def _discover(self, ref: ClusterRef, event_id: str) -> Outcome:
+        """CreateCluster started: record the cluster as DISCOVERED; the last entry resumes it."""
+        from shared.ports import AlreadyHandled
+
+        store = self.ctx.store
+        message = "cluster creation started; waiting for it to finish"
+        try:
+            store.claim(ref, event_id=event_id, step="discover", ledger_key=event_id,
+                        create_state=d.DISCOVERED, create_fields=cluster_fields(ref))
+            rec = store.advance(ref, event_id=event_id, step="discover", message=message,
+                                ledger_key=event_id, release=True)
+        except AlreadyHandled:
+            return Outcome("duplicate", "event already handled", ref.path)
+        return Outcome("waiting", message, ref.path, rec.state)
+
+    def _close(self, ref: ClusterRef, event_id: str) -> Outcome:
+        from shared.ports import AlreadyHandled
+
+        store = self.ctx.store
+        if store.get_cluster(ref) is None:
+            store.record_ledger(event_id, event_id=event_id, step="close", outcome="ignored", cluster=ref)
+            return Outcome("ignored", "deletion of a cluster the controller never tracked", ref.path)
+        try:
+            store.claim(ref, event_id=event_id, step="close", ledger_key=event_id)
+            rec = store.advance(ref, event_id=event_id, step="close", state=d.DELETED,
+                                message="cluster deleted; workflow closed, nothing is applied to it again",
+                                ledger_key=event_id, release=True)
+        except AlreadyHandled:
+            return Outcome("duplicate", "event already handled", ref.path)
+        self.ctx.forget_cluster(ref)
+        return Outcome("done", "workflow closed", ref.path, rec.state)
+
+    # -- the cluster state machine -----------------------------------------------------------
+    def drive(self, ref: ClusterRef, event_id: str, *, trigger: str, create: bool | None = True) -> Outcome:
+        """Take the cluster as far as it can go now. Safe to call again with the same event id."""
+        from shared.ports import AlreadyHandled
+
+        store = self.ctx.store
+        cursor = Cursor("precheck")
+        cursor.holder = f"{event_id}#{cursor.holder}"
+        try:
+            rec = store.claim(ref, event_id=event_id, step=cursor.step, ledger_key=event_id, holder=cursor.holder,
+                              create_state=d.DISCOVERED if create is not False else None,
+                              create_fields=cluster_fields(ref))
+        except AlreadyHandled:
+            return Outcome("duplicate", "event already handled", ref.path)
+        except Rejected as e:
+            if e.kind == "unknown-cluster":
+                return Outcome("ignored", "cluster not tracked", ref.path)
+            raise
+        try:
+            return self._drive_claimed(ref, rec, event_id, trigger, cursor)
+        except AlreadyHandled:  # a concurrent duplicate of this event finished first
+            return Outcome("duplicate", "event already handled", ref.path)
+        except Transient as e:
+            rec = store.release(ref, event_id=event_id, step=cursor.step, holder=cursor.holder,
+                                error=f"{cursor.step}: {e}", outcome="retry")
+            attempts = int(rec.data.get("attempts", 0) or 0)
+            if attempts >= self.ctx.settings.max_attempts:
+                return self._fail(ref, event_id, cursor,
+                                  f"gave up after {attempts} attempts; last error: {e}")
+            logs.warning("transient failure; Pub/Sub will redeliver", eventId=event_id, cluster=ref.path,
+                         step=cursor.step, error=str(e), attempt=attempts)
+            raise
+        except Permanent as e:
+            return self._fail(ref, event_id, cursor, f"{cursor.step}: {e}")
+
+    def _fail(self, ref: ClusterRef, event_id: str, cursor: Cursor, message: str) -> Outcome:
+        store, step = self.ctx.store, cursor.step
+        store.release(ref, event_id=event_id, step=step, error=message, outcome="failed",
+                      state=d.FAILED, count_attempt=False, holder=cursor.holder)
+        store.record_ledger(event_id, event_id=event_id, step=step, outcome="failed", cluster=ref)
+        logs.error("step failed permanently", eventId=event_id, cluster=ref.path, step=step, error=message)
+        return Outcome("failed", message, ref.path, d.FAILED)
+
+    def _drive_claimed(self, ref: ClusterRef, rec: Any, event_id: str, trigger: str,
+                       cursor: Cursor) -> Outcome:
+        """Read the cluster from GKE, decide the step (pure), and carry it out."""
+        from shared.core import prechecks
+
+        step_ = _Step(self.ctx.store, ref, event_id, cursor)
+        if rec.state == d.DELETED:
+            step_.advance(step="precheck", outcome="skipped", message=f"{trigger}: the workflow is closed",
+                          ledger_key=event_id, release=True)
+            return Outcome("ignored", "workflow closed", ref.path, d.DELETED)
+        try:
+            cluster = self.ctx.gke.get_cluster(ref)
+        except Permanent as e:
+            if str(e.code).upper() in ("NOT_FOUND", "404", "5"):
+                rec = step_.advance(step="precheck", state=d.DELETED,
+                                    message=f"{trigger}: cluster no longer exists in GKE",
+                                    ledger_key=event_id, release=True)
+                return Outcome("done", "cluster no longer exists", ref.path, rec.state)
+            raise
+        facts = prechecks.ClusterFacts.of(cluster)
+        findings = prechecks.precheck(cluster)
+        policy = self.ctx.policy()
+        bundle = self.ctx.bundle()
+        step = d.decide_cluster(state=rec.state, facts=facts, findings=findings,
+                                opted_in=policy.opted_in(dict(facts.labels)),
+                                suitable=prechecks.suitable_pools(list(cluster.node_pools)),
+                                have_template=policy.node_pool_template is not None,
+                                bundle_version=bundle.version)
+        base = {"version": facts.version, "status": facts.status,
+                "findings": [f.to_dict() for f in findings], "trigger": trigger}
+        if step.kind in (step.CLOSED, step.IGNORE, step.WAIT, step.INELIGIBLE, step.AWAIT_POOL):
+            rec = step_.advance(step="precheck", state=step.state,
+                                outcome="ignored" if step.kind == step.IGNORE else "ok",
+                                message=f"{trigger}: {step.message}", fields={**base, "attempts": 0},
+                                ledger_key=event_id, release=True)
+            if step.kind in (step.IGNORE, step.INELIGIBLE):
+                self.nads.reject_pending(ref, event_id, step.message)
+            status = {"ignore": "ignored", "ineligible": "done", "closed": "ignored"}.get(step.kind, "waiting")
+            return Outcome(status, step.message, ref.path, rec.state)
+        if step.kind == step.CREATE_POOL:
+            return self._create_pool(step_, step, policy, base, trigger)
+        return self._install_and_apply(step_, rec, step, cluster, bundle, policy, base, trigger)
+
+    def _create_pool(self, step_: _Step, step: d.ClusterStep, policy: Any, base: dict[str, Any],
+                     trigger: str) -> Outcome:
+        """The policy gives a node pool template and the cluster has no suitable pool: create it.
+        Its completion arrives as the CreateNodePool audit event, not by polling."""
+        ref = step_.ref
+        step_.cursor.step = "create-node-pool"
+        tpl = policy.node_pool_template
+        operation = self.ctx.gke.create_node_pool(ref, tpl)
+        rec = step_.advance(step="create-node-pool", state=d.CREATING_NODE_POOL,
+                            message=f"{trigger}: {step.message} ({tpl.name}"
+                                    + (f", operation {operation})" if operation else ", already exists)"),
+                            fields={**base, "attempts": 0, "nodePoolRequested": {
+                                "name": tpl.name, "operation": operation or "",
+                                "subnetwork": tpl.subnetwork, "secondaryPodRange": tpl.secondary_pod_range}},
+                            ledger_key=step_.event_id, release=True)
+        return Outcome("waiting", step.message, ref.path, rec.state)
+
+    def _node_pool_facts(self, ref: ClusterRef, rec: Any, pool: Any, cursor: Cursor) -> dict[str, Any]:
+        """The multi-network pool and the CIDR behind its secondary range name (resolved once)."""
+        pod_net = pool.pod_networks[0]
+        node_pool = dict(rec.data.get("nodePool") or {})
+        if node_pool.get("name") == pool.name and node_pool.get("cidr"):
+            return node_pool
+        cursor.step = "resolve-range"
+        cidr = self.ctx.gke.secondary_range_cidr(ref, pod_net.subnetwork, pod_net.secondary_pod_range)
+        return {"name": pool.name, "subnetwork": pod_net.subnetwork,
+                "secondaryPodRange": pod_net.secondary_pod_range, "cidr": cidr,
+                "maxPodsPerNode": pod_net.max_pods_per_node}
+
+    def _install_and_apply(self, step_: _Step, rec: Any, step: d.ClusterStep, cluster: Any, bundle: Any,
+                           policy: Any, base: dict[str, Any], trigger: str) -> Outcome:
+        """Install the bundle when it is missing or outdated, then apply the NADs that waited."""
+        ref, cursor, event_id = step_.ref, step_.cursor, step_.event_id
+        node_pool = self._node_pool_facts(ref, rec, step.pool, cursor)
+        if step.kind == step.INSTALL or rec.data.get("bundleVersion") != bundle.version:
+            cursor.step = "install"
+            rec = step_.advance(step="precheck", state=d.INSTALLING, message=f"{trigger}: {step.message}",
+                                fields={**base, "nodePool": node_pool}, next_step="install")
+            kube = self.ctx.kube_for(ref, cluster)
+            report = self._install(kube, bundle, cursor)
+            rec = step_.advance(step="install", state=d.READY,
+                                message=(f"bundle {bundle.version} applied ({report['objects']} objects, "
+                                         f"{report['requests']} API requests); CRDs Established; "
+                                         f"DaemonSet {report['rollout']['summary']}"),
+                                fields={"attempts": 0, "bundleVersion": bundle.version, "rollout": report["rollout"],
+                                        "installRequests": report["requests"], "lastError": None},
+                                next_step="apply-nads")
+            applied = self.nads.apply_pending(ref, rec, kube, event_id, policy, first_ready=True)
+        else:
+            kube = self.ctx.kube_for(ref, cluster)
+            applied = self.nads.apply_pending(ref, rec, kube, event_id, policy, first_ready=False)
+        rec = step_.advance(step="apply-nads", message=f"{trigger}: READY; {applied} pending NAD(s) processed",
+                            fields={"nodePool": node_pool}, ledger_key=event_id, release=True)
+        return Outcome("done", "cluster READY", ref.path, rec.state, {"nads": applied})
+
+    def _install(self, kube: Any, bundle: Any, cursor: Cursor) -> dict[str, Any]:
+        """Apply CRDs, wait until Established, then the rest: nothing uses a CRD before it serves."""
+        before = kube.requests
+        crds = [o for o in bundle.objects if o["kind"] == "CustomResourceDefinition"]
+        rest = [o for o in bundle.objects if o["kind"] != "CustomResourceDefinition"]
+        cursor.step = "apply-crds"
+        kube.apply(crds)
+        cursor.step = "wait-crds"
+        kube.wait_established(bundle.crd_names, timeout=self.ctx.settings.crd_timeout_seconds,
+                              poll=self.ctx.settings.crd_poll_seconds)
+        cursor.step = "apply-bundle"
+        kube.apply(rest)
+        cursor.step = "rollout"
+        # Report the rollout rather than assume it (the seed allows maxUnavailable: 2): wait a
+        # bounded time, record what was reached; reconcile keeps the figure current afterwards.
+        deadline = time.monotonic() + self.ctx.settings.rollout_wait_seconds
+        rollout = kube.daemonset_rollout(*bundle.daemonset)
+        while not rollout.complete and time.monotonic() < deadline:
+            time.sleep(min(1.0, max(0.05, self.ctx.settings.crd_poll_seconds)))
+            rollout = kube.daemonset_rollout(*bundle.daemonset)
+        cursor.step = "install"
+        return {"objects": len(bundle.objects), "requests": kube.requests - before, "rollout": rollout_fields(rollout)}
+
+def rollout_fields(r: Any) -> dict[str, Any]:
+    done = "rolled out" if r.complete else "rollout in progress"
+    return {"desired": r.desired, "updated": r.updated, "ready": r.ready, "available": r.available,
+            "complete": bool(r.complete),
+            "summary": f"{done}: {r.ready}/{r.desired} ready, {r.updated} updated, {r.available} available"}
+
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One claimed drive of a cluster: every write it makes carries its lease holder."""
+
+    store: Any
+    ref: ClusterRef
+    event_id: str
+    cursor: Cursor
+
+    def advance(self, **kw: Any) -> Any:
+        return self.store.advance(self.ref, holder=self.cursor.holder, event_id=self.event_id, **kw)

@@ -1,0 +1,116 @@
+"""What every flow shares: the settings, the ports, the policy and the bundle in force.
+
+A `Context` is built once per function instance by the composition root (`shared.app`), which
+hands it factories for the adapters so that an instance pays only for the SDKs its events need
+(cold start). The flows read `ctx.store`, `ctx.gke` and `ctx.kube_for(...)` through the ports
+of `shared.ports`; nothing here imports an adapter.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.core.policy import Policy
+from shared.core.refs import ClusterRef
+from shared.core.settings import Settings
+from shared.ports import ClusterApiPort, GkePort, StorePort
+
+KUBE_CACHE_SECONDS = 300.0
+POLICY_CACHE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a handler did, for the function's log line and for tests."""
+
+    status: str  # done | duplicate | ignored | rejected | failed | pending | waiting | superseded
+    message: str
+    cluster: str | None = None
+    state: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Cursor:
+    """Where a drive currently is, so an error is recorded against the step that raised it.
+
+    `holder` names this delivery of the event in the lease: two concurrent deliveries of one
+    event (Pub/Sub is at least once) must not both run the steps, so each has its own holder and
+    the second gets a `Transient` "busy" answer; it is redelivered later and finds the ledger.
+    """
+
+    step: str
+    holder: str = field(default_factory=lambda: secrets.token_hex(6))
+
+
+class Context:
+    """Settings, lazily built ports, and the caches a warm function instance keeps."""
+
+    def __init__(self, settings: Settings, *, store: Callable[[], StorePort], gke: Callable[[], GkePort],
+                 kube: Callable[[Any], ClusterApiPort], clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._make_store, self._make_gke, self._make_kube = store, gke, kube
+        self._store: StorePort | None = None
+        self._gke: GkePort | None = None
+        self._kube_cache: dict[str, tuple[float, ClusterApiPort]] = {}
+        self._policy: tuple[float, Policy] | None = None
+        self.clock = clock
+
+    @property
+    def store(self) -> StorePort:
+        if self._store is None:
+            self._store = self._make_store()
+        return self._store
+
+    @property
+    def gke(self) -> GkePort:
+        if self._gke is None:
+            self._gke = self._make_gke()
+        return self._gke
+
+    def kube_for(self, ref: ClusterRef, cluster: Any = None) -> ClusterApiPort:
+        """A cluster API engine for `ref`, cached per process for a few minutes.
+
+        A warm function instance handling many NAD requests for one cluster then makes one
+        cluster API request per NAD, not a GKE call plus credentials each time.
+        """
+        now = self.clock()
+        hit = self._kube_cache.get(ref.doc_id)
+        if hit and hit[0] > now and cluster is None:
+            return hit[1]
+        if cluster is None:
+            cluster = self.gke.get_cluster(ref)
+        kube = self._make_kube(cluster)
+        self._kube_cache[ref.doc_id] = (now + KUBE_CACHE_SECONDS, kube)
+        return kube
+
+    def forget_cluster(self, ref: ClusterRef) -> None:
+        """Drop the cached engine of a cluster that is gone (or re-created under its name)."""
+        self._kube_cache.pop(ref.doc_id, None)
+
+    def policy(self) -> Policy:
+        """Settings merged with the Firestore `config/policy` document (re-read every minute)."""
+        now = self.clock()
+        if self._policy and self._policy[0] > now:
+            return self._policy[1]
+        policy = Policy.from_settings(self.settings)
+        if self.settings.policy_document:
+            policy = policy.merged(self.store.get_policy())
+        self._policy = (now + POLICY_CACHE_SECONDS, policy)
+        return policy
+
+    def bundle(self) -> Any:
+        from shared.core.multus import load_bundle
+
+        s = self.settings
+        return load_bundle(multus_image=s.multus_image, whereabouts_image=s.whereabouts_image,
+                           allow_unpinned=s.allow_unpinned_images, log_level=s.multus_log_level)
+
+
+def cluster_fields(ref: ClusterRef) -> dict[str, Any]:
+    """The identity fields of a new cluster document."""
+    return {"project": ref.project, "location": ref.location, "cluster": ref.cluster, "path": ref.path}
