@@ -159,7 +159,8 @@ class GkeSandbox:
 
         The cluster comes from the scenario (typically one marked `create_at_start: false`) or is
         new, with ClusterSpec fields overridden by keyword (`version="1.27"`, `labels={...}`).
-        Returns the Operation; with `wait`, returns once it is DONE.
+        Returns the Operation; with `wait`, returns once it is DONE (GKE's own operation that may follow
+        it in a realistic world is not waited for: see `world.running_operation`).
         """
         from google.cloud import container_v1
 
@@ -171,7 +172,7 @@ class GkeSandbox:
             op = self.world.create_cluster(request)
         except ApiError as e:
             raise RuntimeError(f"create_cluster({name!r}): {e}") from None
-        if wait and not self.wait_idle(timeout):
+        if wait and not self.world.wait_operation(op.name, timeout):  # GKE's own next operation may run on
             raise TimeoutError(f"create_cluster({name!r}) did not finish within {timeout} s")
         return op
 

@@ -196,6 +196,15 @@ def _json(message: Any) -> dict[str, Any]:
     return {"@type": f"type.googleapis.com/{pb_name}", **body}
 
 
+def _instance_groups(key: ClusterKey, pool: Any, nodes: list[str]) -> list[str]:
+    """One managed instance group per zone of the pool, named after its nodes (as GKE links them)."""
+    per_zone = pool.initial_node_count
+    if not per_zone or len(nodes) < per_zone * len(pool.locations):
+        return []
+    return [f"https://www.googleapis.com/compute/v1/projects/{key.project}/zones/{z}/instanceGroupManagers/"
+            f"{nodes[i * per_zone].rsplit('-', 1)[0]}-grp" for i, z in enumerate(pool.locations)]
+
+
 def _minor(version: str) -> int:
     """`1.30.5-gke.1014001` -> 30 (versions compare by minor: GKE upgrades one minor at a time)."""
     m = re.match(r"^1\.([0-9]{1,2})", version)
@@ -500,6 +509,7 @@ class World:
         self._connect(cluster)
         for name, pool in state.pools.items():
             state.nodes[name] = self._pool_ready(key, pool)
+            pool.instance_group_urls = _instance_groups(key, pool, state.nodes[name])
         with self._lock:
             self._clusters[(key.location, key.cluster)] = state
 
@@ -585,6 +595,17 @@ class World:
         with self._changed:
             self._changed.wait_for(lambda: op.message.status == c.Operation.Status.DONE, timeout)
             return _copy(op.message)
+
+    def wait_operation(self, op_id: str, timeout: float = 10.0) -> bool:
+        """Wait until operation `op_id` is DONE and its closing audit entry emitted (True), or `timeout`."""
+        from google.cloud import container_v1 as c
+
+        with self._changed:
+            op = self._ops.get(op_id)
+            if op is None:
+                raise KeyError(f"no operation {op_id!r}")
+            return self._changed.wait_for(
+                lambda: op.message.status == c.Operation.Status.DONE and not self._emitting, timeout)
 
     def running_operation(self, location: str, cluster: str) -> Any | None:
         """The operation running on a cluster now (None if none): GKE's own one included."""
@@ -764,6 +785,7 @@ class World:
                         for name, pool in state.pools.items():
                             pool.status = c.NodePool.Status.RUNNING
                             state.nodes[name] = nodes.get(name, [])
+                            pool.instance_group_urls = _instance_groups(key, pool, state.nodes[name])
 
                 op, first = self._start(key, c.Operation.Type.CREATE_CLUSTER, key.path, ctx, req, finish)
                 if self.realism.own_operation_seconds:
@@ -905,13 +927,9 @@ class World:
                             state.nodes[pool.name] = []
                         raise OperationFailed(code, message, condition)
                     nodes = self._pool_ready(key, snapshot)
-                    per_zone = snapshot.initial_node_count
                     with self._lock:
                         pool.status = c.NodePool.Status.RUNNING
-                        pool.instance_group_urls = [
-                            f"https://www.googleapis.com/compute/v1/projects/{key.project}/zones/{z}/"
-                            f"instanceGroupManagers/{nodes[i * per_zone].rsplit('-', 1)[0]}-grp"
-                            for i, z in enumerate(snapshot.locations) if per_zone]
+                        pool.instance_group_urls = _instance_groups(key, snapshot, nodes)
                         state.nodes[pool.name] = nodes
 
                 return self._start(key, c.Operation.Type.CREATE_NODE_POOL, self._pool_path(key, pool.name), ctx,
