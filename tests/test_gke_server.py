@@ -26,12 +26,14 @@ from google.cloud import container_v1 as c
 from google.cloud.container_v1.services.cluster_manager.transports import ClusterManagerGrpcTransport
 
 from sandbox.gke.audit import HttpPushSink
+from sandbox.gke.realism import Realism
 from sandbox.gke.scenario import DEFAULT_SCENARIO, ScenarioError, load, parse
 from sandbox.gke.server import GkeSandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT, LOCATION = "multus-sandbox", "us-central1"
 PARENT = f"projects/{PROJECT}/locations/{LOCATION}"
+CALM = Realism.calm()  # these tests predate GKE's ordinary day (tests/test_gke_realism.py covers it)
 NODE_NAME = re.compile(r"^gke-[a-z0-9-]+-[0-9a-f]{8}-[a-z0-9]{4}$")
 
 
@@ -158,7 +160,7 @@ def test_create_cluster_hooks_pool_and_audit(tmp_path):
         return "127.0.0.1:6443", ca_pem
 
     sandbox = GkeSandbox(
-        operation_delay=0.05, audit_sink=entries.append, on_cluster=on_cluster,
+        realism=CALM, operation_delay=0.05, audit_sink=entries.append, on_cluster=on_cluster,
         on_node_pool=lambda ref, pool, nodes: events.append(("pool", ref.doc_id, pool.name, tuple(nodes))),
         on_node_pool_deleted=lambda ref, pool, nodes: events.append(("pool-deleted", pool.name, len(nodes))),
         on_cluster_deleted=lambda ref, cluster: events.append(("cluster-deleted", ref.path)))
@@ -235,7 +237,7 @@ def test_usable_subnetworks_paginate(client):
 def test_start_all_and_overrides():
     from sandbox.gke.scenario import NodePoolSpec
 
-    sandbox = GkeSandbox(operation_delay=0.01, start_all=True)
+    sandbox = GkeSandbox(operation_delay=0.01, start_all=True, realism=CALM)
     try:
         world = sandbox.world
         assert world.cluster_nodes(LOCATION, "demo-eligible")  # created at start despite the flag
@@ -268,7 +270,7 @@ def test_faults_in_process_consume_in_order(gke_sandbox, client):
 
 
 def test_admin_endpoint():
-    sandbox = GkeSandbox(operation_delay=0.01)
+    sandbox = GkeSandbox(operation_delay=0.01, realism=CALM)
     sandbox.start(admin_port=0)
     channel = grpc.insecure_channel(sandbox.endpoint)
     cl = c.ClusterManagerClient(transport=ClusterManagerGrpcTransport(channel=channel))
@@ -390,7 +392,8 @@ def test_failing_hook_fails_the_operation():
         if pool.name == "multus-pool":
             raise RuntimeError("kube sandbox is down")
 
-    sandbox = GkeSandbox(operation_delay=0.01, start_all=True, on_node_pool=broken, audit_sink=entries.append)
+    sandbox = GkeSandbox(operation_delay=0.01, start_all=True, on_node_pool=broken, audit_sink=entries.append,
+                         realism=CALM)
     try:
         op = sandbox.world.create_node_pool(c.CreateNodePoolRequest(parent=f"{PARENT}/clusters/demo-eligible",
                                                                     node_pool=multus_pool()))

@@ -18,18 +18,21 @@ import pytest
 
 from sandbox.gke.scenario import NodePoolSpec
 from sandbox.stack import Stack
+from shared.app import Controller
 from shared.core import decisions as d
 from shared.core.errors import Transient
 from shared.core.events import decode_audit, decode_nad_request, decode_reconcile
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
-from shared.app import Controller
 
 
 @pytest.fixture(scope="module")
 def local_stack(emulators: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from sandbox.gke.realism import Realism
+
+    # Calm until the controller copes with GKE's ordinary day (issue 11); the lead flips this.
     s = Stack(state_dir=Path(tmp_path_factory.mktemp("local")), emulators=emulators, operation_delay=0.05,
-              crd_delay=0.05, rollout_delay=0.05, with_functions=False)
+              crd_delay=0.05, rollout_delay=0.05, with_functions=False, realism=Realism.calm())
     s.start()
     try:
         yield s

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--audit-url", help="POST audit entries as Pub/Sub push requests to this loopback URL")
     p.add_argument("--subscription", default=None, help="subscription name put in push envelopes")
     p.add_argument("--start-all", action="store_true", help="also create clusters with create_at_start: false")
+    p.add_argument("--realism", choices=("realistic", "calm"), default=None,
+                   help="GKE's ordinary-day behaviours (default: the scenario's `realism`, else realistic)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr)
@@ -45,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
                                 or f"projects/{scenario.project}/subscriptions/gke-audit-push")
         except ValueError as e:
             p.error(str(e))
+    from sandbox.gke.realism import Realism
+
     sandbox = GkeSandbox(scenario, audit_sink=sink, operation_delay=args.operation_delay,
-                         start_all=args.start_all)
+                         start_all=args.start_all, realism=Realism.named(args.realism) if args.realism else None)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -48,50 +48,65 @@ def log_entry(
     resource_name: str,
     resource_labels: Mapping[str, str],
     principal: str,
-    operation_id: str,
+    operation_id: str | None,
     first: bool,
     location: str,
     permission: str,
     request: Mapping[str, Any] | None = None,
     response: Mapping[str, Any] | None = None,
     status: Mapping[str, Any] | None = None,
+    shape: str = "sandbox",
+    cluster_resource: str | None = None,
+    operation_type: str | None = None,
 ) -> dict[str, Any]:
     """One Admin Activity audit LogEntry, as exported by a Logging sink (JSON field names).
 
     `method` is the short RPC name (`CreateNodePool`); `resource_labels` must hold project_id,
     location, cluster_name and, for node pool operations, nodepool_name (which selects the
-    `gke_nodepool` monitored resource type, as GKE does).
+    `gke_nodepool` monitored resource type, as GKE does). `operation_id` None: a request refused
+    at once, logged as one entry without `operation`.
+
+    `shape="gke"` reproduces the captured real entries (GoogleCloudPlatform/khi,
+    test/logs/gke_audit/): the first entry carries who, the authorization (on the cluster, also
+    for node pool methods), the request and the Operation; the `last` entry carries none of them,
+    only `metadata.operationType` and the status. `shape="sandbox"` is the uniform older shape.
     """
+    if shape not in ("gke", "sandbox"):
+        raise ValueError(f"shape must be 'gke' or 'sandbox', got {shape!r}")
     now = rfc3339()
-    payload: dict[str, Any] = {
-        "@type": AUDIT_LOG_TYPE,
-        "status": dict(status or {}),
-        "authenticationInfo": {"principalEmail": principal},
-        "requestMetadata": {
-            "callerIp": "127.0.0.1",
-            "callerSuppliedUserAgent": "google-cloud-sdk sandbox,gzip(gfe)",
-            "requestAttributes": {"time": now, "auth": {}},
-            "destinationAttributes": {},
-        },
-        "serviceName": SERVICE,
-        "methodName": f"google.container.v1.ClusterManager.{method}",
-        "authorizationInfo": [{
-            "resource": resource_name,
-            "permission": permission,
-            "granted": True,
-            "resourceAttributes": {},
-        }],
-        "resourceName": resource_name,
-        "resourceLocation": {"currentLocations": [location]},
-    }
-    if request is not None:
-        payload["request"] = dict(request)
-    if response is not None:
-        payload["response"] = dict(response)
-    operation: dict[str, Any] = {"id": operation_id, "producer": SERVICE}
-    operation["first" if first else "last"] = True
+    if shape == "gke":
+        payload = _gke_payload(method=method, resource_name=resource_name, principal=principal,
+                               first=first or operation_id is None, location=location, permission=permission,
+                               request=request, response=response, status=status,
+                               cluster_resource=cluster_resource or resource_name, operation_type=operation_type)
+    else:
+        payload = {
+            "@type": AUDIT_LOG_TYPE,
+            "status": dict(status or {}),
+            "authenticationInfo": {"principalEmail": principal},
+            "requestMetadata": {
+                "callerIp": "127.0.0.1",
+                "callerSuppliedUserAgent": "google-cloud-sdk sandbox,gzip(gfe)",
+                "requestAttributes": {"time": now, "auth": {}},
+                "destinationAttributes": {},
+            },
+            "serviceName": SERVICE,
+            "methodName": f"google.container.v1.ClusterManager.{method}",
+            "authorizationInfo": [{
+                "resource": resource_name,
+                "permission": permission,
+                "granted": True,
+                "resourceAttributes": {},
+            }],
+            "resourceName": resource_name,
+            "resourceLocation": {"currentLocations": [location]},
+        }
+        if request is not None:
+            payload["request"] = dict(request)
+        if response is not None:
+            payload["response"] = dict(response)
     failed = bool(status and status.get("code"))
-    return {
+    entry: dict[str, Any] = {
         "protoPayload": payload,
         "insertId": secrets.token_hex(6),
         "resource": {
@@ -101,9 +116,51 @@ def log_entry(
         "timestamp": now,
         "severity": "ERROR" if failed else "NOTICE",
         "logName": f"projects/{project}/logs/cloudaudit.googleapis.com%2Factivity",
-        "operation": operation,
-        "receiveTimestamp": now,
     }
+    if operation_id is not None:
+        operation: dict[str, Any] = {"id": operation_id, "producer": SERVICE}
+        operation["first" if first else "last"] = True
+        entry["operation"] = operation
+    entry["receiveTimestamp"] = now
+    return entry
+
+
+def _subject(principal: str) -> str:
+    return f"serviceAccount:{principal}" if principal.endswith(".gserviceaccount.com") else principal
+
+
+def _gke_payload(*, method: str, resource_name: str, principal: str, first: bool, location: str, permission: str,
+                 request: Mapping[str, Any] | None, response: Mapping[str, Any] | None,
+                 status: Mapping[str, Any] | None, cluster_resource: str,
+                 operation_type: str | None) -> dict[str, Any]:
+    """The protoPayload of a real GKE entry, key for key (see `log_entry`)."""
+    payload: dict[str, Any] = {"@type": AUDIT_LOG_TYPE}
+    if first:
+        payload["authenticationInfo"] = {"principalEmail": principal, "principalSubject": _subject(principal)}
+        payload["authorizationInfo"] = [{
+            "granted": True, "permission": permission, "permissionType": "ADMIN_WRITE",
+            "resource": cluster_resource,
+            "resourceAttributes": {"name": cluster_resource, "service": SERVICE,
+                                   "type": f"{SERVICE}/Cluster"}}]
+    else:
+        payload["metadata"] = {"operationType": operation_type or "TYPE_UNSPECIFIED",
+                               "requestID": f"0x{secrets.token_hex(8)}"}
+    payload["methodName"] = f"google.container.v1.ClusterManager.{method}"
+    payload["policyViolationInfo"] = {"orgPolicyViolationInfo": {}}
+    if first:
+        if request is not None:
+            payload["request"] = dict(request)
+        payload["requestMetadata"] = {"callerIp": "127.0.0.1",
+                                      "callerSuppliedUserAgent": "google-cloud-sdk sandbox,gzip(gfe)",
+                                      "destinationAttributes": {}, "requestAttributes": {}}
+    payload["resourceLocation"] = {"currentLocations": [location]}
+    payload["resourceName"] = resource_name
+    if first and response is not None:
+        payload["response"] = dict(response)
+    payload["serviceName"] = SERVICE
+    if status is not None or not first:  # a started operation's first entry has no status at all
+        payload["status"] = dict(status or {})
+    return payload
 
 
 _message_ids = itertools.count(int(time.time() * 1000) % 10**12)

@@ -18,6 +18,7 @@ METHODS = (
     "GetCluster", "ListClusters", "CreateCluster", "DeleteCluster",
     "ListNodePools", "GetNodePool", "CreateNodePool", "DeleteNodePool",
     "GetOperation", "ListOperations", "ListUsableSubnetworks",
+    "UpdateCluster", "UpdateMaster", "SetLabels",
 )
 
 

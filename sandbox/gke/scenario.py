@@ -38,6 +38,9 @@ _K8S_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+$")
 
 CLUSTER_STATUSES = ("PROVISIONING", "RUNNING", "RECONCILING", "STOPPING", "ERROR", "DEGRADED")
+# Errors a node pool operation can end with after it was accepted (sandbox.gke.world.POOL_ERRORS).
+NODE_POOL_ERRORS = ("GCE_STOCKOUT", "QUOTA_EXCEEDED")
+REALISM = ("realistic", "calm")
 
 
 class ScenarioError(ValueError):
@@ -58,6 +61,8 @@ class Subnetwork:
     region: str
     primary_range: str
     secondary_ranges: Mapping[str, str] = field(default_factory=dict)
+    project: str = ""  # the project owning it: "" = the scenario's project; another = a Shared VPC host
+    network_user: bool = True  # False: the caller may not use its secondary ranges (Shared VPC)
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,19 @@ class ClusterSpec:
     network: str = "default"
     subnetwork: str = "default"
     node_pools: tuple[NodePoolSpec, ...] = ()
+    public_endpoint: bool = True  # False: a private endpoint only (an address in 10.x nobody can dial)
+    dns_endpoint: bool = False  # the DNS-based endpoint allows external traffic
+    authorized_networks: tuple[str, ...] | None = None  # CIDRs allowed to reach the IP endpoints
+
+
+@dataclass(frozen=True)
+class NodePoolFailure:
+    """A CreateNodePool operation on `cluster`/`node_pool` that GKE accepts and that then ends in `error`."""
+
+    cluster: str
+    node_pool: str
+    error: str = "GCE_STOCKOUT"
+    times: int = 1
 
 
 @dataclass(frozen=True)
@@ -109,6 +127,8 @@ class Scenario:
     subnetworks: tuple[Subnetwork, ...] = ()
     clusters: tuple[ClusterSpec, ...] = ()
     source: str = "<scenario>"
+    realism: str = "realistic"
+    node_pool_failures: tuple[NodePoolFailure, ...] = ()
 
     def cluster(self, name: str) -> ClusterSpec:
         """The scenario's cluster named `name` (KeyError if there is none)."""
@@ -175,6 +195,7 @@ class _Parser:
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: list[str] = []
+        self.project = ""
 
     def bad(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
@@ -261,18 +282,23 @@ class _Parser:
     def scenario(self, data: Any) -> Scenario:
         if not isinstance(data, Mapping):
             raise ScenarioError(self.source, ["(top): expected a mapping with project, subnetworks, clusters"])
-        self.keys(data, "", {"project", "location", "principal", "seed", "subnetworks", "clusters"},
-                  {"project"})
+        self.keys(data, "", {"project", "location", "principal", "seed", "subnetworks", "clusters", "realism",
+                             "node_pool_failures"}, {"project"})
         project = self.text(data, "project", "project", "invalid-project", _PROJECT, "project id")
+        self.project = project
         location = self.text(data, "location", "location", "us-central1", None, "location")
         if not valid_location(location):
             self.bad("location", f"{location!r} is not a valid region or zone")
         principal = self.text(data, "principal", "principal", "sandbox-admin@example.com", _EMAIL, "email")
         seed = self.integer(data, "seed", "seed", 0, 0, 2**31 - 1)
         subnets = tuple(self.subnetwork(p, d) for p, d in self.items(data, "subnetworks", "subnetworks"))
-        seen: dict[tuple[str, str], str] = {}
+        realism = self.text(data, "realism", "realism", "realistic", None, "realism")
+        if realism not in REALISM:
+            self.bad("realism", f"{realism!r} is not one of {', '.join(REALISM)}")
+            realism = "realistic"
+        seen: dict[tuple[str, str, str], str] = {}
         for i, s in enumerate(subnets):
-            key = (s.region, s.subnetwork)
+            key = (s.project or project, s.region, s.subnetwork)
             if key in seen:
                 self.bad(f"subnetworks[{i}].subnetwork", f"duplicate of {seen[key]}")
             seen.setdefault(key, f"subnetworks[{i}]")
@@ -283,14 +309,28 @@ class _Parser:
             if key in names:
                 self.bad(f"clusters[{i}].name", f"duplicate of {names[key]}")
             names.setdefault(key, f"clusters[{i}]")
+        failures = tuple(self.failure(p, d, clusters)
+                         for p, d in self.items(data, "node_pool_failures", "node_pool_failures"))
         if self.problems:
             raise ScenarioError(self.source, self.problems)
         return Scenario(project=project, location=location, principal=principal, seed=seed,
-                        subnetworks=subnets, clusters=clusters, source=self.source)
+                        subnetworks=subnets, clusters=clusters, source=self.source, realism=realism,
+                        node_pool_failures=failures)
+
+    def failure(self, path: str, d: Mapping[str, Any], clusters: tuple[ClusterSpec, ...]) -> NodePoolFailure:
+        self.keys(d, path, {"cluster", "node_pool", "error", "times"}, {"cluster", "node_pool"})
+        cluster = self.text(d, "cluster", f"{path}.cluster", "", _CLUSTER, "cluster name")
+        if cluster and cluster not in {c.name for c in clusters}:
+            self.bad(f"{path}.cluster", f"no cluster {cluster!r} under clusters")
+        error = self.text(d, "error", f"{path}.error", "GCE_STOCKOUT", None, "error")
+        if error not in NODE_POOL_ERRORS:
+            self.bad(f"{path}.error", f"{error!r} is not one of {', '.join(NODE_POOL_ERRORS)}")
+        return NodePoolFailure(cluster, self.text(d, "node_pool", f"{path}.node_pool", "", _CLUSTER, "node pool name"),
+                               error, self.integer(d, "times", f"{path}.times", 1, 1, 100))
 
     def subnetwork(self, path: str, d: Mapping[str, Any]) -> Subnetwork:
-        self.keys(d, path, {"network", "subnetwork", "region", "primary_range", "secondary_ranges"},
-                  {"network", "subnetwork", "region", "primary_range"})
+        self.keys(d, path, {"network", "subnetwork", "region", "primary_range", "secondary_ranges", "project",
+                            "network_user"}, {"network", "subnetwork", "region", "primary_range"})
         network = self.text(d, "network", f"{path}.network", "default", _RESOURCE, "network name")
         sub = self.text(d, "subnetwork", f"{path}.subnetwork", "default", _RESOURCE, "subnetwork name")
         region = self.text(d, "region", f"{path}.region", "us-central1", _REGION, "region")
@@ -306,13 +346,16 @@ class _Parser:
                 self.bad(rpath, "invalid secondary range name")
                 continue
             ranges[name] = self.cidr(cidr, rpath)
-        return Subnetwork(network, sub, region, primary, ranges)
+        return Subnetwork(network, sub, region, primary, ranges,
+                          project=self.text(d, "project", f"{path}.project", "", _PROJECT, "project id"),
+                          network_user=self.boolean(d, "network_user", f"{path}.network_user", True))
 
     def cluster(self, path: str, d: Mapping[str, Any], default_location: str,
                 subnets: tuple[Subnetwork, ...]) -> ClusterSpec:
         self.keys(d, path, {"name", "location", "version", "autopilot", "dataplane_v2", "ip_alias",
                             "multi_networking", "labels", "status", "create_at_start", "network",
-                            "subnetwork", "node_pools"}, {"name"})
+                            "subnetwork", "node_pools", "public_endpoint", "dns_endpoint",
+                            "authorized_networks"}, {"name"})
         name = self.text(d, "name", f"{path}.name", "invalid", _CLUSTER, "cluster name")
         location = self.text(d, "location", f"{path}.location", default_location, None, "location")
         if not valid_location(location):
@@ -349,13 +392,25 @@ class _Parser:
             network=self.text(d, "network", f"{path}.network", "default", _RESOURCE, "network name"),
             subnetwork=self.text(d, "subnetwork", f"{path}.subnetwork", "default", _RESOURCE, "subnetwork name"),
             node_pools=pools,
+            public_endpoint=self.boolean(d, "public_endpoint", f"{path}.public_endpoint", True),
+            dns_endpoint=self.boolean(d, "dns_endpoint", f"{path}.dns_endpoint", False),
+            authorized_networks=self.cidrs(d, "authorized_networks", f"{path}.authorized_networks"),
         )
+
+    def cidrs(self, d: Mapping[str, Any], key: str, path: str) -> tuple[str, ...] | None:
+        value = d.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            self.bad(path, f"expected a list of IPv4 CIDRs, got {type(value).__name__}")
+            return None
+        return tuple(self.cidr(v, f"{path}[{i}]") for i, v in enumerate(value))
 
     def node_pool(self, path: str, d: Mapping[str, Any], region: str,
                   subnets: tuple[Subnetwork, ...]) -> NodePoolSpec:
         self.keys(d, path, {"name", "node_count", "machine_type", "labels", "additional_node_networks",
                             "additional_pod_networks"}, {"name"})
-        known = {(s.region, s.subnetwork): s for s in subnets}
+        known = {(s.region, s.subnetwork): s for s in subnets if not s.project or s.project == self.project}
         node_nets = []
         for p, nd in self.items(d, "additional_node_networks", f"{path}.additional_node_networks"):
             self.keys(nd, p, {"network", "subnetwork"}, {"network", "subnetwork"})

@@ -25,6 +25,7 @@ import grpc
 
 from sandbox.gke.faults import METHODS, Faults
 from sandbox.gke.protos import cluster_message
+from sandbox.gke.realism import Realism
 from sandbox.gke.scenario import DEFAULT_SCENARIO, ClusterSpec, Scenario, load
 from sandbox.gke.world import ApiError, AuditSink, Hooks, OnCluster, OnClusterDeleted, OnNodePool, World
 
@@ -46,6 +47,9 @@ _RPCS = {
     "ListOperations": ("list_operations", "ListOperationsRequest", "ListOperationsResponse"),
     "ListUsableSubnetworks": ("list_usable_subnetworks", "ListUsableSubnetworksRequest",
                               "ListUsableSubnetworksResponse"),
+    "UpdateCluster": ("update_cluster", "UpdateClusterRequest", "Operation"),
+    "UpdateMaster": ("update_master", "UpdateMasterRequest", "Operation"),
+    "SetLabels": ("set_labels", "SetLabelsRequest", "Operation"),
 }
 assert set(_RPCS) == set(METHODS)
 
@@ -55,6 +59,8 @@ class GkeSandbox:
 
     `scenario` is a `Scenario`, a path to a scenario YAML, or None for the default scenario.
     `start_all=True` also creates the clusters marked `create_at_start: false`.
+    `realism`: GKE's ordinary-day behaviours (default: the scenario's `realism`, itself "realistic"
+    unless set); `Realism.calm()` for a world without surprises.
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class GkeSandbox:
         audit_sink: AuditSink | None = None,
         operation_delay: float = 0.5,
         start_all: bool = False,
+        realism: Realism | None = None,
     ) -> None:
         if not isinstance(scenario, Scenario):
             scenario = load(scenario if scenario is not None else DEFAULT_SCENARIO)
@@ -76,7 +83,8 @@ class GkeSandbox:
         self.calls: collections.Counter[str] = collections.Counter()
         self._calls_lock = threading.Lock()
         hooks = Hooks(on_cluster, on_node_pool, on_node_pool_deleted, on_cluster_deleted, audit_sink)
-        self.world = World(scenario, hooks=hooks, operation_delay=operation_delay, start_all=start_all)
+        self.world = World(scenario, hooks=hooks, operation_delay=operation_delay, start_all=start_all,
+                           realism=realism)
         self.endpoint: str | None = None
         self.admin_url: str | None = None
         self._server: grpc.Server | None = None
@@ -151,7 +159,8 @@ class GkeSandbox:
 
         The cluster comes from the scenario (typically one marked `create_at_start: false`) or is
         new, with ClusterSpec fields overridden by keyword (`version="1.27"`, `labels={...}`).
-        Returns the Operation; with `wait`, returns once it is DONE.
+        Returns the Operation; with `wait`, returns once it is DONE (GKE's own operation that may follow
+        it in a realistic world is not waited for: see `world.running_operation`).
         """
         from google.cloud import container_v1
 
@@ -163,7 +172,7 @@ class GkeSandbox:
             op = self.world.create_cluster(request)
         except ApiError as e:
             raise RuntimeError(f"create_cluster({name!r}): {e}") from None
-        if wait and not self.wait_idle(timeout):
+        if wait and not self.world.wait_operation(op.name, timeout):  # GKE's own next operation may run on
             raise TimeoutError(f"create_cluster({name!r}) did not finish within {timeout} s")
         return op
 
@@ -176,6 +185,8 @@ class GkeSandbox:
             try:
                 return fn(request)
             except ApiError as e:
+                if e.reason:  # GKE's ErrorInfo, in grpc-status-details-bin as google.rpc.Status
+                    context.abort_with_status(_rich_status(e))
                 context.abort(grpc.StatusCode[e.code], e.message)
             except Exception as e:  # a sandbox bug: say so rather than hang the client
                 log.exception("sandbox GKE %s failed", rpc)
@@ -210,6 +221,9 @@ class GkeSandbox:
                     "/faults": sandbox.faults.pending,
                     "/calls": lambda: dict(sandbox.calls),
                     "/audit": lambda: sandbox.audit_log,
+                    "/realism": lambda: {"name": sandbox.world.realism.name,
+                                         **dataclasses.asdict(sandbox.world.realism)},
+                    "/node-pool-failures": sandbox.world.pending_pool_failures,
                 }
                 route = routes.get(self.path)
                 if route is None:
@@ -237,6 +251,14 @@ class GkeSandbox:
                             raise ValueError("name: expected a cluster name")
                         op = sandbox.create_cluster(name, wait=bool(body.get("wait", False)))
                         self._reply(200, {"operation": op.name})
+                    elif self.path == "/node-pool-failures":
+                        self._reply(200, sandbox._admin_pool_failure(body))
+                    elif self.path == "/operations/complete":
+                        op = body.get("operation")
+                        if not isinstance(op, str):
+                            raise ValueError("operation: expected an operation name (operation-...)")
+                        done = sandbox.world.complete_operation(op)
+                        self._reply(200, {"operation": done.name, "status": done.status.name})
                     else:
                         self._reply(404, {"error": f"no route POST {self.path}"})
                 except (ValueError, TypeError, KeyError, RuntimeError, TimeoutError) as e:
@@ -247,6 +269,16 @@ class GkeSandbox:
         threading.Thread(target=server.serve_forever, name="sandbox-gke-admin", daemon=True).start()
         self._admin = server
         self.admin_url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def _admin_pool_failure(self, body: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(body) - {"cluster", "node_pool", "error", "times"}
+        if unknown:
+            raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        cluster, pool = body.get("cluster"), body.get("node_pool")
+        if not isinstance(cluster, str) or not isinstance(pool, str):
+            raise ValueError("cluster and node_pool: expected names")
+        self.world.fail_node_pool(cluster, pool, str(body.get("error", "GCE_STOCKOUT")), body.get("times", 1))
+        return {"pending": self.world.pending_pool_failures()}
 
     def _admin_fault(self, body: dict[str, Any]) -> dict[str, Any]:
         unknown = set(body) - {"method", "code", "delay", "times", "message"}
@@ -263,3 +295,21 @@ class GkeSandbox:
         else:
             self.faults.delay(method, body["delay"], times=times)
         return {"pending": self.faults.pending()}
+
+
+def _rich_status(error: ApiError) -> grpc.Status:
+    """The gRPC status GKE sends: code, message, and details [ErrorInfo, RequestInfo] (captured in CAPG 1363)."""
+    import secrets
+
+    from google.protobuf import any_pb2
+    from google.rpc import error_details_pb2, status_pb2
+    from grpc_status import rpc_status
+
+    details = []
+    for detail in (error_details_pb2.ErrorInfo(reason=error.reason, domain=error.domain),
+                   error_details_pb2.RequestInfo(request_id=f"0x{secrets.token_hex(8)}")):
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        details.append(packed)
+    return rpc_status.to_status(status_pb2.Status(code=grpc.StatusCode[error.code].value[0], message=error.message,
+                                                  details=details))

@@ -12,7 +12,11 @@ What it imitates, because the controller depends on it:
 - writes are long-running: the Operation is RUNNING, then DONE after `operation_delay`, with
   the cluster / pool moving PROVISIONING -> RUNNING (or STOPPING -> gone);
 - every write logs its audit entries (`operation.first` on accept, `.last` when done);
-- hooks let the stack give each cluster a real (sandbox) Kubernetes API server and nodes.
+- hooks let the stack give each cluster a real (sandbox) Kubernetes API server and nodes;
+- an ordinary day (`Realism`, on unless `Realism.calm()`): GKE's own operation after a create,
+  regional pools over three zones, audit entries in the captured shapes, refusals audited; and
+  always: upgrades and label changes (RECONCILING), node pool operations that fail after they
+  were accepted, Shared VPC subnetworks, private and DNS-based control plane endpoints.
 Hooks and sinks are always called without the world's lock held, so they may call back in.
 """
 
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
+import ipaddress
 import logging
 import random
 import re
@@ -33,7 +39,9 @@ from typing import Any
 from sandbox.gke import audit
 from sandbox.gke.certs import self_signed_ca_pem
 from sandbox.gke.protos import cluster_message, pool_locations
+from sandbox.gke.realism import Realism
 from sandbox.gke.scenario import (
+    NODE_POOL_ERRORS,
     Scenario,
     ScenarioError,
     Subnetwork,
@@ -57,20 +65,69 @@ _SUBNET_PATH = re.compile(r"^(?:https://www\.googleapis\.com/compute/v1/)?projec
 _NETWORK_PATH = re.compile(r"^(?:https://www\.googleapis\.com/compute/v1/)?projects/([^/]+)/global"
                            r"/networks/([^/]+)$")
 _NODE_SUFFIX = string.ascii_lowercase + string.digits
+_VERSION_ARG = re.compile(r"^(latest|-|1\.[0-9]{1,2}(\.[0-9]+(-gke\.[0-9]+)?)?)$")
+ERROR_DOMAIN = "container.googleapis.com"
+INCOMPATIBLE_OPERATION = "CLUSTER_ALREADY_HAS_OPERATION"
+# google.rpc.Code numbers the audit log and Operation.error carry.
+RPC_CODES = {"INVALID_ARGUMENT": 3, "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7,
+             "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "INTERNAL": 13, "UNIMPLEMENTED": 12}
 
 
 class ApiError(Exception):
-    """A GKE API error: `code` is the gRPC status name (`NOT_FOUND`), `message` GKE-style text."""
+    """A GKE API error: `code` is the gRPC status name (`NOT_FOUND`), `message` GKE-style text.
 
-    def __init__(self, code: str, message: str) -> None:
+    `reason` (with `domain`) is the `google.rpc.ErrorInfo` GKE attaches to some errors, e.g.
+    CLUSTER_ALREADY_HAS_OPERATION; the server sends it in the gRPC status details.
+    """
+
+    def __init__(self, code: str, message: str, *, reason: str | None = None, domain: str = ERROR_DOMAIN) -> None:
         self.code = code
         self.message = message
+        self.reason = reason
+        self.domain = domain
         super().__init__(f"{code}: {message}")
+
+
+class OperationFailed(Exception):
+    """Raised by an operation's `finish` when GKE accepted the request but the work failed."""
+
+    def __init__(self, code: str, message: str, condition: str = "UNKNOWN") -> None:
+        self.code = code  # gRPC status name for Operation.error
+        self.message = message
+        self.condition = condition  # container_v1.StatusCondition.Code name
+        super().__init__(message)
+
+
+def pool_error_message(error: str, key: Any, pool: Any, nodes: int, zone: str) -> tuple[str, str, str]:
+    """(gRPC code, GKE's message, StatusCondition code) for a node pool that failed after acceptance.
+
+    The texts follow what GKE reports (docs/SANDBOX_GKE.md, "Node pools that fail"): the managed
+    instance group did not get its instances, with Compute Engine's error for the first one.
+    """
+    instance = f"gke-{key.cluster[:14].rstrip('-')}-{pool.name[:13].rstrip('-')}-{'0' * 8}-0000"
+    head = (f"Google Compute Engine: Not all instances running in IGM after 61.212321581s. Expected {nodes}, "
+            f"running 0, transitioning {nodes}. Current errors: ")
+    if error == "GCE_STOCKOUT":
+        return ("RESOURCE_EXHAUSTED",
+                head + f"[GCE_STOCKOUT]: Instance '{instance}' creation failed: The zone "
+                f"'projects/{key.project}/zones/{zone}' does not have enough resources available to fulfill "
+                "the request.  Try a different zone, or try again later.", "GCE_STOCKOUT")
+    if error == "QUOTA_EXCEEDED":
+        return ("RESOURCE_EXHAUSTED",
+                head + f"[QUOTA_EXCEEDED]: Instance '{instance}' creation failed: Quota 'CPUS' exceeded.  "
+                f"Limit: 24.0 in region {region_of(zone)}.", "GCE_QUOTA_EXCEEDED")
+    raise ValueError(f"unknown node pool error {error!r}; expected one of {', '.join(NODE_POOL_ERRORS)}")
+
+
+def label_fingerprint(labels: Any) -> str:
+    """GKE's label fingerprint: 8 hex digits that change whenever the set of labels changes."""
+    text = "\n".join(f"{k}={v}" for k, v in sorted(dict(labels).items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 @dataclass(frozen=True, order=True)
 class ClusterKey:
-    """A cluster's identity, with the same attribute names as `shared.refs.ClusterRef`.
+    """A cluster's identity, with the same attribute names as `shared.core.refs.ClusterRef`.
 
     The sandbox imports nothing from the controller; hooks receive this duck-compatible value.
     """
@@ -108,13 +165,15 @@ class Hooks:
 
 @dataclass
 class _Op:
-    """A long-running operation and what its closing audit entry needs."""
+    """A long-running operation and what its closing audit entry needs (None: GKE's own, not audited)."""
 
     message: Any  # container_v1.Operation
     key: ClusterKey
-    audit: dict[str, Any]
+    audit: dict[str, Any] | None
     finish: Callable[[], None]
     timer: threading.Timer | None = None
+    after: Callable[[], None] | None = None  # run under the lock as it ends (GKE's own next operation)
+    completing: bool = False
 
 
 @dataclass
@@ -137,13 +196,31 @@ def _json(message: Any) -> dict[str, Any]:
     return {"@type": f"type.googleapis.com/{pb_name}", **body}
 
 
+def _instance_groups(key: ClusterKey, pool: Any, nodes: list[str]) -> list[str]:
+    """One managed instance group per zone of the pool, named after its nodes (as GKE links them)."""
+    per_zone = pool.initial_node_count
+    if not per_zone or len(nodes) < per_zone * len(pool.locations):
+        return []
+    return [f"https://www.googleapis.com/compute/v1/projects/{key.project}/zones/{z}/instanceGroupManagers/"
+            f"{nodes[i * per_zone].rsplit('-', 1)[0]}-grp" for i, z in enumerate(pool.locations)]
+
+
+def _minor(version: str) -> int:
+    """`1.30.5-gke.1014001` -> 30 (versions compare by minor: GKE upgrades one minor at a time)."""
+    m = re.match(r"^1\.([0-9]{1,2})", version)
+    return int(m.group(1)) if m else 0
+
+
 class World:
     def __init__(self, scenario: Scenario, *, hooks: Hooks | None = None, operation_delay: float = 0.5,
-                 start_all: bool = False) -> None:
+                 start_all: bool = False, realism: Realism | None = None) -> None:
         if not 0 <= operation_delay <= 3600:
             raise ValueError(f"operation_delay must be in 0..3600 seconds, got {operation_delay!r}")
         self.scenario = scenario
         self.project = scenario.project
+        # GKE writes project numbers in some links; a stable one derived from the id stands in.
+        self.project_number = str(int(hashlib.sha256(self.project.encode()).hexdigest()[:10], 16))[:12]
+        self.realism = realism if realism is not None else Realism.named(scenario.realism)
         self.hooks = hooks or Hooks()
         self.operation_delay = operation_delay
         self.audit_log: list[dict[str, Any]] = []
@@ -155,7 +232,10 @@ class World:
         self._running: dict[tuple[str, str], str] = {}  # cluster -> running operation id
         self._closed = False
         self._emitting = 0
-        self._subnets = {(s.region, s.subnetwork): s for s in scenario.subnetworks}
+        self._subnets = {(s.project or self.project, s.region, s.subnetwork): s for s in scenario.subnetworks}
+        self._pool_failures: dict[tuple[str, str], list[str]] = {}
+        for f in scenario.node_pool_failures:
+            self._pool_failures.setdefault((f.cluster, f.node_pool), []).extend([f.error] * f.times)
         for i, spec in enumerate(scenario.clusters):
             if spec.create_at_start or start_all:
                 try:
@@ -259,11 +339,12 @@ class World:
         return out
 
     def _subnet(self, ref: str, region: str) -> Subnetwork | None:
+        """A subnetwork by short name (the cluster's project) or path (any project: Shared VPC hosts)."""
         m = _SUBNET_PATH.match(ref)
         if m:
             project, sub_region, name = m.groups()
-            return self._subnets.get((sub_region, name)) if project == self.project else None
-        return self._subnets.get((region, ref))
+            return self._subnets.get((project, sub_region, name))
+        return self._subnets.get((self.project, region, ref))
 
     def _check_pool(self, cluster: Any, pool: Any, path: str) -> None:
         """GKE's validation of a node pool in a create request (INVALID_ARGUMENT naming the field)."""
@@ -289,14 +370,14 @@ class World:
                                                    f"not found in region {region}.")
             m = _NETWORK_PATH.match(n.network)
             network = m.group(2) if m else n.network
-            if network != s.network:
+            if network != s.network or (m and m.group(1) != (s.project or self.project)):
                 raise ApiError("INVALID_ARGUMENT", f"{where}.network: subnetwork {s.subnetwork!r} belongs to "
                                                    f"network {s.network!r}, not {n.network[:200]!r}.")
-            node_subnets.add((s.region, s.subnetwork))
+            node_subnets.add((s.project, s.region, s.subnetwork))
         for i, p in enumerate(extra[1]):
             where = f"{path}.network_config.additional_pod_network_configs[{i}]"
             s = self._subnet(p.subnetwork, region)
-            if s is None or (s.region, s.subnetwork) not in node_subnets:
+            if s is None or (s.project, s.region, s.subnetwork) not in node_subnets:
                 raise ApiError("INVALID_ARGUMENT", f"{where}.subnetwork: {p.subnetwork[:200]!r} is not the "
                                                    "subnetwork of an additional node network.")
             if p.secondary_pod_range not in s.secondary_ranges:
@@ -310,7 +391,7 @@ class World:
         out = _copy(pool)
         out.self_link = f"{API_ROOT}/{self._pool_path(key, pool.name)}"
         out.version = cluster.current_node_version
-        out.locations = list(pool.locations) or pool_locations(key.location)
+        out.locations = list(pool.locations) or pool_locations(key.location, self.realism.regional_zones)
         out.status = status
         if not out.config.machine_type:
             out.config.machine_type = "e2-medium"
@@ -357,18 +438,55 @@ class World:
         out.subnetwork = subnetwork
         out.network_config.network = f"projects/{key.project}/global/networks/{network}"
         out.network_config.subnetwork = f"projects/{key.project}/regions/{region}/subnetworks/{subnetwork}"
-        out.locations = pool_locations(key.location)
-        out.label_fingerprint = secrets.token_hex(4)
+        out.locations = pool_locations(key.location, self.realism.regional_zones)
+        out.label_fingerprint = label_fingerprint(out.resource_labels)
+        self._endpoint_config(key, out)
         return out
 
+    def _endpoint_config(self, key: ClusterKey, out: Any) -> None:
+        """The output-only endpoint fields: a private address in 10.x, the DNS name, authorized networks.
+
+        The private address is what GKE gives the control plane inside the VPC; the sandbox never
+        listens on it and nothing may dial it (it is not loopback). The DNS endpoint name is always
+        present, as GKE documents; it is served only when it allows external traffic.
+        """
+        cpe = out.control_plane_endpoints_config
+        private = ipaddress.IPv4Address("10.128.0.0") + (int(out.id[:6], 16) % (1 << 16)) * 16 + 2
+        if "enable_public_endpoint" not in cpe.ip_endpoints_config:
+            cpe.ip_endpoints_config.enable_public_endpoint = not out.private_cluster_config.enable_private_endpoint
+        cpe.ip_endpoints_config.enabled = True
+        cpe.ip_endpoints_config.private_endpoint = str(private)
+        out.private_cluster_config.private_endpoint = str(private)
+        if out.master_authorized_networks_config.enabled and not cpe.ip_endpoints_config.authorized_networks_config:
+            cpe.ip_endpoints_config.authorized_networks_config = out.master_authorized_networks_config
+        cpe.dns_endpoint_config.endpoint = f"gke-{out.id}-{self.project_number}.{region_of(key.location)}.gke.goog"
+
     def _connect(self, cluster: Any) -> None:
-        """Give the cluster its API endpoint and CA, from the hook or a placeholder."""
+        """Give the cluster its API endpoint and CA, from the hook or a placeholder.
+
+        The hook answers `(endpoint, ca_pem)` or `(endpoint, ca_pem, dns_endpoint)`; the DNS endpoint
+        ("name:port", served with a certificate of the sandbox's public-style CA) is published only
+        when the cluster's DNS endpoint allows external traffic. A cluster without a public endpoint
+        publishes its private 10.x address as `endpoint`, as GKE does.
+        """
+        dns = None
         if self.hooks.on_cluster is not None:
-            endpoint, ca = self.hooks.on_cluster(_copy(cluster))
+            answer = self.hooks.on_cluster(_copy(cluster))
+            endpoint, ca = answer[0], answer[1]
+            dns = answer[2] if len(answer) > 2 else None
             ca_pem = ca.encode() if isinstance(ca, str) else bytes(ca)
         else:
             endpoint, ca_pem = PLACEHOLDER_ENDPOINT, self_signed_ca_pem(f"sandbox-{cluster.name}-ca")
-        cluster.endpoint = endpoint
+        ip = cluster.control_plane_endpoints_config.ip_endpoints_config
+        if ip.enable_public_endpoint:
+            cluster.endpoint = endpoint
+            ip.public_endpoint = endpoint.rsplit(":", 1)[0]
+            cluster.private_cluster_config.public_endpoint = ip.public_endpoint
+        else:
+            cluster.endpoint = ip.private_endpoint
+        dns_config = cluster.control_plane_endpoints_config.dns_endpoint_config
+        if dns and dns_config.allow_external_traffic:
+            dns_config.endpoint = dns
         cluster.master_auth.cluster_ca_certificate = base64.b64encode(ca_pem).decode()
 
     def _pool_ready(self, key: ClusterKey, pool: Any) -> list[str]:
@@ -391,41 +509,109 @@ class World:
         self._connect(cluster)
         for name, pool in state.pools.items():
             state.nodes[name] = self._pool_ready(key, pool)
+            pool.instance_group_urls = _instance_groups(key, pool, state.nodes[name])
         with self._lock:
             self._clusters[(key.location, key.cluster)] = state
 
     # ------------------------------------------------------------------ operations
-    def _start(self, key: ClusterKey, op_type: Any, target: str, audit_ctx: dict[str, Any],
-               request: Any, finish: Callable[[], None]) -> tuple[Any, dict[str, Any]]:
-        """Register a RUNNING operation on `key` (lock held by the caller), to finish later."""
+    def _start(self, key: ClusterKey, op_type: Any, target: str, audit_ctx: dict[str, Any] | None,
+               request: Any, finish: Callable[[], None]) -> tuple[Any, dict[str, Any] | None]:
+        """Register a RUNNING operation on `key` (lock held by the caller), to finish later.
+
+        `audit_ctx` None: an operation of GKE's own, which writes no Admin Activity entry.
+        """
         from google.cloud import container_v1 as c
 
         op_id = f"operation-{int(dt.datetime.now(dt.UTC).timestamp() * 1000)}-{secrets.token_hex(4)}"
+        pool_op = op_type in (c.Operation.Type.CREATE_NODE_POOL, c.Operation.Type.DELETE_NODE_POOL)
+        # GKE answers node pool writes with a PENDING operation (captured audit responses).
+        status = c.Operation.Status.PENDING if pool_op and self.realism.audit_shapes else c.Operation.Status.RUNNING
         message = c.Operation(
-            name=op_id, zone=key.location, location=key.location, operation_type=op_type,
-            status=c.Operation.Status.RUNNING,
+            name=op_id, zone=key.location, location=key.location, operation_type=op_type, status=status,
             self_link=f"{API_ROOT}/projects/{key.project}/locations/{key.location}/operations/{op_id}",
             target_link=f"{API_ROOT}/{target}", start_time=audit.rfc3339())
-        self._ops[op_id] = _Op(message, key, {**audit_ctx, "operation_id": op_id}, finish)
+        ctx = {**audit_ctx, "operation_id": op_id, "operation_type": op_type.name} if audit_ctx else None
+        self._ops[op_id] = _Op(message, key, ctx, finish)
         self._running[(key.location, key.cluster)] = op_id
-        first = self._entry(self._ops[op_id], first=True, request=_json(request), response=_json(message))
+        first = None
+        if ctx is not None:
+            first = self._entry(self._ops[op_id], first=True, request=self._request_json(request),
+                                response=self._operation_json(message))
         return _copy(message), first
 
+    def _request_json(self, request: Any) -> dict[str, Any]:
+        body = _json(request)
+        if self.realism.audit_shapes:  # GKE logs its internal v1alpha1 types, whatever version was called
+            body["@type"] = body["@type"].replace(".container.v1.", ".container.v1alpha1.")
+        return body
+
+    def _operation_json(self, message: Any) -> dict[str, Any]:
+        body = _json(message)
+        if not self.realism.audit_shapes:
+            return body
+        body["@type"] = body["@type"].replace(".container.v1.", ".container.v1alpha1.")
+        for link in ("selfLink", "targetLink"):  # v1alpha1 links with the project number and zones/
+            if link in body:
+                body[link] = re.sub(r"/v1/projects/[^/]+/locations/", f"/v1alpha1/projects/{self.project_number}/"
+                                    "zones/", body[link])
+        for noise in ("zone", "location", "progress"):
+            body.pop(noise, None)
+        return body
+
     def _busy(self, key: ClusterKey) -> None:
+        """GKE refuses a write while another operation runs on the cluster (issue 1363 of CAPG)."""
         running = self._running.get((key.location, key.cluster))
         if running is not None:
-            raise ApiError("FAILED_PRECONDITION", f"Cluster is running incompatible operation {running}.")
+            raise ApiError("FAILED_PRECONDITION", f"Cluster is running incompatible operation {running}.",
+                           reason=INCOMPATIBLE_OPERATION)
 
-    def _launch(self, op_id: str, first: dict[str, Any]) -> None:
+    def _launch(self, op_id: str, first: dict[str, Any] | None, delay: float | None = None) -> None:
         """Emit the first audit entry, then schedule completion (so `last` never precedes `first`)."""
-        self._emit(first)
-        timer = threading.Timer(self.operation_delay, self._complete, args=(op_id,))
+        if first is not None:
+            self._emit(first)
+        timer = threading.Timer(self.operation_delay if delay is None else delay, self._complete, args=(op_id,))
         timer.daemon = True
         with self._lock:
             if self._closed:
                 return
             self._ops[op_id].timer = timer
             timer.start()
+
+    def complete_operation(self, op_id: str, timeout: float = 10.0) -> Any:
+        """Finish a running operation now, instead of at its timer (tests drive the world's clock so).
+
+        Returns the Operation once DONE (also if it was already done or finishing on its own).
+        """
+        with self._lock:
+            op = self._ops.get(op_id)
+            if op is None:
+                raise KeyError(f"no operation {op_id!r}")
+            timer = op.timer
+        if timer is not None:
+            timer.cancel()
+        self._complete(op_id)
+        from google.cloud import container_v1 as c
+
+        with self._changed:
+            self._changed.wait_for(lambda: op.message.status == c.Operation.Status.DONE, timeout)
+            return _copy(op.message)
+
+    def wait_operation(self, op_id: str, timeout: float = 10.0) -> bool:
+        """Wait until operation `op_id` is DONE and its closing audit entry emitted (True), or `timeout`."""
+        from google.cloud import container_v1 as c
+
+        with self._changed:
+            op = self._ops.get(op_id)
+            if op is None:
+                raise KeyError(f"no operation {op_id!r}")
+            return self._changed.wait_for(
+                lambda: op.message.status == c.Operation.Status.DONE and not self._emitting, timeout)
+
+    def running_operation(self, location: str, cluster: str) -> Any | None:
+        """The operation running on a cluster now (None if none): GKE's own one included."""
+        with self._lock:
+            op_id = self._running.get((location, cluster))
+            return _copy(self._ops[op_id].message) if op_id else None
 
     def _complete(self, op_id: str) -> None:
         from google.cloud import container_v1 as c
@@ -434,24 +620,45 @@ class World:
             if self._closed:
                 return
             op = self._ops[op_id]
-        error = None
+            if op.completing:
+                return
+            op.completing = True
+        error: OperationFailed | None = None
         try:
             op.finish()
+        except OperationFailed as e:  # GKE accepted the work, then it failed (stockout, quota)
+            error = e
         except Exception as e:  # a hook failed: the operation fails, as a GKE operation can
             log.exception("sandbox GKE operation %s failed", op_id)
-            error = str(e) or type(e).__name__
+            error = OperationFailed("INTERNAL", str(e) or type(e).__name__)
+        last = None
         with self._changed:
             if self._closed:
                 return
             op.message.status = c.Operation.Status.DONE
             op.message.end_time = audit.rfc3339()
             op.message.progress = c.OperationProgress(status=c.Operation.Status.DONE)
-            if error:
-                op.message.status_message = error
-                op.message.error = {"code": 13, "message": error}
+            status = None
+            if error is not None:
+                code = RPC_CODES.get(error.code, 13)
+                status = {"code": code, "message": error.message}
+                op.message.status_message = error.message
+                op.message.error = {"code": code, "message": error.message}
+                condition = c.StatusCondition(code=c.StatusCondition.Code[error.condition], message=error.message,
+                                              canonical_code=code)
+                if op.message.operation_type == c.Operation.Type.CREATE_NODE_POOL:
+                    op.message.nodepool_conditions = [condition]
+                else:
+                    op.message.cluster_conditions = [condition]
             self._running.pop((op.key.location, op.key.cluster), None)
-            self._emitting += 1  # idle only once the closing entry has reached the sink
-            last = self._entry(op, first=False, status={"code": 13, "message": error} if error else None)
+            if op.audit is not None:
+                self._emitting += 1  # idle only once the closing entry has reached the sink
+                last = self._entry(op, first=False, status=status)
+            if op.after is not None and error is None:
+                op.after()
+            self._changed.notify_all()
+        if last is None:
+            return
         try:
             self._emit(last)
         finally:
@@ -459,9 +666,10 @@ class World:
                 self._emitting -= 1
                 self._changed.notify_all()
 
-    def _entry(self, op: _Op, *, first: bool, **kw: Any) -> dict[str, Any]:
+    def _entry(self, op: _Op | None, *, first: bool, ctx: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+        ctx = ctx if ctx is not None else op.audit  # type: ignore[union-attr]
         return audit.log_entry(project=self.project, principal=self.scenario.principal, first=first,
-                               location=op.key.location, **op.audit, **kw)
+                               shape="gke" if self.realism.audit_shapes else "sandbox", **ctx, **kw)
 
     def _emit(self, entry: dict[str, Any]) -> None:
         with self._lock:
@@ -476,12 +684,38 @@ class World:
 
     def _audit_ctx(self, key: ClusterKey, method: str, zones: bool, permission: str,
                    pool: str | None = None) -> dict[str, Any]:
+        """Where an entry is logged. GKE names a zonal cluster `zones/Z` whatever form the request used
+        (captured entries); the calm world mirrors the request's form."""
+        if self.realism.audit_shapes:
+            zones = region_of(key.location) != key.location
         base = (f"projects/{key.project}/zones/{key.location}/clusters/{key.cluster}" if zones else key.path)
         labels = {"project_id": key.project, "location": key.location, "cluster_name": key.cluster}
         if pool is not None:
             labels["nodepool_name"] = pool
-        return {"method": method, "permission": permission, "resource_labels": labels,
+        return {"method": method, "permission": permission, "resource_labels": labels, "location": key.location,
+                "cluster_resource": base,
                 "resource_name": f"{base}/nodePools/{pool}" if pool is not None else base}
+
+    def _refused(self, ctx: dict[str, Any], request: Any, error: ApiError) -> None:
+        """A write refused at once: GKE logs one entry, without `operation`, severity ERROR."""
+        if not self.realism.audit_refusals:
+            return
+        entry = self._entry(None, first=True, ctx={**ctx, "operation_id": None}, request=self._request_json(request),
+                            response=({"@type": "type.googleapis.com/google.container.v1alpha1.Operation"}
+                                      if self.realism.audit_shapes else None),
+                            status={"code": RPC_CODES.get(error.code, 2), "message": error.message})
+        self._emit(entry)
+
+    def _audited(self, ctx: dict[str, Any], request: Any, body: Callable[[], tuple[Any, dict[str, Any] | None]],
+                 delay: float | None = None) -> Any:
+        """Run a write's body (which starts an operation under the lock); log a refusal; launch it."""
+        try:
+            op, first = body()
+        except ApiError as e:
+            self._refused(ctx, request, e)
+            raise
+        self._launch(op.name, first, delay)
+        return op
 
     # ------------------------------------------------------------------ the API
     def get_cluster(self, req: Any) -> Any:
@@ -508,73 +742,115 @@ class World:
             raise ApiError("INVALID_ARGUMENT", "parent: a location is required to create a cluster.")
         if not valid_cluster_name(desired.name):
             raise ApiError("INVALID_ARGUMENT", f"cluster.name: invalid cluster name {desired.name[:100]!r}.")
-        if desired.initial_cluster_version and not re.match(r"^1\.[0-9]{1,2}(\.[0-9]+-gke\.[0-9]+)?$",
-                                                            desired.initial_cluster_version):
-            raise ApiError("INVALID_ARGUMENT", "cluster.initial_cluster_version: unsupported version "
-                                               f"{desired.initial_cluster_version[:50]!r}.")
-        autopilot = desired.autopilot.enabled
-        if autopilot and desired.node_pools:
-            raise ApiError("INVALID_ARGUMENT", "cluster.node_pools: Autopilot clusters manage their node pools.")
-        pools = list(desired.node_pools)
-        if not autopilot and not pools:
-            if desired.initial_node_count <= 0:
-                raise ApiError("INVALID_ARGUMENT", "Cluster.initial_node_count must be greater than zero.")
-            pools = [c.NodePool(name="default-pool", initial_node_count=desired.initial_node_count,
-                                config=desired.node_config)]
         key = ClusterKey(self.project, location, desired.name)
         zones = "/zones/" in parent
-        with self._lock:
-            if (location, key.cluster) in self._clusters:
-                raise ApiError("ALREADY_EXISTS", f"Already exists: {key.path}.")
-            cluster = self._new_cluster(key, desired, c.Cluster.Status.PROVISIONING)
-            state = _ClusterState(cluster)
-            for i, pool in enumerate(pools):
-                self._check_pool(cluster, pool, f"cluster.node_pools[{i}]")
-                state.pools[pool.name] = self._new_pool(key, cluster, pool, c.NodePool.Status.PROVISIONING)
-            self._clusters[(location, key.cluster)] = state
+        ctx = self._audit_ctx(key, "CreateCluster", zones, "container.clusters.create")
 
-            def finish() -> None:
-                with self._lock:
-                    snapshot = _copy(state.cluster)
-                    pool_list = [_copy(p) for p in state.pools.values()]
-                self._connect(snapshot)
-                nodes = {p.name: self._pool_ready(key, p) for p in pool_list}
-                with self._lock:
-                    state.cluster.endpoint = snapshot.endpoint
-                    state.cluster.master_auth = snapshot.master_auth
-                    state.cluster.status = c.Cluster.Status.RUNNING
-                    for name, pool in state.pools.items():
-                        pool.status = c.NodePool.Status.RUNNING
-                        state.nodes[name] = nodes.get(name, [])
+        def body() -> tuple[Any, dict[str, Any] | None]:
+            if desired.initial_cluster_version and not re.match(r"^1\.[0-9]{1,2}(\.[0-9]+-gke\.[0-9]+)?$",
+                                                                desired.initial_cluster_version):
+                raise ApiError("INVALID_ARGUMENT", "No valid versions with the prefix "
+                                                   f"\"{desired.initial_cluster_version[:50]}\" found.")
+            autopilot = desired.autopilot.enabled
+            if autopilot and desired.node_pools:
+                raise ApiError("INVALID_ARGUMENT", "cluster.node_pools: Autopilot clusters manage their node pools.")
+            pools = list(desired.node_pools)
+            if not autopilot and not pools:
+                if desired.initial_node_count <= 0:
+                    raise ApiError("INVALID_ARGUMENT", "Cluster.initial_node_count must be greater than zero.")
+                pools = [c.NodePool(name="default-pool", initial_node_count=desired.initial_node_count,
+                                    config=desired.node_config)]
+            with self._lock:
+                if (location, key.cluster) in self._clusters:
+                    raise ApiError("ALREADY_EXISTS", f"Already exists: {key.path}.")
+                cluster = self._new_cluster(key, desired, c.Cluster.Status.PROVISIONING)
+                state = _ClusterState(cluster)
+                for i, pool in enumerate(pools):
+                    self._check_pool(cluster, pool, f"cluster.node_pools[{i}]")
+                    state.pools[pool.name] = self._new_pool(key, cluster, pool, c.NodePool.Status.PROVISIONING)
+                self._clusters[(location, key.cluster)] = state
 
-            op, first = self._start(key, c.Operation.Type.CREATE_CLUSTER, key.path,
-                                    self._audit_ctx(key, "CreateCluster", zones, "container.clusters.create"),
-                                    req, finish)
-        self._launch(op.name, first)
-        return op
+                def finish() -> None:
+                    with self._lock:
+                        snapshot = _copy(state.cluster)
+                        pool_list = [_copy(p) for p in state.pools.values()]
+                    self._connect(snapshot)
+                    nodes = {p.name: self._pool_ready(key, p) for p in pool_list}
+                    with self._lock:
+                        state.cluster.endpoint = snapshot.endpoint
+                        state.cluster.master_auth = snapshot.master_auth
+                        state.cluster.control_plane_endpoints_config = snapshot.control_plane_endpoints_config
+                        state.cluster.private_cluster_config = snapshot.private_cluster_config
+                        state.cluster.status = c.Cluster.Status.RUNNING
+                        for name, pool in state.pools.items():
+                            pool.status = c.NodePool.Status.RUNNING
+                            state.nodes[name] = nodes.get(name, [])
+                            pool.instance_group_urls = _instance_groups(key, pool, state.nodes[name])
+
+                op, first = self._start(key, c.Operation.Type.CREATE_CLUSTER, key.path, ctx, req, finish)
+                if self.realism.own_operation_seconds:
+                    self._ops[op.name].after = lambda: self._start_own(key, state)
+                return op, first
+
+        return self._audited(ctx, req, body)
+
+    def _start_own(self, key: ClusterKey, state: _ClusterState) -> None:
+        """GKE's own operation right after a create (lock held, as the create ends; no audit entry).
+
+        Seen on real clusters: soon after a new cluster is RUNNING, GKE updates its node pools on its
+        own; writes meanwhile fail as "incompatible operation" (kubernetes-sigs/cluster-api-provider-gcp
+        issue 1363). The cluster and the pool are RECONCILING until it is done.
+        """
+        from google.cloud import container_v1 as c
+
+        if self._closed or (key.location, key.cluster) not in self._clusters:
+            return
+        op_type = c.Operation.Type[self.realism.own_operation_type]
+        pool = next(iter(state.pools.values()), None)
+        target = self._pool_path(key, pool.name) if pool is not None and op_type.name == "UPGRADE_NODES" \
+            else key.path
+        previous = state.cluster.status
+        state.cluster.status = c.Cluster.Status.RECONCILING
+        if pool is not None and op_type.name == "UPGRADE_NODES":
+            pool.status = c.NodePool.Status.RECONCILING
+
+        def finish() -> None:
+            with self._lock:
+                if state.cluster.status == c.Cluster.Status.RECONCILING:
+                    state.cluster.status = previous
+                if pool is not None and pool.status == c.NodePool.Status.RECONCILING:
+                    pool.status = c.NodePool.Status.RUNNING
+
+        op, _ = self._start(key, op_type, target, None, None, finish)
+        timer = threading.Timer(self.realism.own_operation_seconds, self._complete, args=(op.name,))
+        timer.daemon = True
+        self._ops[op.name].timer = timer
+        timer.start()
 
     def delete_cluster(self, req: Any) -> Any:
         from google.cloud import container_v1 as c
 
         key, zones = self._cluster_key(req.name, req.project_id, req.zone, req.cluster_id,
                                        "container.clusters.delete")
-        with self._lock:
-            state = self._state(key)
-            self._busy(key)
-            state.cluster.status = c.Cluster.Status.STOPPING
+        ctx = self._audit_ctx(key, "DeleteCluster", zones, "container.clusters.delete")
 
-            def finish() -> None:
-                with self._lock:
-                    self._clusters.pop((key.location, key.cluster), None)
-                    gone = self._render(state)
-                if self.hooks.on_cluster_deleted is not None:
-                    self.hooks.on_cluster_deleted(key, gone)
+        def body() -> tuple[Any, dict[str, Any] | None]:
+            with self._lock:
+                state = self._state(key)
+                self._busy(key)
+                state.cluster.status = c.Cluster.Status.STOPPING
 
-            op, first = self._start(key, c.Operation.Type.DELETE_CLUSTER, key.path,
-                                    self._audit_ctx(key, "DeleteCluster", zones, "container.clusters.delete"),
-                                    req, finish)
-        self._launch(op.name, first)
-        return op
+                def finish() -> None:
+                    with self._lock:
+                        if self._clusters.get((key.location, key.cluster)) is state:
+                            self._clusters.pop((key.location, key.cluster), None)
+                        gone = self._render(state)
+                    if self.hooks.on_cluster_deleted is not None:
+                        self.hooks.on_cluster_deleted(key, gone)
+
+                return self._start(key, c.Operation.Type.DELETE_CLUSTER, key.path, ctx, req, finish)
+
+        return self._audited(ctx, req, body)
 
     def list_node_pools(self, req: Any) -> Any:
         from google.cloud import container_v1 as c
@@ -618,61 +894,230 @@ class World:
         key, zones = self._cluster_key(req.parent, req.project_id, req.zone, req.cluster_id,
                                        "container.clusters.update")
         pool_in = req.node_pool
+        ctx = self._audit_ctx(key, "CreateNodePool", zones, "container.clusters.update",
+                              pool_in.name if valid_cluster_name(pool_in.name) else None)
+
+        def body() -> tuple[Any, dict[str, Any] | None]:
+            with self._lock:
+                state = self._state(key)
+                if state.cluster.autopilot.enabled:
+                    raise ApiError("FAILED_PRECONDITION", "Autopilot clusters do not support node pool management.")
+                self._check_pool(state.cluster, pool_in, "node_pool")
+                if pool_in.name in state.pools:
+                    raise ApiError("ALREADY_EXISTS", f"Already exists: {self._pool_path(key, pool_in.name)}.")
+                self._busy(key)
+                if state.cluster.status != c.Cluster.Status.RUNNING:
+                    raise ApiError("FAILED_PRECONDITION", f"Cluster {key.cluster} is not running "
+                                                          f"(status {state.cluster.status.name}).")
+                pool = self._new_pool(key, state.cluster, pool_in, c.NodePool.Status.PROVISIONING)
+                state.pools[pool.name] = pool
+                armed = self._pool_failures.get((key.cluster, pool.name))
+                failure = armed.pop(0) if armed else None
+
+                def finish() -> None:
+                    with self._lock:
+                        snapshot = _copy(pool)
+                    if failure is not None:  # accepted, then Compute Engine could not make the instances
+                        code, message, condition = pool_error_message(
+                            failure, key, snapshot, snapshot.initial_node_count * len(snapshot.locations),
+                            snapshot.locations[0])
+                        with self._lock:
+                            pool.status = c.NodePool.Status.ERROR
+                            pool.status_message = message
+                            state.nodes[pool.name] = []
+                        raise OperationFailed(code, message, condition)
+                    nodes = self._pool_ready(key, snapshot)
+                    with self._lock:
+                        pool.status = c.NodePool.Status.RUNNING
+                        pool.instance_group_urls = _instance_groups(key, snapshot, nodes)
+                        state.nodes[pool.name] = nodes
+
+                return self._start(key, c.Operation.Type.CREATE_NODE_POOL, self._pool_path(key, pool.name), ctx,
+                                   req, finish)
+
+        return self._audited(ctx, req, body)
+
+    def fail_node_pool(self, cluster: str, node_pool: str, error: str = "GCE_STOCKOUT", times: int = 1) -> None:
+        """Make the next `times` CreateNodePool operations of `cluster`/`node_pool` end in `error`.
+
+        GKE accepts the request; the operation then ends DONE with `error` and `status_message`, the
+        pool is ERROR, and the `last` audit entry carries the status (see `pool_error_message`).
+        """
+        if error not in NODE_POOL_ERRORS:
+            raise ValueError(f"unknown node pool error {error!r}; expected one of {', '.join(NODE_POOL_ERRORS)}")
+        if not valid_cluster_name(cluster) or not valid_cluster_name(node_pool):
+            raise ValueError(f"invalid cluster or node pool name {cluster!r}/{node_pool!r}")
+        if isinstance(times, bool) or not isinstance(times, int) or not 1 <= times <= 100:
+            raise ValueError(f"times must be an integer in 1..100, got {times!r}")
         with self._lock:
-            state = self._state(key)
-            if state.cluster.autopilot.enabled:
-                raise ApiError("FAILED_PRECONDITION", "Autopilot clusters do not support node pool management.")
-            self._check_pool(state.cluster, pool_in, "node_pool")
-            if pool_in.name in state.pools:
-                raise ApiError("ALREADY_EXISTS", f"Already exists: {self._pool_path(key, pool_in.name)}.")
-            self._busy(key)
-            if state.cluster.status != c.Cluster.Status.RUNNING:
-                raise ApiError("FAILED_PRECONDITION", f"Cluster {key.cluster} is not running "
-                                                      f"(status {state.cluster.status.name}).")
-            pool = self._new_pool(key, state.cluster, pool_in, c.NodePool.Status.PROVISIONING)
-            state.pools[pool.name] = pool
+            self._pool_failures.setdefault((cluster, node_pool), []).extend([error] * times)
 
-            def finish() -> None:
-                with self._lock:
-                    snapshot = _copy(pool)
-                nodes = self._pool_ready(key, snapshot)
-                with self._lock:
-                    pool.status = c.NodePool.Status.RUNNING
-                    pool.instance_group_urls = [
-                        f"https://www.googleapis.com/compute/v1/projects/{key.project}/zones/{z}/"
-                        f"instanceGroupManagers/{n.rsplit('-', 1)[0]}-grp"
-                        for z, n in zip(snapshot.locations, nodes, strict=False)]
-                    state.nodes[pool.name] = nodes
-
-            op, first = self._start(key, c.Operation.Type.CREATE_NODE_POOL, self._pool_path(key, pool.name),
-                                    self._audit_ctx(key, "CreateNodePool", zones, "container.clusters.update",
-                                                    pool.name), req, finish)
-        self._launch(op.name, first)
-        return op
+    def pending_pool_failures(self) -> dict[str, list[str]]:
+        with self._lock:
+            return {f"{c}/{p}": list(v) for (c, p), v in sorted(self._pool_failures.items()) if v}
 
     def delete_node_pool(self, req: Any) -> Any:
         from google.cloud import container_v1 as c
 
         key, name, zones = self._pool_key(req, "container.clusters.update")
+        ctx = self._audit_ctx(key, "DeleteNodePool", zones, "container.clusters.update", name)
+
+        def body() -> tuple[Any, dict[str, Any] | None]:
+            with self._lock:
+                state = self._state(key)
+                if name not in state.pools:
+                    raise ApiError("NOT_FOUND", f"Not found: {self._pool_path(key, name)}.")
+                self._busy(key)
+                state.pools[name].status = c.NodePool.Status.STOPPING
+
+                def finish() -> None:
+                    with self._lock:
+                        pool = state.pools.pop(name, None)
+                        nodes = state.nodes.pop(name, [])
+                    if pool is not None and self.hooks.on_node_pool_deleted is not None:
+                        self.hooks.on_node_pool_deleted(key, _copy(pool), list(nodes))
+
+                return self._start(key, c.Operation.Type.DELETE_NODE_POOL, self._pool_path(key, name), ctx, req,
+                                   finish)
+
+        return self._audited(ctx, req, body)
+
+    # -- upgrades and labels: the cluster is RECONCILING while they run -------------------------------
+    def _reconcile(self, key: ClusterKey, zones: bool, method: str, req: Any, op_type: str,
+                   change: Callable[[_ClusterState], Callable[[], None]], target: str | None = None) -> Any:
+        """Start an update: `change` validates (lock held, may raise ApiError) and returns what to apply
+        when the operation ends. The cluster is RECONCILING meanwhile, as GKE reports during upgrades."""
+        from google.cloud import container_v1 as c
+
+        ctx = self._audit_ctx(key, method, zones, "container.clusters.update")
+
+        def body() -> tuple[Any, dict[str, Any] | None]:
+            with self._lock:
+                state = self._state(key)
+                self._busy(key)
+                if state.cluster.status != c.Cluster.Status.RUNNING:
+                    raise ApiError("FAILED_PRECONDITION", f"Cluster {key.cluster} is not running "
+                                                          f"(status {state.cluster.status.name}).")
+                apply = change(state)
+                state.cluster.status = c.Cluster.Status.RECONCILING
+
+                def finish() -> None:
+                    with self._lock:
+                        apply()
+                        if state.cluster.status == c.Cluster.Status.RECONCILING:
+                            state.cluster.status = c.Cluster.Status.RUNNING
+
+                return self._start(key, c.Operation.Type[op_type], target or key.path, ctx, req, finish)
+
+        return self._audited(ctx, req, body)
+
+    def _version(self, requested: str, field_name: str, current: str, limit: str | None = None) -> str:
+        """A requested version (`latest`, `-`, `1.31`, `1.31.2-gke.100`) -> the full version it means."""
+        if not _VERSION_ARG.match(requested or ""):
+            raise ApiError("INVALID_ARGUMENT", f"{field_name}: version {requested[:50]!r} is not supported; "
+                                               "expected 'latest', '-' or a version such as 1.31.")
+        if requested in ("latest", "-"):
+            return limit or current
+        version = full_version(requested) if requested.count(".") == 1 else requested
+        if not re.match(r"^1\.[0-9]{1,2}\.[0-9]+-gke\.[0-9]+$", version):
+            version = f"{requested}-gke.100"
+        if _minor(version) < _minor(current):
+            raise ApiError("INVALID_ARGUMENT", f"{field_name}: downgrading from {current} to {version} "
+                                               "is not supported.")
+        if limit is not None and _minor(version) > _minor(limit):
+            raise ApiError("INVALID_ARGUMENT", f"{field_name}: node version {version} cannot be newer than the "
+                                               f"control plane version {limit}.")
+        return version
+
+    def update_master(self, req: Any) -> Any:
+        key, zones = self._cluster_key(req.name, req.project_id, req.zone, req.cluster_id,
+                                       "container.clusters.update")
+
+        def change(state: _ClusterState) -> Callable[[], None]:
+            version = self._version(req.master_version, "master_version", state.cluster.current_master_version)
+
+            def apply() -> None:
+                state.cluster.current_master_version = version
+            return apply
+
+        return self._reconcile(key, zones, "UpdateMaster", req, "UPGRADE_MASTER", change)
+
+    def update_cluster(self, req: Any) -> Any:
+        """UpdateCluster with `desired_master_version` or `desired_node_version` (one per request, as GKE)."""
+        key, zones = self._cluster_key(req.name, req.project_id, req.zone, req.cluster_id,
+                                       "container.clusters.update")
+        update = req.update
+        given = [f.name for f, _ in type(update).pb(update).ListFields()]
+        supported = {"desired_master_version", "desired_node_version", "desired_node_pool_id"}
+        unsupported = sorted(set(given) - supported)
+        if unsupported:
+            raise ApiError("UNIMPLEMENTED", f"update.{unsupported[0]}: the sandbox's UpdateCluster supports only "
+                                            "desired_master_version and desired_node_version (+ desired_node_pool_id).")
+        if update.desired_master_version and update.desired_node_version:
+            raise ApiError("INVALID_ARGUMENT", "update: desired_master_version and desired_node_version cannot be "
+                                               "changed in one request.")
+        if update.desired_master_version:
+            def master(state: _ClusterState) -> Callable[[], None]:
+                version = self._version(update.desired_master_version, "update.desired_master_version",
+                                        state.cluster.current_master_version)
+
+                def apply() -> None:
+                    state.cluster.current_master_version = version
+                return apply
+
+            return self._reconcile(key, zones, "UpdateCluster", req, "UPGRADE_MASTER", master)
+        if not update.desired_node_version:
+            raise ApiError("INVALID_ARGUMENT", "update: at least one desired_* field must be specified.")
+        pool_id = update.desired_node_pool_id
         with self._lock:
-            state = self._state(key)
-            if name not in state.pools:
-                raise ApiError("NOT_FOUND", f"Not found: {self._pool_path(key, name)}.")
-            self._busy(key)
-            state.pools[name].status = c.NodePool.Status.STOPPING
+            pools = list(self._state(key).pools)
+        if not pool_id:
+            if len(pools) != 1:
+                raise ApiError("INVALID_ARGUMENT", "update.desired_node_pool_id is required when the cluster has "
+                                                   f"{len(pools)} node pools.")
+            pool_id = pools[0]
+        if pool_id not in pools:
+            raise ApiError("NOT_FOUND", f"Not found: {self._pool_path(key, pool_id)}.")
 
-            def finish() -> None:
-                with self._lock:
-                    pool = state.pools.pop(name, None)
-                    nodes = state.nodes.pop(name, [])
-                if pool is not None and self.hooks.on_node_pool_deleted is not None:
-                    self.hooks.on_node_pool_deleted(key, _copy(pool), list(nodes))
+        def nodes(state: _ClusterState) -> Callable[[], None]:
+            from google.cloud import container_v1 as c
 
-            op, first = self._start(key, c.Operation.Type.DELETE_NODE_POOL, self._pool_path(key, name),
-                                    self._audit_ctx(key, "DeleteNodePool", zones, "container.clusters.update",
-                                                    name), req, finish)
-        self._launch(op.name, first)
-        return op
+            pool = state.pools[pool_id]
+            version = self._version(update.desired_node_version, "update.desired_node_version", pool.version,
+                                    limit=state.cluster.current_master_version)
+            pool.status = c.NodePool.Status.RECONCILING
+
+            def apply() -> None:
+                pool.version = version
+                pool.status = c.NodePool.Status.RUNNING
+                state.cluster.current_node_version = min((p.version for p in state.pools.values()), key=_minor)
+            return apply
+
+        return self._reconcile(key, zones, "UpdateCluster", req, "UPGRADE_NODES", nodes,
+                               target=self._pool_path(key, pool_id))
+
+    def set_labels(self, req: Any) -> Any:
+        """SetLabels replaces the labels; the fingerprint must be the current one (GKE's optimistic lock)."""
+        key, zones = self._cluster_key(req.name, req.project_id, req.zone, req.cluster_id,
+                                       "container.clusters.update")
+        labels = dict(req.resource_labels)
+        for k, v in labels.items():
+            if not re.match(r"^[a-z][a-z0-9_-]{0,62}$", k) or not re.match(r"^[a-z0-9_-]{0,63}$", v):
+                raise ApiError("INVALID_ARGUMENT", f"resource_labels: invalid label {k[:63]!r}={v[:63]!r}.")
+
+        def change(state: _ClusterState) -> Callable[[], None]:
+            expected = state.cluster.label_fingerprint
+            if req.label_fingerprint != expected:
+                raise ApiError("FAILED_PRECONDITION", "Labels could not be set due to fingerprint mismatch; try "
+                                                      "again with the proper fingerprint: incorrect fingerprint "
+                                                      f"supplied was \"{req.label_fingerprint[:16]}\", the "
+                                                      f"expected one is \"{expected}\".")
+            # The new labels and fingerprint are visible at once; the operation is the propagation.
+            state.cluster.resource_labels = labels
+            state.cluster.label_fingerprint = label_fingerprint(labels)
+            return lambda: None
+
+        return self._reconcile(key, zones, "SetLabels", req, "UPDATE_CLUSTER", change)
 
     def get_operation(self, req: Any) -> Any:
         if req.name:
@@ -702,26 +1147,46 @@ class World:
         return c.ListOperationsResponse(operations=ops)
 
     def list_usable_subnetworks(self, req: Any) -> Any:
+        """The subnetworks the caller may use, of one project: the parent's, or `networkProjectId=HOST`'s.
+
+        As the method's reference says, `filter` supports only equality on networkProjectId and the
+        list defaults to the parent project. A Shared VPC subnetwork whose secondary ranges the
+        caller may not use is listed without them and with a `status_message` saying why.
+        """
         from google.cloud import container_v1 as c
 
         m = re.match(r"^projects/([^/]+)$", req.parent or "")
         if not m:
             raise ApiError("INVALID_ARGUMENT", f"Invalid parent {req.parent[:200]!r}: expected projects/*.")
         self._check_project(m.group(1), "container.clusters.list", req.parent)
+        owner = self.project
+        if req.filter:
+            f = re.match(r"^\s*networkProjectId\s*=\s*\"?([a-z][a-z0-9-]{4,28}[a-z0-9])\"?\s*$", req.filter)
+            if not f:
+                raise ApiError("INVALID_ARGUMENT", f"Invalid filter {req.filter[:200]!r}: only "
+                                                   "networkProjectId=[PROJECTID] is supported.")
+            owner = f.group(1)
         size = req.page_size if 0 < req.page_size <= 500 else 500
         try:
             start = int(req.page_token or 0)
         except ValueError:
             raise ApiError("INVALID_ARGUMENT", f"Invalid page_token {req.page_token[:50]!r}.") from None
-        subnets = self.scenario.subnetworks
+        subnets = [s for s in self.scenario.subnetworks if (s.project or self.project) == owner]
         page = subnets[start:start + size]
-        items = [c.UsableSubnetwork(
-            subnetwork=f"projects/{self.project}/regions/{s.region}/subnetworks/{s.subnetwork}",
-            network=f"projects/{self.project}/global/networks/{s.network}",
-            ip_cidr_range=s.primary_range,
-            secondary_ip_ranges=[c.UsableSubnetworkSecondaryRange(
-                range_name=n, ip_cidr_range=r, status=c.UsableSubnetworkSecondaryRange.Status.UNUSED)
-                for n, r in s.secondary_ranges.items()]) for s in page]
+        items = []
+        for s in page:
+            path = f"projects/{owner}/regions/{s.region}/subnetworks/{s.subnetwork}"
+            usable = c.UsableSubnetwork(subnetwork=path, network=f"projects/{owner}/global/networks/{s.network}",
+                                        ip_cidr_range=s.primary_range)
+            if s.network_user:
+                usable.secondary_ip_ranges = [c.UsableSubnetworkSecondaryRange(
+                    range_name=n, ip_cidr_range=r, status=c.UsableSubnetworkSecondaryRange.Status.UNUSED)
+                    for n, r in s.secondary_ranges.items()]
+            else:
+                usable.status_message = (
+                    f"Insufficient permission to list the secondary ranges of {path}: the caller needs "
+                    f"compute.subnetworks.get on project {owner} (roles/compute.networkUser).")
+            items.append(usable)
         token = str(start + size) if start + size < len(subnets) else ""
         return c.ListUsableSubnetworksResponse(subnetworks=items, next_page_token=token)
 

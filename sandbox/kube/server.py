@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, unquote
 
 from sandbox.kube import discovery
 from sandbox.kube.api import Api
-from sandbox.kube.certs import CertBundle, make_certs, server_context
+from sandbox.kube.certs import CertAuthority, CertBundle, make_certs, server_context
 from sandbox.kube.faults import Faults, Stats
 from sandbox.kube.meta import name_problem
 from sandbox.kube.scheduler import Scheduler
@@ -41,8 +41,15 @@ _NODE_TYPE = next(t for t in BUILTINS if t.kind == "Node")
 
 
 class KubeApiServer:
+    """One cluster's API server. `dns_name` + `dns_authority` add a second listener: the cluster's
+    DNS-based endpoint, served with a certificate for that name from the sandbox's public-style CA.
+    `ip_access=False` makes the IP listener close every connection at once (a client outside the
+    cluster's authorized networks cannot reach it), while the DNS listener still answers."""
+
     def __init__(self, *, token: str, nodes: int | list[str] = 1, crd_delay: float = 0.2,
-                 rollout_delay: float = 0.5, pod_delay: float = 0.2, name: str = "sandbox") -> None:
+                 rollout_delay: float = 0.5, pod_delay: float = 0.2, name: str = "sandbox",
+                 dns_name: str | None = None, dns_authority: CertAuthority | None = None,
+                 ip_access: bool = True) -> None:
         if not isinstance(token, str) or not token or any(c.isspace() for c in token):
             raise ValueError("token must be a non-empty string without whitespace")
         for what, v in (("crd_delay", crd_delay), ("rollout_delay", rollout_delay), ("pod_delay", pod_delay)):
@@ -63,6 +70,13 @@ class KubeApiServer:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
+        if (dns_name is None) != (dns_authority is None):
+            raise ValueError("dns_name and dns_authority go together")
+        self.dns_name = dns_name
+        self._dns_certs = dns_authority.issue(dns_name) if dns_authority and dns_name else None
+        self.ip_access = ip_access
+        self._dns_httpd: _HTTPServer | None = None
+        self.dns_endpoint = ""  # "name:port" once started with a DNS listener
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -83,17 +97,31 @@ class KubeApiServer:
         httpd = _HTTPServer(("127.0.0.1", port), _Handler)
         httpd.kube = self
         httpd.ssl_context = server_context(self._certs)
+        httpd.refuse = not self.ip_access
         self._httpd = httpd
         self.url = f"https://127.0.0.1:{httpd.server_address[1]}"
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name=f"kube-api-{self.name}", daemon=True)
         self._thread.start()
+        if self._dns_certs is not None:
+            dns = _HTTPServer(("127.0.0.1", 0), _Handler)
+            dns.kube = self
+            dns.ssl_context = server_context(self._dns_certs)
+            self._dns_httpd = dns
+            self.dns_endpoint = f"{self.dns_name}:{dns.server_address[1]}"
+            threading.Thread(target=dns.serve_forever, kwargs={"poll_interval": 0.1},
+                             name=f"kube-api-dns-{self.name}", daemon=True).start()
         if self._initial_nodes:
             self.add_nodes(self._initial_nodes)
         return self.url
 
     def stop(self) -> None:
         httpd, self._httpd = self._httpd, None
+        dns, self._dns_httpd = self._dns_httpd, None
+        if dns is not None:
+            dns.shutdown()
+            dns.server_close()
+            dns.close_connections()
         self.store.close()
         if httpd is not None:
             httpd.shutdown()
@@ -217,6 +245,10 @@ class _HTTPServer(ThreadingHTTPServer):
     allow_reuse_address = False
     kube: KubeApiServer
     ssl_context: ssl.SSLContext
+    refuse = False  # True: close every connection at once (the caller is not in the authorized networks)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        return not self.refuse
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
