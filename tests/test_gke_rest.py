@@ -237,3 +237,87 @@ def test_service_usage_reports_every_service_enabled(sandbox: GkeSandbox) -> Non
 def test_http_status_table_follows_google_rpc_code() -> None:
     assert set(rest.HTTP_STATUS) == set(grpc.StatusCode.__members__)
     assert json.dumps(rest.RPC_CODE["UNAUTHENTICATED"]) == "16"
+
+
+# -- Compute Engine, sharing the World's subnetworks ------------------------------------------------
+COMPUTE = f"/compute/v1/projects/{PROJECT}"
+
+
+def test_compute_operations_run_then_wait_returns_done() -> None:
+    slow = GkeSandbox(operation_delay=0.3, token=TOKEN)
+    slow.start(rest_port=0)
+    try:
+        op = http(slow, "POST", f"{COMPUTE}/global/networks", json={"name": "vpc-w", "autoCreateSubnetworks": False})
+        body = op.json()
+        assert op.status_code == 200 and body["status"] == "RUNNING" and body["operationType"] == "insert"
+        assert body["targetLink"].endswith("/global/networks/vpc-w")
+        assert http(slow, "GET", f"{COMPUTE}/global/networks/vpc-w").status_code == 200  # visible at once
+        done = http(slow, "POST", f"{COMPUTE}/global/operations/{body['name']}/wait").json()
+        assert done["status"] == "DONE" and done["progress"] == 100 and "endTime" in done
+        op = http(slow, "POST", f"{COMPUTE}/regions/us-central1/subnetworks", json={
+            "name": "sub-w", "network": f"{slow.rest_url}{COMPUTE}/global/networks/vpc-w", "ipCidrRange": "10.9.0.0/24",
+            "secondaryIpRanges": [{"rangeName": "pods-w", "ipCidrRange": "172.20.0.0/24"}]}).json()
+        assert op["region"].endswith("/regions/us-central1")
+        assert http(slow, "GET", f"{COMPUTE}/global/operations/{op['name']}").status_code == 404  # regional
+        waited = http(slow, "POST", f"{COMPUTE}/regions/us-central1/operations/{op['name']}/wait").json()
+        assert waited["status"] == "DONE"
+    finally:
+        slow.stop()
+
+
+def test_compute_subnetworks_are_the_worlds(sandbox: GkeSandbox, clients: tuple[Any, Any]) -> None:
+    g, _ = clients
+    assert http(sandbox, "POST", f"{COMPUTE}/global/networks",
+                json={"name": "vpc-s", "autoCreateSubnetworks": False}).status_code == 200
+    assert http(sandbox, "POST", f"{COMPUTE}/regions/us-central1/subnetworks", json={
+        "name": "sub-s", "network": "global/networks/vpc-s", "ipCidrRange": "10.7.0.0/24",
+        "secondaryIpRanges": [{"rangeName": "pods-s", "ipCidrRange": "172.17.0.0/24"}]}).status_code == 200
+    usable = {u.subnetwork: u for u in g.list_usable_subnetworks(request={"parent": f"projects/{PROJECT}"})}
+    mine = usable[f"projects/{PROJECT}/regions/us-central1/subnetworks/sub-s"]
+    assert mine.network == f"projects/{PROJECT}/global/networks/vpc-s" and mine.ip_cidr_range == "10.7.0.0/24"
+    agg = http(sandbox, "GET", f"{COMPUTE}/aggregated/subnetworks").json()
+    assert "sub-s" in {s["name"] for s in agg["items"]["regions/us-central1"]["subnetworks"]}
+    # node pool validation sees the range; then Compute refuses to delete what a pool uses
+    pool = container_v1.NodePool(name="on-sub-s", initial_node_count=1, network_config=container_v1.NodeNetworkConfig(
+        additional_node_network_configs=[container_v1.AdditionalNodeNetworkConfig(network="vpc-s", subnetwork="sub-s")],
+        additional_pod_network_configs=[container_v1.AdditionalPodNetworkConfig(
+            subnetwork="sub-s", secondary_pod_range="pods-s")]))
+    cluster = f"projects/{PROJECT}/locations/us-central1-f/clusters/multi"
+    g.create_cluster(parent=f"projects/{PROJECT}/locations/us-central1-f", cluster=container_v1.Cluster(
+        name="multi", initial_node_count=1, network_config=container_v1.NetworkConfig(enable_multi_networking=True)))
+    assert sandbox.wait_idle(10)
+    g.create_node_pool(parent=cluster, node_pool=pool)
+    assert sandbox.wait_idle(10)
+    busy = http(sandbox, "DELETE", f"{COMPUTE}/regions/us-central1/subnetworks/sub-s")
+    assert busy.status_code == 400 and busy.json()["error"]["errors"][0]["reason"] == "resourceInUseByAnotherResource"
+    busy = http(sandbox, "DELETE", f"{COMPUTE}/global/networks/vpc-s")
+    assert busy.status_code == 400 and "already being used by" in busy.json()["error"]["message"]
+    g.delete_cluster(name=cluster)
+    assert sandbox.wait_idle(10)
+    assert http(sandbox, "DELETE", f"{COMPUTE}/regions/us-central1/subnetworks/sub-s").status_code == 200
+    assert http(sandbox, "DELETE", f"{COMPUTE}/global/networks/vpc-s").status_code == 200
+    assert "sub-s" not in {s.subnetwork for s in sandbox.world.subnetworks()}
+
+
+@pytest.mark.parametrize(("path", "body", "status", "needle"), [
+    ("/global/networks", {"name": "Bad_Name", "autoCreateSubnetworks": False}, 400, "Must be a match of regex"),
+    ("/global/networks", {"name": "auto-net", "autoCreateSubnetworks": True}, 400, "custom-mode networks only"),
+    ("/global/networks", {"name": "multus-vpc", "autoCreateSubnetworks": False}, 409, "already exists"),
+    ("/global/networks", {"name": "n1", "autoCreateSubnetworks": False, "colour": "red"}, 400, "Unknown name"),
+    ("/regions/us-central1/subnetworks", {"name": "s1", "network": "global/networks/nowhere",
+                                          "ipCidrRange": "10.99.0.0/24"}, 400, "cannot be found"),
+    ("/regions/us-central1/subnetworks", {"name": "s1", "network": "global/networks/multus-vpc",
+                                          "ipCidrRange": "10.99.0.1/24"}, 400, "Invalid IPCidrRange"),
+    ("/regions/us-central1/subnetworks", {"name": "s1", "network": "global/networks/multus-vpc",
+                                          "ipCidrRange": "10.0.1.0/25"}, 400, "conflicts with existing subnetwork"),
+    ("/regions/us-central1/subnetworks", {"name": "multus-subnet", "network": "global/networks/multus-vpc",
+                                          "ipCidrRange": "10.98.0.0/24"}, 409, "already exists"),
+], ids=["name", "auto-mode", "duplicate-network", "unknown-field", "no-network", "host-bits", "overlap",
+        "duplicate-subnet"])
+def test_compute_refusals(sandbox: GkeSandbox, path: str, body: dict[str, Any], status: int, needle: str) -> None:
+    resp = http(sandbox, "POST", f"{COMPUTE}{path}", json=body)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert needle in error["message"] and error["errors"][0]["message"] == error["message"]
+    assert http(sandbox, "GET", f"{COMPUTE}/global/networks/nowhere").status_code == 404
+    assert http(sandbox, "GET", "/compute/v1/projects/someone-else/global/networks").status_code == 403

@@ -33,7 +33,7 @@ from sandbox.gke.world import ApiError, World
 _NAME_RX = "(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)"
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 # A reference to a network: a name, a partial path or a full URL on any host.
-_NETWORK_REF = re.compile(r"^(?:.*/)?projects/([^/]+)/global/networks/([^/]+)$")
+_NETWORK_REF = re.compile(r"^(?:(?:.*/)?projects/([^/]+)/)?global/networks/([^/]+)$")
 WAIT_LIMIT = 120.0  # operations.wait returns after at most 2 minutes, DONE or not (Compute's documented limit)
 
 
@@ -246,7 +246,7 @@ class Compute:
             raise compute_error(400, "required", "Required field 'resource.network' not specified")
         m = _NETWORK_REF.match(ref)
         network = m.group(2) if m else ref
-        if (m and m.group(1) != self.project) or not valid_resource_name(network):
+        if (m and m.group(1) not in (None, self.project)) or not valid_resource_name(network):
             raise compute_error(400, "invalid", f"Invalid value for field 'resource.network': '{ref[:200]}'. "
                                                 "The referenced network resource cannot be found.")
         primary = _cidr(body.get("ipCidrRange"), "resource.ipCidrRange")
