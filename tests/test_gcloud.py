@@ -185,6 +185,12 @@ def test_cluster_pool_credentials_kubectl_and_delete(gcloud: Run, sandbox: GkeSa
                                                    "maxPodsPerNode": {"maxPodsPerNode": "8"}}]
     listed = gcloud("container", "clusters", "list").stdout
     assert "howto" in listed and ZONE in listed
+    one = json.loads(gcloud("container", "node-pools", "describe", "multus-pool", "--cluster", "howto", "--zone",
+                            ZONE, "--format=json").stdout)
+    assert one["status"] == "RUNNING" and one["networkConfig"] == net
+    ops = json.loads(gcloud("container", "operations", "list", "--zone", ZONE, "--format=json").stdout)
+    assert {o["operationType"] for o in ops} >= {"CREATE_CLUSTER", "CREATE_NODE_POOL"}
+    assert all(o["status"] == "DONE" for o in ops)
 
     methods = [(e["protoPayload"]["methodName"].rsplit(".", 1)[1], e["operation"].get("last", False))
                for e in sandbox.audit_log[before:]]

@@ -321,3 +321,9 @@ def test_compute_refusals(sandbox: GkeSandbox, path: str, body: dict[str, Any], 
     assert needle in error["message"] and error["errors"][0]["message"] == error["message"]
     assert http(sandbox, "GET", f"{COMPUTE}/global/networks/nowhere").status_code == 404
     assert http(sandbox, "GET", "/compute/v1/projects/someone-else/global/networks").status_code == 403
+
+
+def test_compute_refuses_subnet_kinds_it_does_not_model(sandbox: GkeSandbox) -> None:
+    resp = http(sandbox, "POST", f"{COMPUTE}/regions/us-central1/subnetworks", json={
+        "name": "v6", "network": "global/networks/multus-vpc", "ipCidrRange": "10.97.0.0/24", "stackType": "IPV4_IPV6"})
+    assert resp.status_code == 400 and "IPV4_ONLY" in resp.json()["error"]["message"]

@@ -241,6 +241,11 @@ class Compute:
         _fields(body, {"name", "description", "network", "ipCidrRange", "secondaryIpRanges",
                        "privateIpGoogleAccess", "region", "stackType", "purpose", "kind"}, "resource")
         name = _name(body.get("name"), "resource.name")
+        for key, served in (("stackType", "IPV4_ONLY"), ("purpose", "PRIVATE")):
+            if body.get(key, served) != served:
+                raise compute_error(400, "invalid", f"Invalid value for field 'resource.{key}': "
+                                                    f"'{str(body[key])[:40]}'. The sandbox serves {served} "
+                                                    "subnetworks only.")
         ref = body.get("network")
         if not isinstance(ref, str) or not ref:
             raise compute_error(400, "required", "Required field 'resource.network' not specified")
