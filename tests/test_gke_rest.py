@@ -327,3 +327,30 @@ def test_compute_refuses_subnet_kinds_it_does_not_model(sandbox: GkeSandbox) -> 
     resp = http(sandbox, "POST", f"{COMPUTE}/regions/us-central1/subnetworks", json={
         "name": "v6", "network": "global/networks/multus-vpc", "ipCidrRange": "10.97.0.0/24", "stackType": "IPV4_IPV6"})
     assert resp.status_code == 400 and "IPV4_ONLY" in resp.json()["error"]["message"]
+
+
+def test_the_process_serves_rest_with_a_token_file(tmp_path: Any) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox.gke", "--rest-port", "0", "--token-file", str(token_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline().strip() for _ in range(3)] if proc.stdout else []
+        assert lines[0].startswith("MULTUS_PROVISIONER_GKE_ENDPOINT=127.0.0.1:")
+        key, _, url = lines[2].partition("=")
+        assert key == "MULTUS_PROVISIONER_GKE_REST" and url.startswith("http://127.0.0.1:")
+        ok = requests.get(f"{url}/v1/{LEGACY}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        assert ok.status_code == 200 and ok.json()["name"] == "demo-legacy"
+        assert requests.get(f"{url}/v1/{LEGACY}", timeout=30).status_code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    bad = subprocess.run([sys.executable, "-m", "sandbox.gke", "--rest-port", "0", "--token-file", str(empty)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "expected one token" in bad.stderr

@@ -26,6 +26,7 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -282,7 +283,8 @@ class RestApp:
 
     sandbox: Any
     compute: Any
-    requests: list[tuple[str, str]] = field(default_factory=list)  # (verb, path) seen, for tests
+    # (verb, path) of the latest requests, to see what a client sent (never headers: they hold the token)
+    requests: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=1000))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(self, req: Request) -> tuple[int, dict[str, Any]]:
@@ -354,6 +356,7 @@ class RestApp:
 # ---------------------------------------------------------------------------------------- HTTP
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = 60  # an idle keep-alive connection is closed, so no thread outlives its client for long
     server: _Server
 
     def log_message(self, fmt: str, *args: Any) -> None:
