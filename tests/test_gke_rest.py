@@ -354,3 +354,12 @@ def test_the_process_serves_rest_with_a_token_file(tmp_path: Any) -> None:
     bad = subprocess.run([sys.executable, "-m", "sandbox.gke", "--rest-port", "0", "--token-file", str(empty)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "expected one token" in bad.stderr
+
+
+def test_error_details_are_rendered_as_json() -> None:
+    from google.rpc import error_details_pb2
+
+    info = error_details_pb2.ErrorInfo(reason="CLUSTER_ALREADY_HAS_OPERATION", domain="container.googleapis.com")
+    assert rest._details([info, {"@type": "x"}, object()]) == [
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "CLUSTER_ALREADY_HAS_OPERATION",
+         "domain": "container.googleapis.com"}, {"@type": "x"}]

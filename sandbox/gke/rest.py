@@ -346,11 +346,30 @@ class RestApp:
         try:
             response = getattr(self.sandbox.world, attr)(request)
         except ApiError as e:
-            raise google_error(e.code, e.message, getattr(e, "details", None)) from None
+            raise google_error(e.code, e.message, _details(getattr(e, "details", None))) from None
         except Exception as e:  # a sandbox bug: say so rather than hang the client
             log.exception("sandbox GKE REST %s failed", rule.rpc)
             raise google_error("INTERNAL", f"sandbox error in {rule.rpc}: {e}") from None
         return 200, encode_message(response, ints=ints)
+
+
+def _details(details: Any) -> list[dict[str, Any]]:
+    """An ApiError's details as JSON objects: dicts as they are, protobuf messages (an ErrorInfo,
+    a google.protobuf.Any) in their proto3 JSON form with `@type`; anything else is dropped."""
+    from google.protobuf import any_pb2, json_format
+    from google.protobuf.message import Message
+
+    out: list[dict[str, Any]] = []
+    for d in details or ():
+        if isinstance(d, dict):
+            out.append(d)
+            continue
+        pb = type(d).pb(d) if hasattr(type(d), "pb") and not isinstance(d, Message) else d
+        if isinstance(pb, any_pb2.Any):
+            out.append(json_format.MessageToDict(pb))
+        elif isinstance(pb, Message):
+            out.append({"@type": f"type.googleapis.com/{pb.DESCRIPTOR.full_name}", **json_format.MessageToDict(pb)})
+    return out
 
 
 # ---------------------------------------------------------------------------------------- HTTP
