@@ -124,6 +124,7 @@ class Stack:
         self._ports: dict[str, int] = {}
         self._fn_env: dict[str, str] = {}
         self.public_ca: Any = None  # sandbox.kube.certs.CertAuthority for the DNS-based endpoints
+        self.gcloud_config: Path | None = None  # the gcloud configuration directory, once started
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> Stack:
@@ -191,8 +192,8 @@ class Stack:
         self.gke = GkeSandbox(load_scenario(self.scenario), on_cluster=self._on_cluster,
                               on_node_pool=self._on_node_pool, on_cluster_deleted=self._on_cluster_deleted,
                               audit_sink=self._publish_audit, operation_delay=self.operation_delay,
-                              realism=self.realism)
-        gke_endpoint = self.gke.start(port=0, admin_port=0)
+                              realism=self.realism, token=self.token)
+        gke_endpoint = self.gke.start(port=0, admin_port=0, rest_port=0)
         self.env["MULTUS_PROVISIONER_GKE_ADMIN"] = self.gke.admin_url
         self.env["MULTUS_PROVISIONER_SANDBOX_REALISM"] = self.gke.world.realism.name
         if self.gke_proxy:
@@ -211,6 +212,12 @@ class Stack:
                 self._scheduler.start()
         else:
             self.hold_audit()
+        # gcloud's configuration is for the people and tests typing commands, not for the
+        # functions (already started): they must never pick up a gcloud configuration.
+        self.gcloud_config = write_gcloud_config(
+            self.state_dir / "gcloud", rest_url=self.gke.rest_url, token_file=token_file,
+            project=self.project, location=self.gke.scenario.location)
+        self.env["CLOUDSDK_CONFIG"] = str(self.gcloud_config.resolve())
         self.write_env_file(self.state_dir / "env")
         return self.env
 
@@ -456,8 +463,48 @@ class _Publisher:
             self.client.stop()
 
 
+def write_gcloud_config(directory: str | os.PathLike[str], *, rest_url: str, token_file: str | os.PathLike[str],
+                        project: str, location: str) -> Path:
+    """A gcloud configuration directory (for `CLOUDSDK_CONFIG`) that sends gcloud to the sandbox.
+
+    What each property does is in docs/SANDBOX_GKE.md ("gcloud against the sandbox"): the three
+    endpoint overrides are every API the how-to's commands call; `auth/access_token_file` makes
+    gcloud (and gke-gcloud-auth-plugin, for kubectl) send the sandbox's token without a Google
+    login; `core/check_gce_metadata false` and `component_manager/disable_update_check` keep
+    gcloud from reaching for anything but loopback. The zone default is the `-c` zone of the
+    scenario's region, the how-to's example (us-central1-c), unless the scenario names a zone.
+    """
+    from sandbox.gke.scenario import region_of
+
+    if not rest_url.startswith("http://127.0.0.1:"):
+        raise ValueError(f"the sandbox REST endpoint must be on loopback, got {rest_url!r}")
+    base = rest_url.rstrip("/") + "/"
+    region = region_of(location)
+    zone = location if location != region else f"{region}-c"
+    root = Path(directory)
+    (root / "configurations").mkdir(parents=True, exist_ok=True)
+    sections = {
+        "core": {"project": project, "disable_usage_reporting": "True", "check_gce_metadata": "False",
+                 "disable_prompts": "True"},
+        "auth": {"access_token_file": str(Path(token_file).resolve())},
+        "compute": {"region": region, "zone": zone},
+        "component_manager": {"disable_update_check": "True"},
+        "survey": {"disable_prompts": "True"},
+        "api_endpoint_overrides": {"container": base, "compute": f"{base}compute/v1/", "serviceusage": base},
+    }
+    text = "".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in props.items()) + "\n"
+                   for name, props in sections.items())
+    (root / "configurations" / "config_sandbox").write_text(text)
+    (root / "active_config").write_text("sandbox")  # gcloud reads the name verbatim: no newline
+    return root
+
+
 def _template_from_scenario(scenario: Any) -> dict[str, Any] | None:
-    """The node pool template the sandbox's policy uses: the scenario's first secondary range."""
+    """The node pool template the sandbox's policy uses: the scenario's first secondary range.
+
+    A scenario without any secondary range gives no template: the how-to's story, where the user
+    creates the node pool (docs/TUTORIAL.md, sandbox/scenarios/tutorial.yaml).
+    """
     if not isinstance(scenario, dict):
         return None
     for sub in scenario.get("subnetworks") or []:

@@ -510,7 +510,8 @@ def test_private_authorized_and_dns_endpoints(tmp_path):
 # ---------------------------------------------------------------------------------------------- the stack
 
 def test_stack_env_offers_admin_url_ca_bundle_and_filters_like_the_sink(emulators, tmp_path):
-    from sandbox.stack import Stack, load_env_file
+    from multus_cli.envfile import load_env_file
+    from sandbox.stack import Stack
 
     stack = Stack(state_dir=tmp_path, emulators=emulators, with_functions=False, operation_delay=0.01)
     stack.start()

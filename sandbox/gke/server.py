@@ -75,6 +75,7 @@ class GkeSandbox:
         operation_delay: float = 0.5,
         start_all: bool = False,
         realism: Realism | None = None,
+        token: str | None = None,
     ) -> None:
         if not isinstance(scenario, Scenario):
             scenario = load(scenario if scenario is not None else DEFAULT_SCENARIO)
@@ -89,12 +90,19 @@ class GkeSandbox:
         self.admin_url: str | None = None
         self._server: grpc.Server | None = None
         self._admin: ThreadingHTTPServer | None = None
+        # The REST surface (sandbox.gke.rest): gcloud and the REST client. `token`, when given, is
+        # the Bearer token it requires, as the sandbox Kubernetes API servers do.
+        self.token = token
+        self.rest_url: str | None = None
+        self.rest: Any = None  # sandbox.gke.rest.RestApp once started
+        self._rest_server: Any = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, port: int = 0, *, admin_port: int | None = None) -> str:
+    def start(self, port: int = 0, *, admin_port: int | None = None, rest_port: int | None = None) -> str:
         """Serve on 127.0.0.1:`port` (0 = a free port); returns "127.0.0.1:N".
 
-        `admin_port` (0 = free) also starts the admin HTTP endpoint (`self.admin_url`).
+        `admin_port` (0 = free) also starts the admin HTTP endpoint (`self.admin_url`);
+        `rest_port` (0 = free) the REST surface, GKE + Compute + Service Usage (`self.rest_url`).
         """
         from google.cloud import container_v1
 
@@ -116,11 +124,16 @@ class GkeSandbox:
         self.endpoint = f"127.0.0.1:{bound}"
         if admin_port is not None:
             self._start_admin(admin_port)
+        if rest_port is not None:
+            self._start_rest(rest_port)
         return self.endpoint
 
     def stop(self, grace: float = 0.5) -> None:
         """Stop serving, cancel pending operations and the admin endpoint (idempotent)."""
         self.world.close()
+        if self._rest_server is not None:
+            self._rest_server.stop()
+            self._rest_server = None
         if self._admin is not None:
             self._admin.shutdown()
             self._admin.server_close()
@@ -175,6 +188,20 @@ class GkeSandbox:
         if wait and not self.world.wait_operation(op.name, timeout):  # GKE's own next operation may run on
             raise TimeoutError(f"create_cluster({name!r}) did not finish within {timeout} s")
         return op
+
+    # ------------------------------------------------------------------ REST
+    def _start_rest(self, port: int) -> None:
+        from sandbox.gke.compute import Compute
+        from sandbox.gke.rest import RestApp, RestServer
+
+        self.rest = RestApp(self, Compute(self.world))
+        self._rest_server = RestServer(self.rest)
+        self.rest_url = self._rest_server.start(port)
+
+    def record_call(self, rpc: str) -> None:
+        """Count one call of `rpc` (either surface) in `self.calls`."""
+        with self._calls_lock:
+            self.calls[rpc] += 1
 
     # ------------------------------------------------------------------ gRPC plumbing
     def _handler(self, rpc: str, fn: Any) -> Any:

@@ -1171,7 +1171,7 @@ class World:
             start = int(req.page_token or 0)
         except ValueError:
             raise ApiError("INVALID_ARGUMENT", f"Invalid page_token {req.page_token[:50]!r}.") from None
-        subnets = [s for s in self.scenario.subnetworks if (s.project or self.project) == owner]
+        subnets = [s for s in self.subnetworks() if (s.project or self.project) == owner]
         page = subnets[start:start + size]
         items = []
         for s in page:
@@ -1189,6 +1189,49 @@ class World:
             items.append(usable)
         token = str(start + size) if start + size < len(subnets) else ""
         return c.ListUsableSubnetworksResponse(subnetworks=items, next_page_token=token)
+
+    # ------------------------------------------------------------------ the VPC (shared with Compute)
+    def subnetworks(self) -> list[Subnetwork]:
+        """The subnetworks the world knows (the scenario's, a Shared VPC host's included, then those Compute
+        created), in creation order."""
+        with self._lock:
+            return list(self._subnets.values())
+
+    def add_subnetwork(self, subnet: Subnetwork) -> None:
+        """A subnetwork created through Compute: from now on ListUsableSubnetworks and node pools see it."""
+        with self._lock:
+            key = (subnet.project or self.project, subnet.region, subnet.subnetwork)
+            if key in self._subnets:
+                raise ApiError("ALREADY_EXISTS", f"The resource 'projects/{key[0]}/regions/{subnet.region}"
+                                                 f"/subnetworks/{subnet.subnetwork}' already exists")
+            self._subnets[key] = subnet
+            self._changed.notify_all()
+
+    def subnetwork_users(self, region: str, name: str) -> list[str]:
+        """Node pools whose additional networks use this subnetwork (Compute refuses to delete it)."""
+        with self._lock:
+            users: list[str] = []
+            target = self._subnets.get((self.project, region, name))
+            if target is None:
+                return users
+            for (location, cluster), state in sorted(self._clusters.items()):
+                if region_of(location) != region:
+                    continue
+                for pool in state.pools.values():
+                    net = pool.network_config
+                    refs = [n.subnetwork for n in net.additional_node_network_configs]
+                    refs += [p.subnetwork for p in net.additional_pod_network_configs]
+                    if any(self._subnet(r, region) is target for r in refs):
+                        users.append(f"projects/{self.project}/locations/{location}/clusters/{cluster}"
+                                     f"/nodePools/{pool.name}")
+            return users
+
+    def remove_subnetwork(self, region: str, name: str) -> Subnetwork:
+        """Forget a subnetwork Compute deleted (KeyError if there is none)."""
+        with self._lock:
+            subnet = self._subnets.pop((self.project, region, name))
+            self._changed.notify_all()
+            return subnet
 
     # ------------------------------------------------------------------ for tests and the stack
     def cluster_nodes(self, location: str, cluster: str) -> dict[str, list[str]]:
