@@ -48,8 +48,9 @@ unit: setup
 demo: setup
 	$(BIN)/multus-provisioner demo
 
+# `make sandbox SCENARIO=sandbox/scenarios/tutorial.yaml` for docs/TUTORIAL.md's empty project.
 sandbox: setup
-	$(BIN)/multus-provisioner sandbox --env-file .sandbox/env
+	$(BIN)/multus-provisioner sandbox --env-file .sandbox/env $(if $(SCENARIO),--scenario $(SCENARIO))
 
 bench: setup
 	$(BIN)/python -m scripts.bench

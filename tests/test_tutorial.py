@@ -153,3 +153,12 @@ def test_the_tutorial_runs(tutorial_stack: Stack, tmp_path: Path, kubectl_versio
                                capture_output=True, text=True, timeout=300)
             assert p.returncode == 0, f"{where}: {step.text}\nexit {p.returncode}\n{p.stdout}\n{p.stderr}"
             block_output += p.stdout + p.stderr
+
+
+def test_make_sandbox_takes_the_tutorial_scenario() -> None:
+    """The tutorial's first command: `make sandbox SCENARIO=...` starts that scenario (dry run)."""
+    out = subprocess.run(["make", "-n", "sandbox", "SCENARIO=sandbox/scenarios/tutorial.yaml"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "multus-provisioner sandbox --env-file .sandbox/env --scenario sandbox/scenarios/tutorial.yaml" in out.stdout
+    assert "make sandbox SCENARIO=sandbox/scenarios/tutorial.yaml" in TUTORIAL.read_text()
