@@ -71,9 +71,13 @@ def hooks() -> Iterator[KubeHooks]:
 def sandbox(hooks: KubeHooks) -> Iterator[GkeSandbox]:
     # operation_delay 0: GKE operations finish at once, so gcloud's first poll usually sees DONE
     # (it sleeps 5 s between polls otherwise: slower, never wrong).
+    # GKE's own operation after CreateCluster is held (600 s) until the test ends it, so what gcloud
+    # sees meanwhile (RECONCILING, a refused node pool write) is not a race against its timer.
+    from sandbox.gke.realism import Realism
+
     s = GkeSandbox("sandbox/scenarios/tutorial.yaml", operation_delay=0.0, token=TOKEN,
                    on_cluster=hooks.on_cluster, on_node_pool=hooks.on_node_pool,
-                   on_cluster_deleted=hooks.on_cluster_deleted)
+                   on_cluster_deleted=hooks.on_cluster_deleted, realism=Realism(own_operation_seconds=600))
     s.start(rest_port=0)
     try:
         yield s
@@ -167,16 +171,27 @@ def test_cluster_pool_credentials_kubectl_and_delete(gcloud: Run, sandbox: GkeSa
     gcloud("container", "clusters", "create", "howto", "--cluster-version=1.30", "--enable-dataplane-v2",
            "--enable-ip-alias", "--enable-multi-networking", "--labels=multus-provisioner=enabled")
     desc = json.loads(gcloud("container", "clusters", "describe", "howto", "--zone", ZONE, "--format=json").stdout)
-    assert desc["status"] == "RUNNING" and desc["location"] == ZONE
+    # Right after creation GKE runs an operation of its own (cluster RECONCILING); a node pool write
+    # meanwhile is refused, as GKE refuses it (docs/SANDBOX_GKE.md, "An ordinary day").
+    assert desc["status"] == "RECONCILING" and desc["location"] == ZONE
+    pool_args = ("container", "node-pools", "create", "multus-pool", "--cluster", "howto", "--zone", ZONE,
+                 "--additional-node-network", "network=vpc-a,subnetwork=subnet-a",
+                 "--additional-pod-network", "subnetwork=subnet-a,pod-ipv4-range=pods-a,max-pods-per-node=8")
+    refused = gcloud(*pool_args, ok=False)
+    assert refused.returncode != 0 and "incompatible operation" in refused.stderr, refused.stderr
+    running = json.loads(gcloud("container", "operations", "list", "--zone", ZONE,
+                                "--filter=status=RUNNING", "--format=json").stdout)
+    assert [op["operationType"] for op in running] == ["UPGRADE_NODES"], running
+    sandbox.world.complete_operation(running[0]["name"])
+    desc = json.loads(gcloud("container", "clusters", "describe", "howto", "--zone", ZONE, "--format=json").stdout)
+    assert desc["status"] == "RUNNING"
     assert desc["networkConfig"]["datapathProvider"] == "ADVANCED_DATAPATH"
     assert desc["networkConfig"]["enableMultiNetworking"] is True
     assert desc["ipAllocationPolicy"]["useIpAliases"] is True
     assert desc["resourceLabels"] == {"multus-provisioner": "enabled"}
     assert desc["currentMasterVersion"].startswith("1.30.")
 
-    gcloud("container", "node-pools", "create", "multus-pool", "--cluster", "howto", "--zone", ZONE,
-           "--additional-node-network", "network=vpc-a,subnetwork=subnet-a",
-           "--additional-pod-network", "subnetwork=subnet-a,pod-ipv4-range=pods-a,max-pods-per-node=8")
+    gcloud(*pool_args)
     pools = json.loads(gcloud("container", "node-pools", "list", "--cluster", "howto", "--zone", ZONE,
                               "--format=json").stdout)
     assert [p["name"] for p in pools] == ["default-pool", "multus-pool"]
@@ -192,11 +207,14 @@ def test_cluster_pool_credentials_kubectl_and_delete(gcloud: Run, sandbox: GkeSa
     assert {o["operationType"] for o in ops} >= {"CREATE_CLUSTER", "CREATE_NODE_POOL"}
     assert all(o["status"] == "DONE" for o in ops)
 
-    methods = [(e["protoPayload"]["methodName"].rsplit(".", 1)[1], e["operation"].get("last", False))
-               for e in sandbox.audit_log[before:]]
-    assert methods == [("CreateCluster", False), ("CreateCluster", True),
+    # The refused write logged one ERROR entry of its own, with no operation (as GKE logs refusals).
+    entries = sandbox.audit_log[before:]
+    methods = [(e["protoPayload"]["methodName"].rsplit(".", 1)[1],
+                e["operation"].get("last", False) if "operation" in e else "refused") for e in entries]
+    assert methods == [("CreateCluster", False), ("CreateCluster", True), ("CreateNodePool", "refused"),
                        ("CreateNodePool", False), ("CreateNodePool", True)]
-    pool_entry = sandbox.audit_log[before + 2]
+    assert entries[2]["severity"] == "ERROR" and entries[2]["protoPayload"]["status"]["code"] == 9
+    pool_entry = entries[3]
     assert pool_entry["resource"]["labels"]["nodepool_name"] == "multus-pool"
 
     # get-credentials: the exec plugin hands kubectl the sandbox's token; the CA is the cluster's
