@@ -286,6 +286,18 @@ class Kube:
                                query={"labelSelector": f"{MANAGED_BY[0]}={MANAGED_BY[1]}"})
         return list((out or {}).get("items") or [])
 
+    # ------------------------------------------------------------ addresses (ranges, reconcile)
+    def list_ippools(self) -> list[dict[str, Any]]:
+        """Whereabouts' IPPool objects in every namespace (one LIST); [] before its CRD serves."""
+        status, out, _ = self._call("GET", "/apis/whereabouts.cni.cncf.io/v1alpha1/ippools", allow_404=True)
+        return [] if status == 404 else list((out or {}).get("items") or [])
+
+    def list_pod_refs(self) -> list[str]:
+        """`namespace/name` of every pod (one LIST), to tell stale Whereabouts allocations apart."""
+        _, out, _ = self._call("GET", "/api/v1/pods")
+        return [f"{(p.get('metadata') or {}).get('namespace', '')}/{(p.get('metadata') or {}).get('name', '')}"
+                for p in (out or {}).get("items") or []]
+
     # ------------------------------------------------------------ pods (verification)
     def create_pod(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         md = obj.get("metadata") or {}

@@ -47,7 +47,7 @@ from shared.ports import DELETE, AlreadyHandled, ClusterRecord, Lease
 
 T = TypeVar("T")
 
-OUTCOMES = ("ok", "retry", "failed", "rejected", "ignored", "skipped")
+OUTCOMES = ("ok", "retry", "failed", "rejected", "ignored", "skipped", "warning")
 EXCERPT_MAX = 512
 _FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
 # Fields the store owns: a workflow passing them in `fields` is a bug, reported at once.

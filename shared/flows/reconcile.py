@@ -19,6 +19,7 @@ from shared.core import decisions as d
 from shared.core import logs
 from shared.core.errors import Permanent, Transient
 from shared.core.refs import ClusterRef
+from shared.flows import addresses
 from shared.flows.cluster import ClusterFlow, rollout_fields
 from shared.flows.context import Context, Outcome
 from shared.flows.nad import NadFlow
@@ -147,13 +148,17 @@ def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
     # The rollout recorded at install time may have been partial; keep the figure current.
     rollout = rollout_fields(kube.daemonset_rollout(*bundle.daemonset))
     rollout_changed = rollout["summary"] != (rec.data.get("rollout") or {}).get("summary")
-    if fixes or rollout_changed:
+    usage = addresses.check(rec, kube, list(on_cluster.values()))
+    if fixes or rollout_changed or usage.changed:
         message = ("reconcile repaired: " + "; ".join(fixes)) if fixes else "reconcile: nothing to repair"
         message += f"; DaemonSet {rollout['summary']}"
+        if usage.warnings:
+            message += "; warning: " + "; ".join(usage.warnings)
         store.claim(ref, event_id=event_id, step="repair", ledger_key=event_id)
         store.advance(ref, event_id=event_id, step="repair", message=message,
-                      fields={"bundleVersion": bundle.version, "rollout": rollout}, ledger_key=event_id,
-                      release=True)
+                      outcome="warning" if usage.warnings else "ok",
+                      fields={"bundleVersion": bundle.version, "rollout": rollout, **usage.fields},
+                      ledger_key=event_id, release=True)
     return fixes
 
 
