@@ -25,7 +25,7 @@ from shared.core.errors import Problem, Rejected
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_INVALID, EXIT_INELIGIBLE = 0, 1, 2, 3
 MAX_INPUT_BYTES = 16 * 1024 * 1024  # cluster JSON can be large; requests are capped by shared.nad
-EXTENSIONS = ("multus_cli.online", "multus_cli.ranges", "sandbox.commands")
+EXTENSIONS = ("multus_cli.online", "multus_cli.ranges", "multus_cli.rollout", "sandbox.commands")
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -204,6 +204,11 @@ class Stack:
 
         if self.with_functions:
             self.progress("creating Pub/Sub topics and starting the functions")
+            # The functions know their topics (the reconcile tick fans out on its own topic), as
+            # infra/functions.tf sets them.
+            for short in TOPICS:
+                self.env.setdefault(f"MULTUS_PROVISIONER_TOPIC_{short.upper().replace('-', '_')}",
+                                    self.topic_path(short))
             self._start_functions()
             self._create_topics()
             if self.reconcile_every:

@@ -171,7 +171,7 @@ class ClusterFlow:
         facts = prechecks.ClusterFacts.of(cluster)
         findings = prechecks.precheck(cluster)
         policy = self.ctx.policy()
-        bundle = self.ctx.bundle()
+        bundle = self.ctx.bundle(ref)
         step = d.decide_cluster(state=rec.state, facts=facts, findings=findings,
                                 opted_in=policy.opted_in(dict(facts.labels)),
                                 suitable=prechecks.suitable_pools(list(cluster.node_pools)),
