@@ -610,7 +610,7 @@ def run(quick: bool, profile: Path | None = None) -> dict[str, Any]:
     from shared.core.multus import load_bundle
     from shared.core.settings import Settings
 
-    res: dict[str, Any] = {"quick": quick}
+    res: dict[str, Any] = {"quick": quick, "loadavg": os.getloadavg()[0]}
     n_import = 5 if quick else 15
     log(f"import times, {n_import} fresh processes each")
     ff, main, heavy = import_times(n_import)
@@ -798,7 +798,9 @@ def write_doc(rs: list[Row], res: dict[str, Any], notes: str) -> None:
         "",
         f"Latest run: {when}{' (--quick)' if res['quick'] else ''}, `make bench` (`scripts/bench.py`).",
         f"Machine: {machine()}. The sandbox stack (Firestore and Pub/Sub emulators, GKE and Kubernetes API "
-        "servers, four functions-framework processes) runs on the same machine as the load.",
+        "servers, four functions-framework processes) runs on the same machine as the load"
+        + (f"; the 1-minute load average was already {res['loadavg']:.1f} when the run started (other "
+           "work on the machine), which slows every wall-clock figure." if res.get("loadavg", 0) >= 1 else "."),
         "",
         "How each figure is measured is in the docstring of `scripts/bench.py`: HTTP figures go through "
         "functions-framework exactly as a Pub/Sub push does; Firestore RPCs are counted by the store's gRPC "

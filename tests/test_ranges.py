@@ -200,3 +200,41 @@ def test_ranges_command_and_reconcile_warnings_end_to_end(stack: Any, e2e_store:
     text = capsys.readouterr().out
     assert "default/small" in text and "1 stale" in text and "held by default/w0" in text
     server.sim.ippool_release_delay = 0.0
+
+
+# -- the workflow records range-capacity once the pool's range is known --------------------------------
+from tests.test_workflow import feed, local_stack, make_wf, new_cluster  # noqa: E402,F401
+
+
+def test_cluster_flow_records_a_range_capacity_warning_and_still_installs(local_stack, make_wf):  # noqa: F811
+    from sandbox.gke.scenario import NodeNetwork, NodePoolSpec, PodNetwork
+    from shared.core import decisions as d
+
+    wf = make_wf()
+    big = NodePoolSpec("big-pool", node_count=20,
+                       additional_node_networks=(NodeNetwork("multus-vpc", "multus-subnet"),),
+                       additional_pod_networks=(PodNetwork("multus-subnet", "multus-pods", 8),))
+    ref, entries = new_cluster(local_stack, node_pools=(NodePoolSpec("default-pool"), big))
+    feed(wf, local_stack, entries)
+    rec = wf.store.get_cluster(ref)
+    assert rec.state == d.READY
+    [f] = [x for x in rec.data["findings"] if x["id"] == "range-capacity"]
+    assert f["severity"] == "warning"
+    assert "172.16.1.0/24" in f["message"] and "holds 16 node(s)" in f["message"] and "20 node(s)" in f["message"]
+    assert "/23 or larger" in f["fix"]
+
+
+def test_offline_precheck_checks_range_capacity_with_the_secondary_range(capsys):
+    from pathlib import Path
+
+    sample = Path(__file__).parent / "samples" / "clusters" / "eligible-regional.json"
+    # multus-pool: 1 node per zone x 3 zones at 8 pods per node = three /28 blocks
+    assert cli.main(["precheck", "--cluster-json", str(sample), "--secondary-range", "172.16.1.0/27", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    [f] = [x for x in out["findings"] if x["id"] == "range-capacity"]
+    assert "holds 2 node(s)" in f["message"] and "3 node(s) (1 per zone x 3 zones)" in f["message"]
+    assert out["eligible"] is True
+    assert cli.main(["precheck", "--cluster-json", str(sample), "--secondary-range", "172.16.1.0/26", "--json"]) == 0
+    assert not [x for x in json.loads(capsys.readouterr().out)["findings"] if x["id"] == "range-capacity"]
+    assert cli.main(["precheck", "--cluster-json", str(sample), "--secondary-range", "nope"]) == 2
+    assert "cidr" in capsys.readouterr().err

@@ -2,8 +2,8 @@
 
 A READY cluster's reconcile reads Whereabouts' IPPool objects (one LIST) and, when some address
 is handed out, the pods (one LIST), and compares the use of each NAD's pool with what the
-cluster document recorded (`poolUsage`: the highest threshold of `ranges.THRESHOLDS` reached per
-NAD). Passing 80 % or 95 % is a warning in the history once per crossing: the level is stored,
+cluster document recorded (`poolUsage`: the highest threshold of `ranges.THRESHOLDS` reached, for
+each NAD past one). Passing 80 % or 95 % is a warning in the history once per crossing: the level is stored,
 so the next run says nothing until the pool drains below the threshold and fills again.
 Allocations whose pod no longer exists are counted (`staleAllocations`); Whereabouts' own
 reconciler frees them, so the controller never edits an IPPool.
@@ -46,13 +46,15 @@ def check(rec: Any, kube: ClusterApiPort, nads: Sequence[Mapping[str, Any]]) -> 
         if s.problem:
             continue
         key = s.nad.replace("/", "~")  # a Firestore map key without a path separator
-        levels[key] = ranges.level(s.percent)
-        if levels[key] > int(before.get(key) or 0):
+        level = ranges.level(s.percent)
+        if level:  # only pools past a threshold are kept: a new, empty NAD changes nothing
+            levels[key] = level
+        if level > int(before.get(key) or 0):
             warnings.append(f"NAD {s.nad}: Whereabouts pool {s.pool} is {s.percent:.0f}% used "
-                            f"({s.used} of {s.capacity} addresses, {s.free} free; passed {levels[key]}%)")
+                            f"({s.used} of {s.capacity} addresses, {s.free} free; passed {level}%)")
     stale = sum(s.stale for s in rep.slices if not s.shared_with) + _shared_stale(rep)
     fields: dict[str, Any] = {}
-    if levels != {k: int(v) for k, v in before.items()}:
+    if levels != {k: int(v) for k, v in before.items() if int(v or 0)}:
         fields["poolUsage"] = levels
     if stale != int(rec.data.get("staleAllocations") or 0):
         fields["staleAllocations"] = stale
