@@ -272,6 +272,7 @@ class ClusterFlow:
         cursor.step = "install"
         return {"objects": len(bundle.objects), "requests": kube.requests - before, "rollout": rollout_fields(rollout)}
 
+
 def _capacity_findings(pool: Any, node_pool: dict[str, Any], cluster: Any) -> list[dict[str, str]]:
     """`range-capacity` warnings once the pool's secondary range CIDR is known (issue 14)."""
     from shared.core import prechecks
