@@ -105,13 +105,22 @@ class RolloutFlow:
         deadline = time.monotonic() + max(1.0, s.rollout_wait_seconds)
         while doc["state"] == w.RUNNING:
             wave = doc["waves"][doc["wave"]]
+            starting = [cid for cid in wave["clusters"] if self._claim(doc, cid)]
+            if starting:  # recorded first: from now on every other path gives these clusters the target
+                update_time = self._save(doc, update_time)
+            for cid in starting:
+                self._update(event_id, doc, cid)
             for cid in wave["clusters"]:
                 entry = doc["clusters"][cid]
-                if entry["state"] == w.WAITING:
-                    self._update(event_id, doc, cid)
-                if entry["state"] == w.UPDATING:
-                    self._gate(event_id, doc, cid)
-                if doc["state"] != w.RUNNING:
+                failed = self._gate(event_id, doc, cid) if entry["state"] == w.UPDATING else None
+                if failed is not None:
+                    # Halt and record first: from now on every other path gives this cluster the
+                    # previous bundle; then put it back.
+                    entry.update(state=w.ROLLED_BACK, since=_now(), message=failed)
+                    doc.update(state=w.HALTED, haltedCluster=cid,
+                               reason=f"{entry['path']} failed the health gate: {failed}")
+                    update_time = self._save(doc, update_time)
+                    self._rollback(event_id, doc, cid, failed)
                     break
             if doc["state"] == w.RUNNING and all(doc["clusters"][c]["state"] in (w.PASSED, w.SKIPPED)
                                                  for c in wave["clusters"]):
@@ -138,29 +147,38 @@ class RolloutFlow:
     def _bundle(self, doc: Mapping[str, Any], which: str) -> Any:
         return bundle_of(doc[which], allow_unpinned=self.ctx.settings.allow_unpinned_images)
 
-    def _update(self, event_id: str, doc: dict[str, Any], cid: str) -> None:
-        """Apply the target bundle to one cluster of the current wave (WAITING -> UPDATING)."""
+    def _claim(self, doc: dict[str, Any], cid: str) -> bool:
+        """WAITING -> UPDATING for a READY cluster of the current wave (SKIPPED if it is not READY)."""
         entry = doc["clusters"][cid]
-        ref = ClusterRef.parse(entry["path"])
-        rec = self.ctx.store.get_cluster(ref)
+        if entry["state"] != w.WAITING:
+            return False
+        rec = self.ctx.store.get_cluster(ClusterRef.parse(entry["path"]))
         if rec is None or rec.state != d.READY:
             entry.update(state=w.SKIPPED, since=_now(), message=f"not READY ({rec.state if rec else 'gone'})")
-            return
+            return False
+        entry.update(state=w.UPDATING, since=_now(), started=time.time(), message="applying the target bundle")
+        return True
+
+    def _update(self, event_id: str, doc: dict[str, Any], cid: str) -> None:
+        """Apply the target bundle to a cluster the rollout just moved to UPDATING."""
+        entry = doc["clusters"][cid]
+        ref = ClusterRef.parse(entry["path"])
         bundle = self._bundle(doc, "target")
         try:
             kube = self.ctx.kube_for(ref, self.ctx.gke.get_cluster(ref))
             _apply(kube, bundle, self.ctx.settings)
         except (Transient, Permanent, Rejected) as e:
-            entry["message"] = f"could not apply the bundle yet: {e}"  # tried again next time
+            # Drift repair applies the target too (the cluster is UPDATING); the gate waits for it.
+            entry["message"] = f"could not apply the bundle yet: {e}"
             return
-        entry.update(state=w.UPDATING, since=_now(), started=time.time(),
-                     message=f"bundle {bundle.version} applied (wave {entry['wave']})")
+        entry["message"] = f"bundle {bundle.version} applied (wave {entry['wave']})"
         self._record(ref, f"{event_id}~rollout~{cid}~update", "rollout", "ok",
                      f"rollout: bundle {doc['previous'].get('version')} -> {bundle.version} "
                      f"({doc['waves'][entry['wave']]['name']}); waiting for the health gate",
                      {"bundleVersion": bundle.version})
 
-    def _gate(self, event_id: str, doc: dict[str, Any], cid: str) -> None:
+    def _gate(self, event_id: str, doc: dict[str, Any], cid: str) -> str | None:
+        """Check one UPDATING cluster: PASSED (recorded), still pending, or why it failed."""
         entry = doc["clusters"][cid]
         ref = ClusterRef.parse(entry["path"])
         bundle = self._bundle(doc, "target")
@@ -178,10 +196,10 @@ class RolloutFlow:
             entry.update(state=w.PASSED, since=_now())
             self._record(ref, f"{event_id}~rollout~{cid}~pass", "rollout-gate", "ok",
                          f"rollout: health gate passed for bundle {bundle.version}: {message}", None)
-        elif verdict == FAIL:
-            self._rollback(event_id, doc, cid, message)
+        return message if verdict == FAIL else None
 
     def _rollback(self, event_id: str, doc: dict[str, Any], cid: str, why: str) -> None:
+        """Put a cluster that failed its gate back on the previous bundle (the rollout is HALTED)."""
         entry = doc["clusters"][cid]
         ref = ClusterRef.parse(entry["path"])
         previous = self._bundle(doc, "previous")
@@ -190,9 +208,8 @@ class RolloutFlow:
             done = f"rolled back to {previous.version}"
         except (Transient, Permanent, Rejected) as e:
             done = f"rollback to {previous.version} failed: {e}; reconcile retries it"
-        entry.update(state=w.ROLLED_BACK, since=_now(), message=f"{why}; {done}")
-        doc.update(state=w.HALTED, haltedCluster=cid,
-                   reason=f"{entry['path']} failed the health gate: {why}; {done}")
+        entry["message"] = f"{why}; {done}"
+        doc["reason"] = f"{entry['path']} failed the health gate: {why}; {done}"
         self._record(ref, f"{event_id}~rollout~{cid}~rollback", "rollback", "failed",
                      f"rollout halted: health gate failed for bundle {doc['target'].get('version')}: {why}; {done}",
                      {"bundleVersion": previous.version})
@@ -260,7 +277,11 @@ def health_gate(ctx: Context, ref: ClusterRef, kube: Any, bundle: Any) -> tuple[
             if waiting.get("reason") in STUCK_REASONS:
                 return FAIL, (f"DaemonSet pod {pod['metadata']['name']} on {(pod.get('spec') or {}).get('nodeName')}: "
                               f"{c.get('name')}: {waiting['reason']}: {waiting.get('message', '')}")
-    rollout = kube.daemonset_rollout(ns, name)
+    live = kube.get("apps/v1", "DaemonSet", ns, name) or {}
+    images = sorted(c.get("image", "") for c in _containers(live))
+    if images != sorted(c.get("image", "") for c in _containers(ds)):
+        return PENDING, f"DaemonSet {ns}/{name} does not run the target images yet"
+    rollout = kube.rollout_of(live)
     if not rollout.complete:
         return PENDING, f"DaemonSet {ns}/{name}: {rollout.ready}/{rollout.desired} ready, {rollout.updated} updated"
     rec = ctx.store.get_cluster(ref)
@@ -273,6 +294,11 @@ def health_gate(ctx: Context, ref: ClusterRef, kube: Any, bundle: Any) -> tuple[
                                 timeout=max(5.0, s.rollout_wait_seconds))
     where = f"verify pod on {nad['namespace']}/{nad['name']}: {seen}"
     return (PASS if ok else FAIL), (f"DaemonSet rolled out ({rollout.ready}/{rollout.desired}); {where}")
+
+
+def _containers(ds: Mapping[str, Any]) -> list[dict[str, Any]]:
+    spec = ((ds.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
 
 
 def _apply(kube: Any, bundle: Any, settings: Any) -> None:
