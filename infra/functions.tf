@@ -63,9 +63,10 @@ resource "google_cloudfunctions2_function" "fn" {
   }
 
   service_config {
-    available_memory                 = var.function_memory
-    timeout_seconds                  = var.function_timeout_seconds
-    max_instance_count               = var.function_max_instances
+    available_memory = var.function_memory
+    timeout_seconds  = var.function_timeout_seconds
+    # reconcile runs one short invocation per cluster after each tick's fan-out: it gets its own cap.
+    max_instance_count               = each.key == "reconcile" ? var.reconcile_max_instances : var.function_max_instances
     min_instance_count               = 0
     max_instance_request_concurrency = 1 # one event per instance: steps hold leases and long calls
     ingress_settings                 = var.ingress_settings

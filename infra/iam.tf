@@ -1,7 +1,10 @@
 # Identities and least privilege.
 #
 # runtime  - what the functions run as: Firestore (datastore.user), the custom GKE role below (in each
-#            managed project) and log writing. Nothing else: no primitive roles, no Pub/Sub admin.
+#            managed project: it holds container.clusters.list/get, all the reconcile tick needs to
+#            list a managed project's clusters, so no broader roles/container.clusterViewer), log
+#            writing, and publishing on the reconcile topic only (the tick's fan-out). Nothing else:
+#            no primitive roles, no Pub/Sub admin.
 # trigger  - one per function: the OIDC identity of its push subscription, run.invoker on THAT
 #            function's Cloud Run service only.
 # build    - what Cloud Build runs as when it builds the function images from the uploaded source.
@@ -60,6 +63,14 @@ resource "google_project_iam_member" "runtime_firestore" {
 resource "google_project_iam_member" "runtime_logs" {
   project = var.project_id
   role    = "roles/logging.logWriter"
+  member  = google_service_account.runtime.member
+}
+
+# The reconcile tick publishes one scoped reconcile per cluster on its own topic (shared/flows/fanout.py).
+resource "google_pubsub_topic_iam_member" "runtime_reconcile_publisher" {
+  project = var.project_id
+  topic   = google_pubsub_topic.stream["reconcile"].name
+  role    = "roles/pubsub.publisher"
   member  = google_service_account.runtime.member
 }
 

@@ -24,7 +24,7 @@ locals {
     reconcile = {
       short       = "reconcile"
       entry_point = "reconcile"
-      description = "Periodic {} from Cloud Scheduler: resume stale workflows, find missed clusters"
+      description = "Periodic {} from Cloud Scheduler (fanned out: one scoped reconcile per cluster)"
     }
   }
 
@@ -57,5 +57,11 @@ locals {
     MULTUS_PROVISIONER_WHEREABOUTS_IMAGE    = var.whereabouts_image == null ? "" : var.whereabouts_image
     MULTUS_PROVISIONER_MULTUS_LOG_LEVEL     = var.multus_log_level == null ? "" : var.multus_log_level
     MULTUS_PROVISIONER_TOPIC_NAD_REQUESTS   = google_pubsub_topic.stream["nad-requests"].name
+    # The scheduled tick fans out one scoped reconcile per cluster on this topic (shared/flows/fanout.py).
+    MULTUS_PROVISIONER_TOPIC_RECONCILE      = google_pubsub_topic.stream["reconcile"].name
+    MULTUS_PROVISIONER_MANAGED_PROJECTS     = join(",", var.managed_cluster_projects)
+    MULTUS_PROVISIONER_ROLLOUT_CANARY       = tostring(var.rollout_canary)
+    MULTUS_PROVISIONER_ROLLOUT_WAVE_SIZE    = var.rollout_wave_size
+    MULTUS_PROVISIONER_ROLLOUT_GATE_SECONDS = tostring(var.rollout_gate_seconds)
   }
 }

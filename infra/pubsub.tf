@@ -38,6 +38,8 @@ resource "google_pubsub_subscription" "push" {
   topic    = google_pubsub_topic.stream[each.key].id
   labels   = local.labels
 
+  # = the function timeout: a delivery is never redelivered while it runs (the reconcile tick drives a
+  # rollout step and publishes its fan-out within it; each fanned-out cluster is a short invocation).
   ack_deadline_seconds       = var.function_timeout_seconds
   message_retention_duration = "604800s"
   retain_acked_messages      = false

@@ -25,7 +25,7 @@ from shared.core.errors import Problem, Rejected
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_INVALID, EXIT_INELIGIBLE = 0, 1, 2, 3
 MAX_INPUT_BYTES = 16 * 1024 * 1024  # cluster JSON can be large; requests are capped by shared.nad
-EXTENSIONS = ("multus_cli.online", "sandbox.commands")
+EXTENSIONS = ("multus_cli.online", "multus_cli.ranges", "multus_cli.rollout", "sandbox.commands")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -201,6 +201,10 @@ def cmd_precheck(args: argparse.Namespace) -> int:
             raise Rejected("invalid node pools", [Problem(
                 "--node-pools-json", "expected a list (`gcloud container node-pools list --format=json`)")])
     findings = prechecks.precheck(cluster, node_pools)
+    if args.secondary_range is not None:  # the CIDR of the pool's pod range (gcloud ... subnets describe)
+        pools = prechecks.suitable_pools(node_pools if node_pools is not None else cluster.get("nodePools") or [])
+        if pools:
+            findings += prechecks.check_range_capacity(pools[0], args.secondary_range, cluster=cluster)
     eligible = prechecks.eligible(findings)
     if args.json:
         print(json.dumps({"eligible": eligible, "findings": [f.to_dict() for f in findings]}, indent=2))
@@ -247,6 +251,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cluster-json", required=True, metavar="FILE", help="cluster JSON ('-': stdin)")
     p.add_argument("--node-pools-json", metavar="FILE",
                    help="node pools JSON list (default: the cluster's own nodePools)")
+    p.add_argument("--secondary-range", metavar="CIDR",
+                   help="the CIDR of the multi-network pool's pod range: also check range-capacity")
     p.add_argument("--json", action="store_true", help="print findings as JSON")
     p.set_defaults(handler=cmd_precheck)
 

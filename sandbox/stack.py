@@ -101,6 +101,11 @@ class Stack:
     # never). Pub/Sub slows pushes to a whole subscription after a burst of errors (the emulator
     # too), so, as in production, reconcile is what resumes a workflow whose redelivery is late.
     reconcile_every: float | None = None
+    # 0: one Kubernetes API server per cluster (the default). N > 0: the clusters share N servers,
+    # assigned in turn (benchmarks with 1,000 clusters): each cluster still has its own endpoint
+    # entry in GKE and its own kubeconfig, but the objects, nodes and pods of one server are seen
+    # by every cluster on it, and a shared server keeps the nodes of the first cluster put on it.
+    kube_server_pool: int = 0
 
     def __post_init__(self) -> None:
         self.scenario = Path(self.scenario)
@@ -125,6 +130,8 @@ class Stack:
         self._fn_env: dict[str, str] = {}
         self.public_ca: Any = None  # sandbox.kube.certs.CertAuthority for the DNS-based endpoints
         self.gcloud_config: Path | None = None  # the gcloud configuration directory, once started
+        self._shared: list[Any] = []  # kube_server_pool mode: the shared servers, in turn
+        self._shared_turn = -1
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> Stack:
@@ -205,6 +212,11 @@ class Stack:
 
         if self.with_functions:
             self.progress("creating Pub/Sub topics and starting the functions")
+            # The functions know their topics (the reconcile tick fans out on its own topic), as
+            # infra/functions.tf sets them.
+            for short in TOPICS:
+                self.env.setdefault(f"MULTUS_PROVISIONER_TOPIC_{short.upper().replace('-', '_')}",
+                                    self.topic_path(short))
             self._start_functions()
             self._create_topics()
             if self.reconcile_every:
@@ -235,7 +247,7 @@ class Stack:
             with contextlib.suppress(Exception):
                 self.gke.stop()
             self.gke = None
-        for server in list(self.kube_servers.values()):
+        for server in {id(x): x for x in self.kube_servers.values()}.values():  # shared ones once
             with contextlib.suppress(Exception):
                 server.stop()
         self.kube_servers.clear()
@@ -283,6 +295,8 @@ class Stack:
             loopback = ipaddress.ip_address("127.0.0.1")
             ip_access = any(loopback in ipaddress.ip_network(b.cidr_block, strict=False)
                             for b in authorized.cidr_blocks)
+        if self.kube_server_pool > 0:
+            return self._on_shared_cluster(cluster, nodes, labels, ip_access)
         server = KubeApiServer(token=self.token, nodes=[], crd_delay=self.crd_delay,
                                rollout_delay=self.rollout_delay, name=cluster.name, dns_name=dns_name,
                                dns_authority=self.public_ca if dns_name else None, ip_access=ip_access)
@@ -297,17 +311,41 @@ class Stack:
         server.write_kubeconfig(self.state_dir / "kubeconfig" / f"{cluster.name}.yaml", context=cluster.name)
         return server.endpoint, server.ca_pem, server.dns_endpoint or None
 
+    def _on_shared_cluster(self, cluster: Any, nodes: list[str], labels: dict[str, dict[str, str]],
+                           ip_access: bool) -> tuple[str, bytes, str | None]:
+        """`kube_server_pool` mode: put the cluster on one of N shared servers (IP endpoint only)."""
+        from sandbox.kube import KubeApiServer
+
+        with self._lock:
+            self._shared_turn += 1
+            shared = self._shared
+            index = self._shared_turn % self.kube_server_pool
+            fresh = index >= len(shared)
+            if fresh:
+                server = KubeApiServer(token=self.token, nodes=[], crd_delay=self.crd_delay,
+                                       rollout_delay=self.rollout_delay, name=f"shared-{index}", ip_access=ip_access)
+                server.start(port=0)
+                shared.append(server)
+            server = shared[index]
+            self.kube_servers[cluster.name] = server
+        if fresh:
+            for name in nodes:
+                server.add_nodes([name], labels=labels[name])
+        server.write_kubeconfig(self.state_dir / "kubeconfig" / f"{cluster.name}.yaml", context=cluster.name)
+        return server.endpoint, server.ca_pem, None
+
     def _on_node_pool(self, cluster_ref: Any, pool: Any, node_names: list[str]) -> None:
         name = getattr(cluster_ref, "cluster", None) or str(cluster_ref).rsplit("/", 1)[-1]
         server = self.kube_servers.get(name)
-        if server is not None:
+        if server is not None and not self.kube_server_pool:  # a shared server keeps its first nodes
             server.add_nodes(list(node_names), labels={"cloud.google.com/gke-nodepool": pool.name})
 
     def _on_cluster_deleted(self, cluster_ref: Any, *_: Any) -> None:
         name = getattr(cluster_ref, "cluster", None) or str(cluster_ref).rsplit("/", 1)[-1]
         with self._lock:
             server = self.kube_servers.pop(name, None)
-        if server is not None:
+            still_used = server is not None and any(x is server for x in self.kube_servers.values())
+        if server is not None and not still_used:
             server.stop()
 
     def kube_server(self, cluster: str) -> Any:

@@ -11,14 +11,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shared.core.errors import Rejected
+from shared.core import logs
+from shared.core.errors import Permanent, Rejected, Transient
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
 from shared.flows.cluster import ClusterFlow
 from shared.flows.context import Context, Outcome
+from shared.flows.fanout import FanoutFlow
 from shared.flows.nad import NadFlow
 from shared.flows.reconcile import ReconcileFlow
 from shared.flows.rejections import record_rejection
+from shared.flows.rollout import RolloutFlow
 from shared.flows.verify import VerifyFlow
 
 
@@ -27,7 +30,7 @@ class Controller:
 
     def __init__(self, settings: Settings, *, store: Any = None, gke: Any = None,
                  kube_factory: Callable[[Any], Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, publisher: Any = None) -> None:
         def make_store() -> Any:
             if store is not None:
                 return store
@@ -49,12 +52,21 @@ class Controller:
 
             return Kube(self.ctx.gke.api_client(cluster), timeout=settings.api_timeout_seconds)
 
+        def make_publisher() -> Any:
+            if publisher is not None:
+                return publisher
+            from shared.adapters.pubsub import Publisher
+
+            return Publisher(batch=settings.fanout_batch, timeout=settings.api_timeout_seconds)
+
         self.settings = settings
         self.ctx = Context(settings, store=make_store, gke=make_gke, kube=make_kube, clock=clock)
         self.verifier = VerifyFlow(self.ctx)
         self.nads = NadFlow(self.ctx, self.verifier)
         self.clusters = ClusterFlow(self.ctx, self.nads)
         self.reconciler = ReconcileFlow(self.ctx, self.clusters, self.nads)
+        self.rollouts = RolloutFlow(self.ctx)
+        self.fanout = FanoutFlow(self.ctx, self.rollouts, make_publisher)
 
     @property
     def store(self) -> Any:
@@ -75,6 +87,15 @@ class Controller:
         return self.nads.handle_nad(ev)
 
     def reconcile(self, ev: Any) -> Outcome:
+        """A scoped event reconciles its cluster; the scheduled tick (no scope) fans out one scoped
+        event per cluster when a reconcile topic is configured, else sweeps every cluster here."""
+        if ev.scope is None and self.settings.reconcile_topic:
+            return self.fanout.tick(ev)
+        if ev.scope is None:
+            try:
+                self.rollouts.tick(ev.event_id)
+            except (Transient, Permanent) as e:  # the sweep still runs; the next tick drives the rollout
+                logs.warning("reconcile: rollout step failed", eventId=ev.event_id, error=str(e))
         return self.reconciler.run(ev)
 
     def verify(self, ref: ClusterRef, namespace: str, name: str, event_id: str) -> Outcome:

@@ -281,7 +281,7 @@ def test_a_broken_extension_leaves_offline_commands_working(capsys: pytest.Captu
 
 
 def test_cli_online_is_the_default_extension() -> None:
-    assert cli.EXTENSIONS == ("multus_cli.online", "sandbox.commands")
+    assert cli.EXTENSIONS == ("multus_cli.online", "multus_cli.ranges", "multus_cli.rollout", "sandbox.commands")
 
 
 # --------------------------------------------------------------------------------------------

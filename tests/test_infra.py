@@ -471,7 +471,25 @@ def test_runtime_identity_has_exactly_firestore_gke_role_and_log_writing():
         ("google_project_iam_member", "roles/datastore.user"),
         ("google_project_iam_member", "roles/logging.logWriter"),
         ("google_project_iam_member", "${google_project_iam_custom_role.gke[each.value].id}"),
+        ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),  # the reconcile fan-out
     }
+    publish = res("google_pubsub_topic_iam_member", "runtime_reconcile_publisher")
+    assert ref(publish["topic"]) == 'google_pubsub_topic.stream["reconcile"].name'
+
+
+def test_reconcile_fans_out_on_its_own_topic_with_its_own_instance_cap():
+    env = locals_()["runtime_env"]
+    assert ref(env["MULTUS_PROVISIONER_TOPIC_RECONCILE"]) == 'google_pubsub_topic.stream["reconcile"].name'
+    assert env["MULTUS_PROVISIONER_MANAGED_PROJECTS"] == '${join(",", var.managed_cluster_projects)}'
+    fn = res("google_cloudfunctions2_function", "fn")
+    cap = block(fn, "service_config")["max_instance_count"]
+    assert "var.reconcile_max_instances" in cap and "var.function_max_instances" in cap
+    from shared.core.settings import Settings
+
+    v = variables()
+    assert v["rollout_wave_size"]["default"] == Settings().rollout_wave_size
+    assert v["rollout_canary"]["default"] == Settings().rollout_canary
+    assert v["rollout_gate_seconds"]["default"] == Settings().rollout_gate_seconds
 
 
 def test_nad_requesters_are_publishers_on_the_nad_topic_only():
@@ -498,7 +516,9 @@ def test_custom_role_is_built_from_the_one_permission_file():
 
 # Verbs a list may hold for a resource it reads as a collection (everything else reads named objects).
 LISTED = {"container.clusters.list", "container.customResourceDefinitions.list", "container.events.list",
-          "container.thirdPartyObjects.list"}
+          "container.thirdPartyObjects.list", "container.pods.list", "container.configMaps.list",
+          "container.clusterRoles.list", "container.clusterRoleBindings.list", "container.serviceAccounts.list",
+          "container.daemonSets.list"}
 
 
 def test_every_permission_is_well_formed_explained_and_unique():

@@ -11,6 +11,15 @@
   annotation is honoured: IPs from each NAD's Whereabouts range, written to
   `k8s.v1.cni.cncf.io/network-status`; a missing NAD or an exhausted range leaves the pod
   Pending with a `FailedCreatePodSandBox` Event, retried as the kubelet does.
+- Whereabouts' storage: every net address handed out is recorded in a real `IPPool` object
+  (`whereabouts.cni.cncf.io/v1alpha1`, namespace of the Whereabouts DaemonSet, name from the
+  range, `spec.allocations` keyed by the offset from the range's first address, each with the
+  pod's `podref` and its sandbox `id`), as Whereabouts' kubernetes storage writes it. A deleted
+  pod's allocations are freed `ippool_release_delay` seconds later, as Whereabouts' reconciler
+  (ip-control-loop) cleans up; until then they are stale, and the address stays taken.
+- Images: the kubelet cannot pull an image whose tag contains `-broken`; DaemonSet pods of that
+  generation report `ImagePullBackOff` and never become ready, so the rollout stalls.
+(docs/SANDBOX_KUBE.md has the sources.)
 """
 
 from __future__ import annotations
@@ -33,12 +42,16 @@ from sandbox.kube.types import ResourceType
 
 POD_RETRY = 1.0
 NODE_CIDR = ipaddress.ip_network("10.104.0.0/14")
+IPPOOL_GROUP, IPPOOL_PLURAL = "whereabouts.cni.cncf.io", "ippools"
+WHEREABOUTS_NAMESPACE = "kube-system"  # the DaemonSet's namespace (WHEREABOUTS_NAMESPACE env)
+IPPOOL_RELEASE_DELAY = 1.0
 
 
 class Sim(Hooks):
     def __init__(self, api: Api, scheduler: Scheduler, *, crd_delay: float, rollout_delay: float,
-                 pod_delay: float) -> None:
+                 pod_delay: float, ippool_release_delay: float = IPPOOL_RELEASE_DELAY) -> None:
         self.api = api
+        self.ippool_release_delay = ippool_release_delay
         self.store = api.store
         self.sched = scheduler
         self.crd_delay = crd_delay
@@ -147,8 +160,8 @@ class Sim(Hooks):
                 with self._lock:
                     self._pending.discard(self.api.key(rt, old["metadata"]["namespace"], old["metadata"]["name"]))
                     self._pod_ips.pop(uid, None)
-                if self.ipam.release(uid):
-                    self.retry_pending()
+                podref = f"{old['metadata']['namespace']}/{old['metadata']['name']}"
+                self.sched.call_later(self.ippool_release_delay, lambda: self._release(uid, podref))
             elif old is None:
                 key = self.api.key(rt, new["metadata"]["namespace"], new["metadata"]["name"])
                 if new["spec"].get("nodeName"):
@@ -218,6 +231,8 @@ class Sim(Hooks):
             batch = _max_unavailable(ds, len(targets))
             for node in [n for n in pods if n not in targets]:
                 del pods[node]
+            broken = broken_images(ds)
+            before = {n: dict(p) for n, p in pods.items()}
             if status.get("observedGeneration") != gen:
                 status["observedGeneration"] = gen
                 for node in targets - set(pods):
@@ -227,8 +242,12 @@ class Sim(Hooks):
                 for node in sorted(targets - set(pods)):
                     pods[node] = {"gen": gen, "ready": False}
                 waiting = sorted(n for n, p in pods.items() if p["gen"] == gen and not p["ready"])
-                for node in waiting[:batch]:
+                for node in waiting[:0 if broken else batch]:  # the kubelet cannot pull a -broken image
                     pods[node]["ready"] = True
+                # Old pods that are not available go first and cost nothing of the budget, as the
+                # DaemonSet controller's rolling update does (a stalled bad rollout can be replaced).
+                for node in sorted(n for n, p in pods.items() if p["gen"] != gen and not p["ready"]):
+                    pods[node] = {"gen": gen, "ready": False}
                 unavailable = sum(1 for p in pods.values() if not p["ready"])
                 old = sorted(n for n, p in pods.items() if p["gen"] != gen)
                 for node in old[:max(0, batch - unavailable)]:
@@ -244,15 +263,69 @@ class Sim(Hooks):
                 new_status["numberAvailable"] = ready
             if len(targets) - ready > 0:
                 new_status["numberUnavailable"] = len(targets) - ready
+            stalled = bool(broken) and not done and pods == before and ds.get("status") == new_status
             if ds.get("status") != new_status:
                 ds["status"] = new_status
                 self.store.put(key, ds)
-            if done:
+            stuck = sorted(n for n, p in pods.items() if broken and p["gen"] == gen and not p["ready"])
+            self._image_pull_pods(ds, stuck, broken)
+            if done or stalled:  # a stalled rollout moves again when the DaemonSet changes
                 self._ds_ticking.discard(ident)
         if done:
             self.retry_pending()
-        else:
+        elif not stalled:
             self.sched.call_later(self._ds_step(), lambda: self._ds_tick(ident))
+
+    def _image_pull_pods(self, ds: dict[str, Any], nodes: list[str], broken: list[str]) -> None:
+        """Pod objects for the DaemonSet's pods that cannot pull their image (ImagePullBackOff);
+        the others stay internal. Pods of a node that no longer has a stuck pod are deleted."""
+        md = ds["metadata"]
+        ns, owner = md["namespace"], md["name"]
+        tpl = (ds.get("spec") or {}).get("template") or {}
+        wanted = {f"{owner}-{_short(owner + n)}": n for n in nodes}
+        for pod in self.store.items("", "pods", ns):
+            refs = pod["metadata"].get("ownerReferences") or []
+            if any(r.get("uid") == md.get("uid") for r in refs) and pod["metadata"]["name"] not in wanted:
+                self.store.delete(("", "pods", ns, pod["metadata"]["name"]))
+        for name, node in wanted.items():
+            if self.store.get(("", "pods", ns, name)) is not None:
+                continue
+            t = now()
+            spec = copy.deepcopy(tpl.get("spec") or {})
+            spec["nodeName"] = node
+
+            def waiting(c: dict[str, Any]) -> dict[str, Any]:
+                image = c.get("image", "")
+                bad = image in broken
+                state = ({"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}}
+                         if bad else {"waiting": {"reason": "PodInitializing"}})
+                return {"name": c.get("name", ""), "image": image, "imageID": "", "ready": False,
+                        "started": False, "restartCount": 0, "state": state}
+            pod = {"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": name, "namespace": ns, "uid": str(uuid.uuid4()), "creationTimestamp": t,
+                                "generateName": f"{owner}-", "labels": dict((tpl.get("metadata") or {}).get("labels")
+                                                                            or {}),
+                                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": owner,
+                                                     "uid": md.get("uid", ""), "controller": True,
+                                                     "blockOwnerDeletion": True}]},
+                   "spec": spec,
+                   "status": {"phase": "Pending", "hostIP": _node_ip(node, self.store), "startTime": t,
+                              "qosClass": "Burstable",
+                              "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": t},
+                                             {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                                              "lastTransitionTime": t}],
+                              "initContainerStatuses": [waiting(c) for c in spec.get("initContainers") or []],
+                              "containerStatuses": [waiting(c) for c in spec.get("containers") or []]}}
+            stored = self.store.put(("", "pods", ns, name), pod)
+            for image in broken:
+                self.event(stored, "Pod", "Normal", "Pulling", f'Pulling image "{image}"', "kubelet", node)
+                self.event(stored, "Pod", "Warning", "Failed",
+                           f'Failed to pull image "{image}": rpc error: code = NotFound desc = failed to pull and '
+                           f'unpack image "{image}": failed to resolve reference "{image}": {image}: not found',
+                           "kubelet", node)
+                self.event(stored, "Pod", "Warning", "Failed", "Error: ErrImagePull", "kubelet", node)
+                self.event(stored, "Pod", "Normal", "BackOff", f'Back-off pulling image "{image}"', "kubelet", node)
+                self.event(stored, "Pod", "Warning", "Failed", "Error: ImagePullBackOff", "kubelet", node)
 
     # ------------------------------------------------------------ pods and the CNI
     def multus_ready(self) -> bool:
@@ -299,7 +372,8 @@ class Sim(Hooks):
             try:
                 interfaces = self._setup_network(pod, uid)
             except CniError as e:
-                self.ipam.release(uid)
+                self.ipam.release(uid)  # a failed ADD is followed by a DEL: nothing stays allocated
+                self._drop_allocations(f"{md['namespace']}/{md['name']}")
                 stored = self.store.put(key, pod) if pod != original else pod
                 self.event(stored, "Pod", "Warning", "FailedCreatePodSandBox",
                            f'Failed to create pod sandbox: rpc error: code = Unknown desc = failed to setup '
@@ -331,6 +405,38 @@ class Sim(Hooks):
         for c in spec.get("containers") or []:
             self.event(stored, "Pod", "Normal", "Started", f"Started container {c.get('name', '')}", "kubelet", node)
 
+    # ------------------------------------------------------------ Whereabouts' IPPool objects
+    def _release(self, uid: str, podref: str) -> None:
+        """Whereabouts' reconciler: drop a deleted pod's allocations from the IPPools, free the IPs."""
+        self._drop_allocations(podref)
+        if self.ipam.release(uid):
+            self.retry_pending()
+
+    def _drop_allocations(self, podref: str) -> None:
+        with self.store.lock:
+            for pool in self.store.items(IPPOOL_GROUP, IPPOOL_PLURAL):
+                allocs = (pool.get("spec") or {}).get("allocations") or {}
+                keep = {k: a for k, a in allocs.items() if a.get("podref") != podref}
+                if keep != allocs:
+                    pool["spec"]["allocations"] = keep
+                    self.store.put((IPPOOL_GROUP, IPPOOL_PLURAL, pool["metadata"]["namespace"],
+                                    pool["metadata"]["name"]), pool)
+
+    def _record_allocation(self, rng: Any, ip: Any, podref: str, uid: str, ifname: str) -> None:
+        """Write the allocation into the range's IPPool (created on first use), as Whereabouts does."""
+        name = ippool_name(rng)
+        key = (IPPOOL_GROUP, IPPOOL_PLURAL, WHEREABOUTS_NAMESPACE, name)
+        with self.store.lock:
+            pool = self.store.get(key) or {
+                "apiVersion": f"{IPPOOL_GROUP}/v1alpha1", "kind": "IPPool",
+                "metadata": {"name": name, "namespace": WHEREABOUTS_NAMESPACE, "uid": str(uuid.uuid4()),
+                             "creationTimestamp": now(), "generation": 1},
+                "spec": {"range": str(rng.network), "allocations": {}}}
+            offset = int(ip) - int(rng.network.network_address)
+            pool["spec"].setdefault("allocations", {})[str(offset)] = {
+                "id": sandbox_id(uid), "podref": podref, "ifname": ifname}
+            self.store.put(key, pool)
+
     def _park(self, key: Key) -> None:
         with self._lock:
             self._pending.add(key)
@@ -359,9 +465,44 @@ class Sim(Hooks):
                     f'network-attachment-definitions.k8s.cni.cncf.io "{sel.name}" not found')
             rng = parse_ipam((nad.get("spec") or {}).get("config"), sel.ref)
             ip = self.ipam.allocate(rng, uid, sel.ref)
+            self._record_allocation(rng, ip, f"{md['namespace']}/{md['name']}", uid, sel.interface or f"net{n}")
             status.append({"name": sel.ref, "interface": sel.interface or f"net{n}",
                            "ips": [str(ip)], "mac": _mac(), "dns": {}})
         return status
+
+
+def broken_images(ds: dict[str, Any]) -> list[str]:
+    """The template's images whose tag contains `-broken`: the sandbox's registry has no such tag."""
+    spec = ((ds.get("spec") or {}).get("template") or {}).get("spec") or {}
+    out = []
+    for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        image = str(c.get("image", ""))
+        name = image.split("@", 1)[0].rsplit("/", 1)[-1]
+        if ":" in name and "-broken" in name.split(":", 1)[1] and image not in out:
+            out.append(image)
+    return out
+
+
+def _short(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:5]
+
+
+def ippool_name(rng: Any) -> str:
+    """Whereabouts' IPPool name: the range with `/` (and IPv6 `:`) as `-`, after the network_name."""
+    text = str(rng.network)
+    if text.split("/")[0].endswith(":"):
+        text = text.replace("/", "0/", 1)
+    text = text.replace(":", "-").replace("/", "-")
+    return f"{rng.network_name}-{text}" if rng.network_name else text
+
+
+def sandbox_id(uid: str) -> str:
+    """A pod sandbox (container) id: 64 hex digits, stable for the pod."""
+    import hashlib
+
+    return hashlib.sha256(uid.encode()).hexdigest()
 
 
 def _established(crd: dict[str, Any]) -> bool:

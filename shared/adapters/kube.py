@@ -233,6 +233,22 @@ class Kube:
         _, out, _ = self._call("GET", path, allow_404=True)
         return out
 
+    def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every object of a kind (in `namespace` for namespaced kinds), one LIST request."""
+        path = self._route(api_version, kind, namespace, None)
+        _, out, _ = self._call("GET", path)
+        return list((out or {}).get("items") or [])
+
+    @staticmethod
+    def rollout_of(ds: Mapping[str, Any]) -> Rollout:
+        """A DaemonSet object's rollout, as its status reports it (no request)."""
+        st = ds.get("status") or {}
+        gen = (ds.get("metadata") or {}).get("generation")
+        return Rollout(desired=int(st.get("desiredNumberScheduled") or 0),
+                       updated=int(st.get("updatedNumberScheduled") or 0),
+                       ready=int(st.get("numberReady") or 0), available=int(st.get("numberAvailable") or 0),
+                       observed=gen is not None and st.get("observedGeneration") == gen)
+
     def wait_established(self, crd_names: Iterable[str], *, timeout: float = 60.0, poll: float = 1.0) -> int:
         """Poll (one LIST per poll) until every CRD named is Established; returns the polls made."""
         wanted = sorted(set(crd_names))
@@ -257,13 +273,7 @@ class Kube:
     def daemonset_rollout(self, namespace: str, name: str) -> Rollout:
         """The DaemonSet's rollout as its status reports it now (one GET, no waiting)."""
         _, ds, _ = self._call("GET", self._route("apps/v1", "DaemonSet", namespace, name))
-        ds = ds or {}
-        st = ds.get("status") or {}
-        gen = (ds.get("metadata") or {}).get("generation")
-        return Rollout(desired=int(st.get("desiredNumberScheduled") or 0),
-                       updated=int(st.get("updatedNumberScheduled") or 0),
-                       ready=int(st.get("numberReady") or 0), available=int(st.get("numberAvailable") or 0),
-                       observed=gen is not None and st.get("observedGeneration") == gen)
+        return self.rollout_of(ds or {})
 
     # ------------------------------------------------------------ NADs
     def apply_nad(self, obj: Mapping[str, Any]) -> ApplyResult:
@@ -284,6 +294,24 @@ class Kube:
         """NADs labelled `app.kubernetes.io/managed-by=multus-provisioner`, in every namespace."""
         _, out, _ = self._call("GET", "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions",
                                query={"labelSelector": f"{MANAGED_BY[0]}={MANAGED_BY[1]}"})
+        return list((out or {}).get("items") or [])
+
+    # ------------------------------------------------------------ addresses (ranges, reconcile)
+    def list_ippools(self) -> list[dict[str, Any]]:
+        """Whereabouts' IPPool objects in every namespace (one LIST); [] before its CRD serves."""
+        status, out, _ = self._call("GET", "/apis/whereabouts.cni.cncf.io/v1alpha1/ippools", allow_404=True)
+        return [] if status == 404 else list((out or {}).get("items") or [])
+
+    def list_pod_refs(self) -> list[str]:
+        """`namespace/name` of every pod (one LIST), to tell stale Whereabouts allocations apart."""
+        _, out, _ = self._call("GET", "/api/v1/pods")
+        return [f"{(p.get('metadata') or {}).get('namespace', '')}/{(p.get('metadata') or {}).get('name', '')}"
+                for p in (out or {}).get("items") or []]
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """Pods of one namespace matching a label selector (one LIST): a DaemonSet's pods."""
+        path = self._route("v1", "Pod", namespace, None)
+        _, out, _ = self._call("GET", path, query={"labelSelector": label_selector})
         return list((out or {}).get("items") or [])
 
     # ------------------------------------------------------------ pods (verification)

@@ -47,7 +47,7 @@ from shared.ports import DELETE, AlreadyHandled, ClusterRecord, Lease
 
 T = TypeVar("T")
 
-OUTCOMES = ("ok", "retry", "failed", "rejected", "ignored", "skipped")
+OUTCOMES = ("ok", "retry", "failed", "rejected", "ignored", "skipped", "warning")
 EXCERPT_MAX = 512
 _FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
 # Fields the store owns: a workflow passing them in `fields` is a bug, reported at once.
@@ -741,6 +741,33 @@ class Store:
     def get_policy(self) -> dict[str, Any] | None:
         snap = self._col("config").document("policy").get()
         return snap.to_dict() if snap.exists else None
+
+    # -- bundle rollouts (shared/flows/rollout.py)
+    def _rollout_doc(self) -> Any:
+        return self._col("rollouts").document("current")
+
+    @_edge
+    def get_rollout(self) -> tuple[dict[str, Any] | None, Any]:
+        """`rollouts/current` and its update time (the precondition of the next `put_rollout`)."""
+        snap = self._rollout_doc().get()
+        return (snap.to_dict(), snap.update_time) if snap.exists else (None, None)
+
+    @_edge
+    def put_rollout(self, doc: Mapping[str, Any], update_time: Any) -> Any:
+        """Write `rollouts/current` unless it changed since it was read at `update_time` (None: it
+        did not exist). A concurrent change (a tick, `rollout resume`/`abort`) is `Transient`."""
+        from google.api_core import exceptions as gexc
+
+        ref = self._rollout_doc()
+        try:
+            if update_time is None:
+                result = ref.create(dict(doc))
+            else:
+                result = ref.update(dict(doc), option=self.client.write_option(last_update_time=update_time))
+        except (gexc.Conflict, gexc.FailedPrecondition, gexc.NotFound) as e:
+            raise Transient(f"rollouts/current changed while it was being updated ({type(e).__name__}); "
+                            "read it again", code="ABORTED", api="firestore") from None
+        return result.update_time
 
     @_edge
     def delete_cluster_tree(self, ref: ClusterRef) -> None:

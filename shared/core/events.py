@@ -82,6 +82,9 @@ class ReconcileEvent:
 
     event_id: str
     scope: ClusterRef | None = None
+    # Set on the scoped messages the scheduled tick fans out (the tick's event id): a sweep is
+    # not a user's re-check, so it leaves INELIGIBLE / FAILED / IGNORED clusters alone.
+    sweep: str | None = None
 
 
 HEADLINES = {
@@ -395,14 +398,19 @@ def decode_reconcile(event: PubSubMessage | Any) -> ReconcileEvent:
     if not isinstance(obj, Mapping):
         raise _reject(f"a reconcile request is a JSON object, got {type(obj).__name__}", "invalid",
                       event_id=msg.message_id)
-    unknown = sorted(str(k)[:100] for k in obj if k != "cluster")
+    unknown = sorted(str(k)[:100] for k in obj if k not in ("cluster", "sweep"))
     if unknown:
         raise Rejected("invalid reconcile request", [Problem(k, "unknown field") for k in unknown],
+                       kind="invalid", event_id=msg.message_id)
+    sweep = obj.get("sweep")
+    if sweep is not None and (not isinstance(sweep, str) or not 0 < len(sweep) <= 256 or obj.get("cluster") is None):
+        raise Rejected("invalid reconcile request", [Problem("sweep", "the tick's event id (a string of 1..256 "
+                                                                      "characters), with a cluster")],
                        kind="invalid", event_id=msg.message_id)
     if obj.get("cluster") is None:
         return ReconcileEvent(msg.message_id, None)
     try:
-        return ReconcileEvent(msg.message_id, parse_cluster(obj["cluster"], field="cluster"))
+        return ReconcileEvent(msg.message_id, parse_cluster(obj["cluster"], field="cluster"), sweep)
     except Rejected as e:
         raise Rejected(e.reason, e.problems, kind="invalid", event_id=msg.message_id) from None
 

@@ -23,6 +23,14 @@ class Policy:
     allowed_namespaces: tuple[str, ...]
     denied_namespaces: tuple[str, ...]
     max_nads_per_cluster: int
+    # The bundle (a change starts a rollout: docs/WORKFLOW.md "Bundle rollouts").
+    multus_image: str | None = None
+    whereabouts_image: str | None = None
+    multus_log_level: str | None = None
+    allow_unpinned_images: bool = False
+    rollout_canary: int = 1
+    rollout_wave_size: str = "25%"
+    managed_projects: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -33,7 +41,19 @@ class Policy:
             allowed_namespaces=settings.allowed_namespaces,
             denied_namespaces=settings.denied_namespaces,
             max_nads_per_cluster=settings.max_nads_per_cluster,
+            multus_image=settings.multus_image,
+            whereabouts_image=settings.whereabouts_image,
+            multus_log_level=settings.multus_log_level,
+            allow_unpinned_images=settings.allow_unpinned_images,
+            rollout_canary=settings.rollout_canary,
+            rollout_wave_size=settings.rollout_wave_size,
+            managed_projects=settings.managed_projects,
         )
+
+    def bundle_spec(self) -> dict[str, Any]:
+        """The bundle options in force, as a rollout document records them."""
+        return {"multusImage": self.multus_image, "whereaboutsImage": self.whereabouts_image,
+                "logLevel": self.multus_log_level}
 
     def merged(self, doc: Mapping[str, Any] | None) -> Policy:
         """This policy with the fields of a Firestore `config/policy` document laid over it."""
@@ -41,7 +61,9 @@ class Policy:
             return self
         src = "Firestore config/policy"
         known = {"optInLabel", "nodePoolTemplate", "defaultNads", "allowedNamespaces",
-                 "deniedNamespaces", "maxNadsPerCluster", "updatedAt", "updatedBy", "description"}
+                 "deniedNamespaces", "maxNadsPerCluster", "updatedAt", "updatedBy", "description",
+                 "multusImage", "whereaboutsImage", "multusLogLevel", "rolloutCanary", "rolloutWaveSize",
+                 "managedProjects"}
         unknown = sorted(set(doc) - known)
         if unknown:
             raise ConfigError(f"{src}: unknown field(s) {', '.join(unknown)}")
@@ -71,7 +93,7 @@ class Policy:
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
                 raise ConfigError(f"{src}.maxNadsPerCluster: expected an integer in 1..1000")
             out = replace(out, max_nads_per_cluster=value)
-        return out
+        return _merge_fleet(out, doc, src)
 
     def opted_in(self, labels: Mapping[str, str]) -> bool:
         key, value = self.opt_in_label
@@ -85,3 +107,46 @@ class Policy:
             return (f"namespace {namespace!r} is not in the policy's allowed namespaces "
                     f"({', '.join(self.allowed_namespaces)})")
         return None
+
+
+def _merge_fleet(out: Policy, doc: Mapping[str, Any], src: str) -> Policy:
+    """The bundle and fleet fields: images and log level (checked as the bundle checks them),
+    the rollout's canary count and wave size, the managed projects."""
+    from shared.core.errors import Rejected
+    from shared.core.multus import check_image, check_log_level
+    from shared.core.refs import valid_project_id
+    from shared.core.waves import WaveSize
+
+    for field, attr in (("multusImage", "multus_image"), ("whereaboutsImage", "whereabouts_image")):
+        if field in doc:
+            value = doc[field]
+            if value is not None:
+                problems = check_image(value, field=field, allow_unpinned=out.allow_unpinned_images)
+                if problems:
+                    raise ConfigError(f"{src}.{field}: " + "; ".join(p.message for p in problems))
+            out = replace(out, **{attr: value})
+    if "multusLogLevel" in doc:
+        value = doc["multusLogLevel"]
+        if value is not None:
+            level, problems = check_log_level(value, field="multusLogLevel")
+            if problems:
+                raise ConfigError(f"{src}.multusLogLevel: {problems[0].message}")
+            value = level
+        out = replace(out, multus_log_level=value)
+    if "rolloutCanary" in doc:
+        value = doc["rolloutCanary"]
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1000:
+            raise ConfigError(f"{src}.rolloutCanary: expected an integer in 0..1000")
+        out = replace(out, rollout_canary=value)
+    if "rolloutWaveSize" in doc:
+        try:
+            WaveSize.parse(doc["rolloutWaveSize"], field="rolloutWaveSize")
+        except Rejected as e:
+            raise ConfigError(f"{src}.rolloutWaveSize: {e.problems[0].message}") from None
+        out = replace(out, rollout_wave_size=str(doc["rolloutWaveSize"]))
+    if "managedProjects" in doc:
+        value = doc["managedProjects"] or []
+        if not isinstance(value, list) or not all(valid_project_id(x) for x in value):
+            raise ConfigError(f"{src}.managedProjects: expected a list of project ids")
+        out = replace(out, managed_projects=tuple(value))
+    return out

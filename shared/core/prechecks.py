@@ -32,6 +32,7 @@ DATAPLANE_V2 = "dataplane-v2"
 IP_ALIAS = "ip-alias"
 MULTI_NETWORKING = "multi-networking"
 NODE_POOL_NETWORKS = "node-pool-networks"
+RANGE_CAPACITY = "range-capacity"
 CLUSTER_CHECKS = (VERSION, AUTOPILOT, DATAPLANE_V2, IP_ALIAS, MULTI_NETWORKING)
 
 ERROR = "error"
@@ -77,6 +78,11 @@ class PoolNetworks:
     node_networks: tuple[tuple[str, str], ...] = ()  # (network, subnetwork)
     pod_networks: tuple[PodNetwork, ...] = ()
     status: str = ""
+    # Per zone, as GKE counts them (initialNodeCount, autoscaling.maxNodeCount), and the pool's
+    # zones: only the range-capacity check reads them (not in to_dict() nor in comparisons).
+    node_count: int = field(default=0, compare=False)
+    max_node_count: int = field(default=0, compare=False)
+    locations: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def suitable(self) -> bool:
@@ -257,6 +263,71 @@ def blocking(findings: Iterable[Finding]) -> list[Finding]:
     return [f for f in findings if f.severity == ERROR and f.id != NODE_POOL_NETWORKS]
 
 
+# --- address capacity of the additional pod network ----------------------------------------------
+
+DEFAULT_MAX_PODS_PER_NODE = 110
+# (at most this many Pods per node, prefix length of the node's range): GKE's table, cited below.
+PER_NODE_RANGE = ((8, 28), (16, 27), (32, 26), (64, 25), (110, 24), (256, 23))
+
+
+def per_node_prefix(max_pods_per_node: int) -> int:
+    """The prefix length of the range GKE assigns each node for `max_pods_per_node` Pods.
+
+    GKE "Configure maximum Pods per node" (cloud.google.com/kubernetes-engine/docs/how-to/
+    flexible-pod-cidr): each node gets a block with at least twice as many addresses as its
+    maximum Pods — 8 -> /28, 9-16 -> /27, 17-32 -> /26, 33-64 -> /25, 65-110 -> /24 (and
+    111-256 -> /23 where GKE allows more than 110). The same sizing applies to an additional pod
+    network's secondary range (its max-pods-per-node). The table, not a formula: 111-128 would
+    fit a /24 at "twice", but GKE gives them a /23.
+    """
+    if not 1 <= max_pods_per_node <= 256:
+        raise Rejected("invalid max pods per node", [Problem("maxPodsPerNode",
+                                                             f"expected 1..256, got {max_pods_per_node}")])
+    return next(prefix for most, prefix in PER_NODE_RANGE if max_pods_per_node <= most)
+
+
+def check_range_capacity(pool: Any, cidr: str, *, cluster: Any = None) -> list[Finding]:
+    """A `range-capacity` finding when `cidr` (the pool's additional pod range) cannot hold its nodes.
+
+    The nodes counted are the pool's maximum: `autoscaling.maxNodeCount` when autoscaling is on,
+    else `initialNodeCount`; both are per zone, so a regional pool counts them in each of its
+    `locations` (GKE API NodePool reference). The finding is a warning, not a block: the pool
+    exists, but GKE cannot give the nodes beyond the range's capacity an additional pod range,
+    so they are never created.
+    """
+    import ipaddress
+
+    p = PoolNetworks.of(pool)
+    if not p.pod_networks:
+        return []
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except (TypeError, ValueError) as e:
+        raise Rejected("invalid secondary range", [Problem("cidr", f"{cidr!r} is not a CIDR: {e}")]) from None
+    max_pods = p.pod_networks[0].max_pods_per_node or DEFAULT_MAX_PODS_PER_NODE
+    prefix = per_node_prefix(max_pods)
+    zones = max(1, len(p.locations))
+    per_zone = max(p.node_count, p.max_node_count)
+    nodes = per_zone * zones
+    capacity = 0 if prefix < net.prefixlen else 2 ** (prefix - net.prefixlen)
+    if nodes <= capacity:
+        return []
+    c = ClusterFacts.of(cluster) if cluster is not None else None
+    needed = prefix - (nodes - 1).bit_length()  # the smallest range with `nodes` per-node blocks
+    zone_text = f" ({per_zone} per zone x {zones} zones)" if zones > 1 else ""
+    return [Finding(
+        RANGE_CAPACITY, WARNING,
+        f"the additional pod range {p.pod_networks[0].secondary_pod_range} ({net}) of node pool {p.name} holds "
+        f"{capacity} node(s) at max-pods-per-node {max_pods} (a /{prefix} per node), but the pool can have "
+        f"{nodes} node(s){zone_text}; nodes beyond {capacity} get no address range",
+        f"use a secondary range of /{needed} or larger (gcloud compute networks subnets update "
+        f"{p.pod_networks[0].subnetwork or 'SUBNET_NAME'} --add-secondary-ranges=RANGE_NAME=CIDR/{needed}) for a "
+        f"new node pool, lower max-pods-per-node, or cap the pool at {capacity} node(s): gcloud container "
+        f"clusters resize {c.name if c and c.name else 'CLUSTER_NAME'} --node-pool {p.name} {_where(c)} "
+        f"--num-nodes {max(0, capacity // zones)}",
+    )]
+
+
 # --- reading protos and REST JSON ----------------------------------------------------------------
 
 def _where(c: ClusterFacts | None) -> str:
@@ -303,8 +374,13 @@ def _pool_from(r: _Reader, pool: Any, path: str) -> PoolNetworks:
         if r.check_obj(n, p):
             pods.append(PodNetwork(r.text(n, "subnetwork", p), r.text(n, "secondaryPodRange", p),
                                    r.max_pods(n, p)))
+    scaling = r.obj(pool, "autoscaling", path)
     return PoolNetworks(name=r.text(pool, "name", path), node_networks=tuple(nodes),
-                        pod_networks=tuple(pods), status=_status(r.text(pool, "status", path)))
+                        pod_networks=tuple(pods), status=_status(r.text(pool, "status", path)),
+                        node_count=r.count(pool, "initialNodeCount", path),
+                        max_node_count=(r.count(scaling, "maxNodeCount", f"{path}.autoscaling")
+                                        if r.flag(scaling, "enabled", f"{path}.autoscaling") else 0),
+                        locations=tuple(x for x in r.items(pool, "locations", path) if isinstance(x, str)))
 
 
 def _status(value: str) -> str:
@@ -373,6 +449,16 @@ class _Reader:
         for k in bad:
             self.problems.append(Problem(f"{path}.{key}.{k}", "label keys and values must be strings"))
         return {k: v for k, v in value.items() if k not in bad}
+
+    def count(self, d: Mapping[str, Any], key: str, path: str) -> int:
+        """A node count: int32 in the proto, a number in REST JSON (0 when absent)."""
+        value = self._get(d, key)
+        if value is None:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not _DIGITS.fullmatch(f"{value}"):
+            self.problems.append(Problem(f"{path}.{key}", f"expected a whole number, got {value!r:.40}"))
+            return 0
+        return int(value)
 
     def max_pods(self, d: Mapping[str, Any], path: str) -> int | None:
         """`maxPodsPerNode` is `{"maxPodsPerNode": "8"}` in REST (int64 as a string); accept 8 too."""

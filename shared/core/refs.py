@@ -91,3 +91,8 @@ def parse_resource_name(text: object, *, field: str = "cluster") -> tuple[Cluste
 
 def valid_node_pool_name(name: object) -> bool:
     return isinstance(name, str) and bool(_NODE_POOL.fullmatch(name))
+
+
+def valid_project_id(text: object) -> bool:
+    """A GCP project id (the rule every ClusterRef's project follows)."""
+    return isinstance(text, str) and bool(_PROJECT.fullmatch(text))

@@ -19,7 +19,7 @@ from typing import Any
 from shared.core import names as naming
 from shared.core.errors import Problem
 from shared.core.names import compute_ref
-from shared.core.refs import valid_node_pool_name
+from shared.core.refs import valid_node_pool_name, valid_project_id
 
 PREFIX = "MULTUS_PROVISIONER_"
 
@@ -137,6 +137,18 @@ class Settings:
     stall_seconds: int = 600
     nad_topic: str = "multus-nad-requests"
     policy_document: bool = True
+    # Bundle rollouts (docs/WORKFLOW.md "Bundle rollouts"): canary size when no cluster carries
+    # the canary label, wave size ("10" clusters or "25%" of the fleet), how long a cluster may
+    # take to pass its health gate.
+    rollout_canary: int = 1
+    rollout_wave_size: str = "25%"
+    rollout_gate_seconds: float = 600.0
+    # Projects whose clusters reconcile adopts besides `project` (infra's managed_cluster_projects).
+    managed_projects: tuple[str, ...] = ()
+    # The reconcile topic (name or projects/P/topics/T): set, the scheduled tick fans out one
+    # scoped reconcile per cluster on it; unset, one invocation sweeps every cluster itself.
+    reconcile_topic: str | None = None
+    fanout_batch: int = 100
 
     def collection(self, name: str) -> str:
         """The Firestore collection name with the deployment's prefix (tests use their own)."""
@@ -165,6 +177,18 @@ class Settings:
         level = get("MULTUS_LOG_LEVEL")
         if level is not None and level not in ("debug", "verbose", "error", "panic"):
             raise ConfigError(f"{PREFIX}MULTUS_LOG_LEVEL={level!r}: expected debug, verbose, error or panic")
+        wave_size = get("ROLLOUT_WAVE_SIZE", "25%") or "25%"
+        from shared.core.errors import Rejected
+        from shared.core.waves import WaveSize
+
+        try:
+            WaveSize.parse(wave_size)
+        except Rejected as e:
+            raise ConfigError(f"{PREFIX}ROLLOUT_WAVE_SIZE={wave_size!r}: {e.problems[0].message}") from None
+        managed = tuple(x.strip() for x in (get("MANAGED_PROJECTS", "") or "").split(",") if x.strip())
+        for item in managed:
+            if not valid_project_id(item):
+                raise ConfigError(f"{PREFIX}MANAGED_PROJECTS: {item!r} is not a project id")
         return cls(
             project=project,
             collection_prefix=prefix,
@@ -191,6 +215,12 @@ class Settings:
             stall_seconds=integer("STALL_SECONDS", 600, 1, 86400),
             nad_topic=get("TOPIC_NAD_REQUESTS", "multus-nad-requests") or "multus-nad-requests",
             policy_document=(get("POLICY_DOCUMENT", "true") or "").lower() not in ("0", "false", "no"),
+            rollout_canary=integer("ROLLOUT_CANARY", 1, 0, 1000),
+            rollout_wave_size=wave_size,
+            rollout_gate_seconds=number("ROLLOUT_GATE_SECONDS", 600.0, 1, 86400),
+            managed_projects=managed,
+            reconcile_topic=get("TOPIC_RECONCILE"),
+            fanout_batch=integer("FANOUT_BATCH", 100, 1, 1000),
         )
 
 

@@ -171,7 +171,7 @@ class ClusterFlow:
         facts = prechecks.ClusterFacts.of(cluster)
         findings = prechecks.precheck(cluster)
         policy = self.ctx.policy()
-        bundle = self.ctx.bundle()
+        bundle = self.ctx.bundle(ref)
         step = d.decide_cluster(state=rec.state, facts=facts, findings=findings,
                                 opted_in=policy.opted_in(dict(facts.labels)),
                                 suitable=prechecks.suitable_pools(list(cluster.node_pools)),
@@ -226,6 +226,7 @@ class ClusterFlow:
         """Install the bundle when it is missing or outdated, then apply the NADs that waited."""
         ref, cursor, event_id = step_.ref, step_.cursor, step_.event_id
         node_pool = self._node_pool_facts(ref, rec, step.pool, cursor)
+        base = {**base, "findings": base["findings"] + _capacity_findings(step.pool, node_pool, cluster)}
         if step.kind == step.INSTALL or rec.data.get("bundleVersion") != bundle.version:
             cursor.step = "install"
             rec = step_.advance(step="precheck", state=d.INSTALLING, message=f"{trigger}: {step.message}",
@@ -244,7 +245,8 @@ class ClusterFlow:
             kube = self.ctx.kube_for(ref, cluster)
             applied = self.nads.apply_pending(ref, rec, kube, event_id, policy, first_ready=False)
         rec = step_.advance(step="apply-nads", message=f"{trigger}: READY; {applied} pending NAD(s) processed",
-                            fields={"nodePool": node_pool}, ledger_key=event_id, release=True)
+                            fields={"nodePool": node_pool, "findings": base["findings"]}, ledger_key=event_id,
+                            release=True)
         return Outcome("done", "cluster READY", ref.path, rec.state, {"nads": applied})
 
     def _install(self, kube: Any, bundle: Any, cursor: Cursor) -> dict[str, Any]:
@@ -269,6 +271,16 @@ class ClusterFlow:
             rollout = kube.daemonset_rollout(*bundle.daemonset)
         cursor.step = "install"
         return {"objects": len(bundle.objects), "requests": kube.requests - before, "rollout": rollout_fields(rollout)}
+
+
+def _capacity_findings(pool: Any, node_pool: dict[str, Any], cluster: Any) -> list[dict[str, str]]:
+    """`range-capacity` warnings once the pool's secondary range CIDR is known (issue 14)."""
+    from shared.core import prechecks
+
+    if not node_pool.get("cidr"):
+        return []
+    return [f.to_dict() for f in prechecks.check_range_capacity(pool, node_pool["cidr"], cluster=cluster)]
+
 
 def rollout_fields(r: Any) -> dict[str, Any]:
     done = "rolled out" if r.complete else "rollout in progress"

@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from shared.core.policy import Policy
@@ -21,6 +22,7 @@ from shared.ports import ClusterApiPort, GkePort, StorePort
 
 KUBE_CACHE_SECONDS = 300.0
 POLICY_CACHE_SECONDS = 60.0
+ROLLOUT_CACHE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class Context:
         self._gke: GkePort | None = None
         self._kube_cache: dict[str, tuple[float, ClusterApiPort]] = {}
         self._policy: tuple[float, Policy] | None = None
+        self._rollout: tuple[float, Any] | None = None
         self.clock = clock
 
     @property
@@ -92,10 +95,11 @@ class Context:
         """Drop the cached engine of a cluster that is gone (or re-created under its name)."""
         self._kube_cache.pop(ref.doc_id, None)
 
-    def policy(self) -> Policy:
-        """Settings merged with the Firestore `config/policy` document (re-read every minute)."""
+    def policy(self, *, fresh: bool = False) -> Policy:
+        """Settings merged with the Firestore `config/policy` document (re-read every minute, or
+        now with `fresh`: the rollout tick must see a new bundle at once)."""
         now = self.clock()
-        if self._policy and self._policy[0] > now:
+        if self._policy and self._policy[0] > now and not fresh:
             return self._policy[1]
         policy = Policy.from_settings(self.settings)
         if self.settings.policy_document:
@@ -103,12 +107,41 @@ class Context:
         self._policy = (now + POLICY_CACHE_SECONDS, policy)
         return policy
 
-    def bundle(self) -> Any:
-        from shared.core.multus import load_bundle
+    def bundle(self, ref: ClusterRef | None = None) -> Any:
+        """The bundle a cluster should run: the policy's (its images and log level), unless a
+        rollout (`rollouts/current`) holds `ref` on the previous bundle (docs/WORKFLOW.md)."""
+        spec = self.policy().bundle_spec()
+        if ref is not None:
+            from shared.core.waves import spec_for
 
-        s = self.settings
-        return load_bundle(multus_image=s.multus_image, whereabouts_image=s.whereabouts_image,
-                           allow_unpinned=s.allow_unpinned_images, log_level=s.multus_log_level)
+            # Read afresh: a cluster rolled back a moment ago must not get the target again.
+            spec = spec_for(self.rollout_doc(fresh=True), ref.doc_id) or spec
+        return bundle_of(spec, allow_unpinned=self.settings.allow_unpinned_images)
+
+    def rollout_doc(self, *, fresh: bool = False) -> Any:
+        """`rollouts/current` (None without one), cached a few seconds per instance."""
+        now = self.clock()
+        if self._rollout and self._rollout[0] > now and not fresh:
+            return self._rollout[1]
+        doc, _ = self.store.get_rollout()
+        self._rollout = (now + ROLLOUT_CACHE_SECONDS, doc)
+        return doc
+
+    def remember_rollout(self, doc: Any) -> None:
+        self._rollout = (self.clock() + ROLLOUT_CACHE_SECONDS, doc)
+
+
+@lru_cache(maxsize=16)
+def _bundle(multus: str | None, whereabouts: str | None, level: str | None, allow_unpinned: bool) -> Any:
+    from shared.core.multus import load_bundle
+
+    return load_bundle(multus_image=multus, whereabouts_image=whereabouts, allow_unpinned=allow_unpinned,
+                       log_level=level)
+
+
+def bundle_of(spec: Mapping[str, Any], *, allow_unpinned: bool) -> Any:
+    """The bundle of recorded options (`multusImage`, `whereaboutsImage`, `logLevel`)."""
+    return _bundle(spec.get("multusImage"), spec.get("whereaboutsImage"), spec.get("logLevel"), allow_unpinned)
 
 
 def cluster_fields(ref: ClusterRef) -> dict[str, Any]:

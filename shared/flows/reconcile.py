@@ -19,8 +19,10 @@ from shared.core import decisions as d
 from shared.core import logs
 from shared.core.errors import Permanent, Transient
 from shared.core.refs import ClusterRef
+from shared.flows import addresses
 from shared.flows.cluster import ClusterFlow, rollout_fields
 from shared.flows.context import Context, Outcome
+from shared.flows.drift import bundle_drift
 from shared.flows.nad import NadFlow
 from shared.ports import AlreadyHandled
 
@@ -51,7 +53,7 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
             # A scoped run is how a user asks for a re-check after fixing a cluster (enabling
             # multi-networking emits none of the four audited methods); a full run leaves
             # INELIGIBLE / FAILED / IGNORED alone so that a broken cluster does not loop.
-            recheck = ev.scope is not None and rec.state in (d.INELIGIBLE, d.FAILED, d.IGNORED)
+            recheck = ev.scope is not None and ev.sweep is None and rec.state in (d.INELIGIBLE, d.FAILED, d.IGNORED)
             if recheck or (rec.state in d.RESUMABLE and _stale(rec, now, wf.ctx.settings.stall_seconds)):
                 why = "re-check requested" if recheck else "workflow was stalled"
                 out = wf.clusters.drive(rec.ref, sub_event, trigger=f"reconcile: {why}", create=False)
@@ -64,10 +66,11 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
             continue
         except (Transient, Permanent) as e:
             errors.append(f"{rec.ref.path}: {e}")
-    if ev.scope and not records:  # a re-check of a cluster the controller never saw
+    if ev.scope and not records:  # a re-check of a cluster the controller never saw (or a sweep's adoption)
         try:
             out = wf.clusters.drive(ev.scope, f"{ev.event_id}~{ev.scope.doc_id}",
-                                    trigger="reconcile: re-check requested")
+                                    trigger="reconcile: untracked cluster" if ev.sweep
+                                    else "reconcile: re-check requested")
             adopted.append(f"{ev.scope.path}: {out.state}")
         except (Transient, Permanent) as e:
             errors.append(f"{ev.scope.path}: {e}")
@@ -104,19 +107,15 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
 def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
     """Re-apply what drifted on a READY cluster: missing bundle objects and managed NADs."""
     from shared.core import nad as nadlib
-    from shared.core.multus import object_key
 
     ref = rec.ref
     store = wf.ctx.store
     kube = wf.ctx.kube_for(ref, wf.ctx.gke.get_cluster(ref))
-    bundle = wf.ctx.bundle()
+    bundle = wf.ctx.bundle(ref)
     fixes: list[str] = []
-    missing = []
-    for obj in bundle.objects:
-        _, kind, ns, name = object_key(obj)
-        if kube.get(obj["apiVersion"], kind, ns or None, name) is None:
-            missing.append(obj)
+    missing, listed_rollout = bundle_drift(kube, bundle)
     if missing or rec.data.get("bundleVersion") != bundle.version:
+        listed_rollout = None  # re-applied: read the DaemonSet again below
         todo = bundle.objects if rec.data.get("bundleVersion") != bundle.version else missing
         crds = [o for o in todo if o["kind"] == "CustomResourceDefinition"]
         if crds:
@@ -145,15 +144,19 @@ def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
         if handled:
             fixes.append(f"took up {handled} waiting NAD(s)")
     # The rollout recorded at install time may have been partial; keep the figure current.
-    rollout = rollout_fields(kube.daemonset_rollout(*bundle.daemonset))
+    rollout = rollout_fields(listed_rollout or kube.daemonset_rollout(*bundle.daemonset))
     rollout_changed = rollout["summary"] != (rec.data.get("rollout") or {}).get("summary")
-    if fixes or rollout_changed:
+    usage = addresses.check(rec, kube, list(on_cluster.values()))
+    if fixes or rollout_changed or usage.changed:
         message = ("reconcile repaired: " + "; ".join(fixes)) if fixes else "reconcile: nothing to repair"
         message += f"; DaemonSet {rollout['summary']}"
+        if usage.warnings:
+            message += "; warning: " + "; ".join(usage.warnings)
         store.claim(ref, event_id=event_id, step="repair", ledger_key=event_id)
         store.advance(ref, event_id=event_id, step="repair", message=message,
-                      fields={"bundleVersion": bundle.version, "rollout": rollout}, ledger_key=event_id,
-                      release=True)
+                      outcome="warning" if usage.warnings else "ok",
+                      fields={"bundleVersion": bundle.version, "rollout": rollout, **usage.fields},
+                      ledger_key=event_id, release=True)
     return fixes
 
 
