@@ -302,6 +302,11 @@ class Kube:
         status, _, _ = self._call("DELETE", self._route("v1", "Pod", namespace, name), allow_404=True)
         return status != 404
 
+    def list_pods(self, label_selector: str) -> list[dict[str, Any]]:
+        """Pods matching `label_selector` in every namespace (reconcile's sweep of verify pods)."""
+        _, out, _ = self._call("GET", "/api/v1/pods", query={"labelSelector": label_selector})
+        return list((out or {}).get("items") or [])
+
     def pod_network_status(self, namespace: str, name: str) -> list[dict[str, Any]] | None:
         """The pod's parsed `k8s.v1.cni.cncf.io/network-status`; None while absent (or no pod)."""
         pod = self.get_pod(namespace, name)

@@ -23,6 +23,7 @@ class Policy:
     allowed_namespaces: tuple[str, ...]
     denied_namespaces: tuple[str, ...]
     max_nads_per_cluster: int
+    prune_orphans: bool = False  # reconcile may delete conflicting managed NADs that have no record
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -33,6 +34,7 @@ class Policy:
             allowed_namespaces=settings.allowed_namespaces,
             denied_namespaces=settings.denied_namespaces,
             max_nads_per_cluster=settings.max_nads_per_cluster,
+            prune_orphans=settings.prune_orphans,
         )
 
     def merged(self, doc: Mapping[str, Any] | None) -> Policy:
@@ -41,7 +43,7 @@ class Policy:
             return self
         src = "Firestore config/policy"
         known = {"optInLabel", "nodePoolTemplate", "defaultNads", "allowedNamespaces",
-                 "deniedNamespaces", "maxNadsPerCluster", "updatedAt", "updatedBy", "description"}
+                 "deniedNamespaces", "maxNadsPerCluster", "pruneOrphans", "updatedAt", "updatedBy", "description"}
         unknown = sorted(set(doc) - known)
         if unknown:
             raise ConfigError(f"{src}: unknown field(s) {', '.join(unknown)}")
@@ -71,6 +73,10 @@ class Policy:
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
                 raise ConfigError(f"{src}.maxNadsPerCluster: expected an integer in 1..1000")
             out = replace(out, max_nads_per_cluster=value)
+        if "pruneOrphans" in doc:
+            if not isinstance(doc["pruneOrphans"], bool):
+                raise ConfigError(f"{src}.pruneOrphans: expected true or false, got {doc['pruneOrphans']!r}")
+            out = replace(out, prune_orphans=doc["pruneOrphans"])
         return out
 
     def opted_in(self, labels: Mapping[str, str]) -> bool:

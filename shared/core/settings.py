@@ -137,6 +137,7 @@ class Settings:
     stall_seconds: int = 600
     nad_topic: str = "multus-nad-requests"
     policy_document: bool = True
+    prune_orphans: bool = False  # reconcile deletes managed NADs without a record that conflict (kept in the record)
 
     def collection(self, name: str) -> str:
         """The Firestore collection name with the deployment's prefix (tests use their own)."""
@@ -191,6 +192,7 @@ class Settings:
             stall_seconds=integer("STALL_SECONDS", 600, 1, 86400),
             nad_topic=get("TOPIC_NAD_REQUESTS", "multus-nad-requests") or "multus-nad-requests",
             policy_document=(get("POLICY_DOCUMENT", "true") or "").lower() not in ("0", "false", "no"),
+            prune_orphans=r.boolean("PRUNE_ORPHANS", False),
         )
 
 
@@ -227,6 +229,16 @@ class _EnvReader:
         if not lo <= value <= hi:
             raise ConfigError(f"{PREFIX}{name}={value}: expected {lo}..{hi}")
         return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes"):
+            return True
+        if raw.lower() in ("0", "false", "no"):
+            return False
+        raise ConfigError(f"{PREFIX}{name}={raw!r}: expected true or false")
 
     def names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
         raw = self.get(name)

@@ -22,6 +22,7 @@ from shared.core.refs import ClusterRef
 from shared.flows.cluster import ClusterFlow, rollout_fields
 from shared.flows.context import Context, Outcome
 from shared.flows.nad import NadFlow
+from shared.flows.nad_repair import repair_nads, sweep_verify_pods
 from shared.ports import AlreadyHandled
 
 
@@ -103,7 +104,6 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
 
 def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
     """Re-apply what drifted on a READY cluster: missing bundle objects and managed NADs."""
-    from shared.core import nad as nadlib
     from shared.core.multus import object_key
 
     ref = rec.ref
@@ -127,16 +127,9 @@ def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
         fixes += [f"re-applied {o['kind']} {o['metadata']['name']}" for o in missing]
         if rec.data.get("bundleVersion") != bundle.version:
             fixes.append(f"bundle {rec.data.get('bundleVersion')} -> {bundle.version}")
-    on_cluster = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in kube.list_managed_nads()}
-    for doc in store.list_nads(ref):
-        if doc.get("state") not in d.NAD_LIVE or not doc.get("config"):
-            continue
-        live = on_cluster.get((doc["namespace"], doc["name"]))
-        if live is not None and live.get("spec", {}).get("config") == doc["config"]:
-            continue
-        req = nadlib.parse_request(dict(doc["request"]))
-        kube.apply_nad(nadlib.render_nad(req, doc.get("range")))
-        fixes.append(f"{'re-created' if live is None else 'restored'} NAD {doc['namespace']}/{doc['name']}")
+    # NADs: records and managed objects compared both ways; leftover verify pods removed.
+    fixes += repair_nads(wf.ctx, ref, kube, event_id)
+    fixes += sweep_verify_pods(kube, cluster=ref.path)
     # NADs still waiting on a READY cluster (a lost wake-up) or claimed by a worker that died.
     waiting = [n for n in store.list_nads(ref, fields=("state", "claimOrder")) if n.get("state") in
                (d.NAD_PENDING, d.NAD_APPLYING)]
