@@ -548,6 +548,11 @@ def config_digest(config: str) -> str:
     return "sha256:" + hashlib.sha256(config.encode()).hexdigest()
 
 
+def request_digest(req: NadRequest) -> str:
+    """The digest of a request's canonical form: what an idempotency key (`request_id`) stands for."""
+    return config_digest(json.dumps(req.to_dict(), sort_keys=True, separators=(",", ":")))
+
+
 def nad_object(cluster_path: str, namespace: str, name: str, config: str,
                request_id: str | None = None) -> dict[str, Any]:
     """The managed NAD object around a rendered `spec.config` (what `render_nad` returns, and

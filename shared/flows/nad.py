@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +22,7 @@ from typing import Any
 from shared.core import decisions as d
 from shared.core import logs
 from shared.core.errors import Permanent, Rejected, Transient
-from shared.core.nad import config_digest
+from shared.core.nad import config_digest, request_digest
 from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
@@ -538,11 +537,6 @@ def _overlap_reasons(cidr: str, master: str, lose_to: Sequence[Mapping[str, Any]
             seen.add(key)
             out.append(text)
     return out
-
-
-def request_digest(req: Any) -> str:
-    """The digest of a request's canonical form (what an idempotency key stands for)."""
-    return config_digest(json.dumps(req.to_dict(), sort_keys=True, separators=(",", ":")))
 
 
 def _nad_fields(req: Any) -> dict[str, Any]:
