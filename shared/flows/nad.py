@@ -15,7 +15,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,15 +88,15 @@ class NadFlow:
         pool_cidr = ((rec.data.get("nodePool") or {}).get("cidr")) if rec else None
         step = d.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr, existing=None,
                             namespace_problem=policy.namespace_problem(req.namespace), max_nads=None)
-        job = _Job(ref, req, event_id, ledger, origin or event_id, self._stale_before())
+        job = _Job(ref, req, event_id, ledger, origin or event_id, self._stale_before(), self._stale_before(1))
         if step.kind == step.APPLY:
             return self._apply_nad(job, step.range, expect=expect, expect_claim=expect_claim)
         if step.kind == step.DELETE:
             return self._delete_nad(job, cluster_state, expect=expect, expect_claim=expect_claim)
         return self._carry_out_nad(job, step, expect=expect, expect_claim=expect_claim)
 
-    def _stale_before(self) -> str:
-        return f"{time.time_ns() - int(STALE_LEASES * self.ctx.settings.lease_seconds * 1e9):020d}"
+    def _stale_before(self, leases: int = STALE_LEASES) -> str:
+        return f"{time.time_ns() - int(leases * self.ctx.settings.lease_seconds * 1e9):020d}"
 
     def _carry_out_nad(self, job: _Job, step: d.NadStep, *, expect: tuple[str | None, ...] | None = None,
                        expect_claim: str | None = None) -> Outcome:
@@ -167,6 +167,9 @@ class NadFlow:
             deleted = self.ctx.kube_for(ref).delete_nad(req.namespace, req.name)
         except Permanent as e:
             return self._nad_failed(job, "delete", e, expect_fields=mine)
+        except Transient as e:
+            self._release(job, order, d.NAD_DELETING, e)
+            raise
         message = f"{job.label} deleted" + ("" if deleted else " (it was not on the cluster)")
         wrote = store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="delete-nad",
                               state=d.NAD_DELETED, fields=_deleted(job), message=message, ledger_key=job.ledger,
@@ -186,20 +189,24 @@ class NadFlow:
         settles conflicts with `decisions.arbitrate`; the final record is a compare-and-set on the
         claim, so a claim turned away meanwhile puts back what its record says is on the cluster.
         """
-        store, ref, req = self.ctx.store, job.ref, job.req
+        ref = job.ref
         order = self._claim(job, cidr, d.NAD_APPLYING, expect=expect, expect_claim=expect_claim)
         if order is None:
             return Outcome("duplicate", "request already handled, or taken by another worker", ref.path)
         try:
             return self._apply_claimed(job, cidr, order)
-        except Transient:
-            if expect == (d.NAD_PENDING,):  # hand it back to the queue for the next drive or reconcile
-                with contextlib.suppress(Transient, Permanent):
-                    store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="claim-nad",
-                                  state=d.NAD_PENDING, fields={"claim": DELETE},
-                                  message=f"{job.label}: waiting again after a transient failure",
-                                  expect_states=(d.NAD_APPLYING,), expect_fields={"claimOrder": order}, history=False)
+        except Transient as e:
+            self._release(job, order, d.NAD_APPLYING, e)
             raise
+
+    def _release(self, job: _Job, order: str, claimed: str, err: Exception) -> None:
+        """A transient failure: give the claim back (the NAD's state before it, or PENDING for a new
+        one), so that the redelivery, or the next drive or reconcile, carries the request out."""
+        change = _Change(job, d.NAD_PENDING, lambda cur: _released(job, cur, err))
+        with contextlib.suppress(Transient, Permanent):
+            self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
+                                   step="claim-nad", state=d.NAD_PENDING, fields={}, derive=change,
+                                   expect_states=(claimed,), expect_fields={"claimOrder": order}, history=False)
 
     def _apply_claimed(self, job: _Job, cidr: str, order: str) -> Outcome:
         from shared.core import nad as nadlib
@@ -377,7 +384,9 @@ class _Job:
     event_id: str
     ledger: str
     origin: str  # the message id the request arrived with
-    stale_before: str
+    stale_before: str  # claims older than this are abandoned (STALE_LEASES leases)
+    redelivery_before: str  # this request's own claim older than this was left by a dead worker (one lease)
+    holder: str = field(default_factory=lambda: secrets.token_hex(6))  # this delivery, in the claims it writes
 
     @property
     def label(self) -> str:
@@ -419,8 +428,13 @@ def _busy_check(job: _Job, cur: Mapping[str, Any], takeover: str | None) -> None
         return
     claim = cur.get("claim") if isinstance(cur.get("claim"), Mapping) else {}
     theirs = str(cur.get("claimOrder") or "")
-    if claim.get("ledger") == job.ledger or (takeover and theirs == takeover) or theirs < job.stale_before:
-        return  # our own claim (a redelivery), the one we take over, or an abandoned one
+    if claim.get("holder") == job.holder:
+        return  # our own claim
+    if (takeover and theirs == takeover) or theirs < job.stale_before:
+        return  # the claim we take over, or an abandoned one
+    if claim.get("ledger") == job.ledger and theirs < job.redelivery_before:
+        return  # this request's own claim, left by a worker that died a lease ago: a redelivery
+    # (a copy of this request delivered at the same time is busy too: it finds the ledger later)
     who = claim.get("requestId") or claim.get("eventId") or "another request"
     raise Transient(f"{job.label} is busy: {who} is being carried out ({cur.get('state')}); "
                     f"this request is retried after it", code="NAD_BUSY", api="controller")
@@ -432,7 +446,8 @@ def _claimed(job: _Job, cur: dict[str, Any], cidr: str | None, order: str, state
     out: dict[str, Any] = {
         "state": state, "claimOrder": order, "claimRefused": DELETE, "reasons": DELETE, "lastError": DELETE,
         "claim": {"action": job.req.action, "range": cidr, "master": job.req.master, "ledger": job.ledger,
-                  "eventId": job.event_id, "requestId": job.req.request_id},
+                  "eventId": job.event_id, "requestId": job.req.request_id, "previousState": cur.get("state"),
+                  "holder": job.holder},
         "lastRequest": job.last(state, cidr=cidr)}
     part = d.applied_part(cur)
     if part is None:
@@ -442,6 +457,16 @@ def _claimed(job: _Job, cur: dict[str, Any], cidr: str | None, order: str, state
     elif "applied" not in cur:
         out["applied"] = dict(part)  # a record written before `applied` existed
     return out
+
+
+def _released(job: _Job, cur: dict[str, Any], err: Exception) -> dict[str, Any]:
+    claim = cur.get("claim") if isinstance(cur.get("claim"), Mapping) else {}
+    before = claim.get("previousState")
+    part = d.applied_part(cur)
+    state = before if before and before not in d.NAD_IN_FLIGHT else (
+        _kept_state(cur, part) if part is not None else d.NAD_PENDING)
+    return {**_SETTLE, "state": state, "lastRequest": job.last(d.NAD_PENDING, reasons=[f"retrying: {err}"]),
+            "message": f"{job.label}: waiting again after a transient failure ({err})"}
 
 
 def _pending(job: _Job, cur: dict[str, Any], why: str) -> dict[str, Any]:
