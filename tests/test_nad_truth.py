@@ -131,6 +131,22 @@ def test_a_claim_in_flight_makes_a_second_request_for_the_same_nad_wait(local_st
     assert out.status == "rejected" and "busy (172.16.1.0/25)" in out.message, out.message
 
 
+def test_a_transient_failure_gives_the_claim_back_to_the_redelivery(local_stack, make_wf):
+    wf = make_wf()
+    ref = to_ready(wf, local_stack)
+    server = local_stack.kube_server(ref.cluster)
+    server.faults.add("PATCH", r"/network-attachment-definitions/flaky$", 503, times=1)
+    with pytest.raises(Transient):
+        send(wf, ref, "flaky", message_id="fl-1", range="172.16.1.0/26")
+    doc = wf.store.get_nad(ref, "default", "flaky")
+    assert doc["state"] == "APPLYING" and doc["claim"]["released"] is True and "503" in doc["claim"]["why"]
+    assert send(wf, ref, "close", range="172.16.1.0/27").status == "rejected"  # its range stays reserved
+    out = send(wf, ref, "flaky", message_id="fl-1", range="172.16.1.0/26")  # the redelivery, at once
+    assert out.status == "done", out.message
+    doc = wf.store.get_nad(ref, "default", "flaky")
+    assert doc["state"] == "APPLIED" and "claim" not in doc and doc["lastRequest"]["messageId"] == "fl-1"
+
+
 # -- reconcile compares both ways ----------------------------------------------------------------
 
 def test_reconcile_adopts_a_managed_object_without_record_that_conflicts_with_nothing(local_stack, make_wf):

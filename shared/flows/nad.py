@@ -200,8 +200,8 @@ class NadFlow:
             raise
 
     def _release(self, job: _Job, order: str, claimed: str, err: Exception) -> None:
-        """A transient failure: give the claim back (the NAD's state before it, or PENDING for a new
-        one), so that the redelivery, or the next drive or reconcile, carries the request out."""
+        """A transient failure: give the claim back, so that the redelivery (or, for a NAD that
+        waited for its cluster, the next drive or reconcile) carries the request out."""
         change = _Change(job, d.NAD_PENDING, lambda cur: _released(job, cur, err))
         with contextlib.suppress(Transient, Permanent):
             self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
@@ -428,8 +428,8 @@ def _busy_check(job: _Job, cur: Mapping[str, Any], takeover: str | None) -> None
         return
     claim = cur.get("claim") if isinstance(cur.get("claim"), Mapping) else {}
     theirs = str(cur.get("claimOrder") or "")
-    if claim.get("holder") == job.holder:
-        return  # our own claim
+    if claim.get("holder") == job.holder or claim.get("released"):
+        return  # our own claim, or one whose worker gave it back after a transient failure
     if (takeover and theirs == takeover) or theirs < job.stale_before:
         return  # the claim we take over, or an abandoned one
     if claim.get("ledger") == job.ledger and theirs < job.redelivery_before:
@@ -460,13 +460,14 @@ def _claimed(job: _Job, cur: dict[str, Any], cidr: str | None, order: str, state
 
 
 def _released(job: _Job, cur: dict[str, Any], err: Exception) -> dict[str, Any]:
-    claim = cur.get("claim") if isinstance(cur.get("claim"), Mapping) else {}
-    before = claim.get("previousState")
-    part = d.applied_part(cur)
-    state = before if before and before not in d.NAD_IN_FLIGHT else (
-        _kept_state(cur, part) if part is not None else d.NAD_PENDING)
-    return {**_SETTLE, "state": state, "lastRequest": job.last(d.NAD_PENDING, reasons=[f"retrying: {err}"]),
-            "message": f"{job.label}: waiting again after a transient failure ({err})"}
+    """A waiting NAD goes back to the queue (PENDING); any other claim stays, its range reserved,
+    marked released: no worker is on it, so its redelivery (or any other request) may claim it."""
+    claim = dict(cur.get("claim")) if isinstance(cur.get("claim"), Mapping) else {}
+    if claim.get("previousState") == d.NAD_PENDING:
+        return {**_SETTLE, "state": d.NAD_PENDING, "lastRequest": job.last(d.NAD_PENDING),
+                "message": f"{job.label}: waiting again after a transient failure ({err})"}
+    return {"state": cur.get("state"), "claim": {**claim, "released": True, "why": str(err)[:500]},
+            "message": f"{job.label}: retried after a transient failure ({err})"}
 
 
 def _pending(job: _Job, cur: dict[str, Any], why: str) -> dict[str, Any]:
