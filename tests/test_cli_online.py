@@ -77,6 +77,28 @@ def test_request_nad_wait_answers_for_this_request_not_an_earlier_one_on_the_sam
     assert e2e_store.get_nad(ready_cluster, "default", "keyed")["applied"]["range"] == "172.16.1.128/27"
 
 
+def test_status_and_history_show_an_orphan_reconcile_reported(stack, env_file, ready_cluster, e2e_store, capsys):
+    from shared.core import nad as nadlib
+    from tests.fixtures_stack import wait_for
+    from tests.test_e2e import kube_engine
+
+    assert cli.main(["request-nad", "--sandbox", env_file, "--cluster", ready_cluster.path, "--name", "owner",
+                     "--range", "172.16.1.0/25", "--wait", "--json"]) == 0
+    capsys.readouterr()
+    req = nadlib.parse_request({"cluster": ready_cluster.path, "name": "squat", "range": "172.16.1.64/26"})
+    kube_engine(stack, ready_cluster.cluster).apply_nad(nadlib.render_nad(req, req.range))  # no record
+    stack.publish("reconcile", json.dumps({"cluster": ready_cluster.path}).encode())
+    wait_nad(e2e_store, ready_cluster, "default", "squat", "ORPHANED")
+    assert cli.main(["status", "--sandbox", env_file, "--json", ready_cluster.path]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [o["name"] for o in status["orphans"]] == ["squat"]
+    assert "overlaps default/owner (172.16.1.0/25)" in status["orphans"][0]["orphan"]["reason"]
+    assert cli.main(["status", "--sandbox", env_file, ready_cluster.path]) == 0
+    assert "ORPHANED  172.16.1.64/26  orphan: 172.16.1.64/26 overlaps default/owner" in capsys.readouterr().out
+    wait_for(lambda: cli.main(["history", "--sandbox", env_file, ready_cluster.path]) == 0
+             and "orphan reported: default/squat" in capsys.readouterr().out, 10, "orphan in history")
+
+
 def test_request_nad_wait_exit_1_when_no_outcome_in_time(env_file, capsys):
     missing = "projects/multus-sandbox/locations/us-central1/clusters/never-created-x"
     rc = cli.main(["request-nad", "--sandbox", env_file, "--cluster", missing, "--name", "early",
