@@ -80,6 +80,9 @@ def _repair_record(ctx: Context, ref: ClusterRef, kube: Any, key: tuple[str, str
         obj = nadlib.render_nad(nadlib.parse_request(dict(doc["request"])), part["range"])
     else:
         return []
+    fresh = ctx.store.get_nad(ref, ns, name) or {}
+    if fresh.get("updatedAt") != doc.get("updatedAt"):
+        return []  # a request changed it since the list was read: it is its worker's to apply (next run checks)
     kube.apply_nad(obj)
     return [f"{'re-created' if live is None else 'restored'} NAD {ns}/{name}"]
 
