@@ -5,8 +5,9 @@ ranges drawn from a small set so that overlaps are frequent, are delivered throu
 function (HTTP push to `on_nad_request` of the sandbox stack, as Pub/Sub does): each step is a
 batch of requests pushed at once by several threads, some of them twice (a Pub/Sub redelivery:
 same message id, at once or in a later step), some with a `request_id` republished under a new
-message id; a push answered 5xx is pushed again, as Pub/Sub would. After every settled step (all
-pushes acknowledged) and at the end:
+message id; a push answered 5xx is pushed again, as Pub/Sub would; now and then a reconcile run
+(pushed to `reconcile`, scoped to the cluster) compares records and cluster at the same time.
+After every settled step (all pushes acknowledged) and at the end:
 
   (a) every managed object on the cluster has a record whose applied part matches it;
   (b) every record with an applied part has its object;
@@ -55,7 +56,7 @@ class Sent:
 
     @property
     def label(self) -> str:
-        return f"{self.body['name']}:{self.body.get('action', 'apply')}:{self.body.get('range', '')}"
+        return f"{self.body.get('name', 'reconcile')}:{self.body.get('action', 'apply')}:{self.body.get('range', '')}"
 
 
 def make_request(rng: random.Random, path: str) -> dict[str, Any]:
@@ -109,6 +110,8 @@ def check(store: Any, kube: Any, ref: Any, sent: list[Sent], where: str) -> None
         if rec.get("state") in (d.NAD_APPLYING, d.NAD_DELETING, d.NAD_PENDING):
             problems.append(f"(d) {rec['name']} is left {rec['state']}: {rec.get('message')}")
     for s in sent:
+        if "name" not in s.body:
+            continue  # a reconcile run
         req = nadlib.parse_request(s.body)
         if not store.seen(_nad_ledger_key(s.message_id, req)):
             problems.append(f"(d) {s.label} ({s.message_id}) has no outcome")
@@ -125,6 +128,7 @@ def test_nad_invariants_hold_under_concurrent_duplicated_reordered_requests(stac
     wait_state(e2e_store, ref_of(stack, cluster_name), "READY", 40)
     kube = kube_engine(stack, cluster_name)
     url = stack.function_urls["on_nad_request"]
+    reconcile_url = stack.function_urls["reconcile"]
     sent: list[Sent] = []
     by_request_id: dict[str, Sent] = {}
     started, step, pushes = time.monotonic(), 0, 0
@@ -148,9 +152,12 @@ def test_nad_invariants_hold_under_concurrent_duplicated_reordered_requests(stac
                     batch.append((s, rng.random() < 0.5))
             if len(sent) > 3 and rng.random() < 0.5:  # a late redelivery of an earlier request
                 batch.append((rng.choice(sent[:-1]), False))
+            if rng.random() < 0.3:  # reconcile runs at the same time (it compares records and cluster)
+                batch.append((Sent({"cluster": ref.path}, f"inv-{seed}-reconcile-{step}"), False))
             rng.shuffle(batch)
             pushes += len(batch)
-            list(pool.map(lambda item: deliver(url, *item), batch))
+            list(pool.map(lambda item: deliver(reconcile_url if "reconcile" in item[0].message_id else url, *item),
+                          batch))
             check(e2e_store, kube, ref, sent, f"seed {seed}, after step {step} ({len(sent)} requests)")
     elapsed = time.monotonic() - started
     states = [n.get("state") for n in e2e_store.list_nads(ref)]
