@@ -47,6 +47,7 @@ locals {
     MULTUS_PROVISIONER_CRD_TIMEOUT_SECONDS  = tostring(var.crd_timeout_seconds)
     MULTUS_PROVISIONER_LEDGER_TTL_DAYS      = tostring(var.ledger_ttl_days)
     MULTUS_PROVISIONER_STALL_SECONDS        = tostring(var.stall_seconds)
+    MULTUS_PROVISIONER_PRUNE_ORPHANS        = tostring(var.prune_orphans)
     MULTUS_PROVISIONER_ALLOWED_NAMESPACES   = join(",", var.allowed_namespaces)
     MULTUS_PROVISIONER_DENIED_NAMESPACES    = join(",", var.denied_namespaces)
     MULTUS_PROVISIONER_MAX_NADS_PER_CLUSTER = tostring(var.max_nads_per_cluster)

@@ -301,6 +301,12 @@ variable "ledger_ttl_days" {
   }
 }
 
+variable "prune_orphans" {
+  description = "Let reconcile delete managed NADs found on a cluster without a record when they conflict with a recorded one (the deleted config is kept in the NAD's record). Off: they are reported as orphans in status and history."
+  type        = bool
+  default     = false
+}
+
 variable "stall_seconds" {
   description = "Age after which reconcile resumes a workflow that stopped mid-way."
   type        = number

@@ -5,7 +5,8 @@ Pub/Sub or Firestore. Every command reads the same Firestore documents through
 `shared.adapters.store` as the functions write them, against Google or, with `--sandbox ENV_FILE`,
 against the sandbox (whose own commands, `sandbox` and `demo`, live in `sandbox.commands`).
 Exit codes as in the offline CLI: 0 fine, 2 invalid input, 1 anything unexpected; `verify`
-answers 4 when the check ran and failed.
+answers 4 when the check ran and failed; `request-nad --wait` answers 2 when the controller
+refused the request and 1 when it failed or had no outcome in time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from multus_cli.main import add_request_flags, request_from_args
@@ -31,7 +33,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--delete", action="store_true", help="delete the NAD instead of applying it")
     p.add_argument("--verify", action="store_true", help="after applying, check that a pod gets net1")
     p.add_argument("--topic", help="topic (name or projects/P/topics/T); default from the environment")
-    p.add_argument("--wait", action="store_true", help="wait until the controller recorded an outcome")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for this request's outcome: exit 0 applied or verified (or deleted), 2 refused "
+                        "(reasons on stderr), 1 anything else (failed, still pending at --timeout)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds for --wait")
     _common(p)
     p.set_defaults(handler=_guard(cmd_request_nad))
@@ -184,35 +188,83 @@ def cmd_request_nad(args: argparse.Namespace) -> int:
     message_id = publish_request(request, topic)
     result: dict[str, Any] = {"messageId": message_id, "topic": topic, "cluster": parsed.cluster.path,
                               "nad": f"{parsed.namespace}/{parsed.name}"}
-    if args.wait:
-        doc = _wait_nad(_store(settings), parsed, args.timeout, quiet=args.json)
-        result["state"] = doc.get("state") if doc else None
-        result["message"] = (doc or {}).get("message")
+    if not args.wait:
+        if args.json:
+            _print_json(result)
+        else:
+            print(message_id)
+        return EXIT_OK
+    outcome = _wait_outcome(_store(settings), parsed, message_id, args.timeout, quiet=args.json)
+    doc = outcome.record
+    result.update({"state": doc.get("state") if doc else None, "message": (doc or {}).get("message"),
+                   "outcome": outcome.state, "reasons": outcome.reasons, "record": doc})
     if args.json:
         _print_json(result)
     else:
         print(message_id)
-        if args.wait:
-            print(f"{result['nad']}: {result['state'] or 'no outcome yet'}"
-                  + (f" ({result['message']})" if result.get("message") else ""), file=sys.stderr)
-    return EXIT_OK
+        print(f"{result['nad']}: {outcome.state or 'no outcome yet'}"
+              + (f" ({outcome.message})" if outcome.message else ""), file=sys.stderr)
+    if outcome.state in ("APPLIED", "VERIFIED") or (outcome.state == "DELETED" and parsed.action == "delete"):
+        return EXIT_OK
+    if outcome.state == "REJECTED":
+        for reason in outcome.reasons:
+            print(f"  {reason}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_ERROR
 
 
-def _wait_nad(store: Any, req: Any, timeout: float, *, quiet: bool) -> dict[str, Any] | None:
-    from shared.core.decisions import NAD_SETTLED
+@dataclass(frozen=True)
+class WaitOutcome:
+    """The outcome of one published request: its state (None until it has one), why, the record."""
+
+    state: str | None
+    message: str
+    reasons: list[str]
+    record: dict[str, Any] | None
+
+
+def _this_request(doc: dict[str, Any] | None, message_id: str, req: Any) -> dict[str, Any] | None:
+    """The record's `lastRequest` when it is the outcome of THIS request (its message id, or its
+    request id with the same body), else None: an earlier request's outcome on the same NAD is
+    not an answer."""
+    from shared.core.nad import request_digest
+
+    last = (doc or {}).get("lastRequest")
+    if not isinstance(last, dict):
+        return None
+    if last.get("messageId") == message_id:
+        return last
+    if req.request_id and last.get("requestId") == req.request_id and last.get("digest") == request_digest(req):
+        return last
+    return None
+
+
+def _wait_outcome(store: Any, req: Any, message_id: str, timeout: float, *, quiet: bool) -> WaitOutcome:
+    from shared.core.decisions import REQUEST_SETTLED
 
     deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
+    shown = None
+    doc = None
+    while True:
         doc = store.get_nad(req.cluster, req.namespace, req.name)
-        state = doc.get("state") if doc else None
-        if state != last and not quiet:
+        last = _this_request(doc, message_id, req)
+        state = last.get("state") if last else None
+        if state != shown and not quiet:
             print(f"  {req.namespace}/{req.name}: {state or 'waiting for the controller'}", file=sys.stderr)
-            last = state
-        if state in NAD_SETTLED:
-            return doc
+            shown = state
+        if state in REQUEST_SETTLED:
+            reasons = [str(r) for r in (last or {}).get("reasons") or []]
+            return WaitOutcome(state, str((doc or {}).get("message") or ""), reasons, doc)
+        # refused before it reached the NAD (e.g. a request_id already used for another body)
+        for r in store.list_rejections(req.cluster, limit=20):
+            if r.get("eventId") == message_id:
+                reasons = [f"{p.get('field')}: {p.get('message')}" if p.get("field") else str(p.get("message"))
+                           for p in r.get("problems") or []] or [str(r.get("reason"))]
+                return WaitOutcome("REJECTED", str(r.get("reason") or ""), reasons, doc)
+        if time.monotonic() >= deadline:
+            return WaitOutcome(state, f"no outcome within {timeout:.0f}s" + (f" (now {state})" if state else ""),
+                               [], doc)
         time.sleep(0.5)
-    return store.get_nad(req.cluster, req.namespace, req.name)
 
 
 # -- status / history -------------------------------------------------------------------------
@@ -252,7 +304,8 @@ def _status_one(store: Any, ref: Any, as_json: bool) -> int:
     doc.pop("lease", None)
     if as_json:
         _print_json({"cluster": ref.path, "state": rec.state if rec else None, "document": doc,
-                     "steps": history, "nads": nads, "rejections": rejections})
+                     "steps": history, "nads": nads, "rejections": rejections,
+                     "orphans": [n for n in nads if n.get("state") == "ORPHANED"]})
         return EXIT_OK
     print(f"cluster   {ref.path}")
     print(f"state     {rec.state if rec else 'not tracked (NAD requests are waiting for it)'}")
@@ -274,15 +327,28 @@ def _status_one(store: Any, ref: Any, as_json: bool) -> int:
     if not nads:
         print("  (none)")
     for n in nads:
-        extra = n.get("range") or ""
-        reasons = "; ".join(n.get("reasons") or [])
-        print(f"  {n.get('namespace')}/{n.get('name'):<24} {n.get('state'):<9} {extra} {reasons}".rstrip())
+        print(_nad_line(n))
     if rejections:
         print("rejected requests")
         for r in rejections:
             problems = "; ".join(f"{p.get('field')}: {p.get('message')}" for p in r.get("problems") or [])
             print(f"  {_ts(r.get('at'))}  {r.get('reason')}{': ' + problems if problems else ''}")
     return EXIT_OK
+
+
+def _nad_line(n: dict[str, Any]) -> str:
+    """One NAD in `status`: what is on the cluster, then the last request when it did not get there."""
+    applied = n.get("applied") if isinstance(n.get("applied"), dict) else None
+    last = n.get("lastRequest") if isinstance(n.get("lastRequest"), dict) else {}
+    on_cluster = (applied or {}).get("range") or (n.get("range") if n.get("state") in ("APPLIED", "VERIFIED") else "")
+    line = f"  {n.get('namespace')}/{n.get('name'):<24} {n.get('state'):<9} {on_cluster or n.get('range') or ''}"
+    if n.get("state") == "ORPHANED":
+        line += f"  orphan: {(n.get('orphan') or {}).get('reason', '')}"
+    elif applied and last.get("state") and last.get("state") != n.get("state"):
+        line += f"  last request {last.get('action', 'apply')} {last.get('state')}: {n.get('message', '')}"
+    elif n.get("reasons"):
+        line += "  " + "; ".join(n.get("reasons") or [])
+    return line.rstrip()
 
 
 def cmd_history(args: argparse.Namespace) -> int:

@@ -38,9 +38,73 @@ def test_request_nad_waits_for_the_outcome_and_prints_json(env_file, ready_clust
     rc = cli.main(["request-nad", "--sandbox", env_file, "--cluster", ready_cluster.path, "--name", "via-cli",
                    "--range", "172.16.1.0/26", "--exclude", "172.16.1.0/30", "--wait", "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert rc == 0 and out["state"] == "APPLIED" and out["messageId"]
+    assert rc == 0 and out["state"] == "APPLIED" and out["messageId"] and out["outcome"] == "APPLIED"
+    assert out["record"]["applied"]["range"] == "172.16.1.0/26"
     doc = e2e_store.get_nad(ready_cluster, "default", "via-cli")
     assert json.loads(doc["config"])["plugins"][0]["ipam"]["exclude"] == ["172.16.1.0/30"]
+
+
+def test_request_nad_wait_answers_for_this_request_not_an_earlier_one_on_the_same_name(
+        env_file, ready_cluster, e2e_store, capsys):
+    base = ["request-nad", "--sandbox", env_file, "--cluster", ready_cluster.path, "--wait", "--json"]
+    assert cli.main([*base, "--name", "waiter", "--range", "172.16.1.0/26"]) == 0
+    assert cli.main([*base, "--name", "blocker", "--range", "172.16.1.64/26"]) == 0
+    capsys.readouterr()
+    # the record of `waiter` says APPLIED from the first request; this update's answer is a refusal
+    rc = cli.main([*base, "--name", "waiter", "--range", "172.16.1.64/27"])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert rc == 2, out
+    assert out["outcome"] == "REJECTED" and out["state"] == "APPLIED"  # `state`: what is on the cluster
+    assert out["record"]["lastRequest"]["messageId"] == out["messageId"]
+    assert out["record"]["applied"]["range"] == "172.16.1.0/26"
+    assert "overlaps default/blocker (172.16.1.64/26)" in captured.err
+    assert out["message"].startswith("update refused: waiter keeps 172.16.1.0/26")
+    # status and history say so too
+    assert cli.main(["status", "--sandbox", env_file, ready_cluster.path]) == 0
+    nads = capsys.readouterr().out.split("\nnads\n", 1)[1]
+    line = next(x for x in nads.splitlines() if "default/waiter" in x)
+    assert "APPLIED" in line and "172.16.1.0/26" in line and "last request apply REJECTED: update refused" in line
+    assert cli.main(["history", "--sandbox", env_file, ready_cluster.path]) == 0
+    assert "update refused: waiter keeps 172.16.1.0/26" in capsys.readouterr().out
+    # a request_id reused with another body: refused before it reaches the NAD, exit 2 with the reason
+    assert cli.main([*base, "--name", "keyed", "--range", "172.16.1.128/27", "--request-id", "k-1"]) == 0
+    capsys.readouterr()
+    rc = cli.main([*base, "--name", "keyed", "--range", "172.16.1.160/27", "--request-id", "k-1"])
+    captured = capsys.readouterr()
+    assert rc == 2 and json.loads(captured.out)["outcome"] == "REJECTED"
+    assert "request_id 'k-1' was already used for a different request" in captured.err
+    assert e2e_store.get_nad(ready_cluster, "default", "keyed")["applied"]["range"] == "172.16.1.128/27"
+
+
+def test_status_and_history_show_an_orphan_reconcile_reported(stack, env_file, ready_cluster, e2e_store, capsys):
+    from shared.core import nad as nadlib
+    from tests.fixtures_stack import wait_for
+    from tests.test_e2e import kube_engine
+
+    assert cli.main(["request-nad", "--sandbox", env_file, "--cluster", ready_cluster.path, "--name", "owner",
+                     "--range", "172.16.1.0/25", "--wait", "--json"]) == 0
+    capsys.readouterr()
+    req = nadlib.parse_request({"cluster": ready_cluster.path, "name": "squat", "range": "172.16.1.64/26"})
+    kube_engine(stack, ready_cluster.cluster).apply_nad(nadlib.render_nad(req, req.range))  # no record
+    stack.publish("reconcile", json.dumps({"cluster": ready_cluster.path}).encode())
+    wait_nad(e2e_store, ready_cluster, "default", "squat", "ORPHANED")
+    assert cli.main(["status", "--sandbox", env_file, "--json", ready_cluster.path]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [o["name"] for o in status["orphans"]] == ["squat"]
+    assert "overlaps default/owner (172.16.1.0/25)" in status["orphans"][0]["orphan"]["reason"]
+    assert cli.main(["status", "--sandbox", env_file, ready_cluster.path]) == 0
+    assert "ORPHANED  172.16.1.64/26  orphan: 172.16.1.64/26 overlaps default/owner" in capsys.readouterr().out
+    wait_for(lambda: cli.main(["history", "--sandbox", env_file, ready_cluster.path]) == 0
+             and "orphan reported: default/squat" in capsys.readouterr().out, 10, "orphan in history")
+
+
+def test_request_nad_wait_exit_1_when_no_outcome_in_time(env_file, capsys):
+    missing = "projects/multus-sandbox/locations/us-central1/clusters/never-created-x"
+    rc = cli.main(["request-nad", "--sandbox", env_file, "--cluster", missing, "--name", "early",
+                   "--wait", "--timeout", "3", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1 and out["outcome"] in (None, "PENDING"), out
 
 
 def test_request_nad_invalid_input_is_exit_2_naming_the_field(env_file, capsys):

@@ -182,3 +182,47 @@ def test_arbitrate_is_symmetric_for_two_claims():
     from_b = d.arbitrate(key="default~b", master="eth1", cidr=b["range"], order=b["claimOrder"], others=[a])
     assert (len(from_a.win_over), len(from_a.lose_to)) == (1, 0)
     assert (len(from_b.win_over), len(from_b.lose_to)) == (0, 1)
+
+
+def _obj(name, cidr, master="eth1", ns="default"):
+    import json as _json
+
+    config = {"cniVersion": "0.3.1", "name": name,
+              "plugins": [{"type": "ipvlan", "master": master, "ipam": {"type": "whereabouts", "range": cidr}}]}
+    return {"metadata": {"name": name, "namespace": ns}, "spec": {"config": _json.dumps(config)}}
+
+
+def test_applied_part_is_what_is_on_the_cluster_whatever_the_last_request():
+    kept = {"state": "APPLIED", "range": "172.16.1.0/26", "applied": {"range": "172.16.1.0/26", "master": "eth1"}}
+    assert d.applied_part(kept)["range"] == "172.16.1.0/26"
+    claiming = {**kept, "state": "APPLYING"}
+    assert d.applied_part(claiming)["range"] == "172.16.1.0/26"  # an update in flight: still there
+    legacy = {"state": "VERIFIED", "range": "172.16.1.0/26", "master": "eth2"}  # written before `applied`
+    assert d.applied_part(legacy) == {"range": "172.16.1.0/26", "master": "eth2", "state": "VERIFIED"}
+    assert d.applied_part({"state": "REJECTED", "range": "172.16.1.0/26"}) is None
+    assert d.applied_part({"state": "DELETED", "range": "172.16.1.0/26"}) is None
+
+
+def test_footprints_count_applied_parts_claims_pending_and_objects_without_record():
+    docs = [
+        {"namespace": "default", "name": "upd", "state": "APPLYING", "claimOrder": "0002",
+         "applied": {"range": "172.16.1.0/26", "master": "eth1"},
+         "claim": {"range": "172.16.1.64/26", "master": "eth1"}},
+        {"namespace": "default", "name": "lost", "state": "APPLYING", "claimOrder": "0001", "range": "172.16.1.128/26",
+         "master": "eth1", "claimRefused": "overlaps x"},
+        {"namespace": "default", "name": "wait", "state": "PENDING", "master": "eth1"},
+        {"namespace": "default", "name": "gone", "state": "DELETED", "range": "172.16.1.192/26", "master": "eth1"},
+    ]
+    fp = d.footprints(docs, [_obj("stray", "172.16.1.192/27")])
+    shown = sorted((f["name"], f["state"], f["range"]) for f in fp)
+    # a claim turned away still counts for the limit until its worker records it, not for overlaps
+    assert shown == [("lost", "APPLYING", None), ("stray", "APPLIED", "172.16.1.192/27"),
+                     ("upd", "APPLIED", "172.16.1.0/26"), ("upd", "APPLYING", "172.16.1.64/26"),
+                     ("wait", "PENDING", None)]
+    # an update in flight is counted once for the limit, though it has two footprints
+    assert d.limit_problem(fp, 5) is None and "already has 4 NADs" in d.limit_problem(fp, 4)
+    lose = d.arbitrate(key="default~new", master="eth1", cidr="172.16.1.0/24", order="0009", others=fp).lose_to
+    assert sorted(o["name"] for o in lose) == ["stray", "upd", "upd"]
+    both = d.conflicts(key="default~new", master="eth1", cidr="172.16.1.0/25", others=fp)
+    assert sorted((o["name"], o["range"]) for o in both) == [("upd", "172.16.1.0/26"), ("upd", "172.16.1.64/26")]
+    assert d.conflicts(key="default~new", master="eth2", cidr="172.16.1.0/24", others=fp) == []

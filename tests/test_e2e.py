@@ -290,12 +290,31 @@ def _outcome_of(stack: Any, fn: str, message_id: str) -> str | None:
     return None
 
 
+def _ledger_key(ref: ClusterRef, rid: str) -> str:
+    from shared.flows.nad import _nad_ledger_key
+
+    class _Req:
+        request_id = rid
+        cluster = ref
+
+    return _nad_ledger_key("unused", _Req())
+
+
 def test_request_id_deduplicates_republished_requests(stack, e2e_store, cluster_name):
     ref = create(stack, cluster_name)
     wait_state(e2e_store, ref, "READY", 40)
     rid = uuid.uuid4().hex
     request_nad(stack, ref, "idem", range="172.16.1.192/27", request_id=rid)
     wait_nad(e2e_store, ref, "default", "idem", "APPLIED")
-    again = request_nad(stack, ref, "idem", range="172.16.1.192/27", request_id=rid, action="delete")
-    assert wait_for(lambda: _outcome_of(stack, "on_nad_request", again), 20, "second request handled") == "duplicate"
-    assert e2e_store.get_nad(ref, "default", "idem")["state"] == "APPLIED"
+    same = request_nad(stack, ref, "idem", range="172.16.1.192/27", request_id=rid)
+    assert wait_for(lambda: _outcome_of(stack, "on_nad_request", same), 20, "second request handled") == "duplicate"
+    # the same key with another body is not a duplicate of the first: it is refused, saying why
+    other = request_nad(stack, ref, "idem", range="172.16.1.192/27", request_id=rid, action="delete")
+    assert wait_for(lambda: _outcome_of(stack, "on_nad_request", other), 20, "third request handled") == "rejected"
+    doc = e2e_store.get_nad(ref, "default", "idem")
+    assert doc["state"] == "APPLIED" and doc["applied"]["range"] == "172.16.1.192/27"
+    refusals = [r for r in e2e_store.list_rejections(ref) if r["eventId"] == other]
+    assert refusals and refusals[0]["kind"] == "request-id-reused", refusals
+    assert f"request_id {rid!r} was already used for a different request" in refusals[0]["problems"][0]["message"]
+    ledger = e2e_store.get_ledger(_ledger_key(ref, rid))
+    assert ledger["digest"].startswith("sha256:") and ledger["requestId"] == rid

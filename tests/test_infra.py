@@ -198,6 +198,7 @@ def test_defaults_match_shared_settings():
     assert v["ledger_ttl_days"]["default"] == s.ledger_ttl_days
     assert v["max_nads_per_cluster"]["default"] == s.max_nads_per_cluster
     assert v["stall_seconds"]["default"] == s.stall_seconds
+    assert v["prune_orphans"]["default"] is s.prune_orphans
     assert v["denied_namespaces"]["default"] == list(s.denied_namespaces)
     assert v["firestore_database"]["default"] == s.database
     assert v["create_example"]["default"] is False
@@ -265,7 +266,7 @@ def test_one_function_per_stream_built_from_the_package():
 def test_function_environment_is_exactly_what_shared_settings_reads():
     env = locals_()["runtime_env"]
     source = (ROOT / "shared" / "core" / "settings.py").read_text()
-    read = set(re.findall(r'(?:get|integer|number|names|as_json)\("([A-Z_]+)"', source))
+    read = set(re.findall(r'(?:get|integer|number|names|as_json|boolean)\("([A-Z_]+)"', source))
     for key in env:
         assert key.startswith("MULTUS_PROVISIONER_"), key
         assert key.removeprefix("MULTUS_PROVISIONER_") in read, f"{key} is not read by shared/core/settings.py"
@@ -274,6 +275,7 @@ def test_function_environment_is_exactly_what_shared_settings_reads():
         assert f"MULTUS_PROVISIONER_{needed}" in env, needed
     assert ref(env["MULTUS_PROVISIONER_TOPIC_NAD_REQUESTS"]) == 'google_pubsub_topic.stream["nad-requests"].name'
     assert env["MULTUS_PROVISIONER_MAX_ATTEMPTS"] == "${tostring(var.max_delivery_attempts)}"
+    assert env["MULTUS_PROVISIONER_PRUNE_ORPHANS"] == "${tostring(var.prune_orphans)}"
 
 
 def test_every_trigger_is_a_push_subscription_on_its_topic_with_dead_letter_and_backoff():

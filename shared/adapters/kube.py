@@ -308,12 +308,6 @@ class Kube:
         return [f"{(p.get('metadata') or {}).get('namespace', '')}/{(p.get('metadata') or {}).get('name', '')}"
                 for p in (out or {}).get("items") or []]
 
-    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        """Pods of one namespace matching a label selector (one LIST): a DaemonSet's pods."""
-        path = self._route("v1", "Pod", namespace, None)
-        _, out, _ = self._call("GET", path, query={"labelSelector": label_selector})
-        return list((out or {}).get("items") or [])
-
     # ------------------------------------------------------------ pods (verification)
     def create_pod(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         md = obj.get("metadata") or {}
@@ -329,6 +323,13 @@ class Kube:
     def delete_pod(self, namespace: str, name: str) -> bool:
         status, _, _ = self._call("DELETE", self._route("v1", "Pod", namespace, name), allow_404=True)
         return status != 404
+
+    def list_pods(self, label_selector: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Pods matching `label_selector` (one LIST), in one namespace (a DaemonSet's pods) or in
+        every namespace (reconcile's sweep of leftover verify pods)."""
+        path = self._route("v1", "Pod", namespace, None) if namespace else "/api/v1/pods"
+        _, out, _ = self._call("GET", path, query={"labelSelector": label_selector})
+        return list((out or {}).get("items") or [])
 
     def pod_network_status(self, namespace: str, name: str) -> list[dict[str, Any]] | None:
         """The pod's parsed `k8s.v1.cni.cncf.io/network-status`; None while absent (or no pod)."""

@@ -550,15 +550,22 @@ class Store:
         return bool(self._ledger_doc(ledger_key).get().exists)
 
     @_edge
+    def get_ledger(self, ledger_key: str) -> dict[str, Any] | None:
+        """The ledger entry of `ledger_key` (who handled it, and the request's digest), or None."""
+        snap = self._ledger_doc(ledger_key).get()
+        return snap.to_dict() if snap.exists else None
+
+    @_edge
     def record_ledger(self, ledger_key: str, *, event_id: str, step: str, outcome: str,
-                      cluster: ClusterRef | None) -> bool:
+                      cluster: ClusterRef | None, fields: Mapping[str, Any] | None = None) -> bool:
         """Create the ledger entry if absent (one commit RPC); False when it existed already."""
         from google.api_core import exceptions as gexc
 
         _check_outcome(outcome)
         try:
             self._ledger_doc(ledger_key).create(
-                self._ledger_entry(event_id=event_id, step=step, outcome=outcome, cluster=cluster, now=_now()))
+                {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome, cluster=cluster, now=_now()),
+                 **(fields or {})})
         except gexc.AlreadyExists:
             return False
         return True
@@ -574,7 +581,8 @@ class Store:
                 fields: dict[str, Any], outcome: str = "ok", message: str = "",
                 ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
                 expect_fields: dict[str, Any] | None = None, history: bool = True,
-                write_ledger: bool = True) -> bool:
+                write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+                ledger_fields: Mapping[str, Any] | None = None) -> bool:
         """Record a NAD's state; ledger, NAD document and history entry in one atomic commit.
 
         Returns False (and writes nothing) when `ledger_key` was recorded before, or when the
@@ -583,6 +591,11 @@ class Store:
         moving one NAD out of PENDING or APPLYING exactly one succeeds. `history=False` records
         no history entry (a transient reservation); `write_ledger=False` checks the ledger only.
         The cluster's own document is neither read nor written, so NADs never wait on it.
+
+        `derive(current)` computes more changes from the document as read (inside the
+        compare-and-set, so they are decided on what is really there): fields, plus optionally
+        `state` and `message` overriding the arguments; it may raise `Transient` (a busy NAD).
+        `ledger_fields` go into the ledger entry (the digest of the request, for idempotency keys).
         """
         _check_outcome(outcome)
         doc = self._nad_doc(ref, namespace, name)
@@ -613,10 +626,18 @@ class Store:
                 return False
             if expect_fields and any(current.get(k) != v for k, v in expect_fields.items()):
                 return False
-            changes: dict[str, Any] = {**extra, "state": state, "updatedAt": now}
-            if message:
-                changes["message"] = message[:4000]
-            if state != before:
+            step_state, step_message = state, message
+            if derive is not None:
+                more = dict(derive(current if exists else {}))
+                step_state = str(more.pop("state", state))
+                step_message = str(more.pop("message", message))
+                extra_now = {**extra, **_check_fields(more, identity, "put_nad derive")}
+            else:
+                extra_now = extra
+            changes: dict[str, Any] = {**extra_now, "state": step_state, "updatedAt": now}
+            if step_message:
+                changes["message"] = step_message[:4000]
+            if step_state != before:
                 changes["stateSince"] = now
             batch = self.client.batch()
             if exists:
@@ -626,11 +647,11 @@ class Store:
                 batch.create(doc, {**identity, **clean, "createdAt": now})
             if history:
                 batch.set(history_doc, self._history_entry(
-                    event_id=event_id, step=step, outcome=outcome, message=message, state=state,
+                    event_id=event_id, step=step, outcome=outcome, message=step_message, state=step_state,
                     extra={"nad": f"{namespace}/{name}", "previousState": before}))
             if ledger is not None and write_ledger:
-                batch.create(ledger, self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
-                                                        cluster=ref, now=now))
+                batch.create(ledger, {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
+                                                           cluster=ref, now=now), **(ledger_fields or {})})
             try:
                 batch.commit()
             except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Conflict, gexc.Aborted):

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.core.nad import range_within, ranges_overlap
+from shared.core.nad import config_range, range_within, ranges_overlap
 
 # Cluster workflow states (the words shown in Firestore and `status`).
 DISCOVERED = "DISCOVERED"  # known; waiting for the cluster to finish provisioning
@@ -37,10 +37,15 @@ NAD_VERIFIED = "VERIFIED"
 NAD_REJECTED = "REJECTED"
 NAD_FAILED = "FAILED"
 NAD_DELETED = "DELETED"
+NAD_DELETING = "DELETING"  # claimed by a worker that is deleting it from the cluster
+NAD_ORPHANED = "ORPHANED"  # found on the cluster with our label and no record; conflicts, so not adopted
 NAD_LIVE = (NAD_APPLIED, NAD_VERIFIED)
-NAD_COUNTED = (NAD_PENDING, NAD_APPLYING, NAD_APPLIED, NAD_VERIFIED)
+NAD_IN_FLIGHT = (NAD_APPLYING, NAD_DELETING)
+NAD_COUNTED = (NAD_PENDING, NAD_APPLYING, NAD_DELETING, NAD_APPLIED, NAD_VERIFIED, NAD_ORPHANED)
 # A request has its outcome once its NAD is in one of these (PENDING and APPLYING are on the way).
 NAD_SETTLED = (NAD_APPLIED, NAD_VERIFIED, NAD_REJECTED, NAD_FAILED, NAD_DELETED)
+# The outcome of the last request (`lastRequest.state`) once it has one.
+REQUEST_SETTLED = (NAD_APPLIED, NAD_VERIFIED, NAD_REJECTED, NAD_FAILED, NAD_DELETED)
 
 BLOCKING_FINDING_EXEMPT = "node-pool-networks"
 
@@ -167,8 +172,8 @@ def decide_nad(*, request: Any, cluster_state: str | None, pool_cidr: str | None
 
 def limit_problem(others: Iterable[Mapping[str, Any]], max_nads: int) -> str | None:
     """Why one more NAD would exceed the policy's per-cluster limit, or None (`others` excludes
-    the NAD being decided)."""
-    counted = sum(1 for n in others if n.get("state") in NAD_COUNTED)
+    the NAD being decided). A NAD is counted once however many footprints it has."""
+    counted = len({(n.get("namespace"), n.get("name")) for n in others if n.get("state") in NAD_COUNTED})
     if counted >= max_nads:
         return f"the cluster already has {counted} NADs (policy limit {max_nads})"
     return None
@@ -192,14 +197,83 @@ def arbitrate(*, key: str, master: str, cidr: str, order: str, others: Iterable[
     loser's claim with a compare-and-set; a loser rejects itself).
     """
     lose, win = [], []
+    lost = set()
     for other in others:
         if f"{other.get('namespace')}~{other.get('name')}" == key:
             continue
         if other.get("master") != master or not other.get("range") or not ranges_overlap(cidr, other["range"]):
             continue
         state = other.get("state")
-        if state in NAD_LIVE:
-            lose.append(other)
+        if state in NAD_LIVE or state == NAD_ORPHANED:
+            mark = (other.get("namespace"), other.get("name"), other["range"])
+            if mark not in lost:  # a record's applied part and its object on the cluster are one reason
+                lost.add(mark)
+                lose.append(other)
         elif state == NAD_APPLYING:
             (lose if str(other.get("claimOrder") or "") < order else win).append(other)
     return Arbitration(tuple(lose), tuple(win))
+
+
+def applied_part(doc: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """What of this NAD record is on the cluster (`applied`: range, master, ...), or None.
+
+    Records written before the record had an `applied` part are read by their state: an
+    APPLIED/VERIFIED one with a range is on the cluster with that range.
+    """
+    applied = doc.get("applied")
+    if isinstance(applied, Mapping) and applied.get("range"):
+        return applied
+    if "applied" not in doc and doc.get("state") in NAD_LIVE and doc.get("range"):
+        return {"range": doc["range"], "master": doc.get("master") or "", "state": doc.get("state")}
+    return None
+
+
+def nad_object_key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    md = obj.get("metadata") or {}
+    return (str(md.get("namespace") or "default"), str(md.get("name") or ""))
+
+
+def footprints(docs: Iterable[Mapping[str, Any]],
+               objects: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Everything that is or may be on the cluster, in the shape `arbitrate` and `limit_problem` read.
+
+    - each record's applied part (state APPLIED): it is on the cluster, whatever its last request;
+    - each claim in flight (state APPLYING, `claim` range), unless the claim was turned away;
+    - each PENDING record (counted for the limit; it has no range yet);
+    - each managed object found on the cluster (state APPLIED, master and range read from its
+      config): an object without a record, or one that drifted from its record, still hands
+      out addresses.
+    One NAD may leave several footprints (an update in flight: its applied range and its claim).
+    """
+    out: list[dict[str, Any]] = []
+    for doc in docs:
+        ident = {"namespace": doc.get("namespace"), "name": doc.get("name")}
+        part = applied_part(doc)
+        if part is not None:
+            out.append({**ident, "state": NAD_APPLIED, "master": part.get("master") or "", "range": part["range"]})
+        state = doc.get("state")
+        if state == NAD_APPLYING and not doc.get("claimRefused"):
+            claim = doc.get("claim") if isinstance(doc.get("claim"), Mapping) else {}
+            out.append({**ident, "state": NAD_APPLYING, "master": claim.get("master", doc.get("master")),
+                        "range": claim.get("range", doc.get("range")), "claimOrder": doc.get("claimOrder")})
+        elif state in NAD_COUNTED and part is None:
+            out.append({**ident, "state": state, "master": doc.get("master"), "range": None})
+    for obj in objects:
+        ns, name = nad_object_key(obj)
+        found = config_range(obj)
+        out.append({"namespace": ns, "name": name, "state": NAD_APPLIED, "onCluster": True,
+                    "master": found[0] if found else "", "range": found[1] if found else None})
+    return out
+
+
+def conflicts(*, key: str, master: str, cidr: str, others: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The footprints of other NADs on `master` whose range overlaps `cidr` (one per NAD and range)."""
+    seen, out = set(), []
+    for other in others:
+        okey = f"{other.get('namespace')}~{other.get('name')}"
+        if okey == key or other.get("master") != master or not other.get("range"):
+            continue
+        if ranges_overlap(cidr, other["range"]) and (okey, other["range"]) not in seen:
+            seen.add((okey, other["range"]))
+            out.append(other)
+    return out

@@ -11,6 +11,7 @@ Pure module: standard library only, cheap to import on a cold start.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import re
@@ -539,16 +540,32 @@ def render_config(req: NadRequest, range_cidr: str | None = None) -> str:
 
 def render_nad(req: NadRequest, range_cidr: str | None = None) -> dict[str, Any]:
     """The NetworkAttachmentDefinition object for `req` (raises `Rejected` without a range)."""
-    config = render_config(req, range_cidr)
-    annotations = {CLUSTER_ANNOTATION: req.cluster.path}
-    if req.request_id is not None:
-        annotations[REQUEST_ID_ANNOTATION] = req.request_id
+    return nad_object(req.cluster.path, req.namespace, req.name, render_config(req, range_cidr), req.request_id)
+
+
+def config_digest(config: str) -> str:
+    """The digest a record keeps of a rendered `spec.config` (to compare without reading it)."""
+    return "sha256:" + hashlib.sha256(config.encode()).hexdigest()
+
+
+def request_digest(req: NadRequest) -> str:
+    """The digest of a request's canonical form: what an idempotency key (`request_id`) stands for."""
+    return config_digest(json.dumps(req.to_dict(), sort_keys=True, separators=(",", ":")))
+
+
+def nad_object(cluster_path: str, namespace: str, name: str, config: str,
+               request_id: str | None = None) -> dict[str, Any]:
+    """The managed NAD object around a rendered `spec.config` (what `render_nad` returns, and
+    what reconcile re-applies from a record's config, byte for byte)."""
+    annotations = {CLUSTER_ANNOTATION: cluster_path}
+    if request_id is not None:
+        annotations[REQUEST_ID_ANNOTATION] = request_id
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {
-            "name": req.name,
-            "namespace": req.namespace,
+            "name": name,
+            "namespace": namespace,
             "labels": {MANAGED_BY[0]: MANAGED_BY[1]},
             "annotations": annotations,
         },

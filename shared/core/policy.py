@@ -31,6 +31,7 @@ class Policy:
     rollout_canary: int = 1
     rollout_wave_size: str = "25%"
     managed_projects: tuple[str, ...] = ()
+    prune_orphans: bool = False  # reconcile may delete conflicting managed NADs that have no record
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -48,6 +49,7 @@ class Policy:
             rollout_canary=settings.rollout_canary,
             rollout_wave_size=settings.rollout_wave_size,
             managed_projects=settings.managed_projects,
+            prune_orphans=settings.prune_orphans,
         )
 
     def bundle_spec(self) -> dict[str, Any]:
@@ -61,7 +63,7 @@ class Policy:
             return self
         src = "Firestore config/policy"
         known = {"optInLabel", "nodePoolTemplate", "defaultNads", "allowedNamespaces",
-                 "deniedNamespaces", "maxNadsPerCluster", "updatedAt", "updatedBy", "description",
+                 "deniedNamespaces", "maxNadsPerCluster", "pruneOrphans", "updatedAt", "updatedBy", "description",
                  "multusImage", "whereaboutsImage", "multusLogLevel", "rolloutCanary", "rolloutWaveSize",
                  "managedProjects"}
         unknown = sorted(set(doc) - known)
@@ -93,6 +95,10 @@ class Policy:
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
                 raise ConfigError(f"{src}.maxNadsPerCluster: expected an integer in 1..1000")
             out = replace(out, max_nads_per_cluster=value)
+        if "pruneOrphans" in doc:
+            if not isinstance(doc["pruneOrphans"], bool):
+                raise ConfigError(f"{src}.pruneOrphans: expected true or false, got {doc['pruneOrphans']!r}")
+            out = replace(out, prune_orphans=doc["pruneOrphans"])
         return _merge_fleet(out, doc, src)
 
     def opted_in(self, labels: Mapping[str, str]) -> bool:

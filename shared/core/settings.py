@@ -149,6 +149,7 @@ class Settings:
     # scoped reconcile per cluster on it; unset, one invocation sweeps every cluster itself.
     reconcile_topic: str | None = None
     fanout_batch: int = 100
+    prune_orphans: bool = False  # reconcile deletes managed NADs without a record that conflict (kept in the record)
 
     def collection(self, name: str) -> str:
         """The Firestore collection name with the deployment's prefix (tests use their own)."""
@@ -221,6 +222,7 @@ class Settings:
             managed_projects=managed,
             reconcile_topic=get("TOPIC_RECONCILE"),
             fanout_batch=integer("FANOUT_BATCH", 100, 1, 1000),
+            prune_orphans=r.boolean("PRUNE_ORPHANS", False),
         )
 
 
@@ -257,6 +259,16 @@ class _EnvReader:
         if not lo <= value <= hi:
             raise ConfigError(f"{PREFIX}{name}={value}: expected {lo}..{hi}")
         return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes"):
+            return True
+        if raw.lower() in ("0", "false", "no"):
+            return False
+        raise ConfigError(f"{PREFIX}{name}={raw!r}: expected true or false")
 
     def names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
         raw = self.get(name)

@@ -14,12 +14,15 @@ import contextlib
 import hashlib
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.core import decisions as d
 from shared.core import logs
 from shared.core.errors import Permanent, Rejected, Transient
+from shared.core.nad import config_digest, request_digest
 from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
@@ -27,7 +30,9 @@ from shared.flows.verify import VerifyFlow
 from shared.ports import DELETE
 
 # What the NAD decisions read of the other NADs (namespace and name come from the doc id).
-NAD_DECISION_FIELDS = ("state", "master", "range", "claimOrder")
+NAD_DECISION_FIELDS = ("state", "master", "range", "claimOrder", "applied", "claim", "claimRefused")
+# A claim is abandoned, not slow, once it is this many leases old (see `apply_pending`).
+STALE_LEASES = 3
 
 
 class NadFlow:
@@ -43,9 +48,9 @@ class NadFlow:
         ledger = _nad_ledger_key(ev.event_id, req)
         rec, seen = store.get_cluster_unless_seen(ref, ledger)
         if seen:
-            return Outcome("duplicate", "request already handled", ref.path)
+            return self._duplicate(ref, req, ev.event_id, ledger)
         cluster_state = rec.state if rec else None
-        out = self._decide_and_carry_out(ref, rec, req, ev.event_id, ledger, expect=None)
+        out = self._decide_and_carry_out(ref, rec, req, ev.event_id, ledger, expect=None, origin=ev.event_id)
         if out.state == d.NAD_PENDING and out.status == "pending":
             # Lost wake-up guard: the cluster may have become READY (and scanned its PENDING NADs)
             # between our read of it and our write. Look once more; the compare-and-set on PENDING
@@ -53,157 +58,242 @@ class NadFlow:
             rec = store.get_cluster(ref)
             if rec is not None and rec.state == d.READY and cluster_state != d.READY:
                 return self._decide_and_carry_out(ref, rec, req, ev.event_id, f"{ledger}~late",
-                                                  expect=(d.NAD_PENDING,))
+                                                  expect=(d.NAD_PENDING,), origin=ev.event_id)
         return out
 
+    def _duplicate(self, ref: ClusterRef, req: Any, event_id: str, ledger: str) -> Outcome:
+        """A request whose ledger key was handled before: a duplicate, unless its request_id was
+        first used with another body (an idempotency key names one request, not a NAD)."""
+        store = self.ctx.store
+        if req.request_id:
+            first = (store.get_ledger(ledger) or {}).get("digest")
+            if first and first != request_digest(req):
+                why = (f"request_id {req.request_id!r} was already used for a different request on this cluster "
+                       f"(digest {first[:19]}, this one {request_digest(req)[:19]}); send a new request_id")
+                store.record_rejection(event_id=event_id, cluster=ref, reason="request_id reused with a different body",
+                                       problems=[{"field": "request_id", "message": why}], kind="request-id-reused",
+                                       ledger_key=f"{event_id}~request-id-reused")
+                return Outcome("rejected", why, ref.path, None)
+        return Outcome("duplicate", "request already handled", ref.path)
+
     def _decide_and_carry_out(self, ref: ClusterRef, rec: Any, req: Any, event_id: str, ledger: str, *,
-                              expect: tuple[str | None, ...] | None, expect_claim: str | None = None) -> Outcome:
+                              expect: tuple[str | None, ...] | None, expect_claim: str | None = None,
+                              origin: str | None = None) -> Outcome:
         """The pure checks first (state, namespace, range inside the pool's); the checks that
         depend on the other NADs (overlap, limit) are made after this request's claim, see
-        `_apply_nad`."""
+        `_apply_nad`. `origin` is the message id of the request being carried out (a waiting
+        request keeps its own when the cluster's scan applies it)."""
         policy = self.ctx.policy()
         cluster_state = rec.state if rec else None
         pool_cidr = ((rec.data.get("nodePool") or {}).get("cidr")) if rec else None
         step = d.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr, existing=None,
                             namespace_problem=policy.namespace_problem(req.namespace), max_nads=None)
+        job = _Job(ref, req, event_id, ledger, origin or event_id, self._stale_before(), self._stale_before(1))
         if step.kind == step.APPLY:
-            return self._apply_nad(ref, req, step.range, event_id, ledger, expect=expect, expect_claim=expect_claim)
-        return self._carry_out_nad(ref, req, step, event_id, ledger, cluster_state, expect=expect,
-                                   expect_claim=expect_claim)
-
-    def _carry_out_nad(self, ref: ClusterRef, req: Any, step: d.NadStep, event_id: str, ledger: str,
-                       cluster_state: str | None, *, expect: tuple[str | None, ...] | None = None,
-                       expect_claim: str | None = None) -> Outcome:
-        """Delete, reject or queue a NAD (applying is `_apply_nad`)."""
-        store = self.ctx.store
-        fields = _nad_fields(req)
-        label = f"{req.namespace}/{req.name}"
+            return self._apply_nad(job, step.range, expect=expect, expect_claim=expect_claim)
         if step.kind == step.DELETE:
-            deleted = False
-            if cluster_state == d.READY:
-                try:
-                    deleted = self.ctx.kube_for(ref).delete_nad(req.namespace, req.name)
-                except Permanent as e:
-                    return self._nad_failed(ref, req, event_id, ledger, "delete", e)
-            message = f"{label} deleted" + ("" if deleted else " (it was not on the cluster)")
-            wrote = store.put_nad(ref, req.namespace, req.name, event_id=event_id, step="delete-nad",
-                                  state=d.NAD_DELETED, fields=fields, message=message, ledger_key=ledger)
-            return Outcome("done" if wrote else "duplicate", message, ref.path, d.NAD_DELETED)
-        extra = {"reasons": list(step.reasons)} if step.reasons else {}
-        wrote = store.put_nad(ref, req.namespace, req.name, event_id=event_id,
-                              step="reject-nad" if step.kind == step.REJECT else "queue-nad",
-                              state=step.state, fields={**fields, **extra},
-                              outcome="rejected" if step.kind == step.REJECT else "ok",
-                              message=f"{label}: {step.message}", ledger_key=ledger, expect_states=expect,
-                              expect_fields={"claimOrder": expect_claim} if expect_claim else None)
-        status = "rejected" if step.kind == step.REJECT else "pending"
-        return Outcome(status if wrote else "duplicate", step.message, ref.path, step.state)
+            return self._delete_nad(job, cluster_state, expect=expect, expect_claim=expect_claim)
+        return self._carry_out_nad(job, step, expect=expect, expect_claim=expect_claim)
 
-    def _apply_nad(self, ref: ClusterRef, req: Any, cidr: str, event_id: str, ledger: str, *,
-                   expect: tuple[str | None, ...] | None, expect_claim: str | None = None) -> Outcome:
+    def _stale_before(self, leases: int = STALE_LEASES) -> str:
+        return f"{time.time_ns() - int(leases * self.ctx.settings.lease_seconds * 1e9):020d}"
+
+    def _carry_out_nad(self, job: _Job, step: d.NadStep, *, expect: tuple[str | None, ...] | None = None,
+                       expect_claim: str | None = None) -> Outcome:
+        """Reject or queue a NAD (applying is `_apply_nad`, deleting `_delete_nad`)."""
+        if step.kind == step.REJECT:
+            return self._refuse(job, list(step.reasons), None, expect_states=expect,
+                                expect_fields={"claimOrder": expect_claim} if expect_claim else None)
+        change = _Change(job, d.NAD_PENDING, lambda cur: _pending(job, cur, step.message))
+        wrote = self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
+                                       step="queue-nad", state=d.NAD_PENDING, fields={}, derive=change,
+                                       message=f"{job.label}: {step.message}", ledger_key=job.ledger,
+                                       ledger_fields=job.ledger_fields, expect_states=expect,
+                                       expect_fields={"claimOrder": expect_claim} if expect_claim else None)
+        return Outcome("pending" if wrote else "duplicate", change.message or step.message, job.ref.path,
+                       change.state)
+
+    def _refuse(self, job: _Job, reasons: list[str], cidr: str | None, *,
+                expect_states: tuple[str | None, ...] | None, expect_fields: dict[str, Any] | None) -> Outcome:
+        """Record a refusal: a NAD on the cluster keeps its applied part and says so."""
+        change = _Change(job, d.NAD_REJECTED, lambda cur: _refused(job, cur, reasons, cidr))
+        wrote = self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
+                                       step="reject-nad", state=d.NAD_REJECTED, fields={}, derive=change,
+                                       outcome="rejected", ledger_key=job.ledger, ledger_fields=job.ledger_fields,
+                                       expect_states=expect_states, expect_fields=expect_fields)
+        if not wrote and expect_fields and "claimOrder" in expect_fields and expect_states == (d.NAD_APPLYING,):
+            # our claim was taken over meanwhile; the request has its outcome all the same
+            self.ctx.store.record_ledger(job.ledger, event_id=job.event_id, step="reject-nad", outcome="rejected",
+                                         cluster=job.ref, fields=job.ledger_fields)
+            return Outcome("rejected", "; ".join(reasons), job.ref.path, d.NAD_REJECTED)
+        return Outcome("rejected" if wrote else "duplicate", "; ".join(reasons), job.ref.path, change.state)
+
+    def _claim(self, job: _Job, cidr: str | None, state: str, *, expect: tuple[str | None, ...] | None,
+               expect_claim: str | None) -> str | None:
+        """Claim the NAD for this request (APPLYING or DELETING + `claimOrder`); None when the
+        request was handled already or the claim was taken by another worker. A NAD another
+        live request is carrying out answers `Transient` (busy): the request is redelivered and
+        carried out after it, so one NAD is changed by one worker at a time."""
+        order = f"{time.time_ns():020d}~{secrets.token_hex(4)}"
+        change = _Change(job, state, lambda cur: _claimed(job, cur, cidr, order, state, expect_claim))
+        verb = "deleting" if state == d.NAD_DELETING else f"applying with range {cidr}"
+        if not self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
+                                      step="claim-nad", state=state, fields={}, derive=change,
+                                      message=f"{job.label}: {verb}", ledger_key=job.ledger, expect_states=expect,
+                                      history=False, write_ledger=False,
+                                      expect_fields={"claimOrder": expect_claim} if expect_claim else None):
+            return None
+        return order
+
+    def _delete_nad(self, job: _Job, cluster_state: str | None, *, expect: tuple[str | None, ...] | None,
+                    expect_claim: str | None) -> Outcome:
+        """A delete is done when the object is gone: on a READY cluster it is deleted under a
+        claim and recorded after the cluster answered; a refusal keeps the record as it was; on a
+        cluster that is not READY a NAD still on it waits (PENDING delete)."""
+        store, ref, req = self.ctx.store, job.ref, job.req
+        if cluster_state != d.READY:
+            change = _Change(job, d.NAD_PENDING, lambda cur: _delete_waits(job, cur, cluster_state))
+            wrote = store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="delete-nad",
+                                  state=d.NAD_PENDING, fields={}, derive=change, ledger_key=job.ledger,
+                                  ledger_fields=job.ledger_fields, expect_states=expect,
+                                  expect_fields={"claimOrder": expect_claim} if expect_claim else None)
+            status = "pending" if change.state == d.NAD_PENDING else "done"
+            return Outcome(status if wrote else "duplicate", change.message, ref.path, change.state)
+        order = self._claim(job, None, d.NAD_DELETING, expect=expect, expect_claim=expect_claim)
+        if order is None:
+            return Outcome("duplicate", "request already handled, or taken by another worker", ref.path)
+        mine = {"claimOrder": order}
+        try:
+            deleted = self.ctx.kube_for(ref).delete_nad(req.namespace, req.name)
+        except Permanent as e:
+            return self._nad_failed(job, "delete", e, expect_fields=mine)
+        except Transient as e:
+            self._release(job, order, d.NAD_DELETING, e)
+            raise
+        message = f"{job.label} deleted" + ("" if deleted else " (it was not on the cluster)")
+        wrote = store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="delete-nad",
+                              state=d.NAD_DELETED, fields=_deleted(job), message=message, ledger_key=job.ledger,
+                              ledger_fields=job.ledger_fields, expect_states=(d.NAD_DELETING,), expect_fields=mine)
+        if not wrote:
+            store.record_ledger(job.ledger, event_id=job.event_id, step="delete-nad", outcome="ok", cluster=ref,
+                                fields=job.ledger_fields)
+        return Outcome("done" if wrote else "superseded", message, ref.path, d.NAD_DELETED)
+
+    def _apply_nad(self, job: _Job, cidr: str, *, expect: tuple[str | None, ...] | None,
+                   expect_claim: str | None = None) -> Outcome:
         """Claim, check against the other NADs, apply to the cluster, record.
 
         Two requests of one cluster handled at once must not both get overlapping ranges, yet a
         lock per cluster would make every NAD of a cluster wait on one document. So each request
         claims its NAD document first (APPLYING + `claimOrder`), then reads the others and
         settles conflicts with `decisions.arbitrate`; the final record is a compare-and-set on the
-        claim, so a claim turned away meanwhile withdraws its object from the cluster.
+        claim, so a claim turned away meanwhile puts back what its record says is on the cluster.
         """
-
-        store = self.ctx.store
-        ns, name, label = req.namespace, req.name, f"{req.namespace}/{req.name}"
-        order = f"{time.time_ns():020d}~{secrets.token_hex(4)}"
-        mine = {"claimOrder": order}
-        if not store.put_nad(ref, ns, name, event_id=event_id, step="claim-nad", state=d.NAD_APPLYING,
-                             fields={**_nad_fields(req), "range": cidr, **mine},
-                             message=f"{label}: applying with range {cidr}", ledger_key=ledger,
-                             expect_states=expect, history=False, write_ledger=False,
-                             expect_fields={"claimOrder": expect_claim} if expect_claim else None):
+        ref = job.ref
+        order = self._claim(job, cidr, d.NAD_APPLYING, expect=expect, expect_claim=expect_claim)
+        if order is None:
             return Outcome("duplicate", "request already handled, or taken by another worker", ref.path)
         try:
-            return self._apply_claimed(ref, req, cidr, event_id, ledger, order)
-        except Transient:
-            if expect == (d.NAD_PENDING,):  # hand it back to the queue for the next drive or reconcile
-                with contextlib.suppress(Transient, Permanent):
-                    store.put_nad(ref, ns, name, event_id=event_id, step="claim-nad", state=d.NAD_PENDING,
-                                  fields={}, message=f"{label}: waiting again after a transient failure",
-                                  expect_states=(d.NAD_APPLYING,), expect_fields=mine, history=False)
+            return self._apply_claimed(job, cidr, order)
+        except Transient as e:
+            self._release(job, order, d.NAD_APPLYING, e)
             raise
 
-    def _apply_claimed(self, ref: ClusterRef, req: Any, cidr: str, event_id: str, ledger: str,
-                       order: str) -> Outcome:
+    def _release(self, job: _Job, order: str, claimed: str, err: Exception) -> None:
+        """A transient failure: give the claim back, so that the redelivery (or, for a NAD that
+        waited for its cluster, the next drive or reconcile) carries the request out."""
+        change = _Change(job, d.NAD_PENDING, lambda cur: _released(job, cur, err))
+        with contextlib.suppress(Transient, Permanent):
+            self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
+                                   step="claim-nad", state=d.NAD_PENDING, fields={}, derive=change,
+                                   expect_states=(claimed,), expect_fields={"claimOrder": order}, history=False)
+
+    def _apply_claimed(self, job: _Job, cidr: str, order: str) -> Outcome:
         from shared.core import nad as nadlib
 
-        store = self.ctx.store
-        ns, name, label = req.namespace, req.name, f"{req.namespace}/{req.name}"
+        store, ref, req = self.ctx.store, job.ref, job.req
+        ns, name, label = req.namespace, req.name, job.label
         mine = {"claimOrder": order}
         policy = self.ctx.policy()
-        others = [n for n in store.list_nads(ref, fields=NAD_DECISION_FIELDS)
-                  if (n["namespace"], n["name"]) != (ns, name)]
+        kube = self.ctx.kube_for(ref)
+        # Everything that is or may be on the cluster: the records' applied parts, the claims in
+        # flight, and the managed objects the cluster really has (with or without a record).
+        docs = [n for n in store.list_nads(ref, fields=NAD_DECISION_FIELDS)
+                if (n["namespace"], n["name"]) != (ns, name)]
+        objects = [o for o in kube.list_managed_nads() if d.nad_object_key(o) != (ns, name)]
+        others = d.footprints(docs, objects)
         limit = d.limit_problem(others, policy.max_nads_per_cluster)
         reasons = [limit] if limit else []
         arb = d.arbitrate(key=f"{ns}~{name}", master=req.master, cidr=cidr, order=order, others=others)
         lose_to = list(arb.lose_to)
-        # Only a claim that is going to be applied turns later claims away.
+        # Only a claim that is going to be applied turns later claims away; the loser's own worker
+        # records the refusal (and puts back what was on the cluster), so its NAD stays claimed
+        # until it has done so.
         for other in (arb.win_over if not (lose_to or reasons) else ()):
-            o_label = f"{other['namespace']}/{other['name']}"
-            why = f"range {other['range']} overlaps {label} ({cidr}) on master {req.master}, claimed first"
-            if not store.put_nad(ref, other["namespace"], other["name"], event_id=event_id, step="reject-nad",
-                                 state=d.NAD_REJECTED, fields={"reasons": [why]}, outcome="rejected",
-                                 message=f"{o_label}: {why}", expect_states=(d.NAD_APPLYING,),
-                                 expect_fields={"claimOrder": other.get("claimOrder")}):
+            why = (f"range {other['range']} overlaps {label} ({cidr}) on master {req.master}, claimed first")
+            if not store.put_nad(ref, other["namespace"], other["name"], event_id=job.event_id, step="refuse-claim",
+                                 state=d.NAD_APPLYING, fields={"claimRefused": why}, history=False,
+                                 expect_states=(d.NAD_APPLYING,),
+                                 expect_fields={"claimOrder": other.get("claimOrder"), "claimRefused": None}):
                 now = store.get_nad(ref, other["namespace"], other["name"]) or {}
-                if now.get("state") in d.NAD_LIVE and now.get("range") == other["range"]:
-                    lose_to.append(now)  # it finished first after all
-        reasons += [f"range {cidr} overlaps {o.get('namespace')}/{o.get('name')} ({o.get('range')}) "
-                    f"on master {req.master}" for o in lose_to]
+                part = d.applied_part(now)
+                if part and part.get("master") == req.master and nadlib.ranges_overlap(cidr, part["range"]):
+                    lose_to.append({**other, "range": part["range"]})  # it finished first after all
+        reasons += _overlap_reasons(cidr, req.master, lose_to)
         if reasons:
-            if not store.put_nad(ref, ns, name, event_id=event_id, step="reject-nad", state=d.NAD_REJECTED,
-                                 fields={"reasons": reasons}, outcome="rejected",
-                                 message=f"{label}: " + "; ".join(reasons), ledger_key=ledger,
-                                 expect_states=(d.NAD_APPLYING,), expect_fields=mine):
-                store.record_ledger(ledger, event_id=event_id, step="reject-nad", outcome="rejected", cluster=ref)
-            return Outcome("rejected", "; ".join(reasons), ref.path, d.NAD_REJECTED)
+            return self._refuse(job, reasons, cidr, expect_states=(d.NAD_APPLYING,), expect_fields=mine)
         obj = nadlib.render_nad(req, cidr)
-        fields = {**_nad_fields(req), "range": cidr, "config": obj["spec"]["config"]}
         try:
-            kube = self.ctx.kube_for(ref)
             result = kube.apply_nad(obj)
         except Permanent as e:
-            return self._nad_failed(ref, req, event_id, ledger, "apply", e, expect_fields=mine)
-        fields["resourceVersion"] = getattr(result, "resource_version", "")
+            return self._nad_failed(job, "apply", e, expect_fields=mine)
         state, message = d.NAD_APPLIED, f"{label} applied with range {cidr}"
+        verification = None
         if req.verify:
             ok, detail = self.verifier.check(kube, req, cidr, ref)
-            fields["verification"] = {"ok": ok, "message": detail}
+            verification = {"ok": ok, "message": detail}
             state = d.NAD_VERIFIED if ok else d.NAD_APPLIED
             message += f"; verify: {detail}"
-        if store.put_nad(ref, ns, name, event_id=event_id, step="apply-nad", state=state, fields=fields,
-                         message=message, ledger_key=ledger, expect_states=(d.NAD_APPLYING,), expect_fields=mine):
+        fields = _applied(job, cidr, obj["spec"]["config"], getattr(result, "resource_version", ""), state,
+                          verification)
+        if store.put_nad(ref, ns, name, event_id=job.event_id, step="apply-nad", state=state, fields=fields,
+                         message=message, ledger_key=job.ledger, ledger_fields=job.ledger_fields,
+                         expect_states=(d.NAD_APPLYING,), expect_fields={**mine, "claimRefused": None}):
             return Outcome("done", message, ref.path, state)
-        if store.seen(ledger):
+        if store.seen(job.ledger):
             return Outcome("duplicate", "request already handled", ref.path)
         now = store.get_nad(ref, ns, name) or {}
-        if now.get("state") != d.NAD_REJECTED:
-            # Another worker claimed it since (a duplicate of this request, or a take-over): it
-            # applies the same object and records the outcome, ledger included; nothing to undo.
-            return Outcome("superseded", f"{label}: a newer request for the same NAD took over", ref.path,
+        if now.get("claimOrder") != order:
+            # An abandoned-looking claim was taken over (`apply_pending`): the taker carries out
+            # this same request and records its outcome, ledger included.
+            return Outcome("superseded", f"{label}: another worker took this request over", ref.path,
                            now.get("state"))
-        # Turned away while applying (an overlapping claim with an earlier order won): withdraw.
-        try:
-            kube.delete_nad(ns, name)
-        finally:
-            store.record_ledger(ledger, event_id=event_id, step="apply-nad", outcome="rejected", cluster=ref)
-        return Outcome("rejected", f"{label} withdrawn: an overlapping request claimed its range first",
-                       ref.path, d.NAD_REJECTED)
+        # Turned away while applying (an overlapping claim with an earlier order won): put back
+        # what the record says is on the cluster, then record the refusal.
+        self._restore(kube, ref, now, ns, name)
+        why = str(now.get("claimRefused") or "an overlapping request claimed its range first")
+        out = self._refuse(job, [why], cidr, expect_states=(d.NAD_APPLYING,), expect_fields=mine)
+        return Outcome("rejected", f"{label} withdrawn: {why}", ref.path, out.state)
 
-    def _nad_failed(self, ref: ClusterRef, req: Any, event_id: str, ledger: str, what: str,
-                    err: Exception, *, expect_fields: dict[str, Any] | None = None) -> Outcome:
-        message = f"{req.namespace}/{req.name}: {what} refused by the cluster: {err}"
-        self.ctx.store.put_nad(ref, req.namespace, req.name, event_id=event_id, step=f"{what}-nad",
-                           state=d.NAD_FAILED, fields={**_nad_fields(req), "lastError": str(err)},
-                           outcome="failed", message=message, ledger_key=ledger, expect_fields=expect_fields)
-        return Outcome("failed", message, ref.path, d.NAD_FAILED)
+    def _restore(self, kube: Any, ref: ClusterRef, doc: Mapping[str, Any], ns: str, name: str) -> None:
+        """Make the cluster hold what `doc`'s applied part says: its config again, or nothing."""
+        from shared.core import nad as nadlib
+
+        part = d.applied_part(doc)
+        if part is None:
+            kube.delete_nad(ns, name)
+        elif doc.get("config"):
+            kube.apply_nad(nadlib.nad_object(ref.path, ns, name, doc["config"], part.get("requestId")))
+        elif isinstance(doc.get("request"), Mapping):
+            kube.apply_nad(nadlib.render_nad(nadlib.parse_request(dict(doc["request"])), part["range"]))
+
+    def _nad_failed(self, job: _Job, what: str, err: Exception, *,
+                    expect_fields: dict[str, Any] | None = None) -> Outcome:
+        change = _Change(job, d.NAD_FAILED, lambda cur: _failed(job, cur, what, err))
+        self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id, step=f"{what}-nad",
+                               state=d.NAD_FAILED, fields={}, derive=change, outcome="failed",
+                               ledger_key=job.ledger, ledger_fields=job.ledger_fields, expect_fields=expect_fields)
+        return Outcome("failed", change.message, job.ref.path, change.state)
 
     def apply_pending(self, ref: ClusterRef, rec: Any, kube: Any, event_id: str, policy: Policy,
                        *, first_ready: bool) -> int:
@@ -215,9 +305,9 @@ class NadFlow:
         from shared.core import nad as nadlib
 
         store = self.ctx.store
-        nads = store.list_nads(ref, fields=("state", "request", "claimOrder"))
+        nads = store.list_nads(ref, fields=("state", "request", "claimOrder", "lastRequest"))
         known = {(n.get("namespace"), n.get("name")) for n in nads}
-        todo: list[tuple[Any, tuple[str | None, ...], str | None]] = []
+        todo: list[tuple[Any, tuple[str | None, ...], str | None, str | None]] = []
         if first_ready:
             for raw in policy.default_nads:
                 try:
@@ -226,44 +316,257 @@ class NadFlow:
                     logs.error("default NAD in policy is invalid", cluster=ref.path, error=e.message)
                     continue
                 if (req.namespace, req.name) not in known:
-                    todo.append((req, (None,), None))
+                    todo.append((req, (None,), None, None))
         # A claim is abandoned, not slow, once it is three leases old: a request whose worker hit a
         # transient error keeps its claim while Pub/Sub redelivers it (seconds to minutes of
         # backoff), and that redelivery re-claims it itself; taking over earlier would only race it.
-        stale_before = f"{time.time_ns() - int(3 * self.ctx.settings.lease_seconds * 1e9):020d}"
+        stale_before = self._stale_before()
         for doc in nads:
-            if not isinstance(doc.get("request"), Mapping):
+            last = doc.get("lastRequest") if isinstance(doc.get("lastRequest"), Mapping) else {}
+            body = last.get("request") if isinstance(last.get("request"), Mapping) else doc.get("request")
+            if not isinstance(body, Mapping):
                 continue
             claim = None
             if doc.get("state") == d.NAD_PENDING:
                 expect: tuple[str | None, ...] = (d.NAD_PENDING,)
-            elif doc.get("state") == d.NAD_APPLYING and str(doc.get("claimOrder") or "") < stale_before:
-                expect, claim = (d.NAD_APPLYING,), doc.get("claimOrder")  # its worker died: take it over
+            elif doc.get("state") in d.NAD_IN_FLIGHT and str(doc.get("claimOrder") or "") < stale_before:
+                expect, claim = (doc["state"],), doc.get("claimOrder")  # its worker died: take it over
             else:
                 continue
             try:
-                todo.append((nadlib.parse_request(dict(doc["request"])), expect, claim))
+                todo.append((nadlib.parse_request(dict(body)), expect, claim, last.get("messageId")))
             except Rejected as e:
                 store.put_nad(ref, doc["namespace"], doc["name"], event_id=event_id, step="apply-nad",
                               state=d.NAD_REJECTED, fields={"reasons": [e.message]}, outcome="rejected",
                               message=e.message, ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}",
                               expect_states=(d.NAD_PENDING,))
-        for req, expect, claim in todo:
+        for req, expect, claim, origin in todo:
             ledger = f"{event_id}~{req.namespace}~{req.name}"
-            self._decide_and_carry_out(ref, rec, req, event_id, ledger, expect=expect, expect_claim=claim)
+            try:
+                self._decide_and_carry_out(ref, rec, req, event_id, ledger, expect=expect, expect_claim=claim,
+                                           origin=origin)
+            except Transient as e:  # one busy or unlucky NAD must not keep the others waiting
+                logs.warning("a waiting NAD could not be carried out now", cluster=ref.path,
+                             nad=f"{req.namespace}/{req.name}", error=str(e))
         return len(todo)
 
     def reject_pending(self, ref: ClusterRef, event_id: str, why: str) -> None:
+        """The cluster will never be READY: refuse what waits for it (a PENDING delete of a NAD
+        still recorded on the cluster keeps its applied part: it is refused, not done)."""
         for doc in self.ctx.store.list_nads(ref, state=d.NAD_PENDING):
+            last = doc.get("lastRequest") if isinstance(doc.get("lastRequest"), Mapping) else {}
+            change = _Change(None, d.NAD_REJECTED, lambda cur, last=last: _refused_waiting(cur, last, why))
             self.ctx.store.put_nad(ref, doc["namespace"], doc["name"], event_id=event_id, step="reject-nad",
-                               state=d.NAD_REJECTED, fields={"reasons": [why]}, outcome="rejected",
-                               message=f"{doc['namespace']}/{doc['name']}: {why}",
-                               ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}")
+                                   state=d.NAD_REJECTED, fields={}, derive=change, outcome="rejected",
+                                   message=f"{doc['namespace']}/{doc['name']}: {why}",
+                                   ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}",
+                                   expect_states=(d.NAD_PENDING,))
 
+
+# --------------------------------------------------------------------------- records
+#
+# A NAD record separates what is on the cluster from what was asked last (docs/FIRESTORE.md):
+# - `applied` {range, master, configDigest, requestId, messageId, state, at}, with the
+#   top-level `range`, `master`, `config` and `request` it was rendered from: changed only when
+#   the cluster was changed (applied, deleted, adopted);
+# - `lastRequest` {action, state, reasons, requestId, messageId, range, digest, request, at}:
+#   the last request and its outcome, whatever it was.
+# A record without an applied part (a NAD never applied, or deleted) shows its last request in
+# the top-level fields, as before.
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One request being carried out: where, what, and under which keys it is recorded."""
+
+    ref: ClusterRef
+    req: Any
+    event_id: str
+    ledger: str
+    origin: str  # the message id the request arrived with
+    stale_before: str  # claims older than this are abandoned (STALE_LEASES leases)
+    redelivery_before: str  # this request's own claim older than this was left by a dead worker (one lease)
+    holder: str = field(default_factory=lambda: secrets.token_hex(6))  # this delivery, in the claims it writes
+
+    @property
+    def label(self) -> str:
+        return f"{self.req.namespace}/{self.req.name}"
+
+    @property
+    def digest(self) -> str:
+        return request_digest(self.req)
+
+    @property
+    def ledger_fields(self) -> dict[str, Any]:
+        return {"digest": self.digest, "requestId": self.req.request_id}
+
+    def last(self, state: str, *, reasons: Sequence[str] = (), cidr: str | None = None) -> dict[str, Any]:
+        req = self.req
+        return {"action": req.action, "state": state, "reasons": list(reasons), "requestId": req.request_id,
+                "messageId": self.origin, "eventId": self.event_id, "range": cidr or req.range,
+                "master": req.master, "digest": self.digest, "request": req.to_dict(), "at": datetime.now(UTC)}
+
+
+class _Change:
+    """A `put_nad` derive callback that remembers the state and message it chose (for the Outcome)."""
+
+    def __init__(self, job: _Job | None, state: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.job, self.state, self.message, self._fn = job, state, "", fn
+
+    def __call__(self, current: dict[str, Any]) -> dict[str, Any]:
+        out = self._fn(current)
+        self.state = str(out.get("state", self.state))
+        self.message = str(out.get("message", self.message))
+        return out
+
+
+_SETTLE = {"claim": DELETE, "claimRefused": DELETE}
+
+
+def _busy_check(job: _Job, cur: Mapping[str, Any], takeover: str | None) -> None:
+    if cur.get("state") not in d.NAD_IN_FLIGHT:
+        return
+    claim = cur.get("claim") if isinstance(cur.get("claim"), Mapping) else {}
+    theirs = str(cur.get("claimOrder") or "")
+    if claim.get("holder") == job.holder or claim.get("released"):
+        return  # our own claim, or one whose worker gave it back after a transient failure
+    if (takeover and theirs == takeover) or theirs < job.stale_before:
+        return  # the claim we take over, or an abandoned one
+    if claim.get("ledger") == job.ledger and theirs < job.redelivery_before:
+        return  # this request's own claim, left by a worker that died a lease ago: a redelivery
+    # (a copy of this request delivered at the same time is busy too: it finds the ledger later)
+    who = claim.get("requestId") or claim.get("eventId") or "another request"
+    raise Transient(f"{job.label} is busy: {who} is being carried out ({cur.get('state')}); "
+                    f"this request is retried after it", code="NAD_BUSY", api="controller")
+
+
+def _claimed(job: _Job, cur: dict[str, Any], cidr: str | None, order: str, state: str,
+             takeover: str | None) -> dict[str, Any]:
+    _busy_check(job, cur, takeover)
+    out: dict[str, Any] = {
+        "state": state, "claimOrder": order, "claimRefused": DELETE, "reasons": DELETE, "lastError": DELETE,
+        "claim": {"action": job.req.action, "range": cidr, "master": job.req.master, "ledger": job.ledger,
+                  "eventId": job.event_id, "requestId": job.req.request_id, "previousState": cur.get("state"),
+                  "holder": job.holder},
+        "lastRequest": job.last(state, cidr=cidr)}
+    part = d.applied_part(cur)
+    if part is None:
+        out.update(_nad_fields(job.req))
+        if cidr:
+            out["range"] = cidr
+    elif "applied" not in cur:
+        out["applied"] = dict(part)  # a record written before `applied` existed
+    return out
+
+
+def _released(job: _Job, cur: dict[str, Any], err: Exception) -> dict[str, Any]:
+    """A waiting NAD goes back to the queue (PENDING); any other claim stays, its range reserved,
+    marked released: no worker is on it, so its redelivery (or any other request) may claim it."""
+    claim = dict(cur.get("claim")) if isinstance(cur.get("claim"), Mapping) else {}
+    if claim.get("previousState") == d.NAD_PENDING:
+        return {**_SETTLE, "state": d.NAD_PENDING, "lastRequest": job.last(d.NAD_PENDING),
+                "message": f"{job.label}: waiting again after a transient failure ({err})"}
+    return {"state": cur.get("state"), "claim": {**claim, "released": True, "why": str(err)[:500]},
+            "message": f"{job.label}: retried after a transient failure ({err})"}
+
+
+def _pending(job: _Job, cur: dict[str, Any], why: str) -> dict[str, Any]:
+    _busy_check(job, cur, None)
+    out: dict[str, Any] = {**_SETTLE, "state": d.NAD_PENDING, "lastRequest": job.last(d.NAD_PENDING)}
+    part = d.applied_part(cur)
+    if part is None:
+        out.update(_nad_fields(job.req))
+        out["message"] = f"{job.label}: {why}"
+    else:
+        out["message"] = f"{job.label}: update waits ({why}); the cluster keeps {part['range']} until then"
+    return out
+
+
+def _refused(job: _Job, cur: dict[str, Any], reasons: list[str], cidr: str | None) -> dict[str, Any]:
+    _busy_check(job, cur, None)
+    text = "; ".join(reasons)
+    last = job.last(d.NAD_REJECTED, reasons=reasons, cidr=cidr)
+    part = d.applied_part(cur)
+    if part is None:
+        out = {**_nad_fields(job.req), **_SETTLE, "state": d.NAD_REJECTED, "reasons": list(reasons),
+               "lastRequest": last, "message": f"{job.label}: {text}"}
+        if cidr:
+            out["range"] = cidr
+        return out
+    what = "delete" if job.req.action == "delete" else "update"
+    return {**_SETTLE, "state": _kept_state(cur, part), "reasons": list(reasons), "lastRequest": last,
+            "message": f"{what} refused: {job.req.name} keeps {part['range']}; {text}"}
+
+
+def _refused_waiting(cur: dict[str, Any], last: Mapping[str, Any], why: str) -> dict[str, Any]:
+    part = d.applied_part(cur)
+    new_last = {**last, "state": d.NAD_REJECTED, "reasons": [why], "at": datetime.now(UTC)}
+    name = f"{cur.get('namespace')}/{cur.get('name')}"
+    if part is None:
+        return {**_SETTLE, "state": d.NAD_REJECTED, "reasons": [why], "lastRequest": new_last,
+                "message": f"{name}: {why}"}
+    return {**_SETTLE, "state": _kept_state(cur, part), "reasons": [why], "lastRequest": new_last,
+            "message": f"{last.get('action') or 'update'} refused: {cur.get('name')} keeps {part['range']}; {why}"}
+
+
+def _failed(job: _Job, cur: dict[str, Any], what: str, err: Exception) -> dict[str, Any]:
+    last = job.last(d.NAD_FAILED, reasons=[str(err)])
+    part = d.applied_part(cur)
+    if part is None:
+        return {**_nad_fields(job.req), **_SETTLE, "state": d.NAD_FAILED, "lastError": str(err),
+                "lastRequest": last, "message": f"{job.label}: {what} refused by the cluster: {err}"}
+    return {**_SETTLE, "state": _kept_state(cur, part), "lastError": str(err), "lastRequest": last,
+            "message": f"{what} refused by the cluster: {job.req.name} keeps {part['range']}: {err}"}
+
+
+def _kept_state(cur: Mapping[str, Any], part: Mapping[str, Any]) -> str:
+    state = cur.get("state")
+    if state in d.NAD_LIVE or state == d.NAD_ORPHANED:
+        return str(state)
+    return str(part.get("state") or d.NAD_APPLIED)
+
+
+def _deleted(job: _Job) -> dict[str, Any]:
+    return {**_SETTLE, "applied": DELETE, "config": DELETE, "resourceVersion": DELETE, "verification": DELETE,
+            "reasons": DELETE, "lastError": DELETE, "action": "delete", "requestId": job.req.request_id,
+            "lastRequest": job.last(d.NAD_DELETED)}
+
+
+def _delete_waits(job: _Job, cur: dict[str, Any], cluster_state: str | None) -> dict[str, Any]:
+    _busy_check(job, cur, None)
+    part = d.applied_part(cur)
+    if part is None or cluster_state in (None, d.DELETED):
+        gone = "the cluster is gone" if cluster_state == d.DELETED else "it was not on the cluster"
+        return {**_deleted(job), "state": d.NAD_DELETED, "message": f"{job.label} deleted ({gone})"}
+    return {**_SETTLE, "state": d.NAD_PENDING, "lastRequest": job.last(d.NAD_PENDING),
+            "message": f"{job.label}: delete waits: the cluster is {cluster_state}; the NAD stays on it "
+                       f"with {part['range']} until the cluster is READY"}
+
+
+def _applied(job: _Job, cidr: str, config: str, resource_version: str, state: str,
+             verification: Mapping[str, Any] | None) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    applied = {"range": cidr, "master": job.req.master, "configDigest": config_digest(config),
+               "requestId": job.req.request_id, "messageId": job.origin, "state": state, "at": now}
+    return {**_nad_fields(job.req), **_SETTLE, "range": cidr, "config": config, "resourceVersion": resource_version,
+            "applied": applied, "lastRequest": job.last(state, cidr=cidr),
+            "verification": dict(verification) if verification is not None else DELETE}
+
+
+def _overlap_reasons(cidr: str, master: str, lose_to: Sequence[Mapping[str, Any]]) -> list[str]:
+    out, seen = [], set()
+    for o in lose_to:
+        text = (f"range {cidr} overlaps {o.get('namespace')}/{o.get('name')} ({o.get('range')}) on master {master}"
+                + (" (found on the cluster)" if o.get("onCluster") else ""))
+        key = (o.get("namespace"), o.get("name"), o.get("range"))
+        if key not in seen:
+            seen.add(key)
+            out.append(text)
+    return out
 
 
 def _nad_fields(req: Any) -> dict[str, Any]:
-        # `reasons` and `lastError` belong to a previous outcome; a new one clears them unless it sets them.
+    # `reasons` and `lastError` belong to a previous outcome; a new one clears them unless it sets them.
     return {"namespace": req.namespace, "name": req.name, "request": req.to_dict(), "master": req.master,
             "mode": req.mode, "action": req.action, "requestId": req.request_id, "reasons": DELETE,
             "lastError": DELETE}

@@ -24,6 +24,7 @@ from shared.flows.cluster import ClusterFlow, rollout_fields
 from shared.flows.context import Context, Outcome
 from shared.flows.drift import bundle_drift
 from shared.flows.nad import NadFlow
+from shared.flows.nad_repair import repair_nads, sweep_verify_pods
 from shared.ports import AlreadyHandled
 
 
@@ -106,7 +107,6 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
 
 def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
     """Re-apply what drifted on a READY cluster: missing bundle objects and managed NADs."""
-    from shared.core import nad as nadlib
 
     ref = rec.ref
     store = wf.ctx.store
@@ -126,16 +126,10 @@ def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
         fixes += [f"re-applied {o['kind']} {o['metadata']['name']}" for o in missing]
         if rec.data.get("bundleVersion") != bundle.version:
             fixes.append(f"bundle {rec.data.get('bundleVersion')} -> {bundle.version}")
-    on_cluster = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in kube.list_managed_nads()}
-    for doc in store.list_nads(ref):
-        if doc.get("state") not in d.NAD_LIVE or not doc.get("config"):
-            continue
-        live = on_cluster.get((doc["namespace"], doc["name"]))
-        if live is not None and live.get("spec", {}).get("config") == doc["config"]:
-            continue
-        req = nadlib.parse_request(dict(doc["request"]))
-        kube.apply_nad(nadlib.render_nad(req, doc.get("range")))
-        fixes.append(f"{'re-created' if live is None else 'restored'} NAD {doc['namespace']}/{doc['name']}")
+    # NADs: records and managed objects compared both ways; leftover verify pods removed.
+    on_cluster = kube.list_managed_nads()
+    fixes += repair_nads(wf.ctx, ref, kube, event_id, objects=on_cluster)
+    fixes += sweep_verify_pods(kube, cluster=ref.path)
     # NADs still waiting on a READY cluster (a lost wake-up) or claimed by a worker that died.
     waiting = [n for n in store.list_nads(ref, fields=("state", "claimOrder")) if n.get("state") in
                (d.NAD_PENDING, d.NAD_APPLYING)]
@@ -146,7 +140,7 @@ def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
     # The rollout recorded at install time may have been partial; keep the figure current.
     rollout = rollout_fields(listed_rollout or kube.daemonset_rollout(*bundle.daemonset))
     rollout_changed = rollout["summary"] != (rec.data.get("rollout") or {}).get("summary")
-    usage = addresses.check(rec, kube, list(on_cluster.values()))
+    usage = addresses.check(rec, kube, on_cluster)
     if fixes or rollout_changed or usage.changed:
         message = ("reconcile repaired: " + "; ".join(fixes)) if fixes else "reconcile: nothing to repair"
         message += f"; DaemonSet {rollout['summary']}"

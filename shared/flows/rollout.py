@@ -270,7 +270,7 @@ def health_gate(ctx: Context, ref: ClusterRef, kube: Any, bundle: Any) -> tuple[
     ds = next(o for o in bundle.objects if o["kind"] == "DaemonSet")
     selector = ",".join(f"{k}={v}" for k, v in sorted(((ds["spec"].get("selector") or {})
                                                         .get("matchLabels") or {}).items()))
-    for pod in kube.list_pods(ns, selector):
+    for pod in kube.list_pods(selector, namespace=ns):
         st = pod.get("status") or {}
         for c in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
             waiting = (c.get("state") or {}).get("waiting") or {}

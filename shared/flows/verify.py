@@ -21,6 +21,11 @@ from shared.flows.context import Context, Outcome
 
 VERIFY_IMAGE = "registry.k8s.io/pause:3.9"
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
+VERIFY_SELECTOR = "multus-provisioner.io/purpose=verify"
+# When the pod's check is over (unix seconds): after it, reconcile deletes a pod still there.
+VERIFY_UNTIL_ANNOTATION = "multus-provisioner.io/verify-until"
+VERIFY_GRACE_SECONDS = 60.0
+DELETE_ATTEMPTS = 4
 
 
 def run_verification(kube: Any, namespace: str, nad_name: str, cidr: str | None, *, pool: str | None,
@@ -28,7 +33,9 @@ def run_verification(kube: Any, namespace: str, nad_name: str, cidr: str | None,
     """(ok, what was seen). The pod is deleted whatever happens."""
     digest = hashlib.sha256(f"{namespace}/{nad_name}/{time.time_ns()}".encode()).hexdigest()[:6]
     pod_name = f"mp-verify-{nad_name[:40]}-{digest}"
-    kube.create_pod(verify_pod_manifest(pod_name, namespace, nad_name, pool))
+    manifest = verify_pod_manifest(pod_name, namespace, nad_name, pool)
+    manifest["metadata"]["annotations"][VERIFY_UNTIL_ANNOTATION] = f"{time.time() + timeout + VERIFY_GRACE_SECONDS:.0f}"
+    kube.create_pod(manifest)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -40,10 +47,23 @@ def run_verification(kube: Any, namespace: str, nad_name: str, cidr: str | None,
         why = "; ".join(e.get("message", "") for e in events[-3:]) or "no network-status annotation"
         return False, f"pod {pod_name} got no net1 within {timeout:.0f}s: {why}"
     finally:
+        delete_verify_pod(kube, namespace, pod_name, cluster=cluster)
+
+
+def delete_verify_pod(kube: Any, namespace: str, pod_name: str, *, cluster: str = "",
+                      attempts: int = DELETE_ATTEMPTS, pause: float = 0.2) -> bool:
+    """Delete a verify pod, retried: a pod left behind keeps a Whereabouts address of the range.
+    False after `attempts` failures (reconcile's sweep removes it later, see nad_repair)."""
+    for attempt in range(attempts):
         try:
             kube.delete_pod(namespace, pod_name)
+            return True
         except (Transient, Permanent) as e:
-            logs.warning("could not delete verify pod", cluster=cluster, error=str(e))
+            logs.warning("could not delete verify pod", cluster=cluster, pod=f"{namespace}/{pod_name}",
+                         attempt=attempt + 1, error=str(e))
+            if attempt + 1 < attempts:
+                time.sleep(pause * 2 ** attempt)
+    return False
 
 
 class VerifyFlow:
@@ -62,12 +82,17 @@ class VerifyFlow:
                            kind="not-applied", cluster=ref)
         from shared.core import nad as nadlib
 
+        if not isinstance(doc.get("request"), dict):
+            raise Rejected(f"NAD {namespace}/{name} on {ref.path} was adopted from the cluster and has no request "
+                           "to verify against; send a request for it first", kind="not-applied", cluster=ref)
         req = nadlib.parse_request(dict(doc["request"]))
         kube = self.ctx.kube_for(ref)
         ok, detail = self.check(kube, req, doc.get("range"), ref)
         state = d.NAD_VERIFIED if ok else d.NAD_APPLIED
         store.put_nad(ref, namespace, name, event_id=event_id, step="verify-nad", state=state,
                       fields={"verification": {"ok": ok, "message": detail}},
+                      derive=lambda cur: ({"applied": {**cur["applied"], "state": state}}
+                                          if isinstance(cur.get("applied"), dict) else {}),
                       outcome="ok" if ok else "failed", message=f"{namespace}/{name}: verify: {detail}",
                       ledger_key=f"{event_id}~verify~{namespace}~{name}")
         return Outcome("done" if ok else "failed", detail, ref.path, state)
