@@ -51,6 +51,7 @@ locals {
     MULTUS_PROVISIONER_DENIED_NAMESPACES    = join(",", var.denied_namespaces)
     MULTUS_PROVISIONER_MAX_NADS_PER_CLUSTER = tostring(var.max_nads_per_cluster)
     MULTUS_PROVISIONER_MAX_ATTEMPTS         = tostring(var.max_delivery_attempts)
+    MULTUS_PROVISIONER_BUSY_WAIT_SECONDS    = tostring(var.busy_wait_seconds)
     MULTUS_PROVISIONER_NODE_POOL_TEMPLATE   = var.node_pool_template == null ? "" : jsonencode(var.node_pool_template)
     MULTUS_PROVISIONER_DEFAULT_NADS         = length(var.default_nads) == 0 ? "" : jsonencode(var.default_nads)
     MULTUS_PROVISIONER_MULTUS_IMAGE         = var.multus_image == null ? "" : var.multus_image

@@ -271,6 +271,16 @@ variable "stall_seconds" {
   }
 }
 
+variable "busy_wait_seconds" {
+  description = "How long a write GKE refuses because another operation runs on the cluster is retried (not counted as attempts)."
+  type        = number
+  default     = 3600
+  validation {
+    condition     = var.busy_wait_seconds >= 0 && var.busy_wait_seconds <= 86400
+    error_message = "busy_wait_seconds must be 0..86400."
+  }
+}
+
 variable "allowed_namespaces" {
   description = "Namespaces NADs may be created in (empty: any namespace not denied)."
   type        = list(string)

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from google.cloud import container_v1
 
-from shared.adapters.gke import Gke, credentials
-from shared.core.errors import Permanent, Rejected, Transient
+from shared.adapters.gke import Gke, credentials, map_error, raise_mapped
+from shared.core.errors import Busy, Permanent, Rejected, Transient
 from shared.core.refs import ClusterRef
 from shared.core.settings import NodePoolTemplate, Settings
 
@@ -210,9 +210,46 @@ def test_real_server_errors_map_with_their_messages(gke, gke_sandbox):
     assert e.value.code == "INVALID_ARGUMENT" and "multi-networking" in str(e.value)
     gke_sandbox.create_cluster("demo-eligible")
     assert gke.create_node_pool(ELIGIBLE, TEMPLATE)
-    with pytest.raises(Permanent) as e:  # another write while the operation runs
+    with pytest.raises(Busy) as e:  # another write while the operation runs: it passes when that ends
         gke.create_node_pool(ELIGIBLE, NodePoolTemplate(**{**TEMPLATE.__dict__, "name": "second-pool"}))
-    assert e.value.code == "FAILED_PRECONDITION" and "operation-" in str(e.value)
+    assert e.value.code == "CLUSTER_ALREADY_HAS_OPERATION" and "incompatible operation" in str(e.value)
+    assert e.value.operation and e.value.operation.startswith("operation-")
+
+
+def test_incompatible_operation_is_busy_by_its_error_info_and_other_preconditions_stay_permanent(gke, gke_sandbox):
+    """GKE's reason (ErrorInfo in the status details) decides, not the code alone: a label
+    fingerprint mismatch is FAILED_PRECONDITION too, and a retry of the same request cannot fix it."""
+    from google.api_core import exceptions as gexc
+
+    gke_sandbox.create_cluster("demo-eligible")
+    gke.create_node_pool(ELIGIBLE, TEMPLATE)
+    try:
+        gke.client.create_node_pool(parent=ELIGIBLE.path, node_pool=gke.node_pool_message(
+            NodePoolTemplate(**{**TEMPLATE.__dict__, "name": "second-pool"})), retry=None)
+    except gexc.FailedPrecondition as raw:
+        assert raw.reason == "CLUSTER_ALREADY_HAS_OPERATION"  # the client library read the details
+        mapped = map_error(raw, "x")
+        assert isinstance(mapped, Busy)
+    else:
+        raise AssertionError("the second write was not refused")
+    # the older wording GKE used ("... Please wait and try again once it is done.") without details
+    old = gexc.FailedPrecondition("Operation operation-1 is currently upgrading cluster c. Please wait and try "
+                                  "again once it is done.")
+    assert isinstance(map_error(old, "x"), Busy) and map_error(old, "x").operation == "operation-1"
+    fingerprint = gexc.FailedPrecondition("Labels could not be set due to fingerprint mismatch; try again with "
+                                          "the proper fingerprint")
+    assert type(map_error(fingerprint, "x")) is Permanent
+
+
+def test_an_unknown_exception_is_a_bug_that_surfaces_not_a_retry():
+    """Only the API's, auth's and the transport's errors are mapped; anything else is raised as it is."""
+    assert map_error(KeyError("x"), "x") is None
+    assert isinstance(map_error(ConnectionResetError("peer"), "x"), Transient)
+    with pytest.raises(KeyError):
+        try:
+            raise KeyError("x")
+        except KeyError as e:
+            raise_mapped(e, "x")
 
 
 def test_slow_server_hits_the_call_timeout(gke_sandbox, gke_settings):

@@ -133,6 +133,42 @@ def test_transient_errors_retry_then_fail_after_max_attempts(local_stack, make_w
     assert outcomes.count("retry") == 2 and outcomes.count("failed") == 1
 
 
+def test_gke_busy_with_another_operation_is_retried_without_burning_attempts(local_stack, make_wf):
+    """"Cluster is running incompatible operation" passes when GKE's operation ends: the step is
+    retried (Pub/Sub redelivers) as often as it takes within busy_wait_seconds, attempts stay 0."""
+    wf = make_wf(MULTUS_PROVISIONER_MAX_ATTEMPTS="1")
+    ref, entries = new_cluster(local_stack)
+    last = decode_audit(ce(next(e for e in entries if e.get("operation", {}).get("last"))))
+    local_stack.gke.faults.fail("CreateNodePool", "FAILED_PRECONDITION", times=3,
+                                message="Cluster is running incompatible operation operation-1700000000000-abcd.")
+    try:
+        for _ in range(3):  # more refusals than MAX_ATTEMPTS allows failures
+            with pytest.raises(Transient, match="incompatible operation"):
+                wf.handle_audit(last)
+            rec = wf.store.get_cluster(ref)
+            assert rec.attempts == 0 and rec.data["lease"] is None and rec.data["busySince"]
+            assert "waiting for GKE's operation operation-1700000000000-abcd" in rec.last_error["message"]
+    finally:
+        local_stack.gke.faults.clear()
+    out = wf.handle_audit(last)  # the operation is over: the same event goes on
+    assert out.state == d.CREATING_NODE_POOL, out.message
+    assert "busySince" not in wf.store.get_cluster(ref).data
+
+
+def test_gke_busy_for_longer_than_busy_wait_seconds_fails_with_gke_message(local_stack, make_wf):
+    wf = make_wf(MULTUS_PROVISIONER_BUSY_WAIT_SECONDS="0")
+    _ref, entries = new_cluster(local_stack)
+    last = decode_audit(ce(next(e for e in entries if e.get("operation", {}).get("last"))))
+    local_stack.gke.faults.fail("CreateNodePool", "FAILED_PRECONDITION", times=1,
+                                message="Cluster is running incompatible operation operation-1-x.")
+    try:
+        out = wf.handle_audit(last)
+    finally:
+        local_stack.gke.faults.clear()
+    assert out.state == d.FAILED and "still busy with another operation after 0s" in out.message
+    assert "incompatible operation" in out.message
+
+
 def test_permanent_error_fails_at_once_with_the_api_message(local_stack, make_wf):
     wf = make_wf()
     ref, entries = new_cluster(local_stack)

@@ -27,9 +27,9 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from shared.core.errors import Permanent, Problem, ProvisionerError, Rejected, Transient
+from shared.core.errors import Busy, Permanent, Problem, ProvisionerError, Rejected, Transient
 from shared.core.names import SUBNET_PATH, compute_ref
 from shared.core.refs import ClusterRef, check_parts, valid_node_pool_name
 from shared.core.settings import NodePoolTemplate, Settings
@@ -57,8 +57,35 @@ _TOKEN = re.compile(r"^[\x21-\x7e]{1,8192}$")  # printable ASCII, no spaces: saf
 # Error mapping
 # ---------------------------------------------------------------------------------------------
 
-def map_error(exc: BaseException, what: str) -> ProvisionerError:
-    """A client-library (or auth, or transport) exception -> Permanent or Transient, with GKE's message."""
+# What GKE answers when a write meets another operation on the cluster (docs/SANDBOX_GKE.md "An
+# ordinary day": CAPG issue 1363 for the message and ErrorInfo; terraform-provider-google issues 3650
+# and 10366 for the older "Please wait and try again" wording). It passes when the operation ends.
+BUSY_REASONS = frozenset({"CLUSTER_ALREADY_HAS_OPERATION"})
+_BUSY_TEXT = re.compile(r"incompatible operation|please wait and try again|is currently (?:upgrading|"
+                        r"creating|deleting|updating)", re.IGNORECASE)
+_OPERATION_IN_TEXT = re.compile(r"\b(operation-[A-Za-z0-9-]{1,120})")
+
+
+def _reason(exc: Any) -> str | None:
+    """The ErrorInfo reason of a GAPIC error (api_core >= 2.x exposes `.reason` from its details)."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason:
+        return reason
+    for detail in getattr(exc, "details", None) or ():
+        value = getattr(detail, "reason", None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def map_error(exc: BaseException, what: str) -> ProvisionerError | None:
+    """A client-library (or auth, or transport) exception -> Permanent, Transient or Busy, with GKE's message.
+
+    Decided by what GKE means, not by the code alone: a FAILED_PRECONDITION that says another
+    operation is running is `Busy` (it passes), any other is `Permanent`. An exception that is
+    none of the API's, auth's or the transport's is a bug: None, and the caller lets it surface.
+    """
+    import grpc
     from google.api_core import exceptions as gexc
 
     if isinstance(exc, ProvisionerError):
@@ -67,14 +94,27 @@ def map_error(exc: BaseException, what: str) -> ProvisionerError:
         status = exc.grpc_status_code
         code = status.name if status is not None else str(exc.code)
         text = f"GKE {what}: {code}: {exc.message}"
+        if code == "FAILED_PRECONDITION" and (_reason(exc) in BUSY_REASONS or _BUSY_TEXT.search(exc.message or "")):
+            m = _OPERATION_IN_TEXT.search(exc.message or "")
+            return Busy(text, api=API, operation=m.group(1) if m else None)
         return (Permanent if code in PERMANENT_CODES else Transient)(text, code=code, api=API)
     if isinstance(exc, gexc.RetryError):
         return Transient(f"GKE {what}: gave up: {exc.message}", code="DEADLINE_EXCEEDED", api=API)
     auth = _auth_error(exc, what)
     if auth is not None:
         return auth
-    # grpc.RpcError outside the GAPIC wrapper, OSError, TimeoutError...: the call did not complete.
-    return Transient(f"GKE {what}: {type(exc).__name__}: {exc}", code="UNAVAILABLE", api=API)
+    if isinstance(exc, grpc.RpcError | OSError | TimeoutError | gexc.GoogleAPIError):
+        # The call did not complete (a channel error outside the GAPIC wrapper, a socket error).
+        return Transient(f"GKE {what}: {type(exc).__name__}: {exc}", code="UNAVAILABLE", api=API)
+    return None
+
+
+def raise_mapped(exc: BaseException, what: str) -> NoReturn:
+    """Raise the mapped error from `exc`, or `exc` itself when it is a bug (not an API's answer)."""
+    mapped = map_error(exc, what)
+    if mapped is None:
+        raise exc
+    raise mapped from exc
 
 
 def _auth_error(exc: BaseException, what: str) -> ProvisionerError | None:
@@ -153,7 +193,7 @@ def credentials(settings: Settings) -> Any:
         creds, _ = google.auth.default(scopes=list(SCOPES))
         creds.refresh(google.auth.transport.requests.Request())
     except Exception as e:
-        raise map_error(e, "credentials") from e
+        raise_mapped(e, "credentials")
     return creds
 
 
@@ -172,7 +212,7 @@ def fresh_token(creds: Any, lock: threading.Lock | None = None) -> str:
             except ProvisionerError:
                 raise
             except Exception as e:
-                raise map_error(e, "credentials") from e
+                raise_mapped(e, "credentials")
         token = creds.token
     if not isinstance(token, str) or not _TOKEN.match(token):
         raise Permanent("credentials: the access token is empty or malformed", code="UNAUTHENTICATED", api="auth")
@@ -259,7 +299,7 @@ def make_client(settings: Settings) -> container_v1.ClusterManagerClient:
     except ProvisionerError:
         raise
     except Exception as e:
-        raise map_error(e, "client") from e
+        raise_mapped(e, "client")
 
 
 class Gke:
@@ -298,7 +338,7 @@ class Gke:
         try:
             return fn(**kwargs, retry=None, timeout=self.timeout)
         except Exception as e:
-            raise map_error(e, what) from e
+            raise_mapped(e, what)
 
     # -- reads --
     def get_cluster(self, ref: ClusterRef) -> container_v1.Cluster:
@@ -361,7 +401,7 @@ class Gke:
         except ProvisionerError:
             raise
         except Exception as e:
-            raise map_error(e, what) from e
+            raise_mapped(e, what)
         if not found:
             raise Permanent(f"subnetwork {subnetwork!r} is not usable in project {ref.project} "
                             f"(looking for secondary range {range_name!r})", code="NOT_FOUND", api=API)

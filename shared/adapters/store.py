@@ -491,8 +491,10 @@ class Store:
     @_edge
     def release(self, ref: ClusterRef, *, event_id: str, step: str, error: str, outcome: str = "retry",
                 state: str | None = None, count_attempt: bool = True,
-                holder: str | None = None) -> ClusterRecord:
-        """A step failed: drop our lease, keep the error and count the attempt, visibly in history."""
+                holder: str | None = None, fields: Mapping[str, Any] | None = None) -> ClusterRecord:
+        """A step failed: drop our lease, keep the error and count the attempt, visibly in history.
+
+        `fields` are written with it (e.g. since when GKE has been busy with another operation)."""
         if outcome not in ("retry", "failed"):
             raise ValueError(f"outcome: expected 'retry' or 'failed', got {outcome!r}")
         doc = self._cluster_doc(ref)
@@ -507,7 +509,7 @@ class Store:
             releases = int(data.get("releases") or 0) + 1
             changes: dict[str, Any] = {
                 "lastError": {"message": str(error)[:4000], "step": step, "eventId": event_id, "at": now},
-                "attempts": attempts, "releases": releases, "updatedAt": now}
+                "attempts": attempts, "releases": releases, "updatedAt": now, **dict(fields or {})}
             held = Lease.from_doc(data.get("lease"))
             if held is not None and held.holder == (holder or event_id):
                 changes["lease"] = None

@@ -128,6 +128,9 @@ class Settings:
     denied_namespaces: tuple[str, ...] = ("kube-system",)
     max_nads_per_cluster: int = 32
     max_attempts: int = 5
+    # How long a write refused because GKE runs another operation on the cluster is retried. GKE's own
+    # operations (node upgrades after a create, auto-upgrades) take minutes, sometimes tens of them.
+    busy_wait_seconds: int = 3600
     node_pool_template: NodePoolTemplate | None = None
     default_nads: tuple[Mapping[str, Any], ...] = ()
     multus_image: str | None = None
@@ -182,6 +185,7 @@ class Settings:
             denied_namespaces=names("DENIED_NAMESPACES", ("kube-system",)),
             max_nads_per_cluster=integer("MAX_NADS_PER_CLUSTER", 32, 1, 1000),
             max_attempts=integer("MAX_ATTEMPTS", 5, 1, 100),
+            busy_wait_seconds=integer("BUSY_WAIT_SECONDS", 3600, 0, 86400),
             node_pool_template=template,
             default_nads=tuple(nads_raw or ()),
             multus_image=get("MULTUS_IMAGE"),

@@ -19,10 +19,11 @@ from typing import Any
 
 from shared.core import decisions as d
 from shared.core import logs
-from shared.core.errors import Permanent, Rejected, Transient
+from shared.core.errors import Busy, Permanent, Rejected, Transient
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Cursor, Outcome, cluster_fields
 from shared.flows.nad import NadFlow
+from shared.ports import DELETE
 
 
 class ClusterFlow:
@@ -128,6 +129,8 @@ class ClusterFlow:
             return self._drive_claimed(ref, rec, event_id, trigger, cursor)
         except AlreadyHandled:  # a concurrent duplicate of this event finished first
             return Outcome("duplicate", "event already handled", ref.path)
+        except Busy as e:
+            return self._busy(ref, rec, event_id, cursor, e)
         except Transient as e:
             rec = store.release(ref, event_id=event_id, step=cursor.step, holder=cursor.holder,
                                 error=f"{cursor.step}: {e}", outcome="retry")
@@ -140,6 +143,30 @@ class ClusterFlow:
             raise
         except Permanent as e:
             return self._fail(ref, event_id, cursor, f"{cursor.step}: {e}")
+        except Exception as e:  # a bug, not an answer of an API: surface it, but never leave the lease behind
+            store.release(ref, event_id=event_id, step=cursor.step, holder=cursor.holder, outcome="retry",
+                          error=f"{cursor.step}: unexpected {type(e).__name__}: {e}", count_attempt=False)
+            raise
+
+    def _busy(self, ref: ClusterRef, rec: Any, event_id: str, cursor: Cursor, e: Busy) -> Outcome:
+        """GKE runs another operation on the cluster: retry until it is over, bounded by time, not attempts.
+
+        `busySince` (wall clock, seconds) marks the start of the window; any step that moves the
+        cluster on clears it.
+        """
+        store, limit = self.ctx.store, self.ctx.settings.busy_wait_seconds
+        since = rec.data.get("busySince")
+        now = time.time()
+        since = float(since) if isinstance(since, int | float) and not isinstance(since, bool) else now
+        if now - since >= limit:
+            return self._fail(ref, event_id, cursor, f"{cursor.step}: GKE was still busy with another operation "
+                                                     f"after {limit}s; last answer: {e}")
+        store.release(ref, event_id=event_id, step=cursor.step, holder=cursor.holder, outcome="retry",
+                      error=f"{cursor.step}: waiting for GKE's operation{' ' + e.operation if e.operation else ''}"
+                            f" to end: {e}", count_attempt=False, fields={"busySince": since})
+        logs.warning("GKE is busy with another operation on the cluster; Pub/Sub will redeliver",
+                     eventId=event_id, cluster=ref.path, step=cursor.step, error=str(e))
+        raise e
 
     def _fail(self, ref: ClusterRef, event_id: str, cursor: Cursor, message: str) -> Outcome:
         store, step = self.ctx.store, cursor.step
@@ -178,7 +205,7 @@ class ClusterFlow:
                                 have_template=policy.node_pool_template is not None,
                                 bundle_version=bundle.version)
         base = {"version": facts.version, "status": facts.status,
-                "findings": [f.to_dict() for f in findings], "trigger": trigger}
+                "findings": [f.to_dict() for f in findings], "trigger": trigger, "busySince": DELETE}
         if step.kind in (step.CLOSED, step.IGNORE, step.WAIT, step.INELIGIBLE, step.AWAIT_POOL):
             rec = step_.advance(step="precheck", state=step.state,
                                 outcome="ignored" if step.kind == step.IGNORE else "ok",
