@@ -217,7 +217,7 @@ def test_status_codes() -> None:
     (lambda e: e["protoPayload"].update(serviceName="compute.googleapis.com"), "other-service",
      "protoPayload.serviceName"),
     (lambda e: e["protoPayload"].pop("serviceName"), "other-service", "protoPayload.serviceName"),
-    (lambda e: e["protoPayload"].update(methodName="google.container.v1.ClusterManager.UpdateCluster"),
+    (lambda e: e["protoPayload"].update(methodName="google.container.v1.ClusterManager.SetMaintenancePolicy"),
      "other-method", "protoPayload.methodName"),
     (lambda e: e["protoPayload"].update(methodName="google.container.v2.ClusterManager.CreateCluster"),
      "other-method", "protoPayload.methodName"),

@@ -438,6 +438,17 @@ def test_sink_filters_select_exactly_the_intended_entries(name, entry, stream):
     assert selected == ({stream} if stream else set()), name
 
 
+def test_the_stacks_sink_stand_in_forwards_exactly_the_methods_the_filters_select():
+    from sandbox.stack import SINK_METHODS
+
+    in_filters = set()
+    for text in _filters().values():
+        in_filters |= set(re.findall(r'protoPayload\.methodName="([^"]+)"', text))
+    assert in_filters == set(SINK_METHODS)
+    for verb in ("SetLabels", "UpdateCluster", "UpdateMaster"):  # labels and upgrades reach the controller
+        assert f"google.container.v1.ClusterManager.{verb}" in in_filters
+
+
 def test_filter_matcher_rejects_syntax_it_does_not_implement():
     for bad in ('severity>=ERROR', 'protoPayload.methodName=~"Create"', 'foo AND', '"bare text"', 'a.b=("x")'):
         with pytest.raises(FilterSyntaxError):

@@ -261,3 +261,63 @@ def test_scoped_reconcile_of_an_untracked_cluster_adopts_it(local_stack, make_wf
     missing = ClusterRef(local_stack.project, "us-central1", "never-existed")
     out = wf.reconcile(decode_reconcile(ce({"cluster": missing.path})))
     assert wf.store.get_cluster(missing).state == d.DELETED  # GKE says NOT_FOUND: closed, not retried
+
+
+def set_labels(stack: Stack, ref: ClusterRef, labels: dict[str, str]) -> None:
+    """SetLabels as gcloud sends it: the current fingerprint, all labels replaced."""
+    from google.cloud import container_v1 as c
+
+    world = stack.gke.world
+    cluster = world.get_cluster(c.GetClusterRequest(name=ref.path))
+    world.set_labels(c.SetLabelsRequest(name=ref.path, resource_labels=labels,
+                                        label_fingerprint=cluster.label_fingerprint))
+    assert stack.gke.wait_idle(10)
+
+
+def test_labels_set_later_opt_a_cluster_in_and_out(local_stack, make_wf):
+    wf = make_wf()
+    ref, entries = new_cluster(local_stack, labels={"team": "net"})
+    assert feed(wf, local_stack, entries)[-1].state == d.IGNORED
+    set_labels(local_stack, ref, {"team": "net", "multus-provisioner": "enabled"})
+    outs = feed(wf, local_stack, [e for e in local_stack.take_audit() if ref.cluster in json.dumps(e)])
+    assert outs[0].status == "ignored"  # first entry: noted
+    assert outs[-1].state == d.CREATING_NODE_POOL, outs[-1].message  # last entry: the workflow starts
+    assert local_stack.gke.wait_idle(10)
+    feed(wf, local_stack, [e for e in local_stack.take_audit() if ref.cluster in json.dumps(e)])
+    assert wf.store.get_cluster(ref).state == d.READY
+    set_labels(local_stack, ref, {"team": "net"})  # opted out again
+    outs = feed(wf, local_stack, [e for e in local_stack.take_audit() if ref.cluster in json.dumps(e)])
+    rec = wf.store.get_cluster(ref)
+    assert rec.state == d.IGNORED and "opted out" in outs[-1].message
+    assert any("opted out" in h["message"] for h in wf.store.history(ref, page_size=50)[0])
+
+
+def test_an_update_of_an_untracked_cluster_is_left_to_reconcile(local_stack, make_wf):
+    wf = make_wf()
+    ref, _ = new_cluster(local_stack)
+    set_labels(local_stack, ref, {"multus-provisioner": "enabled", "x": "y"})
+    entries = [e for e in local_stack.take_audit() if ref.cluster in json.dumps(e)]
+    entry = next(e for e in entries if e.get("operation", {}).get("last"))
+    entry["protoPayload"]["methodName"] = "google.container.v1.ClusterManager.UpdateCluster"
+    out = wf.handle_audit(decode_audit(ce(entry)))
+    assert out.status == "ignored" and wf.store.get_cluster(ref) is None
+
+
+def test_full_reconcile_rechecks_ignored_and_ineligible_clusters_whose_facts_changed(local_stack, make_wf):
+    wf = make_wf()
+    ref, entries = new_cluster(local_stack, multi_networking=False)
+    assert feed(wf, local_stack, entries)[-1].state == d.INELIGIBLE
+    quiet, quiet_entries = new_cluster(local_stack, labels={})
+    assert feed(wf, local_stack, quiet_entries)[-1].state == d.IGNORED
+    out = wf.reconcile(decode_reconcile(ce(b"{}")))
+    assert not any(ref.path in r or quiet.path in r for r in out.details["resumed"]), out.details
+
+    def fix(cluster: Any) -> None:
+        cluster.network_config.enable_multi_networking = True
+
+    local_stack.gke.world.edit_cluster(ref.location, ref.cluster, fix)  # no audit entry for this one
+    set_labels(local_stack, quiet, {"multus-provisioner": "enabled"})
+    local_stack.take_audit()  # lost: reconcile must notice by itself
+    out = wf.reconcile(decode_reconcile(ce(b"{}")))
+    assert f"{ref.path}: {d.CREATING_NODE_POOL}" in out.details["resumed"], out.details
+    assert f"{quiet.path}: {d.CREATING_NODE_POOL}" in out.details["resumed"], out.details

@@ -77,6 +77,9 @@ def decide_cluster(*, state: str | None, facts: Any, findings: Sequence[Any], op
     if state == DELETED:
         return ClusterStep(ClusterStep.CLOSED, DELETED, "cluster was deleted; nothing is applied to it")
     if not opted_in:
+        if state in PROGRESS:
+            return ClusterStep(ClusterStep.IGNORE, IGNORED, "cluster was opted out (label removed); left alone, "
+                                                            "what was installed stays on the cluster")
         return ClusterStep(ClusterStep.IGNORE, IGNORED, "cluster is not opted in (label missing); left alone")
     status = (getattr(facts, "status", "") or "").upper()
     # A cluster never loses progress it made: a wait keeps the state reached (READY stays READY).

@@ -160,6 +160,26 @@ class ClusterFacts:
                 "node_pools": [p.to_dict() for p in self.node_pools]}
 
 
+def facts_digest(facts: ClusterFacts) -> str:
+    """A short digest of what opt-in and the prechecks read (labels, version, networking, pools).
+
+    Recorded with every decision, so the scheduled reconcile can tell from one ListClusters whether
+    an IGNORED or INELIGIBLE cluster changed since (status and endpoint are left out: they move on
+    their own and change no decision).
+    """
+    import hashlib
+    import json
+
+    data = facts.to_dict()
+    data.pop("status", None)
+    data.pop("endpoint", None)
+    data["node_pools"] = sorted((p for p in data["node_pools"]), key=lambda p: str(p.get("name")))
+    for pool in data["node_pools"]:
+        pool.pop("status", None)
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
 def parse_gke_version(text: object) -> tuple[int, int, int] | None:
     """`1.30.5-gke.1014001` -> (1, 30, 5); `1.29` -> (1, 29, 0); anything else (`latest`, "") -> None."""
     if not isinstance(text, str):

@@ -53,11 +53,19 @@ class ClusterFlow:
         if ev.action == "node_pool.deleted" and not ev.last:
             return self._note(ref, ev.event_id, "node-pool-deleting",
                               f"node pool {ev.node_pool} is being deleted", outcome="ignored")
+        if ev.action in ("cluster.labels_set", "cluster.updated") and not ev.last:
+            return self._note(ref, ev.event_id, "cluster-updating",
+                              f"{ev.method.rsplit('.', 1)[-1]} started; the cluster is looked at again when it is done",
+                              outcome="ignored")
         trigger = {"cluster.created": "cluster created",
+                   "cluster.labels_set": "labels changed",
+                   "cluster.updated": f"cluster updated ({ev.method.rsplit('.', 1)[-1]})",
                    "node_pool.created": f"node pool {ev.node_pool} created",
                    "node_pool.deleted": f"node pool {ev.node_pool} deleted"}[ev.action]
-        create = ev.action == "cluster.created"
-        return self.drive(ref, ev.event_id, trigger=trigger, create=create or None)
+        # Labels can opt an unknown cluster in (a workflow starts; an opt-out is recorded as IGNORED);
+        # an update of a cluster the controller does not track is reconcile's to adopt, if opted in.
+        create = {"cluster.created": True, "cluster.labels_set": True, "cluster.updated": False}.get(ev.action)
+        return self.drive(ref, ev.event_id, trigger=trigger, create=create)
 
     def _note(self, ref: ClusterRef, event_id: str, step: str, message: str, *, outcome: str) -> Outcome:
         """Record an event that needs no step: in the cluster's history when we know the cluster."""
@@ -205,7 +213,8 @@ class ClusterFlow:
                                 have_template=policy.node_pool_template is not None,
                                 bundle_version=bundle.version)
         base = {"version": facts.version, "status": facts.status,
-                "findings": [f.to_dict() for f in findings], "trigger": trigger, "busySince": DELETE}
+                "findings": [f.to_dict() for f in findings], "trigger": trigger, "busySince": DELETE,
+                "factsDigest": prechecks.facts_digest(facts)}
         if step.kind in (step.CLOSED, step.IGNORE, step.WAIT, step.INELIGIBLE, step.AWAIT_POOL):
             rec = step_.advance(step="precheck", state=step.state,
                                 outcome="ignored" if step.kind == step.IGNORE else "ok",

@@ -64,6 +64,10 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
             continue
         except (Transient, Permanent) as e:
             errors.append(f"{rec.ref.path}: {e}")
+    if not ev.scope:
+        rechecked, recheck_errors = recheck_changed(wf, ev, records)
+        resumed += rechecked
+        errors += recheck_errors
     if ev.scope and not records:  # a re-check of a cluster the controller never saw
         try:
             out = wf.clusters.drive(ev.scope, f"{ev.event_id}~{ev.scope.doc_id}",
@@ -155,6 +159,40 @@ def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
                       fields={"bundleVersion": bundle.version, "rollout": rollout}, ledger_key=event_id,
                       release=True)
     return fixes
+
+
+def recheck_changed(wf: ReconcileFlow, ev: Any, records: list[Any]) -> tuple[list[str], list[str]]:
+    """IGNORED and INELIGIBLE clusters whose labels or facts changed since they were decided: drive again.
+
+    A label added later or an upgrade out of an unsupported version is normally seen through its
+    audit entry (SetLabels, UpdateCluster, UpdateMaster); this catches the ones whose entry was lost.
+    Cheap: one ListClusters per project of such clusters, compared with the digest recorded.
+    """
+    from shared.core import prechecks
+
+    waiting = [r for r in records if r.state in (d.IGNORED, d.INELIGIBLE)]
+    done, errors = [], []
+    listed: dict[str, Any] = {}
+    for project in sorted({r.ref.project for r in waiting}):
+        try:
+            for cluster in wf.ctx.gke.list_clusters(project):
+                facts = prechecks.ClusterFacts.of(cluster)
+                listed[ClusterRef(project, facts.location, facts.name).doc_id] = facts
+        except (Transient, Permanent) as e:
+            errors.append(f"list clusters of {project}: {e}")
+    for rec in waiting:
+        facts = listed.get(rec.ref.doc_id)
+        if facts is None or prechecks.facts_digest(facts) == rec.data.get("factsDigest"):
+            continue
+        try:
+            out = wf.clusters.drive(rec.ref, f"{ev.event_id}~{rec.ref.doc_id}",
+                                    trigger="reconcile: labels or cluster facts changed", create=False)
+            done.append(f"{rec.ref.path}: {out.state}")
+        except AlreadyHandled:
+            continue
+        except (Transient, Permanent) as e:
+            errors.append(f"{rec.ref.path}: {e}")
+    return done, errors
 
 
 def _stale(rec: Any, now: float, stall_seconds: int) -> bool:
