@@ -321,3 +321,46 @@ def test_full_reconcile_rechecks_ignored_and_ineligible_clusters_whose_facts_cha
     out = wf.reconcile(decode_reconcile(ce(b"{}")))
     assert f"{ref.path}: {d.CREATING_NODE_POOL}" in out.details["resumed"], out.details
     assert f"{quiet.path}: {d.CREATING_NODE_POOL}" in out.details["resumed"], out.details
+
+
+def test_a_cluster_deleted_and_created_again_starts_a_new_incarnation_with_both_histories(local_stack, make_wf):
+    from google.cloud import container_v1 as c
+
+    wf = make_wf()
+    ref = to_ready(wf, local_stack)
+    first_id = wf.store.get_cluster(ref).data["clusterId"]
+    assert first_id and wf.store.get_cluster(ref).data["createTime"]
+    local_stack.gke.world.delete_cluster(c.DeleteClusterRequest(name=ref.path))
+    assert local_stack.gke.wait_idle(10)
+    feed(wf, local_stack, [e for e in local_stack.take_audit() if ref.cluster in json.dumps(e)])
+    assert wf.store.get_cluster(ref).state == d.DELETED
+    local_stack.gke.create_cluster(ref.cluster, wait=True, labels={"multus-provisioner": "enabled"},
+                                   node_pools=(NodePoolSpec("default-pool"),))
+    outs = feed(wf, local_stack, [e for e in local_stack.take_audit() if ref.cluster in json.dumps(e)])
+    assert outs[-1].state == d.CREATING_NODE_POOL, outs[-1].message
+    assert local_stack.gke.wait_idle(10)
+    feed(wf, local_stack, [e for e in local_stack.take_audit() if ref.cluster in json.dumps(e)])
+    rec = wf.store.get_cluster(ref)
+    assert rec.state == d.READY and rec.data["clusterId"] != first_id and rec.data["incarnation"] == 2
+    assert rec.data["previousIncarnations"][-1]["clusterId"] == first_id
+    assert rec.data["previousIncarnations"][-1]["endState"] == d.DELETED
+    messages = [h["message"] for h in wf.store.history(ref, page_size=200)[0]]
+    assert f"new incarnation {rec.data['clusterId']}, previous {first_id}" in " ".join(messages)
+    assert sum("bundle " in m and "applied" in m for m in messages) == 2  # both incarnations' installs
+
+
+def test_reconcile_finds_a_re_created_cluster_whose_events_were_lost(local_stack, make_wf):
+    from google.cloud import container_v1 as c
+
+    wf = make_wf()
+    ref = to_ready(wf, local_stack)
+    first_id = wf.store.get_cluster(ref).data["clusterId"]
+    local_stack.gke.world.delete_cluster(c.DeleteClusterRequest(name=ref.path))
+    assert local_stack.gke.wait_idle(10)
+    local_stack.gke.create_cluster(ref.cluster, wait=True, labels={"multus-provisioner": "enabled"},
+                                   node_pools=(NodePoolSpec("default-pool"),))
+    local_stack.take_audit()  # every entry lost: the record still says READY, of the old cluster
+    out = wf.reconcile(decode_reconcile(ce(b"{}")))
+    assert f"{ref.path}: {d.CREATING_NODE_POOL}" in out.details["adopted"], out.details
+    rec = wf.store.get_cluster(ref)
+    assert rec.data["clusterId"] != first_id and rec.data["previousIncarnations"][-1]["endState"] == d.READY

@@ -90,9 +90,15 @@ class ClusterFlow:
         store = self.ctx.store
         message = "cluster creation started; waiting for it to finish"
         try:
-            store.claim(ref, event_id=event_id, step="discover", ledger_key=event_id,
-                        create_state=d.DISCOVERED, create_fields=cluster_fields(ref))
+            rec = store.claim(ref, event_id=event_id, step="discover", ledger_key=event_id,
+                              create_state=d.DISCOVERED, create_fields=cluster_fields(ref))
+            again = rec.state == d.DELETED
+            if again:  # re-created under the same name: the new incarnation starts when GKE is done
+                message = ("cluster created again under this name (the previous one was deleted); "
+                           "a new workflow starts when its creation is done")
             rec = store.advance(ref, event_id=event_id, step="discover", message=message,
+                                state=d.DISCOVERED if again else None,
+                                fields={"newIncarnation": {"endState": d.DELETED}} if again else None,
                                 ledger_key=event_id, release=True)
         except AlreadyHandled:
             return Outcome("duplicate", "event already handled", ref.path)
@@ -190,19 +196,21 @@ class ClusterFlow:
         from shared.core import prechecks
 
         step_ = _Step(self.ctx.store, ref, event_id, cursor)
-        if rec.state == d.DELETED:
-            step_.advance(step="precheck", outcome="skipped", message=f"{trigger}: the workflow is closed",
-                          ledger_key=event_id, release=True)
-            return Outcome("ignored", "workflow closed", ref.path, d.DELETED)
         try:
             cluster = self.ctx.gke.get_cluster(ref)
         except Permanent as e:
             if str(e.code).upper() in ("NOT_FOUND", "404", "5"):
+                if rec.state == d.DELETED:
+                    step_.advance(step="precheck", outcome="skipped", message=f"{trigger}: the workflow is closed",
+                                  ledger_key=event_id, release=True)
+                    return Outcome("ignored", "workflow closed", ref.path, d.DELETED)
                 rec = step_.advance(step="precheck", state=d.DELETED,
                                     message=f"{trigger}: cluster no longer exists in GKE",
                                     ledger_key=event_id, release=True)
                 return Outcome("done", "cluster no longer exists", ref.path, rec.state)
             raise
+        if new_incarnation(rec, cluster):
+            rec = self._new_incarnation(step_, rec, cluster, trigger)
         facts = prechecks.ClusterFacts.of(cluster)
         findings = prechecks.precheck(cluster)
         policy = self.ctx.policy()
@@ -214,7 +222,7 @@ class ClusterFlow:
                                 bundle_version=bundle.version)
         base = {"version": facts.version, "status": facts.status,
                 "findings": [f.to_dict() for f in findings], "trigger": trigger, "busySince": DELETE,
-                "factsDigest": prechecks.facts_digest(facts)}
+                "factsDigest": prechecks.facts_digest(facts), **incarnation_fields(cluster)}
         if step.kind in (step.CLOSED, step.IGNORE, step.WAIT, step.INELIGIBLE, step.AWAIT_POOL):
             rec = step_.advance(step="precheck", state=step.state,
                                 outcome="ignored" if step.kind == step.IGNORE else "ok",
@@ -227,6 +235,27 @@ class ClusterFlow:
         if step.kind == step.CREATE_POOL:
             return self._create_pool(step_, step, policy, base, trigger)
         return self._install_and_apply(step_, rec, step, cluster, bundle, policy, base, trigger)
+
+    def _new_incarnation(self, step_: _Step, rec: Any, cluster: Any, trigger: str) -> Any:
+        """The name now belongs to another cluster (deleted and created again): a new workflow.
+
+        The document stays (the history under it is kept, both incarnations' entries in order);
+        what belonged to the old cluster is cleared; the run is marked in the history entry.
+        """
+        ident = incarnation_fields(cluster)
+        previous = rec.data.get("clusterId") or "unknown"
+        earlier = [*list(rec.data.get("previousIncarnations") or []),
+                   {"clusterId": previous, "createTime": rec.data.get("createTime") or "",
+                    "endState": _pending_end_state(rec) or rec.state}][-20:]
+        self.ctx.forget_cluster(step_.ref)
+        return step_.advance(
+            step="new-incarnation", state=d.DISCOVERED,
+            message=f"{trigger}: new incarnation {ident['clusterId'] or 'unknown'}, previous {previous}",
+            fields={**ident, "previousIncarnations": earlier, "incarnation": int(rec.data.get("incarnation") or 1) + 1,
+                    "newIncarnation": DELETE, "bundleVersion": DELETE, "nodePool": DELETE,
+                    "nodePoolRequested": DELETE, "rollout": DELETE, "installRequests": DELETE,
+                    "attempts": 0, "lastError": None, "busySince": DELETE},
+            next_step="precheck")
 
     def _create_pool(self, step_: _Step, step: d.ClusterStep, policy: Any, base: dict[str, Any],
                      trigger: str) -> Outcome:
@@ -305,6 +334,26 @@ class ClusterFlow:
             rollout = kube.daemonset_rollout(*bundle.daemonset)
         cursor.step = "install"
         return {"objects": len(bundle.objects), "requests": kube.requests - before, "rollout": rollout_fields(rollout)}
+
+def incarnation_fields(cluster: Any) -> dict[str, Any]:
+    """GKE's identity of this cluster: `id` (new on every re-creation) and `createTime`."""
+    cid, created = getattr(cluster, "id", ""), getattr(cluster, "create_time", "")
+    return {"clusterId": cid if isinstance(cid, str) else "", "createTime": created if isinstance(created, str) else ""}
+
+
+def _pending_end_state(rec: Any) -> str | None:
+    """The state the previous incarnation ended in, when `_discover` already saw the re-creation."""
+    pending = rec.data.get("newIncarnation")
+    return pending.get("endState") if isinstance(pending, dict) else None
+
+
+def new_incarnation(rec: Any, cluster: Any) -> bool:
+    """Is the cluster GKE shows another one than the workflow recorded (same name, re-created)?"""
+    if rec.state == d.DELETED or rec.data.get("newIncarnation"):
+        return True
+    recorded, now = rec.data.get("clusterId"), incarnation_fields(cluster)["clusterId"]
+    return bool(recorded and now and recorded != now)
+
 
 def rollout_fields(r: Any) -> dict[str, Any]:
     done = "rolled out" if r.complete else "rollout in progress"

@@ -44,6 +44,7 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
     records = [store.get_cluster(ev.scope)] if ev.scope else store.list_clusters()
     records = [r for r in records if r is not None]
     tracked = {r.ref.doc_id for r in records}
+    by_id = {r.ref.doc_id: r for r in records}
     now = time.time()
     for rec in records:
         sub_event = f"{ev.event_id}~{rec.ref.doc_id}"
@@ -86,7 +87,12 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
         for cluster in clusters:
             facts = prechecks.ClusterFacts.of(cluster)
             ref = ClusterRef(wf.ctx.settings.project, facts.location, facts.name)
-            if ref.doc_id in tracked or not policy.opted_in(dict(facts.labels)):
+            if ref.doc_id in tracked:
+                out_ = drive_new_incarnation(wf, ev, by_id.get(ref.doc_id), cluster)
+                if out_:
+                    (adopted if out_[0] else errors).append(out_[1])
+                continue
+            if not policy.opted_in(dict(facts.labels)):
                 continue
             # The tracked set was read when this run started; an event may have created (and even
             # failed) the workflow since. Adopt only what is still untracked now.
@@ -159,6 +165,23 @@ def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
                       fields={"bundleVersion": bundle.version, "rollout": rollout}, ledger_key=event_id,
                       release=True)
     return fixes
+
+
+def drive_new_incarnation(wf: ReconcileFlow, ev: Any, rec: Any, cluster: Any) -> tuple[bool, str] | None:
+    """A listed cluster that is another incarnation than the workflow recorded (deleted and created
+    again while the events were lost): drive it, which starts its new workflow. (ok, line) or None."""
+    from shared.flows.cluster import new_incarnation
+
+    if rec is None or not new_incarnation(rec, cluster):
+        return None
+    try:
+        out = wf.clusters.drive(rec.ref, f"{ev.event_id}~{rec.ref.doc_id}~incarnation",
+                                trigger="reconcile: the cluster was created again", create=False)
+    except AlreadyHandled:
+        return None
+    except (Transient, Permanent) as e:
+        return False, f"{rec.ref.path}: {e}"
+    return True, f"{rec.ref.path}: {out.state}"
 
 
 def recheck_changed(wf: ReconcileFlow, ev: Any, records: list[Any]) -> tuple[list[str], list[str]]:
