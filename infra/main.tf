@@ -39,24 +39,25 @@ locals {
 
   # What the functions read (shared/core/settings.py, prefix MULTUS_PROVISIONER_). Empty string = default.
   runtime_env = {
-    MULTUS_PROVISIONER_PROJECT              = var.project_id
-    MULTUS_PROVISIONER_COLLECTION_PREFIX    = var.collection_prefix
-    MULTUS_PROVISIONER_DATABASE             = var.firestore_database
-    MULTUS_PROVISIONER_OPT_IN_LABEL         = var.opt_in_label
-    MULTUS_PROVISIONER_LEASE_SECONDS        = tostring(var.lease_seconds)
-    MULTUS_PROVISIONER_CRD_TIMEOUT_SECONDS  = tostring(var.crd_timeout_seconds)
-    MULTUS_PROVISIONER_LEDGER_TTL_DAYS      = tostring(var.ledger_ttl_days)
-    MULTUS_PROVISIONER_STALL_SECONDS        = tostring(var.stall_seconds)
-    MULTUS_PROVISIONER_ALLOWED_NAMESPACES   = join(",", var.allowed_namespaces)
-    MULTUS_PROVISIONER_DENIED_NAMESPACES    = join(",", var.denied_namespaces)
-    MULTUS_PROVISIONER_MAX_NADS_PER_CLUSTER = tostring(var.max_nads_per_cluster)
-    MULTUS_PROVISIONER_MAX_ATTEMPTS         = tostring(var.max_delivery_attempts)
-    MULTUS_PROVISIONER_BUSY_WAIT_SECONDS    = tostring(var.busy_wait_seconds)
-    MULTUS_PROVISIONER_NODE_POOL_TEMPLATE   = var.node_pool_template == null ? "" : jsonencode(var.node_pool_template)
-    MULTUS_PROVISIONER_DEFAULT_NADS         = length(var.default_nads) == 0 ? "" : jsonencode(var.default_nads)
-    MULTUS_PROVISIONER_MULTUS_IMAGE         = var.multus_image == null ? "" : var.multus_image
-    MULTUS_PROVISIONER_WHEREABOUTS_IMAGE    = var.whereabouts_image == null ? "" : var.whereabouts_image
-    MULTUS_PROVISIONER_MULTUS_LOG_LEVEL     = var.multus_log_level == null ? "" : var.multus_log_level
-    MULTUS_PROVISIONER_TOPIC_NAD_REQUESTS   = google_pubsub_topic.stream["nad-requests"].name
+    MULTUS_PROVISIONER_PROJECT                 = var.project_id
+    MULTUS_PROVISIONER_COLLECTION_PREFIX       = var.collection_prefix
+    MULTUS_PROVISIONER_DATABASE                = var.firestore_database
+    MULTUS_PROVISIONER_OPT_IN_LABEL            = var.opt_in_label
+    MULTUS_PROVISIONER_LEASE_SECONDS           = tostring(var.lease_seconds)
+    MULTUS_PROVISIONER_CRD_TIMEOUT_SECONDS     = tostring(var.crd_timeout_seconds)
+    MULTUS_PROVISIONER_LEDGER_TTL_DAYS         = tostring(var.ledger_ttl_days)
+    MULTUS_PROVISIONER_STALL_SECONDS           = tostring(var.stall_seconds)
+    MULTUS_PROVISIONER_ALLOWED_NAMESPACES      = join(",", var.allowed_namespaces)
+    MULTUS_PROVISIONER_DENIED_NAMESPACES       = join(",", var.denied_namespaces)
+    MULTUS_PROVISIONER_MAX_NADS_PER_CLUSTER    = tostring(var.max_nads_per_cluster)
+    MULTUS_PROVISIONER_MAX_ATTEMPTS            = tostring(var.max_delivery_attempts)
+    MULTUS_PROVISIONER_BUSY_WAIT_SECONDS       = tostring(var.busy_wait_seconds)
+    MULTUS_PROVISIONER_NODE_POOL_RETRY_SECONDS = tostring(var.node_pool_retry_seconds)
+    MULTUS_PROVISIONER_NODE_POOL_TEMPLATE      = var.node_pool_template == null ? "" : jsonencode(var.node_pool_template)
+    MULTUS_PROVISIONER_DEFAULT_NADS            = length(var.default_nads) == 0 ? "" : jsonencode(var.default_nads)
+    MULTUS_PROVISIONER_MULTUS_IMAGE            = var.multus_image == null ? "" : var.multus_image
+    MULTUS_PROVISIONER_WHEREABOUTS_IMAGE       = var.whereabouts_image == null ? "" : var.whereabouts_image
+    MULTUS_PROVISIONER_MULTUS_LOG_LEVEL        = var.multus_log_level == null ? "" : var.multus_log_level
+    MULTUS_PROVISIONER_TOPIC_NAD_REQUESTS      = google_pubsub_topic.stream["nad-requests"].name
   }
 }

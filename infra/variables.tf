@@ -281,6 +281,16 @@ variable "busy_wait_seconds" {
   }
 }
 
+variable "node_pool_retry_seconds" {
+  description = "Backoff before a node pool that failed transiently in GKE (stockout, quota) is deleted and created again; doubled per attempt."
+  type        = number
+  default     = 60
+  validation {
+    condition     = var.node_pool_retry_seconds >= 0 && var.node_pool_retry_seconds <= 86400
+    error_message = "node_pool_retry_seconds must be 0..86400."
+  }
+}
+
 variable "allowed_namespaces" {
   description = "Namespaces NADs may be created in (empty: any namespace not denied)."
   type        = list(string)

@@ -364,3 +364,60 @@ def test_reconcile_finds_a_re_created_cluster_whose_events_were_lost(local_stack
     assert f"{ref.path}: {d.CREATING_NODE_POOL}" in out.details["adopted"], out.details
     rec = wf.store.get_cluster(ref)
     assert rec.data["clusterId"] != first_id and rec.data["previousIncarnations"][-1]["endState"] == d.READY
+
+
+def settle(wf: Controller, stack: Stack, ref: ClusterRef, rounds: int = 8) -> list[Any]:
+    """Feed the cluster's audit entries as GKE writes them until GKE is idle and nothing new came."""
+    outs: list[Any] = []
+    for _ in range(rounds):
+        assert stack.gke.wait_idle(10)
+        entries = [e for e in stack.take_audit() if ref.cluster in json.dumps(e)]
+        if not entries:
+            return outs
+        outs += feed(wf, stack, entries)
+    return outs
+
+
+def test_a_node_pool_that_fails_transiently_is_deleted_and_created_again(local_stack, make_wf):
+    wf = make_wf(MULTUS_PROVISIONER_NODE_POOL_RETRY_SECONDS="0")
+    ref, entries = new_cluster(local_stack)
+    local_stack.gke.world.fail_node_pool(ref.cluster, "multus-pool", "GCE_STOCKOUT", times=1)
+    feed(wf, local_stack, entries)
+    settle(wf, local_stack, ref)
+    rec = wf.store.get_cluster(ref)
+    assert rec.state == d.READY, rec.data.get("lastError")
+    assert rec.data["nodePoolRequested"]["attempt"] == 2
+    assert rec.data["nodePoolRequested"]["failures"][0]["reason"] == "GCE_STOCKOUT"
+    messages = [h["message"] for h in wf.store.history(ref, page_size=200)[0]]
+    failed = next(m for m in messages if "failed in GKE (GCE_STOCKOUT)" in m)
+    assert "[GCE_STOCKOUT]" in failed and "attempt 1 of 5" in failed and "creating it again" in failed
+
+
+def test_a_node_pool_that_keeps_failing_ends_failed_with_gke_message_and_the_fix(local_stack, make_wf):
+    wf = make_wf(MULTUS_PROVISIONER_NODE_POOL_RETRY_SECONDS="0", MULTUS_PROVISIONER_MAX_ATTEMPTS="2")
+    ref, entries = new_cluster(local_stack)
+    local_stack.gke.world.fail_node_pool(ref.cluster, "multus-pool", "QUOTA_EXCEEDED", times=5)
+    feed(wf, local_stack, entries)
+    settle(wf, local_stack, ref)
+    rec = wf.store.get_cluster(ref)
+    assert rec.state == d.FAILED
+    message = rec.last_error["message"]
+    assert "[QUOTA_EXCEEDED]" in message and "Quota 'CPUS' exceeded" in message, message
+    assert "gave up after 2 attempts" in message and "Fix: raise the quota" in message
+    outcomes = [h["outcome"] for h in wf.store.history(ref, page_size=200)[0] if h["step"].startswith("node-pool-f")]
+    assert sorted(outcomes) == ["failed", "retry"]
+
+
+def test_reconcile_reads_the_stored_operation_when_the_failure_event_was_lost(local_stack, make_wf):
+    wf = make_wf(MULTUS_PROVISIONER_STALL_SECONDS="1", MULTUS_PROVISIONER_MAX_ATTEMPTS="1")
+    ref, entries = new_cluster(local_stack)
+    local_stack.gke.world.fail_node_pool(ref.cluster, "multus-pool", "GCE_STOCKOUT", times=1)
+    feed(wf, local_stack, entries)
+    assert local_stack.gke.wait_idle(10)
+    local_stack.take_audit()  # the failed CreateNodePool's entries are lost
+    import time
+
+    time.sleep(1.1)
+    wf.reconcile(decode_reconcile(ce(b"")))
+    rec = wf.store.get_cluster(ref)
+    assert rec.state == d.FAILED and "[GCE_STOCKOUT]" in rec.last_error["message"]

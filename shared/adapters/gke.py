@@ -27,6 +27,7 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from shared.core.errors import Busy, Permanent, Problem, ProvisionerError, Rejected, Transient
@@ -130,6 +131,56 @@ def _auth_error(exc: BaseException, what: str) -> ProvisionerError | None:
     if isinstance(exc, aexc.GoogleAuthError):
         return Permanent(f"{what}: Google credentials error: {exc}", code="UNAUTHENTICATED", api="auth")
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Failed operations
+# ---------------------------------------------------------------------------------------------
+
+# GKE's words for "not now, maybe later" in a failed node pool operation: NodePool StatusCondition
+# codes GCE_STOCKOUT / GCE_QUOTA_EXCEEDED, and the bracketed Compute Engine error in status_message
+# (docs/SANDBOX_GKE.md "An ordinary day": terraform-provider-google PR 10121, tranquilitybase-io/tb-gcp
+# issue 589, cal-itp/data-infra issue 1519, kubeflow/pipelines issue 673).
+TRANSIENT_CONDITIONS = frozenset({"GCE_STOCKOUT", "GCE_QUOTA_EXCEEDED"})
+_TRANSIENT_TEXT = re.compile(r"\[(GCE_STOCKOUT|QUOTA_EXCEEDED|ZONE_RESOURCE_POOL_EXHAUSTED[A-Z_]*)\]")
+FIXES = {
+    "GCE_STOCKOUT": "the zone has no capacity for the machine type now; GKE may have it later, or use another "
+                    "machine_type (or zones) in the node pool template",
+    "GCE_QUOTA_EXCEEDED": "raise the quota GKE names (IAM & Admin > Quotas) or lower node_count / the machine "
+                          "type in the node pool template",
+}
+
+
+@dataclass(frozen=True)
+class PoolFailure:
+    """A node pool operation that ended DONE with an error, as GKE reported it."""
+
+    message: str
+    transient: bool
+    reason: str  # GCE_STOCKOUT, GCE_QUOTA_EXCEEDED, or GKE's code name
+    fix: str
+
+
+def operation_failure(op: Any) -> PoolFailure | None:
+    """A container_v1.Operation -> its failure, or None (running, or done without error)."""
+    if op.status.name != "DONE":
+        return None
+    code = int(getattr(op.error, "code", 0) or 0)
+    message = (getattr(op.error, "message", "") or op.status_message or "").strip()
+    if not code and not op.status_message:
+        return None
+    conditions = [c.code.name for c in getattr(op, "nodepool_conditions", ())] + \
+                 [c.code.name for c in getattr(op, "cluster_conditions", ())]
+    found = _TRANSIENT_TEXT.search(op.status_message or message)
+    reason = next((c for c in conditions if c in TRANSIENT_CONDITIONS), None)
+    if reason is None and found:
+        reason = "GCE_STOCKOUT" if found.group(1) != "QUOTA_EXCEEDED" else "GCE_QUOTA_EXCEEDED"
+    if reason is not None:
+        return PoolFailure(message or op.status_message, True, reason, FIXES[reason])
+    name = conditions[0] if conditions else f"code {code}"
+    return PoolFailure(message or f"operation {op.name} failed", False, name,
+                       "fix what GKE's message says, delete the failed pool, then ask for a re-check "
+                       "(a reconcile scoped to the cluster)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,6 +501,25 @@ class Gke:
                 return None
             raise
         return op.name
+
+    def delete_node_pool(self, ref: ClusterRef, name: str) -> str | None:
+        """Start deleting a pool; returns the operation name, or None when it is gone already."""
+        if not valid_node_pool_name(name):
+            raise Rejected("invalid node pool name", [Problem("node_pool", f"invalid node pool name {name!r}")])
+        path = f"{ref.path}/nodePools/{name}"
+        try:
+            op = self._call("delete_node_pool", f"delete node pool {path}", self.client.delete_node_pool, name=path)
+        except Permanent as e:
+            if e.code == "NOT_FOUND":
+                return None
+            raise
+        return op.name
+
+    def operation_failure(self, ref: ClusterRef, operation: str) -> PoolFailure | None:
+        """How a finished operation failed (GKE's message, whether GKE says it passes), or None
+        while it runs or when it succeeded."""
+        op = self.get_operation(ref.project, ref.location, operation)
+        return operation_failure(op)
 
     # -- the cluster API --
     def _credentials(self) -> Any:

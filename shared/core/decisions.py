@@ -68,11 +68,14 @@ class ClusterStep:
 
 
 def decide_cluster(*, state: str | None, facts: Any, findings: Sequence[Any], opted_in: bool,
-                   suitable: Sequence[Any], have_template: bool, bundle_version: str) -> ClusterStep:
+                   suitable: Sequence[Any], have_template: bool, bundle_version: str,
+                   retry_pool: bool = False) -> ClusterStep:
     """The next step for a cluster, from its recorded state and what GKE says now.
 
     `facts` is a `prechecks.ClusterFacts`; `findings` the prechecks' findings; `suitable` the
-    node pools that have both an additional node network and an additional pod network.
+    node pools that have both an additional node network and an additional pod network;
+    `retry_pool` that the pool the controller asked for failed transiently and was deleted to be
+    created again.
     """
     if state == DELETED:
         return ClusterStep(ClusterStep.CLOSED, DELETED, "cluster was deleted; nothing is applied to it")
@@ -99,6 +102,9 @@ def decide_cluster(*, state: str | None, facts: Any, findings: Sequence[Any], op
                            f"{len(blocking)} precheck(s) failed: " + "; ".join(f.message for f in blocking),
                            findings=tuple(blocking))
     if not suitable:
+        if state == CREATING_NODE_POOL and retry_pool and have_template:
+            return ClusterStep(ClusterStep.CREATE_POOL, CREATING_NODE_POOL,
+                               "the node pool failed in GKE for a reason that passes; creating it again")
         if state == CREATING_NODE_POOL:
             return ClusterStep(ClusterStep.WAIT, CREATING_NODE_POOL,
                                "node pool creation requested; waiting for its completion event")

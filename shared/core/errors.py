@@ -85,7 +85,15 @@ class Transient(ProvisionerError):
         super().__init__(message)
 
 
-class Busy(Transient):
+class Wait(Transient):
+    """Not a failure: the step can only go on later (GKE busy, a retry's backoff not over yet).
+
+    Retried (Pub/Sub redelivers) for a bounded *time* (`busy_wait_seconds`), never counted as a
+    failed attempt of the step.
+    """
+
+
+class Busy(Wait):
     """GKE is running another operation on the cluster; the same write succeeds once it is over.
 
     Not a failure of the step: retrying it does not burn the cluster's attempts (terraform-provider-google

@@ -262,9 +262,12 @@ def precheck(cluster: Any, node_pools: Iterable[Any] | None = None) -> list[Find
 
 
 def suitable_pools(pools: Iterable[Any]) -> list[PoolNetworks]:
-    """The pools with an additional node network and an additional pod network, in input order."""
+    """The pools with an additional node network and an additional pod network, in input order.
+
+    A pool in ERROR (its creation failed: no nodes) or being deleted (STOPPING) is not one to install on.
+    """
     facts = [PoolNetworks.of(p, field=f"nodePools[{i}]") for i, p in enumerate(_iterable(pools, "nodePools"))]
-    return [p for p in facts if p.suitable]
+    return [p for p in facts if p.suitable and p.status not in ("ERROR", "STOPPING")]
 
 
 def eligible(findings: Iterable[Finding]) -> bool:

@@ -131,6 +131,9 @@ class Settings:
     # How long a write refused because GKE runs another operation on the cluster is retried. GKE's own
     # operations (node upgrades after a create, auto-upgrades) take minutes, sometimes tens of them.
     busy_wait_seconds: int = 3600
+    # A node pool whose creation GKE reports as transiently failed (zone stockout, quota) is deleted
+    # and created again after this many seconds, doubled on each further attempt (max_attempts in all).
+    node_pool_retry_seconds: int = 60
     node_pool_template: NodePoolTemplate | None = None
     default_nads: tuple[Mapping[str, Any], ...] = ()
     multus_image: str | None = None
@@ -186,6 +189,7 @@ class Settings:
             max_nads_per_cluster=integer("MAX_NADS_PER_CLUSTER", 32, 1, 1000),
             max_attempts=integer("MAX_ATTEMPTS", 5, 1, 100),
             busy_wait_seconds=integer("BUSY_WAIT_SECONDS", 3600, 0, 86400),
+            node_pool_retry_seconds=integer("NODE_POOL_RETRY_SECONDS", 60, 0, 86400),
             node_pool_template=template,
             default_nads=tuple(nads_raw or ()),
             multus_image=get("MULTUS_IMAGE"),

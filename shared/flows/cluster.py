@@ -19,7 +19,7 @@ from typing import Any
 
 from shared.core import decisions as d
 from shared.core import logs
-from shared.core.errors import Busy, Permanent, Rejected, Transient
+from shared.core.errors import Busy, Permanent, Rejected, Transient, Wait
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Cursor, Outcome, cluster_fields
 from shared.flows.nad import NadFlow
@@ -35,9 +35,19 @@ class ClusterFlow:
     def handle_audit(self, ev: Any) -> Outcome:
         """A GKE audit entry: cluster or node pool created or deleted."""
         ref: ClusterRef = ev.cluster
+        verb = ev.method.rsplit(".", 1)[-1]
+        said = f": {ev.status_message}" if ev.status_message else ""
+        if ev.refused:  # one entry, no operation: nothing ran, so nothing anyone waits for has ended
+            return self._note(ref, ev.event_id, "audit",
+                              f"{verb} was refused at once by GKE (status {ev.status_code}{said}); no operation ran",
+                              outcome="ignored")
+        if ev.status_code and ev.action == "node_pool.created" and ev.last:
+            # The pool failed after it was accepted: the workflow reads the stored operation and decides.
+            return self.drive(ref, ev.event_id, trigger=f"node pool {ev.node_pool} creation failed in GKE "
+                                                        f"(status {ev.status_code})", create=False)
         if ev.status_code:
             return self._note(ref, ev.event_id, "audit",
-                              f"{ev.method} failed in GKE (status {ev.status_code}); nothing to do",
+                              f"{verb} failed in GKE (status {ev.status_code}{said}); nothing to do",
                               outcome="ignored")
         if ev.action == "cluster.deleted":
             if not ev.last:
@@ -143,7 +153,7 @@ class ClusterFlow:
             return self._drive_claimed(ref, rec, event_id, trigger, cursor)
         except AlreadyHandled:  # a concurrent duplicate of this event finished first
             return Outcome("duplicate", "event already handled", ref.path)
-        except Busy as e:
+        except Wait as e:
             return self._busy(ref, rec, event_id, cursor, e)
         except Transient as e:
             rec = store.release(ref, event_id=event_id, step=cursor.step, holder=cursor.holder,
@@ -162,7 +172,7 @@ class ClusterFlow:
                           error=f"{cursor.step}: unexpected {type(e).__name__}: {e}", count_attempt=False)
             raise
 
-    def _busy(self, ref: ClusterRef, rec: Any, event_id: str, cursor: Cursor, e: Busy) -> Outcome:
+    def _busy(self, ref: ClusterRef, rec: Any, event_id: str, cursor: Cursor, e: Wait) -> Outcome:
         """GKE runs another operation on the cluster: retry until it is over, bounded by time, not attempts.
 
         `busySince` (wall clock, seconds) marks the start of the window; any step that moves the
@@ -175,10 +185,13 @@ class ClusterFlow:
         if now - since >= limit:
             return self._fail(ref, event_id, cursor, f"{cursor.step}: GKE was still busy with another operation "
                                                      f"after {limit}s; last answer: {e}")
+        if isinstance(e, Busy):
+            why = f"waiting for GKE's operation{' ' + e.operation if e.operation else ''} to end: {e}"
+        else:
+            why = f"waiting: {e}"
         store.release(ref, event_id=event_id, step=cursor.step, holder=cursor.holder, outcome="retry",
-                      error=f"{cursor.step}: waiting for GKE's operation{' ' + e.operation if e.operation else ''}"
-                            f" to end: {e}", count_attempt=False, fields={"busySince": since})
-        logs.warning("GKE is busy with another operation on the cluster; Pub/Sub will redeliver",
+                      error=f"{cursor.step}: {why}", count_attempt=False, fields={"busySince": since})
+        logs.warning("not yet (GKE busy, or a backoff); Pub/Sub will redeliver",
                      eventId=event_id, cluster=ref.path, step=cursor.step, error=str(e))
         raise e
 
@@ -211,15 +224,22 @@ class ClusterFlow:
             raise
         if new_incarnation(rec, cluster):
             rec = self._new_incarnation(step_, rec, cluster, trigger)
+        if rec.state == d.CREATING_NODE_POOL:
+            failed = self._pool_failed(step_, rec, trigger)
+            if failed is not None:
+                return failed
         facts = prechecks.ClusterFacts.of(cluster)
         findings = prechecks.precheck(cluster)
         policy = self.ctx.policy()
         bundle = self.ctx.bundle()
+        requested = dict(rec.data.get("nodePoolRequested") or {})
         step = d.decide_cluster(state=rec.state, facts=facts, findings=findings,
                                 opted_in=policy.opted_in(dict(facts.labels)),
                                 suitable=prechecks.suitable_pools(list(cluster.node_pools)),
                                 have_template=policy.node_pool_template is not None,
-                                bundle_version=bundle.version)
+                                bundle_version=bundle.version,
+                                retry_pool=bool(requested.get("retry"))
+                                and not any(p.name == requested.get("name") for p in cluster.node_pools))
         base = {"version": facts.version, "status": facts.status,
                 "findings": [f.to_dict() for f in findings], "trigger": trigger, "busySince": DELETE,
                 "factsDigest": prechecks.facts_digest(facts), **incarnation_fields(cluster)}
@@ -257,6 +277,47 @@ class ClusterFlow:
                     "attempts": 0, "lastError": None, "busySince": DELETE},
             next_step="precheck")
 
+    def _pool_failed(self, step_: _Step, rec: Any, trigger: str) -> Outcome | None:
+        """The pool the controller asked for: did GKE fail it after accepting it? (the stored operation)
+
+        Transient (stockout, quota): the failed pool is deleted and created again after a backoff,
+        each attempt in the history, up to `max_attempts`; otherwise, or then, FAILED with GKE's
+        message and the fix. None: the operation runs or succeeded, or was read before.
+        """
+        requested = dict(rec.data.get("nodePoolRequested") or {})
+        operation = requested.get("operation")
+        if not operation or requested.get("failedOperation") == operation:
+            return None
+        step_.cursor.step = "create-node-pool"
+        failure = self.ctx.gke.operation_failure(step_.ref, operation)
+        if failure is None:
+            return None
+        ref, name, attempt = step_.ref, requested.get("name", ""), int(requested.get("attempt") or 1)
+        limit = self.ctx.settings.max_attempts
+        what = f"{trigger}: node pool {name} failed in GKE ({failure.reason}): {failure.message}"
+        failures = [*list(requested.get("failures") or []),
+                    {"operation": operation, "reason": failure.reason, "message": failure.message[:1000]}][-10:]
+        if failure.transient and attempt < limit:
+            delay = self.ctx.settings.node_pool_retry_seconds * 2 ** (attempt - 1)
+            deleting = self.ctx.gke.delete_node_pool(ref, name)
+            retry = {**requested, "failedOperation": operation, "failures": failures, "retry": True,
+                     "retryAfter": time.time() + delay, "deleteOperation": deleting or ""}
+            rec = step_.advance(step=f"node-pool-failed-{attempt}", outcome="retry", state=d.CREATING_NODE_POOL,
+                                message=f"{what}; GKE says this passes: attempt {attempt} of {limit}, deleting the "
+                                        f"failed pool and creating it again in {delay}s ({failure.fix})",
+                                fields={"nodePoolRequested": retry}, ledger_key=step_.event_id, release=True)
+            return Outcome("waiting", f"node pool {name} failed transiently; retrying", ref.path, rec.state)
+        tail = f"; gave up after {attempt} attempts" if failure.transient else ""
+        message = f"{what}{tail}. Fix: {failure.fix}"
+        rec = step_.advance(step="node-pool-failed", outcome="failed", state=d.FAILED, message=message,
+                            fields={"nodePoolRequested": {**requested, "failedOperation": operation,
+                                                          "failures": failures, "retry": False},
+                                    "lastError": {"message": message[:4000], "step": "create-node-pool",
+                                                  "eventId": step_.event_id}},
+                            ledger_key=step_.event_id, release=True)
+        logs.error("node pool failed in GKE", eventId=step_.event_id, cluster=ref.path, error=message)
+        return Outcome("failed", message, ref.path, rec.state)
+
     def _create_pool(self, step_: _Step, step: d.ClusterStep, policy: Any, base: dict[str, Any],
                      trigger: str) -> Outcome:
         """The policy gives a node pool template and the cluster has no suitable pool: create it.
@@ -264,13 +325,23 @@ class ClusterFlow:
         ref = step_.ref
         step_.cursor.step = "create-node-pool"
         tpl = policy.node_pool_template
+        before = dict(step_.store.get_cluster(ref).data.get("nodePoolRequested") or {})
+        again = bool(before.get("retry")) and before.get("name") == tpl.name
+        if again and time.time() < float(before.get("retryAfter") or 0):
+            raise Wait(f"node pool {tpl.name} is created again after its backoff "
+                       f"({float(before['retryAfter']) - time.time():.0f}s left)", code="BACKOFF", api="gke")
         operation = self.ctx.gke.create_node_pool(ref, tpl)
+        if operation is None and again:  # the failed pool is still being deleted
+            raise Wait(f"the failed node pool {tpl.name} is still being deleted", code="BACKOFF", api="gke")
+        attempt = int(before.get("attempt") or 1) + 1 if again else 1
         rec = step_.advance(step="create-node-pool", state=d.CREATING_NODE_POOL,
                             message=f"{trigger}: {step.message} ({tpl.name}"
-                                    + (f", operation {operation})" if operation else ", already exists)"),
+                                    + (f", operation {operation}" if operation else ", already exists")
+                                    + (f", attempt {attempt})" if again else ")"),
                             fields={**base, "attempts": 0, "nodePoolRequested": {
                                 "name": tpl.name, "operation": operation or "",
-                                "subnetwork": tpl.subnetwork, "secondaryPodRange": tpl.secondary_pod_range}},
+                                "subnetwork": tpl.subnetwork, "secondaryPodRange": tpl.secondary_pod_range,
+                                "attempt": attempt, "failures": list(before.get("failures") or []) if again else []}},
                             ledger_key=step_.event_id, release=True)
         return Outcome("waiting", step.message, ref.path, rec.state)
 
