@@ -462,3 +462,44 @@ def test_credentials_from_token_file(tmp_path):
     token_file.write_text("two words")
     with pytest.raises(Permanent, match="ACCESS_TOKEN_FILE"):
         credentials(Settings(access_token_file=str(token_file)))
+
+
+# ---------------------------------------------------------------------------------------------- Shared VPC
+
+def test_shared_vpc_ranges_are_listed_with_the_host_filter_and_a_missing_permission_is_a_finding():
+    """A pool on projects/HOST/regions/R/subnetworks/S: ListUsableSubnetworks lists the host's
+    subnetworks only with filter networkProjectId=HOST, and one the caller may not use without
+    ranges but with a statusMessage (the method's REST reference)."""
+    from sandbox.gke.realism import Realism
+    from sandbox.gke.scenario import parse
+    from sandbox.gke.server import GkeSandbox
+    from shared.core.errors import NeedsFix
+
+    host = "shared-vpc-host"
+    world = parse({"project": PROJECT, "location": LOCATION, "subnetworks": [
+        {"network": "multus-vpc", "subnetwork": "multus-subnet", "region": LOCATION, "primary_range": "10.0.1.0/24",
+         "secondary_ranges": {"multus-pods": "172.16.1.0/24"}},
+        {"project": host, "network": "shared-vpc", "subnetwork": "shared-subnet", "region": LOCATION,
+         "primary_range": "10.20.0.0/24", "secondary_ranges": {"shared-pods": "172.20.0.0/24"}},
+        {"project": host, "network": "shared-vpc", "subnetwork": "locked-subnet", "region": LOCATION,
+         "primary_range": "10.21.0.0/24", "secondary_ranges": {"locked-pods": "172.21.0.0/24"},
+         "network_user": False}],
+        "clusters": [{"name": "demo-legacy", "node_pools": [{"name": "default-pool"}]}]}, source="test")
+    sandbox = GkeSandbox(world, realism=Realism.calm(), operation_delay=0.05)
+    sandbox.start()
+    gke = Gke(Settings(project=PROJECT, gke_endpoint=sandbox.endpoint))
+    try:
+        shared = f"projects/{host}/regions/{LOCATION}/subnetworks/shared-subnet"
+        assert gke.secondary_range_cidr(LEGACY, shared, "shared-pods") == "172.20.0.0/24"
+        with pytest.raises(NeedsFix) as e:
+            gke.secondary_range_cidr(LEGACY, f"projects/{host}/regions/{LOCATION}/subnetworks/locked-subnet",
+                                     "locked-pods")
+        assert e.value.finding_id == "shared-vpc-permission" and "roles/compute.networkUser" in str(e.value)
+        assert f"host project {host}" in e.value.fix and "roles/container.hostServiceAgentUser" in e.value.fix
+        # the cluster's own project needs no filter; the host's subnetwork is not in it
+        assert gke.secondary_range_cidr(LEGACY, "multus-subnet", "multus-pods") == "172.16.1.0/24"
+        with pytest.raises(Permanent, match="not usable"):
+            gke.secondary_range_cidr(LEGACY, "shared-subnet", "shared-pods")
+    finally:
+        gke.close()
+        sandbox.stop()

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from shared.core.errors import Busy, Permanent, Problem, ProvisionerError, Rejected, Transient
+from shared.core.errors import Busy, NeedsFix, Permanent, Problem, ProvisionerError, Rejected, Transient
 from shared.core.names import SUBNET_PATH, compute_ref
 from shared.core.refs import ClusterRef, check_parts, valid_node_pool_name
 from shared.core.settings import NodePoolTemplate, Settings
@@ -427,7 +427,11 @@ class Gke:
     def secondary_range_cidr(self, ref: ClusterRef, subnetwork: str, range_name: str) -> str:
         """The CIDR of `range_name` in `subnetwork` (a name, or a projects/P/regions/R/... path).
 
-        A short name may exist in several regions: the cluster's region wins.
+        A short name may exist in several regions: the cluster's region wins. A path in another
+        project is a Shared VPC host's subnetwork: ListUsableSubnetworks lists those only with
+        `filter=networkProjectId=HOST`; one the caller may not use comes back without ranges and
+        with a `statusMessage` (the method's REST reference), which becomes a `NeedsFix` naming
+        the roles to grant on the host project.
         """
         if not isinstance(subnetwork, str) or not isinstance(range_name, str):
             raise Rejected("invalid secondary range reference",
@@ -435,12 +439,16 @@ class Gke:
         wanted = compute_ref(subnetwork)
         full = SUBNET_PATH.match(wanted)
         region = ref.location if ref.location.count("-") == 1 else ref.location.rsplit("-", 1)[0]
-        what = f"list usable subnetworks of projects/{ref.project}"
+        host = full["p"] if full and full["p"] != ref.project else None
+        request = {"parent": f"projects/{ref.project}"}
+        if host:
+            request["filter"] = f"networkProjectId={host}"
+        what = f"list usable subnetworks of projects/{ref.project}" + (f" in host project {host}" if host else "")
         self.calls["list_usable_subnetworks"] += 1
         found: list[tuple[bool, str, dict[str, str]]] = []  # (in cluster region, path, ranges)
+        hidden: list[tuple[str, str]] = []  # (path, statusMessage): listed, but not usable by us
         try:
-            pager = self.client.list_usable_subnetworks(request={"parent": f"projects/{ref.project}"},
-                                                        retry=None, timeout=self.timeout)
+            pager = self.client.list_usable_subnetworks(request=request, retry=None, timeout=self.timeout)
             for usable in pager:
                 path = compute_ref(usable.subnetwork)
                 m = SUBNET_PATH.match(path)
@@ -448,11 +456,24 @@ class Gke:
                     continue
                 if (path == wanted) if full else (m["s"] == wanted):
                     ranges = {r.range_name: r.ip_cidr_range for r in usable.secondary_ip_ranges}
+                    if not ranges and usable.status_message:
+                        hidden.append((path, usable.status_message))
                     found.append((m["r"] == region, path, ranges))
         except ProvisionerError:
             raise
         except Exception as e:
             raise_mapped(e, what)
+        if hidden and not any(r for _, _, r in found):
+            path, status = hidden[0]
+            owner = SUBNET_PATH.match(path)["p"]  # type: ignore[index]
+            raise NeedsFix(
+                f"the secondary ranges of {path} cannot be read: GKE says {status!r}",
+                finding_id="shared-vpc-permission", code="PERMISSION_DENIED", api=API,
+                fix=(f"on the host project {owner}, grant the controller's service account roles/compute.networkUser "
+                     f"(on the subnetwork or the project), and the cluster project's GKE service agent "
+                     f"(service-PROJECT_NUMBER@container-engine-robot.iam.gserviceaccount.com) "
+                     f"roles/container.hostServiceAgentUser and roles/compute.networkUser, as GKE's Shared VPC "
+                     f"guide says; then ask for a re-check of the cluster"))
         if not found:
             raise Permanent(f"subnetwork {subnetwork!r} is not usable in project {ref.project} "
                             f"(looking for secondary range {range_name!r})", code="NOT_FOUND", api=API)

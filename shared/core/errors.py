@@ -104,3 +104,18 @@ class Busy(Wait):
                  operation: str | None = None) -> None:
         self.operation = operation
         super().__init__(message, code=code, api=api)
+
+
+class NeedsFix(Permanent):
+    """Something the operator must change outside the controller, said as a precheck finding.
+
+    The workflow records it as a finding (`finding_id`, the message, `fix`) and the cluster as
+    INELIGIBLE, so the fix is shown where every other precheck's fix is, and a re-check after the
+    fix takes it up again.
+    """
+
+    def __init__(self, message: str, *, finding_id: str, fix: str, code: str | int | None = None,
+                 api: str = "") -> None:
+        self.finding_id = finding_id
+        self.fix = fix
+        super().__init__(message, code=code, api=api)

@@ -19,7 +19,7 @@ from typing import Any
 
 from shared.core import decisions as d
 from shared.core import logs
-from shared.core.errors import Busy, Permanent, Rejected, Transient, Wait
+from shared.core.errors import Busy, NeedsFix, Permanent, Rejected, Transient, Wait
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Cursor, Outcome, cluster_fields
 from shared.flows.nad import NadFlow
@@ -165,6 +165,8 @@ class ClusterFlow:
             logs.warning("transient failure; Pub/Sub will redeliver", eventId=event_id, cluster=ref.path,
                          step=cursor.step, error=str(e), attempt=attempts)
             raise
+        except NeedsFix as e:
+            return self._needs_fix(ref, event_id, cursor, e)
         except Permanent as e:
             return self._fail(ref, event_id, cursor, f"{cursor.step}: {e}")
         except Exception as e:  # a bug, not an answer of an API: surface it, but never leave the lease behind
@@ -194,6 +196,18 @@ class ClusterFlow:
         logs.warning("not yet (GKE busy, or a backoff); Pub/Sub will redeliver",
                      eventId=event_id, cluster=ref.path, step=cursor.step, error=str(e))
         raise e
+
+    def _needs_fix(self, ref: ClusterRef, event_id: str, cursor: Cursor, e: NeedsFix) -> Outcome:
+        """Something outside the controller must change: a finding, the cluster INELIGIBLE until re-checked."""
+        finding = {"id": e.finding_id, "severity": "error", "message": str(e), "fix": e.fix}
+        rec = _Step(self.ctx.store, ref, event_id, cursor).advance(
+            step=cursor.step, state=d.INELIGIBLE, outcome="failed", message=f"{cursor.step}: {e}. Fix: {e.fix}",
+            fields={"findings": [finding], "attempts": 0,
+                    "lastError": {"message": f"{cursor.step}: {e}"[:4000], "step": cursor.step, "eventId": event_id}},
+            ledger_key=event_id, release=True)
+        logs.warning("cluster needs a fix outside the controller", eventId=event_id, cluster=ref.path,
+                     step=cursor.step, error=str(e))
+        return Outcome("done", f"{e}. Fix: {e.fix}", ref.path, rec.state)
 
     def _fail(self, ref: ClusterRef, event_id: str, cursor: Cursor, message: str) -> Outcome:
         store, step = self.ctx.store, cursor.step
