@@ -58,6 +58,7 @@ locals {
     MULTUS_PROVISIONER_MULTUS_IMAGE            = var.multus_image == null ? "" : var.multus_image
     MULTUS_PROVISIONER_WHEREABOUTS_IMAGE       = var.whereabouts_image == null ? "" : var.whereabouts_image
     MULTUS_PROVISIONER_MULTUS_LOG_LEVEL        = var.multus_log_level == null ? "" : var.multus_log_level
+    MULTUS_PROVISIONER_VPC_EGRESS              = var.vpc_connector == "" ? "false" : "true"
     MULTUS_PROVISIONER_TOPIC_NAD_REQUESTS      = google_pubsub_topic.stream["nad-requests"].name
   }
 }

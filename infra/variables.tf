@@ -91,6 +91,16 @@ variable "ingress_settings" {
   }
 }
 
+variable "vpc_connector" {
+  description = "Serverless VPC Access connector (projects/P/locations/R/connectors/N) the functions reach private-only control planes through; empty: none (the DNS-based endpoint needs no VPC egress). Also MULTUS_PROVISIONER_VPC_EGRESS."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.vpc_connector == "" || can(regex("^projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/locations/[a-z]+-[a-z]+[0-9]+/connectors/[a-z][-a-z0-9]{0,23}$", var.vpc_connector))
+    error_message = "vpc_connector must be empty or projects/PROJECT/locations/REGION/connectors/NAME."
+  }
+}
+
 # --- delivery ---------------------------------------------------------------------------------------------
 
 variable "max_delivery_attempts" {

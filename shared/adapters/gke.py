@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from shared.core import endpoints
+from shared.core.endpoints import Endpoint
 from shared.core.errors import Busy, NeedsFix, Permanent, Problem, ProvisionerError, Rejected, Transient
 from shared.core.names import SUBNET_PATH, compute_ref
 from shared.core.refs import ClusterRef, check_parts, valid_node_pool_name
@@ -293,6 +295,32 @@ def _endpoint(cluster: Any) -> str:
     return endpoint
 
 
+def _checked(address: str, cluster: Any) -> str:
+    host, _port = endpoints.split_host_port(address)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise Permanent(f"cluster {cluster.name!r}: malformed private endpoint {address[:100]!r}",
+                        code="INVALID_ARGUMENT", api=API) from None
+    return address
+
+
+def endpoint_fields(cluster: Any) -> endpoints.EndpointFields:
+    """The endpoint fields of a container_v1.Cluster as plain values (absent fields: defaults)."""
+    cpe = cluster.control_plane_endpoints_config
+    ip = cpe.ip_endpoints_config
+    dns = cpe.dns_endpoint_config
+    present = "ip_endpoints_config" in cpe
+    authorized = bool(cluster.master_authorized_networks_config.enabled
+                      or (present and ip.authorized_networks_config.enabled))
+    return endpoints.EndpointFields(
+        name=cluster.name, endpoint=cluster.endpoint, dns_endpoint=dns.endpoint,
+        dns_external=bool(dns.allow_external_traffic), ip_config_present=present,
+        public_enabled=bool(ip.enable_public_endpoint) if present else True,
+        private_endpoint=ip.private_endpoint or cluster.private_cluster_config.private_endpoint,
+        authorized_networks=authorized)
+
+
 def _ca_pem(cluster: Any) -> bytes:
     raw = cluster.master_auth.cluster_ca_certificate
     try:
@@ -549,24 +577,43 @@ class Gke:
                 self._creds = credentials(self.settings)
             return self._creds
 
-    def api_client(self, cluster: container_v1.Cluster) -> kubernetes.client.ApiClient:
-        """A kubernetes ApiClient for the cluster: TLS verified with the cluster's own CA, Bearer token.
+    def endpoint(self, cluster: container_v1.Cluster) -> Endpoint:
+        """How to reach the cluster's control plane (shared/core/endpoints.py decides; NeedsFix if no way)."""
+        return endpoints.choose(endpoint_fields(cluster), vpc_egress=self.settings.vpc_egress)
 
-        The CA goes to a private temp file (the client needs a path), removed when the ApiClient is
-        garbage-collected. The token is checked before every request through
-        `refresh_api_key_hook` and refreshed when about to expire, so the client can live long.
+    def api_client(self, cluster: container_v1.Cluster) -> kubernetes.client.ApiClient:
+        """A kubernetes ApiClient for the cluster, Bearer token, TLS always verified.
+
+        The DNS-based endpoint (when enabled) presents a publicly trusted certificate for its name:
+        verified with the system roots, or `dns_endpoint_ca_file`; `dns_endpoint_address` connects to
+        that address with the name as SNI and verified hostname (the sandbox). The IP endpoints are
+        verified with the cluster's own CA, written to a private temp file (the client needs a
+        path) removed when the ApiClient is garbage-collected. The token is checked before every
+        request through `refresh_api_key_hook` and refreshed when about to expire.
         """
         import kubernetes.client
 
-        endpoint = _endpoint(cluster)
-        pem = _ca_pem(cluster)
+        chosen = self.endpoint(cluster)
         creds = self._credentials()
         lock = threading.Lock()
         token = fresh_token(creds, lock)
-        path = _write_private(pem)
         cfg = kubernetes.client.Configuration()
-        cfg.host = f"https://{endpoint}"
-        cfg.ssl_ca_cert = path
+        path = None
+        if chosen.kind == endpoints.DNS:
+            if not _HOSTNAME.match(chosen.host):
+                raise Permanent(f"cluster {cluster.name!r}: malformed DNS endpoint {chosen.host[:100]!r}",
+                                code="INVALID_ARGUMENT", api=API)
+            port = f":{chosen.port}" if chosen.port else ""
+            connect = self.settings.dns_endpoint_address
+            cfg.host = f"https://{connect if connect else chosen.host}{port}"
+            if connect:
+                cfg.tls_server_name = chosen.host
+            cfg.ssl_ca_cert = self.settings.dns_endpoint_ca_file or None
+        else:
+            endpoint = _endpoint(cluster) if chosen.kind == endpoints.PUBLIC_IP else _checked(chosen.address, cluster)
+            path = _write_private(_ca_pem(cluster))
+            cfg.host = f"https://{endpoint}"
+            cfg.ssl_ca_cert = path
         cfg.verify_ssl = True
         cfg.api_key = {"authorization": token}
         cfg.api_key_prefix = {"authorization": "Bearer"}
@@ -576,5 +623,6 @@ class Gke:
 
         cfg.refresh_api_key_hook = refresh
         client = kubernetes.client.ApiClient(cfg)
-        weakref.finalize(client, _unlink, path)
+        if path is not None:
+            weakref.finalize(client, _unlink, path)
         return client

@@ -141,6 +141,14 @@ class Settings:
     allow_unpinned_images: bool = False
     multus_log_level: str | None = None
     stall_seconds: int = 600
+    # How the controller reaches a cluster's control plane (shared/core/endpoints.py):
+    # the DNS-based endpoint's certificate is publicly trusted: verified with the system roots unless
+    # a CA file is given (the sandbox's public-style CA); `dns_endpoint_address` connects to that
+    # address instead of resolving the name (the sandbox never registers it in DNS); `vpc_egress`:
+    # the functions have VPC egress (infra var.vpc_connector), so a private endpoint may be dialled.
+    dns_endpoint_ca_file: str | None = None
+    dns_endpoint_address: str | None = None
+    vpc_egress: bool = False
     nad_topic: str = "multus-nad-requests"
     policy_document: bool = True
 
@@ -197,9 +205,25 @@ class Settings:
             allow_unpinned_images=(get("ALLOW_UNPINNED_IMAGES", "false") or "").lower() in ("1", "true", "yes"),
             multus_log_level=level,
             stall_seconds=integer("STALL_SECONDS", 600, 1, 86400),
+            dns_endpoint_ca_file=get("DNS_ENDPOINT_CA_FILE") or get("SANDBOX_CA_BUNDLE"),
+            dns_endpoint_address=_ip_literal(r, "DNS_ENDPOINT_ADDRESS") or _ip_literal(r, "SANDBOX_DNS_ADDRESS"),
+            vpc_egress=(get("VPC_EGRESS", "false") or "").lower() in ("1", "true", "yes"),
             nad_topic=get("TOPIC_NAD_REQUESTS", "multus-nad-requests") or "multus-nad-requests",
             policy_document=(get("POLICY_DOCUMENT", "true") or "").lower() not in ("0", "false", "no"),
         )
+
+
+def _ip_literal(r: _EnvReader, name: str) -> str | None:
+    """An IP address to connect to (never a name: nothing to resolve), or None."""
+    import ipaddress
+
+    raw = r.get(name)
+    if raw is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name}={raw[:100]!r}: expected an IP address") from None
 
 
 @dataclass(frozen=True)

@@ -376,10 +376,12 @@ class ClusterFlow:
         """Install the bundle when it is missing or outdated, then apply the NADs that waited."""
         ref, cursor, event_id = step_.ref, step_.cursor, step_.event_id
         node_pool = self._node_pool_facts(ref, rec, step.pool, cursor)
+        cursor.step = "endpoint"  # NeedsFix (a private-only cluster without VPC egress) -> a finding
+        reach = {"apiEndpoint": self.ctx.gke.endpoint(cluster).to_dict()}
         if step.kind == step.INSTALL or rec.data.get("bundleVersion") != bundle.version:
             cursor.step = "install"
             rec = step_.advance(step="precheck", state=d.INSTALLING, message=f"{trigger}: {step.message}",
-                                fields={**base, "nodePool": node_pool}, next_step="install")
+                                fields={**base, "nodePool": node_pool, **reach}, next_step="install")
             kube = self.ctx.kube_for(ref, cluster)
             report = self._install(kube, bundle, cursor)
             rec = step_.advance(step="install", state=d.READY,
@@ -394,7 +396,7 @@ class ClusterFlow:
             kube = self.ctx.kube_for(ref, cluster)
             applied = self.nads.apply_pending(ref, rec, kube, event_id, policy, first_ready=False)
         rec = step_.advance(step="apply-nads", message=f"{trigger}: READY; {applied} pending NAD(s) processed",
-                            fields={"nodePool": node_pool}, ledger_key=event_id, release=True)
+                            fields={"nodePool": node_pool, **reach}, ledger_key=event_id, release=True)
         return Outcome("done", "cluster READY", ref.path, rec.state, {"nads": applied})
 
     def _install(self, kube: Any, bundle: Any, cursor: Cursor) -> dict[str, Any]:
