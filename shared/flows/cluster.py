@@ -396,7 +396,7 @@ class ClusterFlow:
             kube = self.ctx.kube_for(ref, cluster)
             applied = self.nads.apply_pending(ref, rec, kube, event_id, policy, first_ready=False)
         rec = step_.advance(step="apply-nads", message=f"{trigger}: READY; {applied} pending NAD(s) processed",
-                            fields={"nodePool": node_pool, **reach}, ledger_key=event_id, release=True)
+                            fields={**base, "nodePool": node_pool, **reach}, ledger_key=event_id, release=True)
         return Outcome("done", "cluster READY", ref.path, rec.state, {"nads": applied})
 
     def _install(self, kube: Any, bundle: Any, cursor: Cursor) -> dict[str, Any]:
