@@ -421,3 +421,72 @@ def test_reconcile_reads_the_stored_operation_when_the_failure_event_was_lost(lo
     wf.reconcile(decode_reconcile(ce(b"")))
     rec = wf.store.get_cluster(ref)
     assert rec.state == d.FAILED and "[GCE_STOCKOUT]" in rec.last_error["message"]
+
+
+def test_long_waits_renew_the_lease_and_a_lost_lease_stops_the_step(local_stack, make_wf):
+    """The CRD wait and the rollout wait can outlast a lease: the drive renews it every third of a
+    lease (through the real store), and another delivery cannot renew a lease it does not hold."""
+    from shared.adapters.kube import Rollout
+    from shared.flows.context import Cursor
+
+    wf = make_wf(MULTUS_PROVISIONER_LEASE_SECONDS="5", MULTUS_PROVISIONER_CRD_POLL_SECONDS="0.05",
+                 MULTUS_PROVISIONER_ROLLOUT_WAIT_SECONDS="60")
+    ref = to_ready(wf, local_stack)
+    wf.store.claim(ref, event_id="long-install", step="install")
+    renewals: list[str] = []
+
+    def renew(step: str) -> None:
+        wf.store.hold(ref, holder="long-install", step=step)
+        renewals.append(step)
+
+    class SlowCluster:
+        """Our ClusterApiPort with slow CRDs and a rollout that completes only after a renewal in it."""
+
+        requests = 0
+        waits = 0
+
+        def apply(self, objects: Any) -> list[Any]:
+            return list(objects)
+
+        def wait_established(self, names: Any, *, timeout: float = 60.0, poll: float = 1.0) -> int:
+            self.waits += 1
+            if self.waits < 3:
+                raise Transient("CRDs not Established yet", code="DEADLINE_EXCEEDED", api="kubernetes")
+            return 1
+
+        def daemonset_rollout(self, namespace: str, name: str) -> Rollout:
+            done = "rollout" in renewals
+            return Rollout(desired=3, updated=3 if done else 1, ready=3 if done else 1,
+                           available=3 if done else 1, observed=True)
+
+    report = wf.clusters._install(SlowCluster(), wf.ctx.bundle(), Cursor("install"), renew=renew)
+    assert report["rollout"]["complete"] is True
+    assert renewals.count("wait-crds") == 3 and "apply-bundle" in renewals and "rollout" in renewals
+    lease = wf.store.get_cluster(ref).lease
+    assert lease.holder == "long-install" and lease.step == "rollout"
+    with pytest.raises(Transient, match="busy"):
+        wf.store.hold(ref, holder="another-delivery", step="rollout")
+    wf.store.hold(ref, holder="long-install", step="rollout", seconds=0)
+    assert wf.store.get_cluster(ref).lease is None
+
+
+def test_reconcile_claims_a_ready_cluster_before_it_repairs_anything(local_stack, make_wf):
+    from kubernetes import config as kconfig
+
+    from shared.adapters.kube import Kube
+
+    wf = make_wf()
+    ref = to_ready(wf, local_stack)
+    out = wf.handle_nad(decode_nad_request(ce({"cluster": ref.path, "name": "net1", "range": "172.16.1.0/28"})))
+    assert out.status == "done", out.message
+    path = f"{local_stack.env['MULTUS_PROVISIONER_KUBECONFIG_DIR']}/{ref.cluster}.yaml"
+    kube = Kube(kconfig.new_client_from_config(config_file=path))
+    assert kube.delete_nad("default", "net1")
+    wf.store.claim(ref, event_id="someone-else", step="install")  # another delivery works on the cluster
+    out = wf.reconcile(decode_reconcile(ce(b"{}")))
+    assert any(ref.path in e and "busy" in e for e in out.details["errors"]), out.details
+    assert kube.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "net1") is None  # untouched
+    wf.store.hold(ref, holder="someone-else", step="install", seconds=0)
+    out = wf.reconcile(decode_reconcile(ce(b"{}")))
+    assert any(ref.path in r and "re-created NAD default/net1" in r for r in out.details["repaired"]), out.details
+    assert wf.store.get_cluster(ref).lease is None

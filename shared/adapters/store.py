@@ -489,6 +489,32 @@ class Store:
         return self._run(txn)
 
     @_edge
+    def hold(self, ref: ClusterRef, *, holder: str, step: str, seconds: int | None = None) -> None:
+        """Renew our lease for `step` (a long wait), or drop it (`seconds=0`), without a history entry.
+
+        Raises the busy `Transient` if another delivery holds a live lease: ours expired and was
+        taken, so this one must stop before it changes anything more.
+        """
+        doc = self._cluster_doc(ref)
+        lease_seconds = self.settings.lease_seconds if seconds is None else seconds
+
+        def txn(transaction: Any) -> None:
+            (snap,) = self._read(transaction, doc)
+            if not snap.exists:
+                raise self._unknown(ref, holder)
+            now = _now()
+            held = Lease.from_doc((snap.to_dict() or {}).get("lease"))
+            if held is not None and held.holder != holder and held.live(now):
+                raise self._busy(ref, held)
+            if lease_seconds <= 0:
+                if held is not None and held.holder == holder:
+                    transaction.update(doc, {"lease": None})
+                return
+            transaction.update(doc, {"lease": Lease(holder, step, now + timedelta(seconds=lease_seconds)).to_doc()})
+
+        self._run(txn)
+
+    @_edge
     def release(self, ref: ClusterRef, *, event_id: str, step: str, error: str, outcome: str = "retry",
                 state: str | None = None, count_attempt: bool = True,
                 holder: str | None = None, fields: Mapping[str, Any] | None = None) -> ClusterRecord:

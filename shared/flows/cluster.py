@@ -383,7 +383,7 @@ class ClusterFlow:
             rec = step_.advance(step="precheck", state=d.INSTALLING, message=f"{trigger}: {step.message}",
                                 fields={**base, "nodePool": node_pool, **reach}, next_step="install")
             kube = self.ctx.kube_for(ref, cluster)
-            report = self._install(kube, bundle, cursor)
+            report = self._install(kube, bundle, cursor, renew=lambda step: step_.hold(step))
             rec = step_.advance(step="install", state=d.READY,
                                 message=(f"bundle {bundle.version} applied ({report['objects']} objects, "
                                          f"{report['requests']} API requests); CRDs Established; "
@@ -399,25 +399,45 @@ class ClusterFlow:
                             fields={**base, "nodePool": node_pool, **reach}, ledger_key=event_id, release=True)
         return Outcome("done", "cluster READY", ref.path, rec.state, {"nads": applied})
 
-    def _install(self, kube: Any, bundle: Any, cursor: Cursor) -> dict[str, Any]:
-        """Apply CRDs, wait until Established, then the rest: nothing uses a CRD before it serves."""
+    def _install(self, kube: Any, bundle: Any, cursor: Cursor,
+                 renew: Any = lambda step: None) -> dict[str, Any]:
+        """Apply CRDs, wait until Established, then the rest: nothing uses a CRD before it serves.
+
+        The two waits can outlast the step's lease: `renew(step)` extends it every third of a lease
+        (and stops the step with the busy error if another delivery took the cluster meanwhile).
+        """
+        s = self.ctx.settings
+        every = max(1.0, s.lease_seconds / 3)
         before = kube.requests
         crds = [o for o in bundle.objects if o["kind"] == "CustomResourceDefinition"]
         rest = [o for o in bundle.objects if o["kind"] != "CustomResourceDefinition"]
         cursor.step = "apply-crds"
         kube.apply(crds)
         cursor.step = "wait-crds"
-        kube.wait_established(bundle.crd_names, timeout=self.ctx.settings.crd_timeout_seconds,
-                              poll=self.ctx.settings.crd_poll_seconds)
+        deadline = time.monotonic() + s.crd_timeout_seconds
+        while True:
+            renew(cursor.step)
+            left = deadline - time.monotonic()
+            try:
+                kube.wait_established(bundle.crd_names, timeout=max(0.0, min(left, every)), poll=s.crd_poll_seconds)
+                break
+            except Transient as e:
+                if e.code != "DEADLINE_EXCEEDED" or left <= every:
+                    raise
         cursor.step = "apply-bundle"
+        renew(cursor.step)
         kube.apply(rest)
         cursor.step = "rollout"
         # Report the rollout rather than assume it (the seed allows maxUnavailable: 2): wait a
         # bounded time, record what was reached; reconcile keeps the figure current afterwards.
-        deadline = time.monotonic() + self.ctx.settings.rollout_wait_seconds
+        deadline = time.monotonic() + s.rollout_wait_seconds
+        renewed = time.monotonic()
         rollout = kube.daemonset_rollout(*bundle.daemonset)
         while not rollout.complete and time.monotonic() < deadline:
-            time.sleep(min(1.0, max(0.05, self.ctx.settings.crd_poll_seconds)))
+            time.sleep(min(1.0, max(0.05, s.crd_poll_seconds)))
+            if time.monotonic() - renewed >= every:
+                renew(cursor.step)
+                renewed = time.monotonic()
             rollout = kube.daemonset_rollout(*bundle.daemonset)
         cursor.step = "install"
         return {"objects": len(bundle.objects), "requests": kube.requests - before, "rollout": rollout_fields(rollout)}
@@ -461,3 +481,7 @@ class _Step:
 
     def advance(self, **kw: Any) -> Any:
         return self.store.advance(self.ref, holder=self.cursor.holder, event_id=self.event_id, **kw)
+
+    def hold(self, step: str) -> None:
+        """Renew this drive's lease during a long wait."""
+        self.store.hold(self.ref, holder=self.cursor.holder, step=step)

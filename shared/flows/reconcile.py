@@ -112,7 +112,19 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
                    {"resumed": resumed, "adopted": adopted, "repaired": repaired, "errors": errors})
 
 def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
-    """Re-apply what drifted on a READY cluster: missing bundle objects and managed NADs."""
+    """Re-apply what drifted on a READY cluster, holding its lease: nothing else changes it meanwhile."""
+    store = wf.ctx.store
+    store.claim(rec.ref, event_id=event_id, step="repair", ledger_key=event_id)  # before any change
+    try:
+        return _repair_claimed(wf, rec, event_id)
+    except BaseException:
+        store.hold(rec.ref, holder=event_id, step="repair", seconds=0)
+        raise
+
+
+def _repair_claimed(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
+    """Missing bundle objects and managed NADs re-applied, the rollout figure refreshed; the lease
+    taken by `repair` is released with the record (or dropped when there is nothing to record)."""
     from shared.core import nad as nadlib
     from shared.core.multus import object_key
 
@@ -160,10 +172,11 @@ def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
     if fixes or rollout_changed:
         message = ("reconcile repaired: " + "; ".join(fixes)) if fixes else "reconcile: nothing to repair"
         message += f"; DaemonSet {rollout['summary']}"
-        store.claim(ref, event_id=event_id, step="repair", ledger_key=event_id)
         store.advance(ref, event_id=event_id, step="repair", message=message,
                       fields={"bundleVersion": bundle.version, "rollout": rollout}, ledger_key=event_id,
                       release=True)
+    else:
+        store.hold(ref, holder=event_id, step="repair", seconds=0)
     return fixes
 
 
