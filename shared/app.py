@@ -68,13 +68,18 @@ class Controller:
         """The policy in force (settings merged with `config/policy`); `ConfigError` names a bad field."""
         return self.ctx.policy()
 
+    # Every handler first validates the operator's configuration (`Context.config`, cached): a bad
+    # value is one `ConfigError` naming it, raised before any lease is taken or anything changed.
     def handle_audit(self, ev: Any) -> Outcome:
+        self.ctx.config()
         return self.clusters.handle_audit(ev)
 
     def handle_nad(self, ev: Any) -> Outcome:
+        self.ctx.config()
         return self.nads.handle_nad(ev)
 
     def reconcile(self, ev: Any) -> Outcome:
+        self.ctx.config()
         return self.reconciler.run(ev)
 
     def verify(self, ref: ClusterRef, namespace: str, name: str, event_id: str) -> Outcome:

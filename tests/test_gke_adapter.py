@@ -42,6 +42,15 @@ def wait_for(predicate, timeout: float = 5.0, step: float = 0.02):
     raise AssertionError("condition not met in time")
 
 
+def create_settled(sandbox, name: str) -> None:
+    """Create a scenario cluster and end GKE's own operation that follows (a realistic sandbox runs
+    one right after every create; tests of other things must not race it)."""
+    sandbox.create_cluster(name)
+    op = sandbox.world.running_operation(LOCATION, name)
+    if op is not None:
+        sandbox.world.complete_operation(op.name)
+
+
 # ---------------------------------------------------------------------------------------------- reads
 
 def test_reads_cluster_and_pools(gke, gke_sandbox):
@@ -50,7 +59,7 @@ def test_reads_cluster_and_pools(gke, gke_sandbox):
     assert legacy.network_config.datapath_provider == container_v1.DatapathProvider.LEGACY_DATAPATH
     assert legacy.resource_labels["multus-provisioner"] == "enabled"
 
-    gke_sandbox.create_cluster("demo-eligible")
+    create_settled(gke_sandbox, "demo-eligible")
     c = gke.get_cluster(ELIGIBLE)
     assert c.status == container_v1.Cluster.Status.RUNNING
     assert c.current_master_version.startswith("1.30.")
@@ -66,7 +75,7 @@ def test_reads_cluster_and_pools(gke, gke_sandbox):
 
 def test_list_clusters(gke, gke_sandbox):
     assert [c.name for c in gke.list_clusters(PROJECT)] == ["demo-legacy"]
-    gke_sandbox.create_cluster("demo-eligible")
+    create_settled(gke_sandbox, "demo-eligible")
     assert sorted(c.name for c in gke.list_clusters(PROJECT, LOCATION)) == ["demo-eligible", "demo-legacy"]
     assert gke.list_clusters(PROJECT, "europe-west1") == []
     with pytest.raises(Permanent) as e:
@@ -93,7 +102,7 @@ def test_secondary_range_cidr(gke):
 # ---------------------------------------------------------------------------------------------- writes
 
 def test_create_node_pool_operation_pool_and_audit(gke, gke_sandbox):
-    gke_sandbox.create_cluster("demo-eligible")
+    create_settled(gke_sandbox, "demo-eligible")
     before = len(gke_sandbox.audit_log)
     op_name = gke.create_node_pool(ELIGIBLE, TEMPLATE)
     assert op_name and op_name.startswith("operation-")
@@ -111,7 +120,8 @@ def test_create_node_pool_operation_pool_and_audit(gke, gke_sandbox):
     assert (pod_net.subnetwork, pod_net.secondary_pod_range) == ("multus-subnet", "multus-pods")
     assert pod_net.max_pods_per_node.max_pods_per_node == 8
     nodes = gke_sandbox.world.cluster_nodes(LOCATION, "demo-eligible")["multus-pool"]
-    assert len(nodes) == 2 and all(n.startswith("gke-demo-eligible-multus-pool-") for n in nodes)
+    # a regional cluster: node_count per zone, three zones (GKE docs, "Regional clusters")
+    assert len(nodes) == 2 * 3 and all(n.startswith("gke-demo-eligible-multus-pool-") for n in nodes)
 
     entries = wait_for(lambda: gke_sandbox.audit_log[before:] if len(gke_sandbox.audit_log) >= before + 2
                        else None)
@@ -121,17 +131,19 @@ def test_create_node_pool_operation_pool_and_audit(gke, gke_sandbox):
         assert e["protoPayload"]["serviceName"] == "container.googleapis.com"
         assert e["protoPayload"]["methodName"] == "google.container.v1.ClusterManager.CreateNodePool"
         assert e["protoPayload"]["resourceName"] == f"{ELIGIBLE.path}/nodePools/multus-pool"
-        assert e["protoPayload"]["authenticationInfo"]["principalEmail"].endswith(".iam.gserviceaccount.com")
         assert e["resource"] == {"type": "gke_nodepool", "labels": {
             "project_id": PROJECT, "location": LOCATION, "cluster_name": "demo-eligible",
             "nodepool_name": "multus-pool"}}
         assert e["logName"] == f"projects/{PROJECT}/logs/cloudaudit.googleapis.com%2Factivity"
         assert e["operation"]["id"] == op_name and e["operation"]["producer"] == "container.googleapis.com"
         assert e["severity"] == "NOTICE" and e["timestamp"].endswith("Z") and e["insertId"]
+    # as GKE writes them (khi captures): who did it on the first entry; the last one is bare
+    assert first["protoPayload"]["authenticationInfo"]["principalEmail"].endswith(".iam.gserviceaccount.com")
+    assert "authenticationInfo" not in last["protoPayload"] and last["protoPayload"]["metadata"]["operationType"]
     assert first["operation"].get("first") is True and "last" not in first["operation"]
     assert last["operation"].get("last") is True and "first" not in last["operation"]
     assert first["protoPayload"]["request"]["nodePool"]["name"] == "multus-pool"
-    assert first["protoPayload"]["response"]["status"] == "RUNNING"
+    assert first["protoPayload"]["response"]["status"] == "PENDING"  # node pool operations, as khi captured
 
     # The controller's own decoder reads them, wrapped as a Logging sink -> Pub/Sub push would be.
     from sandbox.gke.audit import push_envelope
@@ -149,7 +161,7 @@ def test_create_node_pool_operation_pool_and_audit(gke, gke_sandbox):
 
 
 def test_create_node_pool_twice_is_done(gke, gke_sandbox):
-    gke_sandbox.create_cluster("demo-eligible")
+    create_settled(gke_sandbox, "demo-eligible")
     assert gke.create_node_pool(ELIGIBLE, TEMPLATE)
     assert gke.create_node_pool(ELIGIBLE, TEMPLATE) is None  # ALREADY_EXISTS while running
     assert gke_sandbox.wait_idle()
@@ -208,7 +220,7 @@ def test_real_server_errors_map_with_their_messages(gke, gke_sandbox):
     with pytest.raises(Permanent) as e:  # demo-legacy has no multi-networking
         gke.create_node_pool(LEGACY, TEMPLATE)
     assert e.value.code == "INVALID_ARGUMENT" and "multi-networking" in str(e.value)
-    gke_sandbox.create_cluster("demo-eligible")
+    create_settled(gke_sandbox, "demo-eligible")
     assert gke.create_node_pool(ELIGIBLE, TEMPLATE)
     with pytest.raises(Busy) as e:  # another write while the operation runs: it passes when that ends
         gke.create_node_pool(ELIGIBLE, NodePoolTemplate(**{**TEMPLATE.__dict__, "name": "second-pool"}))
@@ -221,7 +233,7 @@ def test_incompatible_operation_is_busy_by_its_error_info_and_other_precondition
     fingerprint mismatch is FAILED_PRECONDITION too, and a retry of the same request cannot fix it."""
     from google.api_core import exceptions as gexc
 
-    gke_sandbox.create_cluster("demo-eligible")
+    create_settled(gke_sandbox, "demo-eligible")
     gke.create_node_pool(ELIGIBLE, TEMPLATE)
     try:
         gke.client.create_node_pool(parent=ELIGIBLE.path, node_pool=gke.node_pool_message(

@@ -30,9 +30,11 @@ from shared.core.settings import Settings
 def local_stack(emulators: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from sandbox.gke.realism import Realism
 
-    # Calm until the controller copes with GKE's ordinary day (issue 11); the lead flips this.
+    # Realistic: three zones per regional pool, the captured audit shapes, GKE's own operation after
+    # each create (which `new_cluster` ends at once: these tests call the workflow by hand, so a
+    # refusal would surface as the Busy error Pub/Sub retries; test_ordinary_day.py lets it run).
     s = Stack(state_dir=Path(tmp_path_factory.mktemp("local")), emulators=emulators, operation_delay=0.05,
-              crd_delay=0.05, rollout_delay=0.05, with_functions=False, realism=Realism.calm())
+              crd_delay=0.05, rollout_delay=0.05, with_functions=False, realism=Realism())
     s.start()
     try:
         yield s
@@ -65,8 +67,16 @@ def new_cluster(stack: Stack, **overrides: Any) -> tuple[ClusterRef, list[dict[s
     overrides.setdefault("labels", {"multus-provisioner": "enabled"})
     overrides.setdefault("node_pools", (NodePoolSpec("default-pool"),))
     stack.gke.create_cluster(name, wait=True, **overrides)
+    end_own_operation(stack, name)
     entries = [e for e in stack.take_audit() if name in json.dumps(e)]
     return ClusterRef(stack.project, "us-central1", name), entries
+
+
+def end_own_operation(stack: Stack, name: str) -> None:
+    """End GKE's own operation that starts as a create ends (see `local_stack`)."""
+    op = stack.gke.world.running_operation("us-central1", name)
+    if op is not None:
+        stack.gke.world.complete_operation(op.name)
 
 
 def feed(wf: Controller, stack: Stack, entries: list[dict[str, Any]]) -> list[Any]:
@@ -83,15 +93,27 @@ def to_ready(wf: Controller, stack: Stack, **overrides: Any) -> ClusterRef:
 
 
 def test_policy_document_overrides_settings_and_default_nads_apply_on_first_ready(local_stack, make_wf):
+    from shared.core.settings import ConfigError
+
     wf = make_wf()
     policy = wf.store._col("config").document("policy")
     policy.set({"deniedNamespaces": ["blocked"], "maxNadsPerCluster": 3,
                 "defaultNads": [{"name": "default-net", "range": "172.16.1.0/28"},
                                 {"name": "Broken Name"}]})
-    ref = to_ready(wf, local_stack)
+    ref, entries = new_cluster(local_stack)
+    # the configuration is validated before the event is handled: one error naming the field, no lease taken
+    with pytest.raises(ConfigError, match=r"defaultNads\[1\]\.name"):
+        wf.handle_audit(decode_audit(ce(entries[-1])))
+    assert wf.store.get_cluster(ref) is None
+    policy.set({"deniedNamespaces": ["blocked"], "maxNadsPerCluster": 3,
+                "defaultNads": [{"name": "default-net", "range": "172.16.1.0/28"}]})
+    wf = make_wf()  # a fresh instance reads the fixed document at once (others within a minute)
+    feed(wf, local_stack, entries)
+    assert local_stack.gke.wait_idle(10)
+    feed(wf, local_stack, [e for e in local_stack.take_audit() if ref.cluster in json.dumps(e)])
+    assert wf.store.get_cluster(ref).state == d.READY
     nads = {n["name"]: n for n in wf.store.list_nads(ref)}
     assert nads["default-net"]["state"] == d.NAD_APPLIED and nads["default-net"]["range"] == "172.16.1.0/28"
-    assert "Broken Name" not in nads  # an invalid default NAD is logged and skipped, not applied
     out = wf.handle_nad(decode_nad_request(ce({"cluster": ref.path, "name": "x", "namespace": "blocked"})))
     assert out.status == "rejected" and "denied by policy" in out.message
     # kube-system is allowed now: the document replaced the default deny list
@@ -336,6 +358,7 @@ def test_a_cluster_deleted_and_created_again_starts_a_new_incarnation_with_both_
     assert wf.store.get_cluster(ref).state == d.DELETED
     local_stack.gke.create_cluster(ref.cluster, wait=True, labels={"multus-provisioner": "enabled"},
                                    node_pools=(NodePoolSpec("default-pool"),))
+    end_own_operation(local_stack, ref.cluster)
     outs = feed(wf, local_stack, [e for e in local_stack.take_audit() if ref.cluster in json.dumps(e)])
     assert outs[-1].state == d.CREATING_NODE_POOL, outs[-1].message
     assert local_stack.gke.wait_idle(10)
@@ -359,6 +382,7 @@ def test_reconcile_finds_a_re_created_cluster_whose_events_were_lost(local_stack
     assert local_stack.gke.wait_idle(10)
     local_stack.gke.create_cluster(ref.cluster, wait=True, labels={"multus-provisioner": "enabled"},
                                    node_pools=(NodePoolSpec("default-pool"),))
+    end_own_operation(local_stack, ref.cluster)
     local_stack.take_audit()  # every entry lost: the record still says READY, of the old cluster
     out = wf.reconcile(decode_reconcile(ce(b"{}")))
     assert f"{ref.path}: {d.CREATING_NODE_POOL}" in out.details["adopted"], out.details
@@ -490,3 +514,18 @@ def test_reconcile_claims_a_ready_cluster_before_it_repairs_anything(local_stack
     out = wf.reconcile(decode_reconcile(ce(b"{}")))
     assert any(ref.path in r and "re-created NAD default/net1" in r for r in out.details["repaired"]), out.details
     assert wf.store.get_cluster(ref).lease is None
+
+
+def test_a_bad_bundle_option_is_one_clear_error_and_never_leaks_a_lease(local_stack, make_wf):
+    from shared.core.settings import ConfigError
+
+    ref, entries = new_cluster(local_stack)
+    bad = make_wf(MULTUS_PROVISIONER_MULTUS_IMAGE="ghcr.io/k8snetworkplumbingwg/multus-cni:latest")
+    with pytest.raises(ConfigError, match="MULTUS_PROVISIONER_MULTUS_IMAGE"):
+        bad.handle_audit(decode_audit(ce(entries[-1])))
+    with pytest.raises(ConfigError, match="MULTUS_PROVISIONER_MULTUS_IMAGE"):
+        bad.reconcile(decode_reconcile(ce(b"{}")))
+    assert bad.store.get_cluster(ref) is None
+    good = make_wf()
+    assert feed(good, local_stack, entries)[-1].state == d.CREATING_NODE_POOL
+    assert good.store.get_cluster(ref).lease is None

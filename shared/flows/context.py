@@ -16,7 +16,7 @@ from typing import Any
 
 from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
-from shared.core.settings import Settings
+from shared.core.settings import PREFIX, ConfigError, Settings
 from shared.ports import ClusterApiPort, GkePort, StorePort
 
 KUBE_CACHE_SECONDS = 300.0
@@ -104,11 +104,38 @@ class Context:
         return policy
 
     def bundle(self) -> Any:
+        from shared.core.errors import Rejected
         from shared.core.multus import load_bundle
 
         s = self.settings
-        return load_bundle(multus_image=s.multus_image, whereabouts_image=s.whereabouts_image,
-                           allow_unpinned=s.allow_unpinned_images, log_level=s.multus_log_level)
+        try:
+            return load_bundle(multus_image=s.multus_image, whereabouts_image=s.whereabouts_image,
+                               allow_unpinned=s.allow_unpinned_images, log_level=s.multus_log_level)
+        except Rejected as e:  # the operator's options, named by their variables
+            raise ConfigError("; ".join(f"{PREFIX}{p.field.upper()}: {p.message}" for p in e.problems)
+                              or e.message) from None
+
+    def config(self) -> Policy:
+        """The operator's whole configuration, validated in one place before an event is handled:
+        settings (at start-up), the policy document, the template, the default NADs, the bundle
+        options. `ConfigError` names the variable or field; nothing has been claimed or changed yet.
+        """
+        from shared.core.errors import Rejected
+        from shared.core.nad import parse_request
+
+        policy = self.policy()
+        self.bundle()
+        source = "config/policy defaultNads" if self.settings.policy_document else f"{PREFIX}DEFAULT_NADS"
+        problems = []
+        for i, raw in enumerate(policy.default_nads):
+            try:
+                parse_request({**raw, "cluster": "projects/p-check/locations/us-central1/clusters/c-check"})
+            except Rejected as e:
+                problems += [f"{source}[{i}].{p.field}: {p.message}" if p.field else f"{source}[{i}]: {p.message}"
+                             for p in e.problems] or [f"{source}[{i}]: {e.message}"]
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return policy
 
 
 def cluster_fields(ref: ClusterRef) -> dict[str, Any]:

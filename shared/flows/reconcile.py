@@ -17,12 +17,16 @@ from typing import Any
 
 from shared.core import decisions as d
 from shared.core import logs
-from shared.core.errors import Permanent, Transient
+from shared.core.errors import ProvisionerError
 from shared.core.refs import ClusterRef
+from shared.core.settings import ConfigError
 from shared.flows.cluster import ClusterFlow, rollout_fields
 from shared.flows.context import Context, Outcome
 from shared.flows.nad import NadFlow
 from shared.ports import AlreadyHandled
+
+# What one cluster's trouble may raise without stopping the sweep for the others (bugs still surface).
+SWEEP_ERRORS = (ProvisionerError, ConfigError)
 
 
 class ReconcileFlow:
@@ -63,7 +67,7 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
                     repaired.append(f"{rec.ref.path}: {', '.join(fixed)}")
         except AlreadyHandled:
             continue
-        except (Transient, Permanent) as e:
+        except SWEEP_ERRORS as e:
             errors.append(f"{rec.ref.path}: {e}")
     if not ev.scope:
         rechecked, recheck_errors = recheck_changed(wf, ev, records)
@@ -74,12 +78,12 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
             out = wf.clusters.drive(ev.scope, f"{ev.event_id}~{ev.scope.doc_id}",
                                     trigger="reconcile: re-check requested")
             adopted.append(f"{ev.scope.path}: {out.state}")
-        except (Transient, Permanent) as e:
+        except SWEEP_ERRORS as e:
             errors.append(f"{ev.scope.path}: {e}")
     if not ev.scope and wf.ctx.settings.project:
         try:
             clusters = wf.ctx.gke.list_clusters(wf.ctx.settings.project)
-        except (Transient, Permanent) as e:
+        except SWEEP_ERRORS as e:
             clusters = []
             errors.append(f"list clusters: {e}")
         from shared.core import prechecks
@@ -101,7 +105,7 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
             try:
                 out = wf.clusters.drive(ref, f"{ev.event_id}~{ref.doc_id}", trigger="reconcile: untracked cluster")
                 adopted.append(f"{ref.path}: {out.state}")
-            except (Transient, Permanent) as e:
+            except SWEEP_ERRORS as e:
                 errors.append(f"{ref.path}: {e}")
     store.record_ledger(ev.event_id, event_id=ev.event_id, step="reconcile", outcome="ok", cluster=None)
     message = (f"reconcile: {len(records)} tracked; resumed {len(resumed)}, adopted {len(adopted)}, "
@@ -192,7 +196,7 @@ def drive_new_incarnation(wf: ReconcileFlow, ev: Any, rec: Any, cluster: Any) ->
                                 trigger="reconcile: the cluster was created again", create=False)
     except AlreadyHandled:
         return None
-    except (Transient, Permanent) as e:
+    except SWEEP_ERRORS as e:
         return False, f"{rec.ref.path}: {e}"
     return True, f"{rec.ref.path}: {out.state}"
 
@@ -214,7 +218,7 @@ def recheck_changed(wf: ReconcileFlow, ev: Any, records: list[Any]) -> tuple[lis
             for cluster in wf.ctx.gke.list_clusters(project):
                 facts = prechecks.ClusterFacts.of(cluster)
                 listed[ClusterRef(project, facts.location, facts.name).doc_id] = facts
-        except (Transient, Permanent) as e:
+        except SWEEP_ERRORS as e:
             errors.append(f"list clusters of {project}: {e}")
     for rec in waiting:
         facts = listed.get(rec.ref.doc_id)
@@ -226,7 +230,7 @@ def recheck_changed(wf: ReconcileFlow, ev: Any, records: list[Any]) -> tuple[lis
             done.append(f"{rec.ref.path}: {out.state}")
         except AlreadyHandled:
             continue
-        except (Transient, Permanent) as e:
+        except SWEEP_ERRORS as e:
             errors.append(f"{rec.ref.path}: {e}")
     return done, errors
 
