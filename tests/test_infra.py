@@ -262,6 +262,19 @@ def test_one_function_per_stream_built_from_the_package():
     assert "event_trigger" not in fn, "triggers are push subscriptions we own (dead-letter policy + backoff)"
 
 
+def test_private_control_planes_are_reached_through_an_optional_vpc_connector():
+    """Private-only clusters need VPC egress: var.vpc_connector puts the functions on a Serverless VPC
+    Access connector (private ranges only) and tells the controller it may dial private endpoints."""
+    fn = res("google_cloudfunctions2_function", "fn")
+    svc = block(fn, "service_config")
+    assert svc["vpc_connector"] == '${var.vpc_connector == "" ? null : var.vpc_connector}'
+    assert svc["vpc_connector_egress_settings"] == '${var.vpc_connector == "" ? null : "PRIVATE_RANGES_ONLY"}'
+    assert variables()["vpc_connector"]["default"] == ""
+    env = locals_()["runtime_env"]
+    assert env["MULTUS_PROVISIONER_VPC_EGRESS"] == '${var.vpc_connector == "" ? "false" : "true"}'
+    assert env["MULTUS_PROVISIONER_BUSY_WAIT_SECONDS"] == "${tostring(var.busy_wait_seconds)}"
+
+
 def test_function_environment_is_exactly_what_shared_settings_reads():
     env = locals_()["runtime_env"]
     source = (ROOT / "shared" / "core" / "settings.py").read_text()
