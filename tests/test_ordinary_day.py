@@ -235,11 +235,19 @@ def test_regional_rollout_counts_three_zones_of_nodes(day, store):
     assert rec.data["rollout"]["desired"] == sum(len(v) for v in nodes.values()) == 3 * (1 + 2)
 
 
-def test_cluster_reachable_only_through_its_dns_endpoint_ends_ready(day, store):
+def test_cluster_reachable_only_through_its_dns_endpoint_ends_ready(day, store, capsys):
+    from multus_cli import main as cli
+
     ref = create(day, name(), public_endpoint=False, dns_endpoint=True)
     rec = wait_state(store, ref, "READY", 90)
     assert rec.data["apiEndpoint"]["kind"] == endpoints.DNS
     assert rec.data["apiEndpoint"]["address"].startswith("gke-") and ".gke.goog:" in rec.data["apiEndpoint"]["address"]
+    # the choice is what `status` shows
+    env_file = day.write_env_file(day.state_dir / "env")
+    capsys.readouterr()
+    assert cli.main(["status", "--sandbox", str(env_file), ref.cluster]) == 0
+    out = capsys.readouterr().out
+    assert "endpoint  dns gke-" in out and "the DNS-based endpoint allows external traffic" in out
 
 
 def test_private_only_cluster_without_egress_ends_with_the_finding(day, store):
