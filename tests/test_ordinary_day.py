@@ -225,6 +225,7 @@ def test_shared_vpc_pool_resolves_its_range_and_missing_permission_is_a_finding(
     finding = rec.data["findings"][0]
     assert finding["id"] == "shared-vpc-permission" and "roles/compute.networkUser" in finding["message"]
     assert f"host project {HOST}" in finding["fix"] and "roles/container.hostServiceAgentUser" in finding["fix"]
+    assert rec.data["factsDigest"]  # a full reconcile re-checks it only once the cluster changed
 
 
 def test_regional_rollout_counts_three_zones_of_nodes(day, store):

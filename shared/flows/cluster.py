@@ -203,6 +203,8 @@ class ClusterFlow:
         rec = _Step(self.ctx.store, ref, event_id, cursor).advance(
             step=cursor.step, state=d.INELIGIBLE, outcome="failed", message=f"{cursor.step}: {e}. Fix: {e.fix}",
             fields={"findings": [finding], "attempts": 0,
+                    # recorded, so the scheduled reconcile re-checks it only once the cluster changed
+                    **({"factsDigest": cursor.facts_digest} if cursor.facts_digest else {}),
                     "lastError": {"message": f"{cursor.step}: {e}"[:4000], "step": cursor.step, "eventId": event_id}},
             ledger_key=event_id, release=True)
         logs.warning("cluster needs a fix outside the controller", eventId=event_id, cluster=ref.path,
@@ -254,9 +256,10 @@ class ClusterFlow:
                                 bundle_version=bundle.version,
                                 retry_pool=bool(requested.get("retry"))
                                 and not any(p.name == requested.get("name") for p in cluster.node_pools))
+        cursor.facts_digest = prechecks.facts_digest(facts)
         base = {"version": facts.version, "status": facts.status,
                 "findings": [f.to_dict() for f in findings], "trigger": trigger, "busySince": DELETE,
-                "factsDigest": prechecks.facts_digest(facts), **incarnation_fields(cluster)}
+                "factsDigest": cursor.facts_digest, **incarnation_fields(cluster)}
         if step.kind in (step.CLOSED, step.IGNORE, step.WAIT, step.INELIGIBLE, step.AWAIT_POOL):
             rec = step_.advance(step="precheck", state=step.state,
                                 outcome="ignored" if step.kind == step.IGNORE else "ok",

@@ -45,6 +45,7 @@ class Cursor:
 
     step: str
     holder: str = field(default_factory=lambda: secrets.token_hex(6))
+    facts_digest: str | None = None  # of the cluster as this drive read it (recorded with any outcome)
 
 
 class Context:
