@@ -26,6 +26,7 @@ import functions_framework
 from shared.core import logs
 from shared.core.errors import Rejected, Transient
 from shared.core.events import PubSubMessage, message_from_cloudevent
+from shared.core.settings import ConfigError
 
 _CONTROLLER: Any = None
 
@@ -57,6 +58,10 @@ def _run(function: str, cloud_event: Any, handle: Callable[[PubSubMessage], Any]
         outcome = handle(msg)
     except Rejected as err:
         outcome = _reject(function, msg, err, msg.message_id if msg else _cloudevent_id(cloud_event))
+    except ConfigError as err:  # the operator's configuration: one clear line; redelivered once fixed
+        logs.error(f"{function}: invalid operator configuration (fix it; the event is redelivered): {err}",
+                   function=function, eventId=msg.message_id if msg else None, error=str(err))
+        raise
     except Transient as err:
         logs.warning(f"{function}: transient failure, asking Pub/Sub to redeliver: {err}",
                      function=function, eventId=msg.message_id if msg else None, error=str(err))

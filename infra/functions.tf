@@ -73,6 +73,11 @@ resource "google_cloudfunctions2_function" "fn" {
     all_traffic_on_latest_revision   = true
     service_account_email            = google_service_account.runtime.email
     environment_variables            = local.runtime_env
+    # Private-only clusters (no public endpoint, no DNS-based endpoint): their 10.x control plane is
+    # reached through a Serverless VPC Access connector in the clusters' VPC, private ranges only, so
+    # Google APIs keep their usual path. Empty: no VPC egress (the DNS-based endpoint needs none).
+    vpc_connector                 = var.vpc_connector == "" ? null : var.vpc_connector
+    vpc_connector_egress_settings = var.vpc_connector == "" ? null : "PRIVATE_RANGES_ONLY"
   }
 
   depends_on = [

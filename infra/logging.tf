@@ -1,14 +1,16 @@
 # Logging sinks: GKE Admin Activity audit entries -> the two event topics.
 #
-# Each filter keeps, from the Admin Activity audit log of `container.googleapis.com`, only the four
-# methods the controller reacts to (v1 and v1beta1 spellings: gcloud beta and some tools call v1beta1).
-# For these methods GKE writes the first entry of the long-running operation (`operation.first`, which
-# the controller records as "provisioning"), the last one (`operation.last`, on which it acts) and, for a
-# request refused at once, a single entry without `operation` (decoded as first and last). All three are
-# wanted, so the filter has no clause on `operation`. Everything else (GetCluster, UpdateCluster,
-# SetLabels, node auto-upgrades in the system_event log, other services, Data Access logs) never reaches
-# Pub/Sub and costs nothing. The filters are plain literals so tests/sink_filter.py can evaluate them
-# against the sample entries.
+# Each filter keeps, from the Admin Activity audit log of `container.googleapis.com`, only the methods
+# the controller reacts to (v1 and v1beta1 spellings: gcloud beta and some tools call v1beta1): cluster
+# and node pool create/delete, and the cluster changes that can opt a cluster in or out or make it
+# eligible (SetLabels: `gcloud container clusters update --update-labels`; UpdateCluster and
+# UpdateMaster: upgrades). For these methods GKE writes the first entry of the long-running operation
+# (`operation.first`, which the controller records as "provisioning"), the last one (`operation.last`,
+# on which it acts) and, for a request refused at once, a single entry without `operation` (decoded as
+# refused). All three are wanted, so the filter has no clause on `operation`. Everything else
+# (GetCluster, node auto-upgrades in the system_event log, other services, Data Access logs) never
+# reaches Pub/Sub and costs nothing. The filters are plain literals so tests/sink_filter.py can evaluate
+# them against the sample entries.
 #
 # Scope: project sinks by default; var.sink_scope = "folder" / "organization" installs the same sinks
 # one level up with include_children, so clusters in every project below are covered (bind the custom
@@ -20,8 +22,14 @@ locals {
     AND protoPayload.serviceName="container.googleapis.com"
     AND (protoPayload.methodName="google.container.v1.ClusterManager.CreateCluster"
       OR protoPayload.methodName="google.container.v1.ClusterManager.DeleteCluster"
+      OR protoPayload.methodName="google.container.v1.ClusterManager.SetLabels"
+      OR protoPayload.methodName="google.container.v1.ClusterManager.UpdateCluster"
+      OR protoPayload.methodName="google.container.v1.ClusterManager.UpdateMaster"
       OR protoPayload.methodName="google.container.v1beta1.ClusterManager.CreateCluster"
-      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.DeleteCluster")
+      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.DeleteCluster"
+      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.SetLabels"
+      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.UpdateCluster"
+      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.UpdateMaster")
   EOT
 
   node_pool_events_filter = <<-EOT

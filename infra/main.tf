@@ -59,10 +59,13 @@ locals {
     MULTUS_PROVISIONER_MULTUS_LOG_LEVEL     = var.multus_log_level == null ? "" : var.multus_log_level
     MULTUS_PROVISIONER_TOPIC_NAD_REQUESTS   = google_pubsub_topic.stream["nad-requests"].name
     # The scheduled tick fans out one scoped reconcile per cluster on this topic (shared/flows/fanout.py).
-    MULTUS_PROVISIONER_TOPIC_RECONCILE      = google_pubsub_topic.stream["reconcile"].name
-    MULTUS_PROVISIONER_MANAGED_PROJECTS     = join(",", var.managed_cluster_projects)
-    MULTUS_PROVISIONER_ROLLOUT_CANARY       = tostring(var.rollout_canary)
-    MULTUS_PROVISIONER_ROLLOUT_WAVE_SIZE    = var.rollout_wave_size
-    MULTUS_PROVISIONER_ROLLOUT_GATE_SECONDS = tostring(var.rollout_gate_seconds)
+    MULTUS_PROVISIONER_TOPIC_RECONCILE         = google_pubsub_topic.stream["reconcile"].name
+    MULTUS_PROVISIONER_MANAGED_PROJECTS        = join(",", var.managed_cluster_projects)
+    MULTUS_PROVISIONER_ROLLOUT_CANARY          = tostring(var.rollout_canary)
+    MULTUS_PROVISIONER_ROLLOUT_WAVE_SIZE       = var.rollout_wave_size
+    MULTUS_PROVISIONER_ROLLOUT_GATE_SECONDS    = tostring(var.rollout_gate_seconds)
+    MULTUS_PROVISIONER_BUSY_WAIT_SECONDS       = tostring(var.busy_wait_seconds)
+    MULTUS_PROVISIONER_NODE_POOL_RETRY_SECONDS = tostring(var.node_pool_retry_seconds)
+    MULTUS_PROVISIONER_VPC_EGRESS              = var.vpc_connector == "" ? "false" : "true"
   }
 }

@@ -131,6 +131,16 @@ variable "ingress_settings" {
   }
 }
 
+variable "vpc_connector" {
+  description = "Serverless VPC Access connector (projects/P/locations/R/connectors/N) the functions reach private-only control planes through; empty: none (the DNS-based endpoint needs no VPC egress). Also MULTUS_PROVISIONER_VPC_EGRESS."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.vpc_connector == "" || can(regex("^projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/locations/[a-z]+-[a-z]+[0-9]+/connectors/[a-z][-a-z0-9]{0,23}$", var.vpc_connector))
+    error_message = "vpc_connector must be empty or projects/PROJECT/locations/REGION/connectors/NAME."
+  }
+}
+
 # --- delivery ---------------------------------------------------------------------------------------------
 
 variable "max_delivery_attempts" {
@@ -314,6 +324,26 @@ variable "stall_seconds" {
   validation {
     condition     = var.stall_seconds >= 1 && var.stall_seconds <= 86400
     error_message = "stall_seconds must be 1..86400."
+  }
+}
+
+variable "busy_wait_seconds" {
+  description = "How long a write GKE refuses because another operation runs on the cluster is retried (not counted as attempts)."
+  type        = number
+  default     = 3600
+  validation {
+    condition     = var.busy_wait_seconds >= 0 && var.busy_wait_seconds <= 86400
+    error_message = "busy_wait_seconds must be 0..86400."
+  }
+}
+
+variable "node_pool_retry_seconds" {
+  description = "Backoff before a node pool that failed transiently in GKE (stockout, quota) is deleted and created again; doubled per attempt."
+  type        = number
+  default     = 60
+  validation {
+    condition     = var.node_pool_retry_seconds >= 0 && var.node_pool_retry_seconds <= 86400
+    error_message = "node_pool_retry_seconds must be 0..86400."
   }
 }
 

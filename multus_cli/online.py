@@ -309,6 +309,9 @@ def _status_one(store: Any, ref: Any, as_json: bool) -> int:
         return EXIT_OK
     print(f"cluster   {ref.path}")
     print(f"state     {rec.state if rec else 'not tracked (NAD requests are waiting for it)'}")
+    endpoint = doc.get("apiEndpoint")
+    if isinstance(endpoint, dict) and endpoint.get("kind"):  # how the controller reaches the control plane
+        print(f"{'endpoint':<9} {endpoint.get('kind')} {endpoint.get('address', '')} ({endpoint.get('why', '')})")
     for key, label in (("version", "version"), ("bundleVersion", "bundle"), ("nodePool", "node pool"),
                        ("rollout", "rollout"), ("lastError", "last error")):
         value = doc.get(key)

@@ -63,10 +63,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     p = Progress(quiet=args.json)
     scenario = Path(args.scenario) if args.scenario else DEFAULT_SCENARIO
-    from sandbox.gke.realism import Realism
-
-    # Calm until the controller copes with GKE's ordinary day (issue 11); the lead flips this to None.
-    stack = Stack(scenario=scenario, state_dir=Path(args.state_dir), progress=p.step, realism=Realism.calm())
+    # realism None: the scenario's (the default scenario is realistic: GKE on an ordinary day).
+    stack = Stack(scenario=scenario, state_dir=Path(args.state_dir), progress=p.step, realism=None)
     summary: dict[str, Any] = {}
     try:
         story = _Story(stack, p, args.timeout)

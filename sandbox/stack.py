@@ -47,9 +47,10 @@ TOPICS: dict[str, tuple[str, str]] = {
 }
 FUNCTIONS = tuple(fn for fn, _ in TOPICS.values())
 # What the Logging sinks in infra/logging.tf select (tests/sink_filter.py checks them): only these
-# methods reach the topics; SetLabels, UpdateCluster, UpdateMaster entries stay in the audit log.
+# methods reach the topics (tests/test_infra.py checks that this set and the filters agree).
 SINK_METHODS = frozenset(f"google.container.{v}.ClusterManager.{m}" for v in ("v1", "v1beta1")
-                         for m in ("CreateCluster", "DeleteCluster", "CreateNodePool", "DeleteNodePool"))
+                         for m in ("CreateCluster", "DeleteCluster", "CreateNodePool", "DeleteNodePool",
+                                   "SetLabels", "UpdateCluster", "UpdateMaster"))
 
 
 def free_port() -> int:

@@ -80,13 +80,18 @@ class Controller:
         """The policy in force (settings merged with `config/policy`); `ConfigError` names a bad field."""
         return self.ctx.policy()
 
+    # Every handler first validates the operator's configuration (`Context.config`, cached): a bad
+    # value is one `ConfigError` naming it, raised before any lease is taken or anything changed.
     def handle_audit(self, ev: Any) -> Outcome:
+        self.ctx.config()
         return self.clusters.handle_audit(ev)
 
     def handle_nad(self, ev: Any) -> Outcome:
+        self.ctx.config()
         return self.nads.handle_nad(ev)
 
     def reconcile(self, ev: Any) -> Outcome:
+        self.ctx.config()
         """A scoped event reconciles its cluster; the scheduled tick (no scope) fans out one scoped
         event per cluster when a reconcile topic is configured, else sweeps every cluster here."""
         if ev.scope is None and self.settings.reconcile_topic:

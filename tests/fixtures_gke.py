@@ -3,7 +3,9 @@
 - `gke_sandbox`: a started `sandbox.gke.GkeSandbox` on the default scenario (demo-legacy exists;
   demo-eligible is `create_at_start: false`, create it with `gke_sandbox.create_cluster(...)`),
   operations finishing after 0.1 s; audit entries in `gke_sandbox.audit_log`. Stopped afterwards.
-  Calm (`Realism.calm()`): no operation of GKE's own, one zone per regional pool, the older audit shape.
+  Realistic (`Realism()`): GKE's own operation after each create, three zones per regional pool, the
+  captured audit shapes. `calm_gke_sandbox`: the same on `Realism.calm()`, for tests that check
+  exact call sequences or node counts of a calm world.
 - `gke_settings`: `Settings` for project multus-sandbox with `gke_endpoint` pointing at it.
 - `gke`: a `shared.adapters.gke.Gke` against it (closed afterwards).
 """
@@ -17,18 +19,29 @@ import pytest
 from shared.core.settings import Settings
 
 
-@pytest.fixture
-def gke_sandbox() -> Iterator[object]:
-    from sandbox.gke.realism import Realism
+def _sandbox(realism: object) -> Iterator[object]:
     from sandbox.gke.server import GkeSandbox
 
-    # Calm until the controller copes with GKE's ordinary day (issue 11): flip to Realism() then.
-    sandbox = GkeSandbox(operation_delay=0.1, realism=Realism.calm())
+    sandbox = GkeSandbox(operation_delay=0.1, realism=realism)
     sandbox.start()
     try:
         yield sandbox
     finally:
         sandbox.stop()
+
+
+@pytest.fixture
+def gke_sandbox() -> Iterator[object]:
+    from sandbox.gke.realism import Realism
+
+    yield from _sandbox(Realism())
+
+
+@pytest.fixture
+def calm_gke_sandbox() -> Iterator[object]:
+    from sandbox.gke.realism import Realism
+
+    yield from _sandbox(Realism.calm())
 
 
 @pytest.fixture

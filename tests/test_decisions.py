@@ -44,10 +44,25 @@ def test_deleted_is_closed_whatever_else():
     assert decide(state=d.DELETED, opted_in=False).kind == d.ClusterStep.CLOSED
 
 
-@pytest.mark.parametrize("status", ["PROVISIONING", "RECONCILING", ""])
+@pytest.mark.parametrize("status", ["PROVISIONING", ""])
 def test_provisioning_waits(status):
     step = decide(facts=Facts(status))
     assert step.kind == d.ClusterStep.WAIT and step.state == d.DISCOVERED
+
+
+@pytest.mark.parametrize("state", [d.READY, d.INSTALLING, d.CREATING_NODE_POOL, d.AWAITING_NODE_POOL])
+@pytest.mark.parametrize("status", ["PROVISIONING", "ERROR", "DEGRADED", "STOPPING"])
+def test_a_wait_never_takes_back_progress(state, status):
+    step = decide(state=state, facts=Facts(status))
+    assert step.kind == d.ClusterStep.WAIT and step.state == state
+
+
+def test_reconciling_is_decided_as_running_so_ready_stays_ready():
+    """An upgrade or a label change makes the cluster RECONCILING; its API server still answers."""
+    step = decide(state=d.READY, facts=Facts("RECONCILING"))
+    assert step.kind == d.ClusterStep.NOTHING and step.state == d.READY
+    assert decide(facts=Facts("RECONCILING")).kind == d.ClusterStep.INSTALL
+    assert decide(facts=Facts("RECONCILING"), suitable=[], have_template=True).kind == d.ClusterStep.CREATE_POOL
 
 
 def test_blocking_findings_make_ineligible_but_node_pool_finding_does_not():

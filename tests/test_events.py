@@ -217,7 +217,7 @@ def test_status_codes() -> None:
     (lambda e: e["protoPayload"].update(serviceName="compute.googleapis.com"), "other-service",
      "protoPayload.serviceName"),
     (lambda e: e["protoPayload"].pop("serviceName"), "other-service", "protoPayload.serviceName"),
-    (lambda e: e["protoPayload"].update(methodName="google.container.v1.ClusterManager.UpdateCluster"),
+    (lambda e: e["protoPayload"].update(methodName="google.container.v1.ClusterManager.SetMaintenancePolicy"),
      "other-method", "protoPayload.methodName"),
     (lambda e: e["protoPayload"].update(methodName="google.container.v2.ClusterManager.CreateCluster"),
      "other-method", "protoPayload.methodName"),
@@ -401,3 +401,53 @@ def test_mutated_valid_entries(data: st.DataObject) -> None:
         return
     assert ev.action in events.ACTIONS.values() and isinstance(ev.cluster, ClusterRef)
     assert ev.first or ev.last
+
+
+# --------------------------------------------------------------------------------------------
+# Audit entries as GKE writes them (the realistic sandbox reshapes them to the khi captures)
+# --------------------------------------------------------------------------------------------
+
+def test_entries_in_the_captured_shapes_decode_and_a_refusal_ends_no_operation() -> None:
+    """GoogleCloudPlatform/khi test/logs/gke_audit/ shapes (docs/SANDBOX_GKE.md "An ordinary day"):
+    zonal clusters logged in the zones/ form, bare `last` entries (no authenticationInfo, request or
+    response; metadata.operationType), v1alpha1 request types, and a request refused at once as
+    one ERROR entry without `operation`, which ends nothing the controller waits for."""
+    import dataclasses
+
+    from google.cloud import container_v1 as c
+
+    from sandbox.gke.protos import cluster_message, node_pool_message
+    from sandbox.gke.realism import Realism
+    from sandbox.gke.scenario import NodePoolSpec
+    from sandbox.gke.server import GkeSandbox
+
+    sandbox = GkeSandbox(realism=dataclasses.replace(Realism(), own_operation_seconds=600), operation_delay=0.05)
+    sandbox.start()
+    try:
+        zone = "us-central1-a"
+        spec = sandbox.cluster_spec("zonal-one", location=zone, labels={"multus-provisioner": "enabled"},
+                                    node_pools=(NodePoolSpec("default-pool"),))
+        parent = f"projects/{sandbox.scenario.project}/locations/{zone}"
+        op = sandbox.world.create_cluster(c.CreateClusterRequest(parent=parent, cluster=cluster_message(spec)))
+        assert sandbox.world.wait_operation(op.name, 10)
+        with pytest.raises(Exception, match="incompatible operation"):  # GKE's own operation runs now
+            sandbox.world.create_node_pool(c.CreateNodePoolRequest(
+                parent=f"{parent}/clusters/zonal-one", node_pool=node_pool_message(NodePoolSpec("multus-pool"))))
+        entries = [e for e in sandbox.audit_log if "zonal-one" in json.dumps(e)]
+    finally:
+        sandbox.stop()
+    decoded = [decode_audit(cloudevent(e, message_id=f"m{i}")) for i, e in enumerate(entries)]
+    first, last, refused = decoded
+    ref = ClusterRef(sandbox.scenario.project, zone, "zonal-one")
+    assert entries[1]["protoPayload"]["resourceName"].startswith(f"projects/{ref.project}/zones/{zone}/")
+    assert "request" not in entries[1]["protoPayload"] and "authenticationInfo" not in entries[1]["protoPayload"]
+    assert entries[1]["protoPayload"]["metadata"]["operationType"]
+    assert entries[0]["protoPayload"]["request"]["@type"].endswith("v1alpha1.CreateClusterRequest")
+    assert (first.action, first.first, first.last, first.cluster) == ("cluster.created", True, False, ref)
+    assert first.principal and first.status_code is None and not first.refused
+    assert (last.action, last.first, last.last, last.cluster, last.principal) == ("cluster.created", False, True,
+                                                                                   ref, None)
+    assert last.operation_id == first.operation_id and not last.failed
+    assert "operation" not in entries[2] and entries[2]["severity"] == "ERROR"
+    assert (refused.action, refused.node_pool, refused.cluster) == ("node_pool.created", "multus-pool", ref)
+    assert refused.refused and refused.status_code == 9 and "incompatible operation" in refused.status_message

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from google.cloud import container_v1
 
-from shared.adapters.gke import Gke, credentials
-from shared.core.errors import Permanent, Rejected, Transient
+from shared.adapters.gke import Gke, credentials, map_error, raise_mapped
+from shared.core.errors import Busy, Permanent, Rejected, Transient
 from shared.core.refs import ClusterRef
 from shared.core.settings import NodePoolTemplate, Settings
 
@@ -42,6 +42,15 @@ def wait_for(predicate, timeout: float = 5.0, step: float = 0.02):
     raise AssertionError("condition not met in time")
 
 
+def create_settled(sandbox, name: str) -> None:
+    """Create a scenario cluster and end GKE's own operation that follows (a realistic sandbox runs
+    one right after every create; tests of other things must not race it)."""
+    sandbox.create_cluster(name)
+    op = sandbox.world.running_operation(LOCATION, name)
+    if op is not None:
+        sandbox.world.complete_operation(op.name)
+
+
 # ---------------------------------------------------------------------------------------------- reads
 
 def test_reads_cluster_and_pools(gke, gke_sandbox):
@@ -50,7 +59,7 @@ def test_reads_cluster_and_pools(gke, gke_sandbox):
     assert legacy.network_config.datapath_provider == container_v1.DatapathProvider.LEGACY_DATAPATH
     assert legacy.resource_labels["multus-provisioner"] == "enabled"
 
-    gke_sandbox.create_cluster("demo-eligible")
+    create_settled(gke_sandbox, "demo-eligible")
     c = gke.get_cluster(ELIGIBLE)
     assert c.status == container_v1.Cluster.Status.RUNNING
     assert c.current_master_version.startswith("1.30.")
@@ -66,7 +75,7 @@ def test_reads_cluster_and_pools(gke, gke_sandbox):
 
 def test_list_clusters(gke, gke_sandbox):
     assert [c.name for c in gke.list_clusters(PROJECT)] == ["demo-legacy"]
-    gke_sandbox.create_cluster("demo-eligible")
+    create_settled(gke_sandbox, "demo-eligible")
     assert sorted(c.name for c in gke.list_clusters(PROJECT, LOCATION)) == ["demo-eligible", "demo-legacy"]
     assert gke.list_clusters(PROJECT, "europe-west1") == []
     with pytest.raises(Permanent) as e:
@@ -93,7 +102,7 @@ def test_secondary_range_cidr(gke):
 # ---------------------------------------------------------------------------------------------- writes
 
 def test_create_node_pool_operation_pool_and_audit(gke, gke_sandbox):
-    gke_sandbox.create_cluster("demo-eligible")
+    create_settled(gke_sandbox, "demo-eligible")
     before = len(gke_sandbox.audit_log)
     op_name = gke.create_node_pool(ELIGIBLE, TEMPLATE)
     assert op_name and op_name.startswith("operation-")
@@ -111,7 +120,8 @@ def test_create_node_pool_operation_pool_and_audit(gke, gke_sandbox):
     assert (pod_net.subnetwork, pod_net.secondary_pod_range) == ("multus-subnet", "multus-pods")
     assert pod_net.max_pods_per_node.max_pods_per_node == 8
     nodes = gke_sandbox.world.cluster_nodes(LOCATION, "demo-eligible")["multus-pool"]
-    assert len(nodes) == 2 and all(n.startswith("gke-demo-eligible-multus-pool-") for n in nodes)
+    # a regional cluster: node_count per zone, three zones (GKE docs, "Regional clusters")
+    assert len(nodes) == 2 * 3 and all(n.startswith("gke-demo-eligible-multus-pool-") for n in nodes)
 
     entries = wait_for(lambda: gke_sandbox.audit_log[before:] if len(gke_sandbox.audit_log) >= before + 2
                        else None)
@@ -121,17 +131,19 @@ def test_create_node_pool_operation_pool_and_audit(gke, gke_sandbox):
         assert e["protoPayload"]["serviceName"] == "container.googleapis.com"
         assert e["protoPayload"]["methodName"] == "google.container.v1.ClusterManager.CreateNodePool"
         assert e["protoPayload"]["resourceName"] == f"{ELIGIBLE.path}/nodePools/multus-pool"
-        assert e["protoPayload"]["authenticationInfo"]["principalEmail"].endswith(".iam.gserviceaccount.com")
         assert e["resource"] == {"type": "gke_nodepool", "labels": {
             "project_id": PROJECT, "location": LOCATION, "cluster_name": "demo-eligible",
             "nodepool_name": "multus-pool"}}
         assert e["logName"] == f"projects/{PROJECT}/logs/cloudaudit.googleapis.com%2Factivity"
         assert e["operation"]["id"] == op_name and e["operation"]["producer"] == "container.googleapis.com"
         assert e["severity"] == "NOTICE" and e["timestamp"].endswith("Z") and e["insertId"]
+    # as GKE writes them (khi captures): who did it on the first entry; the last one is bare
+    assert first["protoPayload"]["authenticationInfo"]["principalEmail"].endswith(".iam.gserviceaccount.com")
+    assert "authenticationInfo" not in last["protoPayload"] and last["protoPayload"]["metadata"]["operationType"]
     assert first["operation"].get("first") is True and "last" not in first["operation"]
     assert last["operation"].get("last") is True and "first" not in last["operation"]
     assert first["protoPayload"]["request"]["nodePool"]["name"] == "multus-pool"
-    assert first["protoPayload"]["response"]["status"] == "RUNNING"
+    assert first["protoPayload"]["response"]["status"] == "PENDING"  # node pool operations, as khi captured
 
     # The controller's own decoder reads them, wrapped as a Logging sink -> Pub/Sub push would be.
     from sandbox.gke.audit import push_envelope
@@ -149,7 +161,7 @@ def test_create_node_pool_operation_pool_and_audit(gke, gke_sandbox):
 
 
 def test_create_node_pool_twice_is_done(gke, gke_sandbox):
-    gke_sandbox.create_cluster("demo-eligible")
+    create_settled(gke_sandbox, "demo-eligible")
     assert gke.create_node_pool(ELIGIBLE, TEMPLATE)
     assert gke.create_node_pool(ELIGIBLE, TEMPLATE) is None  # ALREADY_EXISTS while running
     assert gke_sandbox.wait_idle()
@@ -208,11 +220,48 @@ def test_real_server_errors_map_with_their_messages(gke, gke_sandbox):
     with pytest.raises(Permanent) as e:  # demo-legacy has no multi-networking
         gke.create_node_pool(LEGACY, TEMPLATE)
     assert e.value.code == "INVALID_ARGUMENT" and "multi-networking" in str(e.value)
-    gke_sandbox.create_cluster("demo-eligible")
+    create_settled(gke_sandbox, "demo-eligible")
     assert gke.create_node_pool(ELIGIBLE, TEMPLATE)
-    with pytest.raises(Permanent) as e:  # another write while the operation runs
+    with pytest.raises(Busy) as e:  # another write while the operation runs: it passes when that ends
         gke.create_node_pool(ELIGIBLE, NodePoolTemplate(**{**TEMPLATE.__dict__, "name": "second-pool"}))
-    assert e.value.code == "FAILED_PRECONDITION" and "operation-" in str(e.value)
+    assert e.value.code == "CLUSTER_ALREADY_HAS_OPERATION" and "incompatible operation" in str(e.value)
+    assert e.value.operation and e.value.operation.startswith("operation-")
+
+
+def test_incompatible_operation_is_busy_by_its_error_info_and_other_preconditions_stay_permanent(gke, gke_sandbox):
+    """GKE's reason (ErrorInfo in the status details) decides, not the code alone: a label
+    fingerprint mismatch is FAILED_PRECONDITION too, and a retry of the same request cannot fix it."""
+    from google.api_core import exceptions as gexc
+
+    create_settled(gke_sandbox, "demo-eligible")
+    gke.create_node_pool(ELIGIBLE, TEMPLATE)
+    try:
+        gke.client.create_node_pool(parent=ELIGIBLE.path, node_pool=gke.node_pool_message(
+            NodePoolTemplate(**{**TEMPLATE.__dict__, "name": "second-pool"})), retry=None)
+    except gexc.FailedPrecondition as raw:
+        assert raw.reason == "CLUSTER_ALREADY_HAS_OPERATION"  # the client library read the details
+        mapped = map_error(raw, "x")
+        assert isinstance(mapped, Busy)
+    else:
+        raise AssertionError("the second write was not refused")
+    # the older wording GKE used ("... Please wait and try again once it is done.") without details
+    old = gexc.FailedPrecondition("Operation operation-1 is currently upgrading cluster c. Please wait and try "
+                                  "again once it is done.")
+    assert isinstance(map_error(old, "x"), Busy) and map_error(old, "x").operation == "operation-1"
+    fingerprint = gexc.FailedPrecondition("Labels could not be set due to fingerprint mismatch; try again with "
+                                          "the proper fingerprint")
+    assert type(map_error(fingerprint, "x")) is Permanent
+
+
+def test_an_unknown_exception_is_a_bug_that_surfaces_not_a_retry():
+    """Only the API's, auth's and the transport's errors are mapped; anything else is raised as it is."""
+    assert map_error(KeyError("x"), "x") is None
+    assert isinstance(map_error(ConnectionResetError("peer"), "x"), Transient)
+    with pytest.raises(KeyError):
+        try:
+            raise KeyError("x")
+        except KeyError as e:
+            raise_mapped(e, "x")
 
 
 def test_slow_server_hits_the_call_timeout(gke_sandbox, gke_settings):
@@ -425,3 +474,44 @@ def test_credentials_from_token_file(tmp_path):
     token_file.write_text("two words")
     with pytest.raises(Permanent, match="ACCESS_TOKEN_FILE"):
         credentials(Settings(access_token_file=str(token_file)))
+
+
+# ---------------------------------------------------------------------------------------------- Shared VPC
+
+def test_shared_vpc_ranges_are_listed_with_the_host_filter_and_a_missing_permission_is_a_finding():
+    """A pool on projects/HOST/regions/R/subnetworks/S: ListUsableSubnetworks lists the host's
+    subnetworks only with filter networkProjectId=HOST, and one the caller may not use without
+    ranges but with a statusMessage (the method's REST reference)."""
+    from sandbox.gke.realism import Realism
+    from sandbox.gke.scenario import parse
+    from sandbox.gke.server import GkeSandbox
+    from shared.core.errors import NeedsFix
+
+    host = "shared-vpc-host"
+    world = parse({"project": PROJECT, "location": LOCATION, "subnetworks": [
+        {"network": "multus-vpc", "subnetwork": "multus-subnet", "region": LOCATION, "primary_range": "10.0.1.0/24",
+         "secondary_ranges": {"multus-pods": "172.16.1.0/24"}},
+        {"project": host, "network": "shared-vpc", "subnetwork": "shared-subnet", "region": LOCATION,
+         "primary_range": "10.20.0.0/24", "secondary_ranges": {"shared-pods": "172.20.0.0/24"}},
+        {"project": host, "network": "shared-vpc", "subnetwork": "locked-subnet", "region": LOCATION,
+         "primary_range": "10.21.0.0/24", "secondary_ranges": {"locked-pods": "172.21.0.0/24"},
+         "network_user": False}],
+        "clusters": [{"name": "demo-legacy", "node_pools": [{"name": "default-pool"}]}]}, source="test")
+    sandbox = GkeSandbox(world, realism=Realism.calm(), operation_delay=0.05)
+    sandbox.start()
+    gke = Gke(Settings(project=PROJECT, gke_endpoint=sandbox.endpoint))
+    try:
+        shared = f"projects/{host}/regions/{LOCATION}/subnetworks/shared-subnet"
+        assert gke.secondary_range_cidr(LEGACY, shared, "shared-pods") == "172.20.0.0/24"
+        with pytest.raises(NeedsFix) as e:
+            gke.secondary_range_cidr(LEGACY, f"projects/{host}/regions/{LOCATION}/subnetworks/locked-subnet",
+                                     "locked-pods")
+        assert e.value.finding_id == "shared-vpc-permission" and "roles/compute.networkUser" in str(e.value)
+        assert f"host project {host}" in e.value.fix and "roles/container.hostServiceAgentUser" in e.value.fix
+        # the cluster's own project needs no filter; the host's subnetwork is not in it
+        assert gke.secondary_range_cidr(LEGACY, "multus-subnet", "multus-pods") == "172.16.1.0/24"
+        with pytest.raises(Permanent, match="not usable"):
+            gke.secondary_range_cidr(LEGACY, "shared-subnet", "shared-pods")
+    finally:
+        gke.close()
+        sandbox.stop()

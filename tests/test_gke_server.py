@@ -37,6 +37,13 @@ CALM = Realism.calm()  # these tests predate GKE's ordinary day (tests/test_gke_
 NODE_NAME = re.compile(r"^gke-[a-z0-9-]+-[0-9a-f]{8}-[a-z0-9]{4}$")
 
 
+
+@pytest.fixture
+def gke_sandbox(calm_gke_sandbox: object) -> object:
+    """Calm here: these tests pin the server's exact answers and node counts in a world without
+    GKE's own operations and with one zone per pool; the ordinary day is tests/test_gke_realism.py."""
+    return calm_gke_sandbox
+
 @pytest.fixture
 def client(gke_sandbox) -> Iterator[c.ClusterManagerClient]:
     channel = grpc.insecure_channel(gke_sandbox.endpoint)

@@ -263,6 +263,19 @@ def test_one_function_per_stream_built_from_the_package():
     assert "event_trigger" not in fn, "triggers are push subscriptions we own (dead-letter policy + backoff)"
 
 
+def test_private_control_planes_are_reached_through_an_optional_vpc_connector():
+    """Private-only clusters need VPC egress: var.vpc_connector puts the functions on a Serverless VPC
+    Access connector (private ranges only) and tells the controller it may dial private endpoints."""
+    fn = res("google_cloudfunctions2_function", "fn")
+    svc = block(fn, "service_config")
+    assert svc["vpc_connector"] == '${var.vpc_connector == "" ? null : var.vpc_connector}'
+    assert svc["vpc_connector_egress_settings"] == '${var.vpc_connector == "" ? null : "PRIVATE_RANGES_ONLY"}'
+    assert variables()["vpc_connector"]["default"] == ""
+    env = locals_()["runtime_env"]
+    assert env["MULTUS_PROVISIONER_VPC_EGRESS"] == '${var.vpc_connector == "" ? "false" : "true"}'
+    assert env["MULTUS_PROVISIONER_BUSY_WAIT_SECONDS"] == "${tostring(var.busy_wait_seconds)}"
+
+
 def test_function_environment_is_exactly_what_shared_settings_reads():
     env = locals_()["runtime_env"]
     source = (ROOT / "shared" / "core" / "settings.py").read_text()
@@ -438,6 +451,17 @@ def test_sample_sets_cover_every_method_version_and_both_phases():
 def test_sink_filters_select_exactly_the_intended_entries(name, entry, stream):
     selected = {key for key, text in _filters().items() if parse(text).matches(entry)}
     assert selected == ({stream} if stream else set()), name
+
+
+def test_the_stacks_sink_stand_in_forwards_exactly_the_methods_the_filters_select():
+    from sandbox.stack import SINK_METHODS
+
+    in_filters = set()
+    for text in _filters().values():
+        in_filters |= set(re.findall(r'protoPayload\.methodName="([^"]+)"', text))
+    assert in_filters == set(SINK_METHODS)
+    for verb in ("SetLabels", "UpdateCluster", "UpdateMaster"):  # labels and upgrades reach the controller
+        assert f"google.container.v1.ClusterManager.{verb}" in in_filters
 
 
 def test_filter_matcher_rejects_syntax_it_does_not_implement():

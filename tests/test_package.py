@@ -137,8 +137,7 @@ def gke_backend() -> Iterator[object]:
     from sandbox.gke.realism import Realism
     from sandbox.gke.server import GkeSandbox
 
-    # Calm until the controller copes with GKE's ordinary day (issue 11); the lead flips this.
-    sandbox = GkeSandbox(operation_delay=0.1, realism=Realism.calm())
+    sandbox = GkeSandbox(operation_delay=0.1, realism=Realism())  # GKE on an ordinary day
     sandbox.start()
     try:
         yield sandbox

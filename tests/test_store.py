@@ -528,3 +528,17 @@ def test_get_cluster_unless_seen_reads_both_in_one_rpc(store: Store) -> None:
     assert rec is not None and rec.state == "DISCOVERED" and not seen
     store.record_ledger("g1", event_id="g1", step="discover", outcome="ok", cluster=REF)
     assert store.get_cluster_unless_seen(REF, "g1") == (None, True)
+
+
+def test_every_call_carries_an_explicit_deadline_and_retry_policy(store: Store) -> None:
+    """retry= and timeout= are the client's public arguments: one policy, bounded by the store's timeout."""
+    from google.api_core import exceptions as gexc
+
+    from shared.adapters.store import call_options
+
+    opts = call_options(2.5)
+    assert opts["timeout"] == 2.5 and opts["retry"].timeout == 2.5
+    retryable = opts["retry"]._predicate
+    assert retryable(gexc.ServiceUnavailable("x")) and retryable(gexc.InternalServerError("x"))
+    assert not retryable(gexc.Aborted("x")) and not retryable(gexc.PermissionDenied("x"))
+    assert store._opts["timeout"] == store.timeout == store.settings.api_timeout_seconds

@@ -27,9 +27,12 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from shared.core.errors import Permanent, Problem, ProvisionerError, Rejected, Transient
+from shared.core import endpoints
+from shared.core.endpoints import Endpoint
+from shared.core.errors import Busy, NeedsFix, Permanent, Problem, ProvisionerError, Rejected, Transient
 from shared.core.names import SUBNET_PATH, compute_ref
 from shared.core.refs import ClusterRef, check_parts, valid_node_pool_name
 from shared.core.settings import NodePoolTemplate, Settings
@@ -57,8 +60,35 @@ _TOKEN = re.compile(r"^[\x21-\x7e]{1,8192}$")  # printable ASCII, no spaces: saf
 # Error mapping
 # ---------------------------------------------------------------------------------------------
 
-def map_error(exc: BaseException, what: str) -> ProvisionerError:
-    """A client-library (or auth, or transport) exception -> Permanent or Transient, with GKE's message."""
+# What GKE answers when a write meets another operation on the cluster (docs/SANDBOX_GKE.md "An
+# ordinary day": CAPG issue 1363 for the message and ErrorInfo; terraform-provider-google issues 3650
+# and 10366 for the older "Please wait and try again" wording). It passes when the operation ends.
+BUSY_REASONS = frozenset({"CLUSTER_ALREADY_HAS_OPERATION"})
+_BUSY_TEXT = re.compile(r"incompatible operation|please wait and try again|is currently (?:upgrading|"
+                        r"creating|deleting|updating)", re.IGNORECASE)
+_OPERATION_IN_TEXT = re.compile(r"\b(operation-[A-Za-z0-9-]{1,120})")
+
+
+def _reason(exc: Any) -> str | None:
+    """The ErrorInfo reason of a GAPIC error (api_core >= 2.x exposes `.reason` from its details)."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason:
+        return reason
+    for detail in getattr(exc, "details", None) or ():
+        value = getattr(detail, "reason", None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def map_error(exc: BaseException, what: str) -> ProvisionerError | None:
+    """A client-library (or auth, or transport) exception -> Permanent, Transient or Busy, with GKE's message.
+
+    Decided by what GKE means, not by the code alone: a FAILED_PRECONDITION that says another
+    operation is running is `Busy` (it passes), any other is `Permanent`. An exception that is
+    none of the API's, auth's or the transport's is a bug: None, and the caller lets it surface.
+    """
+    import grpc
     from google.api_core import exceptions as gexc
 
     if isinstance(exc, ProvisionerError):
@@ -67,14 +97,27 @@ def map_error(exc: BaseException, what: str) -> ProvisionerError:
         status = exc.grpc_status_code
         code = status.name if status is not None else str(exc.code)
         text = f"GKE {what}: {code}: {exc.message}"
+        if code == "FAILED_PRECONDITION" and (_reason(exc) in BUSY_REASONS or _BUSY_TEXT.search(exc.message or "")):
+            m = _OPERATION_IN_TEXT.search(exc.message or "")
+            return Busy(text, api=API, operation=m.group(1) if m else None)
         return (Permanent if code in PERMANENT_CODES else Transient)(text, code=code, api=API)
     if isinstance(exc, gexc.RetryError):
         return Transient(f"GKE {what}: gave up: {exc.message}", code="DEADLINE_EXCEEDED", api=API)
     auth = _auth_error(exc, what)
     if auth is not None:
         return auth
-    # grpc.RpcError outside the GAPIC wrapper, OSError, TimeoutError...: the call did not complete.
-    return Transient(f"GKE {what}: {type(exc).__name__}: {exc}", code="UNAVAILABLE", api=API)
+    if isinstance(exc, grpc.RpcError | OSError | TimeoutError | gexc.GoogleAPIError):
+        # The call did not complete (a channel error outside the GAPIC wrapper, a socket error).
+        return Transient(f"GKE {what}: {type(exc).__name__}: {exc}", code="UNAVAILABLE", api=API)
+    return None
+
+
+def raise_mapped(exc: BaseException, what: str) -> NoReturn:
+    """Raise the mapped error from `exc`, or `exc` itself when it is a bug (not an API's answer)."""
+    mapped = map_error(exc, what)
+    if mapped is None:
+        raise exc
+    raise mapped from exc
 
 
 def _auth_error(exc: BaseException, what: str) -> ProvisionerError | None:
@@ -90,6 +133,56 @@ def _auth_error(exc: BaseException, what: str) -> ProvisionerError | None:
     if isinstance(exc, aexc.GoogleAuthError):
         return Permanent(f"{what}: Google credentials error: {exc}", code="UNAUTHENTICATED", api="auth")
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Failed operations
+# ---------------------------------------------------------------------------------------------
+
+# GKE's words for "not now, maybe later" in a failed node pool operation: NodePool StatusCondition
+# codes GCE_STOCKOUT / GCE_QUOTA_EXCEEDED, and the bracketed Compute Engine error in status_message
+# (docs/SANDBOX_GKE.md "An ordinary day": terraform-provider-google PR 10121, tranquilitybase-io/tb-gcp
+# issue 589, cal-itp/data-infra issue 1519, kubeflow/pipelines issue 673).
+TRANSIENT_CONDITIONS = frozenset({"GCE_STOCKOUT", "GCE_QUOTA_EXCEEDED"})
+_TRANSIENT_TEXT = re.compile(r"\[(GCE_STOCKOUT|QUOTA_EXCEEDED|ZONE_RESOURCE_POOL_EXHAUSTED[A-Z_]*)\]")
+FIXES = {
+    "GCE_STOCKOUT": "the zone has no capacity for the machine type now; GKE may have it later, or use another "
+                    "machine_type (or zones) in the node pool template",
+    "GCE_QUOTA_EXCEEDED": "raise the quota GKE names (IAM & Admin > Quotas) or lower node_count / the machine "
+                          "type in the node pool template",
+}
+
+
+@dataclass(frozen=True)
+class PoolFailure:
+    """A node pool operation that ended DONE with an error, as GKE reported it."""
+
+    message: str
+    transient: bool
+    reason: str  # GCE_STOCKOUT, GCE_QUOTA_EXCEEDED, or GKE's code name
+    fix: str
+
+
+def operation_failure(op: Any) -> PoolFailure | None:
+    """A container_v1.Operation -> its failure, or None (running, or done without error)."""
+    if op.status.name != "DONE":
+        return None
+    code = int(getattr(op.error, "code", 0) or 0)
+    message = (getattr(op.error, "message", "") or op.status_message or "").strip()
+    if not code and not op.status_message:
+        return None
+    conditions = [c.code.name for c in getattr(op, "nodepool_conditions", ())] + \
+                 [c.code.name for c in getattr(op, "cluster_conditions", ())]
+    found = _TRANSIENT_TEXT.search(op.status_message or message)
+    reason = next((c for c in conditions if c in TRANSIENT_CONDITIONS), None)
+    if reason is None and found:
+        reason = "GCE_STOCKOUT" if found.group(1) != "QUOTA_EXCEEDED" else "GCE_QUOTA_EXCEEDED"
+    if reason is not None:
+        return PoolFailure(message or op.status_message, True, reason, FIXES[reason])
+    name = conditions[0] if conditions else f"code {code}"
+    return PoolFailure(message or f"operation {op.name} failed", False, name,
+                       "fix what GKE's message says, delete the failed pool, then ask for a re-check "
+                       "(a reconcile scoped to the cluster)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +246,7 @@ def credentials(settings: Settings) -> Any:
         creds, _ = google.auth.default(scopes=list(SCOPES))
         creds.refresh(google.auth.transport.requests.Request())
     except Exception as e:
-        raise map_error(e, "credentials") from e
+        raise_mapped(e, "credentials")
     return creds
 
 
@@ -172,7 +265,7 @@ def fresh_token(creds: Any, lock: threading.Lock | None = None) -> str:
             except ProvisionerError:
                 raise
             except Exception as e:
-                raise map_error(e, "credentials") from e
+                raise_mapped(e, "credentials")
         token = creds.token
     if not isinstance(token, str) or not _TOKEN.match(token):
         raise Permanent("credentials: the access token is empty or malformed", code="UNAUTHENTICATED", api="auth")
@@ -200,6 +293,32 @@ def _endpoint(cluster: Any) -> str:
         raise Permanent(f"cluster {cluster.name!r}: malformed endpoint {endpoint[:100]!r}",
                         code="INVALID_ARGUMENT", api=API)
     return endpoint
+
+
+def _checked(address: str, cluster: Any) -> str:
+    host, _port = endpoints.split_host_port(address)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise Permanent(f"cluster {cluster.name!r}: malformed private endpoint {address[:100]!r}",
+                        code="INVALID_ARGUMENT", api=API) from None
+    return address
+
+
+def endpoint_fields(cluster: Any) -> endpoints.EndpointFields:
+    """The endpoint fields of a container_v1.Cluster as plain values (absent fields: defaults)."""
+    cpe = cluster.control_plane_endpoints_config
+    ip = cpe.ip_endpoints_config
+    dns = cpe.dns_endpoint_config
+    present = "ip_endpoints_config" in cpe
+    authorized = bool(cluster.master_authorized_networks_config.enabled
+                      or (present and ip.authorized_networks_config.enabled))
+    return endpoints.EndpointFields(
+        name=cluster.name, endpoint=cluster.endpoint, dns_endpoint=dns.endpoint,
+        dns_external=bool(dns.allow_external_traffic), ip_config_present=present,
+        public_enabled=bool(ip.enable_public_endpoint) if present else True,
+        private_endpoint=ip.private_endpoint or cluster.private_cluster_config.private_endpoint,
+        authorized_networks=authorized)
 
 
 def _ca_pem(cluster: Any) -> bytes:
@@ -259,7 +378,7 @@ def make_client(settings: Settings) -> container_v1.ClusterManagerClient:
     except ProvisionerError:
         raise
     except Exception as e:
-        raise map_error(e, "client") from e
+        raise_mapped(e, "client")
 
 
 class Gke:
@@ -298,7 +417,7 @@ class Gke:
         try:
             return fn(**kwargs, retry=None, timeout=self.timeout)
         except Exception as e:
-            raise map_error(e, what) from e
+            raise_mapped(e, what)
 
     # -- reads --
     def get_cluster(self, ref: ClusterRef) -> container_v1.Cluster:
@@ -336,7 +455,11 @@ class Gke:
     def secondary_range_cidr(self, ref: ClusterRef, subnetwork: str, range_name: str) -> str:
         """The CIDR of `range_name` in `subnetwork` (a name, or a projects/P/regions/R/... path).
 
-        A short name may exist in several regions: the cluster's region wins.
+        A short name may exist in several regions: the cluster's region wins. A path in another
+        project is a Shared VPC host's subnetwork: ListUsableSubnetworks lists those only with
+        `filter=networkProjectId=HOST`; one the caller may not use comes back without ranges and
+        with a `statusMessage` (the method's REST reference), which becomes a `NeedsFix` naming
+        the roles to grant on the host project.
         """
         if not isinstance(subnetwork, str) or not isinstance(range_name, str):
             raise Rejected("invalid secondary range reference",
@@ -344,12 +467,16 @@ class Gke:
         wanted = compute_ref(subnetwork)
         full = SUBNET_PATH.match(wanted)
         region = ref.location if ref.location.count("-") == 1 else ref.location.rsplit("-", 1)[0]
-        what = f"list usable subnetworks of projects/{ref.project}"
+        host = full["p"] if full and full["p"] != ref.project else None
+        request = {"parent": f"projects/{ref.project}"}
+        if host:
+            request["filter"] = f"networkProjectId={host}"
+        what = f"list usable subnetworks of projects/{ref.project}" + (f" in host project {host}" if host else "")
         self.calls["list_usable_subnetworks"] += 1
         found: list[tuple[bool, str, dict[str, str]]] = []  # (in cluster region, path, ranges)
+        hidden: list[tuple[str, str]] = []  # (path, statusMessage): listed, but not usable by us
         try:
-            pager = self.client.list_usable_subnetworks(request={"parent": f"projects/{ref.project}"},
-                                                        retry=None, timeout=self.timeout)
+            pager = self.client.list_usable_subnetworks(request=request, retry=None, timeout=self.timeout)
             for usable in pager:
                 path = compute_ref(usable.subnetwork)
                 m = SUBNET_PATH.match(path)
@@ -357,11 +484,24 @@ class Gke:
                     continue
                 if (path == wanted) if full else (m["s"] == wanted):
                     ranges = {r.range_name: r.ip_cidr_range for r in usable.secondary_ip_ranges}
+                    if not ranges and usable.status_message:
+                        hidden.append((path, usable.status_message))
                     found.append((m["r"] == region, path, ranges))
         except ProvisionerError:
             raise
         except Exception as e:
-            raise map_error(e, what) from e
+            raise_mapped(e, what)
+        if hidden and not any(r for _, _, r in found):
+            path, status = hidden[0]
+            owner = SUBNET_PATH.match(path)["p"]  # type: ignore[index]
+            raise NeedsFix(
+                f"the secondary ranges of {path} cannot be read: GKE says {status!r}",
+                finding_id="shared-vpc-permission", code="PERMISSION_DENIED", api=API,
+                fix=(f"on the host project {owner}, grant the controller's service account roles/compute.networkUser "
+                     f"(on the subnetwork or the project), and the cluster project's GKE service agent "
+                     f"(service-PROJECT_NUMBER@container-engine-robot.iam.gserviceaccount.com) "
+                     f"roles/container.hostServiceAgentUser and roles/compute.networkUser, as GKE's Shared VPC "
+                     f"guide says; then ask for a re-check of the cluster"))
         if not found:
             raise Permanent(f"subnetwork {subnetwork!r} is not usable in project {ref.project} "
                             f"(looking for secondary range {range_name!r})", code="NOT_FOUND", api=API)
@@ -411,6 +551,25 @@ class Gke:
             raise
         return op.name
 
+    def delete_node_pool(self, ref: ClusterRef, name: str) -> str | None:
+        """Start deleting a pool; returns the operation name, or None when it is gone already."""
+        if not valid_node_pool_name(name):
+            raise Rejected("invalid node pool name", [Problem("node_pool", f"invalid node pool name {name!r}")])
+        path = f"{ref.path}/nodePools/{name}"
+        try:
+            op = self._call("delete_node_pool", f"delete node pool {path}", self.client.delete_node_pool, name=path)
+        except Permanent as e:
+            if e.code == "NOT_FOUND":
+                return None
+            raise
+        return op.name
+
+    def operation_failure(self, ref: ClusterRef, operation: str) -> PoolFailure | None:
+        """How a finished operation failed (GKE's message, whether GKE says it passes), or None
+        while it runs or when it succeeded."""
+        op = self.get_operation(ref.project, ref.location, operation)
+        return operation_failure(op)
+
     # -- the cluster API --
     def _credentials(self) -> Any:
         with self._creds_lock:
@@ -418,24 +577,43 @@ class Gke:
                 self._creds = credentials(self.settings)
             return self._creds
 
-    def api_client(self, cluster: container_v1.Cluster) -> kubernetes.client.ApiClient:
-        """A kubernetes ApiClient for the cluster: TLS verified with the cluster's own CA, Bearer token.
+    def endpoint(self, cluster: container_v1.Cluster) -> Endpoint:
+        """How to reach the cluster's control plane (shared/core/endpoints.py decides; NeedsFix if no way)."""
+        return endpoints.choose(endpoint_fields(cluster), vpc_egress=self.settings.vpc_egress)
 
-        The CA goes to a private temp file (the client needs a path), removed when the ApiClient is
-        garbage-collected. The token is checked before every request through
-        `refresh_api_key_hook` and refreshed when about to expire, so the client can live long.
+    def api_client(self, cluster: container_v1.Cluster) -> kubernetes.client.ApiClient:
+        """A kubernetes ApiClient for the cluster, Bearer token, TLS always verified.
+
+        The DNS-based endpoint (when enabled) presents a publicly trusted certificate for its name:
+        verified with the system roots, or `dns_endpoint_ca_file`; `dns_endpoint_address` connects to
+        that address with the name as SNI and verified hostname (the sandbox). The IP endpoints are
+        verified with the cluster's own CA, written to a private temp file (the client needs a
+        path) removed when the ApiClient is garbage-collected. The token is checked before every
+        request through `refresh_api_key_hook` and refreshed when about to expire.
         """
         import kubernetes.client
 
-        endpoint = _endpoint(cluster)
-        pem = _ca_pem(cluster)
+        chosen = self.endpoint(cluster)
         creds = self._credentials()
         lock = threading.Lock()
         token = fresh_token(creds, lock)
-        path = _write_private(pem)
         cfg = kubernetes.client.Configuration()
-        cfg.host = f"https://{endpoint}"
-        cfg.ssl_ca_cert = path
+        path = None
+        if chosen.kind == endpoints.DNS:
+            if not _HOSTNAME.match(chosen.host):
+                raise Permanent(f"cluster {cluster.name!r}: malformed DNS endpoint {chosen.host[:100]!r}",
+                                code="INVALID_ARGUMENT", api=API)
+            port = f":{chosen.port}" if chosen.port else ""
+            connect = self.settings.dns_endpoint_address
+            cfg.host = f"https://{connect if connect else chosen.host}{port}"
+            if connect:
+                cfg.tls_server_name = chosen.host
+            cfg.ssl_ca_cert = self.settings.dns_endpoint_ca_file or None
+        else:
+            endpoint = _endpoint(cluster) if chosen.kind == endpoints.PUBLIC_IP else _checked(chosen.address, cluster)
+            path = _write_private(_ca_pem(cluster))
+            cfg.host = f"https://{endpoint}"
+            cfg.ssl_ca_cert = path
         cfg.verify_ssl = True
         cfg.api_key = {"authorization": token}
         cfg.api_key_prefix = {"authorization": "Bearer"}
@@ -445,5 +623,6 @@ class Gke:
 
         cfg.refresh_api_key_hook = refresh
         client = kubernetes.client.ApiClient(cfg)
-        weakref.finalize(client, _unlink, path)
+        if path is not None:
+            weakref.finalize(client, _unlink, path)
         return client

@@ -279,7 +279,10 @@ def instrument(client: Any) -> RpcCounter:
     (so credentials, emulator and endpoint choices stay the library's), then rebuild the GAPIC
     client on the same channel wrapped by `grpc.intercept_channel`. This relies on two private
     attributes of google-cloud-firestore 2.x (`_firestore_api_internal`, `_transport`), pinned <3
-    in requirements.txt and exercised by tests/test_store.py.
+    in requirements.txt and exercised by tests/test_store.py. Every call that takes them carries
+    `retry=`/`timeout=` (`call_options`); the interceptor's cap remains only because a
+    transaction's BeginTransaction and Commit (`Transaction._begin`/`_commit`, run by
+    `firestore.transactional`) offer no public deadline (tests/test_faults.py delays a Commit).
     """
     existing = getattr(client, "_multus_rpc_counter", None)
     if existing is not None:
@@ -298,6 +301,26 @@ def instrument(client: Any) -> RpcCounter:
     return counter
 
 
+# --------------------------------------------------------------------------- call options
+
+def call_options(timeout: float) -> dict[str, Any]:
+    """`retry=` and `timeout=` for every Firestore call that takes them (the client's public arguments).
+
+    One explicit policy instead of the library's per-method defaults (60-300 s): a short retry of
+    what a retry can fix (UNAVAILABLE, INTERNAL, RESOURCE_EXHAUSTED), all within `timeout`, so a
+    call never outlives the lease or the function's deadline. ABORTED is not retried here: the
+    transaction runner owns contention. (A transaction's BeginTransaction and Commit take no such
+    argument in google-cloud-firestore 2.x; `instrument`'s interceptor caps those at `timeout`.)
+    """
+    from google.api_core import exceptions as gexc
+    from google.api_core import retry as gretry
+
+    policy = gretry.Retry(predicate=gretry.if_exception_type(gexc.ServiceUnavailable, gexc.InternalServerError,
+                                                             gexc.ResourceExhausted),
+                          initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout)
+    return {"retry": policy, "timeout": timeout}
+
+
 # --------------------------------------------------------------------------- the store
 
 class Store:
@@ -312,8 +335,10 @@ class Store:
             client = firestore.Client(project=settings.project or None, database=settings.database)
         self.client = client
         self.max_attempts = max_attempts
+        self.timeout = settings.api_timeout_seconds if timeout is None else timeout
+        self._opts = call_options(self.timeout)
         self._rpcs = instrument(client)
-        self._rpcs.max_timeout = settings.api_timeout_seconds if timeout is None else timeout
+        self._rpcs.max_timeout = self.timeout
 
     # -- measurement
     @property
@@ -356,10 +381,10 @@ class Store:
 
         return firestore.transactional(fn)(self.client.transaction(max_attempts=self.max_attempts), *args)
 
-    @staticmethod
-    def _read(transaction: Any, *docs: Any) -> list[Any]:
+    def _read(self, transaction: Any, *docs: Any) -> list[Any]:
         """One `get_all` for every document the step decides on, in the order asked."""
-        snaps = {s.reference.path: s for s in transaction.get_all([d for d in docs if d is not None])}
+        wanted = [d for d in docs if d is not None]
+        snaps = {s.reference.path: s for s in transaction.get_all(wanted, **self._opts)}
         return [snaps.get(d.path) if d is not None else None for d in docs]
 
     def _history_entry(self, *, event_id: str, step: str, outcome: str, message: str, state: str | None,
@@ -393,7 +418,7 @@ class Store:
     # -- clusters
     @_edge
     def get_cluster(self, ref: ClusterRef) -> ClusterRecord | None:
-        snap = self._cluster_doc(ref).get()
+        snap = self._cluster_doc(ref).get(**self._opts)
         return ClusterRecord.of(ref, snap.to_dict() or {}) if snap.exists else None
 
     @_edge
@@ -401,7 +426,7 @@ class Store:
         """The cluster's record and whether the ledger has `ledger_key`, in one read (a request's
         first look: a duplicate stops here, anything else needs the cluster's state anyway)."""
         doc, ledger = self._cluster_doc(ref), self._ledger_doc(ledger_key)
-        snaps = {x.reference.path: x for x in self.client.get_all([doc, ledger])}
+        snaps = {x.reference.path: x for x in self.client.get_all([doc, ledger], **self._opts)}
         seen = snaps.get(ledger.path)
         if seen is not None and seen.exists:
             return None, True
@@ -489,10 +514,38 @@ class Store:
         return self._run(txn)
 
     @_edge
+    def hold(self, ref: ClusterRef, *, holder: str, step: str, seconds: int | None = None) -> None:
+        """Renew our lease for `step` (a long wait), or drop it (`seconds=0`), without a history entry.
+
+        Raises the busy `Transient` if another delivery holds a live lease: ours expired and was
+        taken, so this one must stop before it changes anything more.
+        """
+        doc = self._cluster_doc(ref)
+        lease_seconds = self.settings.lease_seconds if seconds is None else seconds
+
+        def txn(transaction: Any) -> None:
+            (snap,) = self._read(transaction, doc)
+            if not snap.exists:
+                raise self._unknown(ref, holder)
+            now = _now()
+            held = Lease.from_doc((snap.to_dict() or {}).get("lease"))
+            if held is not None and held.holder != holder and held.live(now):
+                raise self._busy(ref, held)
+            if lease_seconds <= 0:
+                if held is not None and held.holder == holder:
+                    transaction.update(doc, {"lease": None})
+                return
+            transaction.update(doc, {"lease": Lease(holder, step, now + timedelta(seconds=lease_seconds)).to_doc()})
+
+        self._run(txn)
+
+    @_edge
     def release(self, ref: ClusterRef, *, event_id: str, step: str, error: str, outcome: str = "retry",
                 state: str | None = None, count_attempt: bool = True,
-                holder: str | None = None) -> ClusterRecord:
-        """A step failed: drop our lease, keep the error and count the attempt, visibly in history."""
+                holder: str | None = None, fields: Mapping[str, Any] | None = None) -> ClusterRecord:
+        """A step failed: drop our lease, keep the error and count the attempt, visibly in history.
+
+        `fields` are written with it (e.g. since when GKE has been busy with another operation)."""
         if outcome not in ("retry", "failed"):
             raise ValueError(f"outcome: expected 'retry' or 'failed', got {outcome!r}")
         doc = self._cluster_doc(ref)
@@ -507,7 +560,7 @@ class Store:
             releases = int(data.get("releases") or 0) + 1
             changes: dict[str, Any] = {
                 "lastError": {"message": str(error)[:4000], "step": step, "eventId": event_id, "at": now},
-                "attempts": attempts, "releases": releases, "updatedAt": now}
+                "attempts": attempts, "releases": releases, "updatedAt": now, **dict(fields or {})}
             held = Lease.from_doc(data.get("lease"))
             if held is not None and held.holder == (holder or event_id):
                 changes["lease"] = None
@@ -536,7 +589,7 @@ class Store:
         if limit is not None:
             query = query.limit(limit)
         out = []
-        for snap in query.stream():
+        for snap in query.stream(**self._opts):
             try:
                 ref = ClusterRef.from_doc_id(snap.id)
             except Rejected:
@@ -547,7 +600,7 @@ class Store:
     # -- the ledger
     @_edge
     def seen(self, ledger_key: str) -> bool:
-        return bool(self._ledger_doc(ledger_key).get().exists)
+        return bool(self._ledger_doc(ledger_key).get(**self._opts).exists)
 
     @_edge
     def get_ledger(self, ledger_key: str) -> dict[str, Any] | None:
@@ -565,7 +618,8 @@ class Store:
         try:
             self._ledger_doc(ledger_key).create(
                 {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome, cluster=cluster, now=_now()),
-                 **(fields or {})})
+                 **(fields or {})},
+                **self._opts)
         except gexc.AlreadyExists:
             return False
         return True
@@ -698,7 +752,7 @@ class Store:
         if page_token:
             at, doc_id = _decode_token(page_token)
             query = query.start_after({"at": at, "__name__": doc_id})
-        snaps = list(query.limit(page_size + 1).stream())
+        snaps = list(query.limit(page_size + 1).stream(**self._opts))
         more = len(snaps) > page_size
         snaps = snaps[:page_size]
         entries = [{**(s.to_dict() or {}), "id": s.id} for s in snaps]
@@ -755,12 +809,12 @@ class Store:
         col = (self._cluster_doc(ref).collection("rejections") if ref is not None
                else self._col("rejections"))
         query = col.order_by("at", direction=firestore.Query.DESCENDING).limit(limit)
-        return [{**(s.to_dict() or {}), "id": s.id} for s in query.stream()]
+        return [{**(s.to_dict() or {}), "id": s.id} for s in query.stream(**self._opts)]
 
     # -- policy and housekeeping
     @_edge
     def get_policy(self) -> dict[str, Any] | None:
-        snap = self._col("config").document("policy").get()
+        snap = self._col("config").document("policy").get(**self._opts)
         return snap.to_dict() if snap.exists else None
 
     # -- bundle rollouts (shared/flows/rollout.py)
@@ -796,11 +850,11 @@ class Store:
         doc = self._cluster_doc(ref)
         for sub in doc.collections():
             while True:
-                snaps = list(sub.limit(400).stream())
+                snaps = list(sub.limit(400).stream(**self._opts))
                 if not snaps:
                     break
                 batch = self.client.batch()
                 for s in snaps:
                     batch.delete(s.reference)
-                batch.commit()
-        doc.delete()
+                batch.commit(**self._opts)
+        doc.delete(**self._opts)

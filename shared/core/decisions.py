@@ -26,6 +26,8 @@ DELETED = "DELETED"  # the cluster is gone; nothing is applied to it again
 
 CLUSTER_STATES = (DISCOVERED, IGNORED, INELIGIBLE, AWAITING_NODE_POOL, CREATING_NODE_POOL,
                   INSTALLING, READY, FAILED, DELETED)
+# States that record progress made on the cluster: waiting for GKE never takes them back.
+PROGRESS = (AWAITING_NODE_POOL, CREATING_NODE_POOL, INSTALLING, READY)
 # States a lost event could leave hanging: `reconcile` resumes them once they are stale.
 RESUMABLE = (DISCOVERED, AWAITING_NODE_POOL, CREATING_NODE_POOL, INSTALLING)
 
@@ -71,22 +73,33 @@ class ClusterStep:
 
 
 def decide_cluster(*, state: str | None, facts: Any, findings: Sequence[Any], opted_in: bool,
-                   suitable: Sequence[Any], have_template: bool, bundle_version: str) -> ClusterStep:
+                   suitable: Sequence[Any], have_template: bool, bundle_version: str,
+                   retry_pool: bool = False) -> ClusterStep:
     """The next step for a cluster, from its recorded state and what GKE says now.
 
     `facts` is a `prechecks.ClusterFacts`; `findings` the prechecks' findings; `suitable` the
-    node pools that have both an additional node network and an additional pod network.
+    node pools that have both an additional node network and an additional pod network;
+    `retry_pool` that the pool the controller asked for failed transiently and was deleted to be
+    created again.
     """
     if state == DELETED:
         return ClusterStep(ClusterStep.CLOSED, DELETED, "cluster was deleted; nothing is applied to it")
     if not opted_in:
+        if state in PROGRESS:
+            return ClusterStep(ClusterStep.IGNORE, IGNORED, "cluster was opted out (label removed); left alone, "
+                                                            "what was installed stays on the cluster")
         return ClusterStep(ClusterStep.IGNORE, IGNORED, "cluster is not opted in (label missing); left alone")
     status = (getattr(facts, "status", "") or "").upper()
-    if status in ("PROVISIONING", "RECONCILING", "STATUS_UNSPECIFIED", ""):
-        return ClusterStep(ClusterStep.WAIT, DISCOVERED,
+    # A cluster never loses progress it made: a wait keeps the state reached (READY stays READY).
+    kept = state if state in PROGRESS else DISCOVERED
+    if status in ("PROVISIONING", "STATUS_UNSPECIFIED", ""):
+        return ClusterStep(ClusterStep.WAIT, kept,
                            f"cluster is {status or 'in an unknown status'}; waiting for it to be RUNNING")
     if status in ("STOPPING", "ERROR", "DEGRADED"):
-        return ClusterStep(ClusterStep.WAIT, state or DISCOVERED, f"cluster status is {status}; not acting now")
+        return ClusterStep(ClusterStep.WAIT, kept, f"cluster status is {status}; not acting now")
+    # RECONCILING (an upgrade, a label change, GKE's own operation after a create): the API server
+    # still answers, so the cluster is decided as if RUNNING; a GKE write it refuses meanwhile
+    # ("incompatible operation") is retried until the operation is over (errors.Busy).
     blocking = [f for f in findings if getattr(f, "severity", "error") == "error"
                 and getattr(f, "id", "") != BLOCKING_FINDING_EXEMPT]
     if blocking:
@@ -94,6 +107,9 @@ def decide_cluster(*, state: str | None, facts: Any, findings: Sequence[Any], op
                            f"{len(blocking)} precheck(s) failed: " + "; ".join(f.message for f in blocking),
                            findings=tuple(blocking))
     if not suitable:
+        if state == CREATING_NODE_POOL and retry_pool and have_template:
+            return ClusterStep(ClusterStep.CREATE_POOL, CREATING_NODE_POOL,
+                               "the node pool failed in GKE for a reason that passes; creating it again")
         if state == CREATING_NODE_POOL:
             return ClusterStep(ClusterStep.WAIT, CREATING_NODE_POOL,
                                "node pool creation requested; waiting for its completion event")

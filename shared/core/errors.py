@@ -8,6 +8,9 @@ The functions map them to Pub/Sub behaviour without comparing strings:
   INVALID_ARGUMENT, FAILED_PRECONDITION...). Recorded as FAILED with the API's message.
 - `Transient`: worth retrying (5xx, 429, timeouts, ABORTED, a lease held by someone else).
   The function raises, Pub/Sub redelivers with backoff, then dead-letters.
+- `Busy` (a `Transient`): GKE refused a write because an operation is running on the cluster
+  ("incompatible operation", CLUSTER_ALREADY_HAS_OPERATION). It ends when the operation ends, so
+  it is retried for a bounded *time* (`busy_wait_seconds`), not counted as a failed attempt.
 """
 
 from __future__ import annotations
@@ -80,3 +83,39 @@ class Transient(ProvisionerError):
         self.code = code
         self.api = api
         super().__init__(message)
+
+
+class Wait(Transient):
+    """Not a failure: the step can only go on later (GKE busy, a retry's backoff not over yet).
+
+    Retried (Pub/Sub redelivers) for a bounded *time* (`busy_wait_seconds`), never counted as a
+    failed attempt of the step.
+    """
+
+
+class Busy(Wait):
+    """GKE is running another operation on the cluster; the same write succeeds once it is over.
+
+    Not a failure of the step: retrying it does not burn the cluster's attempts (terraform-provider-google
+    PR 1660 retries exactly this refusal). `operation` names the running operation when GKE said it.
+    """
+
+    def __init__(self, message: str, *, code: str | int | None = "CLUSTER_ALREADY_HAS_OPERATION", api: str = "",
+                 operation: str | None = None) -> None:
+        self.operation = operation
+        super().__init__(message, code=code, api=api)
+
+
+class NeedsFix(Permanent):
+    """Something the operator must change outside the controller, said as a precheck finding.
+
+    The workflow records it as a finding (`finding_id`, the message, `fix`) and the cluster as
+    INELIGIBLE, so the fix is shown where every other precheck's fix is, and a re-check after the
+    fix takes it up again.
+    """
+
+    def __init__(self, message: str, *, finding_id: str, fix: str, code: str | int | None = None,
+                 api: str = "") -> None:
+        self.finding_id = finding_id
+        self.fix = fix
+        super().__init__(message, code=code, api=api)

@@ -33,6 +33,11 @@ ACTIONS = {
     "DeleteCluster": "cluster.deleted",
     "CreateNodePool": "node_pool.created",
     "DeleteNodePool": "node_pool.deleted",
+    # Changes to a cluster that exists: opting in or out later (labels), an upgrade that may make an
+    # INELIGIBLE cluster eligible. The cluster is looked at again when the operation is done.
+    "SetLabels": "cluster.labels_set",
+    "UpdateCluster": "cluster.updated",
+    "UpdateMaster": "cluster.updated",
 }
 API_VERSIONS = ("v1", "v1beta1")
 METHODS = {f"google.container.{v}.ClusterManager.{m}": a for v in API_VERSIONS for m, a in ACTIONS.items()}
@@ -51,7 +56,11 @@ class PubSubMessage:
 
 @dataclass(frozen=True)
 class AuditEvent:
-    """A GKE cluster or node pool was created or deleted (one audit entry of the operation)."""
+    """A GKE cluster or node pool was created, deleted or changed (one audit entry of the operation).
+
+    `refused`: the request was refused at once (GKE writes a single entry without `operation`,
+    severity ERROR, with a status): no operation ran, so it ends nothing anyone waits for.
+    """
 
     event_id: str
     action: str
@@ -64,6 +73,11 @@ class AuditEvent:
     status_code: int | None = None
     timestamp: str | None = None
     principal: str | None = None  # who did it; carried for the record, kept out of logs
+    status_message: str | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.failed and self.operation_id is None
 
     @property
     def failed(self) -> bool:
@@ -244,7 +258,7 @@ def decode_audit(event: PubSubMessage | Any) -> AuditEvent:
                       "protoPayload.serviceName", event_id=eid)
     method = proto.get("methodName")
     if not isinstance(method, str) or method not in METHODS:
-        raise _reject(f"method {_short(method)} is not a cluster or node pool create/delete", "other-method",
+        raise _reject(f"method {_short(method)} is not one the controller reacts to", "other-method",
                       "protoPayload.methodName", event_id=eid)
     action = METHODS[method]
 
@@ -255,6 +269,8 @@ def decode_audit(event: PubSubMessage | Any) -> AuditEvent:
 
     first, last, operation_id = _operation(entry.get("operation"), eid, cluster)
     status_code = _status_code(proto.get("status"), eid, cluster)
+    status = proto.get("status")
+    status_message = status.get("message") if isinstance(status, Mapping) else None
     auth = proto.get("authenticationInfo")
     principal = auth.get("principalEmail") if isinstance(auth, Mapping) else None
     timestamp = entry.get("timestamp")
@@ -268,6 +284,7 @@ def decode_audit(event: PubSubMessage | Any) -> AuditEvent:
         operation_id=operation_id,
         method=method,
         status_code=status_code,
+        status_message=status_message[:2000] if isinstance(status_message, str) and status_code else None,
         timestamp=timestamp if isinstance(timestamp, str) else None,
         principal=principal if isinstance(principal, str) else None,
     )

@@ -166,6 +166,26 @@ class ClusterFacts:
                 "node_pools": [p.to_dict() for p in self.node_pools]}
 
 
+def facts_digest(facts: ClusterFacts) -> str:
+    """A short digest of what opt-in and the prechecks read (labels, version, networking, pools).
+
+    Recorded with every decision, so the scheduled reconcile can tell from one ListClusters whether
+    an IGNORED or INELIGIBLE cluster changed since (status and endpoint are left out: they move on
+    their own and change no decision).
+    """
+    import hashlib
+    import json
+
+    data = facts.to_dict()
+    data.pop("status", None)
+    data.pop("endpoint", None)
+    data["node_pools"] = sorted((p for p in data["node_pools"]), key=lambda p: str(p.get("name")))
+    for pool in data["node_pools"]:
+        pool.pop("status", None)
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
 def parse_gke_version(text: object) -> tuple[int, int, int] | None:
     """`1.30.5-gke.1014001` -> (1, 30, 5); `1.29` -> (1, 29, 0); anything else (`latest`, "") -> None."""
     if not isinstance(text, str):
@@ -248,9 +268,12 @@ def precheck(cluster: Any, node_pools: Iterable[Any] | None = None) -> list[Find
 
 
 def suitable_pools(pools: Iterable[Any]) -> list[PoolNetworks]:
-    """The pools with an additional node network and an additional pod network, in input order."""
+    """The pools with an additional node network and an additional pod network, in input order.
+
+    A pool in ERROR (its creation failed: no nodes) or being deleted (STOPPING) is not one to install on.
+    """
     facts = [PoolNetworks.of(p, field=f"nodePools[{i}]") for i, p in enumerate(_iterable(pools, "nodePools"))]
-    return [p for p in facts if p.suitable]
+    return [p for p in facts if p.suitable and p.status not in ("ERROR", "STOPPING")]
 
 
 def eligible(findings: Iterable[Finding]) -> bool:

@@ -128,6 +128,12 @@ class Settings:
     denied_namespaces: tuple[str, ...] = ("kube-system",)
     max_nads_per_cluster: int = 32
     max_attempts: int = 5
+    # How long a write refused because GKE runs another operation on the cluster is retried. GKE's own
+    # operations (node upgrades after a create, auto-upgrades) take minutes, sometimes tens of them.
+    busy_wait_seconds: int = 3600
+    # A node pool whose creation GKE reports as transiently failed (zone stockout, quota) is deleted
+    # and created again after this many seconds, doubled on each further attempt (max_attempts in all).
+    node_pool_retry_seconds: int = 60
     node_pool_template: NodePoolTemplate | None = None
     default_nads: tuple[Mapping[str, Any], ...] = ()
     multus_image: str | None = None
@@ -135,6 +141,14 @@ class Settings:
     allow_unpinned_images: bool = False
     multus_log_level: str | None = None
     stall_seconds: int = 600
+    # How the controller reaches a cluster's control plane (shared/core/endpoints.py):
+    # the DNS-based endpoint's certificate is publicly trusted: verified with the system roots unless
+    # a CA file is given (the sandbox's public-style CA); `dns_endpoint_address` connects to that
+    # address instead of resolving the name (the sandbox never registers it in DNS); `vpc_egress`:
+    # the functions have VPC egress (infra var.vpc_connector), so a private endpoint may be dialled.
+    dns_endpoint_ca_file: str | None = None
+    dns_endpoint_address: str | None = None
+    vpc_egress: bool = False
     nad_topic: str = "multus-nad-requests"
     policy_document: bool = True
     # Bundle rollouts (docs/WORKFLOW.md "Bundle rollouts"): canary size when no cluster carries
@@ -207,6 +221,8 @@ class Settings:
             denied_namespaces=names("DENIED_NAMESPACES", ("kube-system",)),
             max_nads_per_cluster=integer("MAX_NADS_PER_CLUSTER", 32, 1, 1000),
             max_attempts=integer("MAX_ATTEMPTS", 5, 1, 100),
+            busy_wait_seconds=integer("BUSY_WAIT_SECONDS", 3600, 0, 86400),
+            node_pool_retry_seconds=integer("NODE_POOL_RETRY_SECONDS", 60, 0, 86400),
             node_pool_template=template,
             default_nads=tuple(nads_raw or ()),
             multus_image=get("MULTUS_IMAGE"),
@@ -214,6 +230,9 @@ class Settings:
             allow_unpinned_images=(get("ALLOW_UNPINNED_IMAGES", "false") or "").lower() in ("1", "true", "yes"),
             multus_log_level=level,
             stall_seconds=integer("STALL_SECONDS", 600, 1, 86400),
+            dns_endpoint_ca_file=get("DNS_ENDPOINT_CA_FILE") or get("SANDBOX_CA_BUNDLE"),
+            dns_endpoint_address=_ip_literal(r, "DNS_ENDPOINT_ADDRESS") or _ip_literal(r, "SANDBOX_DNS_ADDRESS"),
+            vpc_egress=(get("VPC_EGRESS", "false") or "").lower() in ("1", "true", "yes"),
             nad_topic=get("TOPIC_NAD_REQUESTS", "multus-nad-requests") or "multus-nad-requests",
             policy_document=(get("POLICY_DOCUMENT", "true") or "").lower() not in ("0", "false", "no"),
             rollout_canary=integer("ROLLOUT_CANARY", 1, 0, 1000),
@@ -224,6 +243,19 @@ class Settings:
             fanout_batch=integer("FANOUT_BATCH", 100, 1, 1000),
             prune_orphans=r.boolean("PRUNE_ORPHANS", False),
         )
+
+
+def _ip_literal(r: _EnvReader, name: str) -> str | None:
+    """An IP address to connect to (never a name: nothing to resolve), or None."""
+    import ipaddress
+
+    raw = r.get(name)
+    if raw is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name}={raw[:100]!r}: expected an IP address") from None
 
 
 @dataclass(frozen=True)

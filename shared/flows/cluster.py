@@ -19,10 +19,11 @@ from typing import Any
 
 from shared.core import decisions as d
 from shared.core import logs
-from shared.core.errors import Permanent, Rejected, Transient
+from shared.core.errors import Busy, NeedsFix, Permanent, Rejected, Transient, Wait
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Cursor, Outcome, cluster_fields
 from shared.flows.nad import NadFlow
+from shared.ports import DELETE
 
 
 class ClusterFlow:
@@ -34,9 +35,19 @@ class ClusterFlow:
     def handle_audit(self, ev: Any) -> Outcome:
         """A GKE audit entry: cluster or node pool created or deleted."""
         ref: ClusterRef = ev.cluster
+        verb = ev.method.rsplit(".", 1)[-1]
+        said = f": {ev.status_message}" if ev.status_message else ""
+        if ev.refused:  # one entry, no operation: nothing ran, so nothing anyone waits for has ended
+            return self._note(ref, ev.event_id, "audit",
+                              f"{verb} was refused at once by GKE (status {ev.status_code}{said}); no operation ran",
+                              outcome="ignored")
+        if ev.status_code and ev.action == "node_pool.created" and ev.last:
+            # The pool failed after it was accepted: the workflow reads the stored operation and decides.
+            return self.drive(ref, ev.event_id, trigger=f"node pool {ev.node_pool} creation failed in GKE "
+                                                        f"(status {ev.status_code})", create=False)
         if ev.status_code:
             return self._note(ref, ev.event_id, "audit",
-                              f"{ev.method} failed in GKE (status {ev.status_code}); nothing to do",
+                              f"{verb} failed in GKE (status {ev.status_code}{said}); nothing to do",
                               outcome="ignored")
         if ev.action == "cluster.deleted":
             if not ev.last:
@@ -52,11 +63,19 @@ class ClusterFlow:
         if ev.action == "node_pool.deleted" and not ev.last:
             return self._note(ref, ev.event_id, "node-pool-deleting",
                               f"node pool {ev.node_pool} is being deleted", outcome="ignored")
+        if ev.action in ("cluster.labels_set", "cluster.updated") and not ev.last:
+            return self._note(ref, ev.event_id, "cluster-updating",
+                              f"{ev.method.rsplit('.', 1)[-1]} started; the cluster is looked at again when it is done",
+                              outcome="ignored")
         trigger = {"cluster.created": "cluster created",
+                   "cluster.labels_set": "labels changed",
+                   "cluster.updated": f"cluster updated ({ev.method.rsplit('.', 1)[-1]})",
                    "node_pool.created": f"node pool {ev.node_pool} created",
                    "node_pool.deleted": f"node pool {ev.node_pool} deleted"}[ev.action]
-        create = ev.action == "cluster.created"
-        return self.drive(ref, ev.event_id, trigger=trigger, create=create or None)
+        # Labels can opt an unknown cluster in (a workflow starts; an opt-out is recorded as IGNORED);
+        # an update of a cluster the controller does not track is reconcile's to adopt, if opted in.
+        create = {"cluster.created": True, "cluster.labels_set": True, "cluster.updated": False}.get(ev.action)
+        return self.drive(ref, ev.event_id, trigger=trigger, create=create)
 
     def _note(self, ref: ClusterRef, event_id: str, step: str, message: str, *, outcome: str) -> Outcome:
         """Record an event that needs no step: in the cluster's history when we know the cluster."""
@@ -81,9 +100,15 @@ class ClusterFlow:
         store = self.ctx.store
         message = "cluster creation started; waiting for it to finish"
         try:
-            store.claim(ref, event_id=event_id, step="discover", ledger_key=event_id,
-                        create_state=d.DISCOVERED, create_fields=cluster_fields(ref))
+            rec = store.claim(ref, event_id=event_id, step="discover", ledger_key=event_id,
+                              create_state=d.DISCOVERED, create_fields=cluster_fields(ref))
+            again = rec.state == d.DELETED
+            if again:  # re-created under the same name: the new incarnation starts when GKE is done
+                message = ("cluster created again under this name (the previous one was deleted); "
+                           "a new workflow starts when its creation is done")
             rec = store.advance(ref, event_id=event_id, step="discover", message=message,
+                                state=d.DISCOVERED if again else None,
+                                fields={"newIncarnation": {"endState": d.DELETED}} if again else None,
                                 ledger_key=event_id, release=True)
         except AlreadyHandled:
             return Outcome("duplicate", "event already handled", ref.path)
@@ -128,6 +153,8 @@ class ClusterFlow:
             return self._drive_claimed(ref, rec, event_id, trigger, cursor)
         except AlreadyHandled:  # a concurrent duplicate of this event finished first
             return Outcome("duplicate", "event already handled", ref.path)
+        except Wait as e:
+            return self._busy(ref, rec, event_id, cursor, e)
         except Transient as e:
             rec = store.release(ref, event_id=event_id, step=cursor.step, holder=cursor.holder,
                                 error=f"{cursor.step}: {e}", outcome="retry")
@@ -138,8 +165,51 @@ class ClusterFlow:
             logs.warning("transient failure; Pub/Sub will redeliver", eventId=event_id, cluster=ref.path,
                          step=cursor.step, error=str(e), attempt=attempts)
             raise
+        except NeedsFix as e:
+            return self._needs_fix(ref, event_id, cursor, e)
         except Permanent as e:
             return self._fail(ref, event_id, cursor, f"{cursor.step}: {e}")
+        except Exception as e:  # a bug, not an answer of an API: surface it, but never leave the lease behind
+            store.release(ref, event_id=event_id, step=cursor.step, holder=cursor.holder, outcome="retry",
+                          error=f"{cursor.step}: unexpected {type(e).__name__}: {e}", count_attempt=False)
+            raise
+
+    def _busy(self, ref: ClusterRef, rec: Any, event_id: str, cursor: Cursor, e: Wait) -> Outcome:
+        """GKE runs another operation on the cluster: retry until it is over, bounded by time, not attempts.
+
+        `busySince` (wall clock, seconds) marks the start of the window; any step that moves the
+        cluster on clears it.
+        """
+        store, limit = self.ctx.store, self.ctx.settings.busy_wait_seconds
+        since = rec.data.get("busySince")
+        now = time.time()
+        since = float(since) if isinstance(since, int | float) and not isinstance(since, bool) else now
+        if now - since >= limit:
+            return self._fail(ref, event_id, cursor, f"{cursor.step}: GKE was still busy with another operation "
+                                                     f"after {limit}s; last answer: {e}")
+        if isinstance(e, Busy):
+            why = f"waiting for GKE's operation{' ' + e.operation if e.operation else ''} to end: {e}"
+        else:
+            why = f"waiting: {e}"
+        store.release(ref, event_id=event_id, step=cursor.step, holder=cursor.holder, outcome="retry",
+                      error=f"{cursor.step}: {why}", count_attempt=False, fields={"busySince": since})
+        logs.warning("not yet (GKE busy, or a backoff); Pub/Sub will redeliver",
+                     eventId=event_id, cluster=ref.path, step=cursor.step, error=str(e))
+        raise e
+
+    def _needs_fix(self, ref: ClusterRef, event_id: str, cursor: Cursor, e: NeedsFix) -> Outcome:
+        """Something outside the controller must change: a finding, the cluster INELIGIBLE until re-checked."""
+        finding = {"id": e.finding_id, "severity": "error", "message": str(e), "fix": e.fix}
+        rec = _Step(self.ctx.store, ref, event_id, cursor).advance(
+            step=cursor.step, state=d.INELIGIBLE, outcome="failed", message=f"{cursor.step}: {e}. Fix: {e.fix}",
+            fields={"findings": [finding], "attempts": 0,
+                    # recorded, so the scheduled reconcile re-checks it only once the cluster changed
+                    **({"factsDigest": cursor.facts_digest} if cursor.facts_digest else {}),
+                    "lastError": {"message": f"{cursor.step}: {e}"[:4000], "step": cursor.step, "eventId": event_id}},
+            ledger_key=event_id, release=True)
+        logs.warning("cluster needs a fix outside the controller", eventId=event_id, cluster=ref.path,
+                     step=cursor.step, error=str(e))
+        return Outcome("done", f"{e}. Fix: {e.fix}", ref.path, rec.state)
 
     def _fail(self, ref: ClusterRef, event_id: str, cursor: Cursor, message: str) -> Outcome:
         store, step = self.ctx.store, cursor.step
@@ -155,30 +225,41 @@ class ClusterFlow:
         from shared.core import prechecks
 
         step_ = _Step(self.ctx.store, ref, event_id, cursor)
-        if rec.state == d.DELETED:
-            step_.advance(step="precheck", outcome="skipped", message=f"{trigger}: the workflow is closed",
-                          ledger_key=event_id, release=True)
-            return Outcome("ignored", "workflow closed", ref.path, d.DELETED)
         try:
             cluster = self.ctx.gke.get_cluster(ref)
         except Permanent as e:
             if str(e.code).upper() in ("NOT_FOUND", "404", "5"):
+                if rec.state == d.DELETED:
+                    step_.advance(step="precheck", outcome="skipped", message=f"{trigger}: the workflow is closed",
+                                  ledger_key=event_id, release=True)
+                    return Outcome("ignored", "workflow closed", ref.path, d.DELETED)
                 rec = step_.advance(step="precheck", state=d.DELETED,
                                     message=f"{trigger}: cluster no longer exists in GKE",
                                     ledger_key=event_id, release=True)
                 return Outcome("done", "cluster no longer exists", ref.path, rec.state)
             raise
+        if new_incarnation(rec, cluster):
+            rec = self._new_incarnation(step_, rec, cluster, trigger)
+        if rec.state == d.CREATING_NODE_POOL:
+            failed = self._pool_failed(step_, rec, trigger)
+            if failed is not None:
+                return failed
         facts = prechecks.ClusterFacts.of(cluster)
         findings = prechecks.precheck(cluster)
         policy = self.ctx.policy()
         bundle = self.ctx.bundle(ref)
+        requested = dict(rec.data.get("nodePoolRequested") or {})
         step = d.decide_cluster(state=rec.state, facts=facts, findings=findings,
                                 opted_in=policy.opted_in(dict(facts.labels)),
                                 suitable=prechecks.suitable_pools(list(cluster.node_pools)),
                                 have_template=policy.node_pool_template is not None,
-                                bundle_version=bundle.version)
+                                bundle_version=bundle.version,
+                                retry_pool=bool(requested.get("retry"))
+                                and not any(p.name == requested.get("name") for p in cluster.node_pools))
+        cursor.facts_digest = prechecks.facts_digest(facts)
         base = {"version": facts.version, "status": facts.status,
-                "findings": [f.to_dict() for f in findings], "trigger": trigger}
+                "findings": [f.to_dict() for f in findings], "trigger": trigger, "busySince": DELETE,
+                "factsDigest": cursor.facts_digest, **incarnation_fields(cluster)}
         if step.kind in (step.CLOSED, step.IGNORE, step.WAIT, step.INELIGIBLE, step.AWAIT_POOL):
             rec = step_.advance(step="precheck", state=step.state,
                                 outcome="ignored" if step.kind == step.IGNORE else "ok",
@@ -192,6 +273,68 @@ class ClusterFlow:
             return self._create_pool(step_, step, policy, base, trigger)
         return self._install_and_apply(step_, rec, step, cluster, bundle, policy, base, trigger)
 
+    def _new_incarnation(self, step_: _Step, rec: Any, cluster: Any, trigger: str) -> Any:
+        """The name now belongs to another cluster (deleted and created again): a new workflow.
+
+        The document stays (the history under it is kept, both incarnations' entries in order);
+        what belonged to the old cluster is cleared; the run is marked in the history entry.
+        """
+        ident = incarnation_fields(cluster)
+        previous = rec.data.get("clusterId") or "unknown"
+        earlier = [*list(rec.data.get("previousIncarnations") or []),
+                   {"clusterId": previous, "createTime": rec.data.get("createTime") or "",
+                    "endState": _pending_end_state(rec) or rec.state}][-20:]
+        self.ctx.forget_cluster(step_.ref)
+        return step_.advance(
+            step="new-incarnation", state=d.DISCOVERED,
+            message=f"{trigger}: new incarnation {ident['clusterId'] or 'unknown'}, previous {previous}",
+            fields={**ident, "previousIncarnations": earlier, "incarnation": int(rec.data.get("incarnation") or 1) + 1,
+                    "newIncarnation": DELETE, "bundleVersion": DELETE, "nodePool": DELETE,
+                    "nodePoolRequested": DELETE, "rollout": DELETE, "installRequests": DELETE,
+                    "attempts": 0, "lastError": None, "busySince": DELETE},
+            next_step="precheck")
+
+    def _pool_failed(self, step_: _Step, rec: Any, trigger: str) -> Outcome | None:
+        """The pool the controller asked for: did GKE fail it after accepting it? (the stored operation)
+
+        Transient (stockout, quota): the failed pool is deleted and created again after a backoff,
+        each attempt in the history, up to `max_attempts`; otherwise, or then, FAILED with GKE's
+        message and the fix. None: the operation runs or succeeded, or was read before.
+        """
+        requested = dict(rec.data.get("nodePoolRequested") or {})
+        operation = requested.get("operation")
+        if not operation or requested.get("failedOperation") == operation:
+            return None
+        step_.cursor.step = "create-node-pool"
+        failure = self.ctx.gke.operation_failure(step_.ref, operation)
+        if failure is None:
+            return None
+        ref, name, attempt = step_.ref, requested.get("name", ""), int(requested.get("attempt") or 1)
+        limit = self.ctx.settings.max_attempts
+        what = f"{trigger}: node pool {name} failed in GKE ({failure.reason}): {failure.message}"
+        failures = [*list(requested.get("failures") or []),
+                    {"operation": operation, "reason": failure.reason, "message": failure.message[:1000]}][-10:]
+        if failure.transient and attempt < limit:
+            delay = self.ctx.settings.node_pool_retry_seconds * 2 ** (attempt - 1)
+            deleting = self.ctx.gke.delete_node_pool(ref, name)
+            retry = {**requested, "failedOperation": operation, "failures": failures, "retry": True,
+                     "retryAfter": time.time() + delay, "deleteOperation": deleting or ""}
+            rec = step_.advance(step=f"node-pool-failed-{attempt}", outcome="retry", state=d.CREATING_NODE_POOL,
+                                message=f"{what}; GKE says this passes: attempt {attempt} of {limit}, deleting the "
+                                        f"failed pool and creating it again in {delay}s ({failure.fix})",
+                                fields={"nodePoolRequested": retry}, ledger_key=step_.event_id, release=True)
+            return Outcome("waiting", f"node pool {name} failed transiently; retrying", ref.path, rec.state)
+        tail = f"; gave up after {attempt} attempts" if failure.transient else ""
+        message = f"{what}{tail}. Fix: {failure.fix}"
+        rec = step_.advance(step="node-pool-failed", outcome="failed", state=d.FAILED, message=message,
+                            fields={"nodePoolRequested": {**requested, "failedOperation": operation,
+                                                          "failures": failures, "retry": False},
+                                    "lastError": {"message": message[:4000], "step": "create-node-pool",
+                                                  "eventId": step_.event_id}},
+                            ledger_key=step_.event_id, release=True)
+        logs.error("node pool failed in GKE", eventId=step_.event_id, cluster=ref.path, error=message)
+        return Outcome("failed", message, ref.path, rec.state)
+
     def _create_pool(self, step_: _Step, step: d.ClusterStep, policy: Any, base: dict[str, Any],
                      trigger: str) -> Outcome:
         """The policy gives a node pool template and the cluster has no suitable pool: create it.
@@ -199,13 +342,23 @@ class ClusterFlow:
         ref = step_.ref
         step_.cursor.step = "create-node-pool"
         tpl = policy.node_pool_template
+        before = dict(step_.store.get_cluster(ref).data.get("nodePoolRequested") or {})
+        again = bool(before.get("retry")) and before.get("name") == tpl.name
+        if again and time.time() < float(before.get("retryAfter") or 0):
+            raise Wait(f"node pool {tpl.name} is created again after its backoff "
+                       f"({float(before['retryAfter']) - time.time():.0f}s left)", code="BACKOFF", api="gke")
         operation = self.ctx.gke.create_node_pool(ref, tpl)
+        if operation is None and again:  # the failed pool is still being deleted
+            raise Wait(f"the failed node pool {tpl.name} is still being deleted", code="BACKOFF", api="gke")
+        attempt = int(before.get("attempt") or 1) + 1 if again else 1
         rec = step_.advance(step="create-node-pool", state=d.CREATING_NODE_POOL,
                             message=f"{trigger}: {step.message} ({tpl.name}"
-                                    + (f", operation {operation})" if operation else ", already exists)"),
+                                    + (f", operation {operation}" if operation else ", already exists")
+                                    + (f", attempt {attempt})" if again else ")"),
                             fields={**base, "attempts": 0, "nodePoolRequested": {
                                 "name": tpl.name, "operation": operation or "",
-                                "subnetwork": tpl.subnetwork, "secondaryPodRange": tpl.secondary_pod_range}},
+                                "subnetwork": tpl.subnetwork, "secondaryPodRange": tpl.secondary_pod_range,
+                                "attempt": attempt, "failures": list(before.get("failures") or []) if again else []}},
                             ledger_key=step_.event_id, release=True)
         return Outcome("waiting", step.message, ref.path, rec.state)
 
@@ -227,12 +380,14 @@ class ClusterFlow:
         ref, cursor, event_id = step_.ref, step_.cursor, step_.event_id
         node_pool = self._node_pool_facts(ref, rec, step.pool, cursor)
         base = {**base, "findings": base["findings"] + _capacity_findings(step.pool, node_pool, cluster)}
+        cursor.step = "endpoint"  # NeedsFix (a private-only cluster without VPC egress) -> a finding
+        reach = {"apiEndpoint": self.ctx.gke.endpoint(cluster).to_dict()}
         if step.kind == step.INSTALL or rec.data.get("bundleVersion") != bundle.version:
             cursor.step = "install"
             rec = step_.advance(step="precheck", state=d.INSTALLING, message=f"{trigger}: {step.message}",
-                                fields={**base, "nodePool": node_pool}, next_step="install")
+                                fields={**base, "nodePool": node_pool, **reach}, next_step="install")
             kube = self.ctx.kube_for(ref, cluster)
-            report = self._install(kube, bundle, cursor)
+            report = self._install(kube, bundle, cursor, renew=lambda step: step_.hold(step))
             rec = step_.advance(step="install", state=d.READY,
                                 message=(f"bundle {bundle.version} applied ({report['objects']} objects, "
                                          f"{report['requests']} API requests); CRDs Established; "
@@ -245,29 +400,48 @@ class ClusterFlow:
             kube = self.ctx.kube_for(ref, cluster)
             applied = self.nads.apply_pending(ref, rec, kube, event_id, policy, first_ready=False)
         rec = step_.advance(step="apply-nads", message=f"{trigger}: READY; {applied} pending NAD(s) processed",
-                            fields={"nodePool": node_pool, "findings": base["findings"]}, ledger_key=event_id,
-                            release=True)
+                            fields={**base, "nodePool": node_pool, **reach}, ledger_key=event_id, release=True)
         return Outcome("done", "cluster READY", ref.path, rec.state, {"nads": applied})
 
-    def _install(self, kube: Any, bundle: Any, cursor: Cursor) -> dict[str, Any]:
-        """Apply CRDs, wait until Established, then the rest: nothing uses a CRD before it serves."""
+    def _install(self, kube: Any, bundle: Any, cursor: Cursor,
+                 renew: Any = lambda step: None) -> dict[str, Any]:
+        """Apply CRDs, wait until Established, then the rest: nothing uses a CRD before it serves.
+
+        The two waits can outlast the step's lease: `renew(step)` extends it every third of a lease
+        (and stops the step with the busy error if another delivery took the cluster meanwhile).
+        """
+        s = self.ctx.settings
+        every = max(1.0, s.lease_seconds / 3)
         before = kube.requests
         crds = [o for o in bundle.objects if o["kind"] == "CustomResourceDefinition"]
         rest = [o for o in bundle.objects if o["kind"] != "CustomResourceDefinition"]
         cursor.step = "apply-crds"
         kube.apply(crds)
         cursor.step = "wait-crds"
-        kube.wait_established(bundle.crd_names, timeout=self.ctx.settings.crd_timeout_seconds,
-                              poll=self.ctx.settings.crd_poll_seconds)
+        deadline = time.monotonic() + s.crd_timeout_seconds
+        while True:
+            renew(cursor.step)
+            left = deadline - time.monotonic()
+            try:
+                kube.wait_established(bundle.crd_names, timeout=max(0.0, min(left, every)), poll=s.crd_poll_seconds)
+                break
+            except Transient as e:
+                if e.code != "DEADLINE_EXCEEDED" or left <= every:
+                    raise
         cursor.step = "apply-bundle"
+        renew(cursor.step)
         kube.apply(rest)
         cursor.step = "rollout"
         # Report the rollout rather than assume it (the seed allows maxUnavailable: 2): wait a
         # bounded time, record what was reached; reconcile keeps the figure current afterwards.
-        deadline = time.monotonic() + self.ctx.settings.rollout_wait_seconds
+        deadline = time.monotonic() + s.rollout_wait_seconds
+        renewed = time.monotonic()
         rollout = kube.daemonset_rollout(*bundle.daemonset)
         while not rollout.complete and time.monotonic() < deadline:
-            time.sleep(min(1.0, max(0.05, self.ctx.settings.crd_poll_seconds)))
+            time.sleep(min(1.0, max(0.05, s.crd_poll_seconds)))
+            if time.monotonic() - renewed >= every:
+                renew(cursor.step)
+                renewed = time.monotonic()
             rollout = kube.daemonset_rollout(*bundle.daemonset)
         cursor.step = "install"
         return {"objects": len(bundle.objects), "requests": kube.requests - before, "rollout": rollout_fields(rollout)}
@@ -280,6 +454,26 @@ def _capacity_findings(pool: Any, node_pool: dict[str, Any], cluster: Any) -> li
     if not node_pool.get("cidr"):
         return []
     return [f.to_dict() for f in prechecks.check_range_capacity(pool, node_pool["cidr"], cluster=cluster)]
+
+
+def incarnation_fields(cluster: Any) -> dict[str, Any]:
+    """GKE's identity of this cluster: `id` (new on every re-creation) and `createTime`."""
+    cid, created = getattr(cluster, "id", ""), getattr(cluster, "create_time", "")
+    return {"clusterId": cid if isinstance(cid, str) else "", "createTime": created if isinstance(created, str) else ""}
+
+
+def _pending_end_state(rec: Any) -> str | None:
+    """The state the previous incarnation ended in, when `_discover` already saw the re-creation."""
+    pending = rec.data.get("newIncarnation")
+    return pending.get("endState") if isinstance(pending, dict) else None
+
+
+def new_incarnation(rec: Any, cluster: Any) -> bool:
+    """Is the cluster GKE shows another one than the workflow recorded (same name, re-created)?"""
+    if rec.state == d.DELETED or rec.data.get("newIncarnation"):
+        return True
+    recorded, now = rec.data.get("clusterId"), incarnation_fields(cluster)["clusterId"]
+    return bool(recorded and now and recorded != now)
 
 
 def rollout_fields(r: Any) -> dict[str, Any]:
@@ -301,3 +495,7 @@ class _Step:
 
     def advance(self, **kw: Any) -> Any:
         return self.store.advance(self.ref, holder=self.cursor.holder, event_id=self.event_id, **kw)
+
+    def hold(self, step: str) -> None:
+        """Renew this drive's lease during a long wait."""
+        self.store.hold(self.ref, holder=self.cursor.holder, step=step)

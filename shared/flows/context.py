@@ -17,7 +17,7 @@ from typing import Any
 
 from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
-from shared.core.settings import Settings
+from shared.core.settings import PREFIX, ConfigError, Settings
 from shared.ports import ClusterApiPort, GkePort, StorePort
 
 KUBE_CACHE_SECONDS = 300.0
@@ -47,6 +47,7 @@ class Cursor:
 
     step: str
     holder: str = field(default_factory=lambda: secrets.token_hex(6))
+    facts_digest: str | None = None  # of the cluster as this drive read it (recorded with any outcome)
 
 
 class Context:
@@ -116,7 +117,13 @@ class Context:
 
             # Read afresh: a cluster rolled back a moment ago must not get the target again.
             spec = spec_for(self.rollout_doc(fresh=True), ref.doc_id) or spec
-        return bundle_of(spec, allow_unpinned=self.settings.allow_unpinned_images)
+        from shared.core.errors import Rejected
+
+        try:
+            return bundle_of(spec, allow_unpinned=self.settings.allow_unpinned_images)
+        except Rejected as e:  # the operator's options, named by their variables
+            raise ConfigError("; ".join(f"{PREFIX}{p.field.upper()}: {p.message}" for p in e.problems)
+                              or e.message) from None
 
     def rollout_doc(self, *, fresh: bool = False) -> Any:
         """`rollouts/current` (None without one), cached a few seconds per instance."""
@@ -129,6 +136,29 @@ class Context:
 
     def remember_rollout(self, doc: Any) -> None:
         self._rollout = (self.clock() + ROLLOUT_CACHE_SECONDS, doc)
+
+
+    def config(self) -> Policy:
+        """The operator's whole configuration, validated in one place before an event is handled:
+        settings (at start-up), the policy document, the template, the default NADs, the bundle
+        options. `ConfigError` names the variable or field; nothing has been claimed or changed yet.
+        """
+        from shared.core.errors import Rejected
+        from shared.core.nad import parse_request
+
+        policy = self.policy()
+        self.bundle()
+        source = "config/policy defaultNads" if self.settings.policy_document else f"{PREFIX}DEFAULT_NADS"
+        problems = []
+        for i, raw in enumerate(policy.default_nads):
+            try:
+                parse_request({**raw, "cluster": "projects/p-check/locations/us-central1/clusters/c-check"})
+            except Rejected as e:
+                problems += [f"{source}[{i}].{p.field}: {p.message}" if p.field else f"{source}[{i}]: {p.message}"
+                             for p in e.problems] or [f"{source}[{i}]: {e.message}"]
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return policy
 
 
 @lru_cache(maxsize=16)

@@ -55,6 +55,7 @@ class FanoutFlow:
         tracked = {r.ref.doc_id: r for r in records}
         labels: dict[str, dict[str, str]] = {}
         untracked: list[ClusterRef] = []
+        rechecks: list[ClusterRef] = []  # decided clusters whose facts changed, or created again
         errors: list[str] = []
         projects = list(dict.fromkeys(p for p in (settings.project, *policy.managed_projects) if p))
         for project in projects:
@@ -71,8 +72,11 @@ class FanoutFlow:
                     continue
                 ref = ClusterRef(project, facts.location, facts.name)
                 labels[ref.doc_id] = dict(facts.labels)
-                if ref.doc_id not in tracked and policy.opted_in(labels[ref.doc_id]):
-                    untracked.append(ref)
+                if ref.doc_id not in tracked:
+                    if policy.opted_in(labels[ref.doc_id]):
+                        untracked.append(ref)
+                elif needs_recheck(tracked[ref.doc_id], cluster, facts):
+                    rechecks.append(ref)
         try:
             rollout = self.rollouts.tick(ev.event_id, labels)
         except (Transient, Permanent, Rejected) as e:
@@ -82,14 +86,29 @@ class FanoutFlow:
         targets = [r.ref for r in records if wants_reconcile(r, now, settings.stall_seconds)] + untracked
         messages = [json.dumps({"cluster": ref.path, "sweep": ev.event_id}, sort_keys=True,
                                separators=(",", ":")).encode() for ref in targets]
+        # A re-check is a scoped reconcile without `sweep`: it drives the decided cluster again.
+        messages += [json.dumps({"cluster": ref.path}, sort_keys=True, separators=(",", ":")).encode()
+                     for ref in rechecks]
         self.publisher.publish(self.topic(), messages)  # Transient: the tick is redelivered whole
         store.record_ledger(ev.event_id, event_id=ev.event_id, step="reconcile-fanout", outcome="ok", cluster=None)
-        message = (f"reconcile tick: {len(records)} tracked, {len(untracked)} to adopt in {len(projects)} "
+        message = (f"reconcile tick: {len(records)} tracked, {len(untracked)} to adopt, {len(rechecks)} to "
+                   f"re-check in {len(projects)} "
                    f"project(s); published {len(messages)} scoped reconcile(s); {rollout}")
         if errors:
             logs.warning("reconcile tick could not list everything", eventId=ev.event_id, error=errors[:10])
         return Outcome("done", message, None, None, {"published": len(messages), "rollout": rollout,
                                                      "errors": errors})
+
+
+def needs_recheck(rec: Any, cluster: Any, facts: Any) -> bool:
+    """A tracked cluster the tick should drive again: IGNORED / INELIGIBLE whose labels or facts
+    changed since they were decided (an audit entry lost), or one GKE shows created again under
+    its name (a DELETED workflow, or another cluster id than recorded)."""
+    from shared.flows.cluster import new_incarnation
+
+    if rec.state in (d.IGNORED, d.INELIGIBLE) and prechecks.facts_digest(facts) != rec.data.get("factsDigest"):
+        return True
+    return rec.state not in d.RESUMABLE and new_incarnation(rec, cluster)
 
 
 def wants_reconcile(rec: Any, now: float, stall_seconds: int) -> bool:

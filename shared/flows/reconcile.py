@@ -17,8 +17,9 @@ from typing import Any
 
 from shared.core import decisions as d
 from shared.core import logs
-from shared.core.errors import Permanent, Transient
+from shared.core.errors import ProvisionerError
 from shared.core.refs import ClusterRef
+from shared.core.settings import ConfigError
 from shared.flows import addresses
 from shared.flows.cluster import ClusterFlow, rollout_fields
 from shared.flows.context import Context, Outcome
@@ -26,6 +27,9 @@ from shared.flows.drift import bundle_drift
 from shared.flows.nad import NadFlow
 from shared.flows.nad_repair import repair_nads, sweep_verify_pods
 from shared.ports import AlreadyHandled
+
+# What one cluster's trouble may raise without stopping the sweep for the others (bugs still surface).
+SWEEP_ERRORS = (ProvisionerError, ConfigError)
 
 
 class ReconcileFlow:
@@ -47,6 +51,7 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
     records = [store.get_cluster(ev.scope)] if ev.scope else store.list_clusters()
     records = [r for r in records if r is not None]
     tracked = {r.ref.doc_id for r in records}
+    by_id = {r.ref.doc_id: r for r in records}
     now = time.time()
     for rec in records:
         sub_event = f"{ev.event_id}~{rec.ref.doc_id}"
@@ -54,7 +59,9 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
             # A scoped run is how a user asks for a re-check after fixing a cluster (enabling
             # multi-networking emits none of the four audited methods); a full run leaves
             # INELIGIBLE / FAILED / IGNORED alone so that a broken cluster does not loop.
-            recheck = ev.scope is not None and ev.sweep is None and rec.state in (d.INELIGIBLE, d.FAILED, d.IGNORED)
+            # A scoped re-check of a DELETED workflow finds a cluster created again under its name.
+            recheck = ev.scope is not None and ev.sweep is None and rec.state in (d.INELIGIBLE, d.FAILED, d.IGNORED,
+                                                                                  d.DELETED)
             if recheck or (rec.state in d.RESUMABLE and _stale(rec, now, wf.ctx.settings.stall_seconds)):
                 why = "re-check requested" if recheck else "workflow was stalled"
                 out = wf.clusters.drive(rec.ref, sub_event, trigger=f"reconcile: {why}", create=False)
@@ -65,20 +72,24 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
                     repaired.append(f"{rec.ref.path}: {', '.join(fixed)}")
         except AlreadyHandled:
             continue
-        except (Transient, Permanent) as e:
+        except SWEEP_ERRORS as e:
             errors.append(f"{rec.ref.path}: {e}")
+    if not ev.scope:
+        rechecked, recheck_errors = recheck_changed(wf, ev, records)
+        resumed += rechecked
+        errors += recheck_errors
     if ev.scope and not records:  # a re-check of a cluster the controller never saw (or a sweep's adoption)
         try:
             out = wf.clusters.drive(ev.scope, f"{ev.event_id}~{ev.scope.doc_id}",
                                     trigger="reconcile: untracked cluster" if ev.sweep
                                     else "reconcile: re-check requested")
             adopted.append(f"{ev.scope.path}: {out.state}")
-        except (Transient, Permanent) as e:
+        except SWEEP_ERRORS as e:
             errors.append(f"{ev.scope.path}: {e}")
     if not ev.scope and wf.ctx.settings.project:
         try:
             clusters = wf.ctx.gke.list_clusters(wf.ctx.settings.project)
-        except (Transient, Permanent) as e:
+        except SWEEP_ERRORS as e:
             clusters = []
             errors.append(f"list clusters: {e}")
         from shared.core import prechecks
@@ -86,7 +97,12 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
         for cluster in clusters:
             facts = prechecks.ClusterFacts.of(cluster)
             ref = ClusterRef(wf.ctx.settings.project, facts.location, facts.name)
-            if ref.doc_id in tracked or not policy.opted_in(dict(facts.labels)):
+            if ref.doc_id in tracked:
+                out_ = drive_new_incarnation(wf, ev, by_id.get(ref.doc_id), cluster)
+                if out_:
+                    (adopted if out_[0] else errors).append(out_[1])
+                continue
+            if not policy.opted_in(dict(facts.labels)):
                 continue
             # The tracked set was read when this run started; an event may have created (and even
             # failed) the workflow since. Adopt only what is still untracked now.
@@ -95,7 +111,7 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
             try:
                 out = wf.clusters.drive(ref, f"{ev.event_id}~{ref.doc_id}", trigger="reconcile: untracked cluster")
                 adopted.append(f"{ref.path}: {out.state}")
-            except (Transient, Permanent) as e:
+            except SWEEP_ERRORS as e:
                 errors.append(f"{ref.path}: {e}")
     store.record_ledger(ev.event_id, event_id=ev.event_id, step="reconcile", outcome="ok", cluster=None)
     message = (f"reconcile: {len(records)} tracked; resumed {len(resumed)}, adopted {len(adopted)}, "
@@ -106,11 +122,31 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
                    {"resumed": resumed, "adopted": adopted, "repaired": repaired, "errors": errors})
 
 def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
-    """Re-apply what drifted on a READY cluster: missing bundle objects and managed NADs."""
+    """Re-apply what drifted on a READY cluster, holding its lease: nothing else changes it meanwhile."""
+    store = wf.ctx.store
+    store.claim(rec.ref, event_id=event_id, step="repair", ledger_key=event_id)  # before any change
+    try:
+        return _repair_claimed(wf, rec, event_id)
+    except BaseException:
+        store.hold(rec.ref, holder=event_id, step="repair", seconds=0)
+        raise
+
+
+def _repair_claimed(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
+    """Missing bundle objects and managed NADs re-applied, the rollout figure refreshed; the lease
+    taken by `repair` is released with the record (or dropped when there is nothing to record)."""
+
+    from shared.flows.cluster import new_incarnation
 
     ref = rec.ref
     store = wf.ctx.store
-    kube = wf.ctx.kube_for(ref, wf.ctx.gke.get_cluster(ref))
+    cluster = wf.ctx.gke.get_cluster(ref)
+    if new_incarnation(rec, cluster):  # deleted and created again while its events were lost
+        store.hold(ref, holder=event_id, step="repair", seconds=0)
+        out = wf.clusters.drive(ref, f"{event_id}~incarnation", trigger="reconcile: the cluster was created again",
+                                create=False)
+        return [f"new incarnation, now {out.state}"]
+    kube = wf.ctx.kube_for(ref, cluster)
     bundle = wf.ctx.bundle(ref)
     fixes: list[str] = []
     missing, listed_rollout = bundle_drift(kube, bundle)
@@ -146,12 +182,64 @@ def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
         message += f"; DaemonSet {rollout['summary']}"
         if usage.warnings:
             message += "; warning: " + "; ".join(usage.warnings)
-        store.claim(ref, event_id=event_id, step="repair", ledger_key=event_id)
         store.advance(ref, event_id=event_id, step="repair", message=message,
                       outcome="warning" if usage.warnings else "ok",
                       fields={"bundleVersion": bundle.version, "rollout": rollout, **usage.fields},
                       ledger_key=event_id, release=True)
+    else:
+        store.hold(ref, holder=event_id, step="repair", seconds=0)
     return fixes
+
+
+def drive_new_incarnation(wf: ReconcileFlow, ev: Any, rec: Any, cluster: Any) -> tuple[bool, str] | None:
+    """A listed cluster that is another incarnation than the workflow recorded (deleted and created
+    again while the events were lost): drive it, which starts its new workflow. (ok, line) or None."""
+    from shared.flows.cluster import new_incarnation
+
+    if rec is None or not new_incarnation(rec, cluster):
+        return None
+    try:
+        out = wf.clusters.drive(rec.ref, f"{ev.event_id}~{rec.ref.doc_id}~incarnation",
+                                trigger="reconcile: the cluster was created again", create=False)
+    except AlreadyHandled:
+        return None
+    except SWEEP_ERRORS as e:
+        return False, f"{rec.ref.path}: {e}"
+    return True, f"{rec.ref.path}: {out.state}"
+
+
+def recheck_changed(wf: ReconcileFlow, ev: Any, records: list[Any]) -> tuple[list[str], list[str]]:
+    """IGNORED and INELIGIBLE clusters whose labels or facts changed since they were decided: drive again.
+
+    A label added later or an upgrade out of an unsupported version is normally seen through its
+    audit entry (SetLabels, UpdateCluster, UpdateMaster); this catches the ones whose entry was lost.
+    Cheap: one ListClusters per project of such clusters, compared with the digest recorded.
+    """
+    from shared.core import prechecks
+
+    waiting = [r for r in records if r.state in (d.IGNORED, d.INELIGIBLE)]
+    done, errors = [], []
+    listed: dict[str, Any] = {}
+    for project in sorted({r.ref.project for r in waiting}):
+        try:
+            for cluster in wf.ctx.gke.list_clusters(project):
+                facts = prechecks.ClusterFacts.of(cluster)
+                listed[ClusterRef(project, facts.location, facts.name).doc_id] = facts
+        except SWEEP_ERRORS as e:
+            errors.append(f"list clusters of {project}: {e}")
+    for rec in waiting:
+        facts = listed.get(rec.ref.doc_id)
+        if facts is None or prechecks.facts_digest(facts) == rec.data.get("factsDigest"):
+            continue
+        try:
+            out = wf.clusters.drive(rec.ref, f"{ev.event_id}~{rec.ref.doc_id}",
+                                    trigger="reconcile: labels or cluster facts changed", create=False)
+            done.append(f"{rec.ref.path}: {out.state}")
+        except AlreadyHandled:
+            continue
+        except SWEEP_ERRORS as e:
+            errors.append(f"{rec.ref.path}: {e}")
+    return done, errors
 
 
 def _stale(rec: Any, now: float, stall_seconds: int) -> bool:
