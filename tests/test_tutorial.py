@@ -110,12 +110,10 @@ def kubectl_version(request: Any) -> str:
 
 @pytest.fixture
 def tutorial_stack(emulators: Any, tmp_path: Path, kubectl_version: str) -> Iterator[Stack]:
-    from sandbox.gke.realism import Realism
-
-    # Calm until the controller copes with GKE's ordinary day (issue 11): GKE's own operation after
-    # CreateCluster would refuse the reader's `node-pools create` and leave the cluster RECONCILING.
+    # GKE's ordinary day is on (the scenario's default): the tutorial waits for GKE's own operation
+    # after CreateCluster before it creates the pool, as its reader must.
     stack = Stack(scenario=REPO / "sandbox" / "scenarios" / "tutorial.yaml", state_dir=tmp_path / ".sandbox",
-                  emulators=emulators, operation_delay=0.0, realism=Realism.calm(), crd_delay=0.1, rollout_delay=0.2,
+                  emulators=emulators, operation_delay=0.0, crd_delay=0.1, rollout_delay=0.2,
                   extra_env={"MULTUS_PROVISIONER_COLLECTION_PREFIX": f"tut{kubectl_version.replace('.', '')}_",
                              "MULTUS_PROVISIONER_ROLLOUT_WAIT_SECONDS": "30"})
     stack.start()

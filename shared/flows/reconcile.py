@@ -48,6 +48,7 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
     store = wf.ctx.store
     policy = wf.ctx.policy()
     resumed, adopted, repaired, errors = [], [], [], []
+    recreated: set[str] = set()  # found by a READY cluster's repair (drift check reads the cluster)
     records = [store.get_cluster(ev.scope)] if ev.scope else store.list_clusters()
     records = [r for r in records if r is not None]
     tracked = {r.ref.doc_id for r in records}
@@ -70,6 +71,9 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
                 fixed = repair(wf, rec, sub_event)
                 if fixed:
                     repaired.append(f"{rec.ref.path}: {', '.join(fixed)}")
+        except Recreated as r:
+            adopted.append(str(r))
+            recreated.add(rec.ref.doc_id)
         except AlreadyHandled:
             continue
         except SWEEP_ERRORS as e:
@@ -97,6 +101,8 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
         for cluster in clusters:
             facts = prechecks.ClusterFacts.of(cluster)
             ref = ClusterRef(wf.ctx.settings.project, facts.location, facts.name)
+            if ref.doc_id in recreated:
+                continue
             if ref.doc_id in tracked:
                 out_ = drive_new_incarnation(wf, ev, by_id.get(ref.doc_id), cluster)
                 if out_:
@@ -121,12 +127,18 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
     return Outcome("done", message, None, None,
                    {"resumed": resumed, "adopted": adopted, "repaired": repaired, "errors": errors})
 
+class Recreated(Exception):
+    """A READY cluster's repair found another incarnation under its name and drove it instead."""
+
+
 def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
     """Re-apply what drifted on a READY cluster, holding its lease: nothing else changes it meanwhile."""
     store = wf.ctx.store
     store.claim(rec.ref, event_id=event_id, step="repair", ledger_key=event_id)  # before any change
     try:
         return _repair_claimed(wf, rec, event_id)
+    except Recreated:
+        raise  # the new incarnation's drive took and released the lease itself
     except BaseException:
         store.hold(rec.ref, holder=event_id, step="repair", seconds=0)
         raise
@@ -145,7 +157,7 @@ def _repair_claimed(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
         store.hold(ref, holder=event_id, step="repair", seconds=0)
         out = wf.clusters.drive(ref, f"{event_id}~incarnation", trigger="reconcile: the cluster was created again",
                                 create=False)
-        return [f"new incarnation, now {out.state}"]
+        raise Recreated(f"{ref.path}: {out.state}")
     kube = wf.ctx.kube_for(ref, cluster)
     bundle = wf.ctx.bundle(ref)
     fixes: list[str] = []

@@ -216,16 +216,30 @@ class RolloutFlow:
 
     def _record(self, ref: ClusterRef, event_id: str, step: str, outcome: str, message: str,
                 fields: dict[str, Any] | None) -> None:
-        """A history entry on the cluster (its own lease, as every step)."""
+        """A history entry on the cluster (its own lease, as every step).
+
+        A drift check or a NAD step may hold the cluster's lease for a moment: wait for it (up to one
+        lease) rather than lose the entry, since the history is what users audit."""
         store = self.ctx.store
-        try:
-            store.claim(ref, event_id=event_id, step=step, ledger_key=event_id)
-            store.advance(ref, event_id=event_id, step=step, outcome=outcome, message=message,
-                          fields=fields or {}, ledger_key=event_id, release=True)
-        except AlreadyHandled:
-            pass
-        except (Transient, Permanent) as e:
-            logs.warning("rollout: could not record a history entry", cluster=ref.path, error=str(e))
+        deadline = time.monotonic() + self.ctx.settings.lease_seconds
+        pause = 0.1
+        while True:
+            try:
+                store.claim(ref, event_id=event_id, step=step, ledger_key=event_id)
+                store.advance(ref, event_id=event_id, step=step, outcome=outcome, message=message,
+                              fields=fields or {}, ledger_key=event_id, release=True)
+                return
+            except AlreadyHandled:
+                return
+            except Transient as e:
+                if time.monotonic() + pause > deadline:
+                    logs.warning("rollout: could not record a history entry", cluster=ref.path, error=str(e))
+                    return
+                time.sleep(pause)
+                pause = min(2.0, pause * 2)
+            except Permanent as e:
+                logs.warning("rollout: could not record a history entry", cluster=ref.path, error=str(e))
+                return
 
     # -- the CLI's actions ------------------------------------------------------------------
     def status(self) -> dict[str, Any] | None:
