@@ -20,6 +20,7 @@ import base64
 import hashlib
 import json
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -329,11 +330,17 @@ def body_and_headers(d: Delivery, run: Run) -> tuple[bytes, dict[str, str]]:
 
 
 def _deliver(d: Delivery, run: Run) -> None:
+    """Push once, and again after a 500 as Pub/Sub redelivers (two copies of one NAD's request
+    contend: the one that finds the NAD busy is answered 500 and comes back)."""
     import requests
 
     body, headers = body_and_headers(d, run)
-    d.status = requests.post(run.stack.function_urls[d.case.function], data=body, headers=headers,
-                             timeout=120).status_code
+    for attempt in range(10):
+        d.status = requests.post(run.stack.function_urls[d.case.function], data=body, headers=headers,
+                                 timeout=120).status_code
+        if d.status != 500:
+            return
+        time.sleep(min(2.0, 0.2 * 2 ** attempt))
 
 
 def _outcomes(stack: Any) -> dict[str, list[str]]:
@@ -473,7 +480,11 @@ def _accepted(kind: str) -> Counter:
 def test_nothing_malformed_reached_the_cluster(run: Run) -> None:
     import jsonschema
 
-    assert run.stats_diff == _accepted("PATCH") + _accepted("DELETE"), run.stats_diff
+    writes = Counter({k: n for k, n in run.stats_diff.items() if k[0] != "GET"})
+    assert writes == _accepted("PATCH") + _accepted("DELETE"), run.stats_diff
+    # Reads: only the list of managed NADs, which an apply reads to see what is on the cluster.
+    reads = {k for k in run.stats_diff if k[0] == "GET"}
+    assert reads <= {("GET", "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions")}, reads
     from kubernetes import config as kconfig
 
     from shared.adapters.kube import Kube

@@ -220,7 +220,9 @@ def test_cluster_flow_records_a_range_capacity_warning_and_still_installs(local_
     assert rec.state == d.READY
     [f] = [x for x in rec.data["findings"] if x["id"] == "range-capacity"]
     assert f["severity"] == "warning"
-    assert "172.16.1.0/24" in f["message"] and "holds 16 node(s)" in f["message"] and "20 node(s)" in f["message"]
+    # A regional pool spreads over three zones on GKE (and the realistic sandbox): 20 nodes per zone.
+    assert "172.16.1.0/24" in f["message"] and "holds 16 node(s)" in f["message"]
+    assert "60 node(s) (20 per zone x 3 zones)" in f["message"], f["message"]
     assert "/23 or larger" in f["fix"]
 
 
