@@ -223,7 +223,7 @@ def test_cluster_flow_records_a_range_capacity_warning_and_still_installs(local_
     # A regional pool spreads over three zones on GKE (and the realistic sandbox): 20 nodes per zone.
     assert "172.16.1.0/24" in f["message"] and "holds 16 node(s)" in f["message"]
     assert "60 node(s) (20 per zone x 3 zones)" in f["message"], f["message"]
-    assert "/23 or larger" in f["fix"]
+    assert "/22 or larger" in f["fix"]  # 60 nodes, a /28 each: 960 addresses
 
 
 def test_offline_precheck_checks_range_capacity_with_the_secondary_range(capsys):
