@@ -38,8 +38,10 @@ lock: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# The suite runs on two workers (pytest-xdist, a test file per worker at a time): the end-to-end
+# tier is I/O-bound and every stack, emulator and server takes its own free ports and state.
 test: setup lint tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The fast tier: pure logic and contract tests that start no emulator or stack.
 unit: setup

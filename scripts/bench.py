@@ -285,7 +285,8 @@ def throughput(stack: Any, refs: list[Any], n: int, tag: str, profile: Path | No
     if spy is not None and profile is not None:
         _, err = spy.communicate(timeout=120)
         if profile.exists():
-            ours = ("store.py", "workflow.py", "kube.py", "nad.py", "decisions.py", "events.py", "policy.py")
+            ours = ("store.py", "cluster.py", "nad.py", "reconcile.py", "kube.py", "decisions.py", "events.py",
+                    "policy.py")
             profiled = [(f, x) for f, x in top_frames(profile, 1000)
                         if f.endswith(ours) and "Interceptor" not in f and "wrapper" not in f][:8]
         else:

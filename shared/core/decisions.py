@@ -1,7 +1,7 @@
 """The pure decision core: given what is known, what is the next step?
 
-Nothing here talks to an API. The workflow (`shared.workflow`) gathers facts through the
-adapters, asks these functions what to do, performs the side effect and records the outcome.
+Nothing here talks to an API. The flows (`shared.flows`) gather facts through the
+ports, ask these functions what to do, perform the side effect and record the outcome.
 Keeping decisions pure makes every branch of the state machine testable without servers.
 """
 

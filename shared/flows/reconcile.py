@@ -91,34 +91,9 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
         except SWEEP_ERRORS as e:
             errors.append(f"{ev.scope.path}: {e}")
     if not ev.scope and wf.ctx.settings.project:
-        try:
-            clusters = wf.ctx.gke.list_clusters(wf.ctx.settings.project)
-        except SWEEP_ERRORS as e:
-            clusters = []
-            errors.append(f"list clusters: {e}")
-        from shared.core import prechecks
-
-        for cluster in clusters:
-            facts = prechecks.ClusterFacts.of(cluster)
-            ref = ClusterRef(wf.ctx.settings.project, facts.location, facts.name)
-            if ref.doc_id in recreated:
-                continue
-            if ref.doc_id in tracked:
-                out_ = drive_new_incarnation(wf, ev, by_id.get(ref.doc_id), cluster)
-                if out_:
-                    (adopted if out_[0] else errors).append(out_[1])
-                continue
-            if not policy.opted_in(dict(facts.labels)):
-                continue
-            # The tracked set was read when this run started; an event may have created (and even
-            # failed) the workflow since. Adopt only what is still untracked now.
-            if store.get_cluster(ref) is not None:
-                continue
-            try:
-                out = wf.clusters.drive(ref, f"{ev.event_id}~{ref.doc_id}", trigger="reconcile: untracked cluster")
-                adopted.append(f"{ref.path}: {out.state}")
-            except SWEEP_ERRORS as e:
-                errors.append(f"{ref.path}: {e}")
+        found, listing_errors = adopt_untracked(wf, ev, tracked, by_id, recreated, policy)
+        adopted += found
+        errors += listing_errors
     store.record_ledger(ev.event_id, event_id=ev.event_id, step="reconcile", outcome="ok", cluster=None)
     message = (f"reconcile: {len(records)} tracked; resumed {len(resumed)}, adopted {len(adopted)}, "
                f"repaired {len(repaired)}, errors {len(errors)}")
@@ -126,6 +101,43 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
         logs.warning("reconcile could not finish every cluster", eventId=ev.event_id, error=errors[:10])
     return Outcome("done", message, None, None,
                    {"resumed": resumed, "adopted": adopted, "repaired": repaired, "errors": errors})
+
+def adopt_untracked(wf: ReconcileFlow, ev: Any, tracked: set[str], by_id: dict[str, Any], recreated: set[str],
+                    policy: Any) -> tuple[list[str], list[str]]:
+    """The in-process sweep's listing pass: opted-in clusters of the project that nobody tracks are
+    adopted, and tracked ones GKE shows created again start their new workflow. (adopted, errors)"""
+    adopted: list[str] = []
+    errors: list[str] = []
+    from shared.core import prechecks
+
+    try:
+        clusters = wf.ctx.gke.list_clusters(wf.ctx.settings.project)
+    except SWEEP_ERRORS as e:
+        clusters = []
+        errors.append(f"list clusters: {e}")
+    for cluster in clusters:
+        facts = prechecks.ClusterFacts.of(cluster)
+        ref = ClusterRef(wf.ctx.settings.project, facts.location, facts.name)
+        if ref.doc_id in recreated:
+            continue
+        if ref.doc_id in tracked:
+            out_ = drive_new_incarnation(wf, ev, by_id.get(ref.doc_id), cluster)
+            if out_:
+                (adopted if out_[0] else errors).append(out_[1])
+            continue
+        if not policy.opted_in(dict(facts.labels)):
+            continue
+        # The tracked set was read when this run started; an event may have created (and even
+        # failed) the workflow since. Adopt only what is still untracked now.
+        if wf.ctx.store.get_cluster(ref) is not None:
+            continue
+        try:
+            out = wf.clusters.drive(ref, f"{ev.event_id}~{ref.doc_id}", trigger="reconcile: untracked cluster")
+            adopted.append(f"{ref.path}: {out.state}")
+        except SWEEP_ERRORS as e:
+            errors.append(f"{ref.path}: {e}")
+    return adopted, errors
+
 
 class Recreated(Exception):
     """A READY cluster's repair found another incarnation under its name and drove it instead."""
