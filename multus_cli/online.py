@@ -60,14 +60,21 @@ def register(subparsers: Any) -> None:
 
 
 def _guard(fn: Any) -> Any:
-    """Turn a usage problem into exit 2 with the message on stderr, as the offline CLI does."""
+    """The online commands' error edge, in one place: a usage problem is exit 2 with the message on
+    stderr, as the offline CLI does; an API that failed (Firestore, GKE, the cluster) is exit 1 with
+    its message. `Rejected` input goes on to `multus_cli.main`, which prints each problem (exit 2)."""
 
     def run(args: argparse.Namespace) -> int:
+        from shared.core.errors import Permanent, Transient
+
         try:
             return fn(args)
         except UsageError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_INVALID
+        except (Transient, Permanent) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_ERROR
 
     run.__name__ = fn.__name__
     return run
@@ -381,7 +388,6 @@ def cmd_history(args: argparse.Namespace) -> int:
 # -- verify ----------------------------------------------------------------------------------
 def cmd_verify(args: argparse.Namespace) -> int:
     from shared.app import Controller
-    from shared.core.errors import Permanent, Rejected, Transient
 
     _load_sandbox(args)
     namespace, sep, name = args.nad.partition("/")
@@ -391,14 +397,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     store = _store(settings)
     ref = _resolve_cluster(store, args.cluster)
     wf = Controller(settings, store=store)
-    try:
-        out = wf.verify(ref, namespace, name, event_id=f"cli-verify-{uuid.uuid4().hex[:12]}")
-    except Rejected as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        return EXIT_INVALID
-    except (Transient, Permanent) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+    out = wf.verify(ref, namespace, name, event_id=f"cli-verify-{uuid.uuid4().hex[:12]}")
     if args.json:
         _print_json({"cluster": ref.path, "nad": args.nad, "state": out.state, "ok": out.status == "done",
                      "message": out.message})

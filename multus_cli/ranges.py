@@ -14,8 +14,6 @@ import sys
 from typing import Any, TextIO
 
 from multus_cli.online import (
-    EXIT_ERROR,
-    EXIT_INVALID,
     EXIT_OK,
     UsageError,
     _common,
@@ -44,32 +42,24 @@ def cmd_ranges(args: argparse.Namespace) -> int:
     from shared.app import Controller
     from shared.core import prechecks
     from shared.core import ranges as rangelib
-    from shared.core.errors import Permanent, Rejected, Transient
 
     _load_sandbox(args)
     settings = _settings()
     store = _store(settings)
     ref = _resolve_cluster(store, args.cluster)
     ctl = Controller(settings, store=store)
-    try:
-        rec = store.get_cluster(ref)
-        cidr = str(((rec.data if rec else {}).get("nodePool") or {}).get("cidr") or "")
-        cluster = ctl.gke.get_cluster(ref)
-        if not cidr:
-            pools = prechecks.suitable_pools(list(cluster.node_pools))
-            if pools:
-                net = pools[0].pod_networks[0]
-                cidr = ctl.gke.secondary_range_cidr(ref, net.subnetwork, net.secondary_pod_range)
-        kube = ctl.ctx.kube_for(ref, cluster)
-        nads = kube.list_managed_nads()
-        pools_on_cluster = kube.list_ippools()
-        pods = kube.list_pod_refs()
-    except Rejected as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        return EXIT_INVALID
-    except (Transient, Permanent) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+    rec = store.get_cluster(ref)
+    cidr = str(((rec.data if rec else {}).get("nodePool") or {}).get("cidr") or "")
+    cluster = ctl.gke.get_cluster(ref)
+    if not cidr:
+        pools = prechecks.suitable_pools(list(cluster.node_pools))
+        if pools:
+            net = pools[0].pod_networks[0]
+            cidr = ctl.gke.secondary_range_cidr(ref, net.subnetwork, net.secondary_pod_range)
+    kube = ctl.ctx.kube_for(ref, cluster)
+    nads = kube.list_managed_nads()
+    pools_on_cluster = kube.list_ippools()
+    pods = kube.list_pod_refs()
     try:
         rep = rangelib.report(cidr, nads, pools_on_cluster, pods)
     except ValueError as e:
