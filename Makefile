@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 TOOLS := .venv-tools
 
-.PHONY: setup tools test lint unit demo sandbox bench package lock clean
+.PHONY: setup tools test lint unit demo sandbox bench package lock clean realworld
 
 setup: $(STAMP)
 
@@ -53,6 +53,12 @@ demo: setup
 # `make sandbox SCENARIO=sandbox/scenarios/tutorial.yaml` for docs/TUTORIAL.md's empty project.
 sandbox: setup
 	$(BIN)/multus-provisioner sandbox --env-file .sandbox/env $(if $(SCENARIO),--scenario $(SCENARIO))
+
+# The real upstream components (kube-apiserver, etcd, kwok, ...) built from the Go modules pinned in
+# realworld/*/go.sum into ~/.cache/multus-provisioner/realworld (sandbox/gobuild.py). The first build
+# takes minutes; later ones, in any clone on this machine, find the cache.
+realworld: setup
+	$(BIN)/python -m sandbox.gobuild build
 
 bench: setup
 	$(BIN)/python -m scripts.bench

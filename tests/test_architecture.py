@@ -3,7 +3,8 @@
     functions/main.py ─► shared.app ─► shared.flows ─► shared.ports, shared.core
                                    └─► shared.adapters ─► shared.ports, shared.core
     multus_cli ─► shared          sandbox.commands / sandbox.demo ─► multus_cli, shared
-    sandbox.gke, sandbox.kube, sandbox.emulators: nothing of ours (they are the outside world)
+    sandbox.gke, sandbox.kube, sandbox.emulators: nothing of ours (they are the outside world),
+    but sandbox.kube may use sandbox.gobuild (the pinned builds of the real components)
 
 Nothing that `make package` ships (functions/ and shared/) may import the CLI, the sandbox,
 scripts or tests; the core imports nothing but the core; the flows never an adapter.
@@ -74,7 +75,8 @@ RULES: dict[str, tuple[str, ...]] = {
     "functions": ("shared.core", "shared.app", "shared.flows.context"),
     "multus_cli": ("multus_cli", "shared"),
     "sandbox.gke": ("sandbox.gke",),
-    "sandbox.kube": ("sandbox.kube",),
+    "sandbox.kube": ("sandbox.kube", "sandbox.gobuild"),
+    "sandbox.gobuild": (),
     "sandbox.emulators": (),
     "sandbox.grpc_proxy": ("sandbox.gke.faults",),
     "sandbox": ("sandbox", "multus_cli", "shared"),
