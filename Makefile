@@ -40,12 +40,12 @@ lint: setup
 
 # The suite runs on two workers (pytest-xdist, a test file per worker at a time): the end-to-end
 # tier is I/O-bound and every stack, emulator and server takes its own free ports and state.
-test: setup lint tools
+test: setup lint tools realworld
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-# The fast tier: pure logic and contract tests that start no emulator or stack.
+# The fast tier: pure logic and contract tests that start no emulator, stack or real control plane.
 unit: setup
-	$(BIN)/python -m pytest -q -m "not emulator and not e2e"
+	$(BIN)/python -m pytest -q -m "not emulator and not e2e and not real"
 
 demo: setup
 	$(BIN)/multus-provisioner demo

@@ -22,6 +22,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--state-dir", default=".sandbox", help="kubeconfigs, token and logs go here")
     p.add_argument("--reconcile-every", type=float, default=60.0, metavar="SECONDS",
                    help="publish a reconcile tick this often, as Cloud Scheduler does (0: never; default 60)")
+    _kube_flag(p)
     p.set_defaults(handler=cmd_sandbox)
 
     p = subparsers.add_parser("demo", help="the whole procedure, end to end, in the sandbox",
@@ -30,7 +31,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--state-dir", default=".sandbox/demo", help="kubeconfigs, token and logs go here")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each milestone")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    _kube_flag(p)
     p.set_defaults(handler=cmd_demo)
+
+
+def _kube_flag(p: Any) -> None:
+    p.add_argument("--kube", choices=("sim", "real"), default="sim",
+                   help="each cluster's Kubernetes API: 'sim', the fast simulated server (default), or 'real', "
+                        "a real kube-apiserver, controller-manager, scheduler and kwok built from pinned sources "
+                        "(the first run builds them: several minutes; see docs/SANDBOX_KUBE.md)")
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -42,7 +51,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     stack = Stack(scenario=Path(args.scenario) if args.scenario else DEFAULT_SCENARIO,
                   state_dir=Path(args.state_dir), progress=lambda m: print(f"... {m}", file=sys.stderr),
-                  reconcile_every=args.reconcile_every or None)
+                  reconcile_every=args.reconcile_every or None, kube=args.kube)
     stopping = []
 
     def stop(signum: int, _frame: Any) -> None:

@@ -64,7 +64,8 @@ def run_demo(args: argparse.Namespace) -> int:
     p = Progress(quiet=args.json)
     scenario = Path(args.scenario) if args.scenario else DEFAULT_SCENARIO
     # realism None: the scenario's (the default scenario is realistic: GKE on an ordinary day).
-    stack = Stack(scenario=scenario, state_dir=Path(args.state_dir), progress=p.step, realism=None)
+    stack = Stack(scenario=scenario, state_dir=Path(args.state_dir), progress=p.step, realism=None,
+                  kube=getattr(args, "kube", "sim"))
     summary: dict[str, Any] = {}
     try:
         story = _Story(stack, p, args.timeout)

@@ -53,6 +53,20 @@ SINK_METHODS = frozenset(f"google.container.{v}.ClusterManager.{m}" for v in ("v
                                    "SetLabels", "UpdateCluster", "UpdateMaster"))
 
 
+KUBE_KINDS = ("sim", "real")
+
+
+def kube_server_class(kind: str) -> Any:
+    """The API server class for `--kube sim|real`: both have one interface (docs/SANDBOX_KUBE.md)."""
+    if kind == "real":
+        from sandbox.kube.real import RealKubeApiServer
+
+        return RealKubeApiServer
+    from sandbox.kube import KubeApiServer
+
+    return KubeApiServer
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -107,8 +121,17 @@ class Stack:
     # entry in GKE and its own kubeconfig, but the objects, nodes and pods of one server are seen
     # by every cluster on it, and a shared server keeps the nodes of the first cluster put on it.
     kube_server_pool: int = 0
+    # Which Kubernetes API each cluster gets: "sim", the fast simulated server (sandbox.kube), or
+    # "real", a real kube-apiserver, controller-manager, scheduler and kwok built from pinned
+    # sources (sandbox.kube.real; docs/SANDBOX_KUBE.md "The real tier").
+    kube: str = "sim"
 
     def __post_init__(self) -> None:
+        if self.kube not in KUBE_KINDS:
+            raise ValueError(f"kube must be one of {', '.join(KUBE_KINDS)}, got {self.kube!r}")
+        if self.kube == "real" and self.kube_server_pool:
+            raise ValueError("kube_server_pool shares simulated servers between clusters; with kube='real' "
+                             "every cluster has its own control plane")
         self.scenario = Path(self.scenario)
         self.state_dir = Path(self.state_dir)
         self._own_emulators = self.emulators is None
@@ -278,8 +301,6 @@ class Stack:
         """
         import ipaddress
 
-        from sandbox.kube import KubeApiServer
-
         nodes: list[str] = []
         labels: dict[str, dict[str, str]] = {}
         for pool in cluster.node_pools:
@@ -298,9 +319,12 @@ class Stack:
                             for b in authorized.cidr_blocks)
         if self.kube_server_pool > 0:
             return self._on_shared_cluster(cluster, nodes, labels, ip_access)
-        server = KubeApiServer(token=self.token, nodes=[], crd_delay=self.crd_delay,
-                               rollout_delay=self.rollout_delay, name=cluster.name, dns_name=dns_name,
-                               dns_authority=self.public_ca if dns_name else None, ip_access=ip_access)
+        server = kube_server_class(self.kube)(
+            token=self.token, nodes=[], crd_delay=self.crd_delay, rollout_delay=self.rollout_delay,
+            name=cluster.name, dns_name=dns_name, dns_authority=self.public_ca if dns_name else None,
+            ip_access=ip_access)
+        if self.kube == "real":
+            self.progress(f"starting a real Kubernetes control plane for {cluster.name}")
         server.start(port=0)
         for name in nodes:
             server.add_nodes([name], labels=labels[name])

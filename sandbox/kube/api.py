@@ -29,7 +29,7 @@ from sandbox.kube.meta import (
     parse_label_selector,
 )
 from sandbox.kube.schema import validate
-from sandbox.kube.status import ApiError, already_exists, conflict, invalid, not_found, status_body
+from sandbox.kube.status import ApiError, PageNotFound, already_exists, conflict, invalid, not_found, status_body
 from sandbox.kube.store import Key, Store
 from sandbox.kube.types import BUILTINS, ResourceType, is_established, types_of_crd
 
@@ -128,10 +128,10 @@ class Api:
                     raise ApiError(404, NOT_FOUND_MSG)
                 return 200, g, {}
             group, version, rest = parts[1], parts[2], parts[3:]
+        rl = discovery.resource_list(self.types(), group, version)
+        if rl is None:  # /api/vX answers a Status; an unknown /apis group Go's plain NotFound page
+            raise PageNotFound() if parts[0] == "apis" else ApiError(404, NOT_FOUND_MSG)
         if not rest:
-            rl = discovery.resource_list(self.types(), group, version)
-            if rl is None:
-                raise ApiError(404, NOT_FOUND_MSG)
             return 200, rl, {}
         ns: str | None = None
         if rest[0] == "namespaces" and len(rest) >= 3:
@@ -167,7 +167,13 @@ class Api:
             opts = parse_body(body) if body else {}
             if name is None:
                 return 200, self.delete_collection(rt, ns, query, dry), {}
-            return 200, self.delete(rt, ns, name, opts if isinstance(opts, dict) else {}, dry), {}
+            gone = self.delete(rt, ns, name, opts if isinstance(opts, dict) else {}, dry)
+            if rt.kind in ("Pod", "Namespace"):  # graceful or finalized deletion: the object, as it goes
+                return 200, gone, {}
+            # Deleted at once: Kubernetes answers with a Status, not the object (checked against
+            # the real server by tests/test_kube_differential.py).
+            return 200, status_body(200, "", None, {"name": name, "group": rt.group, "kind": rt.plural,
+                                                    "uid": gone["metadata"].get("uid", "")}), {}
         raise ApiError(405, f"the server does not allow this method on the requested resource ({method})")
 
     # ------------------------------------------------------------ helpers
@@ -195,6 +201,10 @@ class Api:
         if av is not None and av != rt.api_version:
             raise ApiError(400, f"the API version in the data ({av}) does not match the expected API version "
                                 f"({rt.api_version})")
+        if kind is not None and kind != rt.kind and not rt.builtin:
+            # A custom resource's kind is checked by its validation, as a field error.
+            raise invalid(str(kind), rt.group, str((obj.get("metadata") or {}).get("name", "")),
+                          [("kind", "FieldValueInvalid", f'Invalid value: "{kind}": must be {rt.kind}')])
         if kind is not None and kind != rt.kind:
             raise ApiError(400, f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})")
         if obj.get("metadata") is not None and not isinstance(obj["metadata"], dict):
@@ -233,6 +243,11 @@ class Api:
         pruned: list[str] = []
         if rt.builtin:
             causes += _builtin_problems(rt, obj)
+            known = _BUILTIN_TOP_LEVEL.get(rt.kind)
+            if known is not None:  # unknown top-level fields only: nested ones are not checked here
+                pruned = sorted(k for k in obj if k not in known and k not in ("apiVersion", "kind", "metadata"))
+                for k in pruned:
+                    del obj[k]
         else:
             c, pruned = validate(obj, rt.schema)
             causes += c
@@ -511,6 +526,23 @@ def _warn(warnings: list[str]) -> dict[str, str]:
 
 def _spec(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+
+
+# The top-level fields of the built-in kinds the sandbox serves (Kubernetes API reference, v1.33).
+_BUILTIN_TOP_LEVEL: dict[str, frozenset[str]] = {
+    "ConfigMap": frozenset({"data", "binaryData", "immutable"}),
+    "Secret": frozenset({"data", "stringData", "type", "immutable"}),
+    "ServiceAccount": frozenset({"secrets", "imagePullSecrets", "automountServiceAccountToken"}),
+    "Namespace": frozenset({"spec", "status"}),
+    "Pod": frozenset({"spec", "status"}),
+    "Node": frozenset({"spec", "status"}),
+    "DaemonSet": frozenset({"spec", "status"}),
+    "CustomResourceDefinition": frozenset({"spec", "status"}),
+    "ClusterRole": frozenset({"rules", "aggregationRule"}),
+    "Role": frozenset({"rules"}),
+    "ClusterRoleBinding": frozenset({"subjects", "roleRef"}),
+    "RoleBinding": frozenset({"subjects", "roleRef"}),
+}
 
 
 def _builtin_problems(rt: ResourceType, obj: dict[str, Any]) -> list[tuple[str, str, str]]:

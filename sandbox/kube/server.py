@@ -30,7 +30,7 @@ from sandbox.kube.faults import Faults, Stats
 from sandbox.kube.meta import name_problem
 from sandbox.kube.scheduler import Scheduler
 from sandbox.kube.sim import Sim
-from sandbox.kube.status import ApiError, status_body
+from sandbox.kube.status import ApiError, PageNotFound, status_body
 from sandbox.kube.store import Store
 from sandbox.kube.types import BUILTINS
 
@@ -94,6 +94,7 @@ class KubeApiServer:
         crd, rollout, pod = self._delays
         self.sim = Sim(self.api, self._sched, crd_delay=crd, rollout_delay=rollout, pod_delay=pod)
         self.api.hooks = self.sim
+        self.store.open_watch_window()
         httpd = _HTTPServer(("127.0.0.1", port), _Handler)
         httpd.kube = self
         httpd.ssl_context = server_context(self._certs)
@@ -346,6 +347,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not admin:
             kube.stats.count(method, path)
         if path not in PUBLIC_PATHS and not self._authorized():
+            if "Authorization" not in self.headers:
+                # Kubernetes (and GKE) keep anonymous authentication on: a request without
+                # credentials is user system:anonymous, whom RBAC forbids everything but health
+                # and version (the differential test checks this against the real server).
+                self._send(403, status_body(403, f'forbidden: User "system:anonymous" cannot {method.lower()} '
+                                                 f'path "{path}"', "Forbidden", {}))
+                return
             self._send(401, status_body(401, "Unauthorized", "Unauthorized"))
             return
         try:
@@ -374,6 +382,10 @@ class _Handler(BaseHTTPRequestHandler):
                     self._stream(out)
                 else:
                     self._send(code, out, extra)
+        except PageNotFound:
+            # An unknown API group or version never reaches a resource handler on Kubernetes: its
+            # mux answers with Go's plain-text NotFound page, not a Status.
+            self._send(404, b"404 page not found\n", content_type="text/plain; charset=utf-8")
         except ApiError as e:
             self._send(e.code, e.body(), e.headers)
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):

@@ -27,6 +27,13 @@ class ApiError(Exception):
         return status_body(self.code, self.message, self.reason, self.details)
 
 
+class PageNotFound(ApiError):
+    """A path outside every served group/version: Kubernetes answers `404 page not found` as text."""
+
+    def __init__(self) -> None:
+        super().__init__(404, "404 page not found")
+
+
 def status_body(code: int, message: str, reason: str | None = None,
                 details: dict[str, Any] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {

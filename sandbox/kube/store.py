@@ -33,6 +33,14 @@ class Store:
         self._rv = 1
         self._log: deque[WatchEvent] = deque(maxlen=log_size)
         self.closed = False
+        self._floor = 0
+
+    def open_watch_window(self) -> None:
+        """Watches may start from now on, not before: kube-apiserver's watch cache begins at the
+        revision it listed when it started, and a watch from an older resourceVersion gets 410
+        Expired (an ERROR event) even on a fresh cluster."""
+        with self.lock:
+            self._floor = self._rv
 
     @property
     def resource_version(self) -> int:
@@ -41,7 +49,8 @@ class Store:
 
     def oldest_watchable(self) -> int:
         with self.lock:
-            return self._log[0].rv - 1 if self._log and len(self._log) == self._log.maxlen else 0
+            logged = self._log[0].rv - 1 if self._log and len(self._log) == self._log.maxlen else 0
+            return max(logged, self._floor)
 
     def get(self, key: Key) -> dict[str, Any] | None:
         with self.lock:
