@@ -140,6 +140,17 @@ def test_a_dead_owners_control_plane_is_swept(tmp_path: Path) -> None:
 # -- end to end through Pub/Sub push and the real functions -----------------------------------------
 @pytest.fixture(scope="module")
 def real_stack(emulators: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield from _real_stack(emulators, tmp_path_factory)
+
+
+@pytest.fixture
+def real_fleet(emulators: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A stack of its own: a rollout plans every READY cluster of a project, so the fleet test must
+    not see the other tests' clusters (and their NADs' verify gates)."""
+    yield from _real_stack(emulators, tmp_path_factory)
+
+
+def _real_stack(emulators: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from sandbox.gke.realism import Realism
     from tests.fixtures_stack import start_stack
 
@@ -219,3 +230,59 @@ def test_the_workflow_end_to_end_on_real_clusters(real_stack: Any) -> None:
     _request(stack, ref, "late", action="delete")
     wait_nad(store, ref, "default", "late", "DELETED", 120)
     assert kube.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "late") is None
+
+
+def test_a_rollout_in_waves_on_real_clusters_halts_on_a_broken_canary_and_rolls_it_back(real_fleet: Any,
+                                                                                         capsys: Any) -> None:
+    """Two real clusters, the canary labelled; a good bundle passes every gate, a broken one halts
+    at the canary (its DaemonSet pods wait in ImagePullBackOff on the real controllers) and the
+    canary is rolled back while the other cluster never sees the broken bundle."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sandbox.gke.scenario import NodePoolSpec
+    from tests.fixtures_stack import ref_of, wait_for, wait_state
+    from tests.test_rollout import FLEET_BROKEN, GOOD_MULTUS, _rollout, _set_policy, _tick
+
+    stack, store = real_fleet, _store(real_fleet)
+    tag = uuid.uuid4().hex[:4]
+    names = [f"wave-{tag}-a", f"wave-{tag}-b"]
+    for name in names:
+        labels = {"multus-provisioner": "enabled"}
+        if name.endswith("-a"):
+            labels["multus-provisioner-wave"] = "canary"
+        stack.gke.create_cluster(name, wait=False, labels=labels, node_pools=(NodePoolSpec("default-pool"),))
+    refs = [ref_of(stack, n) for n in names]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda r: wait_state(store, r, "READY", 240), refs))
+
+    def image(name: str) -> str:
+        ds = _engine(stack, name).get("apps/v1", "DaemonSet", "kube-system", "gke-multinet")
+        return next(c["image"] for c in ds["spec"]["template"]["spec"]["initContainers"] if "multus" in c["image"])
+
+    def run_until_settled(ticks: int) -> dict[str, Any]:
+        for _ in range(ticks):
+            _tick(stack)
+            doc = _rollout(stack, capsys)
+            if doc["state"] != "RUNNING":
+                return doc
+        return doc
+
+    _tick(stack)  # the first tick records the deployment's bundle
+    _set_policy(store, multusImage=GOOD_MULTUS)
+    doc = run_until_settled(8)
+    assert doc["state"] == "COMPLETED", doc
+    ours = {r.doc_id for r in refs}
+    assert {c["state"] for k, c in doc["clusters"].items() if k in ours} == {"PASSED"}
+    assert all(image(n) == GOOD_MULTUS for n in names)
+
+    _set_policy(store, multusImage=FLEET_BROKEN)
+    doc = run_until_settled(6)
+    assert doc["state"] == "HALTED", doc
+    canary, other = refs
+    assert doc["haltedCluster"] == canary.doc_id and "ImagePullBackOff" in doc["reason"]
+    assert doc["clusters"][canary.doc_id]["state"] == "ROLLED_BACK"
+    wait_for(lambda: image(canary.cluster) == GOOD_MULTUS, 120, "the canary rolled back")
+    assert image(other.cluster) == GOOD_MULTUS  # never saw the broken bundle
+    kube = _engine(stack, canary.cluster)
+    wait_for(lambda: kube.daemonset_rollout("kube-system", "gke-multinet").complete, 180, "the canary healthy again")
+    _set_policy(store)  # leave the policy as the module found it

@@ -108,13 +108,20 @@ def kubectl_version(request: Any) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=["sim", pytest.param("real", marks=pytest.mark.real)])
+def kube_kind(request: Any) -> str:
+    """The tutorial's kubectl commands against the simulated API server and a real kube-apiserver."""
+    return str(request.param)
+
+
 @pytest.fixture
-def tutorial_stack(emulators: Any, tmp_path: Path, kubectl_version: str) -> Iterator[Stack]:
+def tutorial_stack(emulators: Any, tmp_path: Path, kubectl_version: str, kube_kind: str) -> Iterator[Stack]:
     # GKE's ordinary day is on (the scenario's default): the tutorial waits for GKE's own operation
     # after CreateCluster before it creates the pool, as its reader must.
+    prefix = f"tut{kubectl_version.replace('.', '')}{kube_kind}_"
     stack = Stack(scenario=REPO / "sandbox" / "scenarios" / "tutorial.yaml", state_dir=tmp_path / ".sandbox",
-                  emulators=emulators, operation_delay=0.0, crd_delay=0.1, rollout_delay=0.2,
-                  extra_env={"MULTUS_PROVISIONER_COLLECTION_PREFIX": f"tut{kubectl_version.replace('.', '')}_",
+                  emulators=emulators, operation_delay=0.0, crd_delay=0.1, rollout_delay=0.2, kube=kube_kind,
+                  extra_env={"MULTUS_PROVISIONER_COLLECTION_PREFIX": prefix,
                              "MULTUS_PROVISIONER_ROLLOUT_WAIT_SECONDS": "30"})
     stack.start()
     try:

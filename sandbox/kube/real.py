@@ -428,6 +428,10 @@ class RealKubeApiServer:
         self._procs.append(_Process("kwok", [
             str(kwok), "--kubeconfig", str(run / "kwok.kubeconfig"), "--manage-all-nodes=true",
             "--config", str(files["kwok-stages.yaml"]), "--node-ip", "10.0.1.2", "--cidr", "10.104.0.0/14",
+            # Heartbeats as a kubelet sends them, through node Leases: without them the node
+            # lifecycle controller marks every node NotReady after its grace period (40-50 s) and
+            # turns the pods on it unready.
+            "--node-lease-duration-seconds", "40",
             "--server-address", f"127.0.0.1:{_free_port()}", "-v", "WARN"], run))
         if self.ip_access:
             self.url = f"https://127.0.0.1:{self._api_port}"
