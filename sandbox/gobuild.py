@@ -2,8 +2,10 @@
 
 Nothing here is downloaded prebuilt: each component is a small wrapper module in `realworld/NAME/`
 (`go.mod` and `go.sum` pin the upstream version and every module's checksum, as `requirements.txt`
-pins the Python side; `build.toml` names the binaries and their package paths). The first build
-of a component compiles it with the machine's Go through the Go module proxy; the binaries then go
+pins the Python side; `build.toml` names the binaries and their package paths, and may add
+`ldflags`, `tags` and an `env` table for `go build` such as CGO_ENABLED; a binary's name may be a
+relative path, for a layout another tool reads). The first build of a component compiles it
+with the machine's Go through the Go module proxy; the binaries then go
 to `~/.cache/multus-provisioner/realworld/NAME-DIGEST/bin/`, where DIGEST covers the wrapper's
 files and the Go version. A fresh clone on the same machine (CI's included) finds them there, and a
 change of pin builds a new directory instead of reusing a stale one.
@@ -58,6 +60,7 @@ class Component:
     binaries: dict[str, str]  # binary name -> package path ("." = the wrapper's own main)
     ldflags: tuple[str, ...]
     tags: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()  # extra environment of `go build` (e.g. CGO_ENABLED=0)
 
     def digest(self, go_version: str) -> str:
         """What the cached binaries depend on: the wrapper's files and the Go toolchain."""
@@ -93,6 +96,7 @@ def components() -> dict[str, Component]:
             binaries={str(k): str(v) for k, v in binaries.items()},
             ldflags=tuple(str(x) for x in data.get("ldflags", ())),
             tags=tuple(str(x) for x in data.get("tags", ())),
+            env=tuple(sorted((str(k), str(v)) for k, v in data.get("env", {}).items())),
         )
     return found
 
@@ -109,7 +113,8 @@ def go_version() -> str:
     out = subprocess.run([go, "version"], capture_output=True, text=True, check=False).stdout.strip()
     match = re.search(r"go(\d+)\.(\d+)", out)
     if not match or (int(match[1]), int(match[2])) < MIN_GO:
-        raise BuildError(f"{out or 'go version failed'}: Go >= {MIN_GO[0]}.{MIN_GO[1]} is needed to build the real components")
+        raise BuildError(f"{out or 'go version failed'}: Go >= {MIN_GO[0]}.{MIN_GO[1]} is needed "
+                         "to build the real components")
     return out.removeprefix("go version ").strip()
 
 
@@ -167,7 +172,8 @@ def _run_with_heartbeat(argv: Sequence[str], cwd: Path, env: dict[str, str], lab
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-25:])
         if "no space left" in tail:
-            raise BuildError(f"building {label}: the disk is full ({tail.splitlines()[-1]}); free some space and run `make realworld`")
+            raise BuildError(f"building {label}: the disk is full ({tail.splitlines()[-1]}); "
+                             "free some space and run `make realworld`")
         raise BuildError(f"building {label} failed (exit {proc.returncode}):\n{tail}")
 
 
@@ -200,10 +206,14 @@ def _build(component: Component, version: str, target: Path) -> None:
     # -mod=readonly: go.sum is the pin; a build never rewrites it. GOTOOLCHAIN=local: no toolchain
     # download (nothing but the module proxy is reachable), the machine's Go builds it.
     env.update({"GOFLAGS": "-mod=readonly -buildvcs=false", "GOTOOLCHAIN": "local"})
+    env.update(dict(component.env))
     started = time.monotonic()
     _say(f"building {component.title}: {', '.join(component.binaries)} with {version}")
     _say("  (first build only; later runs reuse " + str(target) + ")")
     for binary, package in component.binaries.items():
+        # A binary's name may be a relative path (a layout another tool reads, such as Terraform's
+        # provider mirror: registry.terraform.io/hashicorp/google/VERSION/linux_amd64/...).
+        (staging / "bin" / binary).parent.mkdir(parents=True, exist_ok=True)
         argv = ["go", "build", "-trimpath", "-o", str(staging / "bin" / binary)]
         if component.ldflags:
             argv += ["-ldflags", " ".join(["-s", "-w", *component.ldflags])]
