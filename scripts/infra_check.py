@@ -94,9 +94,8 @@ def terraform_binary() -> str:
     exe = shutil.which("terraform")
     if exe is None:
         raise CheckError(
-            "terraform is not on PATH: install Terraform >= 1.11 (the machine image ships 1.11.4 in "
-            "/usr/local/bin; elsewhere `go install github.com/hashicorp/terraform@v1.11.4` builds it from the "
-            "Go module proxy)"
+            "terraform is not on PATH: install Terraform >= 1.11 (this project's machine image ships 1.11.4 "
+            "in /usr/local/bin) and run the check again"
         )
     out = subprocess.run([exe, "version", "-json"], capture_output=True, text=True, check=False,
                          env=_clean_env()).stdout
