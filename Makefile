@@ -46,7 +46,7 @@ test: setup lint tools
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # infra/ against the real hashicorp/google provider, offline: the provider is built from the Go module
-# proxy into the shared cache (realworld/terraform-provider-google; about 11 min the first time on this
+# proxy into the shared cache (realworld/terraform-provider-google; 6-11 min the first time on this
 # machine, later runs reuse it), Terraform installs it from that filesystem mirror through a CLI
 # configuration of ours, then `init` (lock file checked), `validate`, `terraform test` (infra/tests/)
 # and the static checks (python-hcl2, checkov). `make test` runs the same test files with the rest.

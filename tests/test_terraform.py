@@ -1,7 +1,7 @@
 """infra/ against the real hashicorp/google provider, offline (scripts/infra_check.py).
 
 The provider is built from the Go module proxy (realworld/terraform-provider-google, the first time
-only: about 11 minutes here) and served to Terraform from a filesystem mirror through a CLI
+only: 6-11 minutes here) and served to Terraform from a filesystem mirror through a CLI
 configuration of ours. These tests run `terraform init` (the lock file's hash must match the build),
 `terraform validate` (every argument of every resource, the example's included, against the
 provider's schema) and `terraform test` (infra/tests/*.tftest.hcl: the whole deployment planned for
