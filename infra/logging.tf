@@ -9,46 +9,25 @@
 # on which it acts) and, for a request refused at once, a single entry without `operation` (decoded as
 # refused). All three are wanted, so the filter has no clause on `operation`. Everything else
 # (GetCluster, node auto-upgrades in the system_event log, other services, Data Access logs) never
-# reaches Pub/Sub and costs nothing. The filters are plain literals so tests/sink_filter.py can evaluate
-# them against the sample entries.
+# reaches Pub/Sub and costs nothing. The filters are plain text in sink-filters.yaml, so
+# tests/sink_filter.py evaluates the very texts the sinks get against the sample entries.
 #
 # Scope: project sinks by default; var.sink_scope = "folder" / "organization" installs the same sinks
 # one level up with include_children, so clusters in every project below are covered (bind the custom
 # GKE role in those projects through var.managed_cluster_projects).
 
 locals {
-  cluster_events_filter = <<-EOT
-    logName:"cloudaudit.googleapis.com%2Factivity"
-    AND protoPayload.serviceName="container.googleapis.com"
-    AND (protoPayload.methodName="google.container.v1.ClusterManager.CreateCluster"
-      OR protoPayload.methodName="google.container.v1.ClusterManager.DeleteCluster"
-      OR protoPayload.methodName="google.container.v1.ClusterManager.SetLabels"
-      OR protoPayload.methodName="google.container.v1.ClusterManager.UpdateCluster"
-      OR protoPayload.methodName="google.container.v1.ClusterManager.UpdateMaster"
-      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.CreateCluster"
-      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.DeleteCluster"
-      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.SetLabels"
-      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.UpdateCluster"
-      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.UpdateMaster")
-  EOT
-
-  node_pool_events_filter = <<-EOT
-    logName:"cloudaudit.googleapis.com%2Factivity"
-    AND protoPayload.serviceName="container.googleapis.com"
-    AND (protoPayload.methodName="google.container.v1.ClusterManager.CreateNodePool"
-      OR protoPayload.methodName="google.container.v1.ClusterManager.DeleteNodePool"
-      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.CreateNodePool"
-      OR protoPayload.methodName="google.container.v1beta1.ClusterManager.DeleteNodePool")
-  EOT
+  # The filter texts live in sink-filters.yaml, the one copy that the controller's tests evaluate too.
+  sink_filters = yamldecode(file("${path.module}/sink-filters.yaml"))
 
   sinks = {
     cluster-events = {
       topic  = "cluster-events"
-      filter = local.cluster_events_filter
+      filter = local.sink_filters["cluster-events"]
     }
     node-pool-events = {
       topic  = "node-pool-events"
-      filter = local.node_pool_events_filter
+      filter = local.sink_filters["node-pool-events"]
     }
   }
 

@@ -46,3 +46,32 @@ output "example_cluster" {
   description = "The example cluster's name, when create_example = true."
   value       = var.create_example ? google_container_cluster.example[0].id : null
 }
+
+output "iam_grants" {
+  description = "Every IAM grant this deployment makes, as {role, member, on}, for a security review (all additive *_iam_member grants; tests/test_infra.py checks that none is left out)."
+  value = concat(
+    [for g in concat(values(google_project_iam_member.runtime_gke), [
+      google_project_iam_member.runtime_firestore,
+      google_project_iam_member.runtime_logs,
+      google_project_iam_member.build_logs,
+      google_project_iam_member.build_artifacts,
+    ], google_project_iam_member.example_nodes) : { role = g.role, member = g.member, on = "project:${g.project}" }],
+    [for g in concat(
+      [google_pubsub_topic_iam_member.runtime_reconcile_publisher],
+      values(google_pubsub_topic_iam_member.nad_requesters),
+      values(google_pubsub_topic_iam_member.dead_letter_publisher),
+      values(google_pubsub_topic_iam_member.sink_publisher),
+    ) : { role = g.role, member = g.member, on = "topic:${g.topic}" }],
+    [for g in values(google_pubsub_subscription_iam_member.dead_letter_subscriber) :
+    { role = g.role, member = g.member, on = "subscription:${g.subscription}" }],
+    [for g in values(google_cloud_run_service_iam_member.trigger_invoker) :
+    { role = g.role, member = g.member, on = "run-service:${g.location}/${g.service}" }],
+    [for g in values(google_service_account_iam_member.pubsub_token_creator) :
+    { role = g.role, member = g.member, on = "service-account:${g.service_account_id}" }],
+    [{
+      role   = google_storage_bucket_iam_member.build_reads_source.role
+      member = google_storage_bucket_iam_member.build_reads_source.member
+      on     = "bucket:${google_storage_bucket_iam_member.build_reads_source.bucket}"
+    }],
+  )
+}

@@ -1,9 +1,11 @@
-"""Static checks of the deployment (infra/*.tf, infra/gke-permissions.yaml, cloudbuild.yaml).
+"""Static checks of the deployment (infra/*.tf, infra/*.yaml, cloudbuild.yaml).
 
-No Terraform provider can be downloaded here, so the wiring is asserted on the parsed HCL
-(python-hcl2, v7/v8 output: strings keep their quotes, interpolations stay as `${...}` text), the
-sink filters are evaluated with tests/sink_filter.py against sample audit entries, and checkov runs
-on infra/ in its own virtualenv (.venv-tools; see infra/tools-requirements.txt).
+The wiring is asserted on the parsed HCL (python-hcl2, v7/v8 output: strings keep their quotes,
+interpolations stay as `${...}` text), the sink filters (infra/sink-filters.yaml) are evaluated with
+tests/sink_filter.py against sample audit entries, the functions' environment contract
+(infra/function-settings.yaml) is checked against what shared/core/settings.py reads, and checkov runs
+on infra/ in its own virtualenv (.venv-tools; see infra/tools-requirements.txt). Terraform itself,
+with the real google provider, validates and plans infra/ in tests/test_terraform.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -120,14 +122,6 @@ def ref(expr: Any) -> str:
     return expr[2:-1]
 
 
-def heredoc(value: str) -> str:
-    """The text of a `<<-EOT` heredoc as python-hcl2 returns it (indentation stripped like Terraform)."""
-    m = re.fullmatch(r"<<(-?)([A-Z]+)\n(.*)\n\s*\2", value, re.S)
-    assert m, f"not a heredoc: {value[:40]!r}"
-    body = m.group(3)
-    return textwrap.dedent(body) if m.group(1) else body
-
-
 def all_strings(node: Any):
     if isinstance(node, dict):
         for k, v in node.items():
@@ -166,7 +160,7 @@ def test_every_tf_file_parses_and_declares_something():
 
 
 def test_terraform_fmt_is_clean():
-    # The machine image ships terraform (no provider can be downloaded, so fmt is all it can do here).
+    # The machine image ships terraform; fmt needs no provider (tests/test_terraform.py runs the rest).
     terraform = shutil.which("terraform")
     assert terraform, "terraform is not on PATH; the machine image ships it in /usr/local/bin"
     proc = subprocess.run([terraform, "fmt", "-check", "-diff", "-recursive", str(INFRA)],
@@ -216,13 +210,27 @@ def test_required_apis_are_enabled():
     assert api["disable_on_destroy"] is False
 
 
-def test_outputs_name_topics_functions_and_service_accounts():
-    outputs = {}
+def _outputs() -> dict[str, Any]:
+    outputs: dict[str, Any] = {}
     for doc in tf_files().values():
         for b in doc.get("output", []):
             outputs.update(b)
-    for name in ("topics", "functions", "service_accounts", "dead_letter_subscriptions"):
+    return outputs
+
+
+def test_outputs_name_topics_functions_and_service_accounts():
+    outputs = _outputs()
+    for name in ("topics", "functions", "service_accounts", "dead_letter_subscriptions", "iam_grants"):
         assert name in outputs and outputs[name].get("description"), name
+
+
+def test_the_iam_grants_output_lists_every_grant_resource():
+    """infra/tests assert least privilege on `output.iam_grants`: a grant left out of it would escape them."""
+    listed = "".join(all_strings(_outputs()["iam_grants"]["value"]))
+    grants = [(t, n) for t, n, _ in iam_grants()]
+    assert grants, "found no IAM grant resources"
+    missing = [f"{t}.{n}" for t, n in grants if f"{t}.{n}" not in listed]
+    assert not missing, f"IAM grants missing from output iam_grants: {missing}"
 
 
 # --- streams: functions, triggers, dead letters ---------------------------------------------------------------
@@ -276,19 +284,90 @@ def test_private_control_planes_are_reached_through_an_optional_vpc_connector():
     assert env["MULTUS_PROVISIONER_BUSY_WAIT_SECONDS"] == "${tostring(var.busy_wait_seconds)}"
 
 
-def test_function_environment_is_exactly_what_shared_settings_reads():
+class _RecordingEnv(Mapping[str, str]):
+    """An empty environment that remembers every name read from it."""
+
+    def __init__(self) -> None:
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.read.add(key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return default
+
+    def __iter__(self):
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def settings_read_by_the_code() -> set[str]:
+    """The MULTUS_PROVISIONER_* names Settings.from_env reads (recorded while it runs: with nothing set,
+    every name and every fallback is read)."""
+    from shared.core.settings import PREFIX, Settings
+
+    env = _RecordingEnv()
+    Settings.from_env(env)
+    return {k.removeprefix(PREFIX) for k in env.read if k.startswith(PREFIX)}
+
+
+def function_settings() -> dict[str, Any]:
+    return yaml.safe_load((INFRA / "function-settings.yaml").read_text())
+
+
+def test_function_settings_file_names_exactly_what_shared_settings_reads():
+    """infra/function-settings.yaml is the one list of the functions' environment (the Terraform tests
+    assert each function's planned environment against its `set` part): it must classify every variable
+    the code reads, and nothing else, and give a reason for each one left unset."""
+    doc = function_settings()
+    deployed, unset = doc["set"], doc["unset"]
+    assert len(deployed) == len(set(deployed)), "a name is listed twice under `set`"
+    assert not set(deployed) & set(unset), f"both set and unset: {set(deployed) & set(unset)}"
+    read = settings_read_by_the_code()
+    assert set(deployed) | set(unset) == read, (
+        f"read by the code but not classified: {sorted(read - set(deployed) - set(unset))}; "
+        f"classified but not read: {sorted((set(deployed) | set(unset)) - read)}")
+    for name, why in unset.items():
+        assert isinstance(why, str) and len(why) >= 20, f"{name}: say why a deployment leaves it unset"
+
+
+def test_function_environment_is_the_set_part_of_the_settings_file():
     env = locals_()["runtime_env"]
-    source = (ROOT / "shared" / "core" / "settings.py").read_text()
-    read = set(re.findall(r'(?:get|integer|number|names|as_json|boolean)\("([A-Z_]+)"', source))
-    for key in env:
-        assert key.startswith("MULTUS_PROVISIONER_"), key
-        assert key.removeprefix("MULTUS_PROVISIONER_") in read, f"{key} is not read by shared/core/settings.py"
-    for needed in ("PROJECT", "COLLECTION_PREFIX", "DATABASE", "OPT_IN_LABEL", "MAX_ATTEMPTS",
-                   "TOPIC_NAD_REQUESTS", "NODE_POOL_TEMPLATE", "DEFAULT_NADS"):
-        assert f"MULTUS_PROVISIONER_{needed}" in env, needed
+    assert {k.removeprefix("MULTUS_PROVISIONER_") for k in env} == set(function_settings()["set"])
+    assert all(k.startswith("MULTUS_PROVISIONER_") for k in env)
     assert ref(env["MULTUS_PROVISIONER_TOPIC_NAD_REQUESTS"]) == 'google_pubsub_topic.stream["nad-requests"].name'
     assert env["MULTUS_PROVISIONER_MAX_ATTEMPTS"] == "${tostring(var.max_delivery_attempts)}"
     assert env["MULTUS_PROVISIONER_PRUNE_ORPHANS"] == "${tostring(var.prune_orphans)}"
+
+
+def test_every_value_terraform_can_set_is_accepted_by_the_settings():
+    """The defaults' rendering (tostring of numbers and booleans, empty string = default) parses."""
+    from shared.core.settings import Settings
+
+    v = variables()
+    rendered = {
+        "OPT_IN_LABEL": v["opt_in_label"]["default"], "LEASE_SECONDS": str(v["lease_seconds"]["default"]),
+        "CRD_TIMEOUT_SECONDS": str(v["crd_timeout_seconds"]["default"]), "PRUNE_ORPHANS": "false",
+        "LEDGER_TTL_DAYS": str(v["ledger_ttl_days"]["default"]), "STALL_SECONDS": str(v["stall_seconds"]["default"]),
+        "DENIED_NAMESPACES": ",".join(v["denied_namespaces"]["default"]), "ALLOWED_NAMESPACES": "",
+        "MAX_NADS_PER_CLUSTER": str(v["max_nads_per_cluster"]["default"]), "NODE_POOL_TEMPLATE": "",
+        "MAX_ATTEMPTS": str(v["max_delivery_attempts"]["default"]), "DEFAULT_NADS": "", "VPC_EGRESS": "true",
+        "ROLLOUT_WAVE_SIZE": v["rollout_wave_size"]["default"], "MANAGED_PROJECTS": "team-a-clusters,multus-host",
+        "ROLLOUT_CANARY": str(v["rollout_canary"]["default"]), "PROJECT": "multus-host",
+        "ROLLOUT_GATE_SECONDS": str(v["rollout_gate_seconds"]["default"]), "DATABASE": "(default)",
+        "BUSY_WAIT_SECONDS": str(v["busy_wait_seconds"]["default"]), "COLLECTION_PREFIX": "",
+        "NODE_POOL_RETRY_SECONDS": str(v["node_pool_retry_seconds"]["default"]),
+        "TOPIC_NAD_REQUESTS": "multus-nad-requests", "TOPIC_RECONCILE": "multus-reconcile",
+        "MULTUS_IMAGE": "", "WHEREABOUTS_IMAGE": "", "MULTUS_LOG_LEVEL": "",
+    }
+    assert set(rendered) == set(function_settings()["set"])
+    s = Settings.from_env({f"MULTUS_PROVISIONER_{k}": val for k, val in rendered.items()})
+    assert s.vpc_egress is True and s.managed_projects == ("team-a-clusters", "multus-host")
+    assert s.reconcile_topic == "multus-reconcile" and s.max_attempts == v["max_delivery_attempts"]["default"]
 
 
 def test_every_trigger_is_a_push_subscription_on_its_topic_with_dead_letter_and_backoff():
@@ -400,17 +479,18 @@ def test_sinks_publish_to_existing_topics_and_writers_publish_only_there():
 
 
 def _filters() -> dict[str, str]:
-    loc = locals_()
-    return {"cluster-events": heredoc(loc["cluster_events_filter"]),
-            "node-pool-events": heredoc(loc["node_pool_events_filter"])}
+    """The sinks' filters from infra/sink-filters.yaml, the one copy Terraform reads too."""
+    return yaml.safe_load((INFRA / "sink-filters.yaml").read_text())
 
 
-def test_sink_filters_are_the_literals_the_sinks_use():
+def test_sink_filters_are_the_texts_the_sinks_use():
     loc = locals_()
-    assert ref(loc["sinks"]["cluster-events"]["filter"]) == "local.cluster_events_filter"
-    assert ref(loc["sinks"]["node-pool-events"]["filter"]) == "local.node_pool_events_filter"
+    assert ref(loc["sink_filters"]) == 'yamldecode(file("${path.module}/sink-filters.yaml"))'
+    assert ref(loc["sinks"]["cluster-events"]["filter"]) == 'local.sink_filters["cluster-events"]'
+    assert ref(loc["sinks"]["node-pool-events"]["filter"]) == 'local.sink_filters["node-pool-events"]'
+    assert set(_filters()) == set(loc["sinks"])
     for text in _filters().values():
-        assert "${" not in text, "filters must be literals (no interpolation)"
+        assert isinstance(text, str) and "${" not in text, "filters are plain text (no interpolation)"
         parse(text)
 
 
