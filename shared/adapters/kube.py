@@ -233,12 +233,6 @@ class Kube:
         _, out, _ = self._call("GET", path, allow_404=True)
         return out
 
-    def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        """Every object of a kind (in `namespace` for namespaced kinds), one LIST request."""
-        path = self._route(api_version, kind, namespace, None)
-        _, out, _ = self._call("GET", path)
-        return list((out or {}).get("items") or [])
-
     @staticmethod
     def rollout_of(ds: Mapping[str, Any]) -> Rollout:
         """A DaemonSet object's rollout, as its status reports it (no request)."""
@@ -354,6 +348,13 @@ class Kube:
         items = list((out or {}).get("items") or [])
         return sorted(items, key=lambda e: (e.get("lastTimestamp") or e.get("eventTime") or "",
                                             (e.get("metadata") or {}).get("name", "")))
+
+    # Last in the class: a method named `list` would shadow the builtin in the annotations after it.
+    def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every object of a kind (in `namespace` for namespaced kinds), one LIST request."""
+        path = self._route(api_version, kind, namespace, None)
+        _, out, _ = self._call("GET", path)
+        return list((out or {}).get("items") or [])
 
 
 def _content(obj: Mapping[str, Any]) -> str:

@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from shared.core.errors import Permanent, Problem, Rejected, Transient
 from shared.core.names import is_dns_label, is_object_name
@@ -46,6 +46,7 @@ from shared.core.settings import Settings
 from shared.ports import DELETE, AlreadyHandled, ClusterRecord, Lease
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 OUTCOMES = ("ok", "retry", "failed", "rejected", "ignored", "skipped", "warning")
 EXCERPT_MAX = 512
@@ -147,8 +148,8 @@ def _decode_token(token: str) -> tuple[Any, str]:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
         stamp, doc_id = data["at"], data["id"]
-        at = (DatetimeWithNanoseconds.from_rfc3339(stamp) if stamp.endswith("Z")
-              else datetime.fromisoformat(stamp))
+        at: datetime = (DatetimeWithNanoseconds.from_rfc3339(stamp)  # type: ignore[no-untyped-call]
+                        if stamp.endswith("Z") else datetime.fromisoformat(stamp))
         if not isinstance(doc_id, str):
             raise TypeError
         return at, doc_id
@@ -183,9 +184,11 @@ def translate(exc: BaseException) -> BaseException:
     return Permanent(message, code=name, api="firestore")
 
 
-def _edge(method: Callable[..., T]) -> Callable[..., T]:
+def _edge(method: Callable[P, T]) -> Callable[P, T]:
+    """Translate what escapes a store method into the controller's errors; the signature is kept."""
+
     @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return method(*args, **kwargs)
         except (AlreadyHandled, Rejected, Transient, Permanent):
@@ -243,8 +246,11 @@ class RpcCounter:
                 return details
             return details._replace(timeout=limit)
 
-        class _Interceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                           grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+        # grpc ships no types: its interceptor bases are Any to mypy.
+        class _Interceptor(grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+                           grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+                           grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+                           grpc.StreamStreamClientInterceptor):  # type: ignore[misc]
             def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
                 counter.hit(details.method)
                 return continuation(clamp(details), request)
@@ -285,7 +291,7 @@ def instrument(client: Any) -> RpcCounter:
     `firestore.transactional`) offer no public deadline (tests/test_faults.py delays a Commit).
     """
     existing = getattr(client, "_multus_rpc_counter", None)
-    if existing is not None:
+    if isinstance(existing, RpcCounter):
         return existing
     import grpc
     from google.cloud.firestore_v1.services.firestore import FirestoreClient
@@ -379,7 +385,7 @@ class Store:
         """Run `fn(transaction, *args)` in one transaction (retried on ABORTED by the client)."""
         from google.cloud import firestore
 
-        return firestore.transactional(fn)(self.client.transaction(max_attempts=self.max_attempts), *args)
+        return cast(T, firestore.transactional(fn)(self.client.transaction(max_attempts=self.max_attempts), *args))
 
     def _read(self, transaction: Any, *docs: Any) -> list[Any]:
         """One `get_all` for every document the step decides on, in the order asked."""
@@ -694,7 +700,7 @@ class Store:
             if step_state != before:
                 changes["stateSince"] = now
             batch = self.client.batch()
-            if exists:
+            if snap is not None and snap.exists:
                 batch.update(doc, _wire(changes), option=self.client.write_option(last_update_time=snap.update_time))
             else:
                 clean = {k: v for k, v in changes.items() if v is not DELETE}

@@ -117,9 +117,10 @@ def decide_cluster(*, state: str | None, facts: Any, findings: Sequence[Any], op
             return ClusterStep(ClusterStep.CREATE_POOL, CREATING_NODE_POOL,
                                "no node pool with additional networks; creating one from the policy template")
         missing = [f for f in findings if getattr(f, "id", "") == BLOCKING_FINDING_EXEMPT]
+        fix = str(getattr(missing[0], "fix", "") or "") if missing else ""
         return ClusterStep(ClusterStep.AWAIT_POOL, AWAITING_NODE_POOL,
                            "waiting for a node pool with an additional node network and pod network"
-                           + (f" ({missing[0].fix})" if missing and getattr(missing[0], "fix", "") else ""),
+                           + (f" ({fix})" if fix else ""),
                            findings=tuple(missing))
     pool = sorted(suitable, key=lambda p: p.name)[0]
     if state == READY:
@@ -164,9 +165,9 @@ def decide_nad(*, request: Any, cluster_state: str | None, pool_cidr: str | None
                DELETED: "the cluster was deleted"}[cluster_state]
         return NadStep(NadStep.REJECT, NAD_REJECTED, why, reasons=(why,))
     others = [n for n in existing or () if n.get("key", f"{n.get('namespace')}~{n.get('name')}") != key]
-    why = limit_problem(others, max_nads) if max_nads is not None else None
-    if why:
-        return NadStep(NadStep.REJECT, NAD_REJECTED, why, reasons=(why,))
+    over_limit = limit_problem(others, max_nads) if max_nads is not None else None
+    if over_limit:
+        return NadStep(NadStep.REJECT, NAD_REJECTED, over_limit, reasons=(over_limit,))
     if cluster_state != READY or not pool_cidr:
         return NadStep(NadStep.PENDING, NAD_PENDING,
                        f"cluster is {cluster_state or 'not known yet'}; the NAD is applied once it is READY")
@@ -212,7 +213,8 @@ def arbitrate(*, key: str, master: str, cidr: str, order: str, others: Iterable[
     smaller `claimOrder` wins, and whoever sees a conflict enforces it (the winner rejects the
     loser's claim with a compare-and-set; a loser rejects itself).
     """
-    lose, win = [], []
+    lose: list[Mapping[str, Any]] = []
+    win: list[Mapping[str, Any]] = []
     lost = set()
     for other in others:
         if f"{other.get('namespace')}~{other.get('name')}" == key:
@@ -269,7 +271,8 @@ def footprints(docs: Iterable[Mapping[str, Any]],
             out.append({**ident, "state": NAD_APPLIED, "master": part.get("master") or "", "range": part["range"]})
         state = doc.get("state")
         if state == NAD_APPLYING and not doc.get("claimRefused"):
-            claim = doc.get("claim") if isinstance(doc.get("claim"), Mapping) else {}
+            raw_claim = doc.get("claim")
+            claim: Mapping[str, Any] = raw_claim if isinstance(raw_claim, Mapping) else {}
             out.append({**ident, "state": NAD_APPLYING, "master": claim.get("master", doc.get("master")),
                         "range": claim.get("range", doc.get("range")), "claimOrder": doc.get("claimOrder")})
         elif state in NAD_COUNTED and part is None:

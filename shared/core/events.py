@@ -158,7 +158,8 @@ def message_from_cloudevent(ce: Any) -> PubSubMessage:
     ce_id, data = _ce_parts(ce)
     if isinstance(data, bytes | bytearray | str):
         try:
-            data = load_json(data, max_bytes=2 * MAX_MESSAGE_BYTES, what="CloudEvent data")
+            data = load_json(bytes(data) if isinstance(data, bytearray) else data,
+                             max_bytes=2 * MAX_MESSAGE_BYTES, what="CloudEvent data")
         except Rejected as e:
             raise _reject(f"CloudEvent data is not a JSON envelope: {e.message}", "envelope") from None
     if not isinstance(data, Mapping):

@@ -252,8 +252,8 @@ def recheck_changed(wf: ReconcileFlow, ev: Any, records: list[Any]) -> tuple[lis
         except SWEEP_ERRORS as e:
             errors.append(f"list clusters of {project}: {e}")
     for rec in waiting:
-        facts = listed.get(rec.ref.doc_id)
-        if facts is None or prechecks.facts_digest(facts) == rec.data.get("factsDigest"):
+        seen_now = listed.get(rec.ref.doc_id)
+        if seen_now is None or prechecks.facts_digest(seen_now) == rec.data.get("factsDigest"):
             continue
         try:
             out = wf.clusters.drive(rec.ref, f"{ev.event_id}~{rec.ref.doc_id}",
