@@ -32,7 +32,16 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from shared.core import endpoints
 from shared.core.endpoints import Endpoint
-from shared.core.errors import Busy, NeedsFix, Permanent, Problem, ProvisionerError, Rejected, Transient
+from shared.core.errors import (
+    Busy,
+    NeedsFix,
+    NotFound,
+    Permanent,
+    Problem,
+    ProvisionerError,
+    Rejected,
+    Transient,
+)
 from shared.core.names import SUBNET_PATH, compute_ref
 from shared.core.refs import ClusterRef, check_parts, valid_node_pool_name
 from shared.core.settings import NodePoolTemplate, Settings
@@ -101,6 +110,8 @@ def map_error(exc: BaseException, what: str) -> ProvisionerError | None:
         if code == "FAILED_PRECONDITION" and (_reason(exc) in BUSY_REASONS or _BUSY_TEXT.search(exc.message or "")):
             m = _OPERATION_IN_TEXT.search(exc.message or "")
             return Busy(text, api=API, operation=m.group(1) if m else None)
+        if isinstance(exc, gexc.NotFound) or code in ("NOT_FOUND", "404"):
+            return NotFound(text, code="NOT_FOUND", api=API)
         return (Permanent if code in PERMANENT_CODES else Transient)(text, code=code, api=API)
     if isinstance(exc, gexc.RetryError):
         return Transient(f"GKE {what}: gave up: {exc.message}", code="DEADLINE_EXCEEDED", api=API)
@@ -567,10 +578,8 @@ class Gke:
         path = f"{ref.path}/nodePools/{name}"
         try:
             op = self._call("delete_node_pool", f"delete node pool {path}", self.client.delete_node_pool, name=path)
-        except Permanent as e:
-            if e.code == "NOT_FOUND":
-                return None
-            raise
+        except NotFound:
+            return None
         return str(op.name)
 
     def operation_failure(self, ref: ClusterRef, operation: str) -> PoolFailure | None:

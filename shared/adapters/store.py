@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
-from shared.core.errors import Permanent, Problem, Rejected, Transient
+from shared.core.errors import Permanent, Problem, Rejected, Transient, UnknownCluster
 from shared.core.names import is_dns_label, is_object_name
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
@@ -411,10 +411,10 @@ class Store:
                 "expireAt": now + timedelta(days=self.settings.ledger_ttl_days)}
 
     @staticmethod
-    def _unknown(ref: ClusterRef, event_id: str) -> Rejected:
-        return Rejected(f"cluster {ref.path} is not tracked by the controller",
-                        [Problem("cluster", "no workflow document; only a creation event starts one")],
-                        event_id=event_id, cluster=ref, kind="unknown-cluster")
+    def _unknown(ref: ClusterRef, event_id: str) -> UnknownCluster:
+        return UnknownCluster(f"cluster {ref.path} is not tracked by the controller",
+                              [Problem("cluster", "no workflow document; only a creation event starts one")],
+                              event_id=event_id, cluster=ref)
 
     @staticmethod
     def _busy(ref: ClusterRef, lease: Lease) -> Transient:

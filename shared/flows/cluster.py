@@ -14,12 +14,12 @@ When a cluster becomes READY, the NADs that waited for it are handed to the NAD 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from shared.core import decisions as d
-from shared.core import logs
-from shared.core.errors import Busy, NeedsFix, Permanent, Rejected, Transient, Wait
+from shared.core import decisions, logs
+from shared.core.errors import Busy, NeedsFix, NotFound, Permanent, Transient, UnknownCluster, Wait
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Cursor, Outcome, cluster_fields
 from shared.flows.nad import NadFlow
@@ -101,14 +101,14 @@ class ClusterFlow:
         message = "cluster creation started; waiting for it to finish"
         try:
             rec = store.claim(ref, event_id=event_id, step="discover", ledger_key=event_id,
-                              create_state=d.DISCOVERED, create_fields=cluster_fields(ref))
-            again = rec.state == d.DELETED
+                              create_state=decisions.DISCOVERED, create_fields=cluster_fields(ref))
+            again = rec.state == decisions.DELETED
             if again:  # re-created under the same name: the new incarnation starts when GKE is done
                 message = ("cluster created again under this name (the previous one was deleted); "
                            "a new workflow starts when its creation is done")
             rec = store.advance(ref, event_id=event_id, step="discover", message=message,
-                                state=d.DISCOVERED if again else None,
-                                fields={"newIncarnation": {"endState": d.DELETED}} if again else None,
+                                state=decisions.DISCOVERED if again else None,
+                                fields={"newIncarnation": {"endState": decisions.DELETED}} if again else None,
                                 ledger_key=event_id, release=True)
         except AlreadyHandled:
             return Outcome("duplicate", "event already handled", ref.path)
@@ -123,7 +123,7 @@ class ClusterFlow:
             return Outcome("ignored", "deletion of a cluster the controller never tracked", ref.path)
         try:
             store.claim(ref, event_id=event_id, step="close", ledger_key=event_id)
-            rec = store.advance(ref, event_id=event_id, step="close", state=d.DELETED,
+            rec = store.advance(ref, event_id=event_id, step="close", state=decisions.DELETED,
                                 message="cluster deleted; workflow closed, nothing is applied to it again",
                                 ledger_key=event_id, release=True)
         except AlreadyHandled:
@@ -141,14 +141,12 @@ class ClusterFlow:
         cursor.holder = f"{event_id}#{cursor.holder}"
         try:
             rec = store.claim(ref, event_id=event_id, step=cursor.step, ledger_key=event_id, holder=cursor.holder,
-                              create_state=d.DISCOVERED if create is not False else None,
+                              create_state=decisions.DISCOVERED if create is not False else None,
                               create_fields=cluster_fields(ref))
         except AlreadyHandled:
             return Outcome("duplicate", "event already handled", ref.path)
-        except Rejected as e:
-            if e.kind == "unknown-cluster":
-                return Outcome("ignored", "cluster not tracked", ref.path)
-            raise
+        except UnknownCluster:
+            return Outcome("ignored", "cluster not tracked", ref.path)
         try:
             return self._drive_claimed(ref, rec, event_id, trigger, cursor)
         except AlreadyHandled:  # a concurrent duplicate of this event finished first
@@ -200,8 +198,8 @@ class ClusterFlow:
     def _needs_fix(self, ref: ClusterRef, event_id: str, cursor: Cursor, e: NeedsFix) -> Outcome:
         """Something outside the controller must change: a finding, the cluster INELIGIBLE until re-checked."""
         finding = {"id": e.finding_id, "severity": "error", "message": str(e), "fix": e.fix}
-        rec = _Step(self.ctx.store, ref, event_id, cursor).advance(
-            step=cursor.step, state=d.INELIGIBLE, outcome="failed", message=f"{cursor.step}: {e}. Fix: {e.fix}",
+        rec = _ClaimedDrive(self.ctx.store, ref, event_id, cursor).advance(
+            step=cursor.step, state=decisions.INELIGIBLE, outcome="failed", message=f"{cursor.step}: {e}. Fix: {e.fix}",
             fields={"findings": [finding], "attempts": 0,
                     # recorded, so the scheduled reconcile re-checks it only once the cluster changed
                     **({"factsDigest": cursor.facts_digest} if cursor.facts_digest else {}),
@@ -214,34 +212,32 @@ class ClusterFlow:
     def _fail(self, ref: ClusterRef, event_id: str, cursor: Cursor, message: str) -> Outcome:
         store, step = self.ctx.store, cursor.step
         store.release(ref, event_id=event_id, step=step, error=message, outcome="failed",
-                      state=d.FAILED, count_attempt=False, holder=cursor.holder)
+                      state=decisions.FAILED, count_attempt=False, holder=cursor.holder)
         store.record_ledger(event_id, event_id=event_id, step=step, outcome="failed", cluster=ref)
         logs.error("step failed permanently", eventId=event_id, cluster=ref.path, step=step, error=message)
-        return Outcome("failed", message, ref.path, d.FAILED)
+        return Outcome("failed", message, ref.path, decisions.FAILED)
 
     def _drive_claimed(self, ref: ClusterRef, rec: Any, event_id: str, trigger: str,
                        cursor: Cursor) -> Outcome:
         """Read the cluster from GKE, decide the step (pure), and carry it out."""
         from shared.core import prechecks
 
-        step_ = _Step(self.ctx.store, ref, event_id, cursor)
+        claimed = _ClaimedDrive(self.ctx.store, ref, event_id, cursor)
         try:
             cluster = self.ctx.gke.get_cluster(ref)
-        except Permanent as e:
-            if str(e.code).upper() in ("NOT_FOUND", "404", "5"):
-                if rec.state == d.DELETED:
-                    step_.advance(step="precheck", outcome="skipped", message=f"{trigger}: the workflow is closed",
+        except NotFound:
+            if rec.state == decisions.DELETED:
+                claimed.advance(step="precheck", outcome="skipped", message=f"{trigger}: the workflow is closed",
+                                ledger_key=event_id, release=True)
+                return Outcome("ignored", "workflow closed", ref.path, decisions.DELETED)
+            rec = claimed.advance(step="precheck", state=decisions.DELETED,
+                                  message=f"{trigger}: cluster no longer exists in GKE",
                                   ledger_key=event_id, release=True)
-                    return Outcome("ignored", "workflow closed", ref.path, d.DELETED)
-                rec = step_.advance(step="precheck", state=d.DELETED,
-                                    message=f"{trigger}: cluster no longer exists in GKE",
-                                    ledger_key=event_id, release=True)
-                return Outcome("done", "cluster no longer exists", ref.path, rec.state)
-            raise
+            return Outcome("done", "cluster no longer exists", ref.path, rec.state)
         if new_incarnation(rec, cluster):
-            rec = self._new_incarnation(step_, rec, cluster, trigger)
-        if rec.state == d.CREATING_NODE_POOL:
-            failed = self._pool_failed(step_, rec, trigger)
+            rec = self._new_incarnation(claimed, rec, cluster, trigger)
+        if rec.state == decisions.CREATING_NODE_POOL:
+            failed = self._pool_failed(claimed, rec, trigger)
             if failed is not None:
                 return failed
         facts = prechecks.ClusterFacts.of(cluster)
@@ -249,31 +245,31 @@ class ClusterFlow:
         policy = self.ctx.policy()
         bundle = self.ctx.bundle(ref)
         requested = dict(rec.data.get("nodePoolRequested") or {})
-        step = d.decide_cluster(state=rec.state, facts=facts, findings=findings,
-                                opted_in=policy.opted_in(dict(facts.labels)),
-                                suitable=prechecks.suitable_pools(list(cluster.node_pools)),
-                                have_template=policy.node_pool_template is not None,
-                                bundle_version=bundle.version,
-                                retry_pool=bool(requested.get("retry"))
-                                and not any(p.name == requested.get("name") for p in cluster.node_pools))
+        decision = decisions.decide_cluster(state=rec.state, facts=facts, findings=findings,
+                                            opted_in=policy.opted_in(dict(facts.labels)),
+                                            suitable=prechecks.suitable_pools(list(cluster.node_pools)),
+                                            have_template=policy.node_pool_template is not None,
+                                            bundle_version=bundle.version,
+                                            retry_pool=bool(requested.get("retry"))
+                                            and not any(p.name == requested.get("name") for p in cluster.node_pools))
         cursor.facts_digest = prechecks.facts_digest(facts)
         base = {"version": facts.version, "status": facts.status,
                 "findings": [f.to_dict() for f in findings], "trigger": trigger, "busySince": DELETE,
                 "factsDigest": cursor.facts_digest, **incarnation_fields(cluster)}
-        if step.kind in (step.CLOSED, step.IGNORE, step.WAIT, step.INELIGIBLE, step.AWAIT_POOL):
-            rec = step_.advance(step="precheck", state=step.state,
-                                outcome="ignored" if step.kind == step.IGNORE else "ok",
-                                message=f"{trigger}: {step.message}", fields={**base, "attempts": 0},
-                                ledger_key=event_id, release=True)
-            if step.kind in (step.IGNORE, step.INELIGIBLE):
-                self.nads.reject_pending(ref, event_id, step.message)
-            status = {"ignore": "ignored", "ineligible": "done", "closed": "ignored"}.get(step.kind, "waiting")
-            return Outcome(status, step.message, ref.path, rec.state)
-        if step.kind == step.CREATE_POOL:
-            return self._create_pool(step_, step, policy, base, trigger)
-        return self._install_and_apply(step_, rec, step, cluster, bundle, policy, base, trigger)
+        if decision.kind in (decision.CLOSED, decision.IGNORE, decision.WAIT, decision.INELIGIBLE, decision.AWAIT_POOL):
+            rec = claimed.advance(step="precheck", state=decision.state,
+                                  outcome="ignored" if decision.kind == decision.IGNORE else "ok",
+                                  message=f"{trigger}: {decision.message}", fields={**base, "attempts": 0},
+                                  ledger_key=event_id, release=True)
+            if decision.kind in (decision.IGNORE, decision.INELIGIBLE):
+                self.nads.reject_pending(ref, event_id, decision.message)
+            status = {"ignore": "ignored", "ineligible": "done", "closed": "ignored"}.get(decision.kind, "waiting")
+            return Outcome(status, decision.message, ref.path, rec.state)
+        if decision.kind == decision.CREATE_POOL:
+            return self._create_pool(claimed, decision, policy, base, trigger)
+        return self._install_and_apply(claimed, rec, decision, cluster, bundle, policy, base, trigger)
 
-    def _new_incarnation(self, step_: _Step, rec: Any, cluster: Any, trigger: str) -> Any:
+    def _new_incarnation(self, claimed: _ClaimedDrive, rec: Any, cluster: Any, trigger: str) -> Any:
         """The name now belongs to another cluster (deleted and created again): a new workflow.
 
         The document stays (the history under it is kept, both incarnations' entries in order);
@@ -284,9 +280,9 @@ class ClusterFlow:
         earlier = [*list(rec.data.get("previousIncarnations") or []),
                    {"clusterId": previous, "createTime": rec.data.get("createTime") or "",
                     "endState": _pending_end_state(rec) or rec.state}][-20:]
-        self.ctx.forget_cluster(step_.ref)
-        return step_.advance(
-            step="new-incarnation", state=d.DISCOVERED,
+        self.ctx.forget_cluster(claimed.ref)
+        return claimed.advance(
+            step="new-incarnation", state=decisions.DISCOVERED,
             message=f"{trigger}: new incarnation {ident['clusterId'] or 'unknown'}, previous {previous}",
             fields={**ident, "previousIncarnations": earlier, "incarnation": int(rec.data.get("incarnation") or 1) + 1,
                     "newIncarnation": DELETE, "bundleVersion": DELETE, "nodePool": DELETE,
@@ -294,7 +290,7 @@ class ClusterFlow:
                     "attempts": 0, "lastError": None, "busySince": DELETE},
             next_step="precheck")
 
-    def _pool_failed(self, step_: _Step, rec: Any, trigger: str) -> Outcome | None:
+    def _pool_failed(self, claimed: _ClaimedDrive, rec: Any, trigger: str) -> Outcome | None:
         """The pool the controller asked for: did GKE fail it after accepting it? (the stored operation)
 
         Transient (stockout, quota): the failed pool is deleted and created again after a backoff,
@@ -305,11 +301,11 @@ class ClusterFlow:
         operation = requested.get("operation")
         if not operation or requested.get("failedOperation") == operation:
             return None
-        step_.cursor.step = "create-node-pool"
-        failure = self.ctx.gke.operation_failure(step_.ref, operation)
+        claimed.cursor.step = "create-node-pool"
+        failure = self.ctx.gke.operation_failure(claimed.ref, operation)
         if failure is None:
             return None
-        ref, name, attempt = step_.ref, requested.get("name", ""), int(requested.get("attempt") or 1)
+        ref, name, attempt = claimed.ref, requested.get("name", ""), int(requested.get("attempt") or 1)
         limit = self.ctx.settings.max_attempts
         what = f"{trigger}: node pool {name} failed in GKE ({failure.reason}): {failure.message}"
         failures = [*list(requested.get("failures") or []),
@@ -319,30 +315,31 @@ class ClusterFlow:
             deleting = self.ctx.gke.delete_node_pool(ref, name)
             retry = {**requested, "failedOperation": operation, "failures": failures, "retry": True,
                      "retryAfter": time.time() + delay, "deleteOperation": deleting or ""}
-            rec = step_.advance(step=f"node-pool-failed-{attempt}", outcome="retry", state=d.CREATING_NODE_POOL,
-                                message=f"{what}; GKE says this passes: attempt {attempt} of {limit}, deleting the "
+            rec = claimed.advance(step=f"node-pool-failed-{attempt}", outcome="retry",
+                                  state=decisions.CREATING_NODE_POOL,
+                                  message=f"{what}; GKE says this passes: attempt {attempt} of {limit}, deleting the "
                                         f"failed pool and creating it again in {delay}s ({failure.fix})",
-                                fields={"nodePoolRequested": retry}, ledger_key=step_.event_id, release=True)
+                                  fields={"nodePoolRequested": retry}, ledger_key=claimed.event_id, release=True)
             return Outcome("waiting", f"node pool {name} failed transiently; retrying", ref.path, rec.state)
         tail = f"; gave up after {attempt} attempts" if failure.transient else ""
         message = f"{what}{tail}. Fix: {failure.fix}"
-        rec = step_.advance(step="node-pool-failed", outcome="failed", state=d.FAILED, message=message,
-                            fields={"nodePoolRequested": {**requested, "failedOperation": operation,
+        rec = claimed.advance(step="node-pool-failed", outcome="failed", state=decisions.FAILED, message=message,
+                              fields={"nodePoolRequested": {**requested, "failedOperation": operation,
                                                           "failures": failures, "retry": False},
                                     "lastError": {"message": message[:4000], "step": "create-node-pool",
-                                                  "eventId": step_.event_id}},
-                            ledger_key=step_.event_id, release=True)
-        logs.error("node pool failed in GKE", eventId=step_.event_id, cluster=ref.path, error=message)
+                                                  "eventId": claimed.event_id}},
+                              ledger_key=claimed.event_id, release=True)
+        logs.error("node pool failed in GKE", eventId=claimed.event_id, cluster=ref.path, error=message)
         return Outcome("failed", message, ref.path, rec.state)
 
-    def _create_pool(self, step_: _Step, step: d.ClusterStep, policy: Any, base: dict[str, Any],
+    def _create_pool(self, claimed: _ClaimedDrive, decision: decisions.ClusterStep, policy: Any, base: dict[str, Any],
                      trigger: str) -> Outcome:
         """The policy gives a node pool template and the cluster has no suitable pool: create it.
         Its completion arrives as the CreateNodePool audit event, not by polling."""
-        ref = step_.ref
-        step_.cursor.step = "create-node-pool"
+        ref = claimed.ref
+        claimed.cursor.step = "create-node-pool"
         tpl = policy.node_pool_template
-        before = dict(step_.store.get_cluster(ref).data.get("nodePoolRequested") or {})
+        before = dict(claimed.store.get_cluster(ref).data.get("nodePoolRequested") or {})
         again = bool(before.get("retry")) and before.get("name") == tpl.name
         if again and time.time() < float(before.get("retryAfter") or 0):
             raise Wait(f"node pool {tpl.name} is created again after its backoff "
@@ -351,16 +348,16 @@ class ClusterFlow:
         if operation is None and again:  # the failed pool is still being deleted
             raise Wait(f"the failed node pool {tpl.name} is still being deleted", code="BACKOFF", api="gke")
         attempt = int(before.get("attempt") or 1) + 1 if again else 1
-        rec = step_.advance(step="create-node-pool", state=d.CREATING_NODE_POOL,
-                            message=f"{trigger}: {step.message} ({tpl.name}"
+        rec = claimed.advance(step="create-node-pool", state=decisions.CREATING_NODE_POOL,
+                              message=f"{trigger}: {decision.message} ({tpl.name}"
                                     + (f", operation {operation}" if operation else ", already exists")
                                     + (f", attempt {attempt})" if again else ")"),
                             fields={**base, "attempts": 0, "nodePoolRequested": {
                                 "name": tpl.name, "operation": operation or "",
                                 "subnetwork": tpl.subnetwork, "secondaryPodRange": tpl.secondary_pod_range,
                                 "attempt": attempt, "failures": list(before.get("failures") or []) if again else []}},
-                            ledger_key=step_.event_id, release=True)
-        return Outcome("waiting", step.message, ref.path, rec.state)
+                            ledger_key=claimed.event_id, release=True)
+        return Outcome("waiting", decision.message, ref.path, rec.state)
 
     def _node_pool_facts(self, ref: ClusterRef, rec: Any, pool: Any, cursor: Cursor) -> dict[str, Any]:
         """The multi-network pool and the CIDR behind its secondary range name (resolved once)."""
@@ -374,37 +371,37 @@ class ClusterFlow:
                 "secondaryPodRange": pod_net.secondary_pod_range, "cidr": cidr,
                 "maxPodsPerNode": pod_net.max_pods_per_node}
 
-    def _install_and_apply(self, step_: _Step, rec: Any, step: d.ClusterStep, cluster: Any, bundle: Any,
-                           policy: Any, base: dict[str, Any], trigger: str) -> Outcome:
+    def _install_and_apply(self, claimed: _ClaimedDrive, rec: Any, decision: decisions.ClusterStep, cluster: Any,
+                           bundle: Any, policy: Any, base: dict[str, Any], trigger: str) -> Outcome:
         """Install the bundle when it is missing or outdated, then apply the NADs that waited."""
-        ref, cursor, event_id = step_.ref, step_.cursor, step_.event_id
-        node_pool = self._node_pool_facts(ref, rec, step.pool, cursor)
-        base = {**base, "findings": base["findings"] + _capacity_findings(step.pool, node_pool, cluster)}
+        ref, cursor, event_id = claimed.ref, claimed.cursor, claimed.event_id
+        node_pool = self._node_pool_facts(ref, rec, decision.pool, cursor)
+        base = {**base, "findings": base["findings"] + _capacity_findings(decision.pool, node_pool, cluster)}
         cursor.step = "endpoint"  # NeedsFix (a private-only cluster without VPC egress) -> a finding
         reach = {"apiEndpoint": self.ctx.gke.endpoint(cluster).to_dict()}
-        if step.kind == step.INSTALL or rec.data.get("bundleVersion") != bundle.version:
+        if decision.kind == decision.INSTALL or rec.data.get("bundleVersion") != bundle.version:
             cursor.step = "install"
-            rec = step_.advance(step="precheck", state=d.INSTALLING, message=f"{trigger}: {step.message}",
-                                fields={**base, "nodePool": node_pool, **reach}, next_step="install")
+            rec = claimed.advance(step="precheck", state=decisions.INSTALLING, message=f"{trigger}: {decision.message}",
+                                  fields={**base, "nodePool": node_pool, **reach}, next_step="install")
             kube = self.ctx.kube_for(ref, cluster)
-            report = self._install(kube, bundle, cursor, renew=lambda step: step_.hold(step))
-            rec = step_.advance(step="install", state=d.READY,
-                                message=(f"bundle {bundle.version} applied ({report['objects']} objects, "
+            report = self._install(kube, bundle, cursor, renew=claimed.hold)
+            rec = claimed.advance(step="install", state=decisions.READY,
+                                  message=(f"bundle {bundle.version} applied ({report['objects']} objects, "
                                          f"{report['requests']} API requests); CRDs Established; "
                                          f"DaemonSet {report['rollout']['summary']}"),
-                                fields={"attempts": 0, "bundleVersion": bundle.version, "rollout": report["rollout"],
+                                  fields={"attempts": 0, "bundleVersion": bundle.version, "rollout": report["rollout"],
                                         "installRequests": report["requests"], "lastError": None},
-                                next_step="apply-nads")
+                                  next_step="apply-nads")
             applied = self.nads.apply_pending(ref, rec, kube, event_id, policy, first_ready=True)
         else:
             kube = self.ctx.kube_for(ref, cluster)
             applied = self.nads.apply_pending(ref, rec, kube, event_id, policy, first_ready=False)
-        rec = step_.advance(step="apply-nads", message=f"{trigger}: READY; {applied} pending NAD(s) processed",
-                            fields={**base, "nodePool": node_pool, **reach}, ledger_key=event_id, release=True)
+        rec = claimed.advance(step="apply-nads", message=f"{trigger}: READY; {applied} pending NAD(s) processed",
+                              fields={**base, "nodePool": node_pool, **reach}, ledger_key=event_id, release=True)
         return Outcome("done", "cluster READY", ref.path, rec.state, {"nads": applied})
 
     def _install(self, kube: Any, bundle: Any, cursor: Cursor,
-                 renew: Any = lambda step: None) -> dict[str, Any]:
+                 renew: Callable[[str], None] = lambda step_name: None) -> dict[str, Any]:
         """Apply CRDs, wait until Established, then the rest: nothing uses a CRD before it serves.
 
         The two waits can outlast the step's lease: `renew(step)` extends it every third of a lease
@@ -470,7 +467,7 @@ def _pending_end_state(rec: Any) -> str | None:
 
 def new_incarnation(rec: Any, cluster: Any) -> bool:
     """Is the cluster GKE shows another one than the workflow recorded (same name, re-created)?"""
-    if rec.state == d.DELETED or rec.data.get("newIncarnation"):
+    if rec.state == decisions.DELETED or rec.data.get("newIncarnation"):
         return True
     recorded, now = rec.data.get("clusterId"), incarnation_fields(cluster)["clusterId"]
     return bool(recorded and now and recorded != now)
@@ -485,7 +482,7 @@ def rollout_fields(r: Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class _Step:
+class _ClaimedDrive:
     """One claimed drive of a cluster: every write it makes carries its lease holder."""
 
     store: Any
