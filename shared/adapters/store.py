@@ -461,8 +461,9 @@ class Store:
                     raise self._unknown(ref, event_id)
                 data = {**identity, **extra, "state": create_state, "stateSince": now, "createdAt": now,
                         "updatedAt": now, "lease": lease.to_doc(), "lastError": None, "attempts": 0}
-                transaction.create(doc, {k: v for k, v in data.items() if v is not DELETE})
-                return ClusterRecord.of(ref, data)
+                data = {k: v for k, v in data.items() if v is not DELETE}
+                transaction.create(doc, data)
+                return ClusterRecord.of(ref, data)  # what was stored (tests/test_store_contract.py)
             data = snap.to_dict() or {}
             held = Lease.from_doc(data.get("lease"))
             if held is not None and held.holder != (holder or event_id) and held.live(now):
