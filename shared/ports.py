@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from shared.core.records import ClusterWorkflow, WorkflowUpdate
 from shared.core.refs import ClusterRef
 from shared.core.settings import NodePoolTemplate
 
@@ -60,12 +61,22 @@ class Lease:
 
 @dataclass(frozen=True)
 class ClusterRecord:
-    """A cluster's workflow document as the store read it."""
+    """A cluster's workflow as the store read it: the state, the lease and the typed `workflow`.
+
+    `data` is the document as stored, for display (`status CLUSTER`) and tests; flows read
+    `workflow`, whose fields the store alone maps to the document's."""
 
     ref: ClusterRef
     state: str
     data: dict[str, Any] = field(default_factory=dict)  # the whole document as stored
     lease: Lease | None = None
+    workflow: ClusterWorkflow = field(default_factory=ClusterWorkflow)
+
+    @property
+    def updated_at(self) -> dt.datetime | None:
+        """When the store last wrote the document (reconcile resumes workflows stalled since)."""
+        value = self.data.get("updatedAt")
+        return value if isinstance(value, dt.datetime) else None
 
     def get(self, name: str, default: Any = None) -> Any:
         value = self.data.get(name, default)
@@ -80,8 +91,9 @@ class ClusterRecord:
         return self.data.get("lastError")
 
     @classmethod
-    def of(cls, ref: ClusterRef, data: dict[str, Any]) -> ClusterRecord:
-        return cls(ref, str(data.get("state", "")), data, Lease.from_doc(data.get("lease")))
+    def of(cls, ref: ClusterRef, data: dict[str, Any], workflow: ClusterWorkflow | None = None) -> ClusterRecord:
+        return cls(ref, str(data.get("state", "")), data, Lease.from_doc(data.get("lease")),
+                   workflow if workflow is not None else ClusterWorkflow())
 
 
 class StorePort(Protocol):
@@ -95,15 +107,15 @@ class StorePort(Protocol):
     def get_cluster(self, ref: ClusterRef) -> ClusterRecord | None: ...
     def get_cluster_unless_seen(self, ref: ClusterRef, ledger_key: str) -> tuple[ClusterRecord | None, bool]: ...
     def claim(self, ref: ClusterRef, *, event_id: str, step: str, ledger_key: str | None = None,
-              create_state: str | None = None, create_fields: dict[str, Any] | None = None,
-              lease_seconds: int | None = None, holder: str | None = None) -> ClusterRecord: ...
+              create_state: str | None = None, lease_seconds: int | None = None,
+              holder: str | None = None) -> ClusterRecord: ...
     def advance(self, ref: ClusterRef, *, event_id: str, step: str, outcome: str = "ok", message: str = "",
-                state: str | None = None, fields: dict[str, Any] | None = None, next_step: str | None = None,
+                state: str | None = None, next_step: str | None = None,
                 ledger_key: str | None = None, release: bool = False,
-                holder: str | None = None) -> ClusterRecord: ...
+                holder: str | None = None, update: WorkflowUpdate | None = None) -> ClusterRecord: ...
     def release(self, ref: ClusterRef, *, event_id: str, step: str, error: str, outcome: str = "retry",
                 state: str | None = None, count_attempt: bool = True,
-                holder: str | None = None, fields: Mapping[str, Any] | None = None) -> ClusterRecord: ...
+                holder: str | None = None, update: WorkflowUpdate | None = None) -> ClusterRecord: ...
     def hold(self, ref: ClusterRef, *, holder: str, step: str, seconds: int | None = None) -> None: ...
     def list_clusters(self, state: str | None = None, *, limit: int | None = None) -> list[ClusterRecord]: ...
     def seen(self, ledger_key: str) -> bool: ...

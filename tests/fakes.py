@@ -29,13 +29,16 @@ from shared.adapters.store import (
     _check_outcome,
     _decode_token,
     _encode_token,
+    record_of,
     safe_id,
+    workflow_changes,
 )
 from shared.core.errors import Problem, Rejected, Transient, UnknownCluster
 from shared.core.names import is_dns_label, is_object_name
+from shared.core.records import WorkflowUpdate
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
-from shared.ports import AlreadyHandled, ClusterRecord, Lease, StorePort
+from shared.ports import AlreadyHandled, ClusterRecord, Lease
 
 
 def _plain(value: Any) -> Any:
@@ -98,7 +101,7 @@ class FakeStore:
             raise Rejected("invalid NAD reference", problems, cluster=ref)
 
     def _record(self, ref: ClusterRef, data: Mapping[str, Any]) -> ClusterRecord:
-        return ClusterRecord.of(ref, copy.deepcopy(dict(data)))
+        return record_of(ref, copy.deepcopy(dict(data)))
 
     def _history(self, ref: ClusterRef, doc_id: str, *, event_id: str, step: str, outcome: str, message: str,
                  state: str | None, extra: Mapping[str, Any] | None = None) -> None:
@@ -158,10 +161,10 @@ class FakeStore:
     def advance(self, ref: ClusterRef, *, event_id: str, step: str, outcome: str = "ok", message: str = "",
                 state: str | None = None, fields: dict[str, Any] | None = None, next_step: str | None = None,
                 ledger_key: str | None = None, release: bool = False,
-                holder: str | None = None) -> ClusterRecord:
+                holder: str | None = None, update: WorkflowUpdate | None = None) -> ClusterRecord:
         _check_outcome(outcome)
         self._check_ref(ref)
-        extra = _check_fields(fields, self._identity(ref), "advance")
+        extra = {**_check_fields(fields, self._identity(ref), "advance"), **workflow_changes(update)}
         with self._lock:
             if ledger_key and ledger_key in self.ledger:
                 raise AlreadyHandled(ledger_key)
@@ -212,7 +215,8 @@ class FakeStore:
 
     def release(self, ref: ClusterRef, *, event_id: str, step: str, error: str, outcome: str = "retry",
                 state: str | None = None, count_attempt: bool = True,
-                holder: str | None = None, fields: Mapping[str, Any] | None = None) -> ClusterRecord:
+                holder: str | None = None, fields: Mapping[str, Any] | None = None,
+                update: WorkflowUpdate | None = None) -> ClusterRecord:
         if outcome not in ("retry", "failed"):
             raise ValueError(f"outcome: expected 'retry' or 'failed', got {outcome!r}")
         self._check_ref(ref)
@@ -225,7 +229,8 @@ class FakeStore:
             releases = int(data.get("releases") or 0) + 1
             changes: dict[str, Any] = {
                 "lastError": {"message": str(error)[:4000], "step": step, "eventId": event_id, "at": now},
-                "attempts": attempts, "releases": releases, "updatedAt": now, **dict(fields or {})}
+                "attempts": attempts, "releases": releases, "updatedAt": now, **dict(fields or {}),
+                **workflow_changes(update)}
             held = Lease.from_doc(data.get("lease"))
             if held is not None and held.holder == (holder or event_id):
                 changes["lease"] = None
@@ -420,9 +425,6 @@ class FakeStore:
             for table in (self.clusters, self.nads, self.history_entries, self.rejections):
                 table.pop(ref.doc_id, None)
 
-
-def _conforms(store: FakeStore) -> StorePort:
-    return store  # mypy-style check kept honest at run time by the contract suite
 
 
 class FakeGke:

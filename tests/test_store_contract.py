@@ -394,3 +394,20 @@ def test_list_clusters_skips_nothing_of_ours_and_reads_states(store: StorePort) 
     (rec,) = store.list_clusters()
     assert rec.ref == REF and rec.state == "DISCOVERED" and rec.data["updatedAt"] <= before
     assert time.time() > 0
+
+
+def test_the_fake_and_the_store_have_the_ports_signatures() -> None:
+    """Every method of `StorePort` exists on both, with the port's parameters (names, kinds, defaults)."""
+    import inspect
+
+    from shared.adapters.store import Store
+
+    methods = [n for n, v in vars(StorePort).items() if callable(v) and not n.startswith("_")]
+    assert "advance" in methods and "put_nad" in methods
+    for name in methods:
+        want = inspect.signature(getattr(StorePort, name)).parameters
+        for impl in (FakeStore, Store):
+            have = inspect.signature(getattr(impl, name)).parameters
+            for param, spec in want.items():
+                assert param in have, f"{impl.__name__}.{name} lacks {param}"
+                assert (have[param].kind, have[param].default) == (spec.kind, spec.default), (impl, name, param)

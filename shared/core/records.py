@@ -5,11 +5,20 @@ They are `StrEnum`s, so a member is the very word people read in the Firestore c
 keep their shape; but a typo in code (`ClusterState.REDAY`) is caught by the type checker, and
 a function that takes a `ClusterState` cannot be handed a NAD state. `shared.core.decisions`
 keeps its module constants (`decisions.READY`) as aliases of these members.
+
+`ClusterWorkflow` is a cluster's workflow record as typed values; only the store adapter turns it
+into a Firestore document and back (its `CLUSTER_FIELDS` table), so the documents people read in
+the console keep their camelCase shape (docs/FIRESTORE.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
 from enum import StrEnum
+
+from shared.core.prechecks import Finding
 
 
 class ClusterState(StrEnum):
@@ -50,3 +59,136 @@ class StepOutcome(StrEnum):
     IGNORED = "ignored"
     SKIPPED = "skipped"
     WARNING = "warning"
+
+
+# --------------------------------------------------------------------------- the cluster workflow
+
+@dataclass(frozen=True)
+class LastError:
+    """Why the last attempt of a step failed (`lastError`)."""
+
+    message: str
+    step: str
+    event_id: str
+    at: datetime | None = None  # set when `release` recorded it; a finding's error carries none
+
+
+@dataclass(frozen=True)
+class NodePoolFacts:
+    """The multi-network pool the bundle was installed for, and the CIDR behind its range name (`nodePool`)."""
+
+    name: str
+    subnetwork: str
+    secondary_pod_range: str
+    cidr: str
+    max_pods_per_node: int | None = None
+
+
+@dataclass(frozen=True)
+class PoolFailureNote:
+    """One failure of a node pool the controller asked for, as GKE reported it."""
+
+    operation: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class NodePoolRequest:
+    """The node pool the controller asked GKE for (`nodePoolRequested`), and how its attempts went."""
+
+    name: str
+    operation: str = ""
+    subnetwork: str = ""
+    secondary_pod_range: str = ""
+    attempt: int = 1
+    failures: tuple[PoolFailureNote, ...] = ()
+    failed_operation: str | None = None  # the operation whose failure was handled
+    retry: bool | None = None  # True: the failed pool is being deleted, to be created again
+    retry_after: float | None = None  # wall clock (s) before which it is not created again
+    delete_operation: str | None = None
+
+
+@dataclass(frozen=True)
+class RolloutReport:
+    """The DaemonSet's rollout as last seen (`rollout`)."""
+
+    desired: int
+    updated: int
+    ready: int
+    available: int
+    complete: bool
+    summary: str
+
+
+@dataclass(frozen=True)
+class Incarnation:
+    """An earlier cluster under the same name (`previousIncarnations[]`)."""
+
+    cluster_id: str
+    create_time: str
+    end_state: str
+
+
+@dataclass(frozen=True)
+class ApiEndpoint:
+    """How the control plane is reached (`apiEndpoint`): `core.endpoints.Endpoint` as recorded."""
+
+    kind: str
+    address: str
+    why: str
+
+
+@dataclass(frozen=True)
+class ClusterWorkflow:
+    """What the workflow records about a cluster, beyond its state and lease.
+
+    Flows read it from `ClusterRecord.workflow` and change it with `dataclasses.replace` (checked
+    by mypy); `WorkflowUpdate` carries the change to the store, whose table
+    (`shared.adapters.store.CLUSTER_FIELDS`) is the only place that knows the document's field
+    names. Adding a field: an attribute here and a row there.
+    """
+
+    version: str | None = None  # GKE version when last checked
+    status: str | None = None  # GKE status when last checked
+    trigger: str | None = None  # what started the last drive
+    findings: tuple[Finding, ...] = ()
+    facts_digest: str | None = None  # of the facts the last decision was made on
+    attempts: int = 0  # failed attempts (release counts them; a success resets them)
+    releases: int = 0  # how many times `release` ran (numbers the retry history entries)
+    last_error: LastError | None = None
+    busy_since: float | None = None  # wall clock (s): since when GKE is busy with another operation
+    node_pool: NodePoolFacts | None = None
+    node_pool_requested: NodePoolRequest | None = None
+    bundle_version: str | None = None
+    rollout: RolloutReport | None = None
+    install_requests: int | None = None
+    api_endpoint: ApiEndpoint | None = None
+    cluster_id: str | None = None  # GKE's id of this incarnation
+    create_time: str | None = None
+    incarnation: int | None = None
+    previous_incarnations: tuple[Incarnation, ...] = ()
+    new_incarnation_end: str | None = None  # set when the deleted cluster was created again
+    pool_usage: Mapping[str, object] | None = None  # addresses per range (shared.flows.addresses)
+    stale_allocations: int | None = None
+
+    def update(self, after: ClusterWorkflow) -> WorkflowUpdate:
+        """The change from this (as read) to `after`: the store writes only the fields that differ."""
+        return WorkflowUpdate(self, after)
+
+
+@dataclass(frozen=True)
+class WorkflowUpdate:
+    """A change of a cluster's workflow: the fields where `after` differs from `before` are written
+    (a field that becomes None is removed, or set null where the document keeps a null)."""
+
+    before: ClusterWorkflow
+    after: ClusterWorkflow
+
+    def changed(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(ClusterWorkflow)
+                     if getattr(self.before, f.name) != getattr(self.after, f.name))
+
+    def then(self, after: ClusterWorkflow) -> WorkflowUpdate:
+        """This change followed by another made on its result."""
+        return WorkflowUpdate(self.before, after)

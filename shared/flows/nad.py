@@ -86,7 +86,7 @@ class NadFlow:
         request keeps its own when the cluster's scan applies it)."""
         policy = self.ctx.policy()
         cluster_state = rec.state if rec else None
-        pool_cidr = ((rec.data.get("nodePool") or {}).get("cidr")) if rec else None
+        pool_cidr = rec.workflow.node_pool.cidr if rec and rec.workflow.node_pool else None
         step = d.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr, existing=None,
                             namespace_problem=policy.namespace_problem(req.namespace), max_nads=None)
         job = _Job(ref, req, event_id, ledger, origin or event_id, self._stale_before(), self._stale_before(1))
