@@ -463,17 +463,71 @@ class FakeGke:
         return [c for path, c in sorted(self.clusters.items()) if path.startswith(f"projects/{project}/")]
 
     def secondary_range_cidr(self, ref: ClusterRef, subnetwork: str, range_name: str) -> str:
+        from shared.core.errors import Permanent
+
         self._call("secondary_range_cidr")
-        return self.ranges[(subnetwork, range_name)]
+        cidr = self.ranges.get((subnetwork.rsplit("/", 1)[-1], range_name))
+        if cidr is None:
+            raise Permanent(f"GKE: subnetwork {subnetwork} has no secondary range {range_name!r}",
+                            code="NOT_FOUND", api="gke")
+        return cidr
+
+    def _pools(self, ref: ClusterRef) -> set[str]:
+        cluster = self.clusters.get(ref.path)
+        listed = {p.name for p in cluster.node_pools} if cluster is not None else set()
+        return listed | {name for path, name in self.pools_created if path == ref.path}
 
     def create_node_pool(self, ref: ClusterRef, template: Any) -> str | None:
+        """An operation name; None when the pool exists already (GKE's ALREADY_EXISTS is success)."""
+        from shared.core.errors import Permanent
+
         self._call("create_node_pool")
+        problems = template.problems()
+        if problems:
+            raise Rejected("invalid node pool template", problems)
+        cluster = self.get_cluster(ref)
+        if template.name in self._pools(ref):
+            return None
+        if template.network and not cluster.network_config.enable_multi_networking:
+            raise Permanent(f"GKE create node pool {ref.path}/nodePools/{template.name}: INVALID_ARGUMENT: "
+                            "node_pool.network_config: additional networks need a cluster with multi-networking "
+                            "enabled.", code="INVALID_ARGUMENT", api="gke")
         self.pools_created.append((ref.path, template.name))
         return f"operation-create-{template.name}"
 
     def delete_node_pool(self, ref: ClusterRef, name: str) -> str | None:
+        """An operation name; None when the pool is gone already."""
         self._call("delete_node_pool")
+        if name not in self._pools(ref):
+            return None
+        self.pools_created = [(p, n) for p, n in self.pools_created if (p, n) != (ref.path, name)]
+        cluster = self.clusters.get(ref.path)
+        if cluster is not None:
+            kept = [p for p in cluster.node_pools if p.name != name]
+            del cluster.node_pools[:]
+            cluster.node_pools.extend(kept)
         return f"operation-delete-{name}"
+
+    def seed(self, scenario_path: Any) -> None:
+        """The clusters (created at start) and subnetwork ranges of a sandbox scenario file, so the
+        fake starts from the same world as the sandbox GKE server."""
+        from google.cloud import container_v1
+
+        from sandbox.gke.scenario import load
+
+        world = load(scenario_path)
+        for sub in world.subnetworks:
+            for range_name, cidr in sub.secondary_ranges.items():
+                self.ranges[(sub.subnetwork, range_name)] = cidr
+        for spec in world.clusters:
+            if not spec.create_at_start:
+                continue
+            ref = ClusterRef.of(world.project, spec.location, spec.name)
+            self.add(ref, container_v1.Cluster(
+                name=spec.name, location=spec.location, status=container_v1.Cluster.Status.RUNNING,
+                resource_labels=dict(spec.labels),
+                network_config=container_v1.NetworkConfig(enable_multi_networking=spec.multi_networking),
+                node_pools=[container_v1.NodePool(name=p.name) for p in spec.node_pools]))
 
     def operation_failure(self, ref: ClusterRef, operation: str) -> Any:
         self._call("operation_failure")
@@ -490,7 +544,8 @@ class FakeGke:
 
 class FakeKube:
     """`ClusterApiPort` over a dict of objects keyed (apiVersion, kind, namespace, name); every CRD is
-    Established at once and the DaemonSet rolled out."""
+    Established at once and the DaemonSet rolled out. Held to the real adapter on the sandbox
+    Kubernetes API server by tests/test_kube_contract.py."""
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
@@ -498,20 +553,26 @@ class FakeKube:
         self._version = 0
 
     def _key(self, obj: Mapping[str, Any]) -> tuple[str, str, str, str]:
-        md = obj.get("metadata") or {}
-        return (str(obj.get("apiVersion")), str(obj.get("kind")), str(md.get("namespace") or ""), str(md["name"]))
+        from shared.core.multus import object_key
+
+        return object_key(obj)
 
     def _put(self, obj: Mapping[str, Any]) -> Any:
-        from shared.adapters.kube import ApplyResult
+        from shared.adapters.kube import ApplyResult, _content
 
+        if not isinstance(obj, Mapping) or not isinstance(obj.get("apiVersion"), str) \
+                or not isinstance(obj.get("kind"), str):
+            raise Rejected("invalid Kubernetes object", [Problem("apiVersion", "apiVersion and kind must be strings")])
         self.requests += 1
         key = self._key(obj)
-        changed = self.objects.get(key, {}).get("spec") != obj.get("spec") or key not in self.objects
-        self._version += 1
+        before = self.objects.get(key)
         stored = copy.deepcopy(dict(obj))
+        if before is not None and _content(before) == _content(stored):
+            return ApplyResult(key, False, str(before["metadata"]["resourceVersion"]))
+        self._version += 1
         stored.setdefault("metadata", {})["resourceVersion"] = str(self._version)
         self.objects[key] = stored
-        return ApplyResult(key, changed, str(self._version))
+        return ApplyResult(key, True, str(self._version))
 
     def apply(self, objects: Any) -> list[Any]:
         return [self._put(o) for o in objects]
@@ -536,6 +597,12 @@ class FakeKube:
         return Rollout(desired=3, updated=3, ready=3, available=3, observed=True)
 
     def apply_nad(self, obj: Mapping[str, Any]) -> Any:
+        from shared.core.nad import API_VERSION, KIND
+
+        if obj.get("apiVersion") != API_VERSION or obj.get("kind") != KIND:
+            raise Rejected("not a NetworkAttachmentDefinition",
+                           [Problem("kind", f"expected {API_VERSION} {KIND}, got "
+                                            f"{obj.get('apiVersion')!r} {obj.get('kind')!r}")])
         return self._put(obj)
 
     def delete_nad(self, namespace: str, name: str) -> bool:
@@ -544,8 +611,11 @@ class FakeKube:
                                 None) is not None
 
     def list_managed_nads(self) -> list[dict[str, Any]]:
+        from shared.core.nad import MANAGED_BY
+
         self.requests += 1
-        return [copy.deepcopy(o) for k, o in sorted(self.objects.items()) if k[1] == "NetworkAttachmentDefinition"]
+        return [copy.deepcopy(o) for k, o in sorted(self.objects.items()) if k[1] == "NetworkAttachmentDefinition"
+                and ((o.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY[0]) == MANAGED_BY[1]]
 
     def list_ippools(self) -> list[dict[str, Any]]:
         self.requests += 1
