@@ -27,7 +27,6 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from shared.core import endpoints
@@ -43,6 +42,7 @@ from shared.core.errors import (
     Transient,
 )
 from shared.core.names import SUBNET_PATH, compute_ref
+from shared.core.observed import PoolFailure
 from shared.core.refs import ClusterRef, check_parts, valid_node_pool_name
 from shared.core.settings import NodePoolTemplate, Settings
 
@@ -163,16 +163,6 @@ FIXES = {
     "GCE_QUOTA_EXCEEDED": "raise the quota GKE names (IAM & Admin > Quotas) or lower node_count / the machine "
                           "type in the node pool template",
 }
-
-
-@dataclass(frozen=True)
-class PoolFailure:
-    """A node pool operation that ended DONE with an error, as GKE reported it."""
-
-    message: str
-    transient: bool
-    reason: str  # GCE_STOCKOUT, GCE_QUOTA_EXCEEDED, or GKE's code name
-    fix: str
 
 
 def operation_failure(op: Any) -> PoolFailure | None:
