@@ -35,8 +35,10 @@ lock: setup
 	PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
 		--no-emit-index-url --no-emit-find-links --no-emit-trusted-host -o requirements.txt requirements.in
 
+# mypy strict on what deploys (shared/, functions/) and on the CLI: the files are pyproject's.
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The suite runs on two workers (pytest-xdist, a test file per worker at a time): the end-to-end
 # tier is I/O-bound and every stack, emulator and server takes its own free ports and state.

@@ -24,7 +24,7 @@ from typing import Any
 import functions_framework
 
 from shared.core import logs
-from shared.core.errors import Rejected, Transient
+from shared.core.errors import NotForUs, Rejected, Transient
 from shared.core.events import PubSubMessage, message_from_cloudevent
 from shared.core.settings import ConfigError
 
@@ -84,7 +84,7 @@ def _reject(function: str, msg: PubSubMessage | None, err: Rejected, event_id: s
     logs.warning(f"{function}: rejected: {err.message}", function=function, eventId=event_id,
                  kind=err.kind, cluster=getattr(err.cluster, "path", None),
                  problems=[str(p) for p in err.problems][:20])
-    if err.kind in ("other-service", "other-method", "not-audit"):
+    if isinstance(err, NotForUs):
         return Outcome("ignored", err.message, getattr(err.cluster, "path", None))
     excerpt = msg.data[:512].decode("utf-8", "replace") if msg else ""
     _controller().record_rejection(err, event_id=err.event_id or event_id, excerpt=excerpt)
@@ -99,7 +99,7 @@ def on_cluster_event(cloud_event: Any) -> None:
     def handle(msg: PubSubMessage) -> Any:
         ev = decode_audit(msg)
         if not ev.action.startswith("cluster."):
-            raise Rejected(f"{ev.method} is not a cluster event", kind="other-method", cluster=ev.cluster)
+            raise NotForUs(f"{ev.method} is not a cluster event", kind="other-method", cluster=ev.cluster)
         return _controller().handle_audit(ev)
 
     _run("on_cluster_event", cloud_event, handle)
@@ -113,7 +113,7 @@ def on_node_pool_event(cloud_event: Any) -> None:
     def handle(msg: PubSubMessage) -> Any:
         ev = decode_audit(msg)
         if not ev.action.startswith("node_pool."):
-            raise Rejected(f"{ev.method} is not a node pool event", kind="other-method", cluster=ev.cluster)
+            raise NotForUs(f"{ev.method} is not a node pool event", kind="other-method", cluster=ev.cluster)
         return _controller().handle_audit(ev)
 
     _run("on_node_pool_event", cloud_event, handle)

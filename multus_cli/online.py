@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +60,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=_guard(cmd_verify))
 
 
-def _guard(fn: Any) -> Any:
+def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """The online commands' error edge, in one place: a usage problem is exit 2 with the message on
     stderr, as the offline CLI does; an API that failed (Firestore, GKE, the cluster) is exit 1 with
     its message. `Rejected` input goes on to `multus_cli.main`, which prints each problem (exit 2)."""
@@ -68,7 +69,8 @@ def _guard(fn: Any) -> Any:
         from shared.core.errors import Permanent, Transient
 
         try:
-            return fn(args)
+            code: int = fn(args)
+            return code
         except UsageError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_INVALID
@@ -137,7 +139,7 @@ def _ts(value: Any) -> str:
     if value is None:
         return "-"
     if hasattr(value, "strftime"):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
+        return str(value.strftime("%Y-%m-%d %H:%M:%S"))
     return str(value)
 
 
@@ -174,12 +176,12 @@ def _topic(args: argparse.Namespace, settings: Any) -> str:
 
 def publish_request(request: dict[str, Any], topic: str) -> str:
     """Publish one NAD request (compact JSON) and return the Pub/Sub message id."""
-    from google.cloud import pubsub_v1
+    import google.cloud.pubsub_v1 as pubsub_v1
 
     publisher = pubsub_v1.PublisherClient()
     try:
         data = json.dumps(request, sort_keys=True, separators=(",", ":")).encode()
-        return publisher.publish(topic, data).result(timeout=60)
+        return str(publisher.publish(topic, data).result(timeout=60))
     finally:
         publisher.stop()
 
@@ -348,8 +350,9 @@ def _status_one(store: Any, ref: Any, as_json: bool) -> int:
 
 def _nad_line(n: dict[str, Any]) -> str:
     """One NAD in `status`: what is on the cluster, then the last request when it did not get there."""
-    applied = n.get("applied") if isinstance(n.get("applied"), dict) else None
-    last = n.get("lastRequest") if isinstance(n.get("lastRequest"), dict) else {}
+    raw_applied, raw_last = n.get("applied"), n.get("lastRequest")
+    applied: dict[str, Any] | None = raw_applied if isinstance(raw_applied, dict) else None
+    last: dict[str, Any] = raw_last if isinstance(raw_last, dict) else {}
     on_cluster = (applied or {}).get("range") or (n.get("range") if n.get("state") in ("APPLIED", "VERIFIED") else "")
     line = f"  {n.get('namespace')}/{n.get('name'):<24} {n.get('state'):<9} {on_cluster or n.get('range') or ''}"
     if n.get("state") == "ORPHANED":

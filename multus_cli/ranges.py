@@ -49,7 +49,7 @@ def cmd_ranges(args: argparse.Namespace) -> int:
     ref = _resolve_cluster(store, args.cluster)
     ctl = Controller(settings, store=store)
     rec = store.get_cluster(ref)
-    cidr = str(((rec.data if rec else {}).get("nodePool") or {}).get("cidr") or "")
+    cidr = rec.workflow.node_pool.cidr if rec and rec.workflow.node_pool else ""
     cluster = ctl.gke.get_cluster(ref)
     if not cidr:
         pools = prechecks.suitable_pools(list(cluster.node_pools))

@@ -23,20 +23,21 @@ from shared.flows.reconcile import ReconcileFlow
 from shared.flows.rejections import record_rejection
 from shared.flows.rollout import RolloutFlow
 from shared.flows.verify import VerifyFlow
+from shared.ports import StorePort
 
 
 class Controller:
     """One per function instance: the flows over one context (settings, ports, caches)."""
 
-    def __init__(self, settings: Settings, *, store: Any = None, gke: Any = None,
+    def __init__(self, settings: Settings, *, store: StorePort | None = None, gke: Any = None,
                  kube_factory: Callable[[Any], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic, publisher: Any = None) -> None:
-        def make_store() -> Any:
+        def make_store() -> StorePort:
             if store is not None:
                 return store
             from shared.adapters.store import Store
 
-            return Store(settings)
+            return Store(settings)  # mypy checks here that the real store satisfies the port
 
         def make_gke() -> Any:
             if gke is not None:

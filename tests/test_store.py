@@ -19,14 +19,13 @@ from typing import Any
 
 import pytest
 
-from shared.adapters.store import DELETE, EXCERPT_MAX, AlreadyHandled, Store, safe_id, translate
-from shared.core.errors import Permanent, Problem, Rejected, Transient
-from shared.core.refs import ClusterRef
+from shared.adapters.store import AlreadyHandled, Store, safe_id, translate
+from shared.core.errors import Permanent, Transient
 from shared.core.settings import Settings
+from tests.test_store_contract import REF, _create, _history_ids
 
 pytestmark = pytest.mark.emulator
 ROOT = Path(__file__).resolve().parent.parent
-REF = ClusterRef.of("proj-one", "us-central1", "alpha")
 
 
 @pytest.fixture
@@ -34,90 +33,7 @@ def store(store_settings: Settings) -> Store:
     return Store(store_settings)
 
 
-def _history_ids(store: Store, ref: ClusterRef = REF) -> list[str]:
-    entries, token = store.history(ref, page_size=1000)
-    assert token is None
-    return [e["id"] for e in entries]
-
-
-def _create(store: Store, ref: ClusterRef = REF, *, event: str = "create-1") -> None:
-    store.claim(ref, event_id=event, step="discover", ledger_key=event, create_state="DISCOVERED",
-                create_fields={"path": ref.path})
-    store.advance(ref, event_id=event, step="discover", ledger_key=event, release=True, message="created")
-
-
 # --------------------------------------------------------------------------- basics
-
-def test_claim_creates_the_document_with_readable_fields(store: Store) -> None:
-    assert store.get_cluster(REF) is None
-    rec = store.claim(REF, event_id="e1", step="discover", create_state="DISCOVERED",
-                      create_fields={"project": "proj-one", "nodePool": {"name": "p"}})
-    stored = store.get_cluster(REF)
-    assert stored is not None and stored.state == rec.state == "DISCOVERED"
-    for name in ("project", "location", "cluster", "path", "state", "stateSince", "createdAt", "updatedAt",
-                 "lease", "lastError", "attempts", "nodePool"):
-        assert name in stored.data, name
-    assert stored.data["path"] == REF.path and stored.get("nodePool") == {"name": "p"}
-    assert stored.lease is not None and stored.lease.holder == "e1" and stored.lease.step == "discover"
-    assert stored.data["createdAt"].tzinfo is not None
-    assert stored.get("lastError") is None and stored.attempts == 0
-
-
-def test_claim_of_an_unknown_cluster_is_rejected(store: Store) -> None:
-    with pytest.raises(Rejected) as info:
-        store.claim(REF, event_id="e1", step="precheck")
-    assert info.value.kind == "unknown-cluster" and info.value.cluster == REF
-    with pytest.raises(Rejected):
-        store.advance(REF, event_id="e1", step="precheck")
-
-
-def test_advance_changes_state_fields_and_lease(store: Store) -> None:
-    _create(store)
-    first = store.get_cluster(REF)
-    assert first is not None and first.lease is None
-    store.claim(REF, event_id="e2", step="precheck", ledger_key="e2")
-    rec = store.advance(REF, event_id="e2", step="precheck", state="INSTALLING", message="pool found",
-                        fields={"findings": [{"code": "ok"}], "nodePool": {"name": "multus"}},
-                        next_step="install")
-    assert rec.state == "INSTALLING" and rec.lease is not None and rec.lease.step == "install"
-    assert rec.data["stateSince"] > first.data["stateSince"]
-    since = rec.data["stateSince"]
-    rec = store.advance(REF, event_id="e2", step="install", state="INSTALLING",
-                        fields={"nodePool": {"other": 1}, "findings": DELETE}, ledger_key="e2", release=True)
-    stored = store.get_cluster(REF)
-    assert stored is not None
-    assert stored.data == rec.data  # what advance returns is what is stored
-    assert stored.lease is None and "findings" not in stored.data
-    assert stored.get("nodePool") == {"other": 1}, "a map field is replaced, not merged"
-    assert stored.data["stateSince"] == since, "stateSince moves only when the state changes"
-    entries, _ = store.history(REF)
-    assert [(e["step"], e["state"], e["outcome"]) for e in entries] == [
-        ("discover", "DISCOVERED", "ok"), ("precheck", "INSTALLING", "ok"), ("install", "INSTALLING", "ok")]
-    assert entries[1]["message"] == "pool found" and entries[1]["previousState"] == "DISCOVERED"
-
-
-def test_fields_the_store_owns_are_refused(store: Store) -> None:
-    _create(store)
-    for bad in ({"state": "READY"}, {"lease": None}, {"createdAt": 1}, {"a.b": 1}, {"path": "elsewhere"}):
-        with pytest.raises(ValueError) as info:
-            store.advance(REF, event_id="e9", step="x", fields=bad)
-        assert next(iter(bad)) in str(info.value)
-    with pytest.raises(ValueError, match="outcome"):
-        store.advance(REF, event_id="e9", step="x", outcome="done")
-
-
-def test_ledger_makes_a_second_advance_a_no_op(store: Store) -> None:
-    _create(store)
-    store.claim(REF, event_id="e2", step="precheck", ledger_key="e2")
-    store.advance(REF, event_id="e2", step="precheck", state="READY", ledger_key="e2", release=True)
-    assert store.seen("e2")
-    with pytest.raises(AlreadyHandled):
-        store.claim(REF, event_id="e2", step="precheck", ledger_key="e2")
-    with pytest.raises(AlreadyHandled):
-        store.advance(REF, event_id="e2", step="precheck", state="FAILED", ledger_key="e2")
-    rec = store.get_cluster(REF)
-    assert rec is not None and rec.state == "READY"
-
 
 def test_ledger_entry_has_an_expiry_for_the_ttl_policy(store: Store, firestore_client: Any) -> None:
     before = datetime.now(UTC)
@@ -133,136 +49,11 @@ def test_ledger_entry_has_an_expiry_for_the_ttl_policy(store: Store, firestore_c
     assert doc["eventId"] == "evt" and doc["cluster"] == REF.path and doc["outcome"] == "ignored"
 
 
-def test_release_counts_attempts_and_shows_every_retry(store: Store) -> None:
-    _create(store)
-    for attempt in (1, 2):
-        store.claim(REF, event_id="e3", step="install", ledger_key="e3")
-        rec = store.release(REF, event_id="e3", step="install", error=f"apiserver timeout #{attempt}")
-        assert rec.lease is None and rec.attempts == attempt
-        assert rec.last_error is not None and rec.last_error["message"] == f"apiserver timeout #{attempt}"
-        assert rec.last_error["step"] == "install"
-    rec = store.release(REF, event_id="e3", step="install", error="gave up", outcome="failed", state="FAILED",
-                        count_attempt=False)
-    assert rec.state == "FAILED" and rec.attempts == 2
-    entries, _ = store.history(REF)
-    retries = [e for e in entries if e["eventId"] == "e3"]
-    assert [(e["outcome"], e["message"]) for e in retries] == [
-        ("retry", "apiserver timeout #1"), ("retry", "apiserver timeout #2"), ("failed", "gave up")]
-    assert len({e["id"] for e in retries}) == 3
-    assert not store.seen("e3"), "a retried event must stay redeliverable"
-
-
-def test_release_of_a_lease_held_by_another_event_keeps_it(store: Store) -> None:
-    _create(store)
-    store.claim(REF, event_id="owner", step="install")
-    rec = store.release(REF, event_id="intruder", step="install", error="boom")
-    assert rec.lease is not None and rec.lease.holder == "owner"
-
-
-def test_nads_have_their_own_documents(store: Store) -> None:
-    _create(store)
-    assert store.get_nad(REF, "default", "net-a") is None
-    assert store.put_nad(REF, "default", "net-a", event_id="n1", step="request-nad", state="PENDING",
-                         fields={"request": {"range": "172.16.1.0/24"}, "namespace": "default"},
-                         ledger_key="n1")
-    first = store.get_nad(REF, "default", "net-a")
-    assert first is not None and first["state"] == "PENDING" and first["clusterPath"] == REF.path
-    assert not store.put_nad(REF, "default", "net-a", event_id="n1", step="request-nad", state="REJECTED",
-                             fields={}, ledger_key="n1"), "a duplicate writes nothing"
-    assert store.put_nad(REF, "default", "net-a", event_id="r1", step="apply-nad", state="APPLIED",
-                         fields={"config": '{"cniVersion":"0.3.1"}', "request": {"range": "172.16.2.0/24"}})
-    store.put_nad(REF, "team-b", "net-b", event_id="n2", step="request-nad", state="PENDING", fields={})
-    nad = store.get_nad(REF, "default", "net-a")
-    assert nad is not None and nad["state"] == "APPLIED" and nad["createdAt"] == first["createdAt"]
-    assert nad["stateSince"] > first["stateSince"] and nad["request"] == {"range": "172.16.2.0/24"}
-    assert [(n["namespace"], n["name"], n["state"]) for n in store.list_nads(REF)] == [
-        ("default", "net-a", "APPLIED"), ("team-b", "net-b", "PENDING")]
-    assert [n["name"] for n in store.list_nads(REF, state="PENDING")] == ["net-b"]
-    with pytest.raises(Rejected) as info:
-        store.put_nad(REF, "Bad_NS", "x", event_id="n3", step="s", state="PENDING", fields={})
-    assert info.value.problems[0].field == "namespace"
-    with pytest.raises(ValueError, match="name"):
-        store.put_nad(REF, "default", "net-a", event_id="n4", step="s", state="X", fields={"name": "other"})
-    nad_entries = [e for e in store.history(REF)[0] if e.get("nad")]
-    assert [(e["nad"], e["state"]) for e in nad_entries] == [
-        ("default/net-a", "PENDING"), ("default/net-a", "APPLIED"), ("team-b/net-b", "PENDING")]
-
-
-def test_list_clusters_by_state(store: Store) -> None:
-    refs = [ClusterRef.of("proj-one", "us-central1", f"c{i}") for i in range(4)]
-    for i, ref in enumerate(refs):
-        _create(store, ref, event=f"create-{i}")
-        if i % 2:
-            store.advance(ref, event_id=f"ready-{i}", step="install", state="READY")
-    assert sorted(r.ref.cluster for r in store.list_clusters()) == ["c0", "c1", "c2", "c3"]
-    assert sorted(r.ref.cluster for r in store.list_clusters("READY")) == ["c1", "c3"]
-    assert len(store.list_clusters(limit=3)) == 3
-    assert store.list_clusters("INELIGIBLE") == []
-
-
-def test_history_pages_in_time_order(store: Store) -> None:
-    _create(store)
-    for i in range(6):
-        store.advance(REF, event_id=f"h{i}", step="note", message=f"entry {i}")
-    seen: list[str] = []
-    token = None
-    pages = 0
-    while True:
-        entries, token = store.history(REF, page_size=3, page_token=token)
-        pages += 1
-        seen += [e["message"] for e in entries]
-        if token is None:
-            break
-        store.advance(REF, event_id=f"late{pages}", step="note", message=f"late {pages}")
-    assert seen[:7] == ["created"] + [f"entry {i}" for i in range(6)]
-    assert seen[7:] == ["late 1", "late 2"], "entries appended while paging are read at the end, once"
-    assert pages == 3
-    with pytest.raises(Rejected) as info:
-        store.history(REF, page_token="not-a-token")
-    assert info.value.problems[0].field == "page_token"
-    with pytest.raises(Rejected):
-        store.history(REF, page_size=0)
-
-
-def test_rejections_under_the_cluster_and_top_level(store: Store) -> None:
-    _create(store)
-    payload = "{" + "x" * 2000 + "}"
-    assert store.record_rejection(event_id="bad-1", cluster=REF, reason="invalid NAD request",
-                                  problems=[Problem("spec.range", "not a CIDR")], kind="invalid",
-                                  excerpt=payload, ledger_key="bad-1")
-    assert not store.record_rejection(event_id="bad-1", cluster=REF, reason="again", problems=[],
-                                      kind="invalid", excerpt=payload, ledger_key="bad-1")
-    assert store.record_rejection(event_id="bad-2", cluster=None, reason="no cluster named",
-                                  problems=[{"field": "cluster", "message": "missing"}], kind="invalid",
-                                  excerpt="short")
-    assert store.seen("bad-1")
-    (rej,) = store.list_rejections(REF)
-    assert rej["reason"] == "invalid NAD request" and rej["problems"] == [
-        {"field": "spec.range", "message": "not a CIDR"}]
-    assert rej["excerpt"] == payload[:EXCERPT_MAX] and len(rej["excerpt"]) == EXCERPT_MAX
-    (top,) = store.list_rejections()
-    assert top["eventId"] == "bad-2" and top["cluster"] is None
-    entry = [e for e in store.history(REF)[0] if e["outcome"] == "rejected"]
-    assert len(entry) == 1 and "spec.range: not a CIDR" in entry[0]["message"]
-
-
 def test_policy_document(store: Store, firestore_client: Any) -> None:
     assert store.get_policy() is None
     firestore_client.collection(store.settings.collection("config")).document("policy").set(
         {"optInLabel": "multus=yes"})
     assert store.get_policy() == {"optInLabel": "multus=yes"}
-
-
-def test_delete_cluster_tree(store: Store) -> None:
-    _create(store)
-    store.put_nad(REF, "default", "net-a", event_id="n1", step="s", state="PENDING", fields={})
-    store.record_rejection(event_id="r", cluster=REF, reason="x", problems=[], kind="invalid")
-    other = ClusterRef.of("proj-one", "us-central1", "beta")
-    _create(store, other, event="other")
-    store.delete_cluster_tree(REF)
-    assert store.get_cluster(REF) is None and store.list_nads(REF) == []
-    assert store.history(REF) == ([], None) and store.list_rejections(REF) == []
-    assert store.get_cluster(other) is not None and len(_history_ids(store, other)) == 1
 
 
 def test_wire_errors_become_permanent(store: Store) -> None:
@@ -428,25 +219,6 @@ def test_guarantee_2_nads_of_one_cluster_do_not_contend(store_settings: Settings
     assert elapsed < 30, f"{transactions} independent transactions took {elapsed:.1f} s: they contend"
 
 
-def test_guarantee_3_expired_lease_can_be_taken_over(store: Store) -> None:
-    _create(store)
-    store.claim(REF, event_id="slow", step="install", lease_seconds=1)
-    with pytest.raises(Transient) as info:
-        store.claim(REF, event_id="other", step="precheck")
-    assert "slow" in str(info.value) and "install" in str(info.value)
-    with pytest.raises(Transient):
-        store.advance(REF, event_id="other", step="precheck", state="READY")
-    time.sleep(1.1)
-    rec = store.claim(REF, event_id="other", step="precheck", lease_seconds=60)
-    assert rec.lease is not None and rec.lease.holder == "other"
-    with pytest.raises(Transient) as info:
-        store.advance(REF, event_id="slow", step="install", state="READY")
-    assert "other" in str(info.value)
-    store.advance(REF, event_id="other", step="precheck", state="READY", release=True)
-    final = store.get_cluster(REF)
-    assert final is not None and final.state == "READY" and final.lease is None
-
-
 _WORKER = """
 import sys, time
 from pathlib import Path
@@ -498,25 +270,6 @@ def test_guarantee_4_killed_worker_then_redelivery(store: Store, store_settings:
         store.claim(REF, event_id="evt-kill", step="install", ledger_key="evt-kill")
     assert _history_ids(store).count("evt-kill~install") == 1
     assert len([e for e in store.history(REF)[0] if e["eventId"] == "evt-kill"]) == 1
-
-
-def test_put_nad_compare_and_set_lets_exactly_one_concurrent_writer_win(store: Store) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    store.put_nad(REF, "default", "race", event_id="q", step="queue-nad", state="PENDING", fields={})
-
-    def take(i: int) -> bool:
-        return store.put_nad(REF, "default", "race", event_id=f"w{i}", step="claim-nad", state="APPLYING",
-                             fields={"claimOrder": f"{i:04d}"}, expect_states=("PENDING",), history=False)
-
-    with ThreadPoolExecutor(6) as pool:
-        won = list(pool.map(take, range(6)))
-    assert won.count(True) == 1, won
-    doc = store.get_nad(REF, "default", "race")
-    assert doc["state"] == "APPLYING" and doc["claimOrder"] == f"{won.index(True):04d}"
-    # an unconditional writer is never lost: it re-reads and writes after the winner
-    assert store.put_nad(REF, "default", "race", event_id="z", step="reject-nad", state="REJECTED", fields={})
-    assert store.get_nad(REF, "default", "race")["state"] == "REJECTED"
 
 
 def test_get_cluster_unless_seen_reads_both_in_one_rpc(store: Store) -> None:

@@ -27,13 +27,22 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from shared.core import endpoints
 from shared.core.endpoints import Endpoint
-from shared.core.errors import Busy, NeedsFix, Permanent, Problem, ProvisionerError, Rejected, Transient
+from shared.core.errors import (
+    Busy,
+    NeedsFix,
+    NotFound,
+    Permanent,
+    Problem,
+    ProvisionerError,
+    Rejected,
+    Transient,
+)
 from shared.core.names import SUBNET_PATH, compute_ref
+from shared.core.observed import PoolFailure
 from shared.core.refs import ClusterRef, check_parts, valid_node_pool_name
 from shared.core.settings import NodePoolTemplate, Settings
 
@@ -42,6 +51,7 @@ if TYPE_CHECKING:
     from google.cloud import container_v1
 
 API = "gke"
+T = TypeVar("T")
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 DEFAULT_TIMEOUT = 30.0
 
@@ -100,6 +110,8 @@ def map_error(exc: BaseException, what: str) -> ProvisionerError | None:
         if code == "FAILED_PRECONDITION" and (_reason(exc) in BUSY_REASONS or _BUSY_TEXT.search(exc.message or "")):
             m = _OPERATION_IN_TEXT.search(exc.message or "")
             return Busy(text, api=API, operation=m.group(1) if m else None)
+        if isinstance(exc, gexc.NotFound) or code in ("NOT_FOUND", "404"):
+            return NotFound(text, code="NOT_FOUND", api=API)
         return (Permanent if code in PERMANENT_CODES else Transient)(text, code=code, api=API)
     if isinstance(exc, gexc.RetryError):
         return Transient(f"GKE {what}: gave up: {exc.message}", code="DEADLINE_EXCEEDED", api=API)
@@ -151,16 +163,6 @@ FIXES = {
     "GCE_QUOTA_EXCEEDED": "raise the quota GKE names (IAM & Admin > Quotas) or lower node_count / the machine "
                           "type in the node pool template",
 }
-
-
-@dataclass(frozen=True)
-class PoolFailure:
-    """A node pool operation that ended DONE with an error, as GKE reported it."""
-
-    message: str
-    transient: bool
-    reason: str  # GCE_STOCKOUT, GCE_QUOTA_EXCEEDED, or GKE's code name
-    fix: str
 
 
 def operation_failure(op: Any) -> PoolFailure | None:
@@ -244,7 +246,7 @@ def credentials(settings: Settings) -> Any:
 
     try:
         creds, _ = google.auth.default(scopes=list(SCOPES))
-        creds.refresh(google.auth.transport.requests.Request())
+        creds.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
     except Exception as e:
         raise_mapped(e, "credentials")
     return creds
@@ -278,7 +280,7 @@ def fresh_token(creds: Any, lock: threading.Lock | None = None) -> str:
 
 def _endpoint(cluster: Any) -> str:
     """The cluster's `host[:port]` for https://, checked: it reaches a URL and a TLS hostname check."""
-    endpoint = cluster.endpoint
+    endpoint: str = cluster.endpoint
     if not endpoint:
         raise Transient(f"cluster {cluster.name!r} has no endpoint yet (status {cluster.status.name})",
                         code="UNAVAILABLE", api=API)
@@ -373,7 +375,8 @@ def make_client(settings: Settings) -> container_v1.ClusterManagerClient:
             from google.oauth2.credentials import Credentials
 
             token = FileToken(settings.access_token_file).token
-            return container_v1.ClusterManagerClient(credentials=Credentials(token))
+            return container_v1.ClusterManagerClient(
+                credentials=Credentials(token))  # type: ignore[no-untyped-call]  # google-auth is untyped here
         return container_v1.ClusterManagerClient()
     except ProvisionerError:
         raise
@@ -403,7 +406,8 @@ class Gke:
         with self._lock:
             if self._client is None:
                 self._client = make_client(self.settings)
-            return self._client
+            client: container_v1.ClusterManagerClient = self._client
+            return client
 
     def close(self) -> None:
         """Close the channel if this adapter created the client."""
@@ -412,7 +416,7 @@ class Gke:
         if client is not None and self._owns_client:
             client.transport.close()
 
-    def _call(self, method: str, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    def _call(self, method: str, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
         self.calls[method] += 1
         try:
             return fn(**kwargs, retry=None, timeout=self.timeout)
@@ -421,7 +425,9 @@ class Gke:
 
     # -- reads --
     def get_cluster(self, ref: ClusterRef) -> container_v1.Cluster:
-        return self._call("get_cluster", f"get cluster {ref.path}", self.client.get_cluster, name=ref.path)
+        cluster: container_v1.Cluster = self._call("get_cluster", f"get cluster {ref.path}", self.client.get_cluster,
+                                                   name=ref.path)
+        return cluster
 
     def list_clusters(self, project: str, location: str = "-") -> list[container_v1.Cluster]:
         """Every cluster of the project (`location` "-" = all locations), for reconcile sweeps."""
@@ -441,7 +447,9 @@ class Gke:
         if not valid_node_pool_name(name):
             raise Rejected("invalid node pool name", [Problem("node_pool", f"invalid node pool name {name!r}")])
         path = f"{ref.path}/nodePools/{name}"
-        return self._call("get_node_pool", f"get node pool {path}", self.client.get_node_pool, name=path)
+        pool: container_v1.NodePool = self._call("get_node_pool", f"get node pool {path}", self.client.get_node_pool,
+                                                 name=path)
+        return pool
 
     def get_operation(self, project: str, location: str, operation: str) -> container_v1.Operation:
         problems = check_parts(project, location, "operation", field="operation")
@@ -450,7 +458,9 @@ class Gke:
         if problems:
             raise Rejected("invalid operation reference", problems)
         name = f"projects/{project}/locations/{location}/operations/{operation}"
-        return self._call("get_operation", f"get operation {name}", self.client.get_operation, name=name)
+        op: container_v1.Operation = self._call("get_operation", f"get operation {name}", self.client.get_operation,
+                                                name=name)
+        return op
 
     def secondary_range_cidr(self, ref: ClusterRef, subnetwork: str, range_name: str) -> str:
         """The CIDR of `range_name` in `subnetwork` (a name, or a projects/P/regions/R/... path).
@@ -549,7 +559,7 @@ class Gke:
             if e.code == "ALREADY_EXISTS":
                 return None
             raise
-        return op.name
+        return str(op.name)
 
     def delete_node_pool(self, ref: ClusterRef, name: str) -> str | None:
         """Start deleting a pool; returns the operation name, or None when it is gone already."""
@@ -558,11 +568,9 @@ class Gke:
         path = f"{ref.path}/nodePools/{name}"
         try:
             op = self._call("delete_node_pool", f"delete node pool {path}", self.client.delete_node_pool, name=path)
-        except Permanent as e:
-            if e.code == "NOT_FOUND":
-                return None
-            raise
-        return op.name
+        except NotFound:
+            return None
+        return str(op.name)
 
     def operation_failure(self, ref: ClusterRef, operation: str) -> PoolFailure | None:
         """How a finished operation failed (GKE's message, whether GKE says it passes), or None
@@ -621,7 +629,7 @@ class Gke:
         def refresh(config: Any) -> None:
             config.api_key["authorization"] = fresh_token(creds, lock)
 
-        cfg.refresh_api_key_hook = refresh
+        cfg.refresh_api_key_hook = refresh  # type: ignore[assignment]  # the client declares the hook None
         client = kubernetes.client.ApiClient(cfg)
         if path is not None:
             weakref.finalize(client, _unlink, path)

@@ -19,13 +19,13 @@ import json
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from shared.core.errors import Permanent, Problem, Rejected, Transient
 from shared.core.multus import object_key
+from shared.core.observed import ApplyResult, Key, Rollout
 
 FIELD_MANAGER = "multus-provisioner"
 MANAGED_BY = ("app.kubernetes.io/managed-by", "multus-provisioner")
@@ -61,30 +61,6 @@ _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _RBAC_NAME = re.compile(r"^[^/%]+$")
 _PERMANENT = {400, 401, 403, 404, 405, 406, 413, 415, 422}
-
-Key = tuple[str, str, str, str]
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    key: Key                # (apiVersion, kind, namespace or "", name)
-    changed: bool           # created, or its content/ownership changed (see Kube.apply)
-    resource_version: str
-
-
-@dataclass(frozen=True)
-class Rollout:
-    desired: int
-    updated: int
-    ready: int
-    available: int
-    observed: bool          # the controller has seen the current generation
-
-    @property
-    def complete(self) -> bool:
-        """As `kubectl rollout status` decides for a DaemonSet."""
-        return self.observed and self.updated >= self.desired and self.available >= self.desired
-
 
 class Kube:
     """Talks to one cluster through a ready `kubernetes.client.ApiClient` (host, CA, token)."""
@@ -233,12 +209,6 @@ class Kube:
         _, out, _ = self._call("GET", path, allow_404=True)
         return out
 
-    def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        """Every object of a kind (in `namespace` for namespaced kinds), one LIST request."""
-        path = self._route(api_version, kind, namespace, None)
-        _, out, _ = self._call("GET", path)
-        return list((out or {}).get("items") or [])
-
     @staticmethod
     def rollout_of(ds: Mapping[str, Any]) -> Rollout:
         """A DaemonSet object's rollout, as its status reports it (no request)."""
@@ -354,6 +324,13 @@ class Kube:
         items = list((out or {}).get("items") or [])
         return sorted(items, key=lambda e: (e.get("lastTimestamp") or e.get("eventTime") or "",
                                             (e.get("metadata") or {}).get("name", "")))
+
+    # Last in the class: a method named `list` would shadow the builtin in the annotations after it.
+    def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every object of a kind (in `namespace` for namespaced kinds), one LIST request."""
+        path = self._route(api_version, kind, namespace, None)
+        _, out, _ = self._call("GET", path)
+        return list((out or {}).get("items") or [])
 
 
 def _content(obj: Mapping[str, Any]) -> str:

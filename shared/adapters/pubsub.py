@@ -28,7 +28,7 @@ class Publisher:
 
     def _publisher(self) -> Any:
         if self._client is None:
-            from google.cloud import pubsub_v1
+            import google.cloud.pubsub_v1 as pubsub_v1
 
             self._client = pubsub_v1.PublisherClient(
                 batch_settings=pubsub_v1.types.BatchSettings(max_messages=self.batch, max_latency=0.05))

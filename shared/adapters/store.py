@@ -37,15 +37,28 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
-from shared.core.errors import Permanent, Problem, Rejected, Transient
+from shared.core.errors import Permanent, Problem, Rejected, Transient, UnknownCluster
 from shared.core.names import is_dns_label, is_object_name
+from shared.core.prechecks import Finding
+from shared.core.records import (
+    ApiEndpoint,
+    ClusterWorkflow,
+    Incarnation,
+    LastError,
+    NodePoolFacts,
+    NodePoolRequest,
+    PoolFailureNote,
+    RolloutReport,
+    WorkflowUpdate,
+)
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
 from shared.ports import DELETE, AlreadyHandled, ClusterRecord, Lease
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 OUTCOMES = ("ok", "retry", "failed", "rejected", "ignored", "skipped", "warning")
 EXCERPT_MAX = 512
@@ -147,13 +160,183 @@ def _decode_token(token: str) -> tuple[Any, str]:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
         stamp, doc_id = data["at"], data["id"]
-        at = (DatetimeWithNanoseconds.from_rfc3339(stamp) if stamp.endswith("Z")
-              else datetime.fromisoformat(stamp))
+        at: datetime = (DatetimeWithNanoseconds.from_rfc3339(stamp)  # type: ignore[no-untyped-call]
+                        if stamp.endswith("Z") else datetime.fromisoformat(stamp))
         if not isinstance(doc_id, str):
             raise TypeError
         return at, doc_id
     except (ValueError, TypeError, KeyError, AttributeError):
         raise Rejected("invalid page token", [Problem("page_token", "not a token returned by history()")])
+
+
+# --------------------------------------------------------------------------- the cluster workflow's table
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _maps(value: Any) -> list[Mapping[str, Any]]:
+    return [x for x in value if isinstance(x, Mapping)] if isinstance(value, list | tuple) else []
+
+
+def _optional(doc: dict[str, Any], **values: Any) -> dict[str, Any]:
+    """`doc` plus the values that are set (a key absent from a map means "not recorded")."""
+    return {**doc, **{k: v for k, v in values.items() if v is not None}}
+
+
+def _last_error_doc(e: LastError) -> dict[str, Any]:
+    return _optional({"message": e.message, "step": e.step, "eventId": e.event_id}, at=e.at)
+
+
+def _last_error(v: Any) -> LastError | None:
+    if not isinstance(v, Mapping):
+        return None
+    return LastError(str(v.get("message") or ""), str(v.get("step") or ""), str(v.get("eventId") or ""),
+                     v.get("at") if isinstance(v.get("at"), datetime) else None)
+
+
+def _node_pool(v: Any) -> NodePoolFacts | None:
+    if not isinstance(v, Mapping) or not isinstance(v.get("name"), str):
+        return None
+    return NodePoolFacts(v["name"], str(v.get("subnetwork") or ""), str(v.get("secondaryPodRange") or ""),
+                         str(v.get("cidr") or ""), _int(v.get("maxPodsPerNode")))
+
+
+def _node_pool_doc(p: NodePoolFacts) -> dict[str, Any]:
+    return {"name": p.name, "subnetwork": p.subnetwork, "secondaryPodRange": p.secondary_pod_range,
+            "cidr": p.cidr, "maxPodsPerNode": p.max_pods_per_node}
+
+
+def _node_pool_request(v: Any) -> NodePoolRequest | None:
+    if not isinstance(v, Mapping) or not isinstance(v.get("name"), str):
+        return None
+    failures = tuple(PoolFailureNote(str(f.get("operation") or ""), str(f.get("reason") or ""),
+                                     str(f.get("message") or "")) for f in _maps(v.get("failures")))
+    return NodePoolRequest(v["name"], str(v.get("operation") or ""), str(v.get("subnetwork") or ""),
+                           str(v.get("secondaryPodRange") or ""), _int(v.get("attempt")) or 1, failures,
+                           _text(v.get("failedOperation")),
+                           v.get("retry") if isinstance(v.get("retry"), bool) else None,
+                           _number(v.get("retryAfter")), _text(v.get("deleteOperation")))
+
+
+def _node_pool_request_doc(r: NodePoolRequest) -> dict[str, Any]:
+    return _optional(
+        {"name": r.name, "operation": r.operation, "subnetwork": r.subnetwork,
+         "secondaryPodRange": r.secondary_pod_range, "attempt": r.attempt,
+         "failures": [{"operation": f.operation, "reason": f.reason, "message": f.message} for f in r.failures]},
+        failedOperation=r.failed_operation, retry=r.retry, retryAfter=r.retry_after,
+        deleteOperation=r.delete_operation)
+
+
+def _rollout(v: Any) -> RolloutReport | None:
+    if not isinstance(v, Mapping):
+        return None
+    return RolloutReport(_int(v.get("desired")) or 0, _int(v.get("updated")) or 0, _int(v.get("ready")) or 0,
+                         _int(v.get("available")) or 0, bool(v.get("complete")), str(v.get("summary") or ""))
+
+
+def _findings(v: Any) -> tuple[Finding, ...]:
+    return tuple(Finding(str(f.get("id") or ""), str(f.get("severity") or ""), str(f.get("message") or ""),
+                         str(f.get("fix") or "")) for f in _maps(v))
+
+
+def _endpoint(v: Any) -> ApiEndpoint | None:
+    if not isinstance(v, Mapping):
+        return None
+    return ApiEndpoint(str(v.get("kind") or ""), str(v.get("address") or ""), str(v.get("why") or ""))
+
+
+def _incarnations(v: Any) -> tuple[Incarnation, ...]:
+    return tuple(Incarnation(str(i.get("clusterId") or ""), str(i.get("createTime") or ""),
+                             str(i.get("endState") or "")) for i in _maps(v))
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One workflow attribute: its document field, and how its value is written and read."""
+
+    attr: str
+    name: str
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Any]
+    null: bool = False  # None is stored as null (the field stays); otherwise None removes the field
+
+
+# The one table of the cluster document's workflow fields (docs/FIRESTORE.md `clusters/{id}`):
+# `ClusterWorkflow` attribute -> camelCase field. Adding a workflow field: the attribute in
+# `shared.core.records.ClusterWorkflow`, and a row here.
+CLUSTER_FIELDS: tuple[_Field, ...] = (
+    _Field("version", "version", _same, _text),
+    _Field("status", "status", _same, _text),
+    _Field("trigger", "trigger", _same, _text),
+    _Field("findings", "findings", lambda v: [f.to_dict() for f in v], _findings),
+    _Field("facts_digest", "factsDigest", _same, _text),
+    _Field("attempts", "attempts", _same, lambda v: _int(v) or 0),
+    _Field("releases", "releases", _same, lambda v: _int(v) or 0),
+    _Field("last_error", "lastError", _last_error_doc, _last_error, null=True),
+    _Field("busy_since", "busySince", _same, _number),
+    _Field("node_pool", "nodePool", _node_pool_doc, _node_pool),
+    _Field("node_pool_requested", "nodePoolRequested", _node_pool_request_doc, _node_pool_request),
+    _Field("bundle_version", "bundleVersion", _same, _text),
+    _Field("rollout", "rollout", lambda r: {"desired": r.desired, "updated": r.updated, "ready": r.ready,
+                                            "available": r.available, "complete": r.complete,
+                                            "summary": r.summary}, _rollout),
+    _Field("install_requests", "installRequests", _same, _int),
+    _Field("api_endpoint", "apiEndpoint", lambda e: {"kind": e.kind, "address": e.address, "why": e.why},
+           _endpoint),
+    _Field("cluster_id", "clusterId", _same, _text),
+    _Field("create_time", "createTime", _same, _text),
+    _Field("incarnation", "incarnation", _same, _int),
+    _Field("previous_incarnations", "previousIncarnations",
+           lambda v: [{"clusterId": i.cluster_id, "createTime": i.create_time, "endState": i.end_state}
+                      for i in v], _incarnations),
+    _Field("new_incarnation_end", "newIncarnation", lambda v: {"endState": v},
+           lambda v: _text(v.get("endState")) if isinstance(v, Mapping) else None),
+    _Field("pool_usage", "poolUsage", lambda v: dict(v), lambda v: dict(v) if isinstance(v, Mapping) else None),
+    _Field("stale_allocations", "staleAllocations", _same, _int),
+)
+
+
+def workflow_of(data: Mapping[str, Any]) -> ClusterWorkflow:
+    """A cluster document's workflow fields as the typed record (missing or malformed: the defaults)."""
+    values = {}
+    for f in CLUSTER_FIELDS:
+        if f.name in data and data[f.name] is not None:
+            decoded = f.decode(data[f.name])
+            if decoded is not None:
+                values[f.attr] = decoded
+    return ClusterWorkflow(**values)
+
+
+def workflow_changes(update: WorkflowUpdate | None) -> dict[str, Any]:
+    """The document fields an update writes: changed attributes, encoded; None -> DELETE (or null)."""
+    if update is None:
+        return {}
+    by_attr = {f.attr: f for f in CLUSTER_FIELDS}
+    out: dict[str, Any] = {}
+    for attr in update.changed():
+        f = by_attr[attr]
+        value = getattr(update.after, attr)
+        out[f.name] = (None if f.null else DELETE) if value is None else f.encode(value)
+    return out
+
+
+def record_of(ref: ClusterRef, data: dict[str, Any]) -> ClusterRecord:
+    """The typed record of a cluster document (the document itself stays in `data`, for display)."""
+    return ClusterRecord.of(ref, data, workflow_of(data))
+
 
 
 # --------------------------------------------------------------------------- errors at the edge
@@ -183,9 +366,11 @@ def translate(exc: BaseException) -> BaseException:
     return Permanent(message, code=name, api="firestore")
 
 
-def _edge(method: Callable[..., T]) -> Callable[..., T]:
+def _edge(method: Callable[P, T]) -> Callable[P, T]:
+    """Translate what escapes a store method into the controller's errors; the signature is kept."""
+
     @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return method(*args, **kwargs)
         except (AlreadyHandled, Rejected, Transient, Permanent):
@@ -243,8 +428,11 @@ class RpcCounter:
                 return details
             return details._replace(timeout=limit)
 
-        class _Interceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                           grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+        # grpc ships no types: its interceptor bases are Any to mypy.
+        class _Interceptor(grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+                           grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+                           grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+                           grpc.StreamStreamClientInterceptor):  # type: ignore[misc]
             def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
                 counter.hit(details.method)
                 return continuation(clamp(details), request)
@@ -285,7 +473,7 @@ def instrument(client: Any) -> RpcCounter:
     `firestore.transactional`) offer no public deadline (tests/test_faults.py delays a Commit).
     """
     existing = getattr(client, "_multus_rpc_counter", None)
-    if existing is not None:
+    if isinstance(existing, RpcCounter):
         return existing
     import grpc
     from google.cloud.firestore_v1.services.firestore import FirestoreClient
@@ -379,7 +567,7 @@ class Store:
         """Run `fn(transaction, *args)` in one transaction (retried on ABORTED by the client)."""
         from google.cloud import firestore
 
-        return firestore.transactional(fn)(self.client.transaction(max_attempts=self.max_attempts), *args)
+        return cast(T, firestore.transactional(fn)(self.client.transaction(max_attempts=self.max_attempts), *args))
 
     def _read(self, transaction: Any, *docs: Any) -> list[Any]:
         """One `get_all` for every document the step decides on, in the order asked."""
@@ -405,10 +593,10 @@ class Store:
                 "expireAt": now + timedelta(days=self.settings.ledger_ttl_days)}
 
     @staticmethod
-    def _unknown(ref: ClusterRef, event_id: str) -> Rejected:
-        return Rejected(f"cluster {ref.path} is not tracked by the controller",
-                        [Problem("cluster", "no workflow document; only a creation event starts one")],
-                        event_id=event_id, cluster=ref, kind="unknown-cluster")
+    def _unknown(ref: ClusterRef, event_id: str) -> UnknownCluster:
+        return UnknownCluster(f"cluster {ref.path} is not tracked by the controller",
+                              [Problem("cluster", "no workflow document; only a creation event starts one")],
+                              event_id=event_id, cluster=ref)
 
     @staticmethod
     def _busy(ref: ClusterRef, lease: Lease) -> Transient:
@@ -419,7 +607,7 @@ class Store:
     @_edge
     def get_cluster(self, ref: ClusterRef) -> ClusterRecord | None:
         snap = self._cluster_doc(ref).get(**self._opts)
-        return ClusterRecord.of(ref, snap.to_dict() or {}) if snap.exists else None
+        return record_of(ref, snap.to_dict() or {}) if snap.exists else None
 
     @_edge
     def get_cluster_unless_seen(self, ref: ClusterRef, ledger_key: str) -> tuple[ClusterRecord | None, bool]:
@@ -431,7 +619,7 @@ class Store:
         if seen is not None and seen.exists:
             return None, True
         snap = snaps.get(doc.path)
-        return (ClusterRecord.of(ref, snap.to_dict() or {}) if snap is not None and snap.exists else None), False
+        return (record_of(ref, snap.to_dict() or {}) if snap is not None and snap.exists else None), False
 
     @_edge
     def claim(self, ref: ClusterRef, *, event_id: str, step: str, ledger_key: str | None = None,
@@ -455,15 +643,16 @@ class Store:
                     raise self._unknown(ref, event_id)
                 data = {**identity, **extra, "state": create_state, "stateSince": now, "createdAt": now,
                         "updatedAt": now, "lease": lease.to_doc(), "lastError": None, "attempts": 0}
-                transaction.create(doc, {k: v for k, v in data.items() if v is not DELETE})
-                return ClusterRecord.of(ref, data)
+                data = {k: v for k, v in data.items() if v is not DELETE}
+                transaction.create(doc, data)
+                return record_of(ref, data)  # what was stored (tests/test_store_contract.py)
             data = snap.to_dict() or {}
             held = Lease.from_doc(data.get("lease"))
             if held is not None and held.holder != (holder or event_id) and held.live(now):
                 raise self._busy(ref, held)
             changes = {"lease": lease.to_doc(), "updatedAt": now}
             transaction.update(doc, _wire(changes))
-            return ClusterRecord.of(ref, _apply(data, changes))
+            return record_of(ref, _apply(data, changes))
 
         return self._run(txn)
 
@@ -471,14 +660,17 @@ class Store:
     def advance(self, ref: ClusterRef, *, event_id: str, step: str, outcome: str = "ok", message: str = "",
                 state: str | None = None, fields: dict[str, Any] | None = None, next_step: str | None = None,
                 ledger_key: str | None = None, release: bool = False,
-                holder: str | None = None) -> ClusterRecord:
-        """Record a step: state, fields, history and ledger in one commit; renew or drop the lease."""
+                holder: str | None = None, update: WorkflowUpdate | None = None) -> ClusterRecord:
+        """Record a step: state, fields, history and ledger in one commit; renew or drop the lease.
+
+        `update` changes the typed workflow (the fields it changes, through `CLUSTER_FIELDS`);
+        `fields` are raw document fields, for what has no typed attribute yet."""
         _check_outcome(outcome)
         doc = self._cluster_doc(ref)
         ledger = self._ledger_doc(ledger_key) if ledger_key else None
         history = self._history_doc(ref, f"{safe_id(event_id)}~{safe_id(step)}")
         identity = {"project": ref.project, "location": ref.location, "cluster": ref.cluster, "path": ref.path}
-        extra = _check_fields(fields, identity, "advance")
+        extra = {**_check_fields(fields, identity, "advance"), **workflow_changes(update)}
 
         def txn(transaction: Any) -> ClusterRecord:
             snap, seen = self._read(transaction, doc, ledger)
@@ -509,7 +701,7 @@ class Store:
             if ledger is not None:
                 transaction.set(ledger, self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                            cluster=ref, now=now))
-            return ClusterRecord.of(ref, new)
+            return record_of(ref, new)
 
         return self._run(txn)
 
@@ -542,10 +734,11 @@ class Store:
     @_edge
     def release(self, ref: ClusterRef, *, event_id: str, step: str, error: str, outcome: str = "retry",
                 state: str | None = None, count_attempt: bool = True,
-                holder: str | None = None, fields: Mapping[str, Any] | None = None) -> ClusterRecord:
+                holder: str | None = None, fields: Mapping[str, Any] | None = None,
+                update: WorkflowUpdate | None = None) -> ClusterRecord:
         """A step failed: drop our lease, keep the error and count the attempt, visibly in history.
 
-        `fields` are written with it (e.g. since when GKE has been busy with another operation)."""
+        `update` (or raw `fields`) is written with it (e.g. since when GKE has been busy)."""
         if outcome not in ("retry", "failed"):
             raise ValueError(f"outcome: expected 'retry' or 'failed', got {outcome!r}")
         doc = self._cluster_doc(ref)
@@ -560,7 +753,8 @@ class Store:
             releases = int(data.get("releases") or 0) + 1
             changes: dict[str, Any] = {
                 "lastError": {"message": str(error)[:4000], "step": step, "eventId": event_id, "at": now},
-                "attempts": attempts, "releases": releases, "updatedAt": now, **dict(fields or {})}
+                "attempts": attempts, "releases": releases, "updatedAt": now, **dict(fields or {}),
+                **workflow_changes(update)}
             held = Lease.from_doc(data.get("lease"))
             if held is not None and held.holder == (holder or event_id):
                 changes["lease"] = None
@@ -575,7 +769,7 @@ class Store:
             transaction.set(history, self._history_entry(
                 event_id=event_id, step=step, outcome=outcome, message=error, state=new.get("state"),
                 extra={"previousState": before, "attempt": attempts}))
-            return ClusterRecord.of(ref, new)
+            return record_of(ref, new)
 
         return self._run(txn)
 
@@ -594,7 +788,7 @@ class Store:
                 ref = ClusterRef.from_doc_id(snap.id)
             except Rejected:
                 continue  # a document someone wrote by hand under another id: not ours to show
-            out.append(ClusterRecord.of(ref, snap.to_dict() or {}))
+            out.append(record_of(ref, snap.to_dict() or {}))
         return out
 
     # -- the ledger
@@ -694,7 +888,7 @@ class Store:
             if step_state != before:
                 changes["stateSince"] = now
             batch = self.client.batch()
-            if exists:
+            if snap is not None and snap.exists:
                 batch.update(doc, _wire(changes), option=self.client.write_option(last_update_time=snap.update_time))
             else:
                 clean = {k: v for k, v in changes.items() if v is not DELETE}

@@ -12,17 +12,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.core.nad import config_range, range_within, ranges_overlap
+from shared.core.records import ClusterState, NadState
 
-# Cluster workflow states (the words shown in Firestore and `status`).
-DISCOVERED = "DISCOVERED"  # known; waiting for the cluster to finish provisioning
-IGNORED = "IGNORED"  # not opted in: left alone
-INELIGIBLE = "INELIGIBLE"  # prechecks failed: findings say what to fix
-AWAITING_NODE_POOL = "AWAITING_NODE_POOL"  # eligible; needs a pool with additional networks
-CREATING_NODE_POOL = "CREATING_NODE_POOL"  # the controller asked GKE for one
-INSTALLING = "INSTALLING"  # applying the Multus + Whereabouts bundle
-READY = "READY"  # bundle installed, CRDs Established
-FAILED = "FAILED"  # a permanent error; lastError says why
-DELETED = "DELETED"  # the cluster is gone; nothing is applied to it again
+# Cluster workflow states (the words shown in Firestore and `status`); the types are in `records`.
+DISCOVERED = ClusterState.DISCOVERED
+IGNORED = ClusterState.IGNORED
+INELIGIBLE = ClusterState.INELIGIBLE
+AWAITING_NODE_POOL = ClusterState.AWAITING_NODE_POOL
+CREATING_NODE_POOL = ClusterState.CREATING_NODE_POOL
+INSTALLING = ClusterState.INSTALLING
+READY = ClusterState.READY
+FAILED = ClusterState.FAILED
+DELETED = ClusterState.DELETED
 
 CLUSTER_STATES = (DISCOVERED, IGNORED, INELIGIBLE, AWAITING_NODE_POOL, CREATING_NODE_POOL,
                   INSTALLING, READY, FAILED, DELETED)
@@ -32,15 +33,15 @@ PROGRESS = (AWAITING_NODE_POOL, CREATING_NODE_POOL, INSTALLING, READY)
 RESUMABLE = (DISCOVERED, AWAITING_NODE_POOL, CREATING_NODE_POOL, INSTALLING)
 
 # NAD states.
-NAD_PENDING = "PENDING"
-NAD_APPLYING = "APPLYING"  # claimed by a worker: range reserved, being applied to the cluster
-NAD_APPLIED = "APPLIED"
-NAD_VERIFIED = "VERIFIED"
-NAD_REJECTED = "REJECTED"
-NAD_FAILED = "FAILED"
-NAD_DELETED = "DELETED"
-NAD_DELETING = "DELETING"  # claimed by a worker that is deleting it from the cluster
-NAD_ORPHANED = "ORPHANED"  # found on the cluster with our label and no record; conflicts, so not adopted
+NAD_PENDING = NadState.PENDING
+NAD_APPLYING = NadState.APPLYING
+NAD_APPLIED = NadState.APPLIED
+NAD_VERIFIED = NadState.VERIFIED
+NAD_REJECTED = NadState.REJECTED
+NAD_FAILED = NadState.FAILED
+NAD_DELETED = NadState.DELETED
+NAD_DELETING = NadState.DELETING
+NAD_ORPHANED = NadState.ORPHANED
 NAD_LIVE = (NAD_APPLIED, NAD_VERIFIED)
 NAD_IN_FLIGHT = (NAD_APPLYING, NAD_DELETING)
 NAD_COUNTED = (NAD_PENDING, NAD_APPLYING, NAD_DELETING, NAD_APPLIED, NAD_VERIFIED, NAD_ORPHANED)
@@ -117,9 +118,10 @@ def decide_cluster(*, state: str | None, facts: Any, findings: Sequence[Any], op
             return ClusterStep(ClusterStep.CREATE_POOL, CREATING_NODE_POOL,
                                "no node pool with additional networks; creating one from the policy template")
         missing = [f for f in findings if getattr(f, "id", "") == BLOCKING_FINDING_EXEMPT]
+        fix = str(getattr(missing[0], "fix", "") or "") if missing else ""
         return ClusterStep(ClusterStep.AWAIT_POOL, AWAITING_NODE_POOL,
                            "waiting for a node pool with an additional node network and pod network"
-                           + (f" ({missing[0].fix})" if missing and getattr(missing[0], "fix", "") else ""),
+                           + (f" ({fix})" if fix else ""),
                            findings=tuple(missing))
     pool = sorted(suitable, key=lambda p: p.name)[0]
     if state == READY:
@@ -159,14 +161,15 @@ def decide_nad(*, request: Any, cluster_state: str | None, pool_cidr: str | None
     if namespace_problem:
         return NadStep(NadStep.REJECT, NAD_REJECTED, namespace_problem, reasons=(namespace_problem,))
     if cluster_state in (IGNORED, INELIGIBLE, DELETED):
-        why = {IGNORED: "the cluster is not opted in",
-               INELIGIBLE: "the cluster is INELIGIBLE (see its findings)",
-               DELETED: "the cluster was deleted"}[cluster_state]
+        refusals: dict[str, str] = {IGNORED: "the cluster is not opted in",
+                                    INELIGIBLE: "the cluster is INELIGIBLE (see its findings)",
+                                    DELETED: "the cluster was deleted"}
+        why = refusals[cluster_state]
         return NadStep(NadStep.REJECT, NAD_REJECTED, why, reasons=(why,))
     others = [n for n in existing or () if n.get("key", f"{n.get('namespace')}~{n.get('name')}") != key]
-    why = limit_problem(others, max_nads) if max_nads is not None else None
-    if why:
-        return NadStep(NadStep.REJECT, NAD_REJECTED, why, reasons=(why,))
+    over_limit = limit_problem(others, max_nads) if max_nads is not None else None
+    if over_limit:
+        return NadStep(NadStep.REJECT, NAD_REJECTED, over_limit, reasons=(over_limit,))
     if cluster_state != READY or not pool_cidr:
         return NadStep(NadStep.PENDING, NAD_PENDING,
                        f"cluster is {cluster_state or 'not known yet'}; the NAD is applied once it is READY")
@@ -212,7 +215,8 @@ def arbitrate(*, key: str, master: str, cidr: str, order: str, others: Iterable[
     smaller `claimOrder` wins, and whoever sees a conflict enforces it (the winner rejects the
     loser's claim with a compare-and-set; a loser rejects itself).
     """
-    lose, win = [], []
+    lose: list[Mapping[str, Any]] = []
+    win: list[Mapping[str, Any]] = []
     lost = set()
     for other in others:
         if f"{other.get('namespace')}~{other.get('name')}" == key:
@@ -269,7 +273,8 @@ def footprints(docs: Iterable[Mapping[str, Any]],
             out.append({**ident, "state": NAD_APPLIED, "master": part.get("master") or "", "range": part["range"]})
         state = doc.get("state")
         if state == NAD_APPLYING and not doc.get("claimRefused"):
-            claim = doc.get("claim") if isinstance(doc.get("claim"), Mapping) else {}
+            raw_claim = doc.get("claim")
+            claim: Mapping[str, Any] = raw_claim if isinstance(raw_claim, Mapping) else {}
             out.append({**ident, "state": NAD_APPLYING, "master": claim.get("master", doc.get("master")),
                         "range": claim.get("range", doc.get("range")), "claimOrder": doc.get("claimOrder")})
         elif state in NAD_COUNTED and part is None:

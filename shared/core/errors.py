@@ -76,6 +76,19 @@ class Permanent(ProvisionerError):
         super().__init__(message)
 
 
+class UnknownCluster(Rejected):
+    """An event names a cluster that has no workflow document (only a creation event starts one)."""
+
+    def __init__(self, reason: str, problems: tuple[Problem, ...] | list[Problem] = (), *,
+                 event_id: str | None = None, cluster: Any = None) -> None:
+        super().__init__(reason, problems, event_id=event_id, cluster=cluster, kind="unknown-cluster")
+
+
+class NotForUs(Rejected):
+    """An input that is valid but not addressed to the controller (an audit entry of another
+    service or method, a log entry that is no audit entry): acknowledged and logged, not recorded."""
+
+
 class Transient(ProvisionerError):
     """A failure worth retrying: the function raises so that Pub/Sub redelivers."""
 
@@ -104,6 +117,10 @@ class Busy(Wait):
                  operation: str | None = None) -> None:
         self.operation = operation
         super().__init__(message, code=code, api=api)
+
+
+class NotFound(Permanent):
+    """The API says the object does not exist (404, NOT_FOUND): a cluster deleted meanwhile."""
 
 
 class NeedsFix(Permanent):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from shared.core.errors import Problem, Rejected
+from shared.core.errors import NotForUs, Problem, Rejected
 from shared.core.nad import NadRequest, load_json, parse_cluster, parse_request, plain
 from shared.core.refs import ClusterRef, check_parts, parse_resource_name, valid_node_pool_name
 
@@ -43,6 +43,8 @@ API_VERSIONS = ("v1", "v1beta1")
 METHODS = {f"google.container.{v}.ClusterManager.{m}": a for v in API_VERSIONS for m, a in ACTIONS.items()}
 RESOURCE_TYPES = ("gke_cluster", "gke_nodepool")
 KINDS = ("envelope", "encoding", "json", "not-audit", "other-service", "other-method", "invalid")
+# Kinds of input that is not addressed to the controller: raised as `NotForUs`, acknowledged unrecorded.
+NOT_FOR_US = ("not-audit", "other-service", "other-method")
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ HEADLINES = {
 def _reject(detail: str, kind: str, field_: str = "", *, event_id: str | None = None,
             cluster: ClusterRef | None = None) -> Rejected:
     """`reason` is the kind's headline; the one problem names the field and says precisely why."""
-    return Rejected(HEADLINES[kind], [Problem(field_, detail)], kind=kind, event_id=event_id, cluster=cluster)
+    cls = NotForUs if kind in NOT_FOR_US else Rejected
+    return cls(HEADLINES[kind], [Problem(field_, detail)], kind=kind, event_id=event_id, cluster=cluster)
 
 
 T = TypeVar("T")
@@ -158,7 +161,8 @@ def message_from_cloudevent(ce: Any) -> PubSubMessage:
     ce_id, data = _ce_parts(ce)
     if isinstance(data, bytes | bytearray | str):
         try:
-            data = load_json(data, max_bytes=2 * MAX_MESSAGE_BYTES, what="CloudEvent data")
+            data = load_json(bytes(data) if isinstance(data, bytearray) else data,
+                             max_bytes=2 * MAX_MESSAGE_BYTES, what="CloudEvent data")
         except Rejected as e:
             raise _reject(f"CloudEvent data is not a JSON envelope: {e.message}", "envelope") from None
     if not isinstance(data, Mapping):

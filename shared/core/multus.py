@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -74,7 +74,7 @@ class Bundle:
     mutate them, but then `version` no longer describes them; build a new bundle instead.
     """
 
-    objects: tuple[dict, ...]
+    objects: tuple[dict[str, Any], ...]
     version: str
     multus_image: str
     whereabouts_image: str
@@ -92,7 +92,7 @@ class Bundle:
                 return o["metadata"]["namespace"], o["metadata"]["name"]
         raise LookupError("the bundle has no DaemonSet")  # impossible for a bundle from load_bundle
 
-    def crd_schema(self, name: str, version: str | None = None) -> dict:
+    def crd_schema(self, name: str, version: str | None = None) -> dict[str, Any]:
         """The `openAPIV3Schema` of CRD `name` (e.g. `network-attachment-definitions.k8s.cni.cncf.io`).
 
         Lets callers check a custom object (a rendered NAD, an IPPool) against the very schema
@@ -115,7 +115,7 @@ class Bundle:
             default_flow_style=False, allow_unicode=True, width=1 << 16,
         )
 
-    def to_list(self) -> dict:
+    def to_list(self) -> dict[str, Any]:
         """A `v1` List holding (copies of) the objects, the JSON form kubectl also accepts."""
         items = copy.deepcopy(list(self.objects))
         return {"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}
@@ -125,7 +125,7 @@ class Bundle:
         return json.dumps(self.to_list(), indent=2, ensure_ascii=False) + "\n"
 
 
-def object_key(obj: dict) -> tuple[str, str, str, str]:
+def object_key(obj: Mapping[str, Any]) -> tuple[str, str, str, str]:
     """(apiVersion, kind, namespace or "", name): the identity of an object for drift checks."""
     if not isinstance(obj, dict):
         raise Rejected("invalid object", [Problem("object", f"expected a mapping, got {type(obj).__name__}")])
@@ -141,7 +141,7 @@ def object_key(obj: dict) -> tuple[str, str, str, str]:
     return values  # type: ignore[return-value]
 
 
-def version_of(objects: Sequence[dict]) -> str:
+def version_of(objects: Sequence[dict[str, Any]]) -> str:
     """A short content hash of the canonical JSON of `objects` (order matters: it is apply order)."""
     canonical = json.dumps(list(objects), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
@@ -207,33 +207,33 @@ def load_bundle(*, multus_image: str | None = None, whereabouts_image: str | Non
                   whereabouts_image=images[DEFAULT_WHEREABOUTS_IMAGE], log_level=level)
 
 
-def _ns_name(obj: dict) -> tuple[str, str]:
+def _ns_name(obj: dict[str, Any]) -> tuple[str, str]:
     return obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
 
 
 @lru_cache(maxsize=1)
-def _manifests() -> tuple[dict, ...]:
+def _manifests() -> tuple[dict[str, Any], ...]:
     """Parse `manifests/*.yaml` once; never hand these out without a deep copy."""
     import yaml
 
     folder = resources.files("shared").joinpath("manifests")
     files = sorted((f for f in folder.iterdir() if f.name.endswith(".yaml")), key=lambda f: f.name)
-    objects: list[dict] = []
+    objects: list[dict[str, Any]] = []
     for f in files:
         objects += [d for d in yaml.safe_load_all(f.read_text(encoding="utf-8")) if d is not None]
-    ranks = [KIND_ORDER.get(o.get("kind"), -1) for o in objects]
+    ranks = [KIND_ORDER.get(str(o.get("kind")), -1) for o in objects]
     if -1 in ranks or ranks != sorted(ranks):  # a packaging mistake, caught at first use
         kinds = [o.get("kind") for o in objects]
         raise RuntimeError(f"manifests out of apply order or of unknown kind: {kinds}")
     return tuple(objects)
 
 
-def _pod_spec_containers(ds: dict) -> list[dict]:
+def _pod_spec_containers(ds: dict[str, Any]) -> list[dict[str, Any]]:
     spec = ds["spec"]["template"]["spec"]
     return list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
 
 
-def _set_images(ds: dict, images: dict[str, str]) -> None:
+def _set_images(ds: dict[str, Any], images: dict[str, str]) -> None:
     seen = set()
     for c in _pod_spec_containers(ds):
         if c.get("image") in images:
@@ -243,7 +243,7 @@ def _set_images(ds: dict, images: dict[str, str]) -> None:
         raise RuntimeError(f"DaemonSet does not use the default images {sorted(set(images) - seen)}")
 
 
-def _set_log_level_arg(ds: dict, level: str) -> None:
+def _set_log_level_arg(ds: dict[str, Any], level: str) -> None:
     """Keep the init container's `--multus-log-level` equal to the conf's `logLevel`.
 
     With an explicit `--multus-conf-file` Multus ignores this flag, but the conf is copied to
@@ -257,7 +257,7 @@ def _set_log_level_arg(ds: dict, level: str) -> None:
                 args[i] = LOG_LEVEL_ARG + level
 
 
-def _set_conf_log_level(cm: dict, level: str) -> None:
+def _set_conf_log_level(cm: dict[str, Any], level: str) -> None:
     """Set `logLevel` in the Multus conf: decode, change, re-encode (never text substitution).
 
     `json.dumps(indent=2)` reproduces the seed's text byte for byte, so the default bundle keeps

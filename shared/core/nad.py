@@ -204,7 +204,7 @@ def ranges_overlap(x: str | Network, y: str | Network) -> bool:
     would hand out the same addresses on one L2 segment. Different IP families never overlap."""
     a = x if isinstance(x, ipaddress.IPv4Network | ipaddress.IPv6Network) else parse_network(x, field="range")
     b = y if isinstance(y, ipaddress.IPv4Network | ipaddress.IPv6Network) else parse_network(y, field="range")
-    return a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
+    return a.version == b.version and a.overlaps(b)
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,7 +353,8 @@ def parse_cluster(text: object, *, field: str = "cluster") -> ClusterRef:
     ref, node_pool = parse_resource_name(text, field=field)
     if node_pool is not None:  # the schema and docs name a cluster; a pool path is not silently cut
         raise Rejected("invalid cluster reference",
-                       [Problem(field, f"expected projects/P/locations/L/clusters/C, got a node pool: {text[:200]!r}")])
+                       [Problem(field, "expected projects/P/locations/L/clusters/C, got a node pool: "
+                                       f"{str(text)[:200]!r}")])
     return ref
 
 
@@ -408,7 +409,7 @@ def _range_problems(obj: Mapping[str, Any]) -> list[Problem]:
                 else:
                     excludes.append((f"exclude[{i}]", ipaddress.ip_network(item)))
     start, end = addrs.get("range_start"), addrs.get("range_end")
-    if start is not None and end is not None and (start.version != end.version or start > end):
+    if start is not None and end is not None and (start.version != end.version or int(start) > int(end)):
         problems.append(Problem("range_end", f"range_start {start} must not be after range_end {end}"))
     if net is not None:
         problems.extend(_containment(net, addrs, excludes))

@@ -86,10 +86,11 @@ class Policy:
             out = replace(out, default_nads=tuple(dict(x) for x in nads))
         for field, attr in (("allowedNamespaces", "allowed_namespaces"), ("deniedNamespaces", "denied_namespaces")):
             if field in doc:
-                value = doc[field] or []
-                if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                names = doc[field] or []
+                if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
                     raise ConfigError(f"{src}.{field}: expected a list of namespace names")
-                out = replace(out, **{attr: tuple(value)})
+                change: dict[str, Any] = {attr: tuple(names)}
+                out = replace(out, **change)
         if "maxNadsPerCluster" in doc:
             value = doc["maxNadsPerCluster"]
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:

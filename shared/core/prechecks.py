@@ -376,7 +376,8 @@ def _as_json(obj: Any, field: str) -> Mapping[str, Any]:
     if pb is not None:
         from google.protobuf import json_format
 
-        return json_format.MessageToDict(pb)
+        as_dict: dict[str, Any] = json_format.MessageToDict(pb)
+        return as_dict
     raise Rejected(f"invalid {field}", [Problem(field, f"expected a JSON object or a container_v1 message, "
                                                        f"got {type(obj).__name__}")])
 

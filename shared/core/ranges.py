@@ -118,9 +118,10 @@ def whereabouts_ipam(nad: Mapping[str, Any]) -> _Ipam | str:
         net = ipaddress.ip_network(text, strict=False)
         first = net.network_address + 1 if net.num_addresses > 2 else net.network_address
         last = net.broadcast_address - 1 if net.num_addresses > 2 else net.broadcast_address
-        start = ipaddress.ip_address(ipam.get("range_start") or start_text) if (
-            ipam.get("range_start") or start_text) else first
-        end = ipaddress.ip_address(ipam.get("range_end") or end_text) if (ipam.get("range_end") or end_text) else last
+        start_at = ipam.get("range_start") or start_text
+        end_at = ipam.get("range_end") or end_text
+        start = ipaddress.ip_address(start_at) if start_at else first
+        end = ipaddress.ip_address(end_at) if end_at else last
         exclude = tuple(ipaddress.ip_network(x, strict=False) for x in ipam.get("exclude") or [])
     except (TypeError, ValueError, AttributeError) as e:
         return f"invalid whereabouts range: {e}"

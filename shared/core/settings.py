@@ -53,7 +53,9 @@ class NodePoolTemplate:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}")
-        tpl = cls(**{k: (dict(v) if k == "labels" and isinstance(v, Mapping) else v) for k, v in data.items()})
+        values: dict[str, Any] = {k: (dict(v) if k == "labels" and isinstance(v, Mapping) else v)
+                                  for k, v in data.items()}
+        tpl = cls(**values)
         problems = tpl.problems(field=source)
         if problems:
             raise ConfigError("; ".join(str(p) for p in problems))

@@ -14,16 +14,27 @@ When a cluster becomes READY, the NADs that waited for it are handed to the NAD 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from shared.core import decisions as d
-from shared.core import logs
-from shared.core.errors import Busy, NeedsFix, Permanent, Rejected, Transient, Wait
+from shared.core import decisions, logs
+from shared.core.errors import Busy, NeedsFix, NotFound, Permanent, Transient, UnknownCluster, Wait
+from shared.core.prechecks import Finding
+from shared.core.records import (
+    ApiEndpoint,
+    ClusterWorkflow,
+    Incarnation,
+    LastError,
+    NodePoolFacts,
+    NodePoolRequest,
+    PoolFailureNote,
+    RolloutReport,
+)
 from shared.core.refs import ClusterRef
-from shared.flows.context import Context, Cursor, Outcome, cluster_fields
+from shared.flows.context import Context, Cursor, Outcome
 from shared.flows.nad import NadFlow
-from shared.ports import DELETE
+from shared.ports import ClusterRecord, StorePort
 
 
 class ClusterFlow:
@@ -101,14 +112,16 @@ class ClusterFlow:
         message = "cluster creation started; waiting for it to finish"
         try:
             rec = store.claim(ref, event_id=event_id, step="discover", ledger_key=event_id,
-                              create_state=d.DISCOVERED, create_fields=cluster_fields(ref))
-            again = rec.state == d.DELETED
+                              create_state=decisions.DISCOVERED)
+            again = rec.state == decisions.DELETED
             if again:  # re-created under the same name: the new incarnation starts when GKE is done
                 message = ("cluster created again under this name (the previous one was deleted); "
                            "a new workflow starts when its creation is done")
             rec = store.advance(ref, event_id=event_id, step="discover", message=message,
-                                state=d.DISCOVERED if again else None,
-                                fields={"newIncarnation": {"endState": d.DELETED}} if again else None,
+                                state=decisions.DISCOVERED if again else None,
+                                update=rec.workflow.update(replace(rec.workflow,
+                                                                   new_incarnation_end=decisions.DELETED))
+                                if again else None,
                                 ledger_key=event_id, release=True)
         except AlreadyHandled:
             return Outcome("duplicate", "event already handled", ref.path)
@@ -123,7 +136,7 @@ class ClusterFlow:
             return Outcome("ignored", "deletion of a cluster the controller never tracked", ref.path)
         try:
             store.claim(ref, event_id=event_id, step="close", ledger_key=event_id)
-            rec = store.advance(ref, event_id=event_id, step="close", state=d.DELETED,
+            rec = store.advance(ref, event_id=event_id, step="close", state=decisions.DELETED,
                                 message="cluster deleted; workflow closed, nothing is applied to it again",
                                 ledger_key=event_id, release=True)
         except AlreadyHandled:
@@ -141,24 +154,22 @@ class ClusterFlow:
         cursor.holder = f"{event_id}#{cursor.holder}"
         try:
             rec = store.claim(ref, event_id=event_id, step=cursor.step, ledger_key=event_id, holder=cursor.holder,
-                              create_state=d.DISCOVERED if create is not False else None,
-                              create_fields=cluster_fields(ref))
+                              create_state=decisions.DISCOVERED if create is not False else None)
         except AlreadyHandled:
             return Outcome("duplicate", "event already handled", ref.path)
-        except Rejected as e:
-            if e.kind == "unknown-cluster":
-                return Outcome("ignored", "cluster not tracked", ref.path)
-            raise
+        except UnknownCluster:
+            return Outcome("ignored", "cluster not tracked", ref.path)
+        claimed = _ClaimedDrive(store, ref, event_id, cursor, rec)
         try:
-            return self._drive_claimed(ref, rec, event_id, trigger, cursor)
+            return self._drive_claimed(claimed, trigger)
         except AlreadyHandled:  # a concurrent duplicate of this event finished first
             return Outcome("duplicate", "event already handled", ref.path)
         except Wait as e:
-            return self._busy(ref, rec, event_id, cursor, e)
+            return self._busy(claimed, e)
         except Transient as e:
             rec = store.release(ref, event_id=event_id, step=cursor.step, holder=cursor.holder,
                                 error=f"{cursor.step}: {e}", outcome="retry")
-            attempts = int(rec.data.get("attempts", 0) or 0)
+            attempts = rec.workflow.attempts
             if attempts >= self.ctx.settings.max_attempts:
                 return self._fail(ref, event_id, cursor,
                                   f"gave up after {attempts} attempts; last error: {e}")
@@ -166,7 +177,7 @@ class ClusterFlow:
                          step=cursor.step, error=str(e), attempt=attempts)
             raise
         except NeedsFix as e:
-            return self._needs_fix(ref, event_id, cursor, e)
+            return self._needs_fix(claimed, e)
         except Permanent as e:
             return self._fail(ref, event_id, cursor, f"{cursor.step}: {e}")
         except Exception as e:  # a bug, not an answer of an API: surface it, but never leave the lease behind
@@ -174,16 +185,17 @@ class ClusterFlow:
                           error=f"{cursor.step}: unexpected {type(e).__name__}: {e}", count_attempt=False)
             raise
 
-    def _busy(self, ref: ClusterRef, rec: Any, event_id: str, cursor: Cursor, e: Wait) -> Outcome:
+    def _busy(self, claimed: _ClaimedDrive, e: Wait) -> Outcome:
         """GKE runs another operation on the cluster: retry until it is over, bounded by time, not attempts.
 
-        `busySince` (wall clock, seconds) marks the start of the window; any step that moves the
+        `busy_since` (wall clock, seconds) marks the start of the window; any step that moves the
         cluster on clears it.
         """
+        ref, event_id, cursor = claimed.ref, claimed.event_id, claimed.cursor
         store, limit = self.ctx.store, self.ctx.settings.busy_wait_seconds
-        since = rec.data.get("busySince")
+        workflow = claimed.rec.workflow
         now = time.time()
-        since = float(since) if isinstance(since, int | float) and not isinstance(since, bool) else now
+        since = workflow.busy_since if workflow.busy_since is not None else now
         if now - since >= limit:
             return self._fail(ref, event_id, cursor, f"{cursor.step}: GKE was still busy with another operation "
                                                      f"after {limit}s; last answer: {e}")
@@ -192,21 +204,26 @@ class ClusterFlow:
         else:
             why = f"waiting: {e}"
         store.release(ref, event_id=event_id, step=cursor.step, holder=cursor.holder, outcome="retry",
-                      error=f"{cursor.step}: {why}", count_attempt=False, fields={"busySince": since})
+                      error=f"{cursor.step}: {why}", count_attempt=False,
+                      update=workflow.update(replace(workflow, busy_since=since)))
         logs.warning("not yet (GKE busy, or a backoff); Pub/Sub will redeliver",
                      eventId=event_id, cluster=ref.path, step=cursor.step, error=str(e))
         raise e
 
-    def _needs_fix(self, ref: ClusterRef, event_id: str, cursor: Cursor, e: NeedsFix) -> Outcome:
+    def _needs_fix(self, claimed: _ClaimedDrive, e: NeedsFix) -> Outcome:
         """Something outside the controller must change: a finding, the cluster INELIGIBLE until re-checked."""
-        finding = {"id": e.finding_id, "severity": "error", "message": str(e), "fix": e.fix}
-        rec = _Step(self.ctx.store, ref, event_id, cursor).advance(
-            step=cursor.step, state=d.INELIGIBLE, outcome="failed", message=f"{cursor.step}: {e}. Fix: {e.fix}",
-            fields={"findings": [finding], "attempts": 0,
-                    # recorded, so the scheduled reconcile re-checks it only once the cluster changed
-                    **({"factsDigest": cursor.facts_digest} if cursor.facts_digest else {}),
-                    "lastError": {"message": f"{cursor.step}: {e}"[:4000], "step": cursor.step, "eventId": event_id}},
-            ledger_key=event_id, release=True)
+        ref, event_id, cursor = claimed.ref, claimed.event_id, claimed.cursor
+        finding = Finding(e.finding_id, "error", str(e), e.fix)
+
+        def needs_fix(w: ClusterWorkflow) -> ClusterWorkflow:
+            return replace(w, findings=(finding,), attempts=0,
+                           # recorded, so the scheduled reconcile re-checks it only once the cluster changed
+                           facts_digest=cursor.facts_digest or w.facts_digest,
+                           last_error=LastError(f"{cursor.step}: {e}"[:4000], cursor.step, event_id))
+
+        rec = claimed.advance(step=cursor.step, state=decisions.INELIGIBLE, outcome="failed",
+                              message=f"{cursor.step}: {e}. Fix: {e.fix}", change=needs_fix,
+                              ledger_key=event_id, release=True)
         logs.warning("cluster needs a fix outside the controller", eventId=event_id, cluster=ref.path,
                      step=cursor.step, error=str(e))
         return Outcome("done", f"{e}. Fix: {e.fix}", ref.path, rec.state)
@@ -214,197 +231,211 @@ class ClusterFlow:
     def _fail(self, ref: ClusterRef, event_id: str, cursor: Cursor, message: str) -> Outcome:
         store, step = self.ctx.store, cursor.step
         store.release(ref, event_id=event_id, step=step, error=message, outcome="failed",
-                      state=d.FAILED, count_attempt=False, holder=cursor.holder)
+                      state=decisions.FAILED, count_attempt=False, holder=cursor.holder)
         store.record_ledger(event_id, event_id=event_id, step=step, outcome="failed", cluster=ref)
         logs.error("step failed permanently", eventId=event_id, cluster=ref.path, step=step, error=message)
-        return Outcome("failed", message, ref.path, d.FAILED)
+        return Outcome("failed", message, ref.path, decisions.FAILED)
 
-    def _drive_claimed(self, ref: ClusterRef, rec: Any, event_id: str, trigger: str,
-                       cursor: Cursor) -> Outcome:
+    def _drive_claimed(self, claimed: _ClaimedDrive, trigger: str) -> Outcome:
         """Read the cluster from GKE, decide the step (pure), and carry it out."""
         from shared.core import prechecks
 
-        step_ = _Step(self.ctx.store, ref, event_id, cursor)
+        ref, event_id, cursor, rec = claimed.ref, claimed.event_id, claimed.cursor, claimed.rec
         try:
             cluster = self.ctx.gke.get_cluster(ref)
-        except Permanent as e:
-            if str(e.code).upper() in ("NOT_FOUND", "404", "5"):
-                if rec.state == d.DELETED:
-                    step_.advance(step="precheck", outcome="skipped", message=f"{trigger}: the workflow is closed",
+        except NotFound:
+            if rec.state == decisions.DELETED:
+                claimed.advance(step="precheck", outcome="skipped", message=f"{trigger}: the workflow is closed",
+                                ledger_key=event_id, release=True)
+                return Outcome("ignored", "workflow closed", ref.path, decisions.DELETED)
+            rec = claimed.advance(step="precheck", state=decisions.DELETED,
+                                  message=f"{trigger}: cluster no longer exists in GKE",
                                   ledger_key=event_id, release=True)
-                    return Outcome("ignored", "workflow closed", ref.path, d.DELETED)
-                rec = step_.advance(step="precheck", state=d.DELETED,
-                                    message=f"{trigger}: cluster no longer exists in GKE",
-                                    ledger_key=event_id, release=True)
-                return Outcome("done", "cluster no longer exists", ref.path, rec.state)
-            raise
+            return Outcome("done", "cluster no longer exists", ref.path, rec.state)
         if new_incarnation(rec, cluster):
-            rec = self._new_incarnation(step_, rec, cluster, trigger)
-        if rec.state == d.CREATING_NODE_POOL:
-            failed = self._pool_failed(step_, rec, trigger)
+            rec = self._new_incarnation(claimed, rec, cluster, trigger)
+        if rec.state == decisions.CREATING_NODE_POOL:
+            failed = self._pool_failed(claimed, rec, trigger)
             if failed is not None:
                 return failed
         facts = prechecks.ClusterFacts.of(cluster)
         findings = prechecks.precheck(cluster)
         policy = self.ctx.policy()
         bundle = self.ctx.bundle(ref)
-        requested = dict(rec.data.get("nodePoolRequested") or {})
-        step = d.decide_cluster(state=rec.state, facts=facts, findings=findings,
-                                opted_in=policy.opted_in(dict(facts.labels)),
-                                suitable=prechecks.suitable_pools(list(cluster.node_pools)),
-                                have_template=policy.node_pool_template is not None,
-                                bundle_version=bundle.version,
-                                retry_pool=bool(requested.get("retry"))
-                                and not any(p.name == requested.get("name") for p in cluster.node_pools))
-        cursor.facts_digest = prechecks.facts_digest(facts)
-        base = {"version": facts.version, "status": facts.status,
-                "findings": [f.to_dict() for f in findings], "trigger": trigger, "busySince": DELETE,
-                "factsDigest": cursor.facts_digest, **incarnation_fields(cluster)}
-        if step.kind in (step.CLOSED, step.IGNORE, step.WAIT, step.INELIGIBLE, step.AWAIT_POOL):
-            rec = step_.advance(step="precheck", state=step.state,
-                                outcome="ignored" if step.kind == step.IGNORE else "ok",
-                                message=f"{trigger}: {step.message}", fields={**base, "attempts": 0},
-                                ledger_key=event_id, release=True)
-            if step.kind in (step.IGNORE, step.INELIGIBLE):
-                self.nads.reject_pending(ref, event_id, step.message)
-            status = {"ignore": "ignored", "ineligible": "done", "closed": "ignored"}.get(step.kind, "waiting")
-            return Outcome(status, step.message, ref.path, rec.state)
-        if step.kind == step.CREATE_POOL:
-            return self._create_pool(step_, step, policy, base, trigger)
-        return self._install_and_apply(step_, rec, step, cluster, bundle, policy, base, trigger)
+        requested = rec.workflow.node_pool_requested
+        decision = decisions.decide_cluster(state=rec.state, facts=facts, findings=findings,
+                                            opted_in=policy.opted_in(dict(facts.labels)),
+                                            suitable=prechecks.suitable_pools(list(cluster.node_pools)),
+                                            have_template=policy.node_pool_template is not None,
+                                            bundle_version=bundle.version,
+                                            retry_pool=requested is not None and bool(requested.retry)
+                                            and not any(p.name == requested.name for p in cluster.node_pools))
+        facts_digest = cursor.facts_digest = prechecks.facts_digest(facts)
+        cluster_id, create_time = incarnation_of(cluster)
 
-    def _new_incarnation(self, step_: _Step, rec: Any, cluster: Any, trigger: str) -> Any:
+        def observed(w: ClusterWorkflow) -> ClusterWorkflow:
+            """What this drive saw of the cluster, recorded with whatever step it ends in."""
+            return replace(w, version=facts.version, status=facts.status, findings=tuple(findings), trigger=trigger,
+                           busy_since=None, facts_digest=facts_digest, cluster_id=cluster_id, create_time=create_time)
+
+        if decision.kind in (decision.CLOSED, decision.IGNORE, decision.WAIT, decision.INELIGIBLE, decision.AWAIT_POOL):
+            rec = claimed.advance(step="precheck", state=decision.state,
+                                  outcome="ignored" if decision.kind == decision.IGNORE else "ok",
+                                  message=f"{trigger}: {decision.message}",
+                                  change=lambda w: replace(observed(w), attempts=0),
+                                  ledger_key=event_id, release=True)
+            if decision.kind in (decision.IGNORE, decision.INELIGIBLE):
+                self.nads.reject_pending(ref, event_id, decision.message)
+            status = {"ignore": "ignored", "ineligible": "done", "closed": "ignored"}.get(decision.kind, "waiting")
+            return Outcome(status, decision.message, ref.path, rec.state)
+        if decision.kind == decision.CREATE_POOL:
+            return self._create_pool(claimed, decision, policy, observed, trigger)
+        return self._install_and_apply(claimed, decision, cluster, bundle, policy, observed, trigger)
+
+    def _new_incarnation(self, claimed: _ClaimedDrive, rec: ClusterRecord, cluster: Any,
+                         trigger: str) -> ClusterRecord:
         """The name now belongs to another cluster (deleted and created again): a new workflow.
 
         The document stays (the history under it is kept, both incarnations' entries in order);
         what belonged to the old cluster is cleared; the run is marked in the history entry.
         """
-        ident = incarnation_fields(cluster)
-        previous = rec.data.get("clusterId") or "unknown"
-        earlier = [*list(rec.data.get("previousIncarnations") or []),
-                   {"clusterId": previous, "createTime": rec.data.get("createTime") or "",
-                    "endState": _pending_end_state(rec) or rec.state}][-20:]
-        self.ctx.forget_cluster(step_.ref)
-        return step_.advance(
-            step="new-incarnation", state=d.DISCOVERED,
-            message=f"{trigger}: new incarnation {ident['clusterId'] or 'unknown'}, previous {previous}",
-            fields={**ident, "previousIncarnations": earlier, "incarnation": int(rec.data.get("incarnation") or 1) + 1,
-                    "newIncarnation": DELETE, "bundleVersion": DELETE, "nodePool": DELETE,
-                    "nodePoolRequested": DELETE, "rollout": DELETE, "installRequests": DELETE,
-                    "attempts": 0, "lastError": None, "busySince": DELETE},
+        cluster_id, create_time = incarnation_of(cluster)
+        was = rec.workflow
+        previous = was.cluster_id or "unknown"
+        earlier = (*was.previous_incarnations,
+                   Incarnation(previous, was.create_time or "", was.new_incarnation_end or rec.state))[-20:]
+        self.ctx.forget_cluster(claimed.ref)
+        return claimed.advance(
+            step="new-incarnation", state=decisions.DISCOVERED,
+            message=f"{trigger}: new incarnation {cluster_id or 'unknown'}, previous {previous}",
+            change=lambda w: replace(w, cluster_id=cluster_id, create_time=create_time,
+                                     previous_incarnations=earlier, incarnation=(w.incarnation or 1) + 1,
+                                     new_incarnation_end=None, bundle_version=None, node_pool=None,
+                                     node_pool_requested=None, rollout=None, install_requests=None,
+                                     attempts=0, last_error=None, busy_since=None),
             next_step="precheck")
 
-    def _pool_failed(self, step_: _Step, rec: Any, trigger: str) -> Outcome | None:
+    def _pool_failed(self, claimed: _ClaimedDrive, rec: ClusterRecord, trigger: str) -> Outcome | None:
         """The pool the controller asked for: did GKE fail it after accepting it? (the stored operation)
 
         Transient (stockout, quota): the failed pool is deleted and created again after a backoff,
         each attempt in the history, up to `max_attempts`; otherwise, or then, FAILED with GKE's
         message and the fix. None: the operation runs or succeeded, or was read before.
         """
-        requested = dict(rec.data.get("nodePoolRequested") or {})
-        operation = requested.get("operation")
-        if not operation or requested.get("failedOperation") == operation:
+        requested = rec.workflow.node_pool_requested
+        operation = requested.operation if requested is not None else ""
+        if requested is None or not operation or requested.failed_operation == operation:
             return None
-        step_.cursor.step = "create-node-pool"
-        failure = self.ctx.gke.operation_failure(step_.ref, operation)
+        claimed.cursor.step = "create-node-pool"
+        failure = self.ctx.gke.operation_failure(claimed.ref, operation)
         if failure is None:
             return None
-        ref, name, attempt = step_.ref, requested.get("name", ""), int(requested.get("attempt") or 1)
+        ref, name, attempt = claimed.ref, requested.name, requested.attempt
         limit = self.ctx.settings.max_attempts
         what = f"{trigger}: node pool {name} failed in GKE ({failure.reason}): {failure.message}"
-        failures = [*list(requested.get("failures") or []),
-                    {"operation": operation, "reason": failure.reason, "message": failure.message[:1000]}][-10:]
+        failures = (*requested.failures, PoolFailureNote(operation, failure.reason, failure.message[:1000]))[-10:]
         if failure.transient and attempt < limit:
             delay = self.ctx.settings.node_pool_retry_seconds * 2 ** (attempt - 1)
             deleting = self.ctx.gke.delete_node_pool(ref, name)
-            retry = {**requested, "failedOperation": operation, "failures": failures, "retry": True,
-                     "retryAfter": time.time() + delay, "deleteOperation": deleting or ""}
-            rec = step_.advance(step=f"node-pool-failed-{attempt}", outcome="retry", state=d.CREATING_NODE_POOL,
-                                message=f"{what}; GKE says this passes: attempt {attempt} of {limit}, deleting the "
+            retry = replace(requested, failed_operation=operation, failures=failures, retry=True,
+                            retry_after=time.time() + delay, delete_operation=deleting or "")
+            rec = claimed.advance(step=f"node-pool-failed-{attempt}", outcome="retry",
+                                  state=decisions.CREATING_NODE_POOL,
+                                  message=f"{what}; GKE says this passes: attempt {attempt} of {limit}, deleting the "
                                         f"failed pool and creating it again in {delay}s ({failure.fix})",
-                                fields={"nodePoolRequested": retry}, ledger_key=step_.event_id, release=True)
+                                  change=lambda w: replace(w, node_pool_requested=retry),
+                                  ledger_key=claimed.event_id, release=True)
             return Outcome("waiting", f"node pool {name} failed transiently; retrying", ref.path, rec.state)
         tail = f"; gave up after {attempt} attempts" if failure.transient else ""
         message = f"{what}{tail}. Fix: {failure.fix}"
-        rec = step_.advance(step="node-pool-failed", outcome="failed", state=d.FAILED, message=message,
-                            fields={"nodePoolRequested": {**requested, "failedOperation": operation,
-                                                          "failures": failures, "retry": False},
-                                    "lastError": {"message": message[:4000], "step": "create-node-pool",
-                                                  "eventId": step_.event_id}},
-                            ledger_key=step_.event_id, release=True)
-        logs.error("node pool failed in GKE", eventId=step_.event_id, cluster=ref.path, error=message)
+        rec = claimed.advance(step="node-pool-failed", outcome="failed", state=decisions.FAILED, message=message,
+                              change=lambda w: replace(
+                                  w, node_pool_requested=replace(requested, failed_operation=operation,
+                                                                 failures=failures, retry=False),
+                                  last_error=LastError(message[:4000], "create-node-pool", claimed.event_id)),
+                              ledger_key=claimed.event_id, release=True)
+        logs.error("node pool failed in GKE", eventId=claimed.event_id, cluster=ref.path, error=message)
         return Outcome("failed", message, ref.path, rec.state)
 
-    def _create_pool(self, step_: _Step, step: d.ClusterStep, policy: Any, base: dict[str, Any],
-                     trigger: str) -> Outcome:
+    def _create_pool(self, claimed: _ClaimedDrive, decision: decisions.ClusterStep, policy: Any,
+                     observed: Callable[[ClusterWorkflow], ClusterWorkflow], trigger: str) -> Outcome:
         """The policy gives a node pool template and the cluster has no suitable pool: create it.
         Its completion arrives as the CreateNodePool audit event, not by polling."""
-        ref = step_.ref
-        step_.cursor.step = "create-node-pool"
+        ref = claimed.ref
+        claimed.cursor.step = "create-node-pool"
         tpl = policy.node_pool_template
-        before = dict(step_.store.get_cluster(ref).data.get("nodePoolRequested") or {})
-        again = bool(before.get("retry")) and before.get("name") == tpl.name
-        if again and time.time() < float(before.get("retryAfter") or 0):
+        now = claimed.store.get_cluster(ref)
+        before = now.workflow.node_pool_requested if now is not None else None
+        again = before is not None and bool(before.retry) and before.name == tpl.name
+        retry_after = (before.retry_after if before is not None else None) or 0.0
+        if again and time.time() < retry_after:
             raise Wait(f"node pool {tpl.name} is created again after its backoff "
-                       f"({float(before['retryAfter']) - time.time():.0f}s left)", code="BACKOFF", api="gke")
+                       f"({retry_after - time.time():.0f}s left)", code="BACKOFF", api="gke")
         operation = self.ctx.gke.create_node_pool(ref, tpl)
         if operation is None and again:  # the failed pool is still being deleted
             raise Wait(f"the failed node pool {tpl.name} is still being deleted", code="BACKOFF", api="gke")
-        attempt = int(before.get("attempt") or 1) + 1 if again else 1
-        rec = step_.advance(step="create-node-pool", state=d.CREATING_NODE_POOL,
-                            message=f"{trigger}: {step.message} ({tpl.name}"
-                                    + (f", operation {operation}" if operation else ", already exists")
-                                    + (f", attempt {attempt})" if again else ")"),
-                            fields={**base, "attempts": 0, "nodePoolRequested": {
-                                "name": tpl.name, "operation": operation or "",
-                                "subnetwork": tpl.subnetwork, "secondaryPodRange": tpl.secondary_pod_range,
-                                "attempt": attempt, "failures": list(before.get("failures") or []) if again else []}},
-                            ledger_key=step_.event_id, release=True)
-        return Outcome("waiting", step.message, ref.path, rec.state)
+        attempt = before.attempt + 1 if again and before is not None else 1
+        requested = NodePoolRequest(tpl.name, operation or "", tpl.subnetwork, tpl.secondary_pod_range, attempt,
+                                    before.failures if again and before is not None else ())
+        rec = claimed.advance(step="create-node-pool", state=decisions.CREATING_NODE_POOL,
+                              message=f"{trigger}: {decision.message} ({tpl.name}"
+                                      + (f", operation {operation}" if operation else ", already exists")
+                                      + (f", attempt {attempt})" if again else ")"),
+                              change=lambda w: replace(observed(w), attempts=0, node_pool_requested=requested),
+                              ledger_key=claimed.event_id, release=True)
+        return Outcome("waiting", decision.message, ref.path, rec.state)
 
-    def _node_pool_facts(self, ref: ClusterRef, rec: Any, pool: Any, cursor: Cursor) -> dict[str, Any]:
+    def _node_pool_facts(self, ref: ClusterRef, rec: ClusterRecord, pool: Any, cursor: Cursor) -> NodePoolFacts:
         """The multi-network pool and the CIDR behind its secondary range name (resolved once)."""
         pod_net = pool.pod_networks[0]
-        node_pool = dict(rec.data.get("nodePool") or {})
-        if node_pool.get("name") == pool.name and node_pool.get("cidr"):
+        node_pool = rec.workflow.node_pool
+        if node_pool is not None and node_pool.name == pool.name and node_pool.cidr:
             return node_pool
         cursor.step = "resolve-range"
         cidr = self.ctx.gke.secondary_range_cidr(ref, pod_net.subnetwork, pod_net.secondary_pod_range)
-        return {"name": pool.name, "subnetwork": pod_net.subnetwork,
-                "secondaryPodRange": pod_net.secondary_pod_range, "cidr": cidr,
-                "maxPodsPerNode": pod_net.max_pods_per_node}
+        return NodePoolFacts(pool.name, pod_net.subnetwork, pod_net.secondary_pod_range, cidr,
+                             pod_net.max_pods_per_node)
 
-    def _install_and_apply(self, step_: _Step, rec: Any, step: d.ClusterStep, cluster: Any, bundle: Any,
-                           policy: Any, base: dict[str, Any], trigger: str) -> Outcome:
+    def _install_and_apply(self, claimed: _ClaimedDrive, decision: decisions.ClusterStep, cluster: Any,
+                           bundle: Any, policy: Any, observed: Callable[[ClusterWorkflow], ClusterWorkflow],
+                           trigger: str) -> Outcome:
         """Install the bundle when it is missing or outdated, then apply the NADs that waited."""
-        ref, cursor, event_id = step_.ref, step_.cursor, step_.event_id
-        node_pool = self._node_pool_facts(ref, rec, step.pool, cursor)
-        base = {**base, "findings": base["findings"] + _capacity_findings(step.pool, node_pool, cluster)}
+        ref, cursor, event_id, rec = claimed.ref, claimed.cursor, claimed.event_id, claimed.rec
+        node_pool = self._node_pool_facts(ref, rec, decision.pool, cursor)
+        capacity = _capacity_findings(decision.pool, node_pool, cluster)
         cursor.step = "endpoint"  # NeedsFix (a private-only cluster without VPC egress) -> a finding
-        reach = {"apiEndpoint": self.ctx.gke.endpoint(cluster).to_dict()}
-        if step.kind == step.INSTALL or rec.data.get("bundleVersion") != bundle.version:
+        endpoint = self.ctx.gke.endpoint(cluster).to_dict()
+        reach = ApiEndpoint(str(endpoint["kind"]), str(endpoint["address"]), str(endpoint["why"]))
+
+        def seen(w: ClusterWorkflow) -> ClusterWorkflow:
+            now = observed(w)
+            return replace(now, findings=now.findings + capacity, node_pool=node_pool, api_endpoint=reach)
+
+        if decision.kind == decision.INSTALL or rec.workflow.bundle_version != bundle.version:
             cursor.step = "install"
-            rec = step_.advance(step="precheck", state=d.INSTALLING, message=f"{trigger}: {step.message}",
-                                fields={**base, "nodePool": node_pool, **reach}, next_step="install")
+            rec = claimed.advance(step="precheck", state=decisions.INSTALLING, message=f"{trigger}: {decision.message}",
+                                  change=seen, next_step="install")
             kube = self.ctx.kube_for(ref, cluster)
-            report = self._install(kube, bundle, cursor, renew=lambda step: step_.hold(step))
-            rec = step_.advance(step="install", state=d.READY,
-                                message=(f"bundle {bundle.version} applied ({report['objects']} objects, "
-                                         f"{report['requests']} API requests); CRDs Established; "
-                                         f"DaemonSet {report['rollout']['summary']}"),
-                                fields={"attempts": 0, "bundleVersion": bundle.version, "rollout": report["rollout"],
-                                        "installRequests": report["requests"], "lastError": None},
-                                next_step="apply-nads")
+            report = self._install(kube, bundle, cursor, renew=claimed.hold)
+            rollout = RolloutReport(**report["rollout"])
+            rec = claimed.advance(step="install", state=decisions.READY,
+                                  message=(f"bundle {bundle.version} applied ({report['objects']} objects, "
+                                           f"{report['requests']} API requests); CRDs Established; "
+                                           f"DaemonSet {rollout.summary}"),
+                                  change=lambda w: replace(w, attempts=0, bundle_version=bundle.version,
+                                                           rollout=rollout, install_requests=report["requests"],
+                                                           last_error=None),
+                                  next_step="apply-nads")
             applied = self.nads.apply_pending(ref, rec, kube, event_id, policy, first_ready=True)
         else:
             kube = self.ctx.kube_for(ref, cluster)
             applied = self.nads.apply_pending(ref, rec, kube, event_id, policy, first_ready=False)
-        rec = step_.advance(step="apply-nads", message=f"{trigger}: READY; {applied} pending NAD(s) processed",
-                            fields={**base, "nodePool": node_pool, **reach}, ledger_key=event_id, release=True)
+        rec = claimed.advance(step="apply-nads", message=f"{trigger}: READY; {applied} pending NAD(s) processed",
+                              change=seen, ledger_key=event_id, release=True)
         return Outcome("done", "cluster READY", ref.path, rec.state, {"nads": applied})
 
     def _install(self, kube: Any, bundle: Any, cursor: Cursor,
-                 renew: Any = lambda step: None) -> dict[str, Any]:
+                 renew: Callable[[str], None] = lambda step_name: None) -> dict[str, Any]:
         """Apply CRDs, wait until Established, then the rest: nothing uses a CRD before it serves.
 
         The two waits can outlast the step's lease: `renew(step)` extends it every third of a lease
@@ -447,54 +478,61 @@ class ClusterFlow:
         return {"objects": len(bundle.objects), "requests": kube.requests - before, "rollout": rollout_fields(rollout)}
 
 
-def _capacity_findings(pool: Any, node_pool: dict[str, Any], cluster: Any) -> list[dict[str, str]]:
+def _capacity_findings(pool: Any, node_pool: NodePoolFacts, cluster: Any) -> tuple[Finding, ...]:
     """`range-capacity` warnings once the pool's secondary range CIDR is known (issue 14)."""
     from shared.core import prechecks
 
-    if not node_pool.get("cidr"):
-        return []
-    return [f.to_dict() for f in prechecks.check_range_capacity(pool, node_pool["cidr"], cluster=cluster)]
+    if not node_pool.cidr:
+        return ()
+    return tuple(prechecks.check_range_capacity(pool, node_pool.cidr, cluster=cluster))
 
 
-def incarnation_fields(cluster: Any) -> dict[str, Any]:
+def incarnation_of(cluster: Any) -> tuple[str, str]:
     """GKE's identity of this cluster: `id` (new on every re-creation) and `createTime`."""
     cid, created = getattr(cluster, "id", ""), getattr(cluster, "create_time", "")
-    return {"clusterId": cid if isinstance(cid, str) else "", "createTime": created if isinstance(created, str) else ""}
+    return (cid if isinstance(cid, str) else "", created if isinstance(created, str) else "")
 
 
-def _pending_end_state(rec: Any) -> str | None:
-    """The state the previous incarnation ended in, when `_discover` already saw the re-creation."""
-    pending = rec.data.get("newIncarnation")
-    return pending.get("endState") if isinstance(pending, dict) else None
-
-
-def new_incarnation(rec: Any, cluster: Any) -> bool:
+def new_incarnation(rec: ClusterRecord, cluster: Any) -> bool:
     """Is the cluster GKE shows another one than the workflow recorded (same name, re-created)?"""
-    if rec.state == d.DELETED or rec.data.get("newIncarnation"):
+    if rec.state == decisions.DELETED or rec.workflow.new_incarnation_end:
         return True
-    recorded, now = rec.data.get("clusterId"), incarnation_fields(cluster)["clusterId"]
+    recorded, now = rec.workflow.cluster_id, incarnation_of(cluster)[0]
     return bool(recorded and now and recorded != now)
 
 
-def rollout_fields(r: Any) -> dict[str, Any]:
+def rollout_report(r: Any) -> RolloutReport:
+    """A DaemonSet rollout as the workflow records it."""
     done = "rolled out" if r.complete else "rollout in progress"
-    return {"desired": r.desired, "updated": r.updated, "ready": r.ready, "available": r.available,
-            "complete": bool(r.complete),
-            "summary": f"{done}: {r.ready}/{r.desired} ready, {r.updated} updated, {r.available} available"}
+    return RolloutReport(r.desired, r.updated, r.ready, r.available, bool(r.complete),
+                         f"{done}: {r.ready}/{r.desired} ready, {r.updated} updated, {r.available} available")
+
+
+def rollout_fields(r: Any) -> dict[str, Any]:
+    """`rollout_report` as the document's map (reconcile still writes raw fields)."""
+    report = rollout_report(r)
+    return {"desired": report.desired, "updated": report.updated, "ready": report.ready,
+            "available": report.available, "complete": report.complete, "summary": report.summary}
 
 
 
-@dataclass(frozen=True)
-class _Step:
-    """One claimed drive of a cluster: every write it makes carries its lease holder."""
+class _ClaimedDrive:
+    """One claimed drive of a cluster: every write it makes carries its lease holder, and `rec` is
+    the record as the last write left it (the drive holds the lease: nobody else writes it)."""
 
-    store: Any
-    ref: ClusterRef
-    event_id: str
-    cursor: Cursor
+    def __init__(self, store: StorePort, ref: ClusterRef, event_id: str, cursor: Cursor, rec: ClusterRecord) -> None:
+        self.store, self.ref, self.event_id, self.cursor, self.rec = store, ref, event_id, cursor, rec
 
-    def advance(self, **kw: Any) -> Any:
-        return self.store.advance(self.ref, holder=self.cursor.holder, event_id=self.event_id, **kw)
+    def advance(self, *, step: str, state: str | None = None, outcome: str = "ok", message: str = "",
+                change: Callable[[ClusterWorkflow], ClusterWorkflow] | None = None, next_step: str | None = None,
+                ledger_key: str | None = None, release: bool = False) -> ClusterRecord:
+        """Record a step; `change` turns the workflow as last written into what it should be now."""
+        workflow = self.rec.workflow
+        self.rec = self.store.advance(self.ref, holder=self.cursor.holder, event_id=self.event_id, step=step,
+                                      state=state, outcome=outcome, message=message, next_step=next_step,
+                                      update=workflow.update(change(workflow)) if change is not None else None,
+                                      ledger_key=ledger_key, release=release)
+        return self.rec
 
     def hold(self, step: str) -> None:
         """Renew this drive's lease during a long wait."""

@@ -106,7 +106,7 @@ def needs_recheck(rec: Any, cluster: Any, facts: Any) -> bool:
     its name (a DELETED workflow, or another cluster id than recorded)."""
     from shared.flows.cluster import new_incarnation
 
-    if rec.state in (d.IGNORED, d.INELIGIBLE) and prechecks.facts_digest(facts) != rec.data.get("factsDigest"):
+    if rec.state in (d.IGNORED, d.INELIGIBLE) and prechecks.facts_digest(facts) != rec.workflow.facts_digest:
         return True
     return rec.state not in d.RESUMABLE and new_incarnation(rec, cluster)
 
@@ -117,8 +117,5 @@ def wants_reconcile(rec: Any, now: float, stall_seconds: int) -> bool:
         return True
     if rec.state not in d.RESUMABLE:
         return False  # INELIGIBLE / FAILED / IGNORED wait for the user's re-check; DELETED is closed
-    updated = rec.data.get("updatedAt")
-    if updated is None:
-        return True
-    ts = updated.timestamp() if hasattr(updated, "timestamp") else float(updated)
-    return now - ts >= stall_seconds
+    updated = rec.updated_at
+    return updated is None or now - updated.timestamp() >= stall_seconds

@@ -11,6 +11,7 @@ by reconcile).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import secrets
 import time
@@ -85,11 +86,12 @@ class NadFlow:
         request keeps its own when the cluster's scan applies it)."""
         policy = self.ctx.policy()
         cluster_state = rec.state if rec else None
-        pool_cidr = ((rec.data.get("nodePool") or {}).get("cidr")) if rec else None
+        pool_cidr = rec.workflow.node_pool.cidr if rec and rec.workflow.node_pool else None
         step = d.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr, existing=None,
                             namespace_problem=policy.namespace_problem(req.namespace), max_nads=None)
         job = _Job(ref, req, event_id, ledger, origin or event_id, self._stale_before(), self._stale_before(1))
         if step.kind == step.APPLY:
+            assert step.range is not None  # decide_nad gives every APPLY its range
             return self._apply_nad(job, step.range, expect=expect, expect_claim=expect_claim)
         if step.kind == step.DELETE:
             return self._delete_nad(job, cluster_state, expect=expect, expect_claim=expect_claim)
@@ -322,7 +324,7 @@ class NadFlow:
         # backoff), and that redelivery re-claims it itself; taking over earlier would only race it.
         stale_before = self._stale_before()
         for doc in nads:
-            last = doc.get("lastRequest") if isinstance(doc.get("lastRequest"), Mapping) else {}
+            last = _mapping(doc.get("lastRequest"))
             body = last.get("request") if isinstance(last.get("request"), Mapping) else doc.get("request")
             if not isinstance(body, Mapping):
                 continue
@@ -354,8 +356,8 @@ class NadFlow:
         """The cluster will never be READY: refuse what waits for it (a PENDING delete of a NAD
         still recorded on the cluster keeps its applied part: it is refused, not done)."""
         for doc in self.ctx.store.list_nads(ref, state=d.NAD_PENDING):
-            last = doc.get("lastRequest") if isinstance(doc.get("lastRequest"), Mapping) else {}
-            change = _Change(None, d.NAD_REJECTED, lambda cur, last=last: _refused_waiting(cur, last, why))
+            last = _mapping(doc.get("lastRequest"))
+            change = _Change(None, d.NAD_REJECTED, functools.partial(_refused_waiting, last=last, why=why))
             self.ctx.store.put_nad(ref, doc["namespace"], doc["name"], event_id=event_id, step="reject-nad",
                                    state=d.NAD_REJECTED, fields={}, derive=change, outcome="rejected",
                                    message=f"{doc['namespace']}/{doc['name']}: {why}",
@@ -423,10 +425,15 @@ class _Change:
 _SETTLE = {"claim": DELETE, "claimRefused": DELETE}
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """A document's map field as a mapping (absent or malformed: empty)."""
+    return value if isinstance(value, Mapping) else {}
+
+
 def _busy_check(job: _Job, cur: Mapping[str, Any], takeover: str | None) -> None:
     if cur.get("state") not in d.NAD_IN_FLIGHT:
         return
-    claim = cur.get("claim") if isinstance(cur.get("claim"), Mapping) else {}
+    claim = _mapping(cur.get("claim"))
     theirs = str(cur.get("claimOrder") or "")
     if claim.get("holder") == job.holder or claim.get("released"):
         return  # our own claim, or one whose worker gave it back after a transient failure
@@ -462,7 +469,7 @@ def _claimed(job: _Job, cur: dict[str, Any], cidr: str | None, order: str, state
 def _released(job: _Job, cur: dict[str, Any], err: Exception) -> dict[str, Any]:
     """A waiting NAD goes back to the queue (PENDING); any other claim stays, its range reserved,
     marked released: no worker is on it, so its redelivery (or any other request) may claim it."""
-    claim = dict(cur.get("claim")) if isinstance(cur.get("claim"), Mapping) else {}
+    claim = dict(_mapping(cur.get("claim")))
     if claim.get("previousState") == d.NAD_PENDING:
         return {**_SETTLE, "state": d.NAD_PENDING, "lastRequest": job.last(d.NAD_PENDING),
                 "message": f"{job.label}: waiting again after a transient failure ({err})"}

@@ -42,14 +42,14 @@ def repair_nads(ctx: Context, ref: ClusterRef, kube: Any, event_id: str,
     for key, doc in sorted(by_key.items()):
         fixes += _repair_record(ctx, ref, kube, key, doc, on_cluster.get(key), event_id)
     for key, obj in sorted(on_cluster.items()):
-        doc = by_key.get(key)
-        state = (doc or {}).get("state")
-        if doc is not None and state != d.NAD_ORPHANED and (
-                d.applied_part(doc) is not None or state in d.NAD_IN_FLIGHT or state == d.NAD_PENDING):
+        found = by_key.get(key)
+        state = (found or {}).get("state")
+        if found is not None and state != d.NAD_ORPHANED and (
+                d.applied_part(found) is not None or state in d.NAD_IN_FLIGHT or state == d.NAD_PENDING):
             continue  # recorded, or a request is on its way to it
         others = d.footprints([x for k, x in by_key.items() if k != key],
                               [o for k, o in on_cluster.items() if k != key])
-        fix = _adopt_or_report(ctx, ref, kube, key, obj, doc, others, event_id)
+        fix = _adopt_or_report(ctx, ref, kube, key, obj, found, others, event_id)
         if fix:
             fixes.append(fix)
     return fixes
@@ -153,7 +153,7 @@ def sweep_verify_pods(kube: Any, *, cluster: str = "", now: float | None = None)
         md = pod.get("metadata") or {}
         until = (md.get("annotations") or {}).get(VERIFY_UNTIL_ANNOTATION)
         try:
-            over = float(until) < now
+            over = float(str(until)) < now  # None or junk: ValueError
         except (TypeError, ValueError):
             over = True  # no deadline (an older controller's pod): its check is long over
         if not over:

@@ -13,6 +13,7 @@ re-check after fixing an INELIGIBLE or FAILED cluster. Each repair is a history 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from shared.core import decisions as d
@@ -21,7 +22,7 @@ from shared.core.errors import ProvisionerError
 from shared.core.refs import ClusterRef
 from shared.core.settings import ConfigError
 from shared.flows import addresses
-from shared.flows.cluster import ClusterFlow, rollout_fields
+from shared.flows.cluster import ClusterFlow, rollout_report
 from shared.flows.context import Context, Outcome
 from shared.flows.drift import bundle_drift
 from shared.flows.nad import NadFlow
@@ -174,9 +175,9 @@ def _repair_claimed(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
     bundle = wf.ctx.bundle(ref)
     fixes: list[str] = []
     missing, listed_rollout = bundle_drift(kube, bundle)
-    if missing or rec.data.get("bundleVersion") != bundle.version:
+    if missing or rec.workflow.bundle_version != bundle.version:
         listed_rollout = None  # re-applied: read the DaemonSet again below
-        todo = bundle.objects if rec.data.get("bundleVersion") != bundle.version else missing
+        todo = bundle.objects if rec.workflow.bundle_version != bundle.version else missing
         crds = [o for o in todo if o["kind"] == "CustomResourceDefinition"]
         if crds:
             kube.apply(crds)
@@ -184,8 +185,8 @@ def _repair_claimed(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
                                   timeout=wf.ctx.settings.crd_timeout_seconds, poll=wf.ctx.settings.crd_poll_seconds)
         kube.apply([o for o in todo if o["kind"] != "CustomResourceDefinition"])
         fixes += [f"re-applied {o['kind']} {o['metadata']['name']}" for o in missing]
-        if rec.data.get("bundleVersion") != bundle.version:
-            fixes.append(f"bundle {rec.data.get('bundleVersion')} -> {bundle.version}")
+        if rec.workflow.bundle_version != bundle.version:
+            fixes.append(f"bundle {rec.workflow.bundle_version} -> {bundle.version}")
     # NADs: records and managed objects compared both ways; leftover verify pods removed.
     on_cluster = kube.list_managed_nads()
     fixes += repair_nads(wf.ctx, ref, kube, event_id, objects=on_cluster)
@@ -198,17 +199,18 @@ def _repair_claimed(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
         if handled:
             fixes.append(f"took up {handled} waiting NAD(s)")
     # The rollout recorded at install time may have been partial; keep the figure current.
-    rollout = rollout_fields(listed_rollout or kube.daemonset_rollout(*bundle.daemonset))
-    rollout_changed = rollout["summary"] != (rec.data.get("rollout") or {}).get("summary")
+    rollout = rollout_report(listed_rollout or kube.daemonset_rollout(*bundle.daemonset))
+    rollout_changed = rollout.summary != (rec.workflow.rollout.summary if rec.workflow.rollout else None)
     usage = addresses.check(rec, kube, on_cluster)
     if fixes or rollout_changed or usage.changed:
         message = ("reconcile repaired: " + "; ".join(fixes)) if fixes else "reconcile: nothing to repair"
-        message += f"; DaemonSet {rollout['summary']}"
+        message += f"; DaemonSet {rollout.summary}"
         if usage.warnings:
             message += "; warning: " + "; ".join(usage.warnings)
         store.advance(ref, event_id=event_id, step="repair", message=message,
                       outcome="warning" if usage.warnings else "ok",
-                      fields={"bundleVersion": bundle.version, "rollout": rollout, **usage.fields},
+                      update=rec.workflow.update(usage.recorded(replace(rec.workflow, bundle_version=bundle.version,
+                                                                        rollout=rollout))),
                       ledger_key=event_id, release=True)
     else:
         store.hold(ref, holder=event_id, step="repair", seconds=0)
@@ -252,8 +254,8 @@ def recheck_changed(wf: ReconcileFlow, ev: Any, records: list[Any]) -> tuple[lis
         except SWEEP_ERRORS as e:
             errors.append(f"list clusters of {project}: {e}")
     for rec in waiting:
-        facts = listed.get(rec.ref.doc_id)
-        if facts is None or prechecks.facts_digest(facts) == rec.data.get("factsDigest"):
+        seen_now = listed.get(rec.ref.doc_id)
+        if seen_now is None or prechecks.facts_digest(seen_now) == rec.workflow.facts_digest:
             continue
         try:
             out = wf.clusters.drive(rec.ref, f"{ev.event_id}~{rec.ref.doc_id}",
@@ -267,10 +269,7 @@ def recheck_changed(wf: ReconcileFlow, ev: Any, records: list[Any]) -> tuple[lis
 
 
 def _stale(rec: Any, now: float, stall_seconds: int) -> bool:
-    updated = rec.data.get("updatedAt")
-    if updated is None:
-        return True
-    ts = updated.timestamp() if hasattr(updated, "timestamp") else float(updated)
-    return now - ts >= stall_seconds
+    updated = rec.updated_at
+    return updated is None or now - updated.timestamp() >= stall_seconds
 
 

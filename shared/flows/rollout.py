@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -175,7 +176,7 @@ class RolloutFlow:
         self._record(ref, f"{event_id}~rollout~{cid}~update", "rollout", "ok",
                      f"rollout: bundle {doc['previous'].get('version')} -> {bundle.version} "
                      f"({doc['waves'][entry['wave']]['name']}); waiting for the health gate",
-                     {"bundleVersion": bundle.version})
+                     bundle.version)
 
     def _gate(self, event_id: str, doc: dict[str, Any], cid: str) -> str | None:
         """Check one UPDATING cluster: PASSED (recorded), still pending, or why it failed."""
@@ -212,10 +213,10 @@ class RolloutFlow:
         doc["reason"] = f"{entry['path']} failed the health gate: {why}; {done}"
         self._record(ref, f"{event_id}~rollout~{cid}~rollback", "rollback", "failed",
                      f"rollout halted: health gate failed for bundle {doc['target'].get('version')}: {why}; {done}",
-                     {"bundleVersion": previous.version})
+                     previous.version)
 
     def _record(self, ref: ClusterRef, event_id: str, step: str, outcome: str, message: str,
-                fields: dict[str, Any] | None) -> None:
+                bundle_version: str | None) -> None:
         """A history entry on the cluster (its own lease, as every step).
 
         A drift check or a NAD step may hold the cluster's lease for a moment: wait for it (up to one
@@ -225,9 +226,11 @@ class RolloutFlow:
         pause = 0.1
         while True:
             try:
-                store.claim(ref, event_id=event_id, step=step, ledger_key=event_id)
-                store.advance(ref, event_id=event_id, step=step, outcome=outcome, message=message,
-                              fields=fields or {}, ledger_key=event_id, release=True)
+                rec = store.claim(ref, event_id=event_id, step=step, ledger_key=event_id)
+                was = rec.workflow
+                update = was.update(replace(was, bundle_version=bundle_version)) if bundle_version else None
+                store.advance(ref, event_id=event_id, step=step, outcome=outcome, message=message, update=update,
+                              ledger_key=event_id, release=True)
                 return
             except AlreadyHandled:
                 return
@@ -299,7 +302,7 @@ def health_gate(ctx: Context, ref: ClusterRef, kube: Any, bundle: Any) -> tuple[
     if not rollout.complete:
         return PENDING, f"DaemonSet {ns}/{name}: {rollout.ready}/{rollout.desired} ready, {rollout.updated} updated"
     rec = ctx.store.get_cluster(ref)
-    pool = ((rec.data.get("nodePool") or {}).get("name")) if rec else None
+    pool = rec.workflow.node_pool.name if rec and rec.workflow.node_pool else None
     nads = [n for n in ctx.store.list_nads(ref) if n.get("state") in d.NAD_LIVE and n.get("range")]
     if not nads:
         return PASS, f"DaemonSet rolled out ({rollout.ready}/{rollout.desired}); no NAD to verify net1 with"

@@ -100,7 +100,7 @@ class VerifyFlow:
     def check(self, kube: Any, req: Any, cidr: str | None, ref: ClusterRef) -> tuple[bool, str]:
         """Run the pod check for `req` on its cluster's Multus node pool."""
         rec = self.ctx.store.get_cluster(ref)
-        pool = ((rec.data.get("nodePool") or {}).get("name")) if rec else None
+        pool = rec.workflow.node_pool.name if rec and rec.workflow.node_pool else None
         return run_verification(kube, req.namespace, req.name, cidr, pool=pool, cluster=ref.path)
 
 

@@ -1,0 +1,194 @@
+"""The words of the workflow state, as types: cluster states, NAD states, step outcomes.
+
+They are `StrEnum`s, so a member is the very word people read in the Firestore console and in
+`status` (`ClusterState.READY == "READY"`, `f"{ClusterState.READY}"` is `READY`) and documents
+keep their shape; but a typo in code (`ClusterState.REDAY`) is caught by the type checker, and
+a function that takes a `ClusterState` cannot be handed a NAD state. `shared.core.decisions`
+keeps its module constants (`decisions.READY`) as aliases of these members.
+
+`ClusterWorkflow` is a cluster's workflow record as typed values; only the store adapter turns it
+into a Firestore document and back (its `CLUSTER_FIELDS` table), so the documents people read in
+the console keep their camelCase shape (docs/FIRESTORE.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from enum import StrEnum
+
+from shared.core.prechecks import Finding
+
+
+class ClusterState(StrEnum):
+    """Where a cluster's workflow is (docs/WORKFLOW.md)."""
+
+    DISCOVERED = "DISCOVERED"  # known; waiting for the cluster to finish provisioning
+    IGNORED = "IGNORED"  # not opted in: left alone
+    INELIGIBLE = "INELIGIBLE"  # prechecks failed: findings say what to fix
+    AWAITING_NODE_POOL = "AWAITING_NODE_POOL"  # eligible; needs a pool with additional networks
+    CREATING_NODE_POOL = "CREATING_NODE_POOL"  # the controller asked GKE for one
+    INSTALLING = "INSTALLING"  # applying the Multus + Whereabouts bundle
+    READY = "READY"  # bundle installed, CRDs Established
+    FAILED = "FAILED"  # a permanent error; lastError says why
+    DELETED = "DELETED"  # the cluster is gone; nothing is applied to it again
+
+
+class NadState(StrEnum):
+    """Where a NAD record is (docs/FIRESTORE.md `clusters/{id}/nads`)."""
+
+    PENDING = "PENDING"  # the cluster is not READY yet
+    APPLYING = "APPLYING"  # claimed by a worker: range reserved, being applied to the cluster
+    APPLIED = "APPLIED"
+    VERIFIED = "VERIFIED"
+    REJECTED = "REJECTED"
+    FAILED = "FAILED"
+    DELETED = "DELETED"
+    DELETING = "DELETING"  # claimed by a worker that is deleting it from the cluster
+    ORPHANED = "ORPHANED"  # found on the cluster with our label and no record; conflicts, so not adopted
+
+
+class StepOutcome(StrEnum):
+    """How a step ended, in its history entry and ledger entry."""
+
+    OK = "ok"
+    RETRY = "retry"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    IGNORED = "ignored"
+    SKIPPED = "skipped"
+    WARNING = "warning"
+
+
+# --------------------------------------------------------------------------- the cluster workflow
+
+@dataclass(frozen=True)
+class LastError:
+    """Why the last attempt of a step failed (`lastError`)."""
+
+    message: str
+    step: str
+    event_id: str
+    at: datetime | None = None  # set when `release` recorded it; a finding's error carries none
+
+
+@dataclass(frozen=True)
+class NodePoolFacts:
+    """The multi-network pool the bundle was installed for, and the CIDR behind its range name (`nodePool`)."""
+
+    name: str
+    subnetwork: str
+    secondary_pod_range: str
+    cidr: str
+    max_pods_per_node: int | None = None
+
+
+@dataclass(frozen=True)
+class PoolFailureNote:
+    """One failure of a node pool the controller asked for, as GKE reported it."""
+
+    operation: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class NodePoolRequest:
+    """The node pool the controller asked GKE for (`nodePoolRequested`), and how its attempts went."""
+
+    name: str
+    operation: str = ""
+    subnetwork: str = ""
+    secondary_pod_range: str = ""
+    attempt: int = 1
+    failures: tuple[PoolFailureNote, ...] = ()
+    failed_operation: str | None = None  # the operation whose failure was handled
+    retry: bool | None = None  # True: the failed pool is being deleted, to be created again
+    retry_after: float | None = None  # wall clock (s) before which it is not created again
+    delete_operation: str | None = None
+
+
+@dataclass(frozen=True)
+class RolloutReport:
+    """The DaemonSet's rollout as last seen (`rollout`)."""
+
+    desired: int
+    updated: int
+    ready: int
+    available: int
+    complete: bool
+    summary: str
+
+
+@dataclass(frozen=True)
+class Incarnation:
+    """An earlier cluster under the same name (`previousIncarnations[]`)."""
+
+    cluster_id: str
+    create_time: str
+    end_state: str
+
+
+@dataclass(frozen=True)
+class ApiEndpoint:
+    """How the control plane is reached (`apiEndpoint`): `core.endpoints.Endpoint` as recorded."""
+
+    kind: str
+    address: str
+    why: str
+
+
+@dataclass(frozen=True)
+class ClusterWorkflow:
+    """What the workflow records about a cluster, beyond its state and lease.
+
+    Flows read it from `ClusterRecord.workflow` and change it with `dataclasses.replace` (checked
+    by mypy); `WorkflowUpdate` carries the change to the store, whose table
+    (`shared.adapters.store.CLUSTER_FIELDS`) is the only place that knows the document's field
+    names. Adding a field: an attribute here and a row there.
+    """
+
+    version: str | None = None  # GKE version when last checked
+    status: str | None = None  # GKE status when last checked
+    trigger: str | None = None  # what started the last drive
+    findings: tuple[Finding, ...] = ()
+    facts_digest: str | None = None  # of the facts the last decision was made on
+    attempts: int = 0  # failed attempts (release counts them; a success resets them)
+    releases: int = 0  # how many times `release` ran (numbers the retry history entries)
+    last_error: LastError | None = None
+    busy_since: float | None = None  # wall clock (s): since when GKE is busy with another operation
+    node_pool: NodePoolFacts | None = None
+    node_pool_requested: NodePoolRequest | None = None
+    bundle_version: str | None = None
+    rollout: RolloutReport | None = None
+    install_requests: int | None = None
+    api_endpoint: ApiEndpoint | None = None
+    cluster_id: str | None = None  # GKE's id of this incarnation
+    create_time: str | None = None
+    incarnation: int | None = None
+    previous_incarnations: tuple[Incarnation, ...] = ()
+    new_incarnation_end: str | None = None  # set when the deleted cluster was created again
+    pool_usage: Mapping[str, object] | None = None  # addresses per range (shared.flows.addresses)
+    stale_allocations: int | None = None
+
+    def update(self, after: ClusterWorkflow) -> WorkflowUpdate:
+        """The change from this (as read) to `after`: the store writes only the fields that differ."""
+        return WorkflowUpdate(self, after)
+
+
+@dataclass(frozen=True)
+class WorkflowUpdate:
+    """A change of a cluster's workflow: the fields where `after` differs from `before` are written
+    (a field that becomes None is removed, or set null where the document keeps a null)."""
+
+    before: ClusterWorkflow
+    after: ClusterWorkflow
+
+    def changed(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(ClusterWorkflow)
+                     if getattr(self.before, f.name) != getattr(self.after, f.name))
+
+    def then(self, after: ClusterWorkflow) -> WorkflowUpdate:
+        """This change followed by another made on its result."""
+        return WorkflowUpdate(self.before, after)

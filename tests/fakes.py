@@ -1,0 +1,634 @@
+"""In-memory fakes of the ports, for flow tests that need no emulator.
+
+`FakeStore` implements `shared.ports.StorePort` over plain dicts, with the real store's
+semantics: leases, the ledger, history entries with deterministic ids, NAD compare-and-set,
+`derive`, rejections, the rollout document's update-time precondition. It is held honest by
+`tests/test_store_contract.py`, whose tests run unchanged against this fake and against
+`shared.adapters.store.Store` on Google's Firestore emulator; a behaviour the fake gets wrong
+fails there, next to the real store passing the same test.
+
+The field rules (names, fields the store owns, identity) and the document ids are the real
+store's own helpers, imported, so the two cannot disagree on them.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shared.adapters.store import (
+    DELETE,
+    EXCERPT_MAX,
+    _apply,
+    _check_fields,
+    _check_outcome,
+    _decode_token,
+    _encode_token,
+    record_of,
+    safe_id,
+    workflow_changes,
+)
+from shared.core.errors import Problem, Rejected, Transient, UnknownCluster
+from shared.core.names import is_dns_label, is_object_name
+from shared.core.records import WorkflowUpdate
+from shared.core.refs import ClusterRef
+from shared.core.settings import Settings
+from shared.ports import AlreadyHandled, ClusterRecord, Lease
+
+
+def _plain(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+
+
+def _clean(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not DELETE}
+
+
+class FakeStore:
+    """`StorePort` in memory. One lock serialises every call, as Firestore's commit would."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings(project="fake-project")
+        self._lock = threading.RLock()
+        self.clusters: dict[str, dict[str, Any]] = {}
+        self.nads: dict[str, dict[str, dict[str, Any]]] = {}
+        self.history_entries: dict[str, dict[str, dict[str, Any]]] = {}
+        self.rejections: dict[str | None, dict[str, dict[str, Any]]] = {}
+        self.ledger: dict[str, dict[str, Any]] = {}
+        self.policy: dict[str, Any] | None = None
+        self.rollout: dict[str, Any] | None = None
+        self._rollout_version = 0
+        self._last_at = datetime.fromtimestamp(0, UTC)
+
+    # -- helpers
+    def _at(self) -> datetime:
+        """A commit time: strictly increasing, as Firestore's server timestamps of later commits are."""
+        now = datetime.now(UTC)
+        if now <= self._last_at:
+            now = self._last_at + timedelta(microseconds=1)
+        self._last_at = now
+        return now
+
+    @staticmethod
+    def _unknown(ref: ClusterRef, event_id: str) -> UnknownCluster:
+        return UnknownCluster(f"cluster {ref.path} is not tracked by the controller",
+                              [Problem("cluster", "no workflow document; only a creation event starts one")],
+                              event_id=event_id, cluster=ref)
+
+    @staticmethod
+    def _busy(ref: ClusterRef, lease: Lease) -> Transient:
+        return Transient(f"cluster {ref.path} is busy: event {lease.holder} holds step {lease.step!r} "
+                         f"until {lease.expires_at.isoformat()}", code="LEASE_HELD", api="firestore")
+
+    @staticmethod
+    def _check_ref(ref: ClusterRef) -> None:
+        if not isinstance(ref, ClusterRef):
+            raise TypeError(f"expected a ClusterRef, got {type(ref).__name__}")
+
+    @staticmethod
+    def _check_nad(ref: ClusterRef, namespace: str, name: str) -> None:
+        problems = []
+        if not is_dns_label(namespace):
+            problems.append(Problem("namespace", f"{namespace!r} is not a valid Kubernetes namespace name"))
+        if not is_object_name(name):
+            problems.append(Problem("name", f"{name!r} is not a valid Kubernetes object name"))
+        if problems:
+            raise Rejected("invalid NAD reference", problems, cluster=ref)
+
+    def _record(self, ref: ClusterRef, data: Mapping[str, Any]) -> ClusterRecord:
+        return record_of(ref, copy.deepcopy(dict(data)))
+
+    def _history(self, ref: ClusterRef, doc_id: str, *, event_id: str, step: str, outcome: str, message: str,
+                 state: str | None, extra: Mapping[str, Any] | None = None) -> None:
+        entry = {"eventId": event_id, "step": step, "outcome": outcome, "message": str(message)[:4000],
+                 "state": state, "at": self._at(), "seq": time.time_ns(), **(extra or {})}
+        self.history_entries.setdefault(ref.doc_id, {})[doc_id] = entry
+
+    def _ledger_entry(self, *, event_id: str, step: str, outcome: str, cluster: ClusterRef | None,
+                      now: datetime) -> dict[str, Any]:
+        return {"eventId": event_id, "cluster": cluster.path if cluster else None, "step": step,
+                "outcome": outcome, "at": self._at(),
+                "expireAt": now + timedelta(days=self.settings.ledger_ttl_days)}
+
+    @staticmethod
+    def _identity(ref: ClusterRef) -> dict[str, Any]:
+        return {"project": ref.project, "location": ref.location, "cluster": ref.cluster, "path": ref.path}
+
+    # -- clusters
+    def get_cluster(self, ref: ClusterRef) -> ClusterRecord | None:
+        self._check_ref(ref)
+        with self._lock:
+            data = self.clusters.get(ref.doc_id)
+            return self._record(ref, data) if data is not None else None
+
+    def get_cluster_unless_seen(self, ref: ClusterRef, ledger_key: str) -> tuple[ClusterRecord | None, bool]:
+        with self._lock:
+            if ledger_key in self.ledger:
+                return None, True
+            return self.get_cluster(ref), False
+
+    def claim(self, ref: ClusterRef, *, event_id: str, step: str, ledger_key: str | None = None,
+              create_state: str | None = None, create_fields: dict[str, Any] | None = None,
+              lease_seconds: int | None = None, holder: str | None = None) -> ClusterRecord:
+        self._check_ref(ref)
+        identity = self._identity(ref)
+        extra = _check_fields(create_fields, identity, "create")
+        seconds = self.settings.lease_seconds if lease_seconds is None else lease_seconds
+        with self._lock:
+            if ledger_key and ledger_key in self.ledger:
+                raise AlreadyHandled(ledger_key)
+            now = datetime.now(UTC)
+            lease = Lease(holder or event_id, step, now + timedelta(seconds=seconds))
+            data = self.clusters.get(ref.doc_id)
+            if data is None:
+                if create_state is None:
+                    raise self._unknown(ref, event_id)
+                new = {**identity, **extra, "state": create_state, "stateSince": now, "createdAt": now,
+                       "updatedAt": now, "lease": lease.to_doc(), "lastError": None, "attempts": 0}
+                self.clusters[ref.doc_id] = _clean(new)
+                return self._record(ref, self.clusters[ref.doc_id])
+            held = Lease.from_doc(data.get("lease"))
+            if held is not None and held.holder != (holder or event_id) and held.live(now):
+                raise self._busy(ref, held)
+            self.clusters[ref.doc_id] = _apply(data, {"lease": lease.to_doc(), "updatedAt": now})
+            return self._record(ref, self.clusters[ref.doc_id])
+
+    def advance(self, ref: ClusterRef, *, event_id: str, step: str, outcome: str = "ok", message: str = "",
+                state: str | None = None, fields: dict[str, Any] | None = None, next_step: str | None = None,
+                ledger_key: str | None = None, release: bool = False,
+                holder: str | None = None, update: WorkflowUpdate | None = None) -> ClusterRecord:
+        _check_outcome(outcome)
+        self._check_ref(ref)
+        extra = {**_check_fields(fields, self._identity(ref), "advance"), **workflow_changes(update)}
+        with self._lock:
+            if ledger_key and ledger_key in self.ledger:
+                raise AlreadyHandled(ledger_key)
+            data = self.clusters.get(ref.doc_id)
+            if data is None:
+                raise self._unknown(ref, event_id)
+            now = datetime.now(UTC)
+            held = Lease.from_doc(data.get("lease"))
+            if held is not None and held.holder != (holder or event_id) and held.live(now):
+                raise self._busy(ref, held)
+            changes: dict[str, Any] = {**extra, "updatedAt": now}
+            before = data.get("state")
+            if state is not None and state != before:
+                changes["state"] = state
+                changes["stateSince"] = now
+            if release:
+                changes["lease"] = None
+            elif next_step is not None:
+                changes["lease"] = Lease(holder or event_id, next_step,
+                                         now + timedelta(seconds=self.settings.lease_seconds)).to_doc()
+            new = _apply(data, changes)
+            self.clusters[ref.doc_id] = new
+            self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}", event_id=event_id, step=step,
+                          outcome=outcome, message=message, state=new.get("state"),
+                          extra={"previousState": before})
+            if ledger_key:
+                self.ledger[ledger_key] = self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
+                                                             cluster=ref, now=now)
+            return self._record(ref, new)
+
+    def hold(self, ref: ClusterRef, *, holder: str, step: str, seconds: int | None = None) -> None:
+        self._check_ref(ref)
+        lease_seconds = self.settings.lease_seconds if seconds is None else seconds
+        with self._lock:
+            data = self.clusters.get(ref.doc_id)
+            if data is None:
+                raise self._unknown(ref, holder)
+            now = datetime.now(UTC)
+            held = Lease.from_doc(data.get("lease"))
+            if held is not None and held.holder != holder and held.live(now):
+                raise self._busy(ref, held)
+            if lease_seconds <= 0:
+                if held is not None and held.holder == holder:
+                    self.clusters[ref.doc_id] = _apply(data, {"lease": None})
+                return
+            lease = Lease(holder, step, now + timedelta(seconds=lease_seconds))
+            self.clusters[ref.doc_id] = _apply(data, {"lease": lease.to_doc()})
+
+    def release(self, ref: ClusterRef, *, event_id: str, step: str, error: str, outcome: str = "retry",
+                state: str | None = None, count_attempt: bool = True,
+                holder: str | None = None, fields: Mapping[str, Any] | None = None,
+                update: WorkflowUpdate | None = None) -> ClusterRecord:
+        if outcome not in ("retry", "failed"):
+            raise ValueError(f"outcome: expected 'retry' or 'failed', got {outcome!r}")
+        self._check_ref(ref)
+        with self._lock:
+            data = self.clusters.get(ref.doc_id)
+            if data is None:
+                raise self._unknown(ref, event_id)
+            now = datetime.now(UTC)
+            attempts = int(data.get("attempts") or 0) + (1 if count_attempt else 0)
+            releases = int(data.get("releases") or 0) + 1
+            changes: dict[str, Any] = {
+                "lastError": {"message": str(error)[:4000], "step": step, "eventId": event_id, "at": now},
+                "attempts": attempts, "releases": releases, "updatedAt": now, **dict(fields or {}),
+                **workflow_changes(update)}
+            held = Lease.from_doc(data.get("lease"))
+            if held is not None and held.holder == (holder or event_id):
+                changes["lease"] = None
+            before = data.get("state")
+            if state is not None and state != before:
+                changes["state"] = state
+                changes["stateSince"] = now
+            new = _apply(data, changes)
+            self.clusters[ref.doc_id] = new
+            self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}~{outcome}{releases}", event_id=event_id,
+                          step=step, outcome=outcome, message=error, state=new.get("state"),
+                          extra={"previousState": before, "attempt": attempts})
+            return self._record(ref, new)
+
+    def list_clusters(self, state: str | None = None, *, limit: int | None = None) -> list[ClusterRecord]:
+        with self._lock:
+            out = []
+            for doc_id, data in sorted(self.clusters.items()):
+                if state is not None and data.get("state") != state:
+                    continue
+                out.append(self._record(ClusterRef.from_doc_id(doc_id), data))
+            return out[:limit] if limit is not None else out
+
+    # -- the ledger
+    def seen(self, ledger_key: str) -> bool:
+        with self._lock:
+            return ledger_key in self.ledger
+
+    def get_ledger(self, ledger_key: str) -> dict[str, Any] | None:
+        with self._lock:
+            entry = self.ledger.get(ledger_key)
+            return copy.deepcopy(entry) if entry is not None else None
+
+    def record_ledger(self, ledger_key: str, *, event_id: str, step: str, outcome: str,
+                      cluster: ClusterRef | None, fields: Mapping[str, Any] | None = None) -> bool:
+        _check_outcome(outcome)
+        with self._lock:
+            if ledger_key in self.ledger:
+                return False
+            self.ledger[ledger_key] = {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
+                                                            cluster=cluster, now=datetime.now(UTC)),
+                                       **(fields or {})}
+            return True
+
+    # -- NADs
+    def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> dict[str, Any] | None:
+        self._check_nad(ref, namespace, name)
+        with self._lock:
+            doc = self.nads.get(ref.doc_id, {}).get(f"{namespace}~{name}")
+            return copy.deepcopy(doc) if doc is not None else None
+
+    def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
+                fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
+                expect_fields: dict[str, Any] | None = None, history: bool = True,
+                write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+                ledger_fields: Mapping[str, Any] | None = None) -> bool:
+        _check_outcome(outcome)
+        self._check_ref(ref)
+        self._check_nad(ref, namespace, name)
+        identity = {"namespace": namespace, "name": name, "clusterPath": ref.path}
+        extra = _check_fields(fields, identity, "put_nad")
+        with self._lock:
+            if ledger_key and ledger_key in self.ledger:
+                return False
+            docs = self.nads.setdefault(ref.doc_id, {})
+            key = f"{namespace}~{name}"
+            current = docs.get(key)
+            exists = current is not None
+            before = current.get("state") if current is not None else None
+            if expect_states is not None and before not in expect_states:
+                return False
+            if expect_fields and any((current or {}).get(k) != v for k, v in expect_fields.items()):
+                return False
+            step_state, step_message = state, message
+            if derive is not None:
+                more = dict(derive(copy.deepcopy(current) if current is not None else {}))
+                step_state = str(more.pop("state", state))
+                step_message = str(more.pop("message", message))
+                extra_now = {**extra, **_check_fields(more, identity, "put_nad derive")}
+            else:
+                extra_now = extra
+            now = datetime.now(UTC)
+            changes: dict[str, Any] = {**extra_now, "state": step_state, "updatedAt": now}
+            if step_message:
+                changes["message"] = step_message[:4000]
+            if step_state != before:
+                changes["stateSince"] = now
+            if current is not None:
+                docs[key] = _apply(current, copy.deepcopy(changes))
+            else:
+                docs[key] = {**identity, **_clean(copy.deepcopy(changes)), "createdAt": now}
+            if history:
+                self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}~{namespace}~{name}", event_id=event_id,
+                              step=step, outcome=outcome, message=step_message, state=step_state,
+                              extra={"nad": f"{namespace}/{name}", "previousState": before if exists else None})
+            if ledger_key and write_ledger:
+                self.ledger[ledger_key] = {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
+                                                                cluster=ref, now=now), **(ledger_fields or {})}
+            return True
+
+    def list_nads(self, ref: ClusterRef, state: str | None = None, *,
+                  fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            out = []
+            for key, doc in self.nads.get(ref.doc_id, {}).items():
+                if state is not None and doc.get("state") != state:
+                    continue
+                data = copy.deepcopy({k: v for k, v in doc.items() if k in fields} if fields else doc)
+                namespace, _, name = key.partition("~")
+                data.setdefault("namespace", namespace)
+                data.setdefault("name", name)
+                data.setdefault("state", "")
+                out.append(data)
+            return sorted(out, key=lambda d: (d["namespace"], d["name"]))
+
+    # -- history
+    def history(self, ref: ClusterRef, *, page_size: int = 50,
+                page_token: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        if not isinstance(page_size, int) or not 1 <= page_size <= 1000:
+            raise Rejected("invalid page size", [Problem("page_size", f"expected 1..1000, got {page_size!r}")])
+        with self._lock:
+            entries = sorted(({**e, "id": i} for i, e in self.history_entries.get(ref.doc_id, {}).items()),
+                             key=lambda e: (e["at"], e["id"]))
+        if page_token:
+            at, doc_id = _decode_token(page_token)
+            entries = [e for e in entries if (e["at"], e["id"]) > (at, doc_id)]
+        page, more = entries[:page_size], len(entries) > page_size
+        token = _encode_token(page[-1]["at"], page[-1]["id"]) if more and page else None
+        return copy.deepcopy(page), token
+
+    # -- rejections
+    def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
+                         problems: list[dict[str, Any]], kind: str, excerpt: str = "",
+                         ledger_key: str | None = None) -> bool:
+        items = [_plain(p) for p in problems]
+        text = excerpt if isinstance(excerpt, str) else repr(excerpt)
+        with self._lock:
+            docs = self.rejections.setdefault(cluster.doc_id if cluster else None, {})
+            if event_id in docs or (ledger_key and ledger_key in self.ledger):
+                return False
+            now = datetime.now(UTC)
+            docs[event_id] = {"eventId": event_id, "cluster": cluster.path if cluster else None,
+                              "reason": str(reason), "kind": str(kind), "problems": items,
+                              "excerpt": text[:EXCERPT_MAX], "at": self._at()}
+            if cluster is not None:
+                summary = str(reason) + (": " + "; ".join(
+                    f"{p.get('field')}: {p.get('message')}" if isinstance(p, Mapping) and p.get("field")
+                    else str(p.get("message", p)) if isinstance(p, Mapping) else str(p)
+                    for p in items) if items else "")
+                self._history(cluster, f"{safe_id(event_id)}~rejected", event_id=event_id, step="reject",
+                              outcome="rejected", message=summary, state=None, extra={"kind": str(kind)})
+            if ledger_key:
+                self.ledger[ledger_key] = self._ledger_entry(event_id=event_id, step="reject", outcome="rejected",
+                                                             cluster=cluster, now=now)
+            return True
+
+    def list_rejections(self, ref: ClusterRef | None = None, *, limit: int = 50) -> list[dict[str, Any]]:
+        with self._lock:
+            docs = self.rejections.get(ref.doc_id if ref is not None else None, {})
+            out = [{**d, "id": safe_id(i)} for i, d in docs.items()]
+        return copy.deepcopy(sorted(out, key=lambda d: d["at"], reverse=True)[:limit])
+
+    # -- policy, rollouts, housekeeping
+    def get_policy(self) -> dict[str, Any] | None:
+        with self._lock:
+            return copy.deepcopy(self.policy)
+
+    def set_policy(self, doc: Mapping[str, Any] | None) -> None:
+        """Tests: what people or Terraform write to `config/policy`."""
+        with self._lock:
+            self.policy = dict(doc) if doc is not None else None
+
+    def get_rollout(self) -> tuple[dict[str, Any] | None, Any]:
+        with self._lock:
+            if self.rollout is None:
+                return None, None
+            return copy.deepcopy(self.rollout), self._rollout_version
+
+    def put_rollout(self, doc: Mapping[str, Any], update_time: Any) -> Any:
+        with self._lock:
+            current = self._rollout_version if self.rollout is not None else None
+            if update_time != current:
+                raise Transient("rollouts/current changed while it was being updated; read it again",
+                                code="ABORTED", api="firestore")
+            self.rollout = _apply(self.rollout or {}, copy.deepcopy(dict(doc)))
+            self._rollout_version += 1
+            return self._rollout_version
+
+    def delete_cluster_tree(self, ref: ClusterRef) -> None:
+        with self._lock:
+            for table in (self.clusters, self.nads, self.history_entries, self.rejections):
+                table.pop(ref.doc_id, None)
+
+
+
+class FakeGke:
+    """`GkePort` over a dict of `container_v1.Cluster` messages (the port still speaks GKE's types).
+
+    `errors[method]` is raised by the next call of that method (then forgotten), so a test can make
+    GKE answer NOT_FOUND, busy or unavailable once.
+    """
+
+    def __init__(self) -> None:
+        self.clusters: dict[str, Any] = {}
+        self.ranges: dict[tuple[str, str], str] = {}
+        self.errors: dict[str, Exception] = {}
+        self.calls: list[str] = []
+        self.pools_created: list[tuple[str, str]] = []
+
+    def _call(self, method: str) -> None:
+        self.calls.append(method)
+        err = self.errors.pop(method, None)
+        if err is not None:
+            raise err
+
+    def add(self, ref: ClusterRef, cluster: Any) -> None:
+        self.clusters[ref.path] = cluster
+
+    def get_cluster(self, ref: ClusterRef) -> Any:
+        from shared.core.errors import NotFound
+
+        self._call("get_cluster")
+        if ref.path not in self.clusters:
+            raise NotFound(f"GKE get cluster {ref.path}: NOT_FOUND", code="NOT_FOUND", api="gke")
+        return self.clusters[ref.path]
+
+    def list_clusters(self, project: str, location: str = "-") -> list[Any]:
+        self._call("list_clusters")
+        return [c for path, c in sorted(self.clusters.items()) if path.startswith(f"projects/{project}/")]
+
+    def secondary_range_cidr(self, ref: ClusterRef, subnetwork: str, range_name: str) -> str:
+        from shared.core.errors import Permanent
+
+        self._call("secondary_range_cidr")
+        cidr = self.ranges.get((subnetwork.rsplit("/", 1)[-1], range_name))
+        if cidr is None:
+            raise Permanent(f"GKE: subnetwork {subnetwork} has no secondary range {range_name!r}",
+                            code="NOT_FOUND", api="gke")
+        return cidr
+
+    def _pools(self, ref: ClusterRef) -> set[str]:
+        cluster = self.clusters.get(ref.path)
+        listed = {p.name for p in cluster.node_pools} if cluster is not None else set()
+        return listed | {name for path, name in self.pools_created if path == ref.path}
+
+    def create_node_pool(self, ref: ClusterRef, template: Any) -> str | None:
+        """An operation name; None when the pool exists already (GKE's ALREADY_EXISTS is success)."""
+        from shared.core.errors import Permanent
+
+        self._call("create_node_pool")
+        problems = template.problems()
+        if problems:
+            raise Rejected("invalid node pool template", problems)
+        cluster = self.get_cluster(ref)
+        if template.name in self._pools(ref):
+            return None
+        if template.network and not cluster.network_config.enable_multi_networking:
+            raise Permanent(f"GKE create node pool {ref.path}/nodePools/{template.name}: INVALID_ARGUMENT: "
+                            "node_pool.network_config: additional networks need a cluster with multi-networking "
+                            "enabled.", code="INVALID_ARGUMENT", api="gke")
+        self.pools_created.append((ref.path, template.name))
+        return f"operation-create-{template.name}"
+
+    def delete_node_pool(self, ref: ClusterRef, name: str) -> str | None:
+        """An operation name; None when the pool is gone already."""
+        self._call("delete_node_pool")
+        if name not in self._pools(ref):
+            return None
+        self.pools_created = [(p, n) for p, n in self.pools_created if (p, n) != (ref.path, name)]
+        cluster = self.clusters.get(ref.path)
+        if cluster is not None:
+            kept = [p for p in cluster.node_pools if p.name != name]
+            del cluster.node_pools[:]
+            cluster.node_pools.extend(kept)
+        return f"operation-delete-{name}"
+
+    def seed(self, scenario_path: Any) -> None:
+        """The clusters (created at start) and subnetwork ranges of a sandbox scenario file, so the
+        fake starts from the same world as the sandbox GKE server."""
+        from google.cloud import container_v1
+
+        from sandbox.gke.scenario import load
+
+        world = load(scenario_path)
+        for sub in world.subnetworks:
+            for range_name, cidr in sub.secondary_ranges.items():
+                self.ranges[(sub.subnetwork, range_name)] = cidr
+        for spec in world.clusters:
+            if not spec.create_at_start:
+                continue
+            ref = ClusterRef.of(world.project, spec.location, spec.name)
+            self.add(ref, container_v1.Cluster(
+                name=spec.name, location=spec.location, status=container_v1.Cluster.Status.RUNNING,
+                resource_labels=dict(spec.labels),
+                network_config=container_v1.NetworkConfig(enable_multi_networking=spec.multi_networking),
+                node_pools=[container_v1.NodePool(name=p.name) for p in spec.node_pools]))
+
+    def operation_failure(self, ref: ClusterRef, operation: str) -> Any:
+        self._call("operation_failure")
+        return None
+
+    def endpoint(self, cluster: Any) -> Any:
+        from shared.core.endpoints import Endpoint
+
+        return Endpoint("public-ip", cluster.endpoint or "127.0.0.1", None, "the fake's public endpoint")
+
+    def api_client(self, cluster: Any) -> Any:
+        return None
+
+
+class FakeKube:
+    """`ClusterApiPort` over a dict of objects keyed (apiVersion, kind, namespace, name); every CRD is
+    Established at once and the DaemonSet rolled out. Held to the real adapter on the sandbox
+    Kubernetes API server by tests/test_kube_contract.py."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        self.requests = 0
+        self._version = 0
+
+    def _key(self, obj: Mapping[str, Any]) -> tuple[str, str, str, str]:
+        from shared.core.multus import object_key
+
+        return object_key(obj)
+
+    def _put(self, obj: Mapping[str, Any]) -> Any:
+        from shared.adapters.kube import ApplyResult, _content
+
+        if not isinstance(obj, Mapping) or not isinstance(obj.get("apiVersion"), str) \
+                or not isinstance(obj.get("kind"), str):
+            raise Rejected("invalid Kubernetes object", [Problem("apiVersion", "apiVersion and kind must be strings")])
+        self.requests += 1
+        key = self._key(obj)
+        before = self.objects.get(key)
+        stored = copy.deepcopy(dict(obj))
+        if before is not None and _content(before) == _content(stored):
+            return ApplyResult(key, False, str(before["metadata"]["resourceVersion"]))
+        self._version += 1
+        stored.setdefault("metadata", {})["resourceVersion"] = str(self._version)
+        self.objects[key] = stored
+        return ApplyResult(key, True, str(self._version))
+
+    def apply(self, objects: Any) -> list[Any]:
+        return [self._put(o) for o in objects]
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        self.requests += 1
+        return copy.deepcopy(self.objects.get((api_version, kind, namespace or "", name)))
+
+    def rollout_of(self, ds: Mapping[str, Any]) -> Any:
+        from shared.adapters.kube import Kube
+
+        return Kube.rollout_of(ds)
+
+    def wait_established(self, crd_names: Any, *, timeout: float = 60.0, poll: float = 1.0) -> int:
+        self.requests += 1
+        return 1
+
+    def daemonset_rollout(self, namespace: str, name: str) -> Any:
+        from shared.adapters.kube import Rollout
+
+        self.requests += 1
+        return Rollout(desired=3, updated=3, ready=3, available=3, observed=True)
+
+    def apply_nad(self, obj: Mapping[str, Any]) -> Any:
+        from shared.core.nad import API_VERSION, KIND
+
+        if obj.get("apiVersion") != API_VERSION or obj.get("kind") != KIND:
+            raise Rejected("not a NetworkAttachmentDefinition",
+                           [Problem("kind", f"expected {API_VERSION} {KIND}, got "
+                                            f"{obj.get('apiVersion')!r} {obj.get('kind')!r}")])
+        return self._put(obj)
+
+    def delete_nad(self, namespace: str, name: str) -> bool:
+        self.requests += 1
+        return self.objects.pop(("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", namespace, name),
+                                None) is not None
+
+    def list_managed_nads(self) -> list[dict[str, Any]]:
+        from shared.core.nad import MANAGED_BY
+
+        self.requests += 1
+        return [copy.deepcopy(o) for k, o in sorted(self.objects.items()) if k[1] == "NetworkAttachmentDefinition"
+                and ((o.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY[0]) == MANAGED_BY[1]]
+
+    def list_ippools(self) -> list[dict[str, Any]]:
+        self.requests += 1
+        return []
+
+    def list_pod_refs(self) -> list[str]:
+        self.requests += 1
+        return []
+
+    def list_pods(self, label_selector: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        self.requests += 1
+        return []
+
+    def nads(self) -> dict[str, dict[str, Any]]:
+        """Tests: the NADs on the cluster by `namespace/name`."""
+        return {f"{k[2]}/{k[3]}": o for k, o in self.objects.items() if k[1] == "NetworkAttachmentDefinition"}

@@ -1,0 +1,151 @@
+"""The flows on the in-memory fakes (tests/fakes.py): no emulator, no server, milliseconds each.
+
+The fakes are held honest by the contract suite (tests/test_store_contract.py runs the same tests
+on `FakeStore` and on the real store on the Firestore emulator); the emulator and stack tiers
+keep the end-to-end stories (tests/test_workflow.py, test_e2e.py, test_ordinary_day.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from google.cloud import container_v1
+
+from shared.app import Controller
+from shared.core import decisions
+from shared.core.errors import Busy, Transient, Wait
+from shared.core.events import AuditEvent, NadRequestEvent
+from shared.core.nad import parse_request
+from shared.core.refs import ClusterRef
+from shared.core.settings import Settings
+from tests.fakes import FakeGke, FakeKube, FakeStore
+
+REF = ClusterRef.of("proj-one", "us-central1", "multus-prod")
+CREATE = "google.container.v1.ClusterManager.CreateCluster"
+
+
+def eligible_cluster(**overrides: Any) -> container_v1.Cluster:
+    """An opted-in cluster that can carry Multus, with a pool on the additional networks."""
+    pool = container_v1.NodePool(
+        name="multus-pool", status=container_v1.NodePool.Status.RUNNING,
+        network_config=container_v1.NodeNetworkConfig(
+            additional_node_network_configs=[container_v1.AdditionalNodeNetworkConfig(
+                network="multus-vpc", subnetwork="multus-subnet")],
+            additional_pod_network_configs=[container_v1.AdditionalPodNetworkConfig(
+                subnetwork="multus-subnet", secondary_pod_range="multus-pods",
+                max_pods_per_node=container_v1.MaxPodsConstraint(max_pods_per_node=8))]))
+    fields: dict[str, Any] = dict(
+        name=REF.cluster, location=REF.location, current_master_version="1.30.5-gke.1014001",
+        status=container_v1.Cluster.Status.RUNNING, endpoint="34.41.12.7", id="incarnation-1",
+        resource_labels={"multus-provisioner": "enabled"},
+        autopilot=container_v1.Autopilot(enabled=False),
+        network_config=container_v1.NetworkConfig(
+            datapath_provider=container_v1.DatapathProvider.ADVANCED_DATAPATH, enable_multi_networking=True),
+        ip_allocation_policy=container_v1.IPAllocationPolicy(use_ip_aliases=True),
+        node_pools=[container_v1.NodePool(name="default-pool"), pool])
+    fields.update(overrides)
+    return container_v1.Cluster(**fields)
+
+
+class World:
+    """A controller wired to fakes, and the fakes themselves."""
+
+    def __init__(self) -> None:
+        self.settings = Settings(project=REF.project, policy_document=False)
+        self.store, self.gke, self.kube = FakeStore(self.settings), FakeGke(), FakeKube()
+        self.gke.ranges[("multus-subnet", "multus-pods")] = "172.16.1.0/24"
+        self.wf = Controller(self.settings, store=self.store, gke=self.gke, kube_factory=lambda cluster: self.kube)
+        self.events = 0
+
+    def audit(self, action: str = "cluster.created", *, last: bool = True, method: str = CREATE) -> Any:
+        self.events += 1
+        return self.wf.handle_audit(AuditEvent(event_id=f"audit-{self.events}", action=action, cluster=REF,
+                                               node_pool=None, first=not last, last=last, operation_id="op-1",
+                                               method=method))
+
+    def request(self, **fields: Any) -> Any:
+        self.events += 1
+        req = parse_request({"cluster": REF.path, "name": "data-plane", "namespace": "apps", **fields})
+        return self.wf.handle_nad(NadRequestEvent(event_id=f"nad-{self.events}", request=req))
+
+    def history(self) -> list[tuple[str, str | None]]:
+        """The cluster's own steps (NAD entries left out)."""
+        return [(e["step"], e["state"]) for e in self.store.history(REF, page_size=1000)[0] if not e.get("nad")]
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def test_an_eligible_cluster_becomes_ready_and_a_waiting_nad_is_applied(world: World) -> None:
+    assert world.request(range="172.16.1.0/25").status == "pending"  # before the cluster exists
+    world.gke.add(REF, eligible_cluster())
+    assert world.audit(last=False).state == decisions.DISCOVERED
+    out = world.audit()
+    assert out.status == "done" and out.state == decisions.READY and out.details == {"nads": 1}
+    rec = world.store.get_cluster(REF)
+    assert rec is not None and rec.lease is None and rec.get("nodePool")["cidr"] == "172.16.1.0/24"
+    assert rec.get("bundleVersion") and rec.get("clusterId") == "incarnation-1"
+    assert [s for s, _ in world.history()][-3:] == ["precheck", "install", "apply-nads"]
+    nad = world.store.get_nad(REF, "apps", "data-plane")
+    assert nad is not None and nad["state"] == decisions.NAD_APPLIED and nad["applied"]["range"] == "172.16.1.0/25"
+    assert list(world.kube.nads()) == ["apps/data-plane"]
+    assert world.audit().status in ("done", "duplicate")
+
+
+def test_a_cluster_not_opted_in_is_ignored(world: World) -> None:
+    world.gke.add(REF, eligible_cluster(resource_labels={}))
+    out = world.audit()
+    assert out.status == "ignored" and out.state == decisions.IGNORED
+    assert world.kube.objects == {}
+
+
+def test_a_cluster_gone_from_gke_closes_its_workflow(world: World) -> None:
+    world.gke.add(REF, eligible_cluster())
+    world.audit()
+    del world.gke.clusters[REF.path]  # deleted, its audit entry lost
+    out = world.wf.clusters.drive(REF, "reconcile-1", trigger="reconcile", create=False)
+    assert out.state == decisions.DELETED and out.message == "cluster no longer exists"
+
+
+def test_an_event_for_an_untracked_cluster_is_ignored(world: World) -> None:
+    out = world.wf.clusters.drive(REF, "update-1", trigger="cluster updated", create=False)
+    assert out.status == "ignored" and world.store.get_cluster(REF) is None
+
+
+def test_gke_busy_is_waited_for_without_burning_attempts(world: World) -> None:
+    world.gke.add(REF, eligible_cluster())
+    world.gke.errors["secondary_range_cidr"] = Busy("GKE: another operation runs", operation="op-9")
+    with pytest.raises(Wait):
+        world.audit()
+    rec = world.store.get_cluster(REF)
+    assert rec is not None and rec.attempts == 0 and rec.lease is None
+    assert isinstance(rec.get("busySince"), float) and "op-9" in rec.last_error["message"]  # type: ignore[index]
+    assert world.audit().state == decisions.READY
+    assert "busySince" not in world.store.get_cluster(REF).data  # type: ignore[union-attr]
+
+
+def test_transient_failures_count_attempts_then_fail(world: World) -> None:
+    world.gke.add(REF, eligible_cluster())
+    for attempt in range(1, world.settings.max_attempts):
+        world.gke.errors["secondary_range_cidr"] = Transient("GKE: UNAVAILABLE", code="UNAVAILABLE", api="gke")
+        with pytest.raises(Transient):
+            world.wf.clusters.drive(REF, "created-1", trigger="cluster created")
+        assert world.store.get_cluster(REF).attempts == attempt  # type: ignore[union-attr]
+    world.gke.errors["secondary_range_cidr"] = Transient("GKE: UNAVAILABLE", code="UNAVAILABLE", api="gke")
+    out = world.wf.clusters.drive(REF, "created-1", trigger="cluster created")
+    assert out.status == "failed" and out.state == decisions.FAILED
+    assert world.store.seen("created-1")
+
+
+def test_a_nad_outside_the_pool_range_is_refused_with_both_ranges(world: World) -> None:
+    world.gke.add(REF, eligible_cluster())
+    world.audit()
+    out = world.request(range="10.9.0.0/24")
+    assert out.status == "rejected" or out.state == decisions.NAD_REJECTED
+    nad = world.store.get_nad(REF, "apps", "data-plane")
+    assert nad is not None and nad["state"] == decisions.NAD_REJECTED
+    assert any("172.16.1.0/24" in r and "10.9.0.0/24" in r for r in nad["reasons"])
+    assert world.kube.nads() == {}
