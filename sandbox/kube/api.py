@@ -368,7 +368,17 @@ class Api:
                 nmd.pop(k, None)
         if sub == "status":
             status = new.get("status")
+            sent = new.get("metadata") or {}
             new = copy.deepcopy(old)
+            if rt.kind == "Pod":
+                # A pod's status update keeps the labels and annotations it carries (Kubernetes'
+                # pkg/registry/core/pod/strategy.go, podStatusStrategy.PrepareForUpdate resets only
+                # the spec and ownerReferences): Multus writes network-status this way (UpdateStatus).
+                for k in ("labels", "annotations"):
+                    if sent.get(k) is not None:
+                        new["metadata"][k] = sent[k]
+                    else:
+                        new["metadata"].pop(k, None)
             if status is None:
                 new.pop("status", None)
             else:
