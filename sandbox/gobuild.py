@@ -109,7 +109,8 @@ def go_version() -> str:
     out = subprocess.run([go, "version"], capture_output=True, text=True, check=False).stdout.strip()
     match = re.search(r"go(\d+)\.(\d+)", out)
     if not match or (int(match[1]), int(match[2])) < MIN_GO:
-        raise BuildError(f"{out or 'go version failed'}: Go >= {MIN_GO[0]}.{MIN_GO[1]} is needed to build the real components")
+        raise BuildError(f"{out or 'go version failed'}: Go >= {MIN_GO[0]}.{MIN_GO[1]} is needed to build the "
+                         "real components")
     return out.removeprefix("go version ").strip()
 
 
@@ -167,7 +168,8 @@ def _run_with_heartbeat(argv: Sequence[str], cwd: Path, env: dict[str, str], lab
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-25:])
         if "no space left" in tail:
-            raise BuildError(f"building {label}: the disk is full ({tail.splitlines()[-1]}); free some space and run `make realworld`")
+            raise BuildError(f"building {label}: the disk is full ({tail.splitlines()[-1]}); free some space and "
+                             "run `make realworld`")
         raise BuildError(f"building {label} failed (exit {proc.returncode}):\n{tail}")
 
 
