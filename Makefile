@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 TOOLS := .venv-tools
 
-.PHONY: setup tools test lint unit demo sandbox bench package lock clean realworld
+.PHONY: setup tools test lint unit demo sandbox bench package lock clean realworld syspkgs
 
 setup: $(STAMP)
 
@@ -40,7 +40,7 @@ lint: setup
 
 # The suite runs on two workers (pytest-xdist, a test file per worker at a time): the end-to-end
 # tier is I/O-bound and every stack, emulator and server takes its own free ports and state.
-test: setup lint tools
+test: setup lint tools syspkgs
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The fast tier: pure logic and contract tests that start no emulator or stack.
@@ -57,8 +57,13 @@ sandbox: setup
 # The real upstream components (kube-apiserver, etcd, kwok, ...) built from the Go modules pinned in
 # realworld/*/go.sum into ~/.cache/multus-provisioner/realworld (sandbox/gobuild.py). The first build
 # takes minutes; later ones, in any clone on this machine, find the cache.
-realworld: setup
+realworld: setup syspkgs
 	$(BIN)/python -m sandbox.gobuild build
+
+# Debian packages of the real CNI data path (user-mode-linux, kmod, ping, arping), installed with
+# apt-get only when missing (scripts/syspkgs.py says what to do where it cannot).
+syspkgs:
+	$(PYTHON) -m scripts.syspkgs
 
 bench: setup
 	$(BIN)/python -m scripts.bench
