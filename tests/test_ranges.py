@@ -107,6 +107,16 @@ def test_report_names_an_unreadable_config() -> None:
     assert "not JSON" in s.problem
 
 
+
+def test_capacity_counts_an_address_excluded_twice_once() -> None:
+    """Overlapping or repeated exclude blocks: Whereabouts skips each address once (the real plugin,
+    tests/test_whereabouts_arithmetic.py, handed out 10.9.0.1, .4, .5, .6 here)."""
+    [s] = ranges.report("", [nad("a", rng="10.9.0.0/29", exclude=["10.9.0.2/31", "10.9.0.3/32"])], [], []).slices
+    assert s.capacity == 4
+    [s] = ranges.report("", [nad("a", rng="10.9.0.0/29", exclude=["10.9.0.1/32", "10.9.0.1/32", "10.9.0.0/30"])],
+                        [], []).slices
+    assert s.capacity == 3  # .4 .5 .6
+
 def test_bar_shows_each_slice_and_what_is_handed_out() -> None:
     rep = ranges.report("172.16.1.0/24", [nad("a", rng="172.16.1.0/25"), nad("b", rng="172.16.1.128/26")],
                         [ippool("172.16.1.0-25", "172.16.1.0/25", {1: "default/p"})], ["default/p"])
