@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 TOOLS := .venv-tools
 
-.PHONY: setup tools test lint unit demo sandbox bench package lock clean realworld syspkgs
+.PHONY: setup tools test lint unit demo sandbox bench package lock clean realworld syspkgs realcni
 
 setup: $(STAMP)
 
@@ -40,7 +40,7 @@ lint: setup
 
 # The suite runs on two workers (pytest-xdist, a test file per worker at a time): the end-to-end
 # tier is I/O-bound and every stack, emulator and server takes its own free ports and state.
-test: setup lint tools syspkgs
+test: setup lint tools syspkgs realcni
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The fast tier: pure logic and contract tests that start no emulator or stack.
@@ -59,6 +59,11 @@ sandbox: setup
 # takes minutes; later ones, in any clone on this machine, find the cache.
 realworld: setup syspkgs
 	$(BIN)/python -m sandbox.gobuild build
+
+# The real CNI plugins the data-path tests run (Multus, Whereabouts v0.7.0/v0.8.0, the reference
+# plugins): built before the suite, so no test waits minutes for a first build under its timeout.
+realcni: setup
+	$(BIN)/python -m sandbox.gobuild build cni-plugins multus whereabouts whereabouts-0.8
 
 # Debian packages of the real CNI data path (user-mode-linux, kmod, ping, arping), installed with
 # apt-get only when missing (scripts/syspkgs.py says what to do where it cannot).

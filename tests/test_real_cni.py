@@ -15,7 +15,10 @@ from collections.abc import Iterator
 import pytest
 
 from shared.core.nad import parse_request, render_nad
+from tests import test_workflow as _wf
 from tests.realnet import CLUSTER, NETWORK_STATUS, Cluster, require_netns, wait_for
+
+local_stack, make_wf = _wf.local_stack, _wf.make_wf  # the in-process controller of tests/test_workflow.py
 
 pytestmark = pytest.mark.e2e
 
@@ -106,3 +109,68 @@ def test_simulated_cni_gives_the_same_answer_as_the_real_path(real: Cluster) -> 
         assert [answers[0][0][n][0] for n in ("s1", "s2", "s3")] == [["10.200.4.4"], ["10.200.4.6"], ["10.200.4.7"]]
     finally:
         sim.close()
+
+
+# -- why the controller refuses overlapping ranges, with the real plugins ------------------------
+
+TEAM_A = {"name": "team-a", "range": "172.16.1.0/28"}
+TEAM_B = {"name": "team-b", "range": "172.16.1.0/29"}  # inside team-a's range, same master eth1
+
+
+def _rendered(req: dict) -> dict:
+    nad = render_nad(parse_request({"cluster": CLUSTER, "namespace": "default", **req}))
+    return json.loads(nad["spec"]["config"])
+
+
+def test_overlapping_nads_applied_by_hand_hand_out_one_address_twice(real: Cluster) -> None:
+    """Straight to the cluster (no controller): the two NADs as rendered, each with its own
+    Whereabouts pool name (`network_name`, as each team would set its own). Real Whereabouts hands
+    172.16.1.1 out twice. On one node the kernel's IPVLAN refuses the second on the same master
+    ("address already in use": the pod never starts); on two nodes both pods run with the same
+    address on one layer-2 segment.
+
+    Without `network_name` (the controller's rendering) Whereabouts' cluster-wide
+    OverlappingRangeIPReservation keeps the two apart (the second pod gets .2): the duplicate needs
+    two pool names, which nothing stops a hand-applied NAD from having."""
+    for req, pool in ((TEAM_A, "team-a"), (TEAM_B, "team-b")):
+        config = _rendered(req)
+        config["plugins"][0]["ipam"]["network_name"] = pool
+        real.apply_nad(f"{req['name']}-own", config)
+    real.start_pod("dup-a", "pool-b-1", "default/team-a-own")
+    a = real.wait_running("dup-a")
+    assert real.net1(a) == ["172.16.1.1"]
+    real.start_pod("dup-b", "pool-b-1", "default/team-b-own")  # same node, same master eth1
+    message = real.wait_refused("dup-b")
+    assert "172.16.1.1" in message and "address already in use" in message, message
+    real.delete_pod("dup-b")
+    wait_for(lambda: not real.allocations().get("team-b-172.16.1.0-29"), "dup-b's address freed")
+    real.start_pod("dup-c", "pool-b-2", "default/team-b-own")  # the other node, same segment
+    c = real.wait_running("dup-c")
+    for pod in (a, c):
+        [link] = real.cni.addresses(pod["metadata"]["uid"])
+        assert [x["local"] for x in link["addr_info"] if x["family"] == "inet"] == ["172.16.1.1"]
+    pools = real.allocations()
+    assert pools["team-a-172.16.1.0-28"] == {"1": "default/dup-a"}
+    assert pools["team-b-172.16.1.0-29"] == {"1": "default/dup-c"}
+    # The controller's own rendering (no network_name), on ranges of their own: the reservation
+    # separates them.
+    real.apply_nad("team-a", _rendered({**TEAM_A, "range": "172.16.2.0/28"}))
+    real.apply_nad("team-b", _rendered({**TEAM_B, "range": "172.16.2.0/29"}))
+    real.start_pod("sep-a", "pool-b-1", "default/team-a")
+    first = real.net1(real.wait_running("sep-a"))
+    real.start_pod("sep-b", "pool-b-2", "default/team-b")
+    second = real.net1(real.wait_running("sep-b"))
+    assert (first, second) == (["172.16.2.1"], ["172.16.2.2"])
+
+
+@pytest.mark.emulator
+def test_the_same_two_requests_through_the_controller_get_the_second_refused(local_stack, make_wf) -> None:
+    from shared.core.events import decode_nad_request
+    from tests.test_workflow import ce, to_ready
+
+    wf = make_wf()
+    ref = to_ready(wf, local_stack)
+    outs = [wf.handle_nad(decode_nad_request(ce({"cluster": ref.path, **req}))) for req in (TEAM_A, TEAM_B)]
+    assert outs[0].status == "done", outs[0].message
+    assert outs[1].status == "rejected"
+    assert "overlaps default/team-a (172.16.1.0/28) on master eth1" in outs[1].message, outs[1].message
