@@ -174,3 +174,47 @@ def test_the_same_two_requests_through_the_controller_get_the_second_refused(loc
     assert outs[0].status == "done", outs[0].message
     assert outs[1].status == "rejected"
     assert "overlaps default/team-a (172.16.1.0/28) on master eth1" in outs[1].message, outs[1].message
+
+
+# -- the request corpus's rendered configs against the real plugins ------------------------------
+
+# Found by this test and not fixed yet (a controller change, not a sandbox one): the controller
+# accepts any valid interface name as `master`, but a node has only the links of its pool's
+# additional networks (eth1 here, as on a GKE node with one), so IPVLAN cannot find the master and
+# the pod never starts. The fix needs the pool's network facts in the NAD decision.
+OPEN_DISAGREEMENTS = {"ok-other-master": 'failed to lookup master "ens4.100": Link not found'}
+
+
+def test_every_config_the_controller_renders_from_the_corpus_is_accepted_by_the_plugins(real: Cluster) -> None:
+    """Each on_nad_request case of tests/corpus that the controller's validation accepts is
+    rendered and fed to the real IPVLAN + Whereabouts (ADD, then DEL, in a throwaway namespace on a
+    node whose additional network is eth1). A config the plugins refuse must be one the corpus
+    expects the controller to refuse, naming the field."""
+    from shared.core.errors import Rejected
+    from tests.test_corpus import load_corpus, payload_bytes
+
+    project, location, name = "demo-project", "us-central1", "real"
+    subs = {"<<CLUSTER>>": f"projects/{project}/locations/{location}/clusters/{name}", "<<PROJECT>>": project,
+            "<<LOCATION>>": location, "<<NAME>>": name, "<<UNKNOWN>>": f"projects/{project}/locations/{location}/"
+            "clusters/nobody", "<<UNKNOWN_NAME>>": "nobody"}
+    fed, refused = 0, []
+    for case in load_corpus():
+        if case.function != "on_nad_request" or case.payload_key not in ("json", "text"):
+            continue
+        try:
+            raw = json.loads(payload_bytes(case, subs))
+            nad = render_nad(parse_request(raw))
+        except (ValueError, Rejected):
+            continue  # refused before anything is rendered
+        ok, message = real.cni.try_config(json.loads(nad["spec"]["config"]), "pool-b-1", case.id)
+        fed += 1
+        if not ok:
+            refused.append((case.id, message))
+            if case.id in OPEN_DISAGREEMENTS:
+                assert OPEN_DISAGREEMENTS[case.id] in message, message
+                continue
+            assert case.expect.get("outcome") == "rejected" and case.expect.get("field"), (
+                f"{case.id}: the plugins refuse a config the controller accepts: {message}")
+    assert fed >= 10, fed
+    assert {c for c, _ in refused} >= set(OPEN_DISAGREEMENTS), refused  # a fixed one leaves this list
+    print(f"\ncorpus: {fed} rendered configs fed to the real plugins; refused by them: {refused}")

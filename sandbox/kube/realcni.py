@@ -227,6 +227,40 @@ class RealCni:
         except (OSError, GuestError):
             pass  # the guest is gone: nothing of it is left to free
 
+    def try_config(self, config: dict[str, Any], node: str, tag: str) -> tuple[bool, str]:
+        """ADD then DEL of a NAD's config (a conflist) straight through its plugins, in a throwaway
+        pod namespace on `node`, as Multus would delegate: (ADD accepted, the plugin's message)."""
+        node_info = self.ensure_node(node)
+        cid = hashlib.sha256(f"try-{tag}".encode()).hexdigest()
+        netns = f"try-{cid[:12]}"
+        g = self.guest
+        plugins = config.get("plugins") if isinstance(config.get("plugins"), list) else [config]
+        g.check(["ip", "netns", "add", netns])
+        try:
+            base = {"CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{netns}", "CNI_IFNAME": "net1",
+                    "CNI_PATH": BIN,
+                    "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={netns}"}
+            ok, message, added = True, "", []
+            prev: Any = None
+            for plugin in plugins:
+                conf = {"cniVersion": config.get("cniVersion"), "name": config.get("name"), **plugin}
+                if prev is not None:
+                    conf["prevResult"] = prev
+                out = g.exec(["ip", "netns", "exec", node_info["netns"], f"{BIN}/{plugin.get('type')}"],
+                             env={**base, "CNI_COMMAND": "ADD"}, stdin=json.dumps(conf), timeout=60)
+                if out.get("rc") != 0:
+                    ok, message = False, _cni_error(out)
+                    break
+                added.append(conf)
+                prev = json.loads(out.get("stdout") or "{}")
+            for conf in reversed(added if ok else [*added, *plugins[len(added):len(added) + 1]]):
+                conf = {"cniVersion": config.get("cniVersion"), "name": config.get("name"), **conf}
+                g.exec(["ip", "netns", "exec", node_info["netns"], f"{BIN}/{conf.get('type')}"],
+                       env={**base, "CNI_COMMAND": "DEL"}, stdin=json.dumps(conf), timeout=60)
+            return ok, message
+        finally:
+            g.exec(["ip", "netns", "del", netns])
+
     # ------------------------------------------------------------ looking at a pod
     def pod_info(self, uid: str) -> dict[str, str] | None:
         with self._lock:
