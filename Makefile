@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 TOOLS := .venv-tools
 
-.PHONY: setup tools test lint unit demo sandbox bench package lock clean realworld infra-check infra-lock
+.PHONY: setup tools test lint unit demo sandbox bench package lock clean realworld infra-check infra-lock syspkgs realcni
 
 setup: $(STAMP)
 
@@ -44,7 +44,7 @@ lint: setup
 # tier is I/O-bound and every stack, emulator and server takes its own free ports and state.
 # `realworld` first: the real components (the Kubernetes control plane, kwok, the CNI plugins, the Google
 # provider) are built with progress, or found in the cache.
-test: setup lint tools realworld
+test: setup lint tools syspkgs realworld
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # infra/ against the real hashicorp/google provider, offline: the provider is built from the Go module
@@ -74,8 +74,18 @@ sandbox: setup
 # The real upstream components (kube-apiserver, etcd, kwok, ...) built from the Go modules pinned in
 # realworld/*/go.sum into ~/.cache/multus-provisioner/realworld (sandbox/gobuild.py). The first build
 # takes minutes; later ones, in any clone on this machine, find the cache.
-realworld: setup
+realworld: setup syspkgs
 	$(BIN)/python -m sandbox.gobuild build
+
+# The real CNI plugins the data-path tests run (Multus, Whereabouts v0.7.0/v0.8.0, the reference
+# plugins): built before the suite, so no test waits minutes for a first build under its timeout.
+realcni: setup
+	$(BIN)/python -m sandbox.gobuild build cni-plugins multus whereabouts whereabouts-0.8
+
+# Debian packages of the real CNI data path (user-mode-linux, kmod, ping, arping), installed with
+# apt-get only when missing (scripts/syspkgs.py says what to do where it cannot).
+syspkgs:
+	$(PYTHON) -m scripts.syspkgs
 
 bench: setup
 	$(BIN)/python -m scripts.bench

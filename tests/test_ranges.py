@@ -107,6 +107,16 @@ def test_report_names_an_unreadable_config() -> None:
     assert "not JSON" in s.problem
 
 
+
+def test_capacity_counts_an_address_excluded_twice_once() -> None:
+    """Overlapping or repeated exclude blocks: Whereabouts skips each address once (the real plugin,
+    tests/test_whereabouts_arithmetic.py, handed out 10.9.0.1, .4, .5, .6 here)."""
+    [s] = ranges.report("", [nad("a", rng="10.9.0.0/29", exclude=["10.9.0.2/31", "10.9.0.3/32"])], [], []).slices
+    assert s.capacity == 4
+    [s] = ranges.report("", [nad("a", rng="10.9.0.0/29", exclude=["10.9.0.1/32", "10.9.0.1/32", "10.9.0.0/30"])],
+                        [], []).slices
+    assert s.capacity == 3  # .4 .5 .6
+
 def test_bar_shows_each_slice_and_what_is_handed_out() -> None:
     rep = ranges.report("172.16.1.0/24", [nad("a", rng="172.16.1.0/25"), nad("b", rng="172.16.1.128/26")],
                         [ippool("172.16.1.0-25", "172.16.1.0/25", {1: "default/p"})], ["default/p"])
@@ -128,7 +138,7 @@ def test_sandbox_whereabouts_writes_ippools_and_frees_them_after_the_pod_goes(ku
     assert ipp["spec"]["range"] == "10.200.2.0/29"
     allocs = ipp["spec"]["allocations"]
     assert sorted(allocs) == ["1", "2"] and {a["podref"] for a in allocs.values()} == {"default/p1", "default/p2"}
-    assert all(len(a["id"]) == 64 and a["ifname"] == "net1" for a in allocs.values())
+    assert all(len(a["id"]) == 64 and sorted(a) == ["id", "podref"] for a in allocs.values())  # as v0.7.0 writes
     # the same object through the API by name (a real custom resource, schema-checked on write)
     assert kube.get("whereabouts.cni.cncf.io/v1alpha1", "IPPool", "kube-system", "blue-10.200.2.0-29") is not None
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sandbox.kube import apply as ssa
-from sandbox.kube import discovery
+from sandbox.kube import discovery, protobuf
 from sandbox.kube.meta import (
     fields_match,
     label_problems,
@@ -159,6 +159,9 @@ class Api:
         if method == "POST" and name is None:
             return self.create(rt, ns, parse_body(body), query, headers, dry)
         if method == "PUT" and name is not None:
+            if body.startswith(protobuf.MAGIC):
+                return self.update(rt, ns, name, self._protobuf_status(rt, ns, name, body, sub), query, headers,
+                                   dry, sub)
             return self.update(rt, ns, name, parse_body(body), query, headers, dry, sub)
         if method == "PATCH" and name is not None:
             ctype = headers.get("content-type", "").split(";")[0].strip().lower()
@@ -383,7 +386,17 @@ class Api:
                 nmd.pop(k, None)
         if sub == "status":
             status = new.get("status")
+            sent = new.get("metadata") or {}
             new = copy.deepcopy(old)
+            if rt.kind == "Pod":
+                # A pod's status update keeps the labels and annotations it carries (Kubernetes'
+                # pkg/registry/core/pod/strategy.go, podStatusStrategy.PrepareForUpdate resets only
+                # the spec and ownerReferences): Multus writes network-status this way (UpdateStatus).
+                for k in ("labels", "annotations"):
+                    if sent.get(k) is not None:
+                        new["metadata"][k] = sent[k]
+                    else:
+                        new["metadata"].pop(k, None)
             if status is None:
                 new.pop("status", None)
             else:
@@ -404,6 +417,21 @@ class Api:
         if new == old:
             return 200, self.out(rt, new), warnings  # a no-op writes nothing: resourceVersion unchanged
         return 200, self._commit(rt, self.key(rt, ns, omd["name"]), old, new, dry), warnings
+
+    def _protobuf_status(self, rt: ResourceType, ns: str | None, name: str, body: bytes,
+                         sub: str | None) -> dict[str, Any]:
+        """A protobuf pods/status update (Multus'): its metadata, with the stored status kept."""
+        if rt.kind != "Pod" or sub != "status":
+            raise ApiError(415, "the sandbox server decodes protobuf only for pods/status updates; send JSON")
+        try:
+            obj = protobuf.decode_pod_metadata(body)
+        except (protobuf.DecodeError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"error decoding request body: {e}")
+        with self.store.lock:
+            old = self.store.get(self.key(rt, ns, name))
+            if old is not None and "status" in old:
+                obj["status"] = copy.deepcopy(old["status"])
+        return obj
 
     def update(self, rt: ResourceType, ns: str | None, name: str, body: Any, query: dict[str, str],
                headers: dict[str, str], dry: bool, sub: str | None) -> tuple[int, dict[str, Any], dict[str, str]]:

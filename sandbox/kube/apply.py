@@ -306,6 +306,12 @@ def json_patch(target: Any, ops: Any) -> Any:
             doc = json_patch(doc, [{"op": "add", "path": op["path"], "value": value}])
             continue
         if kind == "test":
+            # A missing member tests equal to null (evanphx/json-patch, which Kubernetes uses): Whereabouts
+            # guards each "add" to an IPPool's allocations with {"op": "test", "path": ..., "value": null}.
+            if parts and op.get("value") is None:
+                parent = _walk(doc, parts[:-1])
+                if isinstance(parent, dict) and parts[-1] not in parent:
+                    continue
             if _walk(doc, parts) != op.get("value"):
                 raise ApiError(422, f"testing value {op['path']} failed")
             continue

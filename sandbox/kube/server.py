@@ -116,7 +116,22 @@ class KubeApiServer:
             self.add_nodes(self._initial_nodes)
         return self.url
 
+    def use_real_cni(self, whereabouts: str = "v0.7.0") -> Any:
+        """Put pods' networks on the real data path (sandbox.kube.realcni): real Multus, IPVLAN and
+        Whereabouts in a UML guest whose plugins call this server back. Returns the RealCni."""
+        from sandbox.kube.realcni import RealCni
+
+        if self.sim is None:
+            raise RuntimeError("start the server before choosing its CNI")
+        if self.sim.real_cni is None:
+            self.sim.real_cni = RealCni(self, whereabouts=whereabouts).start()
+        return self.sim.real_cni
+
     def stop(self) -> None:
+        real = self.sim.real_cni if self.sim is not None else None
+        if real is not None:
+            self.sim.real_cni = None
+            real.stop()
         httpd, self._httpd = self._httpd, None
         dns, self._dns_httpd = self._dns_httpd, None
         if dns is not None:

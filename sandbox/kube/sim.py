@@ -66,6 +66,9 @@ class Sim(Hooks):
         self._rr = 0
         self._pending: set[Key] = set()
         self._retry_scheduled = False
+        # The real data path (sandbox.kube.realcni.RealCni) when the server uses it; None = simulated.
+        self.real_cni: Any = None
+        self._inflight: set[Key] = set()
 
     # ------------------------------------------------------------ store helpers
     def _mutate(self, key: Key, fn) -> dict[str, Any] | None:
@@ -161,7 +164,11 @@ class Sim(Hooks):
                     self._pending.discard(self.api.key(rt, old["metadata"]["namespace"], old["metadata"]["name"]))
                     self._pod_ips.pop(uid, None)
                 podref = f"{old['metadata']['namespace']}/{old['metadata']['name']}"
-                self.sched.call_later(self.ippool_release_delay, lambda: self._release(uid, podref))
+                if self.real_cni is not None:  # the kubelet's CNI DEL: real Whereabouts frees the address
+                    gone = copy.deepcopy(old)
+                    threading.Thread(target=self.real_cni.delete, args=(gone,), daemon=True).start()
+                else:
+                    self.sched.call_later(self.ippool_release_delay, lambda: self._release(uid, podref))
             elif old is None:
                 key = self.api.key(rt, new["metadata"]["namespace"], new["metadata"]["name"])
                 if new["spec"].get("nodeName"):
@@ -369,6 +376,16 @@ class Sim(Hooks):
                 pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "True",
                                                 "lastTransitionTime": now()}]
             uid = md["uid"]
+            if self.real_cni is not None and self.multus_ready():
+                if pod != original:
+                    self.store.put(key, pod)
+                with self._lock:
+                    if key in self._inflight:
+                        return
+                    self._inflight.add(key)
+                threading.Thread(target=self._real_add, args=(key, node), daemon=True,
+                                 name=f"cni-add-{key[3]}").start()
+                return
             try:
                 interfaces = self._setup_network(pod, uid)
             except CniError as e:
@@ -385,17 +402,7 @@ class Sim(Hooks):
             if interfaces is not None:
                 pod.setdefault("metadata", {}).setdefault("annotations", {})[NETWORK_STATUS] = json.dumps(
                     interfaces, indent=4)
-            eth0 = self._pod_ips[uid]
-            pod["status"] = {
-                "phase": "Running", "hostIP": _node_ip(node, self.store), "podIP": str(eth0),
-                "podIPs": [{"ip": str(eth0)}], "startTime": t, "qosClass": "BestEffort",
-                "conditions": [{"type": c, "status": "True", "lastTransitionTime": t}
-                               for c in ("Initialized", "Ready", "ContainersReady", "PodScheduled")],
-                "containerStatuses": [{
-                    "name": c.get("name", ""), "image": c.get("image", ""), "imageID": "", "ready": True,
-                    "started": True, "restartCount": 0, "containerID": "containerd://" + secrets.token_hex(32),
-                    "state": {"running": {"startedAt": t}}} for c in spec.get("containers") or []],
-            }
+            pod["status"] = self._running_status(pod, node, str(self._pod_ips[uid]), t)
             stored = self.store.put(key, pod)
             with self._lock:
                 self._pending.discard(key)
@@ -404,6 +411,66 @@ class Sim(Hooks):
                        f"Add {i['interface']} [{', '.join(i['ips'])}] from {i['name']}", "multus", node)
         for c in spec.get("containers") or []:
             self.event(stored, "Pod", "Normal", "Started", f"Started container {c.get('name', '')}", "kubelet", node)
+
+    def _running_status(self, pod: dict[str, Any], node: str, eth0: str, t: str) -> dict[str, Any]:
+        return {
+            "phase": "Running", "hostIP": _node_ip(node, self.store), "podIP": eth0,
+            "podIPs": [{"ip": eth0}], "startTime": t, "qosClass": "BestEffort",
+            "conditions": [{"type": c, "status": "True", "lastTransitionTime": t}
+                           for c in ("Initialized", "Ready", "ContainersReady", "PodScheduled")],
+            "containerStatuses": [{
+                "name": c.get("name", ""), "image": c.get("image", ""), "imageID": "", "ready": True,
+                "started": True, "restartCount": 0, "containerID": "containerd://" + secrets.token_hex(32),
+                "state": {"running": {"startedAt": t}}} for c in (pod.get("spec") or {}).get("containers") or []],
+        }
+
+    def _real_add(self, key: Key, node: str) -> None:
+        """The kubelet's CNI ADD on the real data path, outside the store lock: Multus and
+        Whereabouts call this server back (GET pod and NAD, IPPool, Lease, pods/status)."""
+        from sandbox.kube.uml import GuestError
+
+        with self.store.lock:
+            pod = copy.deepcopy(self.store.get(key))
+        try:
+            if pod is None:
+                return
+            try:
+                out = self.real_cni.add(pod, node)
+            except (CniError, GuestError, OSError) as e:
+                with self.store.lock:
+                    cur = self.store.get(key)
+                    if cur is not None and cur["metadata"]["uid"] == pod["metadata"]["uid"]:
+                        uid = pod["metadata"]["uid"]
+                        self.event(cur, "Pod", "Warning", "FailedCreatePodSandBox",
+                                   f'Failed to create pod sandbox: rpc error: code = Unknown desc = failed to setup '
+                                   f'network for sandbox "{uid.replace("-", "")}": plugin type="multus" '
+                                   f'name="multus-cni-network" failed (add): {e}', "kubelet", node)
+                        self._park(key)
+                return
+            with self.store.lock:
+                cur = self.store.get(key)
+                alive = cur is not None and cur["metadata"]["uid"] == pod["metadata"]["uid"]
+                if alive:
+                    cur = copy.deepcopy(cur)
+                    cur["status"] = self._running_status(cur, node, out["eth0"], now())
+                    stored = self.store.put(key, cur)
+                    with self._lock:
+                        self._pending.discard(key)
+            if not alive:
+                self.real_cni.delete(pod)
+                return
+            status = json.loads((stored["metadata"].get("annotations") or {}).get(NETWORK_STATUS) or "[]")
+            for i in status:
+                if not i.get("default"):
+                    self.event(stored, "Pod", "Normal", "AddedInterface",
+                               f"Add {i.get('interface')} [{', '.join(i.get('ips') or [])}] from {i.get('name')}",
+                               "multus", node)
+            for c in stored["spec"].get("containers") or []:
+                self.event(stored, "Pod", "Normal", "Started", f"Started container {c.get('name', '')}",
+                           "kubelet", node)
+        finally:
+            with self._lock:
+                self._inflight.discard(key)
 
     # ------------------------------------------------------------ Whereabouts' IPPool objects
     def _release(self, uid: str, podref: str) -> None:
@@ -422,7 +489,7 @@ class Sim(Hooks):
                     self.store.put((IPPOOL_GROUP, IPPOOL_PLURAL, pool["metadata"]["namespace"],
                                     pool["metadata"]["name"]), pool)
 
-    def _record_allocation(self, rng: Any, ip: Any, podref: str, uid: str, ifname: str) -> None:
+    def _record_allocation(self, rng: Any, ip: Any, podref: str, uid: str) -> None:
         """Write the allocation into the range's IPPool (created on first use), as Whereabouts does."""
         name = ippool_name(rng)
         key = (IPPOOL_GROUP, IPPOOL_PLURAL, WHEREABOUTS_NAMESPACE, name)
@@ -434,7 +501,7 @@ class Sim(Hooks):
                 "spec": {"range": str(rng.network), "allocations": {}}}
             offset = int(ip) - int(rng.network.network_address)
             pool["spec"].setdefault("allocations", {})[str(offset)] = {
-                "id": sandbox_id(uid), "podref": podref, "ifname": ifname}
+                "id": sandbox_id(uid), "podref": podref}  # v0.7.0 writes no ifname (v0.8.0 adds it)
             self.store.put(key, pool)
 
     def _park(self, key: Key) -> None:
@@ -465,7 +532,7 @@ class Sim(Hooks):
                     f'network-attachment-definitions.k8s.cni.cncf.io "{sel.name}" not found')
             rng = parse_ipam((nad.get("spec") or {}).get("config"), sel.ref)
             ip = self.ipam.allocate(rng, uid, sel.ref)
-            self._record_allocation(rng, ip, f"{md['namespace']}/{md['name']}", uid, sel.interface or f"net{n}")
+            self._record_allocation(rng, ip, f"{md['namespace']}/{md['name']}", uid)
             status.append({"name": sel.ref, "interface": sel.interface or f"net{n}",
                            "ips": [str(ip)], "mac": _mac(), "dns": {}})
         return status

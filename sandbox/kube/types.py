@@ -63,10 +63,13 @@ BUILTINS: tuple[ResourceType, ...] = (
     _t("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
     _t("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False,
        ("crd", "crds"), ("api-extensions",), status=True, generation=True),
+    # Whereabouts' kubernetes datastore takes a leader-election Lease named `whereabouts` before
+    # each allocation (client-go's resourcelock.LeaseLock); Kubernetes serves it since 1.14.
+    _t("coordination.k8s.io", "v1", "leases", "Lease", True),
 )
 
 # Group preference order in /apis, as a real server lists them (core first, then built-ins).
-BUILTIN_GROUPS = ("apps", "rbac.authorization.k8s.io", "apiextensions.k8s.io")
+BUILTIN_GROUPS = ("apps", "rbac.authorization.k8s.io", "apiextensions.k8s.io", "coordination.k8s.io")
 
 
 def types_of_crd(crd: dict[str, Any]) -> list[ResourceType]:

@@ -141,12 +141,16 @@ def _capacity(ipam: _Ipam) -> int:
     if ipam.end < ipam.start:
         return 0
     total = int(ipam.end) - int(ipam.start) + 1
-    for x in ipam.exclude:
-        lo = max(int(x.network_address), int(ipam.start))
-        hi = min(int(x.broadcast_address), int(ipam.end))
+    # Excluded blocks may overlap or repeat; each address counts once (as Whereabouts skips it once).
+    cut = sorted((max(int(x.network_address), int(ipam.start)), min(int(x.broadcast_address), int(ipam.end)))
+                 for x in ipam.exclude if x.version == ipam.network.version)
+    covered, reach = 0, int(ipam.start) - 1
+    for lo, hi in cut:
+        lo = max(lo, reach + 1)
         if hi >= lo:
-            total -= hi - lo + 1
-    return max(0, total)
+            covered += hi - lo + 1
+            reach = hi
+    return max(0, total - covered)
 
 
 def report(secondary_range: str, nads: Iterable[Mapping[str, Any]], ippools: Iterable[Mapping[str, Any]],
