@@ -8,6 +8,8 @@ The story, told with a progress display:
 4. an ineligible cluster that existed before the controller (no event for it) is adopted by a
    reconcile tick: it ends INELIGIBLE with findings and their fixes;
 5. the early NAD is applied once the cluster is READY; a sample pod gets `net1` from the range;
+   with `--kube real`, from real Multus and Whereabouts, and a peer pod on another node of the pool
+   reaches it over IPVLAN layer 2 (the kernel's addresses and ICMP/ARP from inside the pods);
 6. the Firestore audit trail and the objects in the cluster are printed.
 Exit 0 only if every milestone reached its expected state.
 """
@@ -124,13 +126,15 @@ class _Story:
             doc = self.early_nad_applied(eligible)
             nad_range = doc.get("range") if doc else None
             ip = _sample_pod(self.stack, eligible.cluster, self.p, nad_range, self.timeout)
+            peers = _peer_on_layer2(self.stack, eligible.cluster, self.p, nad_range, self.timeout) if ip else None
             _print_trail(self.store, eligible, self.p)
             _print_objects(self.stack, eligible.cluster, self.p)
         finally:
             channel.close()
         return {"clusters": {eligible.cluster: rec.state if rec else None,
                              legacy.cluster: legacy_rec.state if legacy_rec else None},
-                "nad": doc.get("state") if doc else None, "range": nad_range, "podIp": ip}
+                "nad": doc.get("state") if doc else None, "range": nad_range, "podIp": ip,
+                **({"layer2": peers} if peers is not None else {})}
 
     def request_early_nad(self, eligible: Any) -> None:
         from multus_cli.online import publish_request
@@ -231,6 +235,62 @@ def _sample_pod(stack: Any, cluster: str, p: Progress, nad_range: str | None, ti
     else:
         p.fail(f"sample pod net1 = {ip}, expected an address in {nad_range}")
     return ip
+
+
+def _peer_on_layer2(stack: Any, cluster: str, p: Progress, nad_range: str | None,
+                    timeout: float) -> dict[str, Any] | None:
+    """On the real data path: a peer pod on another node of the sample pod's pool, both pods' net1
+    as the kernel shows it, Whereabouts' allocations, and ICMP and ARP between them over net1."""
+    server = stack.kube_server(cluster)
+    cni = getattr(server, "real_cni", None)
+    if cni is None:
+        return None  # the simulated CNI: no kernel to ask
+    from kubernetes import client as k8s
+    from kubernetes import config as kconfig
+
+    kubeconfig = Path(stack.env["MULTUS_PROVISIONER_KUBECONFIG_DIR"]) / f"{cluster}.yaml"
+    api = kconfig.new_client_from_config(config_file=str(kubeconfig))
+    core = k8s.CoreV1Api(api)
+    sample = core.read_namespaced_pod("sample-pod", "default")
+    pool = core.read_node(sample.spec.node_name).metadata.labels.get("cloud.google.com/gke-nodepool", "")
+    others = [n.metadata.name for n in core.list_node(label_selector=f"cloud.google.com/gke-nodepool={pool}").items
+              if n.metadata.name != sample.spec.node_name]
+    if not others:
+        p.say("  ", f"pool {pool} has one node: no peer on another node to reach")
+        api.close()
+        return {"peer": None}
+    p.step(f"creating pod default/peer-pod on {others[0]} (another node of pool {pool}) on the same NAD")
+    core.create_namespaced_pod("default", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "peer-pod",
+                     "annotations": {"k8s.v1.cni.cncf.io/networks": f"default/{EARLY_NAD['name']}"}},
+        "spec": {"nodeSelector": {"kubernetes.io/hostname": others[0]},
+                 "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.9"}]},
+    })
+    peer = _wait(lambda: (lambda q: q if (q.metadata.annotations or {}).get("k8s.v1.cni.cncf.io/network-status")
+                          else None)(core.read_namespaced_pod("peer-pod", "default")), timeout)
+    api.close()
+    if peer is None:
+        p.fail("peer pod got no network-status")
+        return {"peer": None}
+    report: dict[str, Any] = {}
+    for pod in (sample, peer):
+        kernel = [a for link in cni.addresses(pod.metadata.uid) for a in link.get("addr_info") or []
+                  if a.get("family") == "inet"]
+        info = cni.pod_info(pod.metadata.uid) or {}
+        report[pod.metadata.name] = {"node": pod.spec.node_name, "netns": info.get("netns"),
+                                     "net1": [f"{a['local']}/{a['prefixlen']}" for a in kernel]}
+        p.say("  ", f"{pod.metadata.name} on {pod.spec.node_name}, netns {info.get('netns')}: net1 "
+                    f"{', '.join(report[pod.metadata.name]['net1']) or '(none)'} (from the kernel)")
+    target = (report["peer-pod"]["net1"] or [""])[0].split("/")[0]
+    reach = cni.ping(sample.metadata.uid, target) if target else {"icmp": False, "arp": False}
+    report["reach"] = {"from": "sample-pod", "to": target, "icmp": reach["icmp"], "arp": reach["arp"]}
+    inside = bool(target and nad_range and ipaddress.ip_address(target) in ipaddress.ip_network(nad_range))
+    if reach["icmp"] and reach["arp"] and inside:
+        p.ok(f"sample-pod reaches peer-pod {target} over net1 (IPVLAN L2: ICMP and ARP answered)")
+    else:
+        p.fail(f"sample-pod does not reach peer-pod {target or '(no address)'} over net1: {reach}")
+    return report
 
 
 def _print_trail(store: Any, ref: Any, p: Progress) -> None:

@@ -324,8 +324,14 @@ class Stack:
             name=cluster.name, dns_name=dns_name, dns_authority=self.public_ca if dns_name else None,
             ip_access=ip_access)
         if self.kube == "real":
-            self.progress(f"starting a real Kubernetes control plane for {cluster.name}")
+            self.progress(f"starting a real Kubernetes control plane and data path for {cluster.name}")
         server.start(port=0)
+        if self.kube == "real":  # real Multus, IPVLAN and Whereabouts for its pods (sandbox/kube/realcni.py)
+            try:
+                server.use_real_cni()
+            except BaseException:
+                server.stop()
+                raise
         for name in nodes:
             server.add_nodes([name], labels=labels[name])
         with self._lock:

@@ -321,6 +321,141 @@ class _AuditStats(Stats):
         super().reset()
 
 
+class _CoreReader:
+    """What the CNI data path reads of the cluster by store key (nodes, ConfigMaps): core/v1 objects,
+    read over the API, so `RealCni` works on this server as on the simulated one."""
+
+    def __init__(self, server: RealKubeApiServer) -> None:
+        self._server = server
+
+    def get(self, key: tuple[str, str, str, str]) -> dict[str, Any] | None:
+        group, plural, namespace, name = key
+        if group:
+            raise ValueError(f"only core/v1 objects are read by key here, not {group}/{plural}")
+        path = f"/api/v1/namespaces/{namespace}/{plural}/{name}" if namespace else f"/api/v1/{plural}/{name}"
+        found = self._server.admin_request("GET", path, expect=(200, 404))
+        return found if found and found.get("kind") != "Status" else None
+
+
+class PodNetworks:
+    """The kubelet's part in pod networking on the real tier: kwok stands in for the rest of it.
+
+    A pod bound to a node that asks for networks (`k8s.v1.cni.cncf.io/networks`) gets a CNI ADD
+    through the real Multus on that node (`sandbox.kube.realcni`); Multus writes its
+    `network-status`, and only then does kwok's stage make it Ready (a kubelet starts containers
+    after the sandbox's network exists). A failed ADD is an Event `FailedCreatePodSandBox` and is
+    tried again, as the kubelet retries sandbox creation. A pod that goes gets its CNI DEL, which
+    frees its Whereabouts address."""
+
+    RETRY_SECONDS = 3.0
+
+    def __init__(self, server: RealKubeApiServer, cni: Any) -> None:
+        self.server = server
+        self.cni = cni
+        self._added: dict[str, dict[str, Any]] = {}
+        self._busy: set[str] = set()
+        self._failed: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"pod-networks-{server.name}", daemon=True)
+
+    def start(self) -> PodNetworks:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                pods = self.server.admin_request("GET", "/api/v1/pods", expect=(200,)).get("items") or []
+            except (RealTierError, OSError, ValueError, http.client.HTTPException):
+                continue
+            self._step(pods)
+
+    def _step(self, pods: list[dict[str, Any]]) -> None:
+        present: set[str] = set()
+        for pod in pods:
+            md, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+            uid = str(md.get("uid", ""))
+            present.add(uid)
+            with self._lock:
+                added, busy = uid in self._added, uid in self._busy
+                failed_at = self._failed.get(uid)
+            if md.get("deletionTimestamp"):
+                if added:
+                    self._spawn(uid, self._delete, uid)
+                continue
+            annotations = md.get("annotations") or {}
+            if (added or busy or not spec.get("nodeName") or spec.get("hostNetwork")
+                    or _NETWORKS not in annotations or _NETWORK_STATUS in annotations):
+                continue
+            if failed_at is not None and time.monotonic() - failed_at < self.RETRY_SECONDS:
+                continue
+            self._spawn(uid, self._add, pod)
+        with self._lock:
+            gone = [uid for uid in self._added if uid not in present and uid not in self._busy]
+        for uid in gone:
+            self._spawn(uid, self._delete, uid)
+
+    def _spawn(self, uid: str, fn: Any, arg: Any) -> None:
+        with self._lock:
+            if uid in self._busy:
+                return
+            self._busy.add(uid)
+        threading.Thread(target=self._run, args=(uid, fn, arg), daemon=True, name=f"cni-{uid[:8]}").start()
+
+    def _run(self, uid: str, fn: Any, arg: Any) -> None:
+        try:
+            fn(arg)
+        finally:
+            with self._lock:
+                self._busy.discard(uid)
+
+    def _add(self, pod: dict[str, Any]) -> None:
+        from sandbox.kube.cni import CniError
+        from sandbox.kube.uml import GuestError
+
+        md = pod["metadata"]
+        try:
+            self.cni.add(pod, pod["spec"]["nodeName"])
+        except (CniError, GuestError, OSError) as err:
+            with self._lock:
+                self._failed[md["uid"]] = time.monotonic()
+            self._event(pod, "FailedCreatePodSandBox",
+                        f'Failed to create pod sandbox: rpc error: code = Unknown desc = failed to setup network for '
+                        f'sandbox "{md["uid"].replace("-", "")}": plugin type="multus" name="multus-cni-network" '
+                        f"failed (add): {err}")
+            return
+        with self._lock:
+            self._added[md["uid"]] = pod
+            self._failed.pop(md["uid"], None)
+
+    def _delete(self, uid: str) -> None:
+        with self._lock:
+            pod = self._added.pop(uid, None)
+        if pod is not None:
+            self.cni.delete(pod)
+
+    def _event(self, pod: dict[str, Any], reason: str, message: str) -> None:
+        md = pod["metadata"]
+        with contextlib.suppress(RealTierError, OSError, http.client.HTTPException):
+            self.server.admin_request("POST", f"/api/v1/namespaces/{md['namespace']}/events", {
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"generateName": f"{md['name']}.", "namespace": md["namespace"]},
+                "involvedObject": {"kind": "Pod", "namespace": md["namespace"], "name": md["name"],
+                                   "uid": md["uid"], "apiVersion": "v1"},
+                "reason": reason, "message": message[:1024], "type": "Warning",
+                "source": {"component": "kubelet", "host": pod["spec"].get("nodeName", "")},
+                "count": 1}, expect=(201,))
+
+
+_NETWORKS = "k8s.v1.cni.cncf.io/networks"
+_NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
+
+
 class RealKubeApiServer:
     """A real control plane behind the simulated server's interface (see the module docstring).
 
@@ -357,6 +492,9 @@ class RealKubeApiServer:
         self._refuser: socket.socket | None = None
         self._api_port = 0
         self.started_seconds = 0.0
+        self.store = _CoreReader(self)  # what the CNI data path reads by key (sandbox.kube.realcni)
+        self.real_cni: Any = None
+        self._pod_networks: PodNetworks | None = None
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -449,7 +587,26 @@ class RealKubeApiServer:
         if self._initial_nodes:
             self.add_nodes(self._initial_nodes)
 
+    def use_real_cni(self, whereabouts: str = "v0.7.0") -> Any:
+        """Pods' networks on the real data path: real Multus, IPVLAN and Whereabouts in a UML guest
+        (sandbox.kube.realcni) whose plugins call this API server; returns the RealCni."""
+        from sandbox.kube.realcni import RealCni
+
+        if not self.url:
+            raise RuntimeError("start the server before choosing its CNI")
+        if self.real_cni is None:
+            self.real_cni = RealCni(self, whereabouts=whereabouts).start()
+            self._pod_networks = PodNetworks(self, self.real_cni).start()
+        return self.real_cni
+
     def stop(self) -> None:
+        if self._pod_networks is not None:
+            self._pod_networks.stop()
+            self._pod_networks = None
+        if self.real_cni is not None:
+            with contextlib.suppress(Exception):
+                self.real_cni.stop()
+            self.real_cni = None
         for proc in reversed(self._procs):
             with contextlib.suppress(Exception):
                 proc.stop()
