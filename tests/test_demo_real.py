@@ -1,0 +1,33 @@
+"""`multus-provisioner demo --kube real`, run as a user runs it: every step reaches its expected state
+on a real kube-apiserver, and the sample pod and a peer pod on another node of the pool get `net1`
+from real Whereabouts and reach each other over IPVLAN layer 2 (the seed's last step)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.real
+
+
+def test_the_demo_on_the_real_tier_ends_with_two_pods_reaching_each_other_over_layer2(tmp_path: Path) -> None:
+    cli = Path(sys.executable).parent / "multus-provisioner"
+    run = subprocess.run([str(cli), "demo", "--kube", "real", "--json", "--state-dir", str(tmp_path / "demo"),
+                          "--timeout", "180"], capture_output=True, text=True, timeout=900, check=False)
+    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    summary = json.loads(run.stdout)
+    assert summary["ok"] and not summary["failures"]
+    assert summary["nad"] == "APPLIED"
+    layer2 = summary["layer2"]
+    sample, peer = layer2["sample-pod"], layer2["peer-pod"]
+    assert sample["node"] != peer["node"] and sample["netns"] != peer["netns"]
+    nad_range = ipaddress.ip_network(summary["range"])
+    kernel = [ipaddress.ip_interface(a) for a in sample["net1"] + peer["net1"]]
+    assert len(kernel) == 2 and all(a.ip in nad_range for a in kernel) and kernel[0].ip != kernel[1].ip
+    assert str(kernel[0].ip) == summary["podIp"]  # the kernel's address is the one network-status reports
+    assert layer2["reach"] == {"from": "sample-pod", "to": str(kernel[1].ip), "icmp": True, "arp": True}
