@@ -84,6 +84,16 @@ class ClusterRecord:
         return cls(ref, str(data.get("state", "")), data, Lease.from_doc(data.get("lease")))
 
 
+@dataclass(frozen=True)
+class NadVersion:
+    """A NAD document as a worker last read or wrote it, and its update time (None: there was no
+    document). Handed back to `put_nad_version(known=...)`, it is the precondition of the next
+    write instead of a read: a NAD apply reads its document once and never again."""
+
+    data: Mapping[str, Any]
+    update_time: Any
+
+
 class StorePort(Protocol):
     """Workflow documents, the ledger and the history (Firestore in production)."""
 
@@ -102,6 +112,10 @@ class StorePort(Protocol):
     def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> dict[str, Any] | None: ...
     def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
                 **kw: Any) -> bool: ...
+    def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
+                        **kw: Any) -> NadVersion | None: ...
+    def get_cluster_and_nad_unless_seen(self, ref: ClusterRef, ledger_key: str, namespace: str,
+                                        name: str) -> tuple[ClusterRecord | None, bool, NadVersion]: ...
     def list_nads(self, ref: ClusterRef, state: str | None = None, **kw: Any) -> list[dict[str, Any]]: ...
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str, **kw: Any) -> None: ...
     def get_policy(self) -> dict[str, Any] | None: ...

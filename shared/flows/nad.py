@@ -27,7 +27,7 @@ from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
 from shared.flows.verify import VerifyFlow
-from shared.ports import DELETE
+from shared.ports import DELETE, NadVersion
 
 # What the NAD decisions read of the other NADs (namespace and name come from the doc id).
 NAD_DECISION_FIELDS = ("state", "master", "range", "claimOrder", "applied", "claim", "claimRefused")
@@ -46,11 +46,14 @@ class NadFlow:
         ref: ClusterRef = req.cluster
         store = self.ctx.store
         ledger = _nad_ledger_key(ev.event_id, req)
-        rec, seen = store.get_cluster_unless_seen(ref, ledger)
+        # One read for the cluster, the ledger and this NAD's document: the claim decides on the
+        # document as read here, with its update time as the precondition (no read of its own).
+        rec, seen, known = store.get_cluster_and_nad_unless_seen(ref, ledger, req.namespace, req.name)
         if seen:
             return self._duplicate(ref, req, ev.event_id, ledger)
         cluster_state = rec.state if rec else None
-        out = self._decide_and_carry_out(ref, rec, req, ev.event_id, ledger, expect=None, origin=ev.event_id)
+        out = self._decide_and_carry_out(ref, rec, req, ev.event_id, ledger, expect=None, origin=ev.event_id,
+                                         known=known)
         if out.state == d.NAD_PENDING and out.status == "pending":
             # Lost wake-up guard: the cluster may have become READY (and scanned its PENDING NADs)
             # between our read of it and our write. Look once more; the compare-and-set on PENDING
@@ -78,11 +81,12 @@ class NadFlow:
 
     def _decide_and_carry_out(self, ref: ClusterRef, rec: Any, req: Any, event_id: str, ledger: str, *,
                               expect: tuple[str | None, ...] | None, expect_claim: str | None = None,
-                              origin: str | None = None) -> Outcome:
+                              origin: str | None = None, known: NadVersion | None = None) -> Outcome:
         """The pure checks first (state, namespace, range inside the pool's); the checks that
         depend on the other NADs (overlap, limit) are made after this request's claim, see
         `_apply_nad`. `origin` is the message id of the request being carried out (a waiting
-        request keeps its own when the cluster's scan applies it)."""
+        request keeps its own when the cluster's scan applies it). `known` is this NAD's document
+        as the caller read it (the claim's precondition), or None to read it."""
         policy = self.ctx.policy()
         cluster_state = rec.state if rec else None
         pool_cidr = ((rec.data.get("nodePool") or {}).get("cidr")) if rec else None
@@ -90,9 +94,9 @@ class NadFlow:
                             namespace_problem=policy.namespace_problem(req.namespace), max_nads=None)
         job = _Job(ref, req, event_id, ledger, origin or event_id, self._stale_before(), self._stale_before(1))
         if step.kind == step.APPLY:
-            return self._apply_nad(job, step.range, expect=expect, expect_claim=expect_claim)
+            return self._apply_nad(job, step.range, expect=expect, expect_claim=expect_claim, known=known)
         if step.kind == step.DELETE:
-            return self._delete_nad(job, cluster_state, expect=expect, expect_claim=expect_claim)
+            return self._delete_nad(job, cluster_state, expect=expect, expect_claim=expect_claim, known=known)
         return self._carry_out_nad(job, step, expect=expect, expect_claim=expect_claim)
 
     def _stale_before(self, leases: int = STALE_LEASES) -> str:
@@ -114,13 +118,14 @@ class NadFlow:
                        change.state)
 
     def _refuse(self, job: _Job, reasons: list[str], cidr: str | None, *,
-                expect_states: tuple[str | None, ...] | None, expect_fields: dict[str, Any] | None) -> Outcome:
+                expect_states: tuple[str | None, ...] | None, expect_fields: dict[str, Any] | None,
+                known: NadVersion | None = None) -> Outcome:
         """Record a refusal: a NAD on the cluster keeps its applied part and says so."""
         change = _Change(job, d.NAD_REJECTED, lambda cur: _refused(job, cur, reasons, cidr))
         wrote = self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
                                        step="reject-nad", state=d.NAD_REJECTED, fields={}, derive=change,
                                        outcome="rejected", ledger_key=job.ledger, ledger_fields=job.ledger_fields,
-                                       expect_states=expect_states, expect_fields=expect_fields)
+                                       expect_states=expect_states, expect_fields=expect_fields, known=known)
         if not wrote and expect_fields and "claimOrder" in expect_fields and expect_states == (d.NAD_APPLYING,):
             # our claim was taken over meanwhile; the request has its outcome all the same
             self.ctx.store.record_ledger(job.ledger, event_id=job.event_id, step="reject-nad", outcome="rejected",
@@ -129,24 +134,25 @@ class NadFlow:
         return Outcome("rejected" if wrote else "duplicate", "; ".join(reasons), job.ref.path, change.state)
 
     def _claim(self, job: _Job, cidr: str | None, state: str, *, expect: tuple[str | None, ...] | None,
-               expect_claim: str | None) -> str | None:
+               expect_claim: str | None, known: NadVersion | None = None) -> tuple[str, NadVersion] | None:
         """Claim the NAD for this request (APPLYING or DELETING + `claimOrder`); None when the
         request was handled already or the claim was taken by another worker. A NAD another
         live request is carrying out answers `Transient` (busy): the request is redelivered and
-        carried out after it, so one NAD is changed by one worker at a time."""
+        carried out after it, so one NAD is changed by one worker at a time. Returns the claim's
+        order and the document as claimed: its update time is the precondition of the outcome's
+        record, so no other write can come between the claim and the outcome unnoticed."""
         order = f"{time.time_ns():020d}~{secrets.token_hex(4)}"
         change = _Change(job, state, lambda cur: _claimed(job, cur, cidr, order, state, expect_claim))
         verb = "deleting" if state == d.NAD_DELETING else f"applying with range {cidr}"
-        if not self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
-                                      step="claim-nad", state=state, fields={}, derive=change,
-                                      message=f"{job.label}: {verb}", ledger_key=job.ledger, expect_states=expect,
-                                      history=False, write_ledger=False,
-                                      expect_fields={"claimOrder": expect_claim} if expect_claim else None):
-            return None
-        return order
+        version = self.ctx.store.put_nad_version(
+            job.ref, job.req.namespace, job.req.name, event_id=job.event_id, step="claim-nad", state=state, fields={},
+            derive=change, message=f"{job.label}: {verb}", ledger_key=job.ledger, expect_states=expect,
+            history=False, write_ledger=False, expect_fields={"claimOrder": expect_claim} if expect_claim else None,
+            known=known)
+        return None if version is None else (order, version)
 
     def _delete_nad(self, job: _Job, cluster_state: str | None, *, expect: tuple[str | None, ...] | None,
-                    expect_claim: str | None) -> Outcome:
+                    expect_claim: str | None, known: NadVersion | None = None) -> Outcome:
         """A delete is done when the object is gone: on a READY cluster it is deleted under a
         claim and recorded after the cluster answered; a refusal keeps the record as it was; on a
         cluster that is not READY a NAD still on it waits (PENDING delete)."""
@@ -156,12 +162,13 @@ class NadFlow:
             wrote = store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="delete-nad",
                                   state=d.NAD_PENDING, fields={}, derive=change, ledger_key=job.ledger,
                                   ledger_fields=job.ledger_fields, expect_states=expect,
-                                  expect_fields={"claimOrder": expect_claim} if expect_claim else None)
+                                  expect_fields={"claimOrder": expect_claim} if expect_claim else None, known=known)
             status = "pending" if change.state == d.NAD_PENDING else "done"
             return Outcome(status if wrote else "duplicate", change.message, ref.path, change.state)
-        order = self._claim(job, None, d.NAD_DELETING, expect=expect, expect_claim=expect_claim)
-        if order is None:
+        claimed = self._claim(job, None, d.NAD_DELETING, expect=expect, expect_claim=expect_claim, known=known)
+        if claimed is None:
             return Outcome("duplicate", "request already handled, or taken by another worker", ref.path)
+        order, version = claimed
         mine = {"claimOrder": order}
         try:
             deleted = self.ctx.kube_for(ref).delete_nad(req.namespace, req.name)
@@ -173,14 +180,15 @@ class NadFlow:
         message = f"{job.label} deleted" + ("" if deleted else " (it was not on the cluster)")
         wrote = store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="delete-nad",
                               state=d.NAD_DELETED, fields=_deleted(job), message=message, ledger_key=job.ledger,
-                              ledger_fields=job.ledger_fields, expect_states=(d.NAD_DELETING,), expect_fields=mine)
+                              ledger_fields=job.ledger_fields, expect_states=(d.NAD_DELETING,), expect_fields=mine,
+                              known=version)
         if not wrote:
             store.record_ledger(job.ledger, event_id=job.event_id, step="delete-nad", outcome="ok", cluster=ref,
                                 fields=job.ledger_fields)
         return Outcome("done" if wrote else "superseded", message, ref.path, d.NAD_DELETED)
 
     def _apply_nad(self, job: _Job, cidr: str, *, expect: tuple[str | None, ...] | None,
-                   expect_claim: str | None = None) -> Outcome:
+                   expect_claim: str | None = None, known: NadVersion | None = None) -> Outcome:
         """Claim, check against the other NADs, apply to the cluster, record.
 
         Two requests of one cluster handled at once must not both get overlapping ranges, yet a
@@ -190,11 +198,12 @@ class NadFlow:
         claim, so a claim turned away meanwhile puts back what its record says is on the cluster.
         """
         ref = job.ref
-        order = self._claim(job, cidr, d.NAD_APPLYING, expect=expect, expect_claim=expect_claim)
-        if order is None:
+        claimed = self._claim(job, cidr, d.NAD_APPLYING, expect=expect, expect_claim=expect_claim, known=known)
+        if claimed is None:
             return Outcome("duplicate", "request already handled, or taken by another worker", ref.path)
+        order, version = claimed
         try:
-            return self._apply_claimed(job, cidr, order)
+            return self._apply_claimed(job, cidr, order, version)
         except Transient as e:
             self._release(job, order, d.NAD_APPLYING, e)
             raise
@@ -208,7 +217,7 @@ class NadFlow:
                                    step="claim-nad", state=d.NAD_PENDING, fields={}, derive=change,
                                    expect_states=(claimed,), expect_fields={"claimOrder": order}, history=False)
 
-    def _apply_claimed(self, job: _Job, cidr: str, order: str) -> Outcome:
+    def _apply_claimed(self, job: _Job, cidr: str, order: str, version: NadVersion) -> Outcome:
         from shared.core import nad as nadlib
 
         store, ref, req = self.ctx.store, job.ref, job.req
@@ -241,7 +250,8 @@ class NadFlow:
                     lose_to.append({**other, "range": part["range"]})  # it finished first after all
         reasons += _overlap_reasons(cidr, req.master, lose_to)
         if reasons:
-            return self._refuse(job, reasons, cidr, expect_states=(d.NAD_APPLYING,), expect_fields=mine)
+            return self._refuse(job, reasons, cidr, expect_states=(d.NAD_APPLYING,), expect_fields=mine,
+                                known=version)
         obj = nadlib.render_nad(req, cidr)
         try:
             result = kube.apply_nad(obj)
@@ -258,7 +268,8 @@ class NadFlow:
                           verification)
         if store.put_nad(ref, ns, name, event_id=job.event_id, step="apply-nad", state=state, fields=fields,
                          message=message, ledger_key=job.ledger, ledger_fields=job.ledger_fields,
-                         expect_states=(d.NAD_APPLYING,), expect_fields={**mine, "claimRefused": None}):
+                         expect_states=(d.NAD_APPLYING,), expect_fields={**mine, "claimRefused": None},
+                         known=version):
             return Outcome("done", message, ref.path, state)
         if store.seen(job.ledger):
             return Outcome("duplicate", "request already handled", ref.path)
