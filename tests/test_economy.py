@@ -55,6 +55,59 @@ def requests_of(stack: Any, ref: ClusterRef, fn: Any) -> tuple[Any, Counter]:
     return out, Counter(stats.snapshot()) - before
 
 
+def test_an_in_sync_reconcile_reads_and_writes_nothing(local_stack, make_wf):
+    wf = make_wf()
+    ref = to_ready(wf, local_stack)
+    assert send(wf, ref, "net-a", range="172.16.1.0/26").status == "done"
+    reconcile(wf, ref)  # settles the rollout figure recorded at install time
+    before = documents(wf, ref)
+    with wf.store.count_rpcs() as n:
+        out, used = requests_of(local_stack, ref, lambda: reconcile(wf, ref, "in-sync-1"))
+    assert out.status == "done" and out.details["repaired"] == [] and out.details["errors"] == []
+    assert not any(n.by_method.get(m) for m in WRITES), dict(n.by_method)
+    assert n.total <= 4, dict(n.by_method)  # the record, the rollout document, the NAD records
+    assert documents(wf, ref) == before  # no claim, no history entry: every update time unchanged
+    assert not wf.store.seen("in-sync-1") and not wf.store.seen(f"in-sync-1~{ref.doc_id}")
+    assert sum(used.values()) == 8, used  # 6 bundle kinds, the managed NADs, Whereabouts' IPPools
+    assert VERIFY_LIST not in used  # no record says a verify pod can exist
+
+
+def test_a_difference_is_claimed_and_repaired(local_stack, make_wf):
+    wf = make_wf()
+    ref = to_ready(wf, local_stack)
+    assert send(wf, ref, "net-a", range="172.16.1.0/26").status == "done"
+    reconcile(wf, ref)
+    wf.ctx.kube_for(ref).delete_nad("default", "net-a")
+    with wf.store.count_rpcs() as n:
+        out = reconcile(wf, ref, "drifted-1")
+    assert any("re-created NAD default/net-a" in r for r in out.details["repaired"]), out.details
+    assert n.by_method.get("Commit"), dict(n.by_method)  # the claim and the record
+    assert wf.store.seen(f"drifted-1~{ref.doc_id}")
+    rec = wf.store.get_cluster(ref)
+    assert rec.lease is None  # released with the record
+    steps = [h["step"] for h in wf.store.history(ref, page_size=1000)[0] if h["eventId"] == f"drifted-1~{ref.doc_id}"]
+    assert steps == ["repair"]
+    assert wf.ctx.kube_for(ref).get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "net-a")
+    # and the next run finds it in sync again: reads only
+    before = documents(wf, ref)
+    with wf.store.count_rpcs() as n:
+        reconcile(wf, ref)
+    assert not any(n.by_method.get(m) for m in WRITES), dict(n.by_method)
+    assert documents(wf, ref) == before
+
+
+def test_a_waiting_nad_is_a_difference(local_stack, make_wf):
+    """A PENDING record on a READY cluster (its wake-up was lost) makes reconcile claim and apply it."""
+    wf = make_wf()
+    ref = to_ready(wf, local_stack)
+    reconcile(wf, ref)
+    wf.store.put_nad(ref, "default", "late", event_id="lost", step="queue-nad", state=d.NAD_PENDING,
+                     fields={"request": {"cluster": ref.path, "name": "late", "range": "172.16.1.0/28"}})
+    out = reconcile(wf, ref)
+    assert any("took up 1 waiting NAD" in r for r in out.details["repaired"]), out.details
+    assert wf.store.get_nad(ref, "default", "late")["state"] == d.NAD_APPLIED
+
+
 def test_a_nad_apply_costs_four_firestore_calls(local_stack, make_wf):
     wf = make_wf()
     ref = to_ready(wf, local_stack)
@@ -104,3 +157,64 @@ def test_a_write_between_claim_and_record_is_noticed(local_stack, make_wf, monke
     doc = wf.store.get_nad(ref, "default", "net-a")
     assert doc["state"] == d.NAD_REJECTED and d.applied_part(doc) is None
     assert wf.ctx.kube_for(ref).get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "net-a") is None
+
+
+def test_verify_pods_are_listed_only_when_a_record_says_one_can_exist(local_stack, make_wf, monkeypatch):
+    from shared.adapters.kube import Kube
+    from shared.flows.verify import (
+        VERIFY_POD_FIELD,
+        VERIFY_SELECTOR,
+        VERIFY_UNTIL_ANNOTATION,
+        mark_verifying,
+        verify_pod_manifest,
+    )
+
+    listed: list[str] = []  # the verify-pod LISTs (the server counts paths without their label selector)
+    real = Kube.list_pods
+
+    def counted(self: Any, label_selector: str, namespace: str | None = None) -> Any:
+        if label_selector == VERIFY_SELECTOR:
+            listed.append(label_selector)
+        return real(self, label_selector, namespace)
+
+    monkeypatch.setattr(Kube, "list_pods", counted)
+
+    def verify_lists(fn: Any) -> int:
+        before = len(listed)
+        fn()
+        return len(listed) - before
+
+    wf = make_wf()
+    ref = to_ready(wf, local_stack)
+    server = local_stack.kube_server(ref.cluster)
+    k = wf.ctx.kube_for(ref)
+    assert send(wf, ref, "net-a", range="172.16.1.0/26").status == "done"
+    reconcile(wf, ref)
+    _, used = requests_of(local_stack, ref, lambda: reconcile(wf, ref))
+    assert VERIFY_LIST not in used and sum(used.values()) == 8, used
+    assert verify_lists(lambda: reconcile(wf, ref)) == 0
+
+    # a verification whose pod cannot be deleted: the record names the pod left behind
+    server.faults.add("DELETE", r"/api/v1/namespaces/default/pods/mp-verify-", 503, times=4)
+    out = send(wf, ref, "checked", range="172.16.1.64/26", verify=True)
+    assert out.status == "done", out.message
+    marker = wf.store.get_nad(ref, "default", "checked")[VERIFY_POD_FIELD]
+    assert marker["pod"].startswith("mp-verify-checked-") and k.get_pod("default", marker["pod"]) is not None
+    reconcile(wf, ref)  # settles the pool-use figures of the new NAD
+    before = documents(wf, ref)
+    # listed: its check is not over yet, so it stays, and nothing is written
+    assert verify_lists(lambda: reconcile(wf, ref)) == 1
+    assert k.get_pod("default", marker["pod"]) is not None and documents(wf, ref) == before
+
+    # a verification that claims nothing (the CLI, the rollout gate) marks the record first; once
+    # its check is over, the sweep deletes its pod and drops the marker; then no more LIST
+    k.delete_pod("default", marker["pod"])
+    mark_verifying(wf.store, ref, "default", "net-a", event_id="cli-verify", timeout=-120)  # over already
+    pod = verify_pod_manifest("mp-verify-net-a-old", "default", "net-a", None)
+    pod["metadata"]["annotations"][VERIFY_UNTIL_ANNOTATION] = "1"
+    k.create_pod(pod)
+    out = reconcile(wf, ref)
+    assert any("removed leftover verify pod default/mp-verify-net-a-old" in r for r in out.details["repaired"])
+    assert VERIFY_POD_FIELD not in wf.store.get_nad(ref, "default", "net-a")
+    assert VERIFY_POD_FIELD not in wf.store.get_nad(ref, "default", "checked")  # its pod is gone too
+    assert verify_lists(lambda: reconcile(wf, ref)) == 0

@@ -26,7 +26,7 @@ from shared.core.nad import config_digest, request_digest
 from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
-from shared.flows.verify import VerifyFlow
+from shared.flows.verify import VerifyFlow, marker_fields
 from shared.ports import DELETE, NadVersion
 
 # What the NAD decisions read of the other NADs (namespace and name come from the doc id).
@@ -259,13 +259,16 @@ class NadFlow:
             return self._nad_failed(job, "apply", e, expect_fields=mine)
         state, message = d.NAD_APPLIED, f"{label} applied with range {cidr}"
         verification = None
-        if req.verify:
-            ok, detail = self.verifier.check(kube, req, cidr, ref)
-            verification = {"ok": ok, "message": detail}
-            state = d.NAD_VERIFIED if ok else d.NAD_APPLIED
-            message += f"; verify: {detail}"
-        fields = _applied(job, cidr, obj["spec"]["config"], getattr(result, "resource_version", ""), state,
-                          verification)
+        left: dict[str, Any] = {}
+        if req.verify:  # the claim says a verification is on its way (verify.may_have_verify_pod)
+            checked = self.verifier.check(kube, req, cidr, ref)
+            verification = {"ok": checked.ok, "message": checked.detail}
+            state = d.NAD_VERIFIED if checked.ok else d.NAD_APPLIED
+            message += f"; verify: {checked.detail}"
+            if checked.left is not None:
+                left = marker_fields(checked)  # its pod could not be deleted: reconcile's sweep looks for it
+        fields = {**_applied(job, cidr, obj["spec"]["config"], getattr(result, "resource_version", ""), state,
+                             verification), **left}
         if store.put_nad(ref, ns, name, event_id=job.event_id, step="apply-nad", state=state, fields=fields,
                          message=message, ledger_key=job.ledger, ledger_fields=job.ledger_fields,
                          expect_states=(d.NAD_APPLYING,), expect_fields={**mine, "claimRefused": None},
@@ -333,17 +336,11 @@ class NadFlow:
         # backoff), and that redelivery re-claims it itself; taking over earlier would only race it.
         stale_before = self._stale_before()
         for doc in nads:
+            taken = _scan_takes(doc, stale_before)
+            if taken is None:
+                continue
+            expect, claim, body = taken
             last = doc.get("lastRequest") if isinstance(doc.get("lastRequest"), Mapping) else {}
-            body = last.get("request") if isinstance(last.get("request"), Mapping) else doc.get("request")
-            if not isinstance(body, Mapping):
-                continue
-            claim = None
-            if doc.get("state") == d.NAD_PENDING:
-                expect: tuple[str | None, ...] = (d.NAD_PENDING,)
-            elif doc.get("state") in d.NAD_IN_FLIGHT and str(doc.get("claimOrder") or "") < stale_before:
-                expect, claim = (doc["state"],), doc.get("claimOrder")  # its worker died: take it over
-            else:
-                continue
             try:
                 todo.append((nadlib.parse_request(dict(body)), expect, claim, last.get("messageId")))
             except Rejected as e:
@@ -361,6 +358,12 @@ class NadFlow:
                              nad=f"{req.namespace}/{req.name}", error=str(e))
         return len(todo)
 
+    def waiting(self, docs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The NADs among `docs` (as `list_nads` reads them) that `apply_pending` would carry out
+        now: reconcile claims the cluster for them only when there is one."""
+        stale_before = self._stale_before()
+        return [doc for doc in docs if _scan_takes(doc, stale_before) is not None]
+
     def reject_pending(self, ref: ClusterRef, event_id: str, why: str) -> None:
         """The cluster will never be READY: refuse what waits for it (a PENDING delete of a NAD
         still recorded on the cluster keeps its applied part: it is refused, not done)."""
@@ -372,6 +375,20 @@ class NadFlow:
                                    message=f"{doc['namespace']}/{doc['name']}: {why}",
                                    ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}",
                                    expect_states=(d.NAD_PENDING,))
+
+
+def _scan_takes(doc: Mapping[str, Any], stale_before: str) -> tuple[tuple[str | None, ...], Any, Any] | None:
+    """(expected states, claim to take over, request body) when a cluster's scan carries this NAD
+    out: it waits (PENDING), or its claim is abandoned (its worker died); else None."""
+    last = doc.get("lastRequest") if isinstance(doc.get("lastRequest"), Mapping) else {}
+    body = last.get("request") if isinstance(last.get("request"), Mapping) else doc.get("request")
+    if not isinstance(body, Mapping):
+        return None
+    if doc.get("state") == d.NAD_PENDING:
+        return (d.NAD_PENDING,), None, body
+    if doc.get("state") in d.NAD_IN_FLIGHT and str(doc.get("claimOrder") or "") < stale_before:
+        return (doc["state"],), doc.get("claimOrder"), body  # its worker died: take it over
+    return None
 
 
 # --------------------------------------------------------------------------- records
