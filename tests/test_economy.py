@@ -218,3 +218,28 @@ def test_verify_pods_are_listed_only_when_a_record_says_one_can_exist(local_stac
     assert VERIFY_POD_FIELD not in wf.store.get_nad(ref, "default", "net-a")
     assert VERIFY_POD_FIELD not in wf.store.get_nad(ref, "default", "checked")  # its pod is gone too
     assert verify_lists(lambda: reconcile(wf, ref)) == 0
+
+
+def test_a_verification_cut_short_leaves_the_marker_for_the_sweep(local_stack, make_wf):
+    """A request with `verify` whose worker hits a transient failure mid-check gives its claim back;
+    the redelivery's claim sees a verification was under way and marks the record, so reconcile
+    still looks for the first attempt's pod once this request has settled."""
+    from shared.core.errors import Transient
+    from shared.flows.verify import VERIFY_POD_FIELD, may_have_verify_pod
+
+    wf = make_wf()
+    ref = to_ready(wf, local_stack)
+    server = local_stack.kube_server(ref.cluster)
+    server.faults.add("GET", r"/api/v1/namespaces/default/pods/mp-verify-", 503, times=1)
+    try:
+        send(wf, ref, "checked", message_id="verify-1", range="172.16.1.0/26", verify=True)
+    except Transient:
+        pass
+    else:
+        raise AssertionError("the injected 503 should have been a transient failure")
+    doc = wf.store.get_nad(ref, "default", "checked")
+    assert doc["state"] == d.NAD_APPLYING and doc["claim"].get("released") and may_have_verify_pod(doc)
+    out = send(wf, ref, "checked", message_id="verify-1", range="172.16.1.0/26", verify=True)  # the redelivery
+    assert out.status == "done" and out.state == d.NAD_VERIFIED, out.message
+    doc = wf.store.get_nad(ref, "default", "checked")
+    assert doc[VERIFY_POD_FIELD]["until"] > 0 and may_have_verify_pod(doc)

@@ -26,7 +26,14 @@ from shared.core.nad import config_digest, request_digest
 from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
-from shared.flows.verify import VerifyFlow, marker_fields
+from shared.flows.verify import (
+    VERIFY_POD_FIELD,
+    VERIFY_TIMEOUT_SECONDS,
+    VerifyFlow,
+    marker_fields,
+    may_have_verify_pod,
+    verify_deadline,
+)
 from shared.ports import DELETE, NadVersion
 
 # What the NAD decisions read of the other NADs (namespace and name come from the doc id).
@@ -484,7 +491,17 @@ def _claimed(job: _Job, cur: dict[str, Any], cidr: str | None, order: str, state
             out["range"] = cidr
     elif "applied" not in cur:
         out["applied"] = dict(part)  # a record written before `applied` existed
+    if cur.get("state") in d.NAD_IN_FLIGHT:
+        out.update(_verify_may_linger(cur))  # a claim taken over: its worker may have left a verify pod
     return out
+
+
+def _verify_may_linger(cur: Mapping[str, Any]) -> dict[str, Any]:
+    """The `verifyPod` marker for a record whose verification was cut short (its worker died or
+    gave its claim back): its pod may be left, and once this claim settles nothing else says so."""
+    if isinstance(cur.get(VERIFY_POD_FIELD), Mapping) or not may_have_verify_pod(cur):
+        return {}
+    return {VERIFY_POD_FIELD: {"until": round(verify_deadline(VERIFY_TIMEOUT_SECONDS))}}
 
 
 def _released(job: _Job, cur: dict[str, Any], err: Exception) -> dict[str, Any]:
@@ -492,7 +509,7 @@ def _released(job: _Job, cur: dict[str, Any], err: Exception) -> dict[str, Any]:
     marked released: no worker is on it, so its redelivery (or any other request) may claim it."""
     claim = dict(cur.get("claim")) if isinstance(cur.get("claim"), Mapping) else {}
     if claim.get("previousState") == d.NAD_PENDING:
-        return {**_SETTLE, "state": d.NAD_PENDING, "lastRequest": job.last(d.NAD_PENDING),
+        return {**_SETTLE, **_verify_may_linger(cur), "state": d.NAD_PENDING, "lastRequest": job.last(d.NAD_PENDING),
                 "message": f"{job.label}: waiting again after a transient failure ({err})"}
     return {"state": cur.get("state"), "claim": {**claim, "released": True, "why": str(err)[:500]},
             "message": f"{job.label}: retried after a transient failure ({err})"}
