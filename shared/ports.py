@@ -98,6 +98,16 @@ class ClusterRecord:
                    workflow if workflow is not None else ClusterWorkflow())
 
 
+@dataclass(frozen=True)
+class NadVersion:
+    """A NAD document as a worker last read or wrote it, and its update time (None: there was no
+    document). Handed back to `put_nad_version(known=...)`, it is the precondition of the next
+    write instead of a read: a NAD apply reads its document once and never again."""
+
+    data: Mapping[str, Any]
+    update_time: Any
+
+
 class StorePort(Protocol):
     """Workflow documents, the ledger and the history (Firestore in production).
 
@@ -130,7 +140,17 @@ class StorePort(Protocol):
                 ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
                 expect_fields: dict[str, Any] | None = None, history: bool = True,
                 write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
-                ledger_fields: Mapping[str, Any] | None = None) -> bool: ...
+                ledger_fields: Mapping[str, Any] | None = None, known: NadVersion | None = None) -> bool: ...
+    def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str,
+                        state: str, fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                        ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
+                        expect_fields: dict[str, Any] | None = None, history: bool = True,
+                        write_ledger: bool = True,
+                        derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+                        ledger_fields: Mapping[str, Any] | None = None,
+                        known: NadVersion | None = None) -> NadVersion | None: ...
+    def get_cluster_and_nad_unless_seen(self, ref: ClusterRef, ledger_key: str, namespace: str,
+                                        name: str) -> tuple[ClusterRecord | None, bool, NadVersion]: ...
     def list_nads(self, ref: ClusterRef, state: str | None = None, *,
                   fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]: ...
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,

@@ -38,7 +38,7 @@ from shared.core.names import is_dns_label, is_object_name
 from shared.core.records import WorkflowUpdate
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
-from shared.ports import AlreadyHandled, ClusterRecord, Lease
+from shared.ports import AlreadyHandled, ClusterRecord, Lease, NadVersion
 
 
 def _plain(value: Any) -> Any:
@@ -63,6 +63,7 @@ class FakeStore:
         self.policy: dict[str, Any] | None = None
         self.rollout: dict[str, Any] | None = None
         self._rollout_version = 0
+        self._nad_versions: dict[tuple[str, str], int] = {}
         self._last_at = datetime.fromtimestamp(0, UTC)
 
     # -- helpers
@@ -125,6 +126,21 @@ class FakeStore:
         with self._lock:
             data = self.clusters.get(ref.doc_id)
             return self._record(ref, data) if data is not None else None
+
+    def get_cluster_and_nad_unless_seen(self, ref: ClusterRef, ledger_key: str, namespace: str,
+                                        name: str) -> tuple[ClusterRecord | None, bool, NadVersion]:
+        """As the real store: the record, the ledger's answer and the NAD with its version, in one look."""
+        self._check_nad(ref, namespace, name)
+        with self._lock:
+            if ledger_key in self.ledger:
+                return None, True, NadVersion({}, None)
+            data = self.clusters.get(ref.doc_id)
+            rec = self._record(ref, data) if data is not None else None
+            key = f"{namespace}~{name}"
+            doc = self.nads.get(ref.doc_id, {}).get(key)
+            version = (NadVersion(copy.deepcopy(doc), self._nad_versions.get((ref.doc_id, key)))
+                       if doc is not None else NadVersion({}, None))
+            return rec, False, version
 
     def get_cluster_unless_seen(self, ref: ClusterRef, ledger_key: str) -> tuple[ClusterRecord | None, bool]:
         with self._lock:
@@ -287,7 +303,25 @@ class FakeStore:
                 ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
                 expect_fields: dict[str, Any] | None = None, history: bool = True,
                 write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
-                ledger_fields: Mapping[str, Any] | None = None) -> bool:
+                ledger_fields: Mapping[str, Any] | None = None, known: NadVersion | None = None) -> bool:
+        return self.put_nad_version(
+            ref, namespace, name, event_id=event_id, step=step, state=state, fields=fields, outcome=outcome,
+            message=message, ledger_key=ledger_key, expect_states=expect_states, expect_fields=expect_fields,
+            history=history, write_ledger=write_ledger, derive=derive, ledger_fields=ledger_fields,
+            known=known) is not None
+
+    def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str,
+                        state: str, fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                        ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
+                        expect_fields: dict[str, Any] | None = None, history: bool = True,
+                        write_ledger: bool = True,
+                        derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+                        ledger_fields: Mapping[str, Any] | None = None,
+                        known: NadVersion | None = None) -> NadVersion | None:
+        """As the real store. `known` (the version the caller read) needs no check here: every write
+        is decided under the lock on the current document, which is what the real store does when
+        a write in between failed its precondition."""
+        del known
         _check_outcome(outcome)
         self._check_ref(ref)
         self._check_nad(ref, namespace, name)
@@ -295,16 +329,16 @@ class FakeStore:
         extra = _check_fields(fields, identity, "put_nad")
         with self._lock:
             if ledger_key and ledger_key in self.ledger:
-                return False
+                return None
             docs = self.nads.setdefault(ref.doc_id, {})
             key = f"{namespace}~{name}"
             current = docs.get(key)
             exists = current is not None
             before = current.get("state") if current is not None else None
             if expect_states is not None and before not in expect_states:
-                return False
+                return None
             if expect_fields and any((current or {}).get(k) != v for k, v in expect_fields.items()):
-                return False
+                return None
             step_state, step_message = state, message
             if derive is not None:
                 more = dict(derive(copy.deepcopy(current) if current is not None else {}))
@@ -330,7 +364,9 @@ class FakeStore:
             if ledger_key and write_ledger:
                 self.ledger[ledger_key] = {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                                 cluster=ref, now=now), **(ledger_fields or {})}
-            return True
+            version = self._nad_versions.get((ref.doc_id, key), 0) + 1
+            self._nad_versions[(ref.doc_id, key)] = version
+            return NadVersion(copy.deepcopy(docs[key]), version)
 
     def list_nads(self, ref: ClusterRef, state: str | None = None, *,
                   fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]:

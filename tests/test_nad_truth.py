@@ -274,11 +274,14 @@ def test_the_verify_pod_is_deleted_even_when_the_first_delete_fails(local_stack,
 
 
 def test_reconcile_removes_leftover_verify_pods_whose_check_is_over(local_stack, make_wf):
-    from shared.flows.verify import VERIFY_UNTIL_ANNOTATION, verify_pod_manifest
+    from shared.flows.verify import VERIFY_UNTIL_ANNOTATION, mark_verifying, verify_pod_manifest
 
     wf = make_wf()
     ref = to_ready(wf, local_stack)
     k = kube(wf, ref)
+    # reconcile looks for verify pods when a record says one can exist (issue 21): a verification started
+    assert send(wf, ref, "whatever", range="172.16.1.0/26").status == "done"
+    mark_verifying(wf.store, ref, "default", "whatever", event_id="verify-1", timeout=3600)
     for name, until in (("mp-verify-old-1", time.time() - 5), ("mp-verify-now-1", time.time() + 3600)):
         pod = verify_pod_manifest(name, "default", "whatever", None)
         pod["metadata"]["annotations"][VERIFY_UNTIL_ANNOTATION] = f"{until:.0f}"

@@ -55,7 +55,7 @@ from shared.core.records import (
 )
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
-from shared.ports import DELETE, AlreadyHandled, ClusterRecord, Lease
+from shared.ports import DELETE, AlreadyHandled, ClusterRecord, Lease, NadVersion
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -90,6 +90,10 @@ def safe_id(text: str) -> str:
 
         out = out[:300] + "~sha256-" + hashlib.sha256(text.encode()).hexdigest()
     return out
+
+
+def snap_data(snap: Any) -> dict[str, Any]:
+    return (snap.to_dict() or {}) if snap is not None and snap.exists else {}
 
 
 def _now() -> datetime:
@@ -824,13 +828,44 @@ class Store:
         snap = self._nad_doc(ref, namespace, name).get()
         return snap.to_dict() if snap.exists else None
 
-    @_edge
     def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
                 fields: dict[str, Any], outcome: str = "ok", message: str = "",
                 ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
                 expect_fields: dict[str, Any] | None = None, history: bool = True,
                 write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
-                ledger_fields: Mapping[str, Any] | None = None) -> bool:
+                ledger_fields: Mapping[str, Any] | None = None, known: NadVersion | None = None) -> bool:
+        """Record a NAD's state (see `put_nad_version`); True when it was written."""
+        return self.put_nad_version(
+            ref, namespace, name, event_id=event_id, step=step, state=state, fields=fields, outcome=outcome,
+            message=message, ledger_key=ledger_key, expect_states=expect_states, expect_fields=expect_fields,
+            history=history, write_ledger=write_ledger, derive=derive, ledger_fields=ledger_fields,
+            known=known) is not None
+
+    @_edge
+    def get_cluster_and_nad_unless_seen(self, ref: ClusterRef, ledger_key: str, namespace: str,
+                                        name: str) -> tuple[ClusterRecord | None, bool, NadVersion]:
+        """A NAD request's first look in one read: the cluster's record, whether the ledger has
+        `ledger_key`, and the NAD's document with its update time (the claim's precondition, so
+        the claim needs no read of its own)."""
+        doc, ledger, nad = self._cluster_doc(ref), self._ledger_doc(ledger_key), self._nad_doc(ref, namespace, name)
+        snaps = {x.reference.path: x for x in self.client.get_all([doc, ledger, nad], **self._opts)}
+        seen = snaps.get(ledger.path)
+        if seen is not None and seen.exists:
+            return None, True, NadVersion({}, None)
+        snap, mine = snaps.get(doc.path), snaps.get(nad.path)
+        rec = record_of(ref, snap.to_dict() or {}) if snap is not None and snap.exists else None
+        version = (NadVersion(snap_data(mine), mine.update_time) if mine is not None and mine.exists
+                   else NadVersion({}, None))
+        return rec, False, version
+
+    @_edge
+    def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
+                        fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                        ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
+                        expect_fields: dict[str, Any] | None = None, history: bool = True,
+                        write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+                        ledger_fields: Mapping[str, Any] | None = None,
+                        known: NadVersion | None = None) -> NadVersion | None:
         """Record a NAD's state; ledger, NAD document and history entry in one atomic commit.
 
         Returns False (and writes nothing) when `ledger_key` was recorded before, or when the
@@ -844,6 +879,14 @@ class Store:
         compare-and-set, so they are decided on what is really there): fields, plus optionally
         `state` and `message` overriding the arguments; it may raise `Transient` (a busy NAD).
         `ledger_fields` go into the ledger entry (the digest of the request, for idempotency keys).
+
+        Returns the document as written and its update time (None when nothing was written).
+        `known` is the document as this worker last read or wrote it: the first attempt decides
+        on it instead of reading again, and its update time is the commit's precondition, so
+        any write since (another worker's) fails the commit and the attempt is made again on a
+        fresh read, with every condition checked as usual. It may be used only when nothing
+        else read in this call has changed meaning since: the ledger, when it is written, is
+        guarded by its own create.
         """
         _check_outcome(outcome)
         doc = self._nad_doc(ref, namespace, name)
@@ -860,20 +903,26 @@ class Store:
         from google.api_core import exceptions as gexc
 
         attempts = 4
-        for _ in range(attempts):
-            snaps = {x.reference.path: x for x in self.client.get_all([d for d in (doc, ledger) if d is not None])}
-            snap = snaps.get(doc.path)
-            seen = snaps.get(ledger.path) if ledger is not None else None
-            if seen is not None and seen.exists:
-                return False
+        for attempt in range(attempts):
+            if attempt == 0 and known is not None:
+                exists, update_time = known.update_time is not None, known.update_time
+                current = dict(known.data) if exists else {}
+            else:
+                snaps = {x.reference.path: x
+                         for x in self.client.get_all([d for d in (doc, ledger) if d is not None])}
+                snap = snaps.get(doc.path)
+                seen = snaps.get(ledger.path) if ledger is not None else None
+                if seen is not None and seen.exists:
+                    return None
+                exists = snap is not None and snap.exists
+                current = (snap.to_dict() or {}) if snap is not None and exists else {}
+                update_time = snap.update_time if snap is not None and exists else None
             now = _now()
-            current = (snap.to_dict() or {}) if snap is not None and snap.exists else {}
-            exists = snap is not None and snap.exists
             before = current.get("state") if exists else None
             if expect_states is not None and before not in expect_states:
-                return False
+                return None
             if expect_fields and any(current.get(k) != v for k, v in expect_fields.items()):
-                return False
+                return None
             step_state, step_message = state, message
             if derive is not None:
                 more = dict(derive(current if exists else {}))
@@ -888,11 +937,13 @@ class Store:
             if step_state != before:
                 changes["stateSince"] = now
             batch = self.client.batch()
-            if snap is not None and snap.exists:
-                batch.update(doc, _wire(changes), option=self.client.write_option(last_update_time=snap.update_time))
+            if exists:
+                batch.update(doc, _wire(changes), option=self.client.write_option(last_update_time=update_time))
+                written = _apply(current, changes)
             else:
                 clean = {k: v for k, v in changes.items() if v is not DELETE}
-                batch.create(doc, {**identity, **clean, "createdAt": now})
+                written = {**identity, **clean, "createdAt": now}
+                batch.create(doc, written)
             if history:
                 batch.set(history_doc, self._history_entry(
                     event_id=event_id, step=step, outcome=outcome, message=step_message, state=step_state,
@@ -901,10 +952,10 @@ class Store:
                 batch.create(ledger, {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                            cluster=ref, now=now), **(ledger_fields or {})})
             try:
-                batch.commit()
-            except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Conflict, gexc.Aborted):
+                results = batch.commit()
+            except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Conflict, gexc.Aborted, gexc.NotFound):
                 continue  # another writer got there first: read again and re-check the conditions
-            return True
+            return NadVersion(written, results[0].update_time)  # the NAD document is the batch's first write
         raise Transient(f"NAD {namespace}/{name} of {ref.path}: {attempts} writes lost to concurrent writers",
                         code="ABORTED", api="firestore")
 

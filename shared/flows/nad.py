@@ -27,8 +27,15 @@ from shared.core.nad import config_digest, request_digest
 from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
-from shared.flows.verify import VerifyFlow
-from shared.ports import DELETE
+from shared.flows.verify import (
+    VERIFY_POD_FIELD,
+    VERIFY_TIMEOUT_SECONDS,
+    VerifyFlow,
+    marker_fields,
+    may_have_verify_pod,
+    verify_deadline,
+)
+from shared.ports import DELETE, NadVersion
 
 # What the NAD decisions read of the other NADs (namespace and name come from the doc id).
 NAD_DECISION_FIELDS = ("state", "master", "range", "claimOrder", "applied", "claim", "claimRefused")
@@ -47,11 +54,14 @@ class NadFlow:
         ref: ClusterRef = req.cluster
         store = self.ctx.store
         ledger = _nad_ledger_key(ev.event_id, req)
-        rec, seen = store.get_cluster_unless_seen(ref, ledger)
+        # One read for the cluster, the ledger and this NAD's document: the claim decides on the
+        # document as read here, with its update time as the precondition (no read of its own).
+        rec, seen, known = store.get_cluster_and_nad_unless_seen(ref, ledger, req.namespace, req.name)
         if seen:
             return self._duplicate(ref, req, ev.event_id, ledger)
         cluster_state = rec.state if rec else None
-        out = self._decide_and_carry_out(ref, rec, req, ev.event_id, ledger, expect=None, origin=ev.event_id)
+        out = self._decide_and_carry_out(ref, rec, req, ev.event_id, ledger, expect=None, origin=ev.event_id,
+                                         known=known)
         if out.state == d.NAD_PENDING and out.status == "pending":
             # Lost wake-up guard: the cluster may have become READY (and scanned its PENDING NADs)
             # between our read of it and our write. Look once more; the compare-and-set on PENDING
@@ -79,11 +89,12 @@ class NadFlow:
 
     def _decide_and_carry_out(self, ref: ClusterRef, rec: Any, req: Any, event_id: str, ledger: str, *,
                               expect: tuple[str | None, ...] | None, expect_claim: str | None = None,
-                              origin: str | None = None) -> Outcome:
+                              origin: str | None = None, known: NadVersion | None = None) -> Outcome:
         """The pure checks first (state, namespace, range inside the pool's); the checks that
         depend on the other NADs (overlap, limit) are made after this request's claim, see
         `_apply_nad`. `origin` is the message id of the request being carried out (a waiting
-        request keeps its own when the cluster's scan applies it)."""
+        request keeps its own when the cluster's scan applies it). `known` is this NAD's document
+        as the caller read it (the claim's precondition), or None to read it."""
         policy = self.ctx.policy()
         cluster_state = rec.state if rec else None
         pool_cidr = rec.workflow.node_pool.cidr if rec and rec.workflow.node_pool else None
@@ -92,9 +103,9 @@ class NadFlow:
         job = _Job(ref, req, event_id, ledger, origin or event_id, self._stale_before(), self._stale_before(1))
         if step.kind == step.APPLY:
             assert step.range is not None  # decide_nad gives every APPLY its range
-            return self._apply_nad(job, step.range, expect=expect, expect_claim=expect_claim)
+            return self._apply_nad(job, step.range, expect=expect, expect_claim=expect_claim, known=known)
         if step.kind == step.DELETE:
-            return self._delete_nad(job, cluster_state, expect=expect, expect_claim=expect_claim)
+            return self._delete_nad(job, cluster_state, expect=expect, expect_claim=expect_claim, known=known)
         return self._carry_out_nad(job, step, expect=expect, expect_claim=expect_claim)
 
     def _stale_before(self, leases: int = STALE_LEASES) -> str:
@@ -116,13 +127,14 @@ class NadFlow:
                        change.state)
 
     def _refuse(self, job: _Job, reasons: list[str], cidr: str | None, *,
-                expect_states: tuple[str | None, ...] | None, expect_fields: dict[str, Any] | None) -> Outcome:
+                expect_states: tuple[str | None, ...] | None, expect_fields: dict[str, Any] | None,
+                known: NadVersion | None = None) -> Outcome:
         """Record a refusal: a NAD on the cluster keeps its applied part and says so."""
         change = _Change(job, d.NAD_REJECTED, lambda cur: _refused(job, cur, reasons, cidr))
         wrote = self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
                                        step="reject-nad", state=d.NAD_REJECTED, fields={}, derive=change,
                                        outcome="rejected", ledger_key=job.ledger, ledger_fields=job.ledger_fields,
-                                       expect_states=expect_states, expect_fields=expect_fields)
+                                       expect_states=expect_states, expect_fields=expect_fields, known=known)
         if not wrote and expect_fields and "claimOrder" in expect_fields and expect_states == (d.NAD_APPLYING,):
             # our claim was taken over meanwhile; the request has its outcome all the same
             self.ctx.store.record_ledger(job.ledger, event_id=job.event_id, step="reject-nad", outcome="rejected",
@@ -131,24 +143,25 @@ class NadFlow:
         return Outcome("rejected" if wrote else "duplicate", "; ".join(reasons), job.ref.path, change.state)
 
     def _claim(self, job: _Job, cidr: str | None, state: str, *, expect: tuple[str | None, ...] | None,
-               expect_claim: str | None) -> str | None:
+               expect_claim: str | None, known: NadVersion | None = None) -> tuple[str, NadVersion] | None:
         """Claim the NAD for this request (APPLYING or DELETING + `claimOrder`); None when the
         request was handled already or the claim was taken by another worker. A NAD another
         live request is carrying out answers `Transient` (busy): the request is redelivered and
-        carried out after it, so one NAD is changed by one worker at a time."""
+        carried out after it, so one NAD is changed by one worker at a time. Returns the claim's
+        order and the document as claimed: its update time is the precondition of the outcome's
+        record, so no other write can come between the claim and the outcome unnoticed."""
         order = f"{time.time_ns():020d}~{secrets.token_hex(4)}"
         change = _Change(job, state, lambda cur: _claimed(job, cur, cidr, order, state, expect_claim))
         verb = "deleting" if state == d.NAD_DELETING else f"applying with range {cidr}"
-        if not self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
-                                      step="claim-nad", state=state, fields={}, derive=change,
-                                      message=f"{job.label}: {verb}", ledger_key=job.ledger, expect_states=expect,
-                                      history=False, write_ledger=False,
-                                      expect_fields={"claimOrder": expect_claim} if expect_claim else None):
-            return None
-        return order
+        version = self.ctx.store.put_nad_version(
+            job.ref, job.req.namespace, job.req.name, event_id=job.event_id, step="claim-nad", state=state, fields={},
+            derive=change, message=f"{job.label}: {verb}", ledger_key=job.ledger, expect_states=expect,
+            history=False, write_ledger=False, expect_fields={"claimOrder": expect_claim} if expect_claim else None,
+            known=known)
+        return None if version is None else (order, version)
 
     def _delete_nad(self, job: _Job, cluster_state: str | None, *, expect: tuple[str | None, ...] | None,
-                    expect_claim: str | None) -> Outcome:
+                    expect_claim: str | None, known: NadVersion | None = None) -> Outcome:
         """A delete is done when the object is gone: on a READY cluster it is deleted under a
         claim and recorded after the cluster answered; a refusal keeps the record as it was; on a
         cluster that is not READY a NAD still on it waits (PENDING delete)."""
@@ -158,12 +171,13 @@ class NadFlow:
             wrote = store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="delete-nad",
                                   state=d.NAD_PENDING, fields={}, derive=change, ledger_key=job.ledger,
                                   ledger_fields=job.ledger_fields, expect_states=expect,
-                                  expect_fields={"claimOrder": expect_claim} if expect_claim else None)
+                                  expect_fields={"claimOrder": expect_claim} if expect_claim else None, known=known)
             status = "pending" if change.state == d.NAD_PENDING else "done"
             return Outcome(status if wrote else "duplicate", change.message, ref.path, change.state)
-        order = self._claim(job, None, d.NAD_DELETING, expect=expect, expect_claim=expect_claim)
-        if order is None:
+        claimed = self._claim(job, None, d.NAD_DELETING, expect=expect, expect_claim=expect_claim, known=known)
+        if claimed is None:
             return Outcome("duplicate", "request already handled, or taken by another worker", ref.path)
+        order, version = claimed
         mine = {"claimOrder": order}
         try:
             deleted = self.ctx.kube_for(ref).delete_nad(req.namespace, req.name)
@@ -175,14 +189,15 @@ class NadFlow:
         message = f"{job.label} deleted" + ("" if deleted else " (it was not on the cluster)")
         wrote = store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="delete-nad",
                               state=d.NAD_DELETED, fields=_deleted(job), message=message, ledger_key=job.ledger,
-                              ledger_fields=job.ledger_fields, expect_states=(d.NAD_DELETING,), expect_fields=mine)
+                              ledger_fields=job.ledger_fields, expect_states=(d.NAD_DELETING,), expect_fields=mine,
+                              known=version)
         if not wrote:
             store.record_ledger(job.ledger, event_id=job.event_id, step="delete-nad", outcome="ok", cluster=ref,
                                 fields=job.ledger_fields)
         return Outcome("done" if wrote else "superseded", message, ref.path, d.NAD_DELETED)
 
     def _apply_nad(self, job: _Job, cidr: str, *, expect: tuple[str | None, ...] | None,
-                   expect_claim: str | None = None) -> Outcome:
+                   expect_claim: str | None = None, known: NadVersion | None = None) -> Outcome:
         """Claim, check against the other NADs, apply to the cluster, record.
 
         Two requests of one cluster handled at once must not both get overlapping ranges, yet a
@@ -192,11 +207,12 @@ class NadFlow:
         claim, so a claim turned away meanwhile puts back what its record says is on the cluster.
         """
         ref = job.ref
-        order = self._claim(job, cidr, d.NAD_APPLYING, expect=expect, expect_claim=expect_claim)
-        if order is None:
+        claimed = self._claim(job, cidr, d.NAD_APPLYING, expect=expect, expect_claim=expect_claim, known=known)
+        if claimed is None:
             return Outcome("duplicate", "request already handled, or taken by another worker", ref.path)
+        order, version = claimed
         try:
-            return self._apply_claimed(job, cidr, order)
+            return self._apply_claimed(job, cidr, order, version)
         except Transient as e:
             self._release(job, order, d.NAD_APPLYING, e)
             raise
@@ -210,7 +226,7 @@ class NadFlow:
                                    step="claim-nad", state=d.NAD_PENDING, fields={}, derive=change,
                                    expect_states=(claimed,), expect_fields={"claimOrder": order}, history=False)
 
-    def _apply_claimed(self, job: _Job, cidr: str, order: str) -> Outcome:
+    def _apply_claimed(self, job: _Job, cidr: str, order: str, version: NadVersion) -> Outcome:
         from shared.core import nad as nadlib
 
         store, ref, req = self.ctx.store, job.ref, job.req
@@ -243,7 +259,8 @@ class NadFlow:
                     lose_to.append({**other, "range": part["range"]})  # it finished first after all
         reasons += _overlap_reasons(cidr, req.master, lose_to)
         if reasons:
-            return self._refuse(job, reasons, cidr, expect_states=(d.NAD_APPLYING,), expect_fields=mine)
+            return self._refuse(job, reasons, cidr, expect_states=(d.NAD_APPLYING,), expect_fields=mine,
+                                known=version)
         obj = nadlib.render_nad(req, cidr)
         try:
             result = kube.apply_nad(obj)
@@ -251,16 +268,20 @@ class NadFlow:
             return self._nad_failed(job, "apply", e, expect_fields=mine)
         state, message = d.NAD_APPLIED, f"{label} applied with range {cidr}"
         verification = None
-        if req.verify:
-            ok, detail = self.verifier.check(kube, req, cidr, ref)
-            verification = {"ok": ok, "message": detail}
-            state = d.NAD_VERIFIED if ok else d.NAD_APPLIED
-            message += f"; verify: {detail}"
-        fields = _applied(job, cidr, obj["spec"]["config"], getattr(result, "resource_version", ""), state,
-                          verification)
+        left: dict[str, Any] = {}
+        if req.verify:  # the claim says a verification is on its way (verify.may_have_verify_pod)
+            checked = self.verifier.check(kube, req, cidr, ref)
+            verification = {"ok": checked.ok, "message": checked.detail}
+            state = d.NAD_VERIFIED if checked.ok else d.NAD_APPLIED
+            message += f"; verify: {checked.detail}"
+            if checked.left is not None:
+                left = marker_fields(checked)  # its pod could not be deleted: reconcile's sweep looks for it
+        fields = {**_applied(job, cidr, obj["spec"]["config"], getattr(result, "resource_version", ""), state,
+                             verification), **left}
         if store.put_nad(ref, ns, name, event_id=job.event_id, step="apply-nad", state=state, fields=fields,
                          message=message, ledger_key=job.ledger, ledger_fields=job.ledger_fields,
-                         expect_states=(d.NAD_APPLYING,), expect_fields={**mine, "claimRefused": None}):
+                         expect_states=(d.NAD_APPLYING,), expect_fields={**mine, "claimRefused": None},
+                         known=version):
             return Outcome("done", message, ref.path, state)
         if store.seen(job.ledger):
             return Outcome("duplicate", "request already handled", ref.path)
@@ -324,17 +345,11 @@ class NadFlow:
         # backoff), and that redelivery re-claims it itself; taking over earlier would only race it.
         stale_before = self._stale_before()
         for doc in nads:
+            taken = _scan_takes(doc, stale_before)
+            if taken is None:
+                continue
+            expect, claim, body = taken
             last = _mapping(doc.get("lastRequest"))
-            body = last.get("request") if isinstance(last.get("request"), Mapping) else doc.get("request")
-            if not isinstance(body, Mapping):
-                continue
-            claim = None
-            if doc.get("state") == d.NAD_PENDING:
-                expect: tuple[str | None, ...] = (d.NAD_PENDING,)
-            elif doc.get("state") in d.NAD_IN_FLIGHT and str(doc.get("claimOrder") or "") < stale_before:
-                expect, claim = (doc["state"],), doc.get("claimOrder")  # its worker died: take it over
-            else:
-                continue
             try:
                 todo.append((nadlib.parse_request(dict(body)), expect, claim, last.get("messageId")))
             except Rejected as e:
@@ -352,6 +367,12 @@ class NadFlow:
                              nad=f"{req.namespace}/{req.name}", error=str(e))
         return len(todo)
 
+    def waiting(self, docs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The NADs among `docs` (as `list_nads` reads them) that `apply_pending` would carry out
+        now: reconcile claims the cluster for them only when there is one."""
+        stale_before = self._stale_before()
+        return [doc for doc in docs if _scan_takes(doc, stale_before) is not None]
+
     def reject_pending(self, ref: ClusterRef, event_id: str, why: str) -> None:
         """The cluster will never be READY: refuse what waits for it (a PENDING delete of a NAD
         still recorded on the cluster keeps its applied part: it is refused, not done)."""
@@ -363,6 +384,20 @@ class NadFlow:
                                    message=f"{doc['namespace']}/{doc['name']}: {why}",
                                    ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}",
                                    expect_states=(d.NAD_PENDING,))
+
+
+def _scan_takes(doc: Mapping[str, Any], stale_before: str) -> tuple[tuple[str | None, ...], Any, Any] | None:
+    """(expected states, claim to take over, request body) when a cluster's scan carries this NAD
+    out: it waits (PENDING), or its claim is abandoned (its worker died); else None."""
+    last = _mapping(doc.get("lastRequest"))
+    body = last.get("request") if isinstance(last.get("request"), Mapping) else doc.get("request")
+    if not isinstance(body, Mapping):
+        return None
+    if doc.get("state") == d.NAD_PENDING:
+        return (d.NAD_PENDING,), None, body
+    if doc.get("state") in d.NAD_IN_FLIGHT and str(doc.get("claimOrder") or "") < stale_before:
+        return (doc["state"],), doc.get("claimOrder"), body  # its worker died: take it over
+    return None
 
 
 # --------------------------------------------------------------------------- records
@@ -463,7 +498,17 @@ def _claimed(job: _Job, cur: dict[str, Any], cidr: str | None, order: str, state
             out["range"] = cidr
     elif "applied" not in cur:
         out["applied"] = dict(part)  # a record written before `applied` existed
+    if cur.get("state") in d.NAD_IN_FLIGHT:
+        out.update(_verify_may_linger(cur))  # a claim taken over: its worker may have left a verify pod
     return out
+
+
+def _verify_may_linger(cur: Mapping[str, Any]) -> dict[str, Any]:
+    """The `verifyPod` marker for a record whose verification was cut short (its worker died or
+    gave its claim back): its pod may be left, and once this claim settles nothing else says so."""
+    if isinstance(cur.get(VERIFY_POD_FIELD), Mapping) or not may_have_verify_pod(cur):
+        return {}
+    return {VERIFY_POD_FIELD: {"until": round(verify_deadline(VERIFY_TIMEOUT_SECONDS))}}
 
 
 def _released(job: _Job, cur: dict[str, Any], err: Exception) -> dict[str, Any]:
@@ -471,7 +516,7 @@ def _released(job: _Job, cur: dict[str, Any], err: Exception) -> dict[str, Any]:
     marked released: no worker is on it, so its redelivery (or any other request) may claim it."""
     claim = dict(_mapping(cur.get("claim")))
     if claim.get("previousState") == d.NAD_PENDING:
-        return {**_SETTLE, "state": d.NAD_PENDING, "lastRequest": job.last(d.NAD_PENDING),
+        return {**_SETTLE, **_verify_may_linger(cur), "state": d.NAD_PENDING, "lastRequest": job.last(d.NAD_PENDING),
                 "message": f"{job.label}: waiting again after a transient failure ({err})"}
     return {"state": cur.get("state"), "claim": {**claim, "released": True, "why": str(err)[:500]},
             "message": f"{job.label}: retried after a transient failure ({err})"}

@@ -9,7 +9,10 @@
   policy's `pruneOrphans` an orphan is deleted from the cluster, and its config stays in the
   record (`pruned`): user data is never deleted silently.
 - Verify pods whose check is over (their deadline annotation has passed) are deleted: each holds
-  a Whereabouts address.
+  a Whereabouts address. They are listed only when a record says one can exist (see
+  `shared.flows.verify`), so a cluster without verifications costs no request for them.
+Each part is a plan first (read-only: an empty plan means in sync, and reconcile claims nothing),
+then carried out under the cluster's claim.
 Kept apart from `reconcile.py` so that the cluster part and the NAD part can change separately.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,22 +29,43 @@ from shared.core import logs
 from shared.core.errors import Permanent, Transient
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context
-from shared.flows.verify import VERIFY_SELECTOR, VERIFY_UNTIL_ANNOTATION
+from shared.flows.verify import (
+    NETWORKS_ANNOTATION,
+    VERIFY_POD_FIELD,
+    VERIFY_SELECTOR,
+    VERIFY_UNTIL_ANNOTATION,
+    clear_verifying,
+    may_have_verify_pod,
+)
 from shared.ports import DELETE
 
 
-def repair_nads(ctx: Context, ref: ClusterRef, kube: Any, event_id: str,
-                objects: list[dict[str, Any]] | None = None) -> list[str]:
-    """Bring records and cluster in line; returns what was done, one phrase each. `objects` are the
-    managed NADs on the cluster when the caller has listed them already (one LIST per sweep)."""
-    store = ctx.store
-    docs = store.list_nads(ref)
-    objects = kube.list_managed_nads() if objects is None else objects
+@dataclass(frozen=True)
+class NadFix:
+    """One thing reconcile has to do about a NAD, decided on the records and objects as read.
+
+    The plan (`plan_nads`) reads nothing and writes nothing: an empty plan is what lets an
+    in-sync reconcile return without a claim; `repair_nads` carries a plan out under the claim."""
+
+    kind: str  # "orphan-gone", "reapply", "adopt", "prune", "report"
+    key: tuple[str, str]
+    doc: Mapping[str, Any] | None = None
+    live: Mapping[str, Any] | None = None
+    obj: Mapping[str, Any] | None = None  # reapply: what to apply
+    found: tuple[str, str] | None = None  # an orphan's (master, range) when readable
+    why: str = ""  # an orphan's conflict
+
+
+def plan_nads(policy: Any, ref: ClusterRef, docs: list[dict[str, Any]],
+              objects: list[dict[str, Any]]) -> list[NadFix]:
+    """What would bring records and cluster in line (nothing when they agree)."""
     on_cluster = {d.nad_object_key(o): o for o in objects}
     by_key = {(doc["namespace"], doc["name"]): doc for doc in docs}
-    fixes: list[str] = []
+    plan: list[NadFix] = []
     for key, doc in sorted(by_key.items()):
-        fixes += _repair_record(ctx, ref, kube, key, doc, on_cluster.get(key), event_id)
+        fix = _plan_record(ref, key, doc, on_cluster.get(key))
+        if fix is not None:
+            plan.append(fix)
     for key, obj in sorted(on_cluster.items()):
         found = by_key.get(key)
         state = (found or {}).get("state")
@@ -49,58 +74,69 @@ def repair_nads(ctx: Context, ref: ClusterRef, kube: Any, event_id: str,
             continue  # recorded, or a request is on its way to it
         others = d.footprints([x for k, x in by_key.items() if k != key],
                               [o for k, o in on_cluster.items() if k != key])
-        fix = _adopt_or_report(ctx, ref, kube, key, obj, found, others, event_id)
-        if fix:
-            fixes.append(fix)
+        fix = _plan_orphan(policy, key, obj, found, others)
+        if fix is not None:
+            plan.append(fix)
+    return plan
+
+
+def repair_nads(ctx: Context, ref: ClusterRef, kube: Any, event_id: str, plan: list[NadFix]) -> list[str]:
+    """Carry out `plan` (under the cluster's claim); returns what was done, one phrase each."""
+    fixes: list[str] = []
+    for fix in plan:
+        done = _repair_record(ctx, ref, kube, fix, event_id) if fix.kind in ("orphan-gone", "reapply") \
+            else _adopt_or_report(ctx, ref, kube, fix, event_id)
+        if done:
+            fixes.append(done)
     return fixes
 
 
-def _repair_record(ctx: Context, ref: ClusterRef, kube: Any, key: tuple[str, str], doc: Mapping[str, Any],
-                   live: Mapping[str, Any] | None, event_id: str) -> list[str]:
+def _plan_record(ref: ClusterRef, key: tuple[str, str], doc: Mapping[str, Any],
+                 live: Mapping[str, Any] | None) -> NadFix | None:
     from shared.core import nad as nadlib
 
     ns, name = key
     part = d.applied_part(doc)
     state = doc.get("state")
     if part is None or state in d.NAD_IN_FLIGHT or state == d.NAD_PENDING:
-        return []
+        return None
     if state == d.NAD_ORPHANED:
-        if live is not None:
-            return []
         # An orphan is not ours to restore: once it is gone, its record says so.
-        ctx.store.put_nad(ref, ns, name, event_id=event_id, step="orphan-gone", state=d.NAD_DELETED,
-                          fields={"applied": DELETE, "orphan": DELETE}, expect_states=(d.NAD_ORPHANED,),
-                          message=f"{ns}/{name}: the orphan is no longer on the cluster",
-                          ledger_key=f"{event_id}~orphan-gone~{ns}~{name}")
-        return [f"orphan NAD {ns}/{name} gone"]
+        return None if live is not None else NadFix("orphan-gone", key, doc, live)
     config = doc.get("config")
     if live is not None and config and (live.get("spec") or {}).get("config") == config:
-        return []
+        return None
     if config:
         obj = nadlib.nad_object(ref.path, ns, name, config, part.get("requestId"))
     elif isinstance(doc.get("request"), Mapping):
         obj = nadlib.render_nad(nadlib.parse_request(dict(doc["request"])), part["range"])
     else:
-        return []
+        return None
+    return NadFix("reapply", key, doc, live, obj=obj)
+
+
+def _repair_record(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, event_id: str) -> str | None:
+    ns, name = fix.key
+    doc = fix.doc or {}
+    if fix.kind == "orphan-gone":
+        ctx.store.put_nad(ref, ns, name, event_id=event_id, step="orphan-gone", state=d.NAD_DELETED,
+                          fields={"applied": DELETE, "orphan": DELETE}, expect_states=(d.NAD_ORPHANED,),
+                          message=f"{ns}/{name}: the orphan is no longer on the cluster",
+                          ledger_key=f"{event_id}~orphan-gone~{ns}~{name}")
+        return f"orphan NAD {ns}/{name} gone"
     fresh = ctx.store.get_nad(ref, ns, name) or {}
     if fresh.get("updatedAt") != doc.get("updatedAt"):
-        return []  # a request changed it since the list was read: it is its worker's to apply (next run checks)
-    kube.apply_nad(obj)
-    return [f"{'re-created' if live is None else 'restored'} NAD {ns}/{name}"]
+        return None  # a request changed it since the list was read: it is its worker's to apply (next run checks)
+    kube.apply_nad(fix.obj)
+    return f"{'re-created' if fix.live is None else 'restored'} NAD {ns}/{name}"
 
 
-def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, key: tuple[str, str], obj: Mapping[str, Any],
-                     doc: Mapping[str, Any] | None, others: list[dict[str, Any]], event_id: str) -> str | None:
+def _plan_orphan(policy: Any, key: tuple[str, str], obj: Mapping[str, Any], doc: Mapping[str, Any] | None,
+                 others: list[dict[str, Any]]) -> NadFix | None:
     from shared.core import nad as nadlib
 
-    store, policy = ctx.store, ctx.policy()
     ns, name = key
     found = nadlib.config_range(obj)
-    config = str((obj.get("spec") or {}).get("config") or "")
-    annotations = (obj.get("metadata") or {}).get("annotations") or {}
-    request_id = annotations.get(nadlib.REQUEST_ID_ANNOTATION)
-    now = datetime.now(UTC)
-    expect = (doc.get("state") if doc else None,)
     if found is None:
         why = "its spec.config has no Whereabouts range the controller can read"
         clash: list[Mapping[str, Any]] = []
@@ -108,11 +144,31 @@ def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, key: tuple[str, s
         clash = d.conflicts(key=f"{ns}~{name}", master=found[0], cidr=found[1], others=others)
         why = "; ".join(f"{found[1]} overlaps {o.get('namespace')}/{o.get('name')} ({o.get('range')}) "
                         f"on master {found[0]}" for o in clash)
+    if found is not None and not clash:
+        return NadFix("adopt", key, doc, obj, found=found, why=why)
+    if policy.prune_orphans:
+        return NadFix("prune", key, doc, obj, found=found, why=why)
+    if doc is not None and doc.get("state") == d.NAD_ORPHANED and (doc.get("orphan") or {}).get("reason") == why:
+        return None  # reported already, nothing changed
+    return NadFix("report", key, doc, obj, found=found, why=why)
+
+
+def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, event_id: str) -> str | None:
+    from shared.core import nad as nadlib
+
+    store = ctx.store
+    ns, name = fix.key
+    obj, doc, found, why = fix.live or {}, fix.doc, fix.found, fix.why
+    config = str((obj.get("spec") or {}).get("config") or "")
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    request_id = annotations.get(nadlib.REQUEST_ID_ANNOTATION)
+    now = datetime.now(UTC)
+    expect = (doc.get("state") if doc else None,)
     what = f"{ns}/{name}" + (f" ({found[1]} on master {found[0]})" if found else "")
     applied = ({"range": found[1], "master": found[0], "configDigest": nadlib.config_digest(config),
                 "requestId": request_id, "messageId": None, "state": d.NAD_APPLIED, "at": now} if found else DELETE)
     identity = {"range": found[1], "master": found[0]} if found else {}
-    if found is not None and not clash:
+    if fix.kind == "adopt":
         store.put_nad(ref, ns, name, event_id=event_id, step="adopt-nad", state=d.NAD_APPLIED,
                       fields={**identity, "applied": applied, "config": config, "requestId": request_id,
                               "adopted": {"at": now, "by": "reconcile"}, "orphan": DELETE, "reasons": DELETE,
@@ -121,7 +177,7 @@ def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, key: tuple[str, s
                               "nothing; recorded as applied", expect_states=expect,
                       ledger_key=f"{event_id}~adopt~{ns}~{name}")
         return f"adopted orphan NAD {ns}/{name}"
-    if policy.prune_orphans:
+    if fix.kind == "prune":
         try:
             kube.delete_nad(ns, name)
         except (Transient, Permanent) as e:
@@ -134,8 +190,6 @@ def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, key: tuple[str, s
                               "because the policy prunes orphans; its config is kept in this record (`pruned`)",
                       expect_states=expect, ledger_key=f"{event_id}~prune~{ns}~{name}")
         return f"pruned orphan NAD {ns}/{name}"
-    if doc is not None and doc.get("state") == d.NAD_ORPHANED and (doc.get("orphan") or {}).get("reason") == why:
-        return None  # reported already, nothing changed
     store.put_nad(ref, ns, name, event_id=event_id, step="report-orphan", state=d.NAD_ORPHANED, outcome="skipped",
                   fields={**identity, "applied": applied, "config": config, "requestId": request_id,
                           "orphan": {"reason": why, "foundAt": now}},
@@ -145,24 +199,68 @@ def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, key: tuple[str, s
     return f"reported orphan NAD {ns}/{name}"
 
 
-def sweep_verify_pods(kube: Any, *, cluster: str = "", now: float | None = None) -> list[str]:
-    """Delete verify pods whose check is over: a lingering one holds a Whereabouts address."""
+@dataclass(frozen=True)
+class VerifySweep:
+    """Leftover verify pods and the records whose marker can go, decided on one LIST of the
+    verify pods, made only when a record says a pod can exist (`verify.may_have_verify_pod`)."""
+
+    over: tuple[dict[str, Any], ...] = ()  # pods whose check is over: to delete
+    markers: tuple[tuple[str, str], ...] = ()  # records whose marker is done: no pod of theirs runs
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.over or self.markers)
+
+
+def plan_verify_sweep(kube: Any, docs: list[dict[str, Any]], *, now: float | None = None) -> VerifySweep:
+    """Reads the verify pods only when some record says one can exist; otherwise no request."""
+    if not any(may_have_verify_pod(doc) for doc in docs):
+        return VerifySweep()
     now = time.time() if now is None else now
-    fixes = []
+    over, running, live_pods = [], set(), set()
     for pod in kube.list_pods(VERIFY_SELECTOR):
         md = pod.get("metadata") or {}
-        until = (md.get("annotations") or {}).get(VERIFY_UNTIL_ANNOTATION)
+        annotations = md.get("annotations") or {}
         try:
-            over = float(str(until)) < now  # None or junk: ValueError
+            done = float(str(annotations.get(VERIFY_UNTIL_ANNOTATION))) < now  # None or junk: ValueError
         except (TypeError, ValueError):
-            over = True  # no deadline (an older controller's pod): its check is long over
-        if not over:
-            continue
+            done = True  # no deadline (an older controller's pod): its check is long over
+        if done:
+            over.append(pod)
+        else:
+            running.add(str(annotations.get(NETWORKS_ANNOTATION) or ""))
+            live_pods.add((md.get("namespace") or "default", md.get("name")))
+    markers = []
+    for doc in docs:
+        marker = doc.get(VERIFY_POD_FIELD)
+        if not isinstance(marker, Mapping) or f"{doc['namespace']}/{doc['name']}" in running:
+            continue  # no marker, or a check of this NAD is still running
+        if marker.get("pod"):  # the pod a verification left: done once it is gone (or deleted now)
+            finished = (marker.get("namespace") or doc["namespace"], marker["pod"]) not in live_pods
+        else:  # a verification that started: done once its check is over
+            try:
+                finished = float(str(marker.get("until"))) < now
+            except (TypeError, ValueError):
+                finished = True
+        if finished:
+            markers.append((doc["namespace"], doc["name"]))
+    return VerifySweep(tuple(over), tuple(markers))
+
+
+def sweep_verify_pods(ctx: Context, ref: ClusterRef, kube: Any, sweep: VerifySweep, event_id: str) -> list[str]:
+    """Delete verify pods whose check is over (a lingering one holds a Whereabouts address), then
+    drop the markers of records none of whose pods is left (a pod that resisted keeps its marker)."""
+    fixes, kept = [], set()
+    for pod in sweep.over:
+        md = pod.get("metadata") or {}
         try:
             kube.delete_pod(md.get("namespace") or "default", md.get("name"))
         except (Transient, Permanent) as e:
-            logs.warning("could not delete a leftover verify pod", cluster=cluster, error=str(e))
+            logs.warning("could not delete a leftover verify pod", cluster=ref.path, error=str(e))
+            kept.add(str((md.get("annotations") or {}).get(NETWORKS_ANNOTATION) or ""))
             continue
         fixes.append(f"removed leftover verify pod {md.get('namespace')}/{md.get('name')}")
+    for ns, name in sweep.markers:
+        if f"{ns}/{name}" not in kept:
+            clear_verifying(ctx.store, ref, ns, name, event_id=event_id)
     return fixes
-

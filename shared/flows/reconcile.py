@@ -13,12 +13,13 @@ re-check after fixing an INELIGIBLE or FAILED cluster. Each repair is a history 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shared.core import decisions as d
 from shared.core import logs
 from shared.core.errors import ProvisionerError
+from shared.core.records import RolloutReport
 from shared.core.refs import ClusterRef
 from shared.core.settings import ConfigError
 from shared.flows import addresses
@@ -26,7 +27,7 @@ from shared.flows.cluster import ClusterFlow, rollout_report
 from shared.flows.context import Context, Outcome
 from shared.flows.drift import bundle_drift
 from shared.flows.nad import NadFlow
-from shared.flows.nad_repair import repair_nads, sweep_verify_pods
+from shared.flows.nad_repair import VerifySweep, plan_nads, plan_verify_sweep, repair_nads, sweep_verify_pods
 from shared.ports import AlreadyHandled
 
 # What one cluster's trouble may raise without stopping the sweep for the others (bugs still surface).
@@ -95,7 +96,10 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
         found, listing_errors = adopt_untracked(wf, ev, tracked, by_id, recreated, policy)
         adopted += found
         errors += listing_errors
-    store.record_ledger(ev.event_id, event_id=ev.event_id, step="reconcile", outcome="ok", cluster=None)
+    if resumed or adopted or repaired or not ev.scope:
+        # A scoped run that found its cluster in sync writes nothing at all (issue 21); a run that
+        # changed something, and the in-process sweep of every cluster, leave their ledger entry.
+        store.record_ledger(ev.event_id, event_id=ev.event_id, step="reconcile", outcome="ok", cluster=None)
     message = (f"reconcile: {len(records)} tracked; resumed {len(resumed)}, adopted {len(adopted)}, "
                f"repaired {len(repaired)}, errors {len(errors)}")
     if errors:
@@ -144,12 +148,86 @@ class Recreated(Exception):
     """A READY cluster's repair found another incarnation under its name and drove it instead."""
 
 
+@dataclass(frozen=True)
+class Look:
+    """A READY cluster compared with its records, read-only: what differs, if anything.
+
+    Taken once without a claim (an in-sync cluster ends there: reads only), and again under the
+    claim before anything is changed, since another worker may have changed it meanwhile."""
+
+    cluster: Any
+    recreated: bool = False  # another incarnation under the name (deleted and created again)
+    kube: Any = None
+    bundle: Any = None
+    missing: tuple[dict[str, Any], ...] = ()
+    bundle_version_changed: bool = False
+    nads: NadLook | None = None  # None when the bundle must be re-applied first (its CRDs may be gone)
+
+    @property
+    def needs_repair(self) -> bool:
+        return (self.recreated or bool(self.missing) or self.bundle_version_changed
+                or self.nads is None or self.nads.needs_repair)
+
+
+@dataclass(frozen=True)
+class NadLook:
+    """The NAD and address half of a look: the NAD plan, verify pods, waiting NADs, figures."""
+
+    on_cluster: list[dict[str, Any]]
+    plan: list[Any]
+    sweep: VerifySweep
+    waiting: int
+    rollout: RolloutReport
+    rollout_changed: bool
+    usage: addresses.Usage
+
+    @property
+    def needs_repair(self) -> bool:
+        return bool(self.plan or self.sweep.needed or self.waiting or self.rollout_changed or self.usage.changed)
+
+
+def look(wf: ReconcileFlow, rec: Any) -> Look:
+    """Compare a READY cluster with its records without writing anything."""
+    from shared.flows.cluster import new_incarnation
+
+    ref = rec.ref
+    cluster = wf.ctx.gke.get_cluster(ref)
+    if new_incarnation(rec, cluster):
+        return Look(cluster, recreated=True)
+    kube = wf.ctx.kube_for(ref, cluster)
+    bundle = wf.ctx.bundle(ref)
+    missing, listed_rollout = bundle_drift(kube, bundle)
+    changed = rec.workflow.bundle_version != bundle.version
+    nads = None if (missing or changed) else look_nads(wf, rec, kube, bundle, listed_rollout)
+    return Look(cluster, False, kube, bundle, tuple(missing), changed, nads)
+
+
+def look_nads(wf: ReconcileFlow, rec: Any, kube: Any, bundle: Any, listed_rollout: Any) -> NadLook:
+    """The NAD records (one query, whole documents) against the managed NADs, verify pods only
+    when a record says one can exist, waiting NADs, the rollout and pool-use figures."""
+    ref = rec.ref
+    on_cluster = kube.list_managed_nads()
+    docs = wf.ctx.store.list_nads(ref)
+    plan = plan_nads(wf.ctx.policy(), ref, docs, on_cluster)
+    sweep = plan_verify_sweep(kube, docs)
+    waiting = len(wf.nads.waiting(docs))
+    # The rollout recorded at install time may have been partial; keep the figure current.
+    rollout = rollout_report(listed_rollout or kube.daemonset_rollout(*bundle.daemonset))
+    rollout_changed = rollout.summary != (rec.workflow.rollout.summary if rec.workflow.rollout else None)
+    usage = addresses.check(rec, kube, on_cluster)
+    return NadLook(on_cluster, plan, sweep, waiting, rollout, rollout_changed, usage)
+
+
 def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
-    """Re-apply what drifted on a READY cluster, holding its lease: nothing else changes it meanwhile."""
+    """Re-apply what drifted on a READY cluster. A cluster in sync costs reads only: no claim, no
+    ledger or history entry. A difference takes the cluster's lease (before any change) and is
+    looked at again under it: nothing else changes the cluster meanwhile."""
+    if not look(wf, rec).needs_repair:
+        return []
     store = wf.ctx.store
-    store.claim(rec.ref, event_id=event_id, step="repair", ledger_key=event_id)  # before any change
+    claimed = store.claim(rec.ref, event_id=event_id, step="repair", ledger_key=event_id)  # before any change
     try:
-        return _repair_claimed(wf, rec, event_id)
+        return _repair_claimed(wf, claimed, event_id)
     except Recreated:
         raise  # the new incarnation's drive took and released the lease itself
     except BaseException:
@@ -160,49 +238,39 @@ def repair(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
 def _repair_claimed(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
     """Missing bundle objects and managed NADs re-applied, the rollout figure refreshed; the lease
     taken by `repair` is released with the record (or dropped when there is nothing to record)."""
-
-    from shared.flows.cluster import new_incarnation
-
     ref = rec.ref
     store = wf.ctx.store
-    cluster = wf.ctx.gke.get_cluster(ref)
-    if new_incarnation(rec, cluster):  # deleted and created again while its events were lost
+    now = look(wf, rec)  # again, under the claim: what another worker did meanwhile counts
+    if now.recreated:  # deleted and created again while its events were lost
         store.hold(ref, holder=event_id, step="repair", seconds=0)
         out = wf.clusters.drive(ref, f"{event_id}~incarnation", trigger="reconcile: the cluster was created again",
                                 create=False)
         raise Recreated(f"{ref.path}: {out.state}")
-    kube = wf.ctx.kube_for(ref, cluster)
-    bundle = wf.ctx.bundle(ref)
+    kube, bundle = now.kube, now.bundle
     fixes: list[str] = []
-    missing, listed_rollout = bundle_drift(kube, bundle)
-    if missing or rec.workflow.bundle_version != bundle.version:
-        listed_rollout = None  # re-applied: read the DaemonSet again below
-        todo = bundle.objects if rec.workflow.bundle_version != bundle.version else missing
+    if now.missing or now.bundle_version_changed:
+        todo = bundle.objects if now.bundle_version_changed else list(now.missing)
         crds = [o for o in todo if o["kind"] == "CustomResourceDefinition"]
         if crds:
             kube.apply(crds)
             kube.wait_established([o["metadata"]["name"] for o in crds],
                                   timeout=wf.ctx.settings.crd_timeout_seconds, poll=wf.ctx.settings.crd_poll_seconds)
         kube.apply([o for o in todo if o["kind"] != "CustomResourceDefinition"])
-        fixes += [f"re-applied {o['kind']} {o['metadata']['name']}" for o in missing]
-        if rec.workflow.bundle_version != bundle.version:
+        fixes += [f"re-applied {o['kind']} {o['metadata']['name']}" for o in now.missing]
+        if now.bundle_version_changed:
             fixes.append(f"bundle {rec.workflow.bundle_version} -> {bundle.version}")
+    # Re-applied: read the NADs and the DaemonSet again, after the bundle.
+    nads = now.nads if now.nads is not None else look_nads(wf, rec, kube, bundle, None)
     # NADs: records and managed objects compared both ways; leftover verify pods removed.
-    on_cluster = kube.list_managed_nads()
-    fixes += repair_nads(wf.ctx, ref, kube, event_id, objects=on_cluster)
-    fixes += sweep_verify_pods(kube, cluster=ref.path)
+    fixes += repair_nads(wf.ctx, ref, kube, event_id, nads.plan)
+    fixes += sweep_verify_pods(wf.ctx, ref, kube, nads.sweep, event_id)
     # NADs still waiting on a READY cluster (a lost wake-up) or claimed by a worker that died.
-    waiting = [n for n in store.list_nads(ref, fields=("state", "claimOrder")) if n.get("state") in
-               (d.NAD_PENDING, d.NAD_APPLYING)]
-    if waiting:
+    if nads.waiting:
         handled = wf.nads.apply_pending(ref, rec, kube, event_id, wf.ctx.policy(), first_ready=False)
         if handled:
             fixes.append(f"took up {handled} waiting NAD(s)")
-    # The rollout recorded at install time may have been partial; keep the figure current.
-    rollout = rollout_report(listed_rollout or kube.daemonset_rollout(*bundle.daemonset))
-    rollout_changed = rollout.summary != (rec.workflow.rollout.summary if rec.workflow.rollout else None)
-    usage = addresses.check(rec, kube, on_cluster)
-    if fixes or rollout_changed or usage.changed:
+    rollout, usage = nads.rollout, nads.usage
+    if fixes or nads.rollout_changed or usage.changed:
         message = ("reconcile repaired: " + "; ".join(fixes)) if fixes else "reconcile: nothing to repair"
         message += f"; DaemonSet {rollout.summary}"
         if usage.warnings:

@@ -31,7 +31,7 @@ from shared.core.errors import Permanent, Rejected, Transient
 from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, bundle_of
-from shared.flows.verify import run_verification
+from shared.flows.verify import clear_verifying, mark_verifying, run_verification
 from shared.ports import AlreadyHandled
 
 STUCK_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff",
@@ -307,10 +307,15 @@ def health_gate(ctx: Context, ref: ClusterRef, kube: Any, bundle: Any) -> tuple[
     if not nads:
         return PASS, f"DaemonSet rolled out ({rollout.ready}/{rollout.desired}); no NAD to verify net1 with"
     nad = sorted(nads, key=lambda n: (n["namespace"], n["name"]))[0]
-    ok, seen = run_verification(kube, nad["namespace"], nad["name"], nad["range"], pool=pool, cluster=ref.path,
-                                timeout=max(5.0, s.rollout_wait_seconds))
-    where = f"verify pod on {nad['namespace']}/{nad['name']}: {seen}"
-    return (PASS if ok else FAIL), (f"DaemonSet rolled out ({rollout.ready}/{rollout.desired}); {where}")
+    timeout = max(5.0, s.rollout_wait_seconds)
+    event_id = f"rollout-gate~{ref.doc_id}"  # names nothing written: the marker has no history entry
+    mark_verifying(ctx.store, ref, nad["namespace"], nad["name"], event_id=event_id, timeout=timeout)
+    result = run_verification(kube, nad["namespace"], nad["name"], nad["range"], pool=pool, cluster=ref.path,
+                              timeout=timeout)
+    if result.left is None:  # the marker goes with the pod; one left behind keeps it for reconcile's sweep
+        clear_verifying(ctx.store, ref, nad["namespace"], nad["name"], event_id=event_id)
+    where = f"verify pod on {nad['namespace']}/{nad['name']}: {result.detail}"
+    return (PASS if result.ok else FAIL), (f"DaemonSet rolled out ({rollout.ready}/{rollout.desired}); {where}")
 
 
 def _containers(ds: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -4,6 +4,12 @@ The procedure's step 7 done by the controller: start a short-lived, locked-down 
 the networks annotation on the Multus node pool, read the `k8s.v1.cni.cncf.io/network-status`
 annotation that Multus writes, check `net1`'s address against the NAD's range, delete the pod.
 A failure says why (no net1, an address outside the range, or the pod's last Events).
+
+Reconcile lists verify pods only when one can exist (`may_have_verify_pod`): a NAD record says a
+verification started and was not swept. That is a request with `verify` in flight (its claim is
+written before the pod is created), or the record's `verifyPod` marker: written before the pod
+by `multus-provisioner verify` and the rollout gate (which claim nothing), and kept by every path
+when the pod could not be deleted; reconcile's sweep removes it once no pod of that NAD is left.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from shared.core import decisions as d
@@ -18,6 +26,7 @@ from shared.core import logs
 from shared.core.errors import Permanent, Rejected, Transient
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
+from shared.ports import DELETE
 
 VERIFY_IMAGE = "registry.k8s.io/pause:3.9"
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
@@ -25,29 +34,86 @@ VERIFY_SELECTOR = "multus-provisioner.io/purpose=verify"
 # When the pod's check is over (unix seconds): after it, reconcile deletes a pod still there.
 VERIFY_UNTIL_ANNOTATION = "multus-provisioner.io/verify-until"
 VERIFY_GRACE_SECONDS = 60.0
+VERIFY_TIMEOUT_SECONDS = 30.0  # how long a verification waits for net1
 DELETE_ATTEMPTS = 4
+# A NAD record's field saying a verify pod of this NAD may exist (see the module's docstring).
+VERIFY_POD_FIELD = "verifyPod"
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What a verification saw, and the pod it could not delete (None: it is gone)."""
+
+    ok: bool
+    detail: str
+    left: dict[str, Any] | None = None  # {"pod", "namespace", "until"}: the record keeps it for the sweep
+
+
+def verify_deadline(timeout: float, now: float | None = None) -> float:
+    """When a verification started now is over (unix seconds): its pod's annotation, and the marker's."""
+    return (time.time() if now is None else now) + timeout + VERIFY_GRACE_SECONDS
 
 
 def run_verification(kube: Any, namespace: str, nad_name: str, cidr: str | None, *, pool: str | None,
-                     cluster: str = "", timeout: float = 30.0) -> tuple[bool, str]:
-    """(ok, what was seen). The pod is deleted whatever happens."""
+                     cluster: str = "", timeout: float = 30.0) -> Verification:
+    """What was seen. The pod is deleted whatever happens (`left` names it when it could not be)."""
     digest = hashlib.sha256(f"{namespace}/{nad_name}/{time.time_ns()}".encode()).hexdigest()[:6]
     pod_name = f"mp-verify-{nad_name[:40]}-{digest}"
     manifest = verify_pod_manifest(pod_name, namespace, nad_name, pool)
-    manifest["metadata"]["annotations"][VERIFY_UNTIL_ANNOTATION] = f"{time.time() + timeout + VERIFY_GRACE_SECONDS:.0f}"
+    until = verify_deadline(timeout)
+    manifest["metadata"]["annotations"][VERIFY_UNTIL_ANNOTATION] = f"{until:.0f}"
     kube.create_pod(manifest)
+    ok, detail = False, ""
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = kube.pod_network_status(namespace, pod_name)
             if status:
-                return check_network_status(status, cidr)
+                ok, detail = check_network_status(status, cidr)
+                break
             time.sleep(0.2)
-        events = kube.pod_events(namespace, pod_name)
-        why = "; ".join(e.get("message", "") for e in events[-3:]) or "no network-status annotation"
-        return False, f"pod {pod_name} got no net1 within {timeout:.0f}s: {why}"
+        else:
+            events = kube.pod_events(namespace, pod_name)
+            why = "; ".join(e.get("message", "") for e in events[-3:]) or "no network-status annotation"
+            detail = f"pod {pod_name} got no net1 within {timeout:.0f}s: {why}"
     finally:
-        delete_verify_pod(kube, namespace, pod_name, cluster=cluster)
+        removed = delete_verify_pod(kube, namespace, pod_name, cluster=cluster)
+    left = None if removed else {"pod": pod_name, "namespace": namespace, "until": round(until)}
+    return Verification(ok, detail, left)
+
+
+def may_have_verify_pod(doc: Mapping[str, Any]) -> bool:
+    """A verify pod of this NAD can exist: a request with `verify` is in flight (its worker is
+    checking, or died while checking), or the record's marker says one started or was left."""
+    if isinstance(doc.get(VERIFY_POD_FIELD), Mapping):
+        return True
+    last_value = doc.get("lastRequest")
+    last: Mapping[str, Any] = last_value if isinstance(last_value, Mapping) else {}
+    body_value = last.get("request")
+    body: Mapping[str, Any] = body_value if isinstance(body_value, Mapping) else {}
+    return doc.get("state") in d.NAD_IN_FLIGHT and bool(body.get("verify"))
+
+
+def mark_verifying(store: Any, ref: ClusterRef, namespace: str, name: str, *, event_id: str,
+                   timeout: float) -> None:
+    """Before a verification that claims nothing (the CLI, the rollout gate) starts its pod: the
+    record says a pod may exist until the check is over, so reconcile looks for it if need be."""
+    store.put_nad(ref, namespace, name, event_id=event_id, step="verify-start", state="", fields={},
+                  derive=lambda cur: {"state": cur.get("state"),
+                                      VERIFY_POD_FIELD: {"until": round(verify_deadline(timeout))}},
+                  expect_states=tuple(d.NAD_LIVE), history=False)
+
+
+def clear_verifying(store: Any, ref: ClusterRef, namespace: str, name: str, *, event_id: str) -> bool:
+    """The record's marker removed: its verification is over and no pod of it is left."""
+    return bool(store.put_nad(ref, namespace, name, event_id=event_id, step="verify-swept", state="", fields={},
+                              derive=lambda cur: {"state": cur.get("state"), VERIFY_POD_FIELD: DELETE},
+                              expect_states=tuple(set(d.NAD_COUNTED + d.NAD_SETTLED)), history=False))
+
+
+def marker_fields(result: Verification) -> dict[str, Any]:
+    """The marker after a verification: gone with its pod, or naming the pod left behind."""
+    return {VERIFY_POD_FIELD: result.left if result.left is not None else DELETE}
 
 
 def delete_verify_pod(kube: Any, namespace: str, pod_name: str, *, cluster: str = "",
@@ -87,21 +153,24 @@ class VerifyFlow:
                            "to verify against; send a request for it first", kind="not-applied", cluster=ref)
         req = nadlib.parse_request(dict(doc["request"]))
         kube = self.ctx.kube_for(ref)
-        ok, detail = self.check(kube, req, doc.get("range"), ref)
+        mark_verifying(store, ref, namespace, name, event_id=event_id, timeout=VERIFY_TIMEOUT_SECONDS)
+        result = self.check(kube, req, doc.get("range"), ref)
+        ok, detail = result.ok, result.detail
         state = d.NAD_VERIFIED if ok else d.NAD_APPLIED
         store.put_nad(ref, namespace, name, event_id=event_id, step="verify-nad", state=state,
-                      fields={"verification": {"ok": ok, "message": detail}},
+                      fields={"verification": {"ok": ok, "message": detail}, **marker_fields(result)},
                       derive=lambda cur: ({"applied": {**cur["applied"], "state": state}}
                                           if isinstance(cur.get("applied"), dict) else {}),
                       outcome="ok" if ok else "failed", message=f"{namespace}/{name}: verify: {detail}",
                       ledger_key=f"{event_id}~verify~{namespace}~{name}")
         return Outcome("done" if ok else "failed", detail, ref.path, state)
 
-    def check(self, kube: Any, req: Any, cidr: str | None, ref: ClusterRef) -> tuple[bool, str]:
+    def check(self, kube: Any, req: Any, cidr: str | None, ref: ClusterRef) -> Verification:
         """Run the pod check for `req` on its cluster's Multus node pool."""
         rec = self.ctx.store.get_cluster(ref)
         pool = rec.workflow.node_pool.name if rec and rec.workflow.node_pool else None
-        return run_verification(kube, req.namespace, req.name, cidr, pool=pool, cluster=ref.path)
+        return run_verification(kube, req.namespace, req.name, cidr, pool=pool, cluster=ref.path,
+                                timeout=VERIFY_TIMEOUT_SECONDS)
 
 
 def verify_pod_manifest(pod_name: str, namespace: str, nad_name: str, pool: str | None) -> dict[str, Any]:
