@@ -137,6 +137,36 @@ def test_a_dead_owners_control_plane_is_swept(tmp_path: Path) -> None:
             proc.kill()
 
 
+def test_a_killed_owner_leaves_nothing_running(tmp_path: Path) -> None:
+    """SIGKILL gives no chance to stop: the owner's reaper ends its control plane and etcd."""
+    import subprocess
+    import sys
+
+    from sandbox.kube import real
+    from tests.fixtures_stack import wait_for
+
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "from sandbox.kube.real import RealKubeApiServer\n"
+        "s = RealKubeApiServer(token='t0ken', nodes=1, name='owner')\n"
+        "s.start()\n"
+        "print(os.getpid(), flush=True)\n"
+        "os.kill(os.getpid(), 9)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    owner = proc.stdout.split()[0]
+
+    def left() -> list[str]:
+        runs = [p.name for p in real._run_root().glob(f"{owner}-*")] if real._run_root().exists() else []
+        procs = [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+                 .splitlines() if f"multus-provisioner-real/{owner}-" in line]
+        return runs + procs
+
+    wait_for(lambda: not left(), 60, "the reaper to remove what the killed owner left")
+
+
 # -- end to end through Pub/Sub push and the real functions -----------------------------------------
 @pytest.fixture(scope="module")
 def real_stack(emulators: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:

@@ -250,7 +250,10 @@ class Etcd:
 
 
 def _new_run_dir(label: str) -> Path:
+    from sandbox.kube.reaper import ensure_reaper
+
     sweep()
+    ensure_reaper()  # if this process dies without stopping us, the reaper removes what it left
     root = _run_root()
     root.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{label}-", dir=root))

@@ -167,8 +167,11 @@ class Guest:
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> Guest:
+        from sandbox.kube.reaper import ensure_reaper
+
         preflight()
         sweep()
+        ensure_reaper()  # a guest outliving a killed owner is removed by the reaper
         started = time.monotonic()
         try:
             _run(["ip", "netns", "add", self.netns])
