@@ -64,8 +64,9 @@ infra-lock: setup
 unit: setup
 	$(BIN)/python -m pytest -q -m "not emulator and not e2e and not real"
 
+# `make demo DEMO_ARGS="--kube real"`: the same story on real Kubernetes, Multus, IPVLAN and Whereabouts.
 demo: setup
-	$(BIN)/multus-provisioner demo
+	$(BIN)/multus-provisioner demo $(DEMO_ARGS)
 
 # `make sandbox SCENARIO=sandbox/scenarios/tutorial.yaml` for docs/TUTORIAL.md's empty project.
 sandbox: setup
