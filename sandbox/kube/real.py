@@ -28,7 +28,6 @@ removes the directories of owners that are gone.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
 import json
@@ -50,6 +49,8 @@ from sandbox.gobuild import BuildError, bin_dir
 from sandbox.kube.certs import CertAuthority, make_certs
 from sandbox.kube.faults import Stats
 from sandbox.kube.meta import name_problem
+from sandbox.kube.reaper import alive
+from sandbox.kube.server import kubeconfig_doc, write_private_json
 
 START_TIMEOUT = 240.0  # a cold kube-apiserver on a loaded 2-core machine takes tens of seconds
 KUBE_VERSION = "v1.33.13"
@@ -81,16 +82,6 @@ def _run_root() -> Path:
     return Path(tempfile.gettempdir()) / "multus-provisioner-real"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep() -> list[str]:
     """Kill the process groups and remove the run directories of owners that no longer exist.
 
@@ -103,7 +94,7 @@ def sweep() -> list[str]:
         return removed
     for run in root.iterdir():
         owner = run.name.split("-", 1)[0]
-        if not owner.isdigit() or _alive(int(owner)):
+        if not owner.isdigit() or alive(int(owner)):
             continue
         for pidfile in run.glob("*.pid"):
             with contextlib.suppress(ValueError, OSError):
@@ -682,33 +673,17 @@ class RealKubeApiServer:
     def _write_component_kubeconfigs(self, run: Path) -> None:
         for user, short in (("sandbox:controller-manager", "controller-manager"), ("sandbox:scheduler", "scheduler"),
                             ("sandbox:kwok", "kwok")):
-            config = self._kubeconfig_for(f"https://127.0.0.1:{self._api_port}", self._component_tokens[user], short)
-            fd = os.open(run / f"{short}.kubeconfig", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(config, f)
-
-    def _kubeconfig_for(self, server: str, token: str, ctx: str) -> dict[str, Any]:
-        return {
-            "apiVersion": "v1", "kind": "Config", "preferences": {}, "current-context": ctx,
-            "clusters": [{"name": ctx, "cluster": {
-                "server": server, "certificate-authority-data": base64.b64encode(self.ca_pem).decode()}}],
-            "users": [{"name": ctx, "user": {"token": token}}],
-            "contexts": [{"name": ctx, "context": {"cluster": ctx, "user": ctx, "namespace": "default"}}],
-        }
+            write_private_json(run / f"{short}.kubeconfig", kubeconfig_doc(
+                f"https://127.0.0.1:{self._api_port}", self.ca_pem, self._component_tokens[user], short))
 
     def kubeconfig(self, context: str | None = None) -> dict[str, Any]:
-        return self._kubeconfig_for(self.url, self.token, context or self.name)
+        return kubeconfig_doc(self.url, self.ca_pem, self.token, context or self.name)
 
     def write_kubeconfig(self, path: str | os.PathLike[str], context: str | None = None) -> str:
         """Write a kubeconfig (0600, it holds the token) for this server; returns the path."""
         if not self.url:
             raise RuntimeError("start the server before writing its kubeconfig")
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.kubeconfig(context), f, indent=2)
-        return path
+        return write_private_json(path, self.kubeconfig(context))
 
     # ------------------------------------------------------------ the admin client
     def _connection(self) -> http.client.HTTPSConnection:

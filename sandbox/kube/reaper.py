@@ -33,7 +33,8 @@ def ensure_reaper() -> None:
                      start_new_session=True, close_fds=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m sandbox.kube.reaper OWNER_PID", file=sys.stderr)
         return 2
     owner = int(argv[0])
-    while _alive(owner):
+    while alive(owner):
         time.sleep(1.0)
     from sandbox.kube import real, uml
 

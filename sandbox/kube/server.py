@@ -40,6 +40,27 @@ MAX_BODY = 3 * 1024 * 1024  # Kubernetes' request size limit
 _NODE_TYPE = next(t for t in BUILTINS if t.kind == "Node")
 
 
+def kubeconfig_doc(url: str, ca_pem: bytes, token: str, context: str) -> dict[str, Any]:
+    """A kubeconfig for one server and one Bearer token (the simulated and the real server's)."""
+    return {
+        "apiVersion": "v1", "kind": "Config", "preferences": {}, "current-context": context,
+        "clusters": [{"name": context, "cluster": {
+            "server": url, "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+        "users": [{"name": context, "user": {"token": token}}],
+        "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": "default"}}],
+    }
+
+
+def write_private_json(path: str | os.PathLike[str], data: Any) -> str:
+    """Write JSON readable by the owner only (0600: a kubeconfig holds a token); returns the path."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    return path
+
+
 class KubeApiServer:
     """One cluster's API server. `dns_name` + `dns_authority` add a second listener: the cluster's
     DNS-based endpoint, served with a certificate for that name from the sandbox's public-style CA.
@@ -198,25 +219,13 @@ class KubeApiServer:
 
     # ------------------------------------------------------------ kubeconfig
     def kubeconfig(self, context: str | None = None) -> dict[str, Any]:
-        ctx = context or self.name
-        return {
-            "apiVersion": "v1", "kind": "Config", "preferences": {}, "current-context": ctx,
-            "clusters": [{"name": ctx, "cluster": {
-                "server": self.url, "certificate-authority-data": base64.b64encode(self.ca_pem).decode()}}],
-            "users": [{"name": ctx, "user": {"token": self.token}}],
-            "contexts": [{"name": ctx, "context": {"cluster": ctx, "user": ctx, "namespace": "default"}}],
-        }
+        return kubeconfig_doc(self.url, self.ca_pem, self.token, context or self.name)
 
     def write_kubeconfig(self, path: str | os.PathLike[str], context: str | None = None) -> str:
         """Write a kubeconfig (0600, it holds the token) for this server; returns the path."""
         if not self.url:
             raise RuntimeError("start the server before writing its kubeconfig")
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.kubeconfig(context), f, indent=2)
-        return path
+        return write_private_json(path, self.kubeconfig(context))
 
     # ------------------------------------------------------------ admin API
     def admin(self, method: str, path: str, body: bytes) -> tuple[int, Any]:

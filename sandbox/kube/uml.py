@@ -44,6 +44,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sandbox.kube.reaper import alive
+
 T = TypeVar("T")
 
 PREFIX = "mpcni"
@@ -109,16 +111,6 @@ def preflight() -> None:
     _run(["ip", "netns", "del", probe], check=False)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep() -> list[str]:
     """Remove namespaces and work directories named after a process that no longer exists."""
     removed = []
@@ -126,14 +118,14 @@ def sweep() -> list[str]:
     for entry in json.loads(listing):
         name = entry.get("name", "")
         m = re.fullmatch(rf"{PREFIX}-(\d+)-\w+", name)
-        if not m or _pid_alive(int(m[1])):
+        if not m or alive(int(m[1])):
             continue
         _kill_netns_processes(name)
         _run(["ip", "netns", "del", name], check=False)
         removed.append(name)
     for path in Path(tempfile.gettempdir()).glob(f"{PREFIX}-*"):
         m = re.match(rf"{PREFIX}-(\d+)-", path.name)
-        if m and not _pid_alive(int(m[1])):
+        if m and not alive(int(m[1])):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(str(path))
     return removed
