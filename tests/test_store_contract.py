@@ -411,3 +411,26 @@ def test_the_fake_and_the_store_have_the_ports_signatures() -> None:
             for param, spec in want.items():
                 assert param in have, f"{impl.__name__}.{name} lacks {param}"
                 assert (have[param].kind, have[param].default) == (spec.kind, spec.default), (impl, name, param)
+
+
+def test_a_nad_request_reads_once_and_writes_on_what_it_read(store: StorePort) -> None:
+    """The NAD apply's first look (cluster, ledger and NAD in one read) and the versioned writes:
+    a write on a stale version is decided again on the current document, never lost or doubled."""
+    _create(store)
+    rec, seen, version = store.get_cluster_and_nad_unless_seen(REF, "n-1", "default", "net")
+    assert rec is not None and rec.state == "DISCOVERED" and not seen
+    assert version.update_time is None and dict(version.data) == {}
+    first = store.put_nad_version(REF, "default", "net", event_id="n-1", step="claim", state="APPLYING",
+                                  fields={"claimOrder": "a"}, ledger_key="n-1", write_ledger=False,
+                                  expect_states=(None,), known=version)
+    assert first is not None and first.data["state"] == "APPLYING" and first.update_time is not None
+    _, _, again = store.get_cluster_and_nad_unless_seen(REF, "n-2", "default", "net")
+    assert again.data["claimOrder"] == "a" and again.update_time is not None
+    # another writer got there in between: the stale version's write is re-checked on the current one
+    store.put_nad(REF, "default", "net", event_id="n-9", step="other", state="APPLYING", fields={"claimOrder": "b"})
+    lost = store.put_nad_version(REF, "default", "net", event_id="n-1", step="apply", state="APPLIED",
+                                 fields={}, expect_states=("APPLYING",), expect_fields={"claimOrder": "a"},
+                                 known=first)
+    assert lost is None and (store.get_nad(REF, "default", "net") or {})["claimOrder"] == "b"
+    store.record_ledger("n-3", event_id="n-3", step="x", outcome="ok", cluster=REF)
+    assert store.get_cluster_and_nad_unless_seen(REF, "n-3", "default", "net")[:2] == (None, True)
