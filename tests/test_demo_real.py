@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,13 @@ pytestmark = pytest.mark.real
 @pytest.mark.timeout(1200)
 def test_the_demo_on_the_real_tier_ends_with_two_pods_reaching_each_other_over_layer2(tmp_path: Path) -> None:
     cli = Path(sys.executable).parent / "multus-provisioner"
+    # As from a user's shell: nothing of another stack this test process may have exported (a
+    # collection prefix, topics, emulator hosts) reaches the demo.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MULTUS_PROVISIONER_", "FIRESTORE_EMULATOR", "PUBSUB_EMULATOR", "CLOUDSDK_"))
+           and k != "GOOGLE_CLOUD_PROJECT"}
     run = subprocess.run([str(cli), "demo", "--kube", "real", "--json", "--state-dir", str(tmp_path / "demo"),
-                          "--timeout", "300"], capture_output=True, text=True, timeout=1100, check=False)
+                          "--timeout", "300"], capture_output=True, text=True, timeout=1100, check=False, env=env)
     assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     summary = json.loads(run.stdout)
     assert summary["ok"] and not summary["failures"]
