@@ -127,6 +127,7 @@ class _Story:
             nad_range = doc.get("range") if doc else None
             ip = _sample_pod(self.stack, eligible.cluster, self.p, nad_range, self.timeout)
             peers = _peer_on_layer2(self.stack, eligible.cluster, self.p, nad_range, self.timeout) if ip else None
+            verified = self.verify_nad(eligible) if doc and doc.get("state") == "APPLIED" else None
             _print_trail(self.store, eligible, self.p)
             _print_objects(self.stack, eligible.cluster, self.p)
         finally:
@@ -134,7 +135,31 @@ class _Story:
         return {"clusters": {eligible.cluster: rec.state if rec else None,
                              legacy.cluster: legacy_rec.state if legacy_rec else None},
                 "nad": doc.get("state") if doc else None, "range": nad_range, "podIp": ip,
-                **({"layer2": peers} if peers is not None else {})}
+                **({"layer2": peers} if peers is not None else {}),
+                **({"verify": verified} if verified is not None else {})}
+
+    def verify_nad(self, eligible: Any) -> dict[str, Any]:
+        """`multus-provisioner verify` on the early NAD: its pod and a peer on another node, each one's
+        node, net1 as Multus reported it, Whereabouts' IPPool entry and (real tier) the kernel's net1,
+        and whether the two reach each other over net1."""
+        import uuid
+
+        from multus_cli.online import print_datapath
+        from shared.app import Controller
+        from shared.core.settings import Settings
+
+        ns, name = EARLY_NAD["namespace"], EARLY_NAD["name"]
+        self.p.step(f"multus-provisioner verify {eligible.cluster} {ns}/{name}")
+        out = Controller(Settings.from_env(self.env), store=self.store).verify(
+            eligible, ns, name, event_id=f"demo-verify-{uuid.uuid4().hex[:12]}")
+        report = out.details.get("datapath")
+        if out.status == "done":
+            self.p.ok(f"{ns}/{name}: {out.state}: {out.message}")
+        else:
+            self.p.fail(f"verify {ns}/{name}: {out.state}: {out.message}")
+        if not self.p.quiet:
+            print_datapath(report)
+        return {"ok": out.status == "done", "state": out.state, "message": out.message, "datapath": report}
 
     def request_early_nad(self, eligible: Any) -> None:
         from multus_cli.online import publish_request

@@ -29,7 +29,7 @@ from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
 from shared.flows.verify import (
     VERIFY_POD_FIELD,
-    VERIFY_TIMEOUT_SECONDS,
+    VERIFY_WINDOW_SECONDS,
     VerifyFlow,
     marker_fields,
     may_have_verify_pod,
@@ -508,7 +508,7 @@ def _verify_may_linger(cur: Mapping[str, Any]) -> dict[str, Any]:
     gave its claim back): its pod may be left, and once this claim settles nothing else says so."""
     if isinstance(cur.get(VERIFY_POD_FIELD), Mapping) or not may_have_verify_pod(cur):
         return {}
-    return {VERIFY_POD_FIELD: {"until": round(verify_deadline(VERIFY_TIMEOUT_SECONDS))}}
+    return {VERIFY_POD_FIELD: {"until": round(verify_deadline(VERIFY_WINDOW_SECONDS))}}
 
 
 def _released(job: _Job, cur: dict[str, Any], err: Exception) -> dict[str, Any]:
