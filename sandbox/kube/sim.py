@@ -220,7 +220,9 @@ class Sim(Hooks):
             parts.append(f"{len(ready)} node(s) didn't match Pod's node affinity/selector")
         if total - len(ready):
             parts.append(f"{total - len(ready)} node(s) were unschedulable")
-        return f"0/{total} nodes are available: {', '.join(parts)}."
+        # kube-scheduler then reports its PostFilter (preemption), which cannot help a selector either
+        return (f"0/{total} nodes are available: {', '.join(parts)}. preemption: 0/{total} nodes are available: "
+                f"{total} Preemption is not helpful for scheduling.")
 
     def nodes_changed(self) -> None:
         for ds in self.store.items("apps", "daemonsets"):
