@@ -97,9 +97,10 @@ class NadFlow:
         as the caller read it (the claim's precondition), or None to read it."""
         policy = self.ctx.policy()
         cluster_state = rec.state if rec else None
-        pool_cidr = rec.workflow.node_pool.cidr if rec and rec.workflow.node_pool else None
-        step = d.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr, existing=None,
-                            namespace_problem=policy.namespace_problem(req.namespace), max_nads=None)
+        pool = rec.workflow.node_pool if rec else None
+        step = d.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool.cidr if pool else None,
+                            existing=None, namespace_problem=policy.namespace_problem(req.namespace), max_nads=None,
+                            pool_interface=pool.interface if pool else None)
         job = _Job(ref, req, event_id, ledger, origin or event_id, self._stale_before(), self._stale_before(1))
         if step.kind == step.APPLY:
             assert step.range is not None  # decide_nad gives every APPLY its range
