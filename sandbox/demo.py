@@ -64,6 +64,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from sandbox.stack import DEFAULT_SCENARIO, Stack
 
     p = Progress(quiet=args.json)
+    inherited = _drop_inherited_configuration()
+    if inherited:
+        p.say("  ", f"ignoring {len(inherited)} variable(s) from your environment that would configure the "
+                    f"controller or point it elsewhere: {', '.join(inherited)}")
     scenario = Path(args.scenario) if args.scenario else DEFAULT_SCENARIO
     # realism None: the scenario's (the default scenario is realistic: GKE on an ordinary day).
     stack = Stack(scenario=scenario, state_dir=Path(args.state_dir), progress=p.step, realism=None,
@@ -86,6 +90,24 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         print(f"\ndemo passed in {elapsed:.1f}s: every step reached its expected state.")
     return 0 if not p.failures else 1
+
+
+# What a shell may hold that would make the demo's functions read another deployment's configuration
+# (a collection prefix, topics, a node-pool template) or talk to other emulators.
+_INHERITED = ("MULTUS_PROVISIONER_", "FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "CLOUDSDK_CONFIG",
+              "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT")
+_KEPT = ("MULTUS_PROVISIONER_CACHE",)  # where the real tier's builds are (sandbox/gobuild.py), not configuration
+
+
+def _drop_inherited_configuration() -> list[str]:
+    """The demo plays a fixed story on its own sandbox: drop what the caller's shell would inject
+    into its functions, and say so (their names only: values may be private)."""
+    import os
+
+    names = sorted(k for k in os.environ if k.startswith(_INHERITED) and k not in _KEPT)
+    for k in names:
+        del os.environ[k]
+    return names
 
 
 class _Story:
