@@ -31,7 +31,8 @@ class Controller:
 
     def __init__(self, settings: Settings, *, store: StorePort | None = None, gke: Any = None,
                  kube_factory: Callable[[Any], Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic, publisher: Any = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, publisher: Any = None,
+                 identity: Any = None) -> None:
         def make_store() -> StorePort:
             if store is not None:
                 return store
@@ -60,8 +61,17 @@ class Controller:
 
             return Publisher(batch=settings.fanout_batch, timeout=settings.api_timeout_seconds)
 
+        def make_identity() -> Any:
+            if identity is not None:
+                return identity
+            from shared.adapters.idtoken import IdTokenVerifier
+
+            certs = f"{settings.sandbox_id_url}/certs" if settings.sandbox_id_url else None
+            return IdTokenVerifier(settings.requester_audiences, certs_url=certs, timeout=settings.api_timeout_seconds)
+
         self.settings = settings
-        self.ctx = Context(settings, store=make_store, gke=make_gke, kube=make_kube, clock=clock)
+        self.ctx = Context(settings, store=make_store, gke=make_gke, kube=make_kube, clock=clock,
+                           identity=make_identity)
         self.verifier = VerifyFlow(self.ctx)
         self.nads = NadFlow(self.ctx, self.verifier)
         self.clusters = ClusterFlow(self.ctx, self.nads)

@@ -179,7 +179,7 @@ def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, even
         return f"adopted orphan NAD {ns}/{name}"
     if fix.kind == "prune":
         try:
-            kube.delete_nad(ns, name)
+            kube.delete_nad(ns, name, cluster=ref.path)
         except (Transient, Permanent) as e:
             logs.warning("could not prune an orphan NAD", cluster=ref.path, nad=f"{ns}/{name}", error=str(e))
             return None
