@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shared.core import logs
-from shared.core.errors import Permanent, Rejected, Transient
+from shared.core.errors import Permanent, Problem, Rejected, Transient
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
 from shared.flows.cluster import ClusterFlow
@@ -105,6 +105,10 @@ class Controller:
         self.ctx.config()
         """A scoped event reconciles its cluster; the scheduled tick (no scope) fans out one scoped
         event per cluster when a reconcile topic is configured, else sweeps every cluster here."""
+        why = self.ctx.policy().project_problem(ev.scope.project) if ev.scope is not None else None
+        if why:
+            raise Rejected("reconcile refused", [Problem("cluster", why)], kind="unknown-project",
+                           event_id=ev.event_id)
         if ev.scope is None and self.settings.reconcile_topic:
             return self.fanout.tick(ev)
         if ev.scope is None:

@@ -89,6 +89,10 @@ class FanoutFlow:
         # A re-check is a scoped reconcile without `sweep`: it drives the decided cluster again.
         messages += [json.dumps({"cluster": ref.path}, sort_keys=True, separators=(",", ":")).encode()
                      for ref in rechecks]
+        messages, dropped = bounded(messages, settings.reconcile_fanout_limit, ev.event_id)
+        if dropped:
+            errors.append(f"{dropped} scoped reconcile(s) left for a later tick (limit "
+                          f"{settings.reconcile_fanout_limit} per tick)")
         self.publisher.publish(self.topic(), messages)  # Transient: the tick is redelivered whole
         store.record_ledger(ev.event_id, event_id=ev.event_id, step="reconcile-fanout", outcome="ok", cluster=None)
         message = (f"reconcile tick: {len(records)} tracked, {len(untracked)} to adopt, {len(rechecks)} to "
@@ -98,6 +102,20 @@ class FanoutFlow:
             logs.warning("reconcile tick could not list everything", eventId=ev.event_id, error=errors[:10])
         return Outcome("done", message, None, None, {"published": len(messages), "rollout": rollout,
                                                      "errors": errors})
+
+
+def bounded(items: list[Any], limit: int, event_id: str) -> tuple[list[Any], int]:
+    """At most `limit` of `items` (and how many were left out). An empty reconcile message is
+    anyone-with-publish's way to make the controller touch the whole fleet, so one tick does a
+    bounded amount of work; the window starts at a place the tick's id picks, so successive ticks
+    cover a fleet larger than the limit instead of always the same first clusters."""
+    if len(items) <= limit:
+        return items, 0
+    import hashlib
+
+    start = int(hashlib.sha256(event_id.encode()).hexdigest()[:8], 16) % len(items)
+    rotated = items[start:] + items[:start]
+    return rotated[:limit], len(items) - limit
 
 
 def needs_recheck(rec: Any, cluster: Any, facts: Any) -> bool:
