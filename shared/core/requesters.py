@@ -71,8 +71,8 @@ def protected_problem(namespace: str, patterns: Iterable[str]) -> str | None:
     hit = next((p for p in patterns if matches(p, namespace)), None)
     if hit is None:
         return None
-    return (f"namespace {namespace!r} is protected by policy ({hit}; protected: {', '.join(patterns)}); "
-            "no NAD is applied or deleted there")
+    return (f"namespace {namespace!r} is denied by policy: it is protected ({hit}; protected: "
+            f"{', '.join(patterns)}); no NAD is applied or deleted there")
 
 
 @dataclass(frozen=True)
