@@ -196,7 +196,7 @@ def requester_token(env: Mapping[str, str] | None = None) -> str:
     default multus-provisioner): from the sandbox's identity server when the environment names one
     (MULTUS_PROVISIONER_SANDBOX_ID_URL; MULTUS_PROVISIONER_SANDBOX_ID_EMAIL picks the identity), else
     from the Application Default Credentials (a service account, the metadata server) and, for a
-    user's own login, `gcloud auth print-identity-token` (docs/SECURITY.md)."""
+    user's own login, `gcloud auth print-identity-token` (docs/NAD_REQUESTS.md "Who may ask")."""
     import subprocess
     import urllib.parse
     import urllib.request

@@ -125,7 +125,7 @@ class Stack:
     # "real", a real kube-apiserver, controller-manager, scheduler and kwok built from pinned
     # sources (sandbox.kube.real; docs/SANDBOX_KUBE.md "The real tier").
     kube: str = "sim"
-    # Verified requesters (docs/SECURITY.md): the functions require an ID token on every NAD request,
+    # Verified requesters (docs/NAD_REQUESTS.md "Who may ask"): the functions require an ID token on every NAD request,
     # signed by the stack's identity server (sandbox/identity.py, MULTUS_PROVISIONER_SANDBOX_ID_URL).
     # None: required when the stack runs the functions; off for an in-process stack
     # (with_functions=False), whose tests call the workflow by hand and are not about requesters.

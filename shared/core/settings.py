@@ -166,7 +166,7 @@ class Settings:
     reconcile_topic: str | None = None
     fanout_batch: int = 100
     prune_orphans: bool = False  # reconcile deletes managed NADs without a record that conflict (kept in the record)
-    # Verified requesters (docs/SECURITY.md): a NAD request must carry an ID token for one of
+    # Verified requesters (docs/NAD_REQUESTS.md "Who may ask"): a NAD request must carry an ID token for one of
     # `requester_audiences`. Off in a Settings built in code (tests, tools); `from_env` (every
     # deployed function) turns it on unless MULTUS_PROVISIONER_REQUESTER_AUTH=off.
     requester_auth: bool = False
