@@ -218,7 +218,8 @@ def requester_token(env: Mapping[str, str] | None = None) -> str:
         import google.auth.transport.requests
         import google.oauth2.id_token
 
-        return str(google.oauth2.id_token.fetch_id_token(google.auth.transport.requests.Request(), audience))
+        return str(google.oauth2.id_token.fetch_id_token(  # type: ignore[no-untyped-call]
+            google.auth.transport.requests.Request(), audience))
     except Exception as first:  # user credentials cannot mint ID tokens for an audience: ask gcloud
         try:
             out = subprocess.run(["gcloud", "auth", "print-identity-token"], capture_output=True, text=True,

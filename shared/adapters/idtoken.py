@@ -91,7 +91,7 @@ class IdTokenVerifier:
         from google.auth import exceptions, jwt
 
         try:
-            header = jwt.decode_header(token)
+            header = jwt.decode_header(token)  # type: ignore[no-untyped-call]
         except (ValueError, exceptions.GoogleAuthError) as e:
             raise unauthenticated(f"the idToken attribute is not a JWT ({_short(e)})") from None
         if header.get("alg") != "RS256":
@@ -100,7 +100,8 @@ class IdTokenVerifier:
         if header.get("kid") not in certs:
             raise unauthenticated("the token is signed by a key the issuer does not publish")
         try:
-            claims = jwt.decode(token, certs=certs, verify=True, clock_skew_in_seconds=CLOCK_SKEW_SECONDS)
+            claims = jwt.decode(token, certs=certs, verify=True,  # type: ignore[no-untyped-call]
+                                clock_skew_in_seconds=CLOCK_SKEW_SECONDS)
         except (ValueError, exceptions.GoogleAuthError) as e:
             raise unauthenticated(f"the token does not verify: {_short(e)}") from None
         problems = claims_problems(claims, audiences=self.audiences, issuers=GOOGLE_ISSUERS,

@@ -580,9 +580,8 @@ def foreign_nad(live: Mapping[str, Any], cluster_path: str | None) -> tuple[str,
 
     The one rule behind "never take over or delete what someone else made": server-side apply
     with `force` would otherwise silently take its fields, and a delete would remove it."""
-    md = live.get("metadata") if isinstance(live.get("metadata"), Mapping) else {}
-    labels = md.get("labels") if isinstance(md.get("labels"), Mapping) else {}
-    notes = md.get("annotations") if isinstance(md.get("annotations"), Mapping) else {}
+    md = _mapping(live.get("metadata"))
+    labels, notes = _mapping(md.get("labels")), _mapping(md.get("annotations"))
     marked = labels.get(MANAGED_BY[0]) == MANAGED_BY[1]
     said = notes.get(CLUSTER_ANNOTATION)
     if marked and isinstance(said, str) and (cluster_path is None or said == cluster_path):
@@ -599,6 +598,10 @@ def foreign_nad(live: Mapping[str, Any], cluster_path: str | None) -> tuple[str,
     name = f"{md.get('namespace') or 'default'}/{md.get('name')}"
     return owner, (f"NAD {name} on the cluster belongs to {owner!r}, not to the controller ({why}); "
                    "it is left untouched: choose another name, or have its owner delete it")
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def config_range(nad_obj: Mapping[str, Any]) -> tuple[str, str] | None:

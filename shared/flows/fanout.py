@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.core import decisions as d
 from shared.core import logs, prechecks
@@ -26,6 +26,8 @@ from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
 from shared.flows.rollout import RolloutFlow
 from shared.ports import PublisherPort
+
+T = TypeVar("T")
 
 
 class FanoutFlow:
@@ -104,7 +106,7 @@ class FanoutFlow:
                                                      "errors": errors})
 
 
-def bounded(items: list[Any], limit: int, event_id: str) -> tuple[list[Any], int]:
+def bounded(items: list[T], limit: int, event_id: str) -> tuple[list[T], int]:
     """At most `limit` of `items` (and how many were left out). An empty reconcile message is
     anyone-with-publish's way to make the controller touch the whole fleet, so one tick does a
     bounded amount of work; the window starts at a place the tick's id picks, so successive ticks
