@@ -123,14 +123,18 @@ class NadFlow:
         pool_cidr = rec.workflow.node_pool.cidr if rec and rec.workflow.node_pool else None
         # Who may ask for this (the policy's grants), and the address quota of the grant that allows it.
         problems, grant = authorize(policy.requesters, requester, req)
-        if not problems and req.action == "apply" and (req.range or (cluster_state == d.READY and pool_cidr)):
-            problems = quota_problems(grant, requested=req.range, cidr=str(req.range or pool_cidr))
-        if problems:
+        if problems:  # an identity outside its grants learns nothing more about the cluster
             reasons = tuple(str(p) for p in problems)
             step = d.NadStep(d.NadStep.REJECT, d.NAD_REJECTED, "; ".join(reasons), reasons=reasons)
         else:
             step = d.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr, existing=None,
                                 namespace_problem=policy.namespace_problem(req.namespace), max_nads=None)
+            if req.action == "apply" and (req.range or (cluster_state == d.READY and pool_cidr)):
+                quota = tuple(str(p) for p in quota_problems(grant, requested=req.range,
+                                                              cidr=str(req.range or pool_cidr)))
+                if quota:  # after the cluster's own reasons (a range outside the pool says that first)
+                    reasons = (*step.reasons, *quota) if step.kind == step.REJECT else quota
+                    step = d.NadStep(d.NadStep.REJECT, d.NAD_REJECTED, "; ".join(reasons), reasons=reasons)
         job = _Job(ref, req, event_id, ledger, origin or event_id, self._stale_before(), self._stale_before(1),
                    requester=requester.email if requester else None, grant=grant)
         if step.kind == step.APPLY:
