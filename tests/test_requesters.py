@@ -343,3 +343,17 @@ def test_the_cli_shows_escape_sequences_instead_of_running_them(capsys: pytest.C
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out
     assert "\\x1b[2J" in out and "\\u202e" in out
+
+
+def test_reconcile_leaves_a_foreign_object_that_took_a_recorded_name_alone(world: World) -> None:
+    from shared.flows.nad_repair import plan_nads, repair_nads
+
+    assert world.send(range="172.16.1.0/26").status == "done"
+    key = ("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "apps", "net-a")
+    world.kube.objects[key] = {"apiVersion": key[0], "kind": key[1], "spec": {"config": "{}"},
+                               "metadata": {"namespace": "apps", "name": "net-a", "resourceVersion": "99"}}
+    docs = world.store.list_nads(REF)
+    plan = plan_nads(world.wf.policy(), REF, docs, [world.kube.objects[key]])
+    assert [f.kind for f in plan] == ["reapply"]  # the record says ours should be there
+    assert repair_nads(world.wf.ctx, REF, world.kube, "rec-1", plan) == []  # but it is left alone
+    assert world.kube.objects[key]["spec"]["config"] == "{}"  # not taken over
