@@ -126,6 +126,11 @@ class Stack:
     # "real", a real kube-apiserver, controller-manager, scheduler and kwok built from pinned
     # sources (sandbox.kube.real; docs/SANDBOX_KUBE.md "The real tier").
     kube: str = "sim"
+    # Verified requesters (docs/NAD_REQUESTS.md "Who may ask"): the functions require an ID token on every NAD request,
+    # signed by the stack's identity server (sandbox/identity.py, MULTUS_PROVISIONER_SANDBOX_ID_URL).
+    # None: required when the stack runs the functions; off for an in-process stack
+    # (with_functions=False), whose tests call the workflow by hand and are not about requesters.
+    requester_auth: bool | None = None
 
     def __post_init__(self) -> None:
         if self.kube not in KUBE_KINDS:
@@ -157,6 +162,7 @@ class Stack:
         self.gcloud_config: Path | None = None  # the gcloud configuration directory, once started
         self._shared: list[Any] = []  # kube_server_pool mode: the shared servers, in turn
         self._shared_turn = -1
+        self.identity: Any = None  # sandbox.identity.IdentityServer, once started
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> Stack:
@@ -205,6 +211,13 @@ class Stack:
 
             self.firestore_proxy = GrpcProxy(emu_env["FIRESTORE_EMULATOR_HOST"])
             self.env["FIRESTORE_EMULATOR_HOST"] = self.firestore_proxy.start()
+        from sandbox.identity import IdentityServer
+
+        self.identity = IdentityServer()
+        self.env["MULTUS_PROVISIONER_SANDBOX_ID_URL"] = self.identity.url
+        auth = self.with_functions if self.requester_auth is None else self.requester_auth
+        if not auth:
+            self.env["MULTUS_PROVISIONER_REQUESTER_AUTH"] = "off"
         template = _template_from_scenario(scenario)
         if template:
             self.env["MULTUS_PROVISIONER_NODE_POOL_TEMPLATE"] = json.dumps(template, sort_keys=True)
@@ -301,6 +314,10 @@ class Stack:
             if proxy and hasattr(proxy, "stop"):
                 with contextlib.suppress(Exception):
                     proxy.stop()
+        if self.identity is not None:
+            with contextlib.suppress(Exception):
+                self.identity.stop()
+            self.identity = None
         if self._own_emulators and self.emulators is not None:
             self.emulators.stop()
             self.emulators = None
@@ -434,11 +451,25 @@ class Stack:
             subscriber.close()
         self._publisher = _Publisher(publisher)
 
-    def publish(self, short: str, payload: bytes, **attributes: str) -> str:
-        """Publish to one of the stack's topics; returns the message id."""
+    def publish(self, short: str, payload: bytes, *, signed: bool = True, **attributes: str) -> str:
+        """Publish to one of the stack's topics; returns the message id. A NAD request is signed
+        by the sandbox user (as `multus-provisioner request-nad` does) unless `signed` is False or
+        the attributes carry a token already."""
         if self._publisher is None:
             raise RuntimeError("the stack is not started")
+        if short == "nad-requests" and signed and "idToken" not in attributes:
+            attributes = {**attributes, **self.requester_attributes()}
         return self._publisher.publish(self.topic_path(short), payload, attributes)
+
+    def requester_attributes(self, email: str | None = None, **claims: Any) -> dict[str, str]:
+        """The message attributes of a NAD request signed for `email` (default: the sandbox user);
+        `claims` override the token's (tests forge expired or foreign-audience tokens with them)."""
+        from sandbox.identity import SANDBOX_USER
+        from shared.core.requesters import token_attributes
+        from shared.core.settings import Settings
+
+        audience = claims.pop("aud", None) or Settings.from_env(self.env).requester_audiences[0]
+        return token_attributes(self.identity.issuer.token(audience, email or SANDBOX_USER, **claims))
 
     def _publish_audit(self, entry: dict[str, Any]) -> None:
         if entry.get("protoPayload", {}).get("methodName") not in SINK_METHODS:

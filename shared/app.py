@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shared.core import logs
-from shared.core.errors import Permanent, Rejected, Transient
+from shared.core.errors import Permanent, Problem, Rejected, Transient
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
 from shared.flows.cluster import ClusterFlow
@@ -32,7 +32,7 @@ class Controller:
     def __init__(self, settings: Settings, *, store: StorePort | None = None, gke: Any = None,
                  kube_factory: Callable[[Any], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic, publisher: Any = None,
-                 datapath: DataPathPort | None = None) -> None:
+                 datapath: DataPathPort | None = None, identity: Any = None) -> None:
         def make_store() -> StorePort:
             if store is not None:
                 return store
@@ -68,9 +68,17 @@ class Controller:
 
             return HttpDataPath(settings.datapath_url) if settings.datapath_url else NoDataPath()
 
+        def make_identity() -> Any:
+            if identity is not None:
+                return identity
+            from shared.adapters.idtoken import IdTokenVerifier
+
+            certs = f"{settings.sandbox_id_url}/certs" if settings.sandbox_id_url else None
+            return IdTokenVerifier(settings.requester_audiences, certs_url=certs, timeout=settings.api_timeout_seconds)
+
         self.settings = settings
         self.ctx = Context(settings, store=make_store, gke=make_gke, kube=make_kube, clock=clock,
-                           datapath=make_datapath)
+                           datapath=make_datapath, identity=make_identity)
         self.verifier = VerifyFlow(self.ctx)
         self.nads = NadFlow(self.ctx, self.verifier)
         self.clusters = ClusterFlow(self.ctx, self.nads)
@@ -104,6 +112,10 @@ class Controller:
         self.ctx.config()
         """A scoped event reconciles its cluster; the scheduled tick (no scope) fans out one scoped
         event per cluster when a reconcile topic is configured, else sweeps every cluster here."""
+        why = self.ctx.policy().project_problem(ev.scope.project) if ev.scope is not None else None
+        if why:
+            raise Rejected("reconcile refused", [Problem("cluster", why)], kind="unknown-project",
+                           event_id=ev.event_id)
         if ev.scope is None and self.settings.reconcile_topic:
             return self.fanout.tick(ev)
         if ev.scope is None:

@@ -54,6 +54,7 @@ from shared.core.records import (
     WorkflowUpdate,
 )
 from shared.core.refs import ClusterRef
+from shared.core.requesters import history_fields
 from shared.core.settings import Settings
 from shared.ports import DELETE, AlreadyHandled, ClusterRecord, Lease, NadVersion
 
@@ -948,7 +949,7 @@ class Store:
             if history:
                 batch.set(history_doc, self._history_entry(
                     event_id=event_id, step=step, outcome=outcome, message=step_message, state=step_state,
-                    extra={"nad": f"{namespace}/{name}", "previousState": before}))
+                    extra={"nad": f"{namespace}/{name}", "previousState": before, **history_fields(changes)}))
             if ledger is not None and write_ledger:
                 batch.create(ledger, {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                            cluster=ref, now=now), **(ledger_fields or {})})

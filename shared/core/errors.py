@@ -123,6 +123,16 @@ class NotFound(Permanent):
     """The API says the object does not exist (404, NOT_FOUND): a cluster deleted meanwhile."""
 
 
+class NotOurs(Permanent):
+    """The cluster holds an object of that name that the controller does not own (no managed-by
+    label, or no cluster annotation, or another cluster's): it is neither changed nor deleted.
+    A request that meets one is refused naming `owner` (shared/core/nad.py `foreign_nad`)."""
+
+    def __init__(self, message: str, *, owner: str, api: str = "kubernetes") -> None:
+        self.owner = owner
+        super().__init__(message, code="NOT_OURS", api=api)
+
+
 class NeedsFix(Permanent):
     """Something the operator must change outside the controller, said as a precheck finding.
 

@@ -574,6 +574,36 @@ def nad_object(cluster_path: str, namespace: str, name: str, config: str,
     }
 
 
+def foreign_nad(live: Mapping[str, Any], cluster_path: str | None) -> tuple[str, str] | None:
+    """(owner, why) when a NAD found on a cluster is not the controller's to change or delete:
+    it lacks the managed-by label or the cluster annotation, or names another cluster. None: ours.
+
+    The one rule behind "never take over or delete what someone else made": server-side apply
+    with `force` would otherwise silently take its fields, and a delete would remove it."""
+    md = _mapping(live.get("metadata"))
+    labels, notes = _mapping(md.get("labels")), _mapping(md.get("annotations"))
+    marked = labels.get(MANAGED_BY[0]) == MANAGED_BY[1]
+    said = notes.get(CLUSTER_ANNOTATION)
+    if marked and isinstance(said, str) and (cluster_path is None or said == cluster_path):
+        return None
+    managers = [str(m.get("manager")) for m in md.get("managedFields") or [] if isinstance(m, Mapping)
+                and m.get("manager") and m.get("manager") != "multus-provisioner"]
+    owner = str(labels.get(MANAGED_BY[0]) or (managers[0] if managers else "") or "unknown")[:100]
+    if not marked:
+        why = f"it has no {MANAGED_BY[0]}={MANAGED_BY[1]} label"
+    elif not isinstance(said, str):
+        why = f"it has no {CLUSTER_ANNOTATION} annotation"
+    else:
+        why = f"its {CLUSTER_ANNOTATION} annotation names another cluster ({said[:200]})"
+    name = f"{md.get('namespace') or 'default'}/{md.get('name')}"
+    return owner, (f"NAD {name} on the cluster belongs to {owner!r}, not to the controller ({why}); "
+                   "it is left untouched: choose another name, or have its owner delete it")
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def config_range(nad_obj: Mapping[str, Any]) -> tuple[str, str] | None:
     """(master, range) of a NAD found on a cluster, read from its `spec.config`; None when the
     config is not JSON or has no Whereabouts range. Accepts conflists and single configs, and

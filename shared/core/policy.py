@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from shared.core.requesters import DEFAULT_GRANTS, PROTECTED_NAMESPACES, Grant, parse_grants, protected_problem
 from shared.core.settings import ConfigError, NodePoolTemplate, Settings
 
 
@@ -32,6 +33,13 @@ class Policy:
     rollout_wave_size: str = "25%"
     managed_projects: tuple[str, ...] = ()
     prune_orphans: bool = False  # reconcile may delete conflicting managed NADs that have no record
+    # Who may ask for what (shared/core/requesters.py): `requesters` in config/policy; the
+    # namespaces no request may touch (`protectedNamespaces`); the projects requests and events
+    # may name (the deployment's project and the managed ones) when `restrict_projects`.
+    requesters: tuple[Grant, ...] = DEFAULT_GRANTS
+    protected_namespaces: tuple[str, ...] = PROTECTED_NAMESPACES
+    project: str = ""
+    restrict_projects: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -50,6 +58,8 @@ class Policy:
             rollout_wave_size=settings.rollout_wave_size,
             managed_projects=settings.managed_projects,
             prune_orphans=settings.prune_orphans,
+            project=settings.project,
+            restrict_projects=settings.restrict_projects,
         )
 
     def bundle_spec(self) -> dict[str, Any]:
@@ -65,7 +75,7 @@ class Policy:
         known = {"optInLabel", "nodePoolTemplate", "defaultNads", "allowedNamespaces",
                  "deniedNamespaces", "maxNadsPerCluster", "pruneOrphans", "updatedAt", "updatedBy", "description",
                  "multusImage", "whereaboutsImage", "multusLogLevel", "rolloutCanary", "rolloutWaveSize",
-                 "managedProjects"}
+                 "managedProjects", "requesters", "protectedNamespaces"}
         unknown = sorted(set(doc) - known)
         if unknown:
             raise ConfigError(f"{src}: unknown field(s) {', '.join(unknown)}")
@@ -100,6 +110,17 @@ class Policy:
             if not isinstance(doc["pruneOrphans"], bool):
                 raise ConfigError(f"{src}.pruneOrphans: expected true or false, got {doc['pruneOrphans']!r}")
             out = replace(out, prune_orphans=doc["pruneOrphans"])
+        if "requesters" in doc:
+            try:
+                grants = parse_grants(doc["requesters"], src=f"{src}.requesters")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            out = replace(out, requesters=grants)
+        if "protectedNamespaces" in doc:
+            names = doc["protectedNamespaces"]
+            if not isinstance(names, list) or not all(isinstance(x, str) and x for x in names):
+                raise ConfigError(f"{src}.protectedNamespaces: expected a list of namespace names or prefix* patterns")
+            out = replace(out, protected_namespaces=tuple(names))
         return _merge_fleet(out, doc, src)
 
     def opted_in(self, labels: Mapping[str, str]) -> bool:
@@ -107,13 +128,28 @@ class Policy:
         return labels.get(key) == value
 
     def namespace_problem(self, namespace: str) -> str | None:
-        """Why a namespace may not receive NADs, or None when it may."""
+        """Why a namespace may not receive (or lose) NADs, or None when it may."""
+        protected = protected_problem(namespace, self.protected_namespaces)
+        if protected:
+            return protected
         if namespace in self.denied_namespaces:
             return f"namespace {namespace!r} is denied by policy (denied: {', '.join(self.denied_namespaces)})"
         if self.allowed_namespaces and namespace not in self.allowed_namespaces:
             return (f"namespace {namespace!r} is not in the policy's allowed namespaces "
                     f"({', '.join(self.allowed_namespaces)})")
         return None
+
+    def known_projects(self) -> tuple[str, ...]:
+        """The projects whose clusters the controller manages: the deployment's and the managed ones."""
+        return tuple(dict.fromkeys(p for p in (self.project, *self.managed_projects) if p))
+
+    def project_problem(self, project: str) -> str | None:
+        """Why requests and events naming `project` are refused (None: it is managed). Checked before
+        anything is recorded under a cluster, so invented clusters leave no PENDING record behind."""
+        known = self.known_projects()
+        if not self.restrict_projects or not known or project in known:
+            return None
+        return f"project {project!r} is not managed by this controller (managed: {', '.join(known)})"
 
 
 def _merge_fleet(out: Policy, doc: Mapping[str, Any], src: str) -> Policy:

@@ -176,6 +176,19 @@ class Settings:
     # How long `verify` waits for each of its pods to get net1 (the first and its peer). GKE nodes
     # set a pod up in seconds; the sandbox's real tier (UML guests, a loaded machine) needs longer.
     verify_timeout_seconds: float = 30.0
+    # Verified requesters (docs/NAD_REQUESTS.md "Who may ask"): a NAD request must carry an ID token for one of
+    # `requester_audiences`. Off in a Settings built in code (tests, tools); `from_env` (every
+    # deployed function) turns it on unless MULTUS_PROVISIONER_REQUESTER_AUTH=off.
+    requester_auth: bool = False
+    requester_audiences: tuple[str, ...] = ("multus-provisioner",)
+    # The sandbox's identity server (tokens and their certificates); never set outside the sandbox:
+    # unset, the certificates are Google's.
+    sandbox_id_url: str | None = None
+    # Requests and audit events naming a project outside `project` + `managed_projects` are refused
+    # (on in `from_env`, as requester_auth).
+    restrict_projects: bool = False
+    # The most clusters one scheduled reconcile tick fans out (or sweeps) per run.
+    reconcile_fanout_limit: int = 1000
 
     def collection(self, name: str) -> str:
         """The Firestore collection name with the deployment's prefix (tests use their own)."""
@@ -254,8 +267,13 @@ class Settings:
             reconcile_topic=get("TOPIC_RECONCILE"),
             fanout_batch=integer("FANOUT_BATCH", 100, 1, 1000),
             prune_orphans=r.boolean("PRUNE_ORPHANS", False),
-            datapath_url=_loopback_url(r, "DATAPATH_URL"),
+            datapath_url=_local_url(r, "DATAPATH_URL"),
             verify_timeout_seconds=number("VERIFY_TIMEOUT_SECONDS", 30.0, 5, VERIFY_TIMEOUT_MAX_SECONDS),
+            requester_auth=_auth_mode(r),
+            requester_audiences=_audiences(r),
+            sandbox_id_url=_local_url(r, "SANDBOX_ID_URL"),
+            restrict_projects=r.boolean("RESTRICT_PROJECTS", True),
+            reconcile_fanout_limit=integer("RECONCILE_FANOUT_LIMIT", 1000, 1, 100000),
         )._checked()
 
     def _checked(self) -> Settings:
@@ -267,24 +285,31 @@ class Settings:
         return self
 
 
-def _loopback_url(r: _EnvReader, name: str) -> str | None:
-    """`http://127.0.0.1:PORT` or None: a sandbox-only service, so any other host is a mistake
-    (or an attempt to make the controller send pod addresses elsewhere), refused by name."""
-    import urllib.parse
+def _auth_mode(r: _EnvReader) -> bool:
+    raw = (r.get("REQUESTER_AUTH", "required") or "").lower()
+    if raw not in ("required", "off"):
+        raise ConfigError(f"{PREFIX}REQUESTER_AUTH={raw[:40]!r}: expected required or off")
+    return raw == "required"
 
+
+def _audiences(r: _EnvReader) -> tuple[str, ...]:
+    raw = r.get("REQUESTER_AUDIENCE", "multus-provisioner") or ""
+    items = tuple(x.strip() for x in raw.split(",") if x.strip())
+    if not items or not all(x.isprintable() and len(x) <= 256 for x in items):
+        raise ConfigError(f"{PREFIX}REQUESTER_AUDIENCE: expected one or more audiences, comma-separated")
+    return items
+
+
+def _local_url(r: _EnvReader, name: str) -> str | None:
+    """The sandbox's own servers listen on the loopback interface; anything else is refused, so
+    this variable cannot point a deployed function at someone else's keys."""
     raw = r.get(name)
     if raw is None:
         return None
-    url = urllib.parse.urlsplit(raw)
-    try:
-        port = url.port
-    except ValueError:
-        port = None
-    if url.scheme != "http" or url.hostname != "127.0.0.1" or not port or url.path not in ("", "/") \
-            or url.query or url.fragment or url.username or url.password:
-        raise ConfigError(f"{PREFIX}{name}={raw[:100]!r}: expected http://127.0.0.1:PORT (the sandbox's "
-                          "data-path probe listens on loopback only)")
-    return f"http://127.0.0.1:{port}"
+    match = re.fullmatch(r"http://127\.0\.0\.1:([0-9]{1,5})", raw.rstrip("/"))
+    if not match or not 0 < int(match.group(1)) < 65536:
+        raise ConfigError(f"{PREFIX}{name}={raw[:100]!r}: expected http://127.0.0.1:PORT (the sandbox only)")
+    return raw.rstrip("/")
 
 
 def _ip_literal(r: _EnvReader, name: str) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
 from shared.core.settings import PREFIX, ConfigError, Settings
-from shared.ports import ClusterApiPort, DataPathPort, GkePort, StorePort
+from shared.ports import ClusterApiPort, DataPathPort, GkePort, IdentityPort, StorePort
 
 KUBE_CACHE_SECONDS = 300.0
 POLICY_CACHE_SECONDS = 60.0
@@ -55,8 +55,11 @@ class Context:
 
     def __init__(self, settings: Settings, *, store: Callable[[], StorePort], gke: Callable[[], GkePort],
                  kube: Callable[[Any], ClusterApiPort], clock: Callable[[], float] = time.monotonic,
-                 datapath: Callable[[], DataPathPort] | None = None) -> None:
+                 datapath: Callable[[], DataPathPort] | None = None,
+                 identity: Callable[[], IdentityPort] | None = None) -> None:
         self.settings = settings
+        self._make_identity = identity
+        self._identity: IdentityPort | None = None
         self._make_store, self._make_gke, self._make_kube = store, gke, kube
         self._make_datapath = datapath
         self._datapath: DataPathPort | None = None
@@ -85,6 +88,13 @@ class Context:
         if self._datapath is None and self._make_datapath is not None:
             self._datapath = self._make_datapath()
         return self._datapath
+
+    @property
+    def identity(self) -> IdentityPort | None:
+        """The ID token verifier, or None when requester verification is off (settings)."""
+        if self._identity is None and self._make_identity is not None and self.settings.requester_auth:
+            self._identity = self._make_identity()
+        return self._identity
 
     def kube_for(self, ref: ClusterRef, cluster: Any = None) -> ClusterApiPort:
         """A cluster API engine for `ref`, cached per process for a few minutes.

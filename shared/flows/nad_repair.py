@@ -26,7 +26,7 @@ from typing import Any
 
 from shared.core import decisions as d
 from shared.core import logs
-from shared.core.errors import Permanent, Transient
+from shared.core.errors import NotOurs, Permanent, Transient
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context
 from shared.flows.verify import (
@@ -127,7 +127,12 @@ def _repair_record(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, event_
     fresh = ctx.store.get_nad(ref, ns, name) or {}
     if fresh.get("updatedAt") != doc.get("updatedAt"):
         return None  # a request changed it since the list was read: it is its worker's to apply (next run checks)
-    kube.apply_nad(fix.obj)
+    try:
+        kube.apply_nad(fix.obj)
+    except NotOurs as e:  # someone else's object took the name: never taken over (issue 24)
+        logs.warning("a recorded NAD's name is held by an object the controller does not own; left alone",
+                     cluster=ref.path, nad=f"{ns}/{name}", owner=e.owner)
+        return None
     return f"{'re-created' if fix.live is None else 'restored'} NAD {ns}/{name}"
 
 
@@ -179,7 +184,7 @@ def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, even
         return f"adopted orphan NAD {ns}/{name}"
     if fix.kind == "prune":
         try:
-            kube.delete_nad(ns, name)
+            kube.delete_nad(ns, name, cluster=ref.path)
         except (Transient, Permanent) as e:
             logs.warning("could not prune an orphan NAD", cluster=ref.path, nad=f"{ns}/{name}", error=str(e))
             return None
