@@ -128,3 +128,104 @@ def verify_pod(namespace: str) -> dict[str, Any]:
     from shared.flows.verify import verify_pod_manifest
 
     return verify_pod_manifest(f"mp-verify-x-{uuid.uuid4().hex[:4]}", namespace, "rbac-net", None)
+
+
+# -- end to end: the functions run as the scoped user -------------------------------------------------------
+def _scoped_stack(emulators: Any, tmp_path_factory: pytest.TempPathFactory, rbac: Any) -> Iterator[Any]:
+    from sandbox.gke.realism import Realism
+    from tests.fixtures_stack import start_stack
+
+    stack = start_stack(emulators, tmp_path_factory.mktemp("rbac-stack"), f"rbac_{uuid.uuid4().hex[:6]}_",
+                        kube="real", realism=Realism(), controller_rbac=rbac)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def scoped_stack(emulators: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield from _scoped_stack(emulators, tmp_path_factory, True)
+
+
+def without_escalate(user: str) -> list[dict[str, Any]]:
+    """The opt-in RBAC with one verb fewer: `escalate` on the bundle's ClusterRoles."""
+    objects = controller_rbac(user, ["default"])
+    rules = objects[0]["rules"]
+    rule = next(r for r in rules if "escalate" in r["verbs"])
+    rule["verbs"] = [v for v in rule["verbs"] if v != "escalate"]
+    return objects
+
+
+@pytest.fixture
+def stack_without_escalate(emulators: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield from _scoped_stack(emulators, tmp_path_factory, without_escalate)
+
+
+def _opt_in(stack: Any, prefix: str) -> Any:
+    from sandbox.gke.scenario import NodePoolSpec
+    from tests.fixtures_stack import ref_of
+
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    stack.gke.create_cluster(name, wait=False, labels={"multus-provisioner": "enabled"},
+                             node_pools=(NodePoolSpec("default-pool", node_count=1),))
+    return ref_of(stack, name)
+
+
+def _admin_engine(stack: Any, name: str) -> Any:
+    """The operator's client (the kubeconfig's token, system:masters): what a person edits with."""
+    from kubernetes import config as kconfig
+
+    from shared.adapters.kube import Kube
+
+    path = f"{stack.env['MULTUS_PROVISIONER_KUBECONFIG_DIR']}/{name}.yaml"
+    return Kube(kconfig.new_client_from_config(config_file=path), timeout=30.0)
+
+
+def test_the_workflow_passes_with_only_the_scoped_rbac(scoped_stack: Any) -> None:
+    from tests.fixtures_stack import direct_store, wait_for, wait_nad, wait_state
+
+    stack, store = scoped_stack, direct_store(scoped_stack)
+    server_user = None
+    ref = _opt_in(stack, "rbac")
+    rec = wait_state(store, ref, "READY", 240)  # bundle install, CRDs Established, DaemonSet rolled out
+    assert rec.data["rollout"]["complete"] is True
+    server = stack.kube_server(ref.cluster)
+    server_user = server.controller_user
+    assert server_user == SANDBOX_USER and type(server).__name__ == "RealKubeApiServer"
+    # every request the functions made came from the scoped user, never from an admin
+    users = {e["user"]["username"] for e in map(json.loads, server.audit_log.read_text().splitlines())
+             if e.get("user", {}).get("username") not in ("sandbox-operator", "system:apiserver")
+             and not e.get("user", {}).get("username", "").startswith(("sandbox:", "system:"))}
+    assert users == {SANDBOX_USER}, users
+
+    stack.publish("nad-requests", json.dumps({"cluster": ref.path, "name": "data", "range": "172.16.1.0/26",
+                                              "verify": True}).encode())
+    wait_nad(store, ref, "default", "data", "VERIFIED", 180)  # NAD apply, a verify pod created and deleted
+
+    admin = _admin_engine(stack, ref.cluster)
+    admin._call("DELETE", "/api/v1/namespaces/kube-system/configmaps/multus-cni-config")
+    stack.publish("reconcile", json.dumps({"cluster": ref.path}).encode())
+    wait_for(lambda: admin.get("v1", "ConfigMap", "kube-system", "multus-cni-config"), 120, "ConfigMap restored")
+
+    stack.publish("nad-requests", json.dumps({"cluster": ref.path, "name": "data", "action": "delete"}).encode())
+    wait_nad(store, ref, "default", "data", "DELETED", 120)
+    assert admin.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "data") is None
+    denied = [e for e in map(json.loads, server.audit_log.read_text().splitlines())
+              if e.get("user", {}).get("username") == SANDBOX_USER and (e.get("responseStatus") or {}).get("code") == 403]
+    assert denied == [], denied[:3]  # nothing the workflow does needed a right it lacks
+
+
+def test_one_verb_fewer_fails_the_install_step_naming_the_permission(stack_without_escalate: Any) -> None:
+    from tests.fixtures_stack import direct_store, wait_state
+
+    stack, store = stack_without_escalate, direct_store(stack_without_escalate)
+    ref = _opt_in(stack, "noesc")
+    rec = wait_state(store, ref, "FAILED", 240)
+    entries, _ = store.history(ref, page_size=500)
+    failed = [h for h in entries if h.get("outcome") == "failed"]
+    assert failed and failed[-1]["step"] == "apply-bundle", failed
+    message = str(failed[-1].get("message") or failed[-1].get("error") or "")
+    print(message)
+    assert "multus-role" in message and "escalate" in message, failed[-1]
+    assert "multus-role" in str(rec.data.get("lastError") or rec.data), rec.data  # what `status` shows
