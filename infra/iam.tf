@@ -1,10 +1,10 @@
 # Identities and least privilege.
 #
 # runtime  - what the functions run as: Firestore (datastore.user), the custom GKE role below (in each
-#            managed project: it holds container.clusters.list/get, all the reconcile tick needs to
-#            list a managed project's clusters, so no broader roles/container.clusterViewer), log
-#            writing, and publishing on the reconcile topic only (the tick's fan-out). Nothing else:
-#            no primitive roles, no Pub/Sub admin.
+#            managed project: the GKE API only - clusters.get/list, clusters.update when there is a
+#            node pool template; no in-cluster permission: those are Kubernetes RBAC applied per
+#            cluster at opt-in, shared/rbac/controller.yaml), log writing, and publishing on the
+#            reconcile topic only (the tick's fan-out). Nothing else: no primitive roles, no Pub/Sub admin.
 # trigger  - one per function: the OIDC identity of its push subscription, run.invoker on THAT
 #            function's Cloud Run service only.
 # build    - what Cloud Build runs as when it builds the function images from the uploaded source.
@@ -35,7 +35,9 @@ resource "google_service_account" "build" {
 
 locals {
   gke_permission_doc = yamldecode(file("${path.module}/gke-permissions.yaml"))
-  gke_permissions    = sort([for p in local.gke_permission_doc.permissions : p.permission])
+  # `only_with_node_pool_template`: CreateNodePool's permission exists only when there is a template.
+  gke_permissions = sort([for p in local.gke_permission_doc.permissions : p.permission
+  if !try(p.only_with_node_pool_template, false) || var.node_pool_template != null])
 }
 
 resource "google_project_iam_custom_role" "gke" {

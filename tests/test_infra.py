@@ -616,15 +616,14 @@ def test_custom_role_is_built_from_the_one_permission_file():
     assert ref(role["permissions"]) == "local.gke_permissions"
     loc = locals_()
     assert ref(loc["gke_permission_doc"]) == 'yamldecode(file("${path.module}/gke-permissions.yaml"))'
-    assert ref(loc["gke_permissions"]) == "sort([for p in local.gke_permission_doc.permissions : p.permission])"
+    assert ref(loc["gke_permissions"]).replace("\n", " ") == (
+        "sort([for p in local.gke_permission_doc.permissions : p.permission "
+        "if !try(p.only_with_node_pool_template, false) || var.node_pool_template != null])")
     assert ref(role["for_each"]) == "toset(local.cluster_projects)"
 
 
 # Verbs a list may hold for a resource it reads as a collection (everything else reads named objects).
-LISTED = {"container.clusters.list", "container.customResourceDefinitions.list", "container.events.list",
-          "container.thirdPartyObjects.list", "container.pods.list", "container.configMaps.list",
-          "container.clusterRoles.list", "container.clusterRoleBindings.list", "container.serviceAccounts.list",
-          "container.daemonSets.list"}
+LISTED = {"container.clusters.list"}
 
 
 def test_every_permission_is_well_formed_explained_and_unique():
@@ -658,45 +657,117 @@ def test_every_permission_names_code_that_exists_and_is_called():
             assert calls >= 1, f"{entry['permission']}: nothing calls {use}"
 
 
-# Kubernetes kind -> the GKE IAM resource name of its permissions.
-KIND_TO_IAM = {
-    "CustomResourceDefinition": "customResourceDefinitions",
-    "ConfigMap": "configMaps",
-    "ClusterRole": "clusterRoles",
-    "ClusterRoleBinding": "clusterRoleBindings",
-    "ServiceAccount": "serviceAccounts",
-    "DaemonSet": "daemonSets",
+def _bundle_objects() -> list[dict[str, Any]]:
+    objects = []
+    for path in sorted((ROOT / "shared" / "manifests").glob("*.y*ml")):
+        objects += [doc for doc in yaml.safe_load_all(path.read_text()) if isinstance(doc, dict) and doc.get("kind")]
+    return objects
+
+
+def test_project_iam_holds_the_gke_api_only():
+    """Issue 24: no in-cluster permission at project level (GKE's IAM authorizer would grant it on
+    every cluster of the project); CreateNodePool's update only with a node pool template."""
+    perms = {p["permission"]: p for p in permission_doc()["permissions"]}
+    assert set(perms) == {"container.clusters.get", "container.clusters.list", "container.clusters.update",
+                          "container.clusters.create"}
+    assert perms["container.clusters.update"].get("only_with_node_pool_template") is True
+    assert [p for p, e in perms.items() if e.get("only_with_node_pool_template")] == ["container.clusters.update"]
+    for banned in ("escalate", "bind", "thirdPartyObjects", "pods.", "clusterRoleBindings"):
+        assert not [p for p in perms if banned in p], banned
+
+
+# RBAC resource (group, plural) of each bundle kind.
+KIND_TO_RESOURCE = {
+    "CustomResourceDefinition": ("apiextensions.k8s.io", "customresourcedefinitions"),
+    "ConfigMap": ("", "configmaps"),
+    "ClusterRole": ("rbac.authorization.k8s.io", "clusterroles"),
+    "ClusterRoleBinding": ("rbac.authorization.k8s.io", "clusterrolebindings"),
+    "ServiceAccount": ("", "serviceaccounts"),
+    "DaemonSet": ("apps", "daemonsets"),
 }
 
 
-def _bundle_kinds() -> set[str]:
-    kinds = set()
-    for path in sorted((ROOT / "shared" / "manifests").glob("*.y*ml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and doc.get("kind"):
-                kinds.add(doc["kind"])
-    return kinds
+def _rules(kind: str, name: str) -> list[dict[str, Any]]:
+    from shared.core.rbac import template
+
+    return [r for o in template() if o["kind"] == kind and o["metadata"]["name"] == name for r in o["rules"]]
 
 
-def test_in_cluster_permissions_match_the_bundle_the_controller_applies():
-    kinds = _bundle_kinds()
-    assert kinds, "shared/manifests has no bundle manifests"
-    assert kinds <= set(KIND_TO_IAM), f"bundle kinds without an IAM mapping here: {kinds - set(KIND_TO_IAM)}"
-    perms = {p["permission"] for p in permission_doc()["permissions"]}
-    in_cluster = {p.split(".")[1] for p in perms} - {"clusters", "operations"}
-    expected_resources = {KIND_TO_IAM[k] for k in kinds} | {"pods", "events", "thirdPartyObjects"}
-    assert in_cluster == expected_resources, "every in-cluster permission must belong to a kind the code touches"
-    for kind in kinds:
-        # server-side apply creates (create) and patches (update); reconcile GETs each object
-        assert {f"container.{KIND_TO_IAM[kind]}.{v}" for v in ("create", "get", "update")} <= perms, kind
-        assert f"container.{KIND_TO_IAM[kind]}.delete" not in perms, f"nothing deletes {kind} objects"
-    assert {f"container.thirdPartyObjects.{v}" for v in ("create", "update", "delete", "list")} <= perms  # NADs
-    assert {f"container.pods.{v}" for v in ("create", "get", "delete")} <= perms  # verification pod
-    if "ClusterRole" in kinds:
-        assert "container.clusterRoles.escalate" in perms
-    if "ClusterRoleBinding" in kinds:
-        assert "container.clusterRoles.bind" in perms
-    assert {"container.clusters.get", "container.clusters.list", "container.clusters.update"} <= perms
+def _granted(rules: list[dict[str, Any]], group: str, resource: str, name: str | None) -> set[str]:
+    verbs: set[str] = set()
+    for r in rules:
+        if group in r["apiGroups"] and resource in r["resources"]:
+            if name is None and "resourceNames" in r:
+                continue
+            if name is not None and "resourceNames" in r and name not in r["resourceNames"]:
+                continue
+            verbs |= set(r["verbs"])
+    return verbs
+
+
+def test_controller_rbac_reaches_the_bundle_by_name_and_nothing_else():
+    """shared/rbac/controller.yaml: create/get/patch on exactly the bundle's objects by name,
+    escalate/bind only on the bundle's two ClusterRoles, no wildcard, no secrets, no pods create
+    cluster-wide (tests/test_rbac_real.py proves it on a real kube-apiserver)."""
+    from shared.core.rbac import template
+
+    cluster_rules = _rules("ClusterRole", "multus-provisioner-controller")
+    ns_rules = _rules("Role", "multus-provisioner-controller")
+    bundle = _bundle_objects()
+    for obj in bundle:
+        group, resource = KIND_TO_RESOURCE[obj["kind"]]
+        ns = obj["metadata"].get("namespace")
+        rules = ns_rules if ns else cluster_rules
+        assert ns in (None, "kube-system"), obj["metadata"]
+        assert {"get", "create", "patch"} <= _granted(rules, group, resource, obj["metadata"]["name"]), obj["metadata"]
+        assert {"update", "delete"}.isdisjoint(_granted(rules, group, resource, obj["metadata"]["name"]))
+    named = {(g, res): set() for g, res in KIND_TO_RESOURCE.values()}
+    for o in bundle:
+        named[KIND_TO_RESOURCE[o["kind"]]].add(o["metadata"]["name"])
+    for r in cluster_rules + ns_rules:
+        assert "*" not in r["verbs"] and "*" not in r["resources"] and "*" not in r["apiGroups"], r
+        assert "secrets" not in r["resources"], r
+        unnamed = set(r["verbs"]) - {"list"}
+        if unnamed and not {"network-attachment-definitions", "events"} & set(r["resources"]):
+            assert "resourceNames" in r, f"write or read of named objects without resourceNames: {r}"
+            for res in r["resources"]:
+                assert set(r["resourceNames"]) <= named[(r["apiGroups"][0], res)], r
+        if {"escalate", "bind"} & set(r["verbs"]):
+            assert r["resources"] == ["clusterroles"] and sorted(r["resourceNames"]) == ["multus-role", "whereabouts"]
+    assert _granted(cluster_rules, "k8s.cni.cncf.io", "network-attachment-definitions", None) == {
+        "get", "list", "create", "patch", "delete"}
+    assert "create" not in _granted(cluster_rules, "", "pods", None)  # pods: list only, cluster-wide
+    verify = _rules("ClusterRole", "multus-provisioner-verify")
+    assert _granted(verify, "", "pods", None) == {"create", "get", "delete"}
+    bindings = [o for o in template() if o.get("roleRef", {}).get("name") == "multus-provisioner-verify"]
+    assert [b["kind"] for b in bindings] == ["RoleBinding"]  # never a ClusterRoleBinding: per namespace
+    for o in template():
+        for subject in o.get("subjects") or []:
+            assert subject == {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "CONTROLLER_USER"}
+
+
+def test_every_adapter_call_the_controller_makes_in_a_cluster_is_covered_by_the_rbac():
+    """The Kube adapter's methods the flows call, each with the RBAC rule that lets it through."""
+    import shared.adapters.kube as kube_adapter
+
+    cluster_rules = _rules("ClusterRole", "multus-provisioner-controller")
+    verify = _rules("ClusterRole", "multus-provisioner-verify")
+    need = {
+        "wait_established": (cluster_rules, "apiextensions.k8s.io", "customresourcedefinitions", "list"),
+        "apply_nad": (cluster_rules, "k8s.cni.cncf.io", "network-attachment-definitions", "patch"),
+        "delete_nad": (cluster_rules, "k8s.cni.cncf.io", "network-attachment-definitions", "delete"),
+        "list_managed_nads": (cluster_rules, "k8s.cni.cncf.io", "network-attachment-definitions", "list"),
+        "list_ippools": (cluster_rules, "whereabouts.cni.cncf.io", "ippools", "list"),
+        "list_pod_refs": (cluster_rules, "", "pods", "list"),
+        "list_pods": (cluster_rules, "", "pods", "list"),
+        "create_pod": (verify, "", "pods", "create"),
+        "get_pod": (verify, "", "pods", "get"),
+        "delete_pod": (verify, "", "pods", "delete"),
+        "pod_events": (verify, "", "events", "list"),
+    }
+    for method, (rules, group, resource, verb) in need.items():
+        assert hasattr(kube_adapter.Kube, method), method
+        assert verb in _granted(rules, group, resource, None), method
 
 
 # --- Firestore --------------------------------------------------------------------------------------------------

@@ -139,9 +139,9 @@ run "one_project" {
   assert {
     condition = sort(keys(google_project_iam_custom_role.gke)) == sort(["multus-host"]) && alltrue([
       for r in google_project_iam_custom_role.gke :
-      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission])
+      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission if !try(p.only_with_node_pool_template, false)])
     ])
-    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml."
+    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml (no node pool template: no clusters.update)."
   }
 
   assert {
@@ -287,9 +287,9 @@ run "folder_sinks_with_managed_projects" {
   assert {
     condition = sort(keys(google_project_iam_custom_role.gke)) == sort(["multus-host", "team-a-clusters", "team-b-clusters"]) && alltrue([
       for r in google_project_iam_custom_role.gke :
-      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission])
+      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission if !try(p.only_with_node_pool_template, false)])
     ])
-    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml."
+    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml (no node pool template: no clusters.update)."
   }
 
   assert {
@@ -433,9 +433,9 @@ run "organization_sinks_with_managed_projects" {
   assert {
     condition = sort(keys(google_project_iam_custom_role.gke)) == sort(["team-a-clusters"]) && alltrue([
       for r in google_project_iam_custom_role.gke :
-      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission])
+      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission if !try(p.only_with_node_pool_template, false)])
     ])
-    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml."
+    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml (no node pool template: no clusters.update)."
   }
 
   assert {
@@ -577,9 +577,9 @@ run "private_clusters_with_vpc_connector" {
   assert {
     condition = sort(keys(google_project_iam_custom_role.gke)) == sort(["multus-host"]) && alltrue([
       for r in google_project_iam_custom_role.gke :
-      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission])
+      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission if !try(p.only_with_node_pool_template, false)])
     ])
-    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml."
+    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml (no node pool template: no clusters.update)."
   }
 
   assert {
@@ -702,6 +702,21 @@ run "example_cluster_and_node_pool" {
 
   variables {
     create_example = true
+    node_pool_template = {
+      network             = "multus-additional"
+      subnetwork          = "multus-additional-subnet"
+      secondary_pod_range = "multus-pods"
+    }
+  }
+
+  assert {
+    condition = alltrue([
+      for r in google_project_iam_custom_role.gke :
+      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission])
+      && contains(tolist(r.permissions), "container.clusters.update")
+      && length([for p in r.permissions : p if !startswith(p, "container.clusters.")]) == 0
+    ])
+    error_message = "With a node pool template the role adds clusters.update (CreateNodePool) and holds no in-cluster permission."
   }
 
   assert {
