@@ -408,6 +408,16 @@ variable "multus_image" {
   }
 }
 
+variable "allowed_image_registries" {
+  description = "Registries (host[/path]) the bundle's images may come from besides the seed's gcr.io/gke-release, e.g. a mirror in Artifact Registry. Only here: the Firestore config/policy document cannot add one (docs/SECURITY.md)."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for r in var.allowed_image_registries : can(regex("^[a-z0-9.-]+\\.[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*$", r))])
+    error_message = "Each allowed_image_registries entry must be a registry host with an optional path, like us-docker.pkg.dev/my-project/mirror."
+  }
+}
+
 variable "whereabouts_image" {
   description = "Override of the Whereabouts image (must be pinned by digest). null: the bundle's validated image."
   type        = string

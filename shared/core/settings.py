@@ -166,6 +166,9 @@ class Settings:
     reconcile_topic: str | None = None
     fanout_batch: int = 100
     prune_orphans: bool = False  # reconcile deletes managed NADs without a record that conflict (kept in the record)
+    # Registries besides the seed's gcr.io/gke-release that the bundle's images may come from
+    # (shared/core/multus.py registry_problem); set at deploy time only, never by config/policy.
+    allowed_registries: tuple[str, ...] = ()
 
     def collection(self, name: str) -> str:
         """The Firestore collection name with the deployment's prefix (tests use their own)."""
@@ -202,6 +205,24 @@ class Settings:
             WaveSize.parse(wave_size)
         except Rejected as e:
             raise ConfigError(f"{PREFIX}ROLLOUT_WAVE_SIZE={wave_size!r}: {e.problems[0].message}") from None
+        from shared.core.multus import registry_problem, registry_syntax_problem
+
+        registries = tuple(x.strip() for x in (get("ALLOWED_REGISTRIES", "") or "").split(",") if x.strip())
+        for item in registries:
+            why = registry_syntax_problem(item)
+            if why:
+                raise ConfigError(f"{PREFIX}ALLOWED_REGISTRIES: {why}")
+        for name in ("MULTUS_IMAGE", "WHEREABOUTS_IMAGE"):
+            image = get(name)
+            why = registry_problem(image, registries) if image else None
+            if why:
+                raise ConfigError(f"{PREFIX}{name}: {why}")
+        gke_endpoint = get("GKE_ENDPOINT")
+        if gke_endpoint and not _loopback_endpoint(gke_endpoint):
+            # Plain gRPC without credentials is the sandbox's: never towards another machine.
+            raise ConfigError(f"{PREFIX}GKE_ENDPOINT={gke_endpoint[:100]!r}: the plaintext endpoint override is "
+                              "for the sandbox and takes a loopback address only (127.0.0.1:PORT, [::1]:PORT, "
+                              "localhost:PORT); deployed functions use Google's endpoint")
         managed = tuple(x.strip() for x in (get("MANAGED_PROJECTS", "") or "").split(",") if x.strip())
         for item in managed:
             if not valid_project_id(item):
@@ -211,7 +232,7 @@ class Settings:
             collection_prefix=prefix,
             database=get("DATABASE", "(default)") or "(default)",
             opt_in_label=(key, value),
-            gke_endpoint=get("GKE_ENDPOINT"),
+            gke_endpoint=gke_endpoint,
             access_token_file=get("ACCESS_TOKEN_FILE"),
             lease_seconds=integer("LEASE_SECONDS", 120, 5, 3600),
             api_timeout_seconds=number("API_TIMEOUT_SECONDS", 30.0, 0.5, 600),
@@ -244,7 +265,21 @@ class Settings:
             reconcile_topic=get("TOPIC_RECONCILE"),
             fanout_batch=integer("FANOUT_BATCH", 100, 1, 1000),
             prune_orphans=r.boolean("PRUNE_ORPHANS", False),
+            allowed_registries=registries,
         )
+
+
+def _loopback_endpoint(endpoint: str) -> bool:
+    """Is `host:port` on this machine (where the sandbox's GKE server listens)?"""
+    import ipaddress
+
+    host = endpoint.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _ip_literal(r: _EnvReader, name: str) -> str | None:

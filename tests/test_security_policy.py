@@ -1,0 +1,186 @@
+"""Issue 24, the image-policy half: a policy cannot ship a foreign image, a stored NAD config is
+validated again before reconcile re-applies it, and the sandbox-only switches stay in the sandbox.
+
+- Registry allowlist (`shared/core/multus.py` registry_problem, enforced by `Policy` and the
+  settings): images only from the seed's `gcr.io/gke-release` or a registry configured at deploy
+  time; a `config/policy` document naming another is refused before any rollout (every handler
+  validates the policy first) and `rollout status` says why; it cannot add a registry itself.
+- Stored configs (`shared/core/nad.py` request_of_config): reconcile re-applies a record's config
+  only when it is what the request path renders for fields the request path accepts.
+- `MULTUS_PROVISIONER_GKE_ENDPOINT` (plaintext gRPC, no credentials) takes loopback only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from shared.core import decisions as d
+from shared.core import nad as nadlib
+from shared.core.errors import Rejected
+from shared.core.multus import DEFAULT_MULTUS_IMAGE, SEED_REGISTRY, registry_problem
+from shared.core.policy import Policy
+from shared.core.settings import ConfigError, Settings
+from tests import test_workflow as _wf
+from tests.test_workflow import ce, to_ready
+
+local_stack, make_wf = _wf.local_stack, _wf.make_wf
+
+DIGEST = "@sha256:" + "ab" * 32
+FOREIGN = "ghcr.io/attacker/multus-cni:v4.2.2" + DIGEST
+LOOKALIKE = "gcr.io/gke-release-mirror/multus-cni:v4.2.2" + DIGEST
+MIRROR = "us-docker.pkg.dev/platform/mirror"
+MIRRORED = f"{MIRROR}/multus-cni:v4.2.2" + DIGEST
+
+
+# -- the registry allowlist ---------------------------------------------------------------------------
+
+def test_only_the_seeds_registry_and_configured_ones_are_allowed() -> None:
+    assert DEFAULT_MULTUS_IMAGE.startswith(SEED_REGISTRY + "/") and registry_problem(DEFAULT_MULTUS_IMAGE) is None
+    for image in (FOREIGN, LOOKALIKE, "gcr.io/gke-release" + DIGEST, "docker.io/library/busybox" + DIGEST):
+        why = registry_problem(image)
+        assert why and "not from an allowed registry" in why and SEED_REGISTRY in why, image
+    assert registry_problem(MIRRORED) is not None
+    assert registry_problem(MIRRORED, [MIRROR]) is None
+    assert registry_problem(f"{MIRROR}-evil/x" + DIGEST, [MIRROR]) is not None  # whole path segments
+
+
+def test_a_policy_document_with_a_foreign_image_is_refused_by_name() -> None:
+    base = Policy.from_settings(Settings())
+    for field in ("multusImage", "whereaboutsImage"):
+        for image in (FOREIGN, LOOKALIKE):
+            with pytest.raises(ConfigError, match=f"{field}: .*not from an allowed registry"):
+                base.merged({field: image})
+    assert base.merged({"multusImage": "gcr.io/gke-release/multus-cni:v4.2.2" + DIGEST}).multus_image
+    mirrored = Policy.from_settings(Settings(allowed_registries=(MIRROR,)))
+    assert mirrored.merged({"multusImage": MIRRORED}).multus_image == MIRRORED
+    # the document cannot widen the allowlist: the field does not exist there
+    with pytest.raises(ConfigError, match="unknown field.*allowedRegistries"):
+        base.merged({"allowedRegistries": ["ghcr.io/attacker"], "multusImage": FOREIGN})
+
+
+def test_the_environment_names_registries_and_its_images_obey_them() -> None:
+    with pytest.raises(ConfigError, match="MULTUS_PROVISIONER_MULTUS_IMAGE: .*not from an allowed registry"):
+        Settings.from_env({"MULTUS_PROVISIONER_MULTUS_IMAGE": FOREIGN})
+    s = Settings.from_env({"MULTUS_PROVISIONER_ALLOWED_REGISTRIES": f" {MIRROR} ,",
+                           "MULTUS_PROVISIONER_MULTUS_IMAGE": MIRRORED})
+    assert s.allowed_registries == (MIRROR,) and s.multus_image == MIRRORED
+    for bad in ("*", "attacker", "https://ghcr.io/x", "ghcr.io/UPPER"):
+        with pytest.raises(ConfigError, match="ALLOWED_REGISTRIES"):
+            Settings.from_env({"MULTUS_PROVISIONER_ALLOWED_REGISTRIES": bad})
+
+
+def test_a_foreign_policy_image_stops_every_handler_before_any_rollout_and_status_says_why(local_stack, make_wf,
+                                                                                            capsys) -> None:
+    from multus_cli.rollout import policy_problem
+    from shared.core.events import decode_reconcile
+
+    wf = make_wf()
+    ref = to_ready(wf, local_stack)
+    kube = wf.ctx.kube_for(ref)
+    before = kube.get("apps/v1", "DaemonSet", "kube-system", "gke-multinet")
+    rollout_before, _ = wf.store.get_rollout()
+    wf.store._col("config").document("policy").set({"multusImage": FOREIGN})
+    wf = make_wf()  # a fresh instance reads the document at once
+    with pytest.raises(ConfigError, match="multusImage: .*ghcr.io/attacker.*not from an allowed registry"):
+        wf.reconcile(decode_reconcile(ce({})))  # the tick: where a rollout would start
+    with pytest.raises(ConfigError, match="not from an allowed registry"):
+        wf.reconcile(decode_reconcile(ce({"cluster": ref.path})))
+    assert wf.store.get_rollout()[0] == rollout_before  # no rollout started or moved
+    after = kube.get("apps/v1", "DaemonSet", "kube-system", "gke-multinet")
+    assert json.dumps(after["spec"]) == json.dumps(before["spec"]) and FOREIGN not in json.dumps(after)
+    refused = policy_problem(wf.rollouts)  # what `multus-provisioner rollout status` prints
+    assert refused and "ghcr.io/attacker" in refused and "multusImage" in refused
+
+
+def test_a_forged_rollout_document_cannot_ship_a_foreign_image(local_stack, make_wf) -> None:
+    wf = make_wf()
+    ref = to_ready(wf, local_stack)
+    wf.store._col("rollouts").document("current").set({
+        "state": "RUNNING", "target": {"version": "forged", "multusImage": FOREIGN},
+        "previous": {"version": "p"}, "clusters": {ref.doc_id: {"state": "UPDATING"}}})
+    wf = make_wf()
+    with pytest.raises(ConfigError, match="bundle multusImage: .*not from an allowed registry"):
+        wf.ctx.bundle(ref)
+
+
+# -- stored NAD configs ------------------------------------------------------------------------------------
+
+CLUSTER = "projects/proj-one/locations/us-central1/clusters/multus-prod"
+
+
+def _rendered(**fields: Any) -> str:
+    req = nadlib.parse_request({"cluster": CLUSTER, "name": "data", "range": "172.16.1.0/26", **fields})
+    return nadlib.render_config(req)
+
+
+def test_a_stored_config_is_accepted_only_as_the_controllers_own_rendering() -> None:
+    for fields in ({}, {"master": "eth2", "mode": "l3", "mtu": 1400, "gateway": "172.16.1.1",
+                        "range_start": "172.16.1.10", "range_end": "172.16.1.40", "exclude": ["172.16.1.20/32"]}):
+        config = _rendered(**fields)
+        assert nadlib.render_config(nadlib.request_of_config(CLUSTER, "default", "data", config)) == config
+    good = json.loads(_rendered())
+    tampered = {
+        "macvlan": {**good, "plugins": [{**good["plugins"][0], "type": "macvlan"}]},
+        "a second plugin": {**good, "plugins": good["plugins"] * 2},
+        "host-local IPAM": {**good, "plugins": [{**good["plugins"][0], "ipam": {"type": "host-local"}}]},
+        "an extra field": {**good, "plugins": [{**good["plugins"][0], "capabilities": {"mac": True}}]},
+        "a bad master": {**good, "plugins": [{**good["plugins"][0], "master": "eth1;reboot"}]},
+        "another name": {**good, "name": "other"},
+    }
+    for what, conf in tampered.items():
+        with pytest.raises(Rejected):
+            nadlib.request_of_config(CLUSTER, "default", "data", json.dumps(conf, sort_keys=True,
+                                                                            separators=(",", ":")))
+        assert what
+    for raw in ("not json", None, 7, json.dumps(good, indent=1)):  # other bytes than the rendering
+        with pytest.raises(Rejected):
+            nadlib.request_of_config(CLUSTER, "default", "data", raw)
+
+
+def test_reconcile_does_not_reapply_a_tampered_record_and_says_why(local_stack, make_wf) -> None:
+    from shared.core.events import decode_nad_request, decode_reconcile
+
+    wf = make_wf()
+    ref = to_ready(wf, local_stack)
+    out = wf.handle_nad(decode_nad_request(ce({"cluster": ref.path, "name": "data", "range": "172.16.1.0/26"})))
+    assert out.status == "done", out.message
+    kube = wf.ctx.kube_for(ref)
+    doc = wf.store.get_nad(ref, "default", "data")
+    conf = json.loads(doc["config"])
+    conf["plugins"][0]["type"] = "macvlan"
+    evil = json.dumps(conf, sort_keys=True, separators=(",", ":"))
+    wf.store._nad_doc(ref, "default", "data").update(
+        {"config": evil})
+    kube.delete_nad("default", "data")  # the cluster lost it: reconcile would re-apply the record
+    out = wf.reconcile(decode_reconcile(ce({"cluster": ref.path})))
+    assert kube.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "data") is None
+    assert any("refused to re-apply NAD default/data" in r for r in out.details["repaired"]), out.details
+    doc = wf.store.get_nad(ref, "default", "data")
+    assert "not re-applied" in doc["lastError"] and "ipvlan" in doc["lastError"] and doc["state"] == d.NAD_APPLIED
+    steps = [h for h in wf.store.history(ref, page_size=1000)[0] if h["step"] == "reapply-refused"]
+    assert len(steps) == 1 and steps[0]["outcome"] == "failed"
+    wf.reconcile(decode_reconcile(ce({"cluster": ref.path})))  # refused once, recorded once
+    assert len([h for h in wf.store.history(ref, page_size=1000)[0] if h["step"] == "reapply-refused"]) == 1
+    # a valid record is restored as before
+    conf["plugins"][0]["type"] = "ipvlan"
+    wf.store._nad_doc(ref, "default", "data").update(
+        {"config": json.dumps(conf, sort_keys=True, separators=(",", ":"))})
+    wf.reconcile(decode_reconcile(ce({"cluster": ref.path})))
+    assert kube.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "data") is not None
+
+
+# -- the sandbox-only GKE endpoint ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:8443", "localhost:1", "[::1]:9000", "127.0.0.53:80"])
+def test_the_plaintext_gke_endpoint_takes_loopback(endpoint: str) -> None:
+    assert Settings.from_env({"MULTUS_PROVISIONER_GKE_ENDPOINT": endpoint}).gke_endpoint == endpoint
+
+
+@pytest.mark.parametrize("endpoint", ["container.googleapis.com:443", "10.0.0.5:8443", "evil.example:80",
+                                      "0.0.0.0:80"])
+def test_the_plaintext_gke_endpoint_refuses_anything_off_the_machine(endpoint: str) -> None:
+    with pytest.raises(ConfigError, match="GKE_ENDPOINT.*loopback"):
+        Settings.from_env({"MULTUS_PROVISIONER_GKE_ENDPOINT": endpoint})
