@@ -186,13 +186,11 @@ def test_the_workflow_passes_with_only_the_scoped_rbac(scoped_stack: Any) -> Non
     from tests.fixtures_stack import direct_store, wait_for, wait_nad, wait_state
 
     stack, store = scoped_stack, direct_store(scoped_stack)
-    server_user = None
     ref = _opt_in(stack, "rbac")
     rec = wait_state(store, ref, "READY", 240)  # bundle install, CRDs Established, DaemonSet rolled out
     assert rec.data["rollout"]["complete"] is True
     server = stack.kube_server(ref.cluster)
-    server_user = server.controller_user
-    assert server_user == SANDBOX_USER and type(server).__name__ == "RealKubeApiServer"
+    assert server.controller_user == SANDBOX_USER and type(server).__name__ == "RealKubeApiServer"
     # every request the functions made came from the scoped user, never from an admin
     users = {e["user"]["username"] for e in map(json.loads, server.audit_log.read_text().splitlines())
              if e.get("user", {}).get("username") not in ("sandbox-operator", "system:apiserver")
@@ -212,7 +210,8 @@ def test_the_workflow_passes_with_only_the_scoped_rbac(scoped_stack: Any) -> Non
     wait_nad(store, ref, "default", "data", "DELETED", 120)
     assert admin.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "data") is None
     denied = [e for e in map(json.loads, server.audit_log.read_text().splitlines())
-              if e.get("user", {}).get("username") == SANDBOX_USER and (e.get("responseStatus") or {}).get("code") == 403]
+              if e.get("user", {}).get("username") == SANDBOX_USER
+              and (e.get("responseStatus") or {}).get("code") == 403]
     assert denied == [], denied[:3]  # nothing the workflow does needed a right it lacks
 
 

@@ -51,24 +51,24 @@ def test_a_policy_document_with_a_foreign_image_is_refused_by_name() -> None:
     base = Policy.from_settings(Settings())
     for field in ("multusImage", "whereaboutsImage"):
         for image in (FOREIGN, LOOKALIKE):
-            with pytest.raises(ConfigError, match=f"{field}: .*not from an allowed registry"):
+            with pytest.raises(ConfigError, match=rf"{field}: .*not from an allowed registry"):
                 base.merged({field: image})
     assert base.merged({"multusImage": "gcr.io/gke-release/multus-cni:v4.2.2" + DIGEST}).multus_image
     mirrored = Policy.from_settings(Settings(allowed_registries=(MIRROR,)))
     assert mirrored.merged({"multusImage": MIRRORED}).multus_image == MIRRORED
     # the document cannot widen the allowlist: the field does not exist there
-    with pytest.raises(ConfigError, match="unknown field.*allowedRegistries"):
+    with pytest.raises(ConfigError, match=r"unknown field.*allowedRegistries"):
         base.merged({"allowedRegistries": ["ghcr.io/attacker"], "multusImage": FOREIGN})
 
 
 def test_the_environment_names_registries_and_its_images_obey_them() -> None:
-    with pytest.raises(ConfigError, match="MULTUS_PROVISIONER_MULTUS_IMAGE: .*not from an allowed registry"):
+    with pytest.raises(ConfigError, match=r"MULTUS_PROVISIONER_MULTUS_IMAGE: .*not from an allowed registry"):
         Settings.from_env({"MULTUS_PROVISIONER_MULTUS_IMAGE": FOREIGN})
     s = Settings.from_env({"MULTUS_PROVISIONER_ALLOWED_REGISTRIES": f" {MIRROR} ,",
                            "MULTUS_PROVISIONER_MULTUS_IMAGE": MIRRORED})
     assert s.allowed_registries == (MIRROR,) and s.multus_image == MIRRORED
     for bad in ("*", "attacker", "https://ghcr.io/x", "ghcr.io/UPPER"):
-        with pytest.raises(ConfigError, match="ALLOWED_REGISTRIES"):
+        with pytest.raises(ConfigError, match=r"ALLOWED_REGISTRIES"):
             Settings.from_env({"MULTUS_PROVISIONER_ALLOWED_REGISTRIES": bad})
 
 
@@ -84,9 +84,9 @@ def test_a_foreign_policy_image_stops_every_handler_before_any_rollout_and_statu
     rollout_before, _ = wf.store.get_rollout()
     wf.store._col("config").document("policy").set({"multusImage": FOREIGN})
     wf = make_wf()  # a fresh instance reads the document at once
-    with pytest.raises(ConfigError, match="multusImage: .*ghcr.io/attacker.*not from an allowed registry"):
+    with pytest.raises(ConfigError, match=r"multusImage: .*ghcr.io/attacker.*not from an allowed registry"):
         wf.reconcile(decode_reconcile(ce({})))  # the tick: where a rollout would start
-    with pytest.raises(ConfigError, match="not from an allowed registry"):
+    with pytest.raises(ConfigError, match=r"not from an allowed registry"):
         wf.reconcile(decode_reconcile(ce({"cluster": ref.path})))
     assert wf.store.get_rollout()[0] == rollout_before  # no rollout started or moved
     after = kube.get("apps/v1", "DaemonSet", "kube-system", "gke-multinet")
@@ -102,7 +102,7 @@ def test_a_forged_rollout_document_cannot_ship_a_foreign_image(local_stack, make
         "state": "RUNNING", "target": {"version": "forged", "multusImage": FOREIGN},
         "previous": {"version": "p"}, "clusters": {ref.doc_id: {"state": "UPDATING"}}})
     wf = make_wf()
-    with pytest.raises(ConfigError, match="bundle multusImage: .*not from an allowed registry"):
+    with pytest.raises(ConfigError, match=r"bundle multusImage: .*not from an allowed registry"):
         wf.ctx.bundle(ref)
 
 
@@ -163,7 +163,8 @@ def test_reconcile_does_not_reapply_a_tampered_record_and_says_why(local_stack, 
     steps = [h for h in wf.store.history(ref, page_size=1000)[0] if h["step"] == "reapply-refused"]
     assert len(steps) == 1 and steps[0]["outcome"] == "failed"
     wf.reconcile(decode_reconcile(ce({"cluster": ref.path})))  # refused once, recorded once
-    assert len([h for h in wf.store.history(ref, page_size=1000)[0] if h["step"] == "reapply-refused"]) == 1
+    again = [h for h in wf.store.history(ref, page_size=1000)[0] if h["step"] == "reapply-refused"]
+    assert len(again) == 1
     # a valid record is restored as before
     conf["plugins"][0]["type"] = "ipvlan"
     wf.store._nad_doc(ref, "default", "data").update(
@@ -182,5 +183,5 @@ def test_the_plaintext_gke_endpoint_takes_loopback(endpoint: str) -> None:
 @pytest.mark.parametrize("endpoint", ["container.googleapis.com:443", "10.0.0.5:8443", "evil.example:80",
                                       "0.0.0.0:80"])
 def test_the_plaintext_gke_endpoint_refuses_anything_off_the_machine(endpoint: str) -> None:
-    with pytest.raises(ConfigError, match="GKE_ENDPOINT.*loopback"):
+    with pytest.raises(ConfigError, match=r"GKE_ENDPOINT.*loopback"):
         Settings.from_env({"MULTUS_PROVISIONER_GKE_ENDPOINT": endpoint})

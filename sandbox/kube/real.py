@@ -467,8 +467,8 @@ class RealKubeApiServer:
         del crd_delay, rollout_delay, pod_delay
         if not isinstance(token, str) or not token or any(c.isspace() or c in ',"' for c in token):
             raise ValueError("token must be a non-empty string without whitespace, commas or quotes")
-        if controller_user is not None and (not controller_user or any(c.isspace() or c in ',"' for c in controller_user)
-                                            or controller_user.startswith("system:")):
+        if controller_user is not None and (not controller_user or controller_user.startswith("system:")
+                                            or any(c.isspace() or c in ',"' for c in controller_user)):
             raise ValueError("controller_user must be a plain user name (no whitespace, commas, quotes or system:)")
         if (dns_name is None) != (dns_authority is None):
             raise ValueError("dns_name and dns_authority go together")

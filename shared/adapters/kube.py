@@ -371,4 +371,5 @@ def _forbidden_hint(message: str, path: str) -> str:
         what = "the ClusterRole it binds" if verb == "bind" else f"clusterroles/{name}"
         return (f"; the controller's RBAC lacks `{verb}` on {what} "
                 "(apply `multus-provisioner render-rbac` at opt-in, docs/DEPLOY.md)")
-    return "; the controller's RBAC in this cluster does not allow it (`multus-provisioner render-rbac`, docs/DEPLOY.md)"
+    return ("; the controller's RBAC in this cluster does not allow it "
+            "(`multus-provisioner render-rbac`, docs/DEPLOY.md)")

@@ -86,6 +86,7 @@ def repair_nads(ctx: Context, ref: ClusterRef, kube: Any, event_id: str, plan: l
     """Carry out `plan` (under the cluster's claim); returns what was done, one phrase each."""
     fixes: list[str] = []
     for fix in plan:
+        done: str | None
         if fix.kind == "refuse":
             done = _refuse_record(ctx, ref, fix, event_id)
         elif fix.kind in ("orphan-gone", "reapply"):
