@@ -28,7 +28,9 @@ from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
 from shared.ports import DELETE
 
-VERIFY_IMAGE = "registry.k8s.io/pause:3.9"
+# Pinned by digest (the multi-arch index of pause 3.9, as registry.k8s.io serves it): a tag can be
+# moved under us, a digest cannot. The bundle's images are pinned the same way (shared/core/multus.py).
+VERIFY_IMAGE = "registry.k8s.io/pause:3.9@sha256:7031c1b283388d2c2e09b57badb803c05ebed362dc88d84b480cc47f72a21097"
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 VERIFY_SELECTOR = "multus-provisioner.io/purpose=verify"
 # When the pod's check is over (unix seconds): after it, reconcile deletes a pod still there.
