@@ -902,21 +902,45 @@ def test_cloudbuild_structure():
         ids.append(step.get("id"))
         for dep in step.get("waitFor", []):
             assert dep in ids, f"step {step.get('id')} waits for unknown or later step {dep}"
-    assert ids == ["test", "package", "terraform-init", "terraform-plan", "terraform-apply"]
+    assert ids == ["package", "terraform-init", "terraform-plan", "terraform-apply"]
     text = {s["id"]: " ".join(s["args"]) for s in steps}
-    assert "make test" in text["test"]
-    assert "make package" in text["package"]
+    # the deploy pipeline installs nothing from PyPI and runs no test code (docs/SECURITY.md "Pipelines")
+    assert text["package"] == "-m scripts.package" and steps[0]["entrypoint"] == "python3"
+    commands = [line.strip() for s in steps for a in s["args"] for line in a.splitlines()
+                if line.strip() and not line.strip().startswith("#")]
+    assert not [c for c in commands if re.match(r"make\b", c) or "pip install" in c], commands
     assert "init" in text["terraform-init"] and "-backend-config=bucket=${_TF_STATE_BUCKET}" in text["terraform-init"]
     assert text["terraform-plan"].startswith("-chdir=infra plan") and "-out=tfplan" in text["terraform-plan"]
     assert "-var=source_zip=../dist/function-source.zip" in text["terraform-plan"]
     assert "apply -input=false -auto-approve tfplan" in text["terraform-apply"]
 
 
-def test_cloudbuild_substitutions_are_declared_used_and_carry_no_secrets():
-    cb = cloudbuild()
+def test_tests_run_in_their_own_pipeline():
+    """Test and deploy are separately privileged pipelines: the test one runs `make test` only."""
+    cb = yaml.safe_load((ROOT / "cloudbuild-test.yaml").read_text())
+    assert [s["id"] for s in cb["steps"]] == ["test"]
+    assert "make test" in " ".join(cb["steps"][0]["args"])
+    raw = (ROOT / "cloudbuild-test.yaml").read_text()
+    assert "terraform" not in raw.split("steps:", 1)[1] and "serviceAccount" not in cb
+
+
+def test_every_builder_image_is_a_substitution_so_it_can_be_pinned_by_digest():
+    for name in ("cloudbuild.yaml", "cloudbuild-test.yaml"):
+        cb = yaml.safe_load((ROOT / name).read_text())
+        for step in cb["steps"]:
+            ref_ = re.fullmatch(r"\$\{(_[A-Z_]+_IMAGE)\}", step["name"])
+            assert ref_, f"{name}: {step['id']} names its image directly"
+            default = cb["substitutions"][ref_.group(1)]
+            # a digest, or a tag with an exact version (never a floating `:1.9` or `:latest`)
+            assert "@sha256:" in default or re.search(r":(emulators|\d+\.\d+\.\d+)$", default), default
+
+
+@pytest.mark.parametrize("name", ["cloudbuild.yaml", "cloudbuild-test.yaml"])
+def test_cloudbuild_substitutions_are_declared_used_and_carry_no_secrets(name):
+    cb = yaml.safe_load((ROOT / name).read_text())
     declared = set(cb["substitutions"])
     assert all(re.fullmatch(r"_[A-Z0-9_]+", k) for k in declared)
-    raw = (ROOT / "cloudbuild.yaml").read_text()
+    raw = (ROOT / name).read_text()
     body = raw.split("steps:", 1)[1]
     used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", body)) | set(re.findall(r"\$([A-Z_][A-Z0-9_]*)", body))
     assert used - declared <= BUILTIN_SUBSTITUTIONS, f"undeclared: {used - declared - BUILTIN_SUBSTITUTIONS}"
