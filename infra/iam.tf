@@ -56,10 +56,42 @@ resource "google_project_iam_member" "runtime_gke" {
   member   = google_service_account.runtime.member
 }
 
+# Read and write on the workflow database only (the condition names it): never on the policy database.
 resource "google_project_iam_member" "runtime_firestore" {
   project = var.project_id
   role    = "roles/datastore.user"
   member  = google_service_account.runtime.member
+  condition {
+    title       = "workflow database only"
+    description = "Workflow documents, ledger and history; not the policy database."
+    expression  = "resource.name == \"projects/${var.project_id}/databases/${local.firestore_db}\""
+  }
+}
+
+# The policy database: read only (firestore.tf).
+resource "google_project_iam_member" "runtime_policy_reader" {
+  project = var.project_id
+  role    = "roles/datastore.viewer"
+  member  = google_service_account.runtime.member
+  condition {
+    title       = "policy database, read only"
+    description = "config/policy is read by the functions and written only by policy_writers."
+    expression  = "resource.name == \"projects/${var.project_id}/databases/${google_firestore_database.policy.name}\""
+  }
+}
+
+# --- policy writers ---------------------------------------------------------------------------------------------
+
+resource "google_project_iam_member" "policy_writers" {
+  for_each = toset(var.policy_writers)
+  project  = var.project_id
+  role     = "roles/datastore.user"
+  member   = each.value
+  condition {
+    title       = "policy database only"
+    description = "May change config/policy (what the controller installs on every opted-in cluster)."
+    expression  = "resource.name == \"projects/${var.project_id}/databases/${google_firestore_database.policy.name}\""
+  }
 }
 
 resource "google_project_iam_member" "runtime_logs" {

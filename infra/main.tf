@@ -69,5 +69,7 @@ locals {
     MULTUS_PROVISIONER_VPC_EGRESS              = var.vpc_connector == "" ? "false" : "true"
     # Registries the bundle's images may come from besides gcr.io/gke-release (config/policy cannot add one).
     MULTUS_PROVISIONER_ALLOWED_REGISTRIES = join(",", var.allowed_image_registries)
+    # config/policy lives in its own database: the runtime reads it, only var.policy_writers write it.
+    MULTUS_PROVISIONER_POLICY_DATABASE = google_firestore_database.policy.name
   }
 }

@@ -363,6 +363,8 @@ def test_every_value_terraform_can_set_is_accepted_by_the_settings():
         "NODE_POOL_RETRY_SECONDS": str(v["node_pool_retry_seconds"]["default"]),
         "TOPIC_NAD_REQUESTS": "multus-nad-requests", "TOPIC_RECONCILE": "multus-reconcile",
         "MULTUS_IMAGE": "", "WHEREABOUTS_IMAGE": "", "MULTUS_LOG_LEVEL": "",
+        "ALLOWED_REGISTRIES": "us-docker.pkg.dev/platform/mirror,europe-docker.pkg.dev/p/m",
+        "POLICY_DATABASE": "multus-policy",
     }
     assert set(rendered) == set(function_settings()["set"])
     s = Settings.from_env({f"MULTUS_PROVISIONER_{k}": val for k, val in rendered.items()})
@@ -390,6 +392,13 @@ def test_every_trigger_is_a_push_subscription_on_its_topic_with_dead_letter_and_
     for rtype, name in (("google_pubsub_topic", "stream"), ("google_pubsub_topic", "dead_letter"),
                         ("google_cloudfunctions2_function", "fn"), ("google_service_account", "trigger")):
         assert res(rtype, name)["for_each"] == "${local.streams}", f"{rtype}.{name}"
+
+
+def test_dead_lettered_events_are_kept_a_month_and_transport_a_week():
+    """Issue 24: what failed is kept 31 days (Pub/Sub's topic maximum), the transport 7 days."""
+    assert res("google_pubsub_topic", "dead_letter")["message_retention_duration"] == "2678400s"
+    assert res("google_pubsub_topic", "stream")["message_retention_duration"] == "604800s"
+    assert res("google_pubsub_subscription", "dead_letter_inspect")["retain_acked_messages"] is True
 
 
 def test_each_dead_letter_topic_has_an_inspection_subscription():
@@ -574,13 +583,29 @@ def test_runtime_identity_has_exactly_firestore_gke_role_and_log_writing():
     runtime = "${google_service_account.runtime.member}"
     grants = {(t, b["role"]) for t, _, b in iam_grants() if b.get("member") == runtime}
     assert grants == {
-        ("google_project_iam_member", "roles/datastore.user"),
+        ("google_project_iam_member", "roles/datastore.user"),  # the workflow database only (condition)
+        ("google_project_iam_member", "roles/datastore.viewer"),  # the policy database, read only
         ("google_project_iam_member", "roles/logging.logWriter"),
         ("google_project_iam_member", "${google_project_iam_custom_role.gke[each.value].id}"),
         ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),  # the reconcile fan-out
     }
     publish = res("google_pubsub_topic_iam_member", "runtime_reconcile_publisher")
     assert ref(publish["topic"]) == 'google_pubsub_topic.stream["reconcile"].name'
+
+
+def test_the_policy_has_a_database_of_its_own_that_only_policy_writers_write():
+    """Issue 24: who may change config/policy is limited by IAM (Conditions name databases)."""
+    db = res("google_firestore_database", "policy")
+    assert db["name"] == "${var.name_prefix}-policy" and db["delete_protection_state"] == "DELETE_PROTECTION_ENABLED"
+    workflow = res("google_project_iam_member", "runtime_firestore")
+    assert "databases/${local.firestore_db}" in workflow["condition"][0]["expression"]
+    reader = res("google_project_iam_member", "runtime_policy_reader")
+    assert reader["role"] == "roles/datastore.viewer"
+    assert "databases/${google_firestore_database.policy.name}" in reader["condition"][0]["expression"]
+    writers = res("google_project_iam_member", "policy_writers")
+    assert ref(writers["for_each"]) == "toset(var.policy_writers)" and writers["role"] == "roles/datastore.user"
+    assert "databases/${google_firestore_database.policy.name}" in writers["condition"][0]["expression"]
+    assert ref(locals_()["runtime_env"]["MULTUS_PROVISIONER_POLICY_DATABASE"]) == "google_firestore_database.policy.name"
 
 
 def test_reconcile_fans_out_on_its_own_topic_with_its_own_instance_cap():

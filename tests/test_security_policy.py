@@ -185,3 +185,62 @@ def test_the_plaintext_gke_endpoint_takes_loopback(endpoint: str) -> None:
 def test_the_plaintext_gke_endpoint_refuses_anything_off_the_machine(endpoint: str) -> None:
     with pytest.raises(ConfigError, match=r"GKE_ENDPOINT.*loopback"):
         Settings.from_env({"MULTUS_PROVISIONER_GKE_ENDPOINT": endpoint})
+
+
+# -- the policy's own database ------------------------------------------------------------------------------
+
+def test_the_policy_is_read_from_its_own_database_when_one_is_named(local_stack, monkeypatch) -> None:
+    """infra/ puts config/policy in a database the runtime may only read; the store reads it there
+    and never from the workflow database (where a runtime-identity write could otherwise land)."""
+    import uuid
+
+    from google.cloud import firestore
+
+    from shared.adapters.store import Store
+
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", local_stack.env["FIRESTORE_EMULATOR_HOST"])
+    prefix = f"pol{uuid.uuid4().hex[:6]}_"
+    settings = Settings.from_env({**local_stack.env, "MULTUS_PROVISIONER_COLLECTION_PREFIX": prefix,
+                                  "MULTUS_PROVISIONER_POLICY_DATABASE": "multus-policy"})
+    assert settings.policy_database == "multus-policy"
+    store = Store(settings)
+    store._col("config").document("policy").set({"multusImage": FOREIGN})  # the workflow database: ignored
+    assert store.get_policy() is None
+    policy_db = firestore.Client(project=settings.project, database="multus-policy")
+    policy_db.collection(f"{prefix}config").document("policy").set({"maxNadsPerCluster": 7})
+    assert store.get_policy() == {"maxNadsPerCluster": 7}
+    with pytest.raises(ConfigError, match="POLICY_DATABASE"):
+        Settings.from_env({"MULTUS_PROVISIONER_POLICY_DATABASE": "Bad_DB"})
+
+
+# -- low findings -----------------------------------------------------------------------------------------
+
+def test_the_verify_pods_image_is_pinned_by_digest() -> None:
+    from shared.core.multus import check_image
+    from shared.flows.verify import VERIFY_IMAGE, verify_pod_manifest
+
+    assert check_image(VERIFY_IMAGE, field="verify") == [] and "@sha256:" in VERIFY_IMAGE
+    pod = verify_pod_manifest("p", "default", "n", None)
+    assert [c["image"] for c in pod["spec"]["containers"]] == [VERIFY_IMAGE]
+
+
+def test_multus_role_lets_the_nodes_read_nads_only() -> None:
+    from shared.core.multus import load_bundle
+
+    role = next(o for o in load_bundle().objects if o["metadata"]["name"] == "multus-role")
+    assert role["rules"] == [{"apiGroups": ["k8s.cni.cncf.io"], "resources": ["network-attachment-definitions"],
+                              "verbs": ["get", "list", "watch"]}]
+
+
+def test_a_forbidden_answer_names_the_missing_rbac_verb() -> None:
+    from shared.adapters.kube import _mapped
+    from shared.core.errors import Permanent
+
+    body = json.dumps({"reason": "Forbidden", "message": 'clusterroles.rbac.authorization.k8s.io "multus-role" is '
+                       "forbidden: user \"u\" is attempting to grant RBAC permissions not currently held"})
+    err = _mapped(403, body, "PATCH", "/apis/rbac.authorization.k8s.io/v1/clusterroles/multus-role")
+    assert isinstance(err, Permanent) and "lacks `escalate` on clusterroles/multus-role" in str(err)
+    err = _mapped(403, body, "PATCH", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/multus-role-binding")
+    assert "lacks `bind`" in str(err)
+    plain = _mapped(403, json.dumps({"message": "pods is forbidden"}), "POST", "/api/v1/namespaces/x/pods")
+    assert "render-rbac" in str(plain)

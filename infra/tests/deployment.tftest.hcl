@@ -121,6 +121,25 @@ variables {
 run "one_project" {
   command = apply # against the mock provider: nothing leaves this machine
 
+  variables {
+    policy_writers = ["group:platform-policy@example.com"]
+  }
+
+  assert {
+    condition = (
+      google_firestore_database.policy.name == "multus-policy"
+      && google_project_iam_member.runtime_firestore.condition[0].expression == "resource.name == \"projects/multus-host/databases/(default)\""
+      && google_project_iam_member.runtime_policy_reader.role == "roles/datastore.viewer"
+      && google_project_iam_member.runtime_policy_reader.condition[0].expression == "resource.name == \"projects/multus-host/databases/multus-policy\""
+      && sort([for g in output.iam_grants : "${g.member} ${g.role}" if g.on == "firestore-database:multus-policy"]) == sort([
+        "${google_service_account.runtime.member} roles/datastore.viewer",
+        "group:platform-policy@example.com roles/datastore.user",
+      ])
+      && google_cloudfunctions2_function.fn["nad-requests"].service_config[0].environment_variables["MULTUS_PROVISIONER_POLICY_DATABASE"] == "multus-policy"
+    )
+    error_message = "config/policy lives in its own database: the runtime only reads it, only policy_writers write it."
+  }
+
   assert {
     condition     = alltrue([for f in google_cloudfunctions2_function.fn : f.service_config[0].service_account_email == google_service_account.runtime.email])
     error_message = "Every function must run as the runtime identity."
@@ -128,7 +147,8 @@ run "one_project" {
 
   assert {
     condition = sort([for g in output.iam_grants : "${g.role} on ${g.on}" if g.member == google_service_account.runtime.member]) == sort([
-      "roles/datastore.user on project:multus-host",
+      "roles/datastore.user on firestore-database:(default)",
+      "roles/datastore.viewer on firestore-database:multus-policy",
       "roles/logging.logWriter on project:multus-host",
       "roles/pubsub.publisher on topic:multus-reconcile",
       "${google_project_iam_custom_role.gke["multus-host"].id} on project:multus-host",
@@ -274,7 +294,8 @@ run "folder_sinks_with_managed_projects" {
 
   assert {
     condition = sort([for g in output.iam_grants : "${g.role} on ${g.on}" if g.member == google_service_account.runtime.member]) == sort([
-      "roles/datastore.user on project:multus-host",
+      "roles/datastore.user on firestore-database:(default)",
+      "roles/datastore.viewer on firestore-database:multus-policy",
       "roles/logging.logWriter on project:multus-host",
       "roles/pubsub.publisher on topic:multus-reconcile",
       "${google_project_iam_custom_role.gke["multus-host"].id} on project:multus-host",
@@ -422,7 +443,8 @@ run "organization_sinks_with_managed_projects" {
 
   assert {
     condition = sort([for g in output.iam_grants : "${g.role} on ${g.on}" if g.member == google_service_account.runtime.member]) == sort([
-      "roles/datastore.user on project:multus-host",
+      "roles/datastore.user on firestore-database:(default)",
+      "roles/datastore.viewer on firestore-database:multus-policy",
       "roles/logging.logWriter on project:multus-host",
       "roles/pubsub.publisher on topic:multus-reconcile",
       "${google_project_iam_custom_role.gke["team-a-clusters"].id} on project:team-a-clusters",
@@ -566,7 +588,8 @@ run "private_clusters_with_vpc_connector" {
 
   assert {
     condition = sort([for g in output.iam_grants : "${g.role} on ${g.on}" if g.member == google_service_account.runtime.member]) == sort([
-      "roles/datastore.user on project:multus-host",
+      "roles/datastore.user on firestore-database:(default)",
+      "roles/datastore.viewer on firestore-database:multus-policy",
       "roles/logging.logWriter on project:multus-host",
       "roles/pubsub.publisher on topic:multus-reconcile",
       "${google_project_iam_custom_role.gke["multus-host"].id} on project:multus-host",
@@ -747,7 +770,8 @@ run "example_cluster_and_node_pool" {
 
   assert {
     condition = sort([for g in output.iam_grants : "${g.role} on ${g.on}" if g.member == google_service_account.runtime.member]) == sort([
-      "roles/datastore.user on project:multus-host",
+      "roles/datastore.user on firestore-database:(default)",
+      "roles/datastore.viewer on firestore-database:multus-policy",
       "roles/logging.logWriter on project:multus-host",
       "roles/pubsub.publisher on topic:multus-reconcile",
       "${google_project_iam_custom_role.gke["multus-host"].id} on project:multus-host",

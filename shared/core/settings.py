@@ -153,6 +153,9 @@ class Settings:
     vpc_egress: bool = False
     nad_topic: str = "multus-nad-requests"
     policy_document: bool = True
+    # The Firestore database holding `config/policy` (None: `database`). A deployment gives the policy
+    # a database of its own, which the runtime may read but not write (infra/firestore.tf).
+    policy_database: str | None = None
     # Bundle rollouts (docs/WORKFLOW.md "Bundle rollouts"): canary size when no cluster carries
     # the canary label, wave size ("10" clusters or "25%" of the fleet), how long a cluster may
     # take to pass its health gate.
@@ -266,7 +269,20 @@ class Settings:
             fanout_batch=integer("FANOUT_BATCH", 100, 1, 1000),
             prune_orphans=r.boolean("PRUNE_ORPHANS", False),
             allowed_registries=registries,
+            policy_database=_database_id(r, "POLICY_DATABASE"),
         )
+
+
+def _database_id(r: _EnvReader, name: str) -> str | None:
+    """A Firestore database id (`(default)` or 4-63 of a-z, 0-9, -), or None when unset."""
+    import re
+
+    value = r.get(name)
+    if not value:
+        return None
+    if value != "(default)" and not re.fullmatch(r"[a-z][a-z0-9-]{2,61}[a-z0-9]", value):
+        raise ConfigError(f"{PREFIX}{name}={value[:80]!r}: expected a Firestore database id")
+    return value
 
 
 def _loopback_endpoint(endpoint: str) -> bool:
