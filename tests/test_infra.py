@@ -605,7 +605,8 @@ def test_the_policy_has_a_database_of_its_own_that_only_policy_writers_write():
     writers = res("google_project_iam_member", "policy_writers")
     assert ref(writers["for_each"]) == "toset(var.policy_writers)" and writers["role"] == "roles/datastore.user"
     assert "databases/${google_firestore_database.policy.name}" in writers["condition"][0]["expression"]
-    assert ref(locals_()["runtime_env"]["MULTUS_PROVISIONER_POLICY_DATABASE"]) == "google_firestore_database.policy.name"
+    env = locals_()["runtime_env"]
+    assert ref(env["MULTUS_PROVISIONER_POLICY_DATABASE"]) == "google_firestore_database.policy.name"
 
 
 def test_reconcile_fans_out_on_its_own_topic_with_its_own_instance_cap():
