@@ -27,6 +27,11 @@ output "service_accounts" {
   }
 }
 
+output "policy_database" {
+  description = "The Firestore database holding config/policy: only policy_writers may write it (docs/SECURITY.md)."
+  value       = google_firestore_database.policy.name
+}
+
 output "gke_role_permissions" {
   description = "Permissions of the custom GKE role (from gke-permissions.yaml)."
   value       = local.gke_permissions
