@@ -63,10 +63,12 @@ def test_a_policy_document_with_a_foreign_image_is_refused_by_name() -> None:
 
 def test_the_environment_names_registries_and_its_images_obey_them() -> None:
     with pytest.raises(ConfigError, match=r"MULTUS_PROVISIONER_MULTUS_IMAGE: .*not from an allowed registry"):
-        Settings.from_env({"MULTUS_PROVISIONER_MULTUS_IMAGE": FOREIGN})
+        Policy.from_settings(Settings.from_env({"MULTUS_PROVISIONER_MULTUS_IMAGE": FOREIGN}))
+    with pytest.raises(ConfigError, match=r"MULTUS_PROVISIONER_WHEREABOUTS_IMAGE: .*not from an allowed registry"):
+        Policy.from_settings(Settings.from_env({"MULTUS_PROVISIONER_WHEREABOUTS_IMAGE": LOOKALIKE}))
     s = Settings.from_env({"MULTUS_PROVISIONER_ALLOWED_REGISTRIES": f" {MIRROR} ,",
                            "MULTUS_PROVISIONER_MULTUS_IMAGE": MIRRORED})
-    assert s.allowed_registries == (MIRROR,) and s.multus_image == MIRRORED
+    assert s.allowed_registries == (MIRROR,) and Policy.from_settings(s).multus_image == MIRRORED
     for bad in ("*", "attacker", "https://ghcr.io/x", "ghcr.io/UPPER"):
         with pytest.raises(ConfigError, match=r"ALLOWED_REGISTRIES"):
             Settings.from_env({"MULTUS_PROVISIONER_ALLOWED_REGISTRIES": bad})

@@ -41,6 +41,14 @@ class Policy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
+        """The deployment's policy; `ConfigError` when its images are outside the registry allowlist."""
+        from shared.core.multus import registry_problem
+        from shared.core.settings import PREFIX
+
+        for name, image in (("MULTUS_IMAGE", settings.multus_image), ("WHEREABOUTS_IMAGE", settings.whereabouts_image)):
+            why = registry_problem(image, settings.allowed_registries) if image else None
+            if why:
+                raise ConfigError(f"{PREFIX}{name}: {why}")
         return cls(
             opt_in_label=settings.opt_in_label,
             node_pool_template=settings.node_pool_template,

@@ -208,18 +208,15 @@ class Settings:
             WaveSize.parse(wave_size)
         except Rejected as e:
             raise ConfigError(f"{PREFIX}ROLLOUT_WAVE_SIZE={wave_size!r}: {e.problems[0].message}") from None
-        from shared.core.multus import registry_problem, registry_syntax_problem
+        from shared.core.multus import registry_syntax_problem
 
+        # The images themselves are checked against these where the policy is built (Policy.from_settings),
+        # so that a bad one is the handler's ConfigError like every other bundle option.
         registries = tuple(x.strip() for x in (get("ALLOWED_REGISTRIES", "") or "").split(",") if x.strip())
         for item in registries:
             why = registry_syntax_problem(item)
             if why:
                 raise ConfigError(f"{PREFIX}ALLOWED_REGISTRIES: {why}")
-        for name in ("MULTUS_IMAGE", "WHEREABOUTS_IMAGE"):
-            image = get(name)
-            why = registry_problem(image, registries) if image else None
-            if why:
-                raise ConfigError(f"{PREFIX}{name}: {why}")
         gke_endpoint = get("GKE_ENDPOINT")
         if gke_endpoint and not _loopback_endpoint(gke_endpoint):
             # Plain gRPC without credentials is the sandbox's: never towards another machine.
