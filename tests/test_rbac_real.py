@@ -62,6 +62,17 @@ def scoped_kube(scoped_server: Any, tmp_path: Path) -> Iterator[Any]:
         client.close()
 
 
+def _answers(call: Callable[[], Any]) -> bool:
+    """True once `call` succeeds (a Transient answer is the server still starting up; a 403 raises)."""
+    from shared.core.errors import Transient
+
+    try:
+        call()
+    except Transient:
+        return False
+    return True
+
+
 def _refused(call: Callable[[], Any]) -> str:
     with pytest.raises(Permanent) as info:
         call()
@@ -89,8 +100,10 @@ def test_the_controller_does_its_whole_job_with_only_the_scoped_rbac(scoped_kube
         scoped_kube.apply_nad(nad("rbac-net", rng="172.16.9.0/28", namespace=ns))
     assert {(n["metadata"]["namespace"], n["metadata"]["name"]) for n in scoped_kube.list_managed_nads()} >= {
         ("default", "rbac-net"), ("team-a", "rbac-net")}
-    scoped_kube.list_ippools()
+    # a CRD Established a moment ago may still answer 429 "storage is (re)initializing": wait for it
+    wait_kube(lambda: _answers(scoped_kube.list_ippools), timeout=60, poll=0.2)
     scoped_kube.list_pod_refs()
+    assert scoped_kube.list("v1", "Node")  # verification places its peer pod on another node of the pool
     scoped_kube.list_pods("multus-provisioner.io/purpose=verify")
     pod = verify_pod_manifest("mp-verify-rbac", "default", "rbac-net", None)
     scoped_kube.create_pod(pod)
