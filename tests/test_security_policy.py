@@ -246,3 +246,26 @@ def test_a_forbidden_answer_names_the_missing_rbac_verb() -> None:
     assert "lacks `bind`" in str(err)
     plain = _mapped(403, json.dumps({"message": "pods is forbidden"}), "POST", "/api/v1/namespaces/x/pods")
     assert "render-rbac" in str(plain)
+
+
+# -- render-rbac --------------------------------------------------------------------------------------------
+
+def test_render_rbac_prints_the_opt_in_rbac_for_a_user_and_its_namespaces(capsys) -> None:
+    from multus_cli import main as cli
+
+    user = "multus-runtime@proj.iam.gserviceaccount.com"
+    assert cli.main(["render-rbac", "--user", user, "--namespace", "default", "--namespace", "team-a",
+                     "--output", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["kind"] == "List"
+    kinds = [(o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) for o in doc["items"]]
+    assert ("RoleBinding", "multus-provisioner-verify", "default") in kinds
+    assert ("RoleBinding", "multus-provisioner-verify", "team-a") in kinds
+    assert not [k for k in kinds if k[0] == "ClusterRoleBinding" and k[1] == "multus-provisioner-verify"]
+    subjects = [s for o in doc["items"] for s in o.get("subjects") or []]
+    assert subjects and all(s == {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}
+                            for s in subjects)
+    assert cli.main(["render-rbac", "--user", user]) == 0  # yaml, namespace default
+    assert "namespace: default" in capsys.readouterr().out
+    assert cli.main(["render-rbac", "--user", user, "--namespace", "Not_A_Namespace"]) == 2
+    assert "--namespace" in capsys.readouterr().err
