@@ -131,6 +131,13 @@ class Stack:
     # None: required when the stack runs the functions; off for an in-process stack
     # (with_functions=False), whose tests call the workflow by hand and are not about requesters.
     requester_auth: bool | None = None
+    # The controller's identity in the clusters. False: its token is cluster-admin (system:masters),
+    # as a project owner's Google token is on GKE. True: it is the user `shared.core.rbac.SANDBOX_USER`
+    # holding only the RBAC `multus-provisioner render-rbac` prints (granted by the stack at cluster
+    # creation, as an operator does at opt-in), and the kubeconfig files carry a second token, the
+    # operator's. A callable (user -> RBAC objects) grants those objects instead (a test removing a
+    # verb). Only the real tier evaluates RBAC; the simulated server ignores it (docs/SANDBOX_KUBE.md).
+    controller_rbac: Any = False
 
     def __post_init__(self) -> None:
         if self.kube not in KUBE_KINDS:
@@ -354,13 +361,20 @@ class Stack:
                             for b in authorized.cidr_blocks)
         if self.kube_server_pool > 0:
             return self._on_shared_cluster(cluster, nodes, labels, ip_access)
+        user = self._controller_user()
         server = kube_server_class(self.kube)(
             token=self.token, nodes=[], crd_delay=self.crd_delay, rollout_delay=self.rollout_delay,
             name=cluster.name, dns_name=dns_name, dns_authority=self.public_ca if dns_name else None,
-            ip_access=ip_access)
+            ip_access=ip_access, controller_user=user)
         if self.kube == "real":
             self.progress(f"starting a real Kubernetes control plane and data path for {cluster.name}")
         server.start(port=0)
+        if user is not None:  # the operator's opt-in step: the controller's RBAC, before it connects
+            try:
+                server.grant(self._controller_rbac_objects(user))
+            except BaseException:
+                server.stop()
+                raise
         if self.kube == "real":  # real Multus, IPVLAN and Whereabouts for its pods (sandbox/kube/realcni.py)
             try:
                 server.use_real_cni()
@@ -376,6 +390,21 @@ class Stack:
             old.stop()
         server.write_kubeconfig(self.state_dir / "kubeconfig" / f"{cluster.name}.yaml", context=cluster.name)
         return server.endpoint, server.ca_pem, server.dns_endpoint or None
+
+    def _controller_user(self) -> str | None:
+        from shared.core.rbac import SANDBOX_USER
+
+        return SANDBOX_USER if self.controller_rbac else None
+
+    def _controller_rbac_objects(self, user: str) -> list[dict[str, Any]]:
+        """What the operator applies at opt-in: `render-rbac` for the namespaces the policy lets
+        receive NADs (the settings' allowed namespaces, or `default`)."""
+        from shared.core.rbac import controller_rbac
+
+        if callable(self.controller_rbac):
+            return list(self.controller_rbac(user))
+        allowed = [n.strip() for n in self.env.get("MULTUS_PROVISIONER_ALLOWED_NAMESPACES", "").split(",") if n.strip()]
+        return controller_rbac(user, allowed or ["default"])
 
     def _on_shared_cluster(self, cluster: Any, nodes: list[str], labels: dict[str, dict[str, str]],
                            ip_access: bool) -> tuple[str, bytes, str | None]:

@@ -382,6 +382,21 @@ def _mapped(status: int, text: str, method: str, path: str) -> Exception:
         pass
     message = message or (text or "").strip()[:500] or f"HTTP {status}"
     full = f"{message} ({method} {path}: {status}{' ' + reason if reason else ''})"
+    if status == 403:
+        full += _forbidden_hint(message, path)
     if status in _PERMANENT or (400 <= status < 500 and status not in (408, 409, 410, 429)):
         return Permanent(full, code=status, api="kubernetes")
     return Transient(full, code=status, api="kubernetes")
+
+
+def _forbidden_hint(message: str, path: str) -> str:
+    """What a 403 means for this controller: its in-cluster rights are the RBAC an operator applies
+    at opt-in (shared/rbac/controller.yaml), so a refusal names the verb that is missing there."""
+    if "attempting to grant RBAC permissions not currently held" in message:
+        verb = "bind" if "/clusterrolebindings/" in path or "/rolebindings/" in path else "escalate"
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        what = "the ClusterRole it binds" if verb == "bind" else f"clusterroles/{name}"
+        return (f"; the controller's RBAC lacks `{verb}` on {what} "
+                "(apply `multus-provisioner render-rbac` at opt-in, docs/DEPLOY.md)")
+    return ("; the controller's RBAC in this cluster does not allow it "
+            "(`multus-provisioner render-rbac`, docs/DEPLOY.md)")

@@ -533,6 +533,7 @@ class Store:
         self._opts = call_options(self.timeout)
         self._rpcs = instrument(client)
         self._rpcs.max_timeout = self.timeout
+        self._policy_client: Any = None
 
     # -- measurement
     @property
@@ -1061,8 +1062,21 @@ class Store:
     # -- policy and housekeeping
     @_edge
     def get_policy(self) -> dict[str, Any] | None:
-        snap = self._col("config").document("policy").get(**self._opts)
+        snap = self._policy_doc().get(**self._opts)
         return snap.to_dict() if snap.exists else None
+
+    def _policy_doc(self) -> Any:
+        """`config/policy`, in a database of its own when `policy_database` names one: there the
+        runtime identity may only read it and only `policy_writers` may change it (infra/firestore.tf,
+        infra/iam.tf; docs/SECURITY.md "Who may change the policy")."""
+        db = self.settings.policy_database
+        if not db or db == self.settings.database:
+            return self._col("config").document("policy")
+        if self._policy_client is None:
+            from google.cloud import firestore
+
+            self._policy_client = firestore.Client(project=self.settings.project or None, database=db)
+        return self._policy_client.collection(self.settings.collection("config")).document("policy")
 
     # -- bundle rollouts (shared/flows/rollout.py)
     def _rollout_doc(self) -> Any:

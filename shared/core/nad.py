@@ -644,3 +644,48 @@ def _show(value: object) -> str:
     except (TypeError, ValueError, RecursionError):
         text = f"<{type(value).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+_PLUGIN_KEYS = {"type", "master", "mode", "ipam", "mtu"}
+_IPAM_KEYS = {"type", "range", "range_start", "range_end", "exclude", "gateway"}
+
+
+def request_of_config(cluster_path: str, namespace: str, name: str, config: object) -> NadRequest:
+    """The request whose rendering `config` is, validated as the request path validates a request.
+
+    Why: reconcile re-applies a record's stored `config` when the cluster lost or changed the NAD.
+    That text is a Firestore field; re-applying it unchecked would let whoever can write the record
+    ship any CNI configuration. So a stored config is re-applied only when it is exactly what
+    `render_config` produces for a request that `parse_request` (the request path) accepts: one
+    rule, one place. Raises `Rejected` naming what is wrong.
+    """
+    def refuse(message: str) -> Rejected:
+        return Rejected("stored NAD config refused", [Problem("config", message)])
+
+    try:
+        conf = json.loads(config) if isinstance(config, str) else None
+    except ValueError:
+        conf = None
+    if not isinstance(conf, dict) or set(conf) != {"cniVersion", "name", "plugins"}:
+        raise refuse("not a conflist of the controller's shape (cniVersion, name, plugins)")
+    plugins = conf.get("plugins")
+    if not isinstance(plugins, list) or len(plugins) != 1 or not isinstance(plugins[0], dict):
+        raise refuse("expected exactly one plugin")
+    plugin = plugins[0]
+    ipam = plugin.get("ipam")
+    if (set(plugin) - _PLUGIN_KEYS or plugin.get("type") != "ipvlan" or not isinstance(ipam, dict)
+            or set(ipam) - _IPAM_KEYS or ipam.get("type") != "whereabouts"):
+        raise refuse("expected one ipvlan plugin with whereabouts IPAM and only the fields the controller writes")
+    if conf.get("name") != name:
+        raise refuse(f"its name {str(conf.get('name'))[:80]!r} is not the NAD's name {name!r}")
+    raw: dict[str, Any] = {"cluster": cluster_path, "namespace": namespace, "name": name,
+                           "master": plugin.get("master"), "mode": plugin.get("mode"), "range": ipam.get("range")}
+    for key in ("range_start", "range_end", "exclude", "gateway"):
+        if key in ipam:
+            raw[key] = ipam[key]
+    if "mtu" in plugin:
+        raw["mtu"] = plugin["mtu"]
+    req = parse_request(raw)  # the request path's validation, every field
+    if render_config(req) != config:
+        raise refuse("it is not byte for byte what the controller renders for its own fields")
+    return req

@@ -3,7 +3,10 @@
 Why two sources: the environment is set at deploy time (Terraform), while a platform team
 often wants to change the node pool template or the allowed namespaces without a redeploy.
 A `config/policy` document, when present, overrides the fields it names; unknown or invalid
-fields there are reported (as a `ConfigError`) rather than silently ignored.
+fields there are reported (as a `ConfigError`) rather than silently ignored. Its images must come
+from the seed's registry or one configured at deploy time (`allowed_registries`): the document
+cannot widen that list, so a Firestore write cannot ship a foreign image as a privileged DaemonSet
+(docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -40,9 +43,20 @@ class Policy:
     protected_namespaces: tuple[str, ...] = PROTECTED_NAMESPACES
     project: str = ""
     restrict_projects: bool = False
+    # Registries the images may come from besides the seed's (deploy-time settings only: the
+    # Firestore document cannot name one, see `merged`).
+    allowed_registries: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
+        """The deployment's policy; `ConfigError` when its images are outside the registry allowlist."""
+        from shared.core.multus import registry_problem
+        from shared.core.settings import PREFIX
+
+        for name, image in (("MULTUS_IMAGE", settings.multus_image), ("WHEREABOUTS_IMAGE", settings.whereabouts_image)):
+            why = registry_problem(image, settings.allowed_registries) if image else None
+            if why:
+                raise ConfigError(f"{PREFIX}{name}: {why}")
         return cls(
             opt_in_label=settings.opt_in_label,
             node_pool_template=settings.node_pool_template,
@@ -60,7 +74,14 @@ class Policy:
             prune_orphans=settings.prune_orphans,
             project=settings.project,
             restrict_projects=settings.restrict_projects,
+            allowed_registries=settings.allowed_registries,
         )
+
+    def image_problem(self, image: str) -> str | None:
+        """Why the bundle may not run `image` (the registry allowlist), or None."""
+        from shared.core.multus import registry_problem
+
+        return registry_problem(image, self.allowed_registries)
 
     def bundle_spec(self) -> dict[str, Any]:
         """The bundle options in force, as a rollout document records them."""
@@ -167,6 +188,9 @@ def _merge_fleet(out: Policy, doc: Mapping[str, Any], src: str) -> Policy:
                 problems = check_image(value, field=field, allow_unpinned=out.allow_unpinned_images)
                 if problems:
                     raise ConfigError(f"{src}.{field}: " + "; ".join(p.message for p in problems))
+                foreign = out.image_problem(value)
+                if foreign:  # refused before any rollout: every handler validates the policy first
+                    raise ConfigError(f"{src}.{field}: {foreign}")
             out = replace(out, **{attr: value})
     if "multusLogLevel" in doc:
         value = doc["multusLogLevel"]

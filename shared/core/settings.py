@@ -156,6 +156,9 @@ class Settings:
     vpc_egress: bool = False
     nad_topic: str = "multus-nad-requests"
     policy_document: bool = True
+    # The Firestore database holding `config/policy` (None: `database`). A deployment gives the policy
+    # a database of its own, which the runtime may read but not write (infra/firestore.tf).
+    policy_database: str | None = None
     # Bundle rollouts (docs/WORKFLOW.md "Bundle rollouts"): canary size when no cluster carries
     # the canary label, wave size ("10" clusters or "25%" of the fleet), how long a cluster may
     # take to pass its health gate.
@@ -169,6 +172,9 @@ class Settings:
     reconcile_topic: str | None = None
     fanout_batch: int = 100
     prune_orphans: bool = False  # reconcile deletes managed NADs without a record that conflict (kept in the record)
+    # Registries besides the seed's gcr.io/gke-release that the bundle's images may come from
+    # (shared/core/multus.py registry_problem); set at deploy time only, never by config/policy.
+    allowed_registries: tuple[str, ...] = ()
     # The sandbox's data-path probe (`http://127.0.0.1:PORT`, sandbox/datapath.py): `verify` asks it for
     # each pod's net1 as the kernel shows it and for ICMP/ARP between the pods. Unset (deployed), the
     # data path is reported as not checked: GKE gives the controller no way into a node's namespaces.
@@ -225,6 +231,21 @@ class Settings:
             WaveSize.parse(wave_size)
         except Rejected as e:
             raise ConfigError(f"{PREFIX}ROLLOUT_WAVE_SIZE={wave_size!r}: {e.problems[0].message}") from None
+        from shared.core.multus import registry_syntax_problem
+
+        # The images themselves are checked against these where the policy is built (Policy.from_settings),
+        # so that a bad one is the handler's ConfigError like every other bundle option.
+        registries = tuple(x.strip() for x in (get("ALLOWED_REGISTRIES", "") or "").split(",") if x.strip())
+        for item in registries:
+            why = registry_syntax_problem(item)
+            if why:
+                raise ConfigError(f"{PREFIX}ALLOWED_REGISTRIES: {why}")
+        gke_endpoint = get("GKE_ENDPOINT")
+        if gke_endpoint and not _loopback_endpoint(gke_endpoint):
+            # Plain gRPC without credentials is the sandbox's: never towards another machine.
+            raise ConfigError(f"{PREFIX}GKE_ENDPOINT={gke_endpoint[:100]!r}: the plaintext endpoint override is "
+                              "for the sandbox and takes a loopback address only (127.0.0.1:PORT, [::1]:PORT, "
+                              "localhost:PORT); deployed functions use Google's endpoint")
         managed = tuple(x.strip() for x in (get("MANAGED_PROJECTS", "") or "").split(",") if x.strip())
         for item in managed:
             if not valid_project_id(item):
@@ -234,7 +255,7 @@ class Settings:
             collection_prefix=prefix,
             database=get("DATABASE", "(default)") or "(default)",
             opt_in_label=(key, value),
-            gke_endpoint=get("GKE_ENDPOINT"),
+            gke_endpoint=gke_endpoint,
             access_token_file=get("ACCESS_TOKEN_FILE"),
             lease_seconds=integer("LEASE_SECONDS", 120, 5, 3600),
             api_timeout_seconds=number("API_TIMEOUT_SECONDS", 30.0, 0.5, 600),
@@ -267,6 +288,8 @@ class Settings:
             reconcile_topic=get("TOPIC_RECONCILE"),
             fanout_batch=integer("FANOUT_BATCH", 100, 1, 1000),
             prune_orphans=r.boolean("PRUNE_ORPHANS", False),
+            allowed_registries=registries,
+            policy_database=_database_id(r, "POLICY_DATABASE"),
             datapath_url=_local_url(r, "DATAPATH_URL"),
             verify_timeout_seconds=number("VERIFY_TIMEOUT_SECONDS", 30.0, 5, VERIFY_TIMEOUT_MAX_SECONDS),
             requester_auth=_auth_mode(r),
@@ -310,6 +333,31 @@ def _local_url(r: _EnvReader, name: str) -> str | None:
     if not match or not 0 < int(match.group(1)) < 65536:
         raise ConfigError(f"{PREFIX}{name}={raw[:100]!r}: expected http://127.0.0.1:PORT (the sandbox only)")
     return raw.rstrip("/")
+
+
+def _database_id(r: _EnvReader, name: str) -> str | None:
+    """A Firestore database id (`(default)` or 4-63 of a-z, 0-9, -), or None when unset."""
+    import re
+
+    value = r.get(name)
+    if not value:
+        return None
+    if value != "(default)" and not re.fullmatch(r"[a-z][a-z0-9-]{2,61}[a-z0-9]", value):
+        raise ConfigError(f"{PREFIX}{name}={value[:80]!r}: expected a Firestore database id")
+    return value
+
+
+def _loopback_endpoint(endpoint: str) -> bool:
+    """Is `host:port` on this machine (where the sandbox's GKE server listens)?"""
+    import ipaddress
+
+    host = endpoint.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _ip_literal(r: _EnvReader, name: str) -> str | None:

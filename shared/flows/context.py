@@ -139,6 +139,11 @@ class Context:
             spec = spec_for(self.rollout_doc(fresh=True), ref.doc_id) or spec
         from shared.core.errors import Rejected
 
+        for key in ("multusImage", "whereaboutsImage"):  # a rollout document is a Firestore write too
+            foreign = spec.get(key) and self.policy().image_problem(str(spec[key]))
+            if foreign:
+                raise ConfigError(f"bundle {key}: {foreign}")
+
         try:
             return bundle_of(spec, allow_unpinned=self.settings.allow_unpinned_images)
         except Rejected as e:  # the operator's options, named by their variables

@@ -1,7 +1,9 @@
 """Reconcile's NAD part: the records and the cluster's managed NADs, compared both ways.
 
 - A record whose applied part is not on the cluster (deleted, or edited) is applied again from
-  the config it records, byte for byte.
+  the config it records, byte for byte, once that config has passed the request path's validation
+  again (`nad.request_of_config`, and the namespace policy): a record that fails is not applied,
+  and says why (`lastError`, a `reapply-refused` history entry).
 - A managed object (label `app.kubernetes.io/managed-by: multus-provisioner`) without a record,
   or whose record holds nothing applied, is adopted into a record when it conflicts with nothing
   (its range overlaps nothing on its master), or else recorded as an ORPHANED record, which the
@@ -26,7 +28,7 @@ from typing import Any
 
 from shared.core import decisions as d
 from shared.core import logs
-from shared.core.errors import NotOurs, Permanent, Transient
+from shared.core.errors import NotOurs, Permanent, Problem, Transient
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context
 from shared.flows.verify import (
@@ -47,7 +49,7 @@ class NadFix:
     The plan (`plan_nads`) reads nothing and writes nothing: an empty plan is what lets an
     in-sync reconcile return without a claim; `repair_nads` carries a plan out under the claim."""
 
-    kind: str  # "orphan-gone", "reapply", "adopt", "prune", "report"
+    kind: str  # "orphan-gone", "reapply", "refuse", "adopt", "prune", "report"
     key: tuple[str, str]
     doc: Mapping[str, Any] | None = None
     live: Mapping[str, Any] | None = None
@@ -63,7 +65,7 @@ def plan_nads(policy: Any, ref: ClusterRef, docs: list[dict[str, Any]],
     by_key = {(doc["namespace"], doc["name"]): doc for doc in docs}
     plan: list[NadFix] = []
     for key, doc in sorted(by_key.items()):
-        fix = _plan_record(ref, key, doc, on_cluster.get(key))
+        fix = _plan_record(ref, key, doc, on_cluster.get(key), policy)
         if fix is not None:
             plan.append(fix)
     for key, obj in sorted(on_cluster.items()):
@@ -84,16 +86,22 @@ def repair_nads(ctx: Context, ref: ClusterRef, kube: Any, event_id: str, plan: l
     """Carry out `plan` (under the cluster's claim); returns what was done, one phrase each."""
     fixes: list[str] = []
     for fix in plan:
-        done = _repair_record(ctx, ref, kube, fix, event_id) if fix.kind in ("orphan-gone", "reapply") \
-            else _adopt_or_report(ctx, ref, kube, fix, event_id)
+        done: str | None
+        if fix.kind == "refuse":
+            done = _refuse_record(ctx, ref, fix, event_id)
+        elif fix.kind in ("orphan-gone", "reapply"):
+            done = _repair_record(ctx, ref, kube, fix, event_id)
+        else:
+            done = _adopt_or_report(ctx, ref, kube, fix, event_id)
         if done:
             fixes.append(done)
     return fixes
 
 
 def _plan_record(ref: ClusterRef, key: tuple[str, str], doc: Mapping[str, Any],
-                 live: Mapping[str, Any] | None) -> NadFix | None:
+                 live: Mapping[str, Any] | None, policy: Any = None) -> NadFix | None:
     from shared.core import nad as nadlib
+    from shared.core.errors import Rejected
 
     ns, name = key
     part = d.applied_part(doc)
@@ -106,12 +114,26 @@ def _plan_record(ref: ClusterRef, key: tuple[str, str], doc: Mapping[str, Any],
     config = doc.get("config")
     if live is not None and config and (live.get("spec") or {}).get("config") == config:
         return None
-    if config:
-        obj = nadlib.nad_object(ref.path, ns, name, config, part.get("requestId"))
-    elif isinstance(doc.get("request"), Mapping):
-        obj = nadlib.render_nad(nadlib.parse_request(dict(doc["request"])), part["range"])
-    else:
-        return None
+    # A record is a Firestore document: what it holds is validated again, as a request is, before
+    # anything of it reaches the cluster (the namespace policy, then the config itself).
+    try:
+        why = policy.namespace_problem(ns) if policy is not None else None
+        if why:
+            raise Rejected("namespace refused", [Problem("namespace", why)])
+        if config:
+            nadlib.request_of_config(ref.path, ns, name, config)
+            obj = nadlib.nad_object(ref.path, ns, name, config, part.get("requestId"))
+        elif isinstance(doc.get("request"), Mapping):
+            obj = nadlib.render_nad(nadlib.parse_request(dict(doc["request"])), part["range"])
+        else:
+            return None
+    except Rejected as e:
+        message = (f"{ns}/{name}: not re-applied: the stored record failed validation: "
+                   + "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in e.problems or ())
+                   or e.message)
+        if doc.get("lastError") == message:
+            return None  # refused and recorded already; nothing changed
+        return NadFix("refuse", key, doc, live, why=message)
     return NadFix("reapply", key, doc, live, obj=obj)
 
 
@@ -134,6 +156,17 @@ def _repair_record(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, event_
                      cluster=ref.path, nad=f"{ns}/{name}", owner=e.owner)
         return None
     return f"{'re-created' if fix.live is None else 'restored'} NAD {ns}/{name}"
+
+
+def _refuse_record(ctx: Context, ref: ClusterRef, fix: NadFix, event_id: str) -> str:
+    """Record, on the NAD and in the history, why its stored config was not re-applied."""
+    ns, name = fix.key
+    doc = fix.doc or {}
+    logs.error("stored NAD record refused", cluster=ref.path, nad=f"{ns}/{name}", error=fix.why)
+    ctx.store.put_nad(ref, ns, name, event_id=event_id, step="reapply-refused", state=str(doc.get("state") or ""),
+                      fields={"lastError": fix.why}, outcome="failed", message=fix.why,
+                      expect_states=(doc.get("state"),), ledger_key=f"{event_id}~reapply-refused~{ns}~{name}")
+    return f"refused to re-apply NAD {ns}/{name}"
 
 
 def _plan_orphan(policy: Any, key: tuple[str, str], obj: Mapping[str, Any], doc: Mapping[str, Any] | None,
