@@ -13,6 +13,7 @@ from typing import Any
 
 from shared.core import logs
 from shared.core.errors import Permanent, Rejected, Transient
+from shared.core.prechecks import ClusterFacts
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
 from shared.flows.cluster import ClusterFlow
@@ -23,15 +24,15 @@ from shared.flows.reconcile import ReconcileFlow
 from shared.flows.rejections import record_rejection
 from shared.flows.rollout import RolloutFlow
 from shared.flows.verify import VerifyFlow
-from shared.ports import StorePort
+from shared.ports import ClusterApiPort, GkePort, PublisherPort, StorePort
 
 
 class Controller:
     """One per function instance: the flows over one context (settings, ports, caches)."""
 
-    def __init__(self, settings: Settings, *, store: StorePort | None = None, gke: Any = None,
-                 kube_factory: Callable[[Any], Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic, publisher: Any = None) -> None:
+    def __init__(self, settings: Settings, *, store: StorePort | None = None, gke: GkePort | None = None,
+                 kube_factory: Callable[[ClusterFacts], ClusterApiPort] | None = None,
+                 clock: Callable[[], float] = time.monotonic, publisher: PublisherPort | None = None) -> None:
         def make_store() -> StorePort:
             if store is not None:
                 return store
@@ -39,21 +40,21 @@ class Controller:
 
             return Store(settings)  # mypy checks here that the real store satisfies the port
 
-        def make_gke() -> Any:
+        def make_gke() -> GkePort:
             if gke is not None:
                 return gke
             from shared.adapters.gke import Gke
 
             return Gke(settings, timeout=settings.api_timeout_seconds)
 
-        def make_kube(cluster: Any) -> Any:
+        def make_kube(cluster: ClusterFacts) -> ClusterApiPort:
             if kube_factory is not None:
                 return kube_factory(cluster)
             from shared.adapters.kube import Kube
 
             return Kube(self.ctx.gke.api_client(cluster), timeout=settings.api_timeout_seconds)
 
-        def make_publisher() -> Any:
+        def make_publisher() -> PublisherPort:
             if publisher is not None:
                 return publisher
             from shared.adapters.pubsub import Publisher

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from shared.core.endpoints import Endpoint
 from shared.core.observed import ApplyResult, PoolFailure, Rollout
+from shared.core.prechecks import ClusterFacts
 from shared.core.records import ClusterWorkflow, WorkflowUpdate
 from shared.core.refs import ClusterRef
 from shared.core.settings import NodePoolTemplate
@@ -163,16 +164,17 @@ class StorePort(Protocol):
 
 
 class GkePort(Protocol):
-    """The GKE API (ClusterManager) as the flows use it."""
+    """The GKE API (ClusterManager) as the flows use it: GKE's messages are decoded by the adapter
+    (`shared.adapters.gke.decode_cluster`), so only pure values cross."""
 
-    def get_cluster(self, ref: ClusterRef) -> Any: ...
-    def list_clusters(self, project: str, location: str = "-") -> list[Any]: ...
+    def get_cluster(self, ref: ClusterRef) -> ClusterFacts: ...
+    def list_clusters(self, project: str, location: str = "-") -> list[ClusterFacts]: ...
     def secondary_range_cidr(self, ref: ClusterRef, subnetwork: str, range_name: str) -> str: ...
     def create_node_pool(self, ref: ClusterRef, template: NodePoolTemplate) -> str | None: ...
     def delete_node_pool(self, ref: ClusterRef, name: str) -> str | None: ...
     def operation_failure(self, ref: ClusterRef, operation: str) -> PoolFailure | None: ...
-    def endpoint(self, cluster: Any) -> Endpoint: ...  # NeedsFix when it cannot be reached
-    def api_client(self, cluster: Any) -> object: ...  # what `shared.adapters.kube.Kube` is built on
+    def endpoint(self, cluster: ClusterFacts) -> Endpoint: ...  # NeedsFix when it cannot be reached
+    def api_client(self, cluster: ClusterFacts) -> object: ...  # what `shared.adapters.kube.Kube` is built on
 
 
 class ClusterApiPort(Protocol):

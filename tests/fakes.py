@@ -17,7 +17,7 @@ import copy
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,11 +33,14 @@ from shared.adapters.store import (
     safe_id,
     workflow_changes,
 )
+from shared.core.endpoints import Endpoint
 from shared.core.errors import Problem, Rejected, Transient, UnknownCluster
 from shared.core.names import is_dns_label, is_object_name
+from shared.core.observed import PoolFailure
+from shared.core.prechecks import ClusterFacts
 from shared.core.records import WorkflowUpdate
 from shared.core.refs import ClusterRef
-from shared.core.settings import Settings
+from shared.core.settings import NodePoolTemplate, Settings
 from shared.ports import AlreadyHandled, ClusterRecord, Lease, NadVersion
 
 
@@ -464,14 +467,16 @@ class FakeStore:
 
 
 class FakeGke:
-    """`GkePort` over a dict of `container_v1.Cluster` messages (the port still speaks GKE's types).
+    """`GkePort` over a dict of `ClusterFacts` (the pure values the port returns; a test may add a
+    `container_v1.Cluster`, decoded as the real adapter decodes GKE's answer).
 
     `errors[method]` is raised by the next call of that method (then forgotten), so a test can make
-    GKE answer NOT_FOUND, busy or unavailable once.
+    GKE answer NOT_FOUND, busy or unavailable once. Held to the real adapter on the sandbox GKE
+    server by tests/test_gke_contract.py.
     """
 
     def __init__(self) -> None:
-        self.clusters: dict[str, Any] = {}
+        self.clusters: dict[str, ClusterFacts] = {}
         self.ranges: dict[tuple[str, str], str] = {}
         self.errors: dict[str, Exception] = {}
         self.calls: list[str] = []
@@ -484,9 +489,12 @@ class FakeGke:
             raise err
 
     def add(self, ref: ClusterRef, cluster: Any) -> None:
-        self.clusters[ref.path] = cluster
+        """`cluster`: `ClusterFacts`, or a `container_v1.Cluster` decoded by the adapter's decoder."""
+        from shared.adapters.gke import decode_cluster
 
-    def get_cluster(self, ref: ClusterRef) -> Any:
+        self.clusters[ref.path] = cluster if isinstance(cluster, ClusterFacts) else decode_cluster(cluster)
+
+    def get_cluster(self, ref: ClusterRef) -> ClusterFacts:
         from shared.core.errors import NotFound
 
         self._call("get_cluster")
@@ -494,7 +502,7 @@ class FakeGke:
             raise NotFound(f"GKE get cluster {ref.path}: NOT_FOUND", code="NOT_FOUND", api="gke")
         return self.clusters[ref.path]
 
-    def list_clusters(self, project: str, location: str = "-") -> list[Any]:
+    def list_clusters(self, project: str, location: str = "-") -> list[ClusterFacts]:
         self._call("list_clusters")
         return [c for path, c in sorted(self.clusters.items()) if path.startswith(f"projects/{project}/")]
 
@@ -513,7 +521,7 @@ class FakeGke:
         listed = {p.name for p in cluster.node_pools} if cluster is not None else set()
         return listed | {name for path, name in self.pools_created if path == ref.path}
 
-    def create_node_pool(self, ref: ClusterRef, template: Any) -> str | None:
+    def create_node_pool(self, ref: ClusterRef, template: NodePoolTemplate) -> str | None:
         """An operation name; None when the pool exists already (GKE's ALREADY_EXISTS is success)."""
         from shared.core.errors import Permanent
 
@@ -524,7 +532,7 @@ class FakeGke:
         cluster = self.get_cluster(ref)
         if template.name in self._pools(ref):
             return None
-        if template.network and not cluster.network_config.enable_multi_networking:
+        if template.network and not cluster.multi_networking:
             raise Permanent(f"GKE create node pool {ref.path}/nodePools/{template.name}: INVALID_ARGUMENT: "
                             "node_pool.network_config: additional networks need a cluster with multi-networking "
                             "enabled.", code="INVALID_ARGUMENT", api="gke")
@@ -539,9 +547,8 @@ class FakeGke:
         self.pools_created = [(p, n) for p, n in self.pools_created if (p, n) != (ref.path, name)]
         cluster = self.clusters.get(ref.path)
         if cluster is not None:
-            kept = [p for p in cluster.node_pools if p.name != name]
-            del cluster.node_pools[:]
-            cluster.node_pools.extend(kept)
+            self.clusters[ref.path] = replace(cluster, node_pools=tuple(p for p in cluster.node_pools
+                                                                         if p.name != name))
         return f"operation-delete-{name}"
 
     def seed(self, scenario_path: Any) -> None:
@@ -565,16 +572,14 @@ class FakeGke:
                 network_config=container_v1.NetworkConfig(enable_multi_networking=spec.multi_networking),
                 node_pools=[container_v1.NodePool(name=p.name) for p in spec.node_pools]))
 
-    def operation_failure(self, ref: ClusterRef, operation: str) -> Any:
+    def operation_failure(self, ref: ClusterRef, operation: str) -> PoolFailure | None:
         self._call("operation_failure")
         return None
 
-    def endpoint(self, cluster: Any) -> Any:
-        from shared.core.endpoints import Endpoint
-
+    def endpoint(self, cluster: ClusterFacts) -> Endpoint:
         return Endpoint("public-ip", cluster.endpoint or "127.0.0.1", None, "the fake's public endpoint")
 
-    def api_client(self, cluster: Any) -> Any:
+    def api_client(self, cluster: ClusterFacts) -> object:
         return None
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from shared.core import decisions, logs
 from shared.core.errors import Busy, NeedsFix, NotFound, Permanent, Transient, UnknownCluster, Wait
-from shared.core.prechecks import Finding
+from shared.core.prechecks import ClusterFacts, Finding, PoolNetworks
 from shared.core.records import (
     ApiEndpoint,
     ClusterWorkflow,
@@ -258,20 +258,20 @@ class ClusterFlow:
             failed = self._pool_failed(claimed, rec, trigger)
             if failed is not None:
                 return failed
-        facts = prechecks.ClusterFacts.of(cluster)
-        findings = prechecks.precheck(cluster)
+        facts = cluster
+        findings = prechecks.precheck(facts)
         policy = self.ctx.policy()
         bundle = self.ctx.bundle(ref)
         requested = rec.workflow.node_pool_requested
         decision = decisions.decide_cluster(state=rec.state, facts=facts, findings=findings,
                                             opted_in=policy.opted_in(dict(facts.labels)),
-                                            suitable=prechecks.suitable_pools(list(cluster.node_pools)),
+                                            suitable=prechecks.suitable_pools(facts.node_pools),
                                             have_template=policy.node_pool_template is not None,
                                             bundle_version=bundle.version,
                                             retry_pool=requested is not None and bool(requested.retry)
                                             and not any(p.name == requested.name for p in cluster.node_pools))
         facts_digest = cursor.facts_digest = prechecks.facts_digest(facts)
-        cluster_id, create_time = incarnation_of(cluster)
+        cluster_id, create_time = cluster.cluster_id, cluster.create_time
 
         def observed(w: ClusterWorkflow) -> ClusterWorkflow:
             """What this drive saw of the cluster, recorded with whatever step it ends in."""
@@ -292,14 +292,14 @@ class ClusterFlow:
             return self._create_pool(claimed, decision, policy, observed, trigger)
         return self._install_and_apply(claimed, decision, cluster, bundle, policy, observed, trigger)
 
-    def _new_incarnation(self, claimed: _ClaimedDrive, rec: ClusterRecord, cluster: Any,
+    def _new_incarnation(self, claimed: _ClaimedDrive, rec: ClusterRecord, cluster: ClusterFacts,
                          trigger: str) -> ClusterRecord:
         """The name now belongs to another cluster (deleted and created again): a new workflow.
 
         The document stays (the history under it is kept, both incarnations' entries in order);
         what belonged to the old cluster is cleared; the run is marked in the history entry.
         """
-        cluster_id, create_time = incarnation_of(cluster)
+        cluster_id, create_time = cluster.cluster_id, cluster.create_time
         was = rec.workflow
         previous = was.cluster_id or "unknown"
         earlier = (*was.previous_incarnations,
@@ -396,7 +396,7 @@ class ClusterFlow:
         return NodePoolFacts(pool.name, pod_net.subnetwork, pod_net.secondary_pod_range, cidr,
                              pod_net.max_pods_per_node)
 
-    def _install_and_apply(self, claimed: _ClaimedDrive, decision: decisions.ClusterStep, cluster: Any,
+    def _install_and_apply(self, claimed: _ClaimedDrive, decision: decisions.ClusterStep, cluster: ClusterFacts,
                            bundle: Any, policy: Any, observed: Callable[[ClusterWorkflow], ClusterWorkflow],
                            trigger: str) -> Outcome:
         """Install the bundle when it is missing or outdated, then apply the NADs that waited."""
@@ -478,7 +478,7 @@ class ClusterFlow:
         return {"objects": len(bundle.objects), "requests": kube.requests - before, "rollout": rollout_fields(rollout)}
 
 
-def _capacity_findings(pool: Any, node_pool: NodePoolFacts, cluster: Any) -> tuple[Finding, ...]:
+def _capacity_findings(pool: PoolNetworks, node_pool: NodePoolFacts, cluster: ClusterFacts) -> tuple[Finding, ...]:
     """`range-capacity` warnings once the pool's secondary range CIDR is known (issue 14)."""
     from shared.core import prechecks
 
@@ -487,17 +487,12 @@ def _capacity_findings(pool: Any, node_pool: NodePoolFacts, cluster: Any) -> tup
     return tuple(prechecks.check_range_capacity(pool, node_pool.cidr, cluster=cluster))
 
 
-def incarnation_of(cluster: Any) -> tuple[str, str]:
-    """GKE's identity of this cluster: `id` (new on every re-creation) and `createTime`."""
-    cid, created = getattr(cluster, "id", ""), getattr(cluster, "create_time", "")
-    return (cid if isinstance(cid, str) else "", created if isinstance(created, str) else "")
-
-
-def new_incarnation(rec: ClusterRecord, cluster: Any) -> bool:
-    """Is the cluster GKE shows another one than the workflow recorded (same name, re-created)?"""
+def new_incarnation(rec: ClusterRecord, cluster: ClusterFacts) -> bool:
+    """Is the cluster GKE shows another one than the workflow recorded (same name, re-created)?
+    GKE's `id` is new on every re-creation."""
     if rec.state == decisions.DELETED or rec.workflow.new_incarnation_end:
         return True
-    recorded, now = rec.workflow.cluster_id, incarnation_of(cluster)[0]
+    recorded, now = rec.workflow.cluster_id, cluster.cluster_id
     return bool(recorded and now and recorded != now)
 
 

@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from shared.core.policy import Policy
+from shared.core.prechecks import ClusterFacts
 from shared.core.refs import ClusterRef
 from shared.core.settings import PREFIX, ConfigError, Settings
 from shared.ports import ClusterApiPort, GkePort, StorePort
@@ -54,7 +55,7 @@ class Context:
     """Settings, lazily built ports, and the caches a warm function instance keeps."""
 
     def __init__(self, settings: Settings, *, store: Callable[[], StorePort], gke: Callable[[], GkePort],
-                 kube: Callable[[Any], ClusterApiPort], clock: Callable[[], float] = time.monotonic) -> None:
+                 kube: Callable[[ClusterFacts], ClusterApiPort], clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self._make_store, self._make_gke, self._make_kube = store, gke, kube
         self._store: StorePort | None = None
@@ -76,7 +77,7 @@ class Context:
             self._gke = self._make_gke()
         return self._gke
 
-    def kube_for(self, ref: ClusterRef, cluster: Any = None) -> ClusterApiPort:
+    def kube_for(self, ref: ClusterRef, cluster: ClusterFacts | None = None) -> ClusterApiPort:
         """A cluster API engine for `ref`, cached per process for a few minutes.
 
         A warm function instance handling many NAD requests for one cluster then makes one

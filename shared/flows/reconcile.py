@@ -19,6 +19,7 @@ from typing import Any
 from shared.core import decisions as d
 from shared.core import logs
 from shared.core.errors import ProvisionerError
+from shared.core.prechecks import ClusterFacts
 from shared.core.records import RolloutReport
 from shared.core.refs import ClusterRef
 from shared.core.settings import ConfigError
@@ -113,20 +114,17 @@ def adopt_untracked(wf: ReconcileFlow, ev: Any, tracked: set[str], by_id: dict[s
     adopted, and tracked ones GKE shows created again start their new workflow. (adopted, errors)"""
     adopted: list[str] = []
     errors: list[str] = []
-    from shared.core import prechecks
-
     try:
         clusters = wf.ctx.gke.list_clusters(wf.ctx.settings.project)
     except SWEEP_ERRORS as e:
         clusters = []
         errors.append(f"list clusters: {e}")
-    for cluster in clusters:
-        facts = prechecks.ClusterFacts.of(cluster)
+    for facts in clusters:
         ref = ClusterRef(wf.ctx.settings.project, facts.location, facts.name)
         if ref.doc_id in recreated:
             continue
         if ref.doc_id in tracked:
-            out_ = drive_new_incarnation(wf, ev, by_id.get(ref.doc_id), cluster)
+            out_ = drive_new_incarnation(wf, ev, by_id.get(ref.doc_id), facts)
             if out_:
                 (adopted if out_[0] else errors).append(out_[1])
             continue
@@ -155,7 +153,7 @@ class Look:
     Taken once without a claim (an in-sync cluster ends there: reads only), and again under the
     claim before anything is changed, since another worker may have changed it meanwhile."""
 
-    cluster: Any
+    cluster: ClusterFacts
     recreated: bool = False  # another incarnation under the name (deleted and created again)
     kube: Any = None
     bundle: Any = None
@@ -285,7 +283,7 @@ def _repair_claimed(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
     return fixes
 
 
-def drive_new_incarnation(wf: ReconcileFlow, ev: Any, rec: Any, cluster: Any) -> tuple[bool, str] | None:
+def drive_new_incarnation(wf: ReconcileFlow, ev: Any, rec: Any, cluster: ClusterFacts) -> tuple[bool, str] | None:
     """A listed cluster that is another incarnation than the workflow recorded (deleted and created
     again while the events were lost): drive it, which starts its new workflow. (ok, line) or None."""
     from shared.flows.cluster import new_incarnation
@@ -316,8 +314,7 @@ def recheck_changed(wf: ReconcileFlow, ev: Any, records: list[Any]) -> tuple[lis
     listed: dict[str, Any] = {}
     for project in sorted({r.ref.project for r in waiting}):
         try:
-            for cluster in wf.ctx.gke.list_clusters(project):
-                facts = prechecks.ClusterFacts.of(cluster)
+            for facts in wf.ctx.gke.list_clusters(project):
                 listed[ClusterRef(project, facts.location, facts.name).doc_id] = facts
         except SWEEP_ERRORS as e:
             errors.append(f"list clusters of {project}: {e}")
