@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shared.core.endpoints import Endpoint
-from shared.core.observed import ApplyResult, PoolFailure, Rollout
+from shared.core.observed import ApplyResult, KubeObject, PoolFailure, Rollout
 from shared.core.prechecks import ClusterFacts
 from shared.core.records import ClusterWorkflow, WorkflowUpdate
 from shared.core.refs import ClusterRef
@@ -45,6 +45,8 @@ DELETE = _Delete()
 
 @dataclass(frozen=True)
 class Lease:
+    """Who holds a cluster's workflow, for which step, until when (the store maps it to `lease`)."""
+
     holder: str  # the delivery that holds it
     step: str
     expires_at: dt.datetime
@@ -52,51 +54,36 @@ class Lease:
     def live(self, now: dt.datetime) -> bool:
         return self.expires_at > now
 
-    def to_doc(self) -> dict[str, Any]:
-        return {"holder": self.holder, "step": self.step, "expiresAt": self.expires_at}
-
-    @classmethod
-    def from_doc(cls, doc: Any) -> Lease | None:
-        if not isinstance(doc, Mapping) or not doc.get("holder") or doc.get("expiresAt") is None:
-            return None
-        return cls(str(doc["holder"]), str(doc.get("step", "")), doc["expiresAt"])
-
 
 @dataclass(frozen=True)
 class ClusterRecord:
     """A cluster's workflow as the store read it: the state, the lease and the typed `workflow`.
 
-    `data` is the document as stored, for display (`status CLUSTER`) and tests; flows read
-    `workflow`, whose fields the store alone maps to the document's."""
+    Flows read `workflow` (and `state`, `lease`, `updated_at`), whose fields the store alone maps
+    to the document's. `data` is the document as stored, for display (`status CLUSTER`) and tests.
+    """
 
     ref: ClusterRef
     state: str
-    data: dict[str, Any] = field(default_factory=dict)  # the whole document as stored
+    data: Mapping[str, object] = field(default_factory=dict)  # the whole document as stored
     lease: Lease | None = None
     workflow: ClusterWorkflow = field(default_factory=ClusterWorkflow)
+    updated_at: dt.datetime | None = None  # when the store last wrote it (reconcile resumes stalled ones)
 
-    @property
-    def updated_at(self) -> dt.datetime | None:
-        """When the store last wrote the document (reconcile resumes workflows stalled since)."""
-        value = self.data.get("updatedAt")
-        return value if isinstance(value, dt.datetime) else None
-
-    def get(self, name: str, default: Any = None) -> Any:
+    def get(self, name: str, default: object = None) -> object:
+        """A document field by its stored name (display and tests)."""
         value = self.data.get(name, default)
         return default if value is None else value
 
     @property
     def attempts(self) -> int:
-        return int(self.data.get("attempts") or 0)
+        return self.workflow.attempts
 
     @property
-    def last_error(self) -> dict[str, Any] | None:
-        return self.data.get("lastError")
-
-    @classmethod
-    def of(cls, ref: ClusterRef, data: dict[str, Any], workflow: ClusterWorkflow | None = None) -> ClusterRecord:
-        return cls(ref, str(data.get("state", "")), data, Lease.from_doc(data.get("lease")),
-                   workflow if workflow is not None else ClusterWorkflow())
+    def last_error(self) -> Mapping[str, object] | None:
+        """`lastError` as stored (display and tests; flows read `workflow.last_error`)."""
+        value = self.data.get("lastError")
+        return value if isinstance(value, Mapping) else None
 
 
 @dataclass(frozen=True)
@@ -178,28 +165,31 @@ class GkePort(Protocol):
 
 
 class ClusterApiPort(Protocol):
-    """One cluster's Kubernetes API: server-side apply, waits, reads (`shared.adapters.kube.Kube`)."""
+    """One cluster's Kubernetes API: server-side apply, waits, reads (`shared.adapters.kube.Kube`).
+
+    Objects cross as `KubeObject` (a JSON object as the API server serves it): Kubernetes' own
+    schema, read by the pure code that knows each kind (`shared.core.multus`, `shared.core.nad`)."""
 
     requests: int
 
-    def apply(self, objects: Iterable[Mapping[str, Any]]) -> Sequence[ApplyResult]: ...
-    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None: ...
-    def rollout_of(self, ds: Mapping[str, Any]) -> Rollout: ...
+    def apply(self, objects: Iterable[KubeObject]) -> Sequence[ApplyResult]: ...
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> KubeObject | None: ...
+    def rollout_of(self, ds: KubeObject) -> Rollout: ...
     def wait_established(self, crd_names: Iterable[str], *, timeout: float = 60.0, poll: float = 1.0) -> int: ...
     def daemonset_rollout(self, namespace: str, name: str) -> Rollout: ...
-    def apply_nad(self, obj: Mapping[str, Any]) -> ApplyResult: ...
+    def apply_nad(self, obj: KubeObject) -> ApplyResult: ...
     def delete_nad(self, namespace: str, name: str) -> bool: ...
-    def list_managed_nads(self) -> list[dict[str, Any]]: ...
-    def list_ippools(self) -> list[dict[str, Any]]: ...
+    def list_managed_nads(self) -> list[KubeObject]: ...
+    def list_ippools(self) -> list[KubeObject]: ...
     def list_pod_refs(self) -> list[str]: ...
-    def list_pods(self, label_selector: str, namespace: str | None = None) -> list[dict[str, Any]]: ...
-    def create_pod(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
-    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def list_pods(self, label_selector: str, namespace: str | None = None) -> list[KubeObject]: ...
+    def create_pod(self, obj: KubeObject) -> KubeObject: ...
+    def get_pod(self, namespace: str, name: str) -> KubeObject | None: ...
     def delete_pod(self, namespace: str, name: str) -> bool: ...
-    def pod_network_status(self, namespace: str, name: str) -> list[dict[str, Any]] | None: ...
-    def pod_events(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
+    def pod_network_status(self, namespace: str, name: str) -> list[KubeObject] | None: ...
+    def pod_events(self, namespace: str, name: str) -> list[KubeObject]: ...
     # Last: a method named `list` would shadow the builtin in the annotations after it.
-    def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]: ...
+    def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[KubeObject]: ...
 
 
 class PublisherPort(Protocol):

@@ -29,6 +29,8 @@ from shared.adapters.store import (
     _check_outcome,
     _decode_token,
     _encode_token,
+    lease_doc,
+    lease_of,
     record_of,
     safe_id,
     workflow_changes,
@@ -168,13 +170,13 @@ class FakeStore:
                 if create_state is None:
                     raise self._unknown(ref, event_id)
                 new = {**identity, **extra, "state": create_state, "stateSince": now, "createdAt": now,
-                       "updatedAt": now, "lease": lease.to_doc(), "lastError": None, "attempts": 0}
+                       "updatedAt": now, "lease": lease_doc(lease), "lastError": None, "attempts": 0}
                 self.clusters[ref.doc_id] = _clean(new)
                 return self._record(ref, self.clusters[ref.doc_id])
-            held = Lease.from_doc(data.get("lease"))
+            held = lease_of(data.get("lease"))
             if held is not None and held.holder != (holder or event_id) and held.live(now):
                 raise self._busy(ref, held)
-            self.clusters[ref.doc_id] = _apply(data, {"lease": lease.to_doc(), "updatedAt": now})
+            self.clusters[ref.doc_id] = _apply(data, {"lease": lease_doc(lease), "updatedAt": now})
             return self._record(ref, self.clusters[ref.doc_id])
 
     def advance(self, ref: ClusterRef, *, event_id: str, step: str, outcome: str = "ok", message: str = "",
@@ -191,7 +193,7 @@ class FakeStore:
             if data is None:
                 raise self._unknown(ref, event_id)
             now = datetime.now(UTC)
-            held = Lease.from_doc(data.get("lease"))
+            held = lease_of(data.get("lease"))
             if held is not None and held.holder != (holder or event_id) and held.live(now):
                 raise self._busy(ref, held)
             changes: dict[str, Any] = {**extra, "updatedAt": now}
@@ -202,8 +204,8 @@ class FakeStore:
             if release:
                 changes["lease"] = None
             elif next_step is not None:
-                changes["lease"] = Lease(holder or event_id, next_step,
-                                         now + timedelta(seconds=self.settings.lease_seconds)).to_doc()
+                changes["lease"] = lease_doc(Lease(holder or event_id, next_step,
+                                         now + timedelta(seconds=self.settings.lease_seconds)))
             new = _apply(data, changes)
             self.clusters[ref.doc_id] = new
             self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}", event_id=event_id, step=step,
@@ -222,7 +224,7 @@ class FakeStore:
             if data is None:
                 raise self._unknown(ref, holder)
             now = datetime.now(UTC)
-            held = Lease.from_doc(data.get("lease"))
+            held = lease_of(data.get("lease"))
             if held is not None and held.holder != holder and held.live(now):
                 raise self._busy(ref, held)
             if lease_seconds <= 0:
@@ -230,7 +232,7 @@ class FakeStore:
                     self.clusters[ref.doc_id] = _apply(data, {"lease": None})
                 return
             lease = Lease(holder, step, now + timedelta(seconds=lease_seconds))
-            self.clusters[ref.doc_id] = _apply(data, {"lease": lease.to_doc()})
+            self.clusters[ref.doc_id] = _apply(data, {"lease": lease_doc(lease)})
 
     def release(self, ref: ClusterRef, *, event_id: str, step: str, error: str, outcome: str = "retry",
                 state: str | None = None, count_attempt: bool = True,
@@ -250,7 +252,7 @@ class FakeStore:
                 "lastError": {"message": str(error)[:4000], "step": step, "eventId": event_id, "at": now},
                 "attempts": attempts, "releases": releases, "updatedAt": now, **dict(fields or {}),
                 **workflow_changes(update)}
-            held = Lease.from_doc(data.get("lease"))
+            held = lease_of(data.get("lease"))
             if held is not None and held.holder == (holder or event_id):
                 changes["lease"] = None
             before = data.get("state")

@@ -337,9 +337,26 @@ def workflow_changes(update: WorkflowUpdate | None) -> dict[str, Any]:
     return out
 
 
-def record_of(ref: ClusterRef, data: dict[str, Any]) -> ClusterRecord:
+def lease_doc(lease: Lease) -> dict[str, object]:
+    """The `lease` map of a cluster document."""
+    return {"holder": lease.holder, "step": lease.step, "expiresAt": lease.expires_at}
+
+
+def lease_of(doc: object) -> Lease | None:
+    """The `lease` map as a `Lease` (None: no lease, or a map without a holder or expiry)."""
+    if not isinstance(doc, Mapping) or not doc.get("holder"):
+        return None
+    expires = doc.get("expiresAt")
+    if not isinstance(expires, datetime):
+        return None
+    return Lease(str(doc["holder"]), str(doc.get("step", "")), expires)
+
+
+def record_of(ref: ClusterRef, data: Mapping[str, Any]) -> ClusterRecord:
     """The typed record of a cluster document (the document itself stays in `data`, for display)."""
-    return ClusterRecord.of(ref, data, workflow_of(data))
+    updated = data.get("updatedAt")
+    return ClusterRecord(ref, str(data.get("state", "")), data, lease_of(data.get("lease")), workflow_of(data),
+                         updated if isinstance(updated, datetime) else None)
 
 
 
@@ -646,15 +663,15 @@ class Store:
                 if create_state is None:
                     raise self._unknown(ref, event_id)
                 data = {**identity, **extra, "state": create_state, "stateSince": now, "createdAt": now,
-                        "updatedAt": now, "lease": lease.to_doc(), "lastError": None, "attempts": 0}
+                        "updatedAt": now, "lease": lease_doc(lease), "lastError": None, "attempts": 0}
                 data = {k: v for k, v in data.items() if v is not DELETE}
                 transaction.create(doc, data)
                 return record_of(ref, data)  # what was stored (tests/test_store_contract.py)
             data = snap.to_dict() or {}
-            held = Lease.from_doc(data.get("lease"))
+            held = lease_of(data.get("lease"))
             if held is not None and held.holder != (holder or event_id) and held.live(now):
                 raise self._busy(ref, held)
-            changes = {"lease": lease.to_doc(), "updatedAt": now}
+            changes = {"lease": lease_doc(lease), "updatedAt": now}
             transaction.update(doc, _wire(changes))
             return record_of(ref, _apply(data, changes))
 
@@ -684,7 +701,7 @@ class Store:
                 raise self._unknown(ref, event_id)
             now = _now()
             data = snap.to_dict() or {}
-            held = Lease.from_doc(data.get("lease"))
+            held = lease_of(data.get("lease"))
             if held is not None and held.holder != (holder or event_id) and held.live(now):
                 raise self._busy(ref, held)
             changes: dict[str, Any] = {**extra, "updatedAt": now}
@@ -696,7 +713,7 @@ class Store:
                 changes["lease"] = None
             elif next_step is not None:
                 seconds = self.settings.lease_seconds
-                changes["lease"] = Lease(holder or event_id, next_step, now + timedelta(seconds=seconds)).to_doc()
+                changes["lease"] = lease_doc(Lease(holder or event_id, next_step, now + timedelta(seconds=seconds)))
             new = _apply(data, changes)
             transaction.update(doc, _wire(changes))
             transaction.set(history, self._history_entry(
@@ -724,14 +741,14 @@ class Store:
             if not snap.exists:
                 raise self._unknown(ref, holder)
             now = _now()
-            held = Lease.from_doc((snap.to_dict() or {}).get("lease"))
+            held = lease_of((snap.to_dict() or {}).get("lease"))
             if held is not None and held.holder != holder and held.live(now):
                 raise self._busy(ref, held)
             if lease_seconds <= 0:
                 if held is not None and held.holder == holder:
                     transaction.update(doc, {"lease": None})
                 return
-            transaction.update(doc, {"lease": Lease(holder, step, now + timedelta(seconds=lease_seconds)).to_doc()})
+            transaction.update(doc, {"lease": lease_doc(Lease(holder, step, now + timedelta(seconds=lease_seconds)))})
 
         self._run(txn)
 
@@ -759,7 +776,7 @@ class Store:
                 "lastError": {"message": str(error)[:4000], "step": step, "eventId": event_id, "at": now},
                 "attempts": attempts, "releases": releases, "updatedAt": now, **dict(fields or {}),
                 **workflow_changes(update)}
-            held = Lease.from_doc(data.get("lease"))
+            held = lease_of(data.get("lease"))
             if held is not None and held.holder == (holder or event_id):
                 changes["lease"] = None
             before = data.get("state")
