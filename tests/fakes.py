@@ -31,7 +31,9 @@ from shared.adapters.store import (
     _encode_token,
     lease_doc,
     lease_of,
+    nad_view,
     record_of,
+    request_once,
     safe_id,
     workflow_changes,
 )
@@ -143,7 +145,7 @@ class FakeStore:
             rec = self._record(ref, data) if data is not None else None
             key = f"{namespace}~{name}"
             doc = self.nads.get(ref.doc_id, {}).get(key)
-            version = (NadVersion(copy.deepcopy(doc), self._nad_versions.get((ref.doc_id, key)))
+            version = (NadVersion(nad_view(copy.deepcopy(doc)), self._nad_versions.get((ref.doc_id, key)))
                        if doc is not None else NadVersion({}, None))
             return rec, False, version
 
@@ -301,7 +303,7 @@ class FakeStore:
         self._check_nad(ref, namespace, name)
         with self._lock:
             doc = self.nads.get(ref.doc_id, {}).get(f"{namespace}~{name}")
-            return copy.deepcopy(doc) if doc is not None else None
+            return nad_view(copy.deepcopy(doc)) if doc is not None else None
 
     def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
                 fields: dict[str, Any], outcome: str = "ok", message: str = "",
@@ -339,21 +341,22 @@ class FakeStore:
             key = f"{namespace}~{name}"
             current = docs.get(key)
             exists = current is not None
+            view = nad_view(copy.deepcopy(current)) if current is not None else {}
             before = current.get("state") if current is not None else None
             if expect_states is not None and before not in expect_states:
                 return None
-            if expect_fields and any((current or {}).get(k) != v for k, v in expect_fields.items()):
+            if expect_fields and any(view.get(k) != v for k, v in expect_fields.items()):
                 return None
             step_state, step_message = state, message
             if derive is not None:
-                more = dict(derive(copy.deepcopy(current) if current is not None else {}))
+                more = dict(derive(copy.deepcopy(view)))
                 step_state = str(more.pop("state", state))
                 step_message = str(more.pop("message", message))
                 extra_now = {**extra, **_check_fields(more, identity, "put_nad derive")}
             else:
                 extra_now = extra
             now = datetime.now(UTC)
-            changes: dict[str, Any] = {**extra_now, "state": step_state, "updatedAt": now}
+            changes: dict[str, Any] = {**request_once(view, extra_now), "state": step_state, "updatedAt": now}
             if step_message:
                 changes["message"] = step_message[:4000]
             if step_state != before:
@@ -371,7 +374,7 @@ class FakeStore:
                                                                 cluster=ref, now=now), **(ledger_fields or {})}
             version = self._nad_versions.get((ref.doc_id, key), 0) + 1
             self._nad_versions[(ref.doc_id, key)] = version
-            return NadVersion(copy.deepcopy(docs[key]), version)
+            return NadVersion(nad_view(copy.deepcopy(docs[key])), version)
 
     def list_nads(self, ref: ClusterRef, state: str | None = None, *,
                   fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
@@ -380,7 +383,8 @@ class FakeStore:
             for key, doc in self.nads.get(ref.doc_id, {}).items():
                 if state is not None and doc.get("state") != state:
                     continue
-                data = copy.deepcopy({k: v for k, v in doc.items() if k in fields} if fields else doc)
+                wanted = (*fields, "request") if fields and "lastRequest" in fields else fields
+                data = nad_view(copy.deepcopy({k: v for k, v in doc.items() if k in wanted} if wanted else doc))
                 namespace, _, name = key.partition("~")
                 data.setdefault("namespace", namespace)
                 data.setdefault("name", name)

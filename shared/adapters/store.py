@@ -352,6 +352,34 @@ def lease_of(doc: object) -> Lease | None:
     return Lease(str(doc["holder"]), str(doc.get("step", "")), expires)
 
 
+def nad_view(data: dict[str, Any]) -> dict[str, Any]:
+    """A NAD document as readers see it: `lastRequest` with its `request`.
+
+    The document holds a request once: `lastRequest.request` is left out when it is the top-level
+    `request` (`request_once`), so it is put back here, on every read, and the flows, the CLI
+    and `--json` see the record whole."""
+    last = data.get("lastRequest")
+    if isinstance(last, Mapping) and "request" not in last and isinstance(data.get("request"), Mapping):
+        return {**data, "lastRequest": {**last, "request": data["request"]}}
+    return data
+
+
+def request_once(view: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The changes of a NAD write, with `lastRequest.request` left out when it is the top-level
+    `request` the document will hold (docs/FIRESTORE.md). `view` is the document as read
+    (`nad_view`): a write that changes `request` alone keeps the last request's own body."""
+    out = dict(changes)
+    request = out.get("request", view.get("request"))
+    last = out.get("lastRequest")
+    if last is None and "request" in out and isinstance(view.get("lastRequest"), Mapping):
+        last = dict(view["lastRequest"])
+    if isinstance(last, Mapping):
+        if isinstance(request, Mapping) and last.get("request") == request:
+            last = {k: v for k, v in last.items() if k != "request"}
+        out["lastRequest"] = last
+    return out
+
+
 def record_of(ref: ClusterRef, data: Mapping[str, Any]) -> ClusterRecord:
     """The typed record of a cluster document (the document itself stays in `data`, for display)."""
     updated = data.get("updatedAt")
@@ -843,7 +871,7 @@ class Store:
     @_edge
     def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> dict[str, Any] | None:
         snap = self._nad_doc(ref, namespace, name).get()
-        return snap.to_dict() if snap.exists else None
+        return nad_view(snap.to_dict() or {}) if snap.exists else None
 
     def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
                 fields: dict[str, Any], outcome: str = "ok", message: str = "",
@@ -871,7 +899,7 @@ class Store:
             return None, True, NadVersion({}, None)
         snap, mine = snaps.get(doc.path), snaps.get(nad.path)
         rec = record_of(ref, snap.to_dict() or {}) if snap is not None and snap.exists else None
-        version = (NadVersion(snap_data(mine), mine.update_time) if mine is not None and mine.exists
+        version = (NadVersion(nad_view(snap_data(mine)), mine.update_time) if mine is not None and mine.exists
                    else NadVersion({}, None))
         return rec, False, version
 
@@ -932,7 +960,7 @@ class Store:
                 if seen is not None and seen.exists:
                     return None
                 exists = snap is not None and snap.exists
-                current = (snap.to_dict() or {}) if snap is not None and exists else {}
+                current = nad_view(snap.to_dict() or {}) if snap is not None and exists else {}
                 update_time = snap.update_time if snap is not None and exists else None
             now = _now()
             before = current.get("state") if exists else None
@@ -948,7 +976,7 @@ class Store:
                 extra_now = {**extra, **_check_fields(more, identity, "put_nad derive")}
             else:
                 extra_now = extra
-            changes: dict[str, Any] = {**extra_now, "state": step_state, "updatedAt": now}
+            changes: dict[str, Any] = {**request_once(current, extra_now), "state": step_state, "updatedAt": now}
             if step_message:
                 changes["message"] = step_message[:4000]
             if step_state != before:
@@ -972,7 +1000,8 @@ class Store:
                 results = batch.commit()
             except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Conflict, gexc.Aborted, gexc.NotFound):
                 continue  # another writer got there first: read again and re-check the conditions
-            return NadVersion(written, results[0].update_time)  # the NAD document is the batch's first write
+            # the NAD document is the batch's first write
+            return NadVersion(nad_view(written), results[0].update_time)
         raise Transient(f"NAD {namespace}/{name} of {ref.path}: {attempts} writes lost to concurrent writers",
                         code="ABORTED", api="firestore")
 
@@ -987,10 +1016,11 @@ class Store:
 
             query = query.where(filter=FieldFilter("state", "==", state))
         if fields:
-            query = query.select(list(fields))
+            # `lastRequest` is read whole with the `request` its body may be in (`nad_view`).
+            query = query.select(list(fields) + (["request"] if "lastRequest" in fields else []))
         out = []
         for snap in query.stream():
-            data = snap.to_dict() or {}
+            data = nad_view(snap.to_dict() or {})
             namespace, _, name = snap.id.partition("~")
             data.setdefault("namespace", namespace)
             data.setdefault("name", name)

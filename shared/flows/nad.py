@@ -407,7 +407,8 @@ def _scan_takes(doc: Mapping[str, Any], stale_before: str) -> tuple[tuple[str | 
 #   top-level `range`, `master`, `config` and `request` it was rendered from: changed only when
 #   the cluster was changed (applied, deleted, adopted);
 # - `lastRequest` {action, state, reasons, requestId, messageId, range, digest, request, at}:
-#   the last request and its outcome, whatever it was.
+#   the last request and its outcome, whatever it was (the store keeps its `request` once: it
+#   leaves it out of the document when it is the top-level one, and puts it back when read).
 # A record without an applied part (a NAD never applied, or deleted) shows its last request in
 # the top-level fields, as before.
 
