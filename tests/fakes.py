@@ -29,6 +29,7 @@ from shared.adapters.store import (
     _check_outcome,
     _decode_token,
     _encode_token,
+    history_doc,
     lease_doc,
     lease_of,
     nad_view,
@@ -42,7 +43,7 @@ from shared.core.errors import Problem, Rejected, Transient, UnknownCluster
 from shared.core.names import is_dns_label, is_object_name
 from shared.core.observed import PoolFailure
 from shared.core.prechecks import ClusterFacts
-from shared.core.records import WorkflowUpdate
+from shared.core.records import HistoryEntry, WorkflowUpdate
 from shared.core.refs import ClusterRef
 from shared.core.settings import NodePoolTemplate, Settings
 from shared.ports import AlreadyHandled, ClusterRecord, Lease, NadVersion
@@ -111,11 +112,9 @@ class FakeStore:
     def _record(self, ref: ClusterRef, data: Mapping[str, Any]) -> ClusterRecord:
         return record_of(ref, copy.deepcopy(dict(data)))
 
-    def _history(self, ref: ClusterRef, doc_id: str, *, event_id: str, step: str, outcome: str, message: str,
-                 state: str | None, extra: Mapping[str, Any] | None = None) -> None:
-        entry = {"eventId": event_id, "step": step, "outcome": outcome, "message": str(message)[:4000],
-                 "state": state, "at": self._at(), "seq": time.time_ns(), **(extra or {})}
-        self.history_entries.setdefault(ref.doc_id, {})[doc_id] = entry
+    def _history(self, ref: ClusterRef, doc_id: str, entry: HistoryEntry) -> None:
+        self.history_entries.setdefault(ref.doc_id, {})[doc_id] = {**history_doc(entry), "at": self._at(),
+                                                                   "seq": time.time_ns()}
 
     def _ledger_entry(self, *, event_id: str, step: str, outcome: str, cluster: ClusterRef | None,
                       now: datetime) -> dict[str, Any]:
@@ -210,9 +209,8 @@ class FakeStore:
                                          now + timedelta(seconds=self.settings.lease_seconds)))
             new = _apply(data, changes)
             self.clusters[ref.doc_id] = new
-            self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}", event_id=event_id, step=step,
-                          outcome=outcome, message=message, state=new.get("state"),
-                          extra={"previousState": before})
+            self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}", HistoryEntry(
+                event_id, step, outcome, message, new.get("state"), previous_state=before))
             if ledger_key:
                 self.ledger[ledger_key] = self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                              cluster=ref, now=now)
@@ -263,9 +261,8 @@ class FakeStore:
                 changes["stateSince"] = now
             new = _apply(data, changes)
             self.clusters[ref.doc_id] = new
-            self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}~{outcome}{releases}", event_id=event_id,
-                          step=step, outcome=outcome, message=error, state=new.get("state"),
-                          extra={"previousState": before, "attempt": attempts})
+            self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}~{outcome}{releases}", HistoryEntry(
+                event_id, step, outcome, error, new.get("state"), previous_state=before, attempt=attempts))
             return self._record(ref, new)
 
     def list_clusters(self, state: str | None = None, *, limit: int | None = None) -> list[ClusterRecord]:
@@ -366,9 +363,9 @@ class FakeStore:
             else:
                 docs[key] = {**identity, **_clean(copy.deepcopy(changes)), "createdAt": now}
             if history:
-                self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}~{namespace}~{name}", event_id=event_id,
-                              step=step, outcome=outcome, message=step_message, state=step_state,
-                              extra={"nad": f"{namespace}/{name}", "previousState": before if exists else None})
+                self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}~{namespace}~{name}", HistoryEntry(
+                    event_id, step, outcome, step_message, step_state, previous_state=before if exists else None,
+                    nad=f"{namespace}/{name}"))
             if ledger_key and write_ledger:
                 self.ledger[ledger_key] = {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                                 cluster=ref, now=now), **(ledger_fields or {})}
@@ -426,8 +423,8 @@ class FakeStore:
                     f"{p.get('field')}: {p.get('message')}" if isinstance(p, Mapping) and p.get("field")
                     else str(p.get("message", p)) if isinstance(p, Mapping) else str(p)
                     for p in items) if items else "")
-                self._history(cluster, f"{safe_id(event_id)}~rejected", event_id=event_id, step="reject",
-                              outcome="rejected", message=summary, state=None, extra={"kind": str(kind)})
+                self._history(cluster, f"{safe_id(event_id)}~rejected", HistoryEntry(
+                    event_id, "reject", "rejected", summary, None, kind=str(kind)))
             if ledger_key:
                 self.ledger[ledger_key] = self._ledger_entry(event_id=event_id, step="reject", outcome="rejected",
                                                              cluster=cluster, now=now)

@@ -472,3 +472,18 @@ def test_a_nad_document_holds_its_request_once(store: StorePort) -> None:
                          fields={"request": other})
     read = store.get_nad(REF, "default", "net-a")
     assert read is not None and read["request"] == other and read["lastRequest"]["request"] == body
+
+
+def test_history_entries_carry_their_fields_through_one_table(store: StorePort) -> None:
+    _create(store)
+    store.put_nad(REF, "default", "net-h", event_id="e-h", step="apply-nad", state="APPLIED", fields={},
+                  message="applied")
+    store.claim(REF, event_id="e-r", step="install")
+    store.release(REF, event_id="e-r", step="install", error="timeout")
+    entries, _ = store.history(REF, page_size=1000)  # type: ignore[attr-defined]
+    by_step = {e["step"]: e for e in entries}
+    nad, retry = by_step["apply-nad"], by_step["install"]
+    assert nad["nad"] == "default/net-h" and nad["previousState"] is None and "attempt" not in nad
+    assert retry["attempt"] == 1 and retry["outcome"] == "retry" and "nad" not in retry and "kind" not in retry
+    for entry in (nad, retry):
+        assert {"eventId", "step", "outcome", "message", "state", "previousState", "at", "seq"} <= set(entry)

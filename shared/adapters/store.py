@@ -45,6 +45,7 @@ from shared.core.prechecks import Finding
 from shared.core.records import (
     ApiEndpoint,
     ClusterWorkflow,
+    HistoryEntry,
     Incarnation,
     LastError,
     NodePoolFacts,
@@ -352,6 +353,26 @@ def lease_of(doc: object) -> Lease | None:
     return Lease(str(doc["holder"]), str(doc.get("step", "")), expires)
 
 
+# The history entry: (attribute of `HistoryEntry`, document field, written when None).
+HISTORY_FIELDS: tuple[tuple[str, str, bool], ...] = (
+    ("event_id", "eventId", True), ("step", "step", True), ("outcome", "outcome", True),
+    ("message", "message", True), ("state", "state", True), ("previous_state", "previousState", True),
+    ("nad", "nad", False), ("attempt", "attempt", False), ("kind", "kind", False),
+)
+MESSAGE_MAX = 4000
+
+
+def history_doc(entry: HistoryEntry) -> dict[str, object]:
+    """A history entry's fields (without `at` and `seq`, which the writer adds)."""
+    out: dict[str, object] = {}
+    for attr, name, always in HISTORY_FIELDS:
+        value = getattr(entry, attr)
+        if value is not None or always:
+            out[name] = value
+    out["message"] = str(entry.message)[:MESSAGE_MAX]
+    return out
+
+
 def nad_view(data: dict[str, Any]) -> dict[str, Any]:
     """A NAD document as readers see it: `lastRequest` with its `request`.
 
@@ -624,14 +645,11 @@ class Store:
         snaps = {s.reference.path: s for s in transaction.get_all(wanted, **self._opts)}
         return [snaps.get(d.path) if d is not None else None for d in docs]
 
-    def _history_entry(self, *, event_id: str, step: str, outcome: str, message: str, state: str | None,
-                       extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    @staticmethod
+    def _history_entry(entry: HistoryEntry) -> dict[str, object]:
         from google.cloud import firestore
 
-        entry = {"eventId": event_id, "step": step, "outcome": outcome, "message": str(message)[:4000],
-                 "state": state, "at": firestore.SERVER_TIMESTAMP, "seq": time.time_ns()}
-        entry.update(extra or {})
-        return entry
+        return {**history_doc(entry), "at": firestore.SERVER_TIMESTAMP, "seq": time.time_ns()}
 
     def _ledger_entry(self, *, event_id: str, step: str, outcome: str, cluster: ClusterRef | None,
                       now: datetime) -> dict[str, Any]:
@@ -744,9 +762,8 @@ class Store:
                 changes["lease"] = lease_doc(Lease(holder or event_id, next_step, now + timedelta(seconds=seconds)))
             new = _apply(data, changes)
             transaction.update(doc, _wire(changes))
-            transaction.set(history, self._history_entry(
-                event_id=event_id, step=step, outcome=outcome, message=message, state=new.get("state"),
-                extra={"previousState": before}))
+            transaction.set(history, self._history_entry(HistoryEntry(
+                event_id, step, outcome, message, new.get("state"), previous_state=before)))
             if ledger is not None:
                 transaction.set(ledger, self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                            cluster=ref, now=now))
@@ -815,9 +832,8 @@ class Store:
             transaction.update(doc, _wire(changes))
             # One entry per release: the id carries the cluster's release counter, so every retry shows.
             history = self._history_doc(ref, f"{safe_id(event_id)}~{safe_id(step)}~{outcome}{releases}")
-            transaction.set(history, self._history_entry(
-                event_id=event_id, step=step, outcome=outcome, message=error, state=new.get("state"),
-                extra={"previousState": before, "attempt": attempts}))
+            transaction.set(history, self._history_entry(HistoryEntry(
+                event_id, step, outcome, error, new.get("state"), previous_state=before, attempt=attempts)))
             return record_of(ref, new)
 
         return self._run(txn)
@@ -990,9 +1006,9 @@ class Store:
                 written = {**identity, **clean, "createdAt": now}
                 batch.create(doc, written)
             if history:
-                batch.set(history_doc, self._history_entry(
-                    event_id=event_id, step=step, outcome=outcome, message=step_message, state=step_state,
-                    extra={"nad": f"{namespace}/{name}", "previousState": before}))
+                batch.set(history_doc, self._history_entry(HistoryEntry(
+                    event_id, step, outcome, step_message, step_state, previous_state=before,
+                    nad=f"{namespace}/{name}")))
             if ledger is not None and write_ledger:
                 batch.create(ledger, {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                            cluster=ref, now=now), **(ledger_fields or {})})
@@ -1083,9 +1099,8 @@ class Store:
                     f"{p.get('field')}: {p.get('message')}" if isinstance(p, Mapping) and p.get("field")
                     else str(p.get("message", p)) if isinstance(p, Mapping) else str(p)
                     for p in items) if items else "")
-                transaction.set(history, self._history_entry(
-                    event_id=event_id, step="reject", outcome="rejected", message=summary, state=None,
-                    extra={"kind": str(kind)}))
+                transaction.set(history, self._history_entry(HistoryEntry(
+                    event_id, "reject", "rejected", summary, None, kind=str(kind))))
             if ledger is not None:
                 transaction.set(ledger, self._ledger_entry(event_id=event_id, step="reject", outcome="rejected",
                                                            cluster=cluster, now=now))
