@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import functions_framework
 
 if TYPE_CHECKING:
-    from shared.core.errors import Rejected
+    from shared.core.errors import Rejected, RejectionKind
     from shared.core.events import PubSubMessage
 
 _CONTROLLER: Any = None
@@ -108,7 +108,7 @@ def on_cluster_event(cloud_event: Any) -> None:
     def handle(msg: PubSubMessage) -> Any:
         ev = decode_audit(msg)
         if not ev.action.startswith("cluster."):
-            raise NotForUs(f"{ev.method} is not a cluster event", kind="other-method", cluster=ev.cluster)
+            raise NotForUs(f"{ev.method} is not a cluster event", kind=RejectionKind.OTHER_METHOD, cluster=ev.cluster)
         return _controller().handle_audit(ev)
 
     _run("on_cluster_event", cloud_event, handle)
@@ -123,7 +123,7 @@ def on_node_pool_event(cloud_event: Any) -> None:
     def handle(msg: PubSubMessage) -> Any:
         ev = decode_audit(msg)
         if not ev.action.startswith("node_pool."):
-            raise NotForUs(f"{ev.method} is not a node pool event", kind="other-method", cluster=ev.cluster)
+            raise NotForUs(f"{ev.method} is not a node pool event", kind=RejectionKind.OTHER_METHOD, cluster=ev.cluster)
         return _controller().handle_audit(ev)
 
     _run("on_node_pool_event", cloud_event, handle)

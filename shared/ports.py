@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shared.core.endpoints import Endpoint
+from shared.core.errors import RejectionKind
 from shared.core.observed import ApplyResult, KubeObject, PoolFailure, Rollout
 from shared.core.prechecks import ClusterFacts
 from shared.core.records import ClusterWorkflow, WorkflowUpdate
@@ -142,7 +143,7 @@ class StorePort(Protocol):
     def list_nads(self, ref: ClusterRef, state: str | None = None, *,
                   fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]: ...
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
-                         problems: list[dict[str, Any]], kind: str, excerpt: str = "",
+                         problems: list[dict[str, Any]], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool: ...
     def get_policy(self) -> dict[str, Any] | None: ...
     # The update time is opaque to the flows: read with the document, handed back as the precondition.

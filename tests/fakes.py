@@ -39,7 +39,7 @@ from shared.adapters.store import (
     workflow_changes,
 )
 from shared.core.endpoints import Endpoint
-from shared.core.errors import Problem, Rejected, Transient, UnknownCluster
+from shared.core.errors import Problem, Rejected, RejectionKind, Transient, UnknownCluster
 from shared.core.names import is_dns_label, is_object_name
 from shared.core.observed import PoolFailure
 from shared.core.prechecks import ClusterFacts
@@ -406,7 +406,7 @@ class FakeStore:
 
     # -- rejections
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
-                         problems: list[dict[str, Any]], kind: str, excerpt: str = "",
+                         problems: list[dict[str, Any]], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool:
         items = [_plain(p) for p in problems]
         text = excerpt if isinstance(excerpt, str) else repr(excerpt)

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
-from shared.core.errors import Permanent, Problem, Rejected, Transient, UnknownCluster
+from shared.core.errors import Permanent, Problem, Rejected, RejectionKind, Transient, UnknownCluster
 from shared.core.names import is_dns_label, is_object_name
 from shared.core.prechecks import Finding
 from shared.core.records import (
@@ -1070,7 +1070,7 @@ class Store:
     # -- rejections
     @_edge
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
-                         problems: list[dict[str, Any]], kind: str, excerpt: str = "",
+                         problems: list[dict[str, Any]], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool:
         """Keep a refused request where people look; False (nothing written) if recorded before."""
         if cluster is not None:

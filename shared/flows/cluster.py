@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from shared.core import decisions, logs
-from shared.core.errors import Busy, NeedsFix, NotFound, Permanent, Transient, UnknownCluster, Wait
+from shared.core.errors import Busy, NeedsFix, NotFound, NotYet, Permanent, Transient, UnknownCluster, Wait
 from shared.core.prechecks import ClusterFacts, Finding, PoolNetworks
 from shared.core.records import (
     ApiEndpoint,
@@ -456,8 +456,8 @@ class ClusterFlow:
             try:
                 kube.wait_established(bundle.crd_names, timeout=max(0.0, min(left, every)), poll=s.crd_poll_seconds)
                 break
-            except Transient as e:
-                if e.code != "DEADLINE_EXCEEDED" or left <= every:
+            except NotYet:
+                if left <= every:
                     raise
         cursor.step = "apply-bundle"
         renew(cursor.step)

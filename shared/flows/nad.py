@@ -22,7 +22,7 @@ from typing import Any
 
 from shared.core import decisions as d
 from shared.core import logs
-from shared.core.errors import Permanent, Rejected, Transient
+from shared.core.errors import Permanent, Rejected, RejectionKind, Transient
 from shared.core.nad import config_digest, request_digest
 from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
@@ -82,7 +82,8 @@ class NadFlow:
                 why = (f"request_id {req.request_id!r} was already used for a different request on this cluster "
                        f"(digest {first[:19]}, this one {request_digest(req)[:19]}); send a new request_id")
                 store.record_rejection(event_id=event_id, cluster=ref, reason="request_id reused with a different body",
-                                       problems=[{"field": "request_id", "message": why}], kind="request-id-reused",
+                                       problems=[{"field": "request_id", "message": why}],
+                                       kind=RejectionKind.REQUEST_ID_REUSED,
                                        ledger_key=f"{event_id}~request-id-reused")
                 return Outcome("rejected", why, ref.path, None)
         return Outcome("duplicate", "request already handled", ref.path)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from shared.core import decisions as d
@@ -40,6 +41,16 @@ from shared.flows.verify import (
 from shared.ports import DELETE
 
 
+class FixKind(StrEnum):
+    """What reconcile does about one NAD."""
+
+    ORPHAN_GONE = "orphan-gone"  # an ORPHANED record whose object left the cluster: closed
+    REAPPLY = "reapply"  # a managed NAD deleted or edited on the cluster: applied again
+    ADOPT = "adopt"  # a managed object without a record that conflicts with nothing: recorded
+    PRUNE = "prune"  # an orphan that conflicts (or cannot be read), with pruneOrphans: deleted
+    REPORT = "report"  # an orphan that conflicts: recorded ORPHANED
+
+
 @dataclass(frozen=True)
 class NadFix:
     """One thing reconcile has to do about a NAD, decided on the records and objects as read.
@@ -47,7 +58,7 @@ class NadFix:
     The plan (`plan_nads`) reads nothing and writes nothing: an empty plan is what lets an
     in-sync reconcile return without a claim; `repair_nads` carries a plan out under the claim."""
 
-    kind: str  # "orphan-gone", "reapply", "adopt", "prune", "report"
+    kind: FixKind
     key: tuple[str, str]
     doc: Mapping[str, Any] | None = None
     live: Mapping[str, Any] | None = None
@@ -84,7 +95,7 @@ def repair_nads(ctx: Context, ref: ClusterRef, kube: Any, event_id: str, plan: l
     """Carry out `plan` (under the cluster's claim); returns what was done, one phrase each."""
     fixes: list[str] = []
     for fix in plan:
-        done = _repair_record(ctx, ref, kube, fix, event_id) if fix.kind in ("orphan-gone", "reapply") \
+        done = _repair_record(ctx, ref, kube, fix, event_id) if fix.kind in (FixKind.ORPHAN_GONE, FixKind.REAPPLY) \
             else _adopt_or_report(ctx, ref, kube, fix, event_id)
         if done:
             fixes.append(done)
@@ -102,7 +113,7 @@ def _plan_record(ref: ClusterRef, key: tuple[str, str], doc: Mapping[str, Any],
         return None
     if state == d.NAD_ORPHANED:
         # An orphan is not ours to restore: once it is gone, its record says so.
-        return None if live is not None else NadFix("orphan-gone", key, doc, live)
+        return None if live is not None else NadFix(FixKind.ORPHAN_GONE, key, doc, live)
     config = doc.get("config")
     if live is not None and config and (live.get("spec") or {}).get("config") == config:
         return None
@@ -112,13 +123,13 @@ def _plan_record(ref: ClusterRef, key: tuple[str, str], doc: Mapping[str, Any],
         obj = nadlib.render_nad(nadlib.parse_request(dict(doc["request"])), part["range"])
     else:
         return None
-    return NadFix("reapply", key, doc, live, obj=obj)
+    return NadFix(FixKind.REAPPLY, key, doc, live, obj=obj)
 
 
 def _repair_record(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, event_id: str) -> str | None:
     ns, name = fix.key
     doc = fix.doc or {}
-    if fix.kind == "orphan-gone":
+    if fix.kind == FixKind.ORPHAN_GONE:
         ctx.store.put_nad(ref, ns, name, event_id=event_id, step="orphan-gone", state=d.NAD_DELETED,
                           fields={"applied": DELETE, "orphan": DELETE}, expect_states=(d.NAD_ORPHANED,),
                           message=f"{ns}/{name}: the orphan is no longer on the cluster",
@@ -145,12 +156,12 @@ def _plan_orphan(policy: Any, key: tuple[str, str], obj: Mapping[str, Any], doc:
         why = "; ".join(f"{found[1]} overlaps {o.get('namespace')}/{o.get('name')} ({o.get('range')}) "
                         f"on master {found[0]}" for o in clash)
     if found is not None and not clash:
-        return NadFix("adopt", key, doc, obj, found=found, why=why)
+        return NadFix(FixKind.ADOPT, key, doc, obj, found=found, why=why)
     if policy.prune_orphans:
-        return NadFix("prune", key, doc, obj, found=found, why=why)
+        return NadFix(FixKind.PRUNE, key, doc, obj, found=found, why=why)
     if doc is not None and doc.get("state") == d.NAD_ORPHANED and (doc.get("orphan") or {}).get("reason") == why:
         return None  # reported already, nothing changed
-    return NadFix("report", key, doc, obj, found=found, why=why)
+    return NadFix(FixKind.REPORT, key, doc, obj, found=found, why=why)
 
 
 def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, event_id: str) -> str | None:
@@ -168,7 +179,7 @@ def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, even
     applied = ({"range": found[1], "master": found[0], "configDigest": nadlib.config_digest(config),
                 "requestId": request_id, "messageId": None, "state": d.NAD_APPLIED, "at": now} if found else DELETE)
     identity = {"range": found[1], "master": found[0]} if found else {}
-    if fix.kind == "adopt":
+    if fix.kind == FixKind.ADOPT:
         store.put_nad(ref, ns, name, event_id=event_id, step="adopt-nad", state=d.NAD_APPLIED,
                       fields={**identity, "applied": applied, "config": config, "requestId": request_id,
                               "adopted": {"at": now, "by": "reconcile"}, "orphan": DELETE, "reasons": DELETE,
@@ -177,7 +188,7 @@ def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, even
                               "nothing; recorded as applied", expect_states=expect,
                       ledger_key=f"{event_id}~adopt~{ns}~{name}")
         return f"adopted orphan NAD {ns}/{name}"
-    if fix.kind == "prune":
+    if fix.kind == FixKind.PRUNE:
         try:
             kube.delete_nad(ns, name)
         except (Transient, Permanent) as e:

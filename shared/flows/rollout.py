@@ -27,7 +27,7 @@ from typing import Any
 from shared.core import decisions as d
 from shared.core import logs
 from shared.core import waves as w
-from shared.core.errors import Permanent, Rejected, Transient
+from shared.core.errors import Permanent, Rejected, RejectionKind, Transient
 from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, bundle_of
@@ -253,7 +253,7 @@ class RolloutFlow:
         """HALTED -> RUNNING; the cluster that failed its gate is tried again in its wave."""
         doc, update_time = self.ctx.store.get_rollout()
         if doc is None or doc.get("state") != w.HALTED:
-            raise Rejected("nothing to resume", kind="not-halted",
+            raise Rejected("nothing to resume", kind=RejectionKind.NOT_HALTED,
                            problems=[_problem(f"the rollout is {doc.get('state') if doc else 'absent'}, "
                                               "only a HALTED rollout can be resumed")])
         cid = doc.get("haltedCluster")
@@ -267,7 +267,7 @@ class RolloutFlow:
         """Stop the rollout: every cluster goes back to the last good bundle (reconcile applies it)."""
         doc, update_time = self.ctx.store.get_rollout()
         if doc is None or doc.get("state") not in (w.RUNNING, w.HALTED):
-            raise Rejected("nothing to abort", kind="not-running",
+            raise Rejected("nothing to abort", kind=RejectionKind.NOT_RUNNING,
                            problems=[_problem(f"the rollout is {doc.get('state') if doc else 'absent'}, "
                                               "only a RUNNING or HALTED rollout can be aborted")])
         doc.update(state=w.ABORTED, reason=f"aborted; clusters return to {doc['previous'].get('version')}",

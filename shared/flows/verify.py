@@ -23,7 +23,7 @@ from typing import Any
 
 from shared.core import decisions as d
 from shared.core import logs
-from shared.core.errors import Permanent, Rejected, Transient
+from shared.core.errors import Permanent, Rejected, RejectionKind, Transient
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
 from shared.ports import DELETE
@@ -145,12 +145,13 @@ class VerifyFlow:
         if doc is None or doc.get("state") not in d.NAD_LIVE:
             state = doc.get("state") if doc else "unknown"
             raise Rejected(f"NAD {namespace}/{name} on {ref.path} is {state}; only APPLIED NADs can be verified",
-                           kind="not-applied", cluster=ref)
+                           kind=RejectionKind.NOT_APPLIED, cluster=ref)
         from shared.core import nad as nadlib
 
         if not isinstance(doc.get("request"), dict):
             raise Rejected(f"NAD {namespace}/{name} on {ref.path} was adopted from the cluster and has no request "
-                           "to verify against; send a request for it first", kind="not-applied", cluster=ref)
+                           "to verify against; send a request for it first", kind=RejectionKind.NOT_APPLIED,
+                           cluster=ref)
         req = nadlib.parse_request(dict(doc["request"]))
         kube = self.ctx.kube_for(ref)
         mark_verifying(store, ref, namespace, name, event_id=event_id, timeout=VERIFY_TIMEOUT_SECONDS)
