@@ -546,22 +546,22 @@ class Gke:
     # -- writes --
     def node_pool_message(self, template: NodePoolTemplate) -> container_v1.NodePool:
         """The NodePool of a CreateNodePool request for `template` (Rejected naming bad fields)."""
-        from google.cloud import container_v1 as c
+        from google.cloud import container_v1
 
         problems = template.problems()
         if problems:
             raise Rejected("invalid node pool template", problems)
-        return c.NodePool(
+        return container_v1.NodePool(
             name=template.name,
             initial_node_count=template.node_count,
-            config=c.NodeConfig(machine_type=template.machine_type, labels=dict(template.labels)),
-            network_config=c.NodeNetworkConfig(
-                additional_node_network_configs=[c.AdditionalNodeNetworkConfig(
+            config=container_v1.NodeConfig(machine_type=template.machine_type, labels=dict(template.labels)),
+            network_config=container_v1.NodeNetworkConfig(
+                additional_node_network_configs=[container_v1.AdditionalNodeNetworkConfig(
                     network=compute_ref(template.network), subnetwork=compute_ref(template.subnetwork))],
-                additional_pod_network_configs=[c.AdditionalPodNetworkConfig(
+                additional_pod_network_configs=[container_v1.AdditionalPodNetworkConfig(
                     subnetwork=compute_ref(template.subnetwork),
                     secondary_pod_range=template.secondary_pod_range,
-                    max_pods_per_node=c.MaxPodsConstraint(max_pods_per_node=template.max_pods_per_node))],
+                    max_pods_per_node=container_v1.MaxPodsConstraint(max_pods_per_node=template.max_pods_per_node))],
             ),
         )
 

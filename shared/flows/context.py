@@ -39,14 +39,16 @@ class Outcome:
 
 @dataclass
 class Cursor:
-    """Where a drive currently is, so an error is recorded against the step that raised it.
+    """Where a drive currently is (`phase`: resolve-range, endpoint, apply-crds, ...), so an error
+    is recorded against the phase that raised it. Distinct from the `step` a history entry is
+    recorded under and from the lease's step (`next_step`, `hold`), which the store owns.
 
     `holder` names this delivery of the event in the lease: two concurrent deliveries of one
     event (Pub/Sub is at least once) must not both run the steps, so each has its own holder and
     the second gets a `Transient` "busy" answer; it is redelivered later and finds the ledger.
     """
 
-    step: str
+    phase: str
     holder: str = field(default_factory=lambda: secrets.token_hex(6))
     facts_digest: str | None = None  # of the cluster as this drive read it (recorded with any outcome)
 

@@ -19,8 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shared.core import decisions as d
-from shared.core import logs, prechecks
+from shared.core import decisions, logs, prechecks
 from shared.core.errors import Permanent, Rejected, Transient
 from shared.core.prechecks import ClusterFacts
 from shared.core.refs import ClusterRef
@@ -102,16 +101,17 @@ def needs_recheck(rec: ClusterRecord, facts: ClusterFacts) -> bool:
     its name (a DELETED workflow, or another cluster id than recorded)."""
     from shared.flows.cluster import new_incarnation
 
-    if rec.state in (d.IGNORED, d.INELIGIBLE) and prechecks.facts_digest(facts) != rec.workflow.facts_digest:
+    decided = rec.state in (decisions.IGNORED, decisions.INELIGIBLE)
+    if decided and prechecks.facts_digest(facts) != rec.workflow.facts_digest:
         return True
-    return rec.state not in d.RESUMABLE and new_incarnation(rec, facts)
+    return rec.state not in decisions.RESUMABLE and new_incarnation(rec, facts)
 
 
 def wants_reconcile(rec: Any, now: float, stall_seconds: int) -> bool:
     """Whether a tracked cluster has work for a sweep: READY (drift check) or a stalled workflow."""
-    if rec.state == d.READY:
+    if rec.state == decisions.READY:
         return True
-    if rec.state not in d.RESUMABLE:
+    if rec.state not in decisions.RESUMABLE:
         return False  # INELIGIBLE / FAILED / IGNORED wait for the user's re-check; DELETED is closed
     updated = rec.updated_at
     return updated is None or now - updated.timestamp() >= stall_seconds

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.core import decisions as d
-from shared.core import logs
+from shared.core import decisions, logs
 from shared.core.errors import Permanent, Rejected, RejectionKind, Transient
 from shared.core.nad import config_digest, request_digest
 from shared.core.policy import Policy
@@ -62,14 +61,14 @@ class NadFlow:
         cluster_state = rec.state if rec else None
         out = self._decide_and_carry_out(ref, rec, req, ev.event_id, ledger, expect=None, origin=ev.event_id,
                                          known=known)
-        if out.state == d.NAD_PENDING and out.status == "pending":
+        if out.state == decisions.NAD_PENDING and out.status == "pending":
             # Lost wake-up guard: the cluster may have become READY (and scanned its PENDING NADs)
             # between our read of it and our write. Look once more; the compare-and-set on PENDING
             # makes sure only one of us and that scan applies the NAD.
             rec = store.get_cluster(ref)
-            if rec is not None and rec.state == d.READY and cluster_state != d.READY:
+            if rec is not None and rec.state == decisions.READY and cluster_state != decisions.READY:
                 return self._decide_and_carry_out(ref, rec, req, ev.event_id, f"{ledger}~late",
-                                                  expect=(d.NAD_PENDING,), origin=ev.event_id)
+                                                  expect=(decisions.NAD_PENDING,), origin=ev.event_id)
         return out
 
     def _duplicate(self, ref: ClusterRef, req: Any, event_id: str, ledger: str) -> Outcome:
@@ -99,7 +98,7 @@ class NadFlow:
         policy = self.ctx.policy()
         cluster_state = rec.state if rec else None
         pool_cidr = rec.workflow.node_pool.cidr if rec and rec.workflow.node_pool else None
-        step = d.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr, existing=None,
+        step = decisions.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr, existing=None,
                             namespace_problem=policy.namespace_problem(req.namespace), max_nads=None)
         job = _Job(ref, req, event_id, ledger, origin or event_id, self._stale_before(), self._stale_before(1))
         if step.kind == step.APPLY:
@@ -112,15 +111,15 @@ class NadFlow:
     def _stale_before(self, leases: int = STALE_LEASES) -> str:
         return f"{time.time_ns() - int(leases * self.ctx.settings.lease_seconds * 1e9):020d}"
 
-    def _carry_out_nad(self, job: _Job, step: d.NadStep, *, expect: tuple[str | None, ...] | None = None,
+    def _carry_out_nad(self, job: _Job, step: decisions.NadStep, *, expect: tuple[str | None, ...] | None = None,
                        expect_claim: str | None = None) -> Outcome:
         """Reject or queue a NAD (applying is `_apply_nad`, deleting `_delete_nad`)."""
         if step.kind == step.REJECT:
             return self._refuse(job, list(step.reasons), None, expect_states=expect,
                                 expect_fields={"claimOrder": expect_claim} if expect_claim else None)
-        change = _Change(job, d.NAD_PENDING, lambda cur: _pending(job, cur, step.message))
+        change = _Change(job, decisions.NAD_PENDING, lambda cur: _pending(job, cur, step.message))
         wrote = self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
-                                       step="queue-nad", state=d.NAD_PENDING, fields={}, derive=change,
+                                       step="queue-nad", state=decisions.NAD_PENDING, fields={}, derive=change,
                                        message=f"{job.label}: {step.message}", ledger_key=job.ledger,
                                        ledger_fields=job.ledger_fields, expect_states=expect,
                                        expect_fields={"claimOrder": expect_claim} if expect_claim else None)
@@ -131,16 +130,16 @@ class NadFlow:
                 expect_states: tuple[str | None, ...] | None, expect_fields: dict[str, Any] | None,
                 known: NadVersion | None = None) -> Outcome:
         """Record a refusal: a NAD on the cluster keeps its applied part and says so."""
-        change = _Change(job, d.NAD_REJECTED, lambda cur: _refused(job, cur, reasons, cidr))
+        change = _Change(job, decisions.NAD_REJECTED, lambda cur: _refused(job, cur, reasons, cidr))
         wrote = self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
-                                       step="reject-nad", state=d.NAD_REJECTED, fields={}, derive=change,
+                                       step="reject-nad", state=decisions.NAD_REJECTED, fields={}, derive=change,
                                        outcome="rejected", ledger_key=job.ledger, ledger_fields=job.ledger_fields,
                                        expect_states=expect_states, expect_fields=expect_fields, known=known)
-        if not wrote and expect_fields and "claimOrder" in expect_fields and expect_states == (d.NAD_APPLYING,):
+        if not wrote and expect_fields and "claimOrder" in expect_fields and expect_states == (decisions.NAD_APPLYING,):
             # our claim was taken over meanwhile; the request has its outcome all the same
             self.ctx.store.record_ledger(job.ledger, event_id=job.event_id, step="reject-nad", outcome="rejected",
                                          cluster=job.ref, fields=job.ledger_fields)
-            return Outcome("rejected", "; ".join(reasons), job.ref.path, d.NAD_REJECTED)
+            return Outcome("rejected", "; ".join(reasons), job.ref.path, decisions.NAD_REJECTED)
         return Outcome("rejected" if wrote else "duplicate", "; ".join(reasons), job.ref.path, change.state)
 
     def _claim(self, job: _Job, cidr: str | None, state: str, *, expect: tuple[str | None, ...] | None,
@@ -153,7 +152,7 @@ class NadFlow:
         record, so no other write can come between the claim and the outcome unnoticed."""
         order = f"{time.time_ns():020d}~{secrets.token_hex(4)}"
         change = _Change(job, state, lambda cur: _claimed(job, cur, cidr, order, state, expect_claim))
-        verb = "deleting" if state == d.NAD_DELETING else f"applying with range {cidr}"
+        verb = "deleting" if state == decisions.NAD_DELETING else f"applying with range {cidr}"
         version = self.ctx.store.put_nad_version(
             job.ref, job.req.namespace, job.req.name, event_id=job.event_id, step="claim-nad", state=state, fields={},
             derive=change, message=f"{job.label}: {verb}", ledger_key=job.ledger, expect_states=expect,
@@ -167,15 +166,15 @@ class NadFlow:
         claim and recorded after the cluster answered; a refusal keeps the record as it was; on a
         cluster that is not READY a NAD still on it waits (PENDING delete)."""
         store, ref, req = self.ctx.store, job.ref, job.req
-        if cluster_state != d.READY:
-            change = _Change(job, d.NAD_PENDING, lambda cur: _delete_waits(job, cur, cluster_state))
+        if cluster_state != decisions.READY:
+            change = _Change(job, decisions.NAD_PENDING, lambda cur: _delete_waits(job, cur, cluster_state))
             wrote = store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="delete-nad",
-                                  state=d.NAD_PENDING, fields={}, derive=change, ledger_key=job.ledger,
+                                  state=decisions.NAD_PENDING, fields={}, derive=change, ledger_key=job.ledger,
                                   ledger_fields=job.ledger_fields, expect_states=expect,
                                   expect_fields={"claimOrder": expect_claim} if expect_claim else None, known=known)
-            status = "pending" if change.state == d.NAD_PENDING else "done"
+            status = "pending" if change.state == decisions.NAD_PENDING else "done"
             return Outcome(status if wrote else "duplicate", change.message, ref.path, change.state)
-        claimed = self._claim(job, None, d.NAD_DELETING, expect=expect, expect_claim=expect_claim, known=known)
+        claimed = self._claim(job, None, decisions.NAD_DELETING, expect=expect, expect_claim=expect_claim, known=known)
         if claimed is None:
             return Outcome("duplicate", "request already handled, or taken by another worker", ref.path)
         order, version = claimed
@@ -185,17 +184,17 @@ class NadFlow:
         except Permanent as e:
             return self._nad_failed(job, "delete", e, expect_fields=mine)
         except Transient as e:
-            self._release(job, order, d.NAD_DELETING, e)
+            self._release(job, order, decisions.NAD_DELETING, e)
             raise
         message = f"{job.label} deleted" + ("" if deleted else " (it was not on the cluster)")
         wrote = store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="delete-nad",
-                              state=d.NAD_DELETED, fields=_deleted(job), message=message, ledger_key=job.ledger,
-                              ledger_fields=job.ledger_fields, expect_states=(d.NAD_DELETING,), expect_fields=mine,
-                              known=version)
+                              state=decisions.NAD_DELETED, fields=_deleted(job), message=message, ledger_key=job.ledger,
+                              ledger_fields=job.ledger_fields, expect_states=(decisions.NAD_DELETING,),
+                              expect_fields=mine, known=version)
         if not wrote:
             store.record_ledger(job.ledger, event_id=job.event_id, step="delete-nad", outcome="ok", cluster=ref,
                                 fields=job.ledger_fields)
-        return Outcome("done" if wrote else "superseded", message, ref.path, d.NAD_DELETED)
+        return Outcome("done" if wrote else "superseded", message, ref.path, decisions.NAD_DELETED)
 
     def _apply_nad(self, job: _Job, cidr: str, *, expect: tuple[str | None, ...] | None,
                    expect_claim: str | None = None, known: NadVersion | None = None) -> Outcome:
@@ -208,23 +207,23 @@ class NadFlow:
         claim, so a claim turned away meanwhile puts back what its record says is on the cluster.
         """
         ref = job.ref
-        claimed = self._claim(job, cidr, d.NAD_APPLYING, expect=expect, expect_claim=expect_claim, known=known)
+        claimed = self._claim(job, cidr, decisions.NAD_APPLYING, expect=expect, expect_claim=expect_claim, known=known)
         if claimed is None:
             return Outcome("duplicate", "request already handled, or taken by another worker", ref.path)
         order, version = claimed
         try:
             return self._apply_claimed(job, cidr, order, version)
         except Transient as e:
-            self._release(job, order, d.NAD_APPLYING, e)
+            self._release(job, order, decisions.NAD_APPLYING, e)
             raise
 
     def _release(self, job: _Job, order: str, claimed: str, err: Exception) -> None:
         """A transient failure: give the claim back, so that the redelivery (or, for a NAD that
         waited for its cluster, the next drive or reconcile) carries the request out."""
-        change = _Change(job, d.NAD_PENDING, lambda cur: _released(job, cur, err))
+        change = _Change(job, decisions.NAD_PENDING, lambda cur: _released(job, cur, err))
         with contextlib.suppress(Transient, Permanent):
             self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
-                                   step="claim-nad", state=d.NAD_PENDING, fields={}, derive=change,
+                                   step="claim-nad", state=decisions.NAD_PENDING, fields={}, derive=change,
                                    expect_states=(claimed,), expect_fields={"claimOrder": order}, history=False)
 
     def _apply_claimed(self, job: _Job, cidr: str, order: str, version: NadVersion) -> Outcome:
@@ -239,11 +238,11 @@ class NadFlow:
         # flight, and the managed objects the cluster really has (with or without a record).
         docs = [n for n in store.list_nads(ref, fields=NAD_DECISION_FIELDS)
                 if (n["namespace"], n["name"]) != (ns, name)]
-        objects = [o for o in kube.list_managed_nads() if d.nad_object_key(o) != (ns, name)]
-        others = d.footprints(docs, objects)
-        limit = d.limit_problem(others, policy.max_nads_per_cluster)
+        objects = [o for o in kube.list_managed_nads() if decisions.nad_object_key(o) != (ns, name)]
+        others = decisions.footprints(docs, objects)
+        limit = decisions.limit_problem(others, policy.max_nads_per_cluster)
         reasons = [limit] if limit else []
-        arb = d.arbitrate(key=f"{ns}~{name}", master=req.master, cidr=cidr, order=order, others=others)
+        arb = decisions.arbitrate(key=f"{ns}~{name}", master=req.master, cidr=cidr, order=order, others=others)
         lose_to = list(arb.lose_to)
         # Only a claim that is going to be applied turns later claims away; the loser's own worker
         # records the refusal (and puts back what was on the cluster), so its NAD stays claimed
@@ -251,29 +250,29 @@ class NadFlow:
         for other in (arb.win_over if not (lose_to or reasons) else ()):
             why = (f"range {other['range']} overlaps {label} ({cidr}) on master {req.master}, claimed first")
             if not store.put_nad(ref, other["namespace"], other["name"], event_id=job.event_id, step="refuse-claim",
-                                 state=d.NAD_APPLYING, fields={"claimRefused": why}, history=False,
-                                 expect_states=(d.NAD_APPLYING,),
+                                 state=decisions.NAD_APPLYING, fields={"claimRefused": why}, history=False,
+                                 expect_states=(decisions.NAD_APPLYING,),
                                  expect_fields={"claimOrder": other.get("claimOrder"), "claimRefused": None}):
                 now = store.get_nad(ref, other["namespace"], other["name"]) or {}
-                part = d.applied_part(now)
+                part = decisions.applied_part(now)
                 if part and part.get("master") == req.master and nadlib.ranges_overlap(cidr, part["range"]):
                     lose_to.append({**other, "range": part["range"]})  # it finished first after all
         reasons += _overlap_reasons(cidr, req.master, lose_to)
         if reasons:
-            return self._refuse(job, reasons, cidr, expect_states=(d.NAD_APPLYING,), expect_fields=mine,
+            return self._refuse(job, reasons, cidr, expect_states=(decisions.NAD_APPLYING,), expect_fields=mine,
                                 known=version)
         obj = nadlib.render_nad(req, cidr)
         try:
             result = kube.apply_nad(obj)
         except Permanent as e:
             return self._nad_failed(job, "apply", e, expect_fields=mine)
-        state, message = d.NAD_APPLIED, f"{label} applied with range {cidr}"
+        state, message = decisions.NAD_APPLIED, f"{label} applied with range {cidr}"
         verification = None
         left: dict[str, Any] = {}
         if req.verify:  # the claim says a verification is on its way (verify.may_have_verify_pod)
             checked = self.verifier.check(kube, req, cidr, ref)
             verification = {"ok": checked.ok, "message": checked.detail}
-            state = d.NAD_VERIFIED if checked.ok else d.NAD_APPLIED
+            state = decisions.NAD_VERIFIED if checked.ok else decisions.NAD_APPLIED
             message += f"; verify: {checked.detail}"
             if checked.left is not None:
                 left = marker_fields(checked)  # its pod could not be deleted: reconcile's sweep looks for it
@@ -281,7 +280,7 @@ class NadFlow:
                              verification), **left}
         if store.put_nad(ref, ns, name, event_id=job.event_id, step="apply-nad", state=state, fields=fields,
                          message=message, ledger_key=job.ledger, ledger_fields=job.ledger_fields,
-                         expect_states=(d.NAD_APPLYING,), expect_fields={**mine, "claimRefused": None},
+                         expect_states=(decisions.NAD_APPLYING,), expect_fields={**mine, "claimRefused": None},
                          known=version):
             return Outcome("done", message, ref.path, state)
         if store.seen(job.ledger):
@@ -296,14 +295,14 @@ class NadFlow:
         # what the record says is on the cluster, then record the refusal.
         self._restore(kube, ref, now, ns, name)
         why = str(now.get("claimRefused") or "an overlapping request claimed its range first")
-        out = self._refuse(job, [why], cidr, expect_states=(d.NAD_APPLYING,), expect_fields=mine)
+        out = self._refuse(job, [why], cidr, expect_states=(decisions.NAD_APPLYING,), expect_fields=mine)
         return Outcome("rejected", f"{label} withdrawn: {why}", ref.path, out.state)
 
     def _restore(self, kube: Any, ref: ClusterRef, doc: Mapping[str, Any], ns: str, name: str) -> None:
         """Make the cluster hold what `doc`'s applied part says: its config again, or nothing."""
         from shared.core import nad as nadlib
 
-        part = d.applied_part(doc)
+        part = decisions.applied_part(doc)
         if part is None:
             kube.delete_nad(ns, name)
         elif doc.get("config"):
@@ -313,9 +312,9 @@ class NadFlow:
 
     def _nad_failed(self, job: _Job, what: str, err: Exception, *,
                     expect_fields: dict[str, Any] | None = None) -> Outcome:
-        change = _Change(job, d.NAD_FAILED, lambda cur: _failed(job, cur, what, err))
+        change = _Change(job, decisions.NAD_FAILED, lambda cur: _failed(job, cur, what, err))
         self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id, step=f"{what}-nad",
-                               state=d.NAD_FAILED, fields={}, derive=change, outcome="failed",
+                               state=decisions.NAD_FAILED, fields={}, derive=change, outcome="failed",
                                ledger_key=job.ledger, ledger_fields=job.ledger_fields, expect_fields=expect_fields)
         return Outcome("failed", change.message, job.ref.path, change.state)
 
@@ -355,9 +354,9 @@ class NadFlow:
                 todo.append((nadlib.parse_request(dict(body)), expect, claim, last.get("messageId")))
             except Rejected as e:
                 store.put_nad(ref, doc["namespace"], doc["name"], event_id=event_id, step="apply-nad",
-                              state=d.NAD_REJECTED, fields={"reasons": [e.message]}, outcome="rejected",
+                              state=decisions.NAD_REJECTED, fields={"reasons": [e.message]}, outcome="rejected",
                               message=e.message, ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}",
-                              expect_states=(d.NAD_PENDING,))
+                              expect_states=(decisions.NAD_PENDING,))
         for req, expect, claim, origin in todo:
             ledger = f"{event_id}~{req.namespace}~{req.name}"
             try:
@@ -377,14 +376,14 @@ class NadFlow:
     def reject_pending(self, ref: ClusterRef, event_id: str, why: str) -> None:
         """The cluster will never be READY: refuse what waits for it (a PENDING delete of a NAD
         still recorded on the cluster keeps its applied part: it is refused, not done)."""
-        for doc in self.ctx.store.list_nads(ref, state=d.NAD_PENDING):
+        for doc in self.ctx.store.list_nads(ref, state=decisions.NAD_PENDING):
             last = _mapping(doc.get("lastRequest"))
-            change = _Change(None, d.NAD_REJECTED, functools.partial(_refused_waiting, last=last, why=why))
+            change = _Change(None, decisions.NAD_REJECTED, functools.partial(_refused_waiting, last=last, why=why))
             self.ctx.store.put_nad(ref, doc["namespace"], doc["name"], event_id=event_id, step="reject-nad",
-                                   state=d.NAD_REJECTED, fields={}, derive=change, outcome="rejected",
+                                   state=decisions.NAD_REJECTED, fields={}, derive=change, outcome="rejected",
                                    message=f"{doc['namespace']}/{doc['name']}: {why}",
                                    ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}",
-                                   expect_states=(d.NAD_PENDING,))
+                                   expect_states=(decisions.NAD_PENDING,))
 
 
 def _scan_takes(doc: Mapping[str, Any], stale_before: str) -> tuple[tuple[str | None, ...], Any, Any] | None:
@@ -394,9 +393,9 @@ def _scan_takes(doc: Mapping[str, Any], stale_before: str) -> tuple[tuple[str | 
     body = last.get("request") if isinstance(last.get("request"), Mapping) else doc.get("request")
     if not isinstance(body, Mapping):
         return None
-    if doc.get("state") == d.NAD_PENDING:
-        return (d.NAD_PENDING,), None, body
-    if doc.get("state") in d.NAD_IN_FLIGHT and str(doc.get("claimOrder") or "") < stale_before:
+    if doc.get("state") == decisions.NAD_PENDING:
+        return (decisions.NAD_PENDING,), None, body
+    if doc.get("state") in decisions.NAD_IN_FLIGHT and str(doc.get("claimOrder") or "") < stale_before:
         return (doc["state"],), doc.get("claimOrder"), body  # its worker died: take it over
     return None
 
@@ -468,7 +467,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 
 def _busy_check(job: _Job, cur: Mapping[str, Any], takeover: str | None) -> None:
-    if cur.get("state") not in d.NAD_IN_FLIGHT:
+    if cur.get("state") not in decisions.NAD_IN_FLIGHT:
         return
     claim = _mapping(cur.get("claim"))
     theirs = str(cur.get("claimOrder") or "")
@@ -493,14 +492,14 @@ def _claimed(job: _Job, cur: dict[str, Any], cidr: str | None, order: str, state
                   "eventId": job.event_id, "requestId": job.req.request_id, "previousState": cur.get("state"),
                   "holder": job.holder},
         "lastRequest": job.last(state, cidr=cidr)}
-    part = d.applied_part(cur)
+    part = decisions.applied_part(cur)
     if part is None:
         out.update(_nad_fields(job.req))
         if cidr:
             out["range"] = cidr
     elif "applied" not in cur:
         out["applied"] = dict(part)  # a record written before `applied` existed
-    if cur.get("state") in d.NAD_IN_FLIGHT:
+    if cur.get("state") in decisions.NAD_IN_FLIGHT:
         out.update(_verify_may_linger(cur))  # a claim taken over: its worker may have left a verify pod
     return out
 
@@ -517,8 +516,9 @@ def _released(job: _Job, cur: dict[str, Any], err: Exception) -> dict[str, Any]:
     """A waiting NAD goes back to the queue (PENDING); any other claim stays, its range reserved,
     marked released: no worker is on it, so its redelivery (or any other request) may claim it."""
     claim = dict(_mapping(cur.get("claim")))
-    if claim.get("previousState") == d.NAD_PENDING:
-        return {**_SETTLE, **_verify_may_linger(cur), "state": d.NAD_PENDING, "lastRequest": job.last(d.NAD_PENDING),
+    if claim.get("previousState") == decisions.NAD_PENDING:
+        return {**_SETTLE, **_verify_may_linger(cur), "state": decisions.NAD_PENDING,
+                "lastRequest": job.last(decisions.NAD_PENDING),
                 "message": f"{job.label}: waiting again after a transient failure ({err})"}
     return {"state": cur.get("state"), "claim": {**claim, "released": True, "why": str(err)[:500]},
             "message": f"{job.label}: retried after a transient failure ({err})"}
@@ -526,8 +526,8 @@ def _released(job: _Job, cur: dict[str, Any], err: Exception) -> dict[str, Any]:
 
 def _pending(job: _Job, cur: dict[str, Any], why: str) -> dict[str, Any]:
     _busy_check(job, cur, None)
-    out: dict[str, Any] = {**_SETTLE, "state": d.NAD_PENDING, "lastRequest": job.last(d.NAD_PENDING)}
-    part = d.applied_part(cur)
+    out: dict[str, Any] = {**_SETTLE, "state": decisions.NAD_PENDING, "lastRequest": job.last(decisions.NAD_PENDING)}
+    part = decisions.applied_part(cur)
     if part is None:
         out.update(_nad_fields(job.req))
         out["message"] = f"{job.label}: {why}"
@@ -539,10 +539,10 @@ def _pending(job: _Job, cur: dict[str, Any], why: str) -> dict[str, Any]:
 def _refused(job: _Job, cur: dict[str, Any], reasons: list[str], cidr: str | None) -> dict[str, Any]:
     _busy_check(job, cur, None)
     text = "; ".join(reasons)
-    last = job.last(d.NAD_REJECTED, reasons=reasons, cidr=cidr)
-    part = d.applied_part(cur)
+    last = job.last(decisions.NAD_REJECTED, reasons=reasons, cidr=cidr)
+    part = decisions.applied_part(cur)
     if part is None:
-        out = {**_nad_fields(job.req), **_SETTLE, "state": d.NAD_REJECTED, "reasons": list(reasons),
+        out = {**_nad_fields(job.req), **_SETTLE, "state": decisions.NAD_REJECTED, "reasons": list(reasons),
                "lastRequest": last, "message": f"{job.label}: {text}"}
         if cidr:
             out["range"] = cidr
@@ -553,21 +553,21 @@ def _refused(job: _Job, cur: dict[str, Any], reasons: list[str], cidr: str | Non
 
 
 def _refused_waiting(cur: dict[str, Any], last: Mapping[str, Any], why: str) -> dict[str, Any]:
-    part = d.applied_part(cur)
-    new_last = {**last, "state": d.NAD_REJECTED, "reasons": [why], "at": datetime.now(UTC)}
+    part = decisions.applied_part(cur)
+    new_last = {**last, "state": decisions.NAD_REJECTED, "reasons": [why], "at": datetime.now(UTC)}
     name = f"{cur.get('namespace')}/{cur.get('name')}"
     if part is None:
-        return {**_SETTLE, "state": d.NAD_REJECTED, "reasons": [why], "lastRequest": new_last,
+        return {**_SETTLE, "state": decisions.NAD_REJECTED, "reasons": [why], "lastRequest": new_last,
                 "message": f"{name}: {why}"}
     return {**_SETTLE, "state": _kept_state(cur, part), "reasons": [why], "lastRequest": new_last,
             "message": f"{last.get('action') or 'update'} refused: {cur.get('name')} keeps {part['range']}; {why}"}
 
 
 def _failed(job: _Job, cur: dict[str, Any], what: str, err: Exception) -> dict[str, Any]:
-    last = job.last(d.NAD_FAILED, reasons=[str(err)])
-    part = d.applied_part(cur)
+    last = job.last(decisions.NAD_FAILED, reasons=[str(err)])
+    part = decisions.applied_part(cur)
     if part is None:
-        return {**_nad_fields(job.req), **_SETTLE, "state": d.NAD_FAILED, "lastError": str(err),
+        return {**_nad_fields(job.req), **_SETTLE, "state": decisions.NAD_FAILED, "lastError": str(err),
                 "lastRequest": last, "message": f"{job.label}: {what} refused by the cluster: {err}"}
     return {**_SETTLE, "state": _kept_state(cur, part), "lastError": str(err), "lastRequest": last,
             "message": f"{what} refused by the cluster: {job.req.name} keeps {part['range']}: {err}"}
@@ -575,24 +575,24 @@ def _failed(job: _Job, cur: dict[str, Any], what: str, err: Exception) -> dict[s
 
 def _kept_state(cur: Mapping[str, Any], part: Mapping[str, Any]) -> str:
     state = cur.get("state")
-    if state in d.NAD_LIVE or state == d.NAD_ORPHANED:
+    if state in decisions.NAD_LIVE or state == decisions.NAD_ORPHANED:
         return str(state)
-    return str(part.get("state") or d.NAD_APPLIED)
+    return str(part.get("state") or decisions.NAD_APPLIED)
 
 
 def _deleted(job: _Job) -> dict[str, Any]:
     return {**_SETTLE, "applied": DELETE, "config": DELETE, "resourceVersion": DELETE, "verification": DELETE,
             "reasons": DELETE, "lastError": DELETE, "action": "delete", "requestId": job.req.request_id,
-            "lastRequest": job.last(d.NAD_DELETED)}
+            "lastRequest": job.last(decisions.NAD_DELETED)}
 
 
 def _delete_waits(job: _Job, cur: dict[str, Any], cluster_state: str | None) -> dict[str, Any]:
     _busy_check(job, cur, None)
-    part = d.applied_part(cur)
-    if part is None or cluster_state in (None, d.DELETED):
-        gone = "the cluster is gone" if cluster_state == d.DELETED else "it was not on the cluster"
-        return {**_deleted(job), "state": d.NAD_DELETED, "message": f"{job.label} deleted ({gone})"}
-    return {**_SETTLE, "state": d.NAD_PENDING, "lastRequest": job.last(d.NAD_PENDING),
+    part = decisions.applied_part(cur)
+    if part is None or cluster_state in (None, decisions.DELETED):
+        gone = "the cluster is gone" if cluster_state == decisions.DELETED else "it was not on the cluster"
+        return {**_deleted(job), "state": decisions.NAD_DELETED, "message": f"{job.label} deleted ({gone})"}
+    return {**_SETTLE, "state": decisions.NAD_PENDING, "lastRequest": job.last(decisions.NAD_PENDING),
             "message": f"{job.label}: delete waits: the cluster is {cluster_state}; the NAD stays on it "
                        f"with {part['range']} until the cluster is READY"}
 

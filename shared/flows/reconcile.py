@@ -16,8 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from shared.core import decisions as d
-from shared.core import logs
+from shared.core import decisions, logs
 from shared.core.errors import ProvisionerError
 from shared.core.prechecks import ClusterFacts
 from shared.core.records import RolloutReport
@@ -64,13 +63,13 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
             # multi-networking emits none of the four audited methods); a full run leaves
             # INELIGIBLE / FAILED / IGNORED alone so that a broken cluster does not loop.
             # A scoped re-check of a DELETED workflow finds a cluster created again under its name.
-            recheck = ev.scope is not None and ev.sweep is None and rec.state in (d.INELIGIBLE, d.FAILED, d.IGNORED,
-                                                                                  d.DELETED)
-            if recheck or (rec.state in d.RESUMABLE and _stale(rec, now, wf.ctx.settings.stall_seconds)):
+            recheck = ev.scope is not None and ev.sweep is None and rec.state in (
+                decisions.INELIGIBLE, decisions.FAILED, decisions.IGNORED, decisions.DELETED)
+            if recheck or (rec.state in decisions.RESUMABLE and _stale(rec, now, wf.ctx.settings.stall_seconds)):
                 why = "re-check requested" if recheck else "workflow was stalled"
                 out = wf.clusters.drive(rec.ref, sub_event, trigger=f"reconcile: {why}", create=False)
                 resumed.append(f"{rec.ref.path}: {out.state}")
-            elif rec.state == d.READY:
+            elif rec.state == decisions.READY:
                 fixed = repair(wf, rec, sub_event)
                 if fixed:
                     repaired.append(f"{rec.ref.path}: {', '.join(fixed)}")
@@ -309,7 +308,7 @@ def recheck_changed(wf: ReconcileFlow, ev: Any, records: list[Any]) -> tuple[lis
     """
     from shared.core import prechecks
 
-    waiting = [r for r in records if r.state in (d.IGNORED, d.INELIGIBLE)]
+    waiting = [r for r in records if r.state in (decisions.IGNORED, decisions.INELIGIBLE)]
     done, errors = [], []
     listed: dict[str, Any] = {}
     for project in sorted({r.ref.project for r in waiting}):

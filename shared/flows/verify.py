@@ -21,8 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared.core import decisions as d
-from shared.core import logs
+from shared.core import decisions, logs
 from shared.core.errors import Permanent, Rejected, RejectionKind, Transient
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
@@ -91,7 +90,7 @@ def may_have_verify_pod(doc: Mapping[str, Any]) -> bool:
     last: Mapping[str, Any] = last_value if isinstance(last_value, Mapping) else {}
     body_value = last.get("request")
     body: Mapping[str, Any] = body_value if isinstance(body_value, Mapping) else {}
-    return doc.get("state") in d.NAD_IN_FLIGHT and bool(body.get("verify"))
+    return doc.get("state") in decisions.NAD_IN_FLIGHT and bool(body.get("verify"))
 
 
 def mark_verifying(store: Any, ref: ClusterRef, namespace: str, name: str, *, event_id: str,
@@ -101,14 +100,14 @@ def mark_verifying(store: Any, ref: ClusterRef, namespace: str, name: str, *, ev
     store.put_nad(ref, namespace, name, event_id=event_id, step="verify-start", state="", fields={},
                   derive=lambda cur: {"state": cur.get("state"),
                                       VERIFY_POD_FIELD: {"until": round(verify_deadline(timeout))}},
-                  expect_states=tuple(d.NAD_LIVE), history=False)
+                  expect_states=tuple(decisions.NAD_LIVE), history=False)
 
 
 def clear_verifying(store: Any, ref: ClusterRef, namespace: str, name: str, *, event_id: str) -> bool:
     """The record's marker removed: its verification is over and no pod of it is left."""
     return bool(store.put_nad(ref, namespace, name, event_id=event_id, step="verify-swept", state="", fields={},
                               derive=lambda cur: {"state": cur.get("state"), VERIFY_POD_FIELD: DELETE},
-                              expect_states=tuple(set(d.NAD_COUNTED + d.NAD_SETTLED)), history=False))
+                              expect_states=tuple(set(decisions.NAD_COUNTED + decisions.NAD_SETTLED)), history=False))
 
 
 def marker_fields(result: Verification) -> dict[str, Any]:
@@ -142,7 +141,7 @@ class VerifyFlow:
         """Start a short-lived pod on the NAD, check net1's address, record VERIFIED or why not."""
         store = self.ctx.store
         doc = store.get_nad(ref, namespace, name)
-        if doc is None or doc.get("state") not in d.NAD_LIVE:
+        if doc is None or doc.get("state") not in decisions.NAD_LIVE:
             state = doc.get("state") if doc else "unknown"
             raise Rejected(f"NAD {namespace}/{name} on {ref.path} is {state}; only APPLIED NADs can be verified",
                            kind=RejectionKind.NOT_APPLIED, cluster=ref)
@@ -157,7 +156,7 @@ class VerifyFlow:
         mark_verifying(store, ref, namespace, name, event_id=event_id, timeout=VERIFY_TIMEOUT_SECONDS)
         result = self.check(kube, req, doc.get("range"), ref)
         ok, detail = result.ok, result.detail
-        state = d.NAD_VERIFIED if ok else d.NAD_APPLIED
+        state = decisions.NAD_VERIFIED if ok else decisions.NAD_APPLIED
         store.put_nad(ref, namespace, name, event_id=event_id, step="verify-nad", state=state,
                       fields={"verification": {"ok": ok, "message": detail}, **marker_fields(result)},
                       derive=lambda cur: ({"applied": {**cur["applied"], "state": state}}
