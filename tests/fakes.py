@@ -14,9 +14,10 @@ store's own helpers, imported, so the two cannot disagree on them.
 from __future__ import annotations
 
 import copy
+import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -676,3 +677,52 @@ class FakeKube:
     def nads(self) -> dict[str, dict[str, Any]]:
         """Tests: the NADs on the cluster by `namespace/name`."""
         return {f"{k[2]}/{k[3]}": o for k, o in self.objects.items() if k[1] == "NetworkAttachmentDefinition"}
+
+
+class FakePublisher:
+    """`PublisherPort` over a dict of topics. Held to the real adapter (`shared.adapters.pubsub.Publisher`)
+    on the Pub/Sub emulator by tests/test_pubsub_contract.py: ids one per message, in order; a topic
+    that does not exist or data that is not bytes is `Permanent`; messages go out in batches of
+    `batch` (`calls` counts them, `published` the messages).
+
+    `topics` holds the topics that exist (a test creates one with `create_topic`) and what was
+    published to each; `errors` is raised by the next `publish` (then forgotten)."""
+
+    _TOPIC = re.compile(r"^projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/topics/[A-Za-z][-A-Za-z0-9._~+%]{2,254}$")
+
+    def __init__(self, *, batch: int = 100) -> None:
+        self.batch = batch
+        self.topics: dict[str, list[bytes]] = {}
+        self.errors: list[Exception] = []
+        self.published = 0
+        self.calls = 0
+        self._next_id = 0
+
+    def create_topic(self, topic: str) -> None:
+        self.topics.setdefault(topic, [])
+
+    def publish(self, topic: str, messages: Sequence[bytes]) -> list[str]:
+        from shared.core.errors import Permanent
+
+        if self.errors:
+            raise self.errors.pop(0)
+        for data in messages:
+            if not isinstance(data, bytes):
+                raise Permanent(f"publish to {topic}: TypeError: data must be bytes", code="TypeError", api="pubsub")
+        if messages and not self._TOPIC.match(topic):
+            raise Permanent(f"publish to {topic}: InvalidArgument: invalid topic name", code="InvalidArgument",
+                            api="pubsub")
+        if messages and topic not in self.topics:
+            raise Permanent(f"publish to {topic}: NotFound: topic not found", code="NotFound", api="pubsub")
+        ids: list[str] = []
+        for start in range(0, len(messages), self.batch):
+            for data in messages[start:start + self.batch]:
+                self._next_id += 1
+                self.topics[topic].append(data)
+                ids.append(str(self._next_id))
+            self.calls += 1
+        self.published += len(ids)
+        return ids
+
+    def close(self) -> None:
+        """As the adapter's: nothing to release."""
