@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import functions_framework
 
 if TYPE_CHECKING:
-    from shared.core.errors import Rejected, RejectionKind
+    from shared.core.errors import Rejected
     from shared.core.events import PubSubMessage
 
 _CONTROLLER: Any = None
@@ -102,7 +102,7 @@ def _reject(function: str, msg: PubSubMessage | None, err: Rejected, event_id: s
 @functions_framework.cloud_event
 def on_cluster_event(cloud_event: Any) -> None:
     """Cluster created or deleted (audit log entries routed by a Logging sink)."""
-    from shared.core.errors import NotForUs
+    from shared.core.errors import NotForUs, RejectionKind
     from shared.core.events import decode_audit
 
     def handle(msg: PubSubMessage) -> Any:
@@ -117,7 +117,7 @@ def on_cluster_event(cloud_event: Any) -> None:
 @functions_framework.cloud_event
 def on_node_pool_event(cloud_event: Any) -> None:
     """Node pool created or deleted."""
-    from shared.core.errors import NotForUs
+    from shared.core.errors import NotForUs, RejectionKind
     from shared.core.events import decode_audit
 
     def handle(msg: PubSubMessage) -> Any:
