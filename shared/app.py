@@ -93,9 +93,9 @@ class Controller:
         return self.nads.handle_nad(ev)
 
     def reconcile(self, ev: Any) -> Outcome:
-        self.ctx.config()
         """A scoped event reconciles its cluster; the scheduled tick (no scope) fans out one scoped
         event per cluster when a reconcile topic is configured, else sweeps every cluster here."""
+        self.ctx.config()
         if ev.scope is None and self.settings.reconcile_topic:
             return self.fanout.tick(ev)
         if ev.scope is None:

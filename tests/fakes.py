@@ -616,6 +616,11 @@ class FakeKube:
             return ApplyResult(key, False, str(before["metadata"]["resourceVersion"]))
         self._version += 1
         stored.setdefault("metadata", {})["resourceVersion"] = str(self._version)
+        if stored.get("kind") == "DaemonSet":  # rolled out at once, as `daemonset_rollout` says
+            generation = int((before or {}).get("metadata", {}).get("generation") or 0) + 1
+            stored["metadata"]["generation"] = generation
+            stored["status"] = {"desiredNumberScheduled": 3, "updatedNumberScheduled": 3, "numberReady": 3,
+                                "numberAvailable": 3, "observedGeneration": generation}
         self.objects[key] = stored
         return ApplyResult(key, True, str(self._version))
 
@@ -673,6 +678,39 @@ class FakeKube:
     def list_pods(self, label_selector: str, namespace: str | None = None) -> list[dict[str, Any]]:
         self.requests += 1
         return []
+
+    def create_pod(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Stored as given: the fake runs no kubelet, so a pod gets no network status."""
+        self.requests += 1
+        md = obj.get("metadata") or {}
+        key = ("v1", "Pod", str(md.get("namespace") or "default"), str(md.get("name") or ""))
+        self._version += 1
+        stored = copy.deepcopy(dict(obj))
+        stored.setdefault("metadata", {})["resourceVersion"] = str(self._version)
+        self.objects[key] = stored
+        return copy.deepcopy(stored)
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get("v1", "Pod", namespace, name)
+
+    def delete_pod(self, namespace: str, name: str) -> bool:
+        self.requests += 1
+        return self.objects.pop(("v1", "Pod", namespace, name), None) is not None
+
+    def pod_network_status(self, namespace: str, name: str) -> list[dict[str, Any]] | None:
+        self.requests += 1
+        return None
+
+    def pod_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        self.requests += 1
+        return []
+
+    # Last: a method named `list` would shadow the builtin in the annotations after it.
+    def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every object of a kind (in `namespace` when given), one request, as the adapter's LIST."""
+        self.requests += 1
+        return [copy.deepcopy(o) for k, o in sorted(self.objects.items())
+                if k[0] == api_version and k[1] == kind and (namespace is None or k[2] == namespace)]
 
     def nads(self) -> dict[str, dict[str, Any]]:
         """Tests: the NADs on the cluster by `namespace/name`."""
