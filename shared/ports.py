@@ -3,8 +3,8 @@
 The flows (`shared.flows`) are written against these `Protocol`s, never against an SDK or an
 adapter module, so they can be read (and tested with a small fake) without Firestore, GKE or a
 cluster. The adapters (`shared.adapters`) implement them; the composition root (`shared.app`)
-plugs one into the other. The value types that cross a port (`ClusterRecord`, `AlreadyHandled`,
-`DELETE`) live here too: they belong to the contract, not to one implementation.
+plugs one into the other. The value types that cross a port (`ClusterRecord`, `Document`,
+`AlreadyHandled`, `DELETE`) live here too: they belong to the contract, not to one implementation.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from shared.core.endpoints import Endpoint
 from shared.core.errors import RejectionKind
@@ -21,6 +21,16 @@ from shared.core.prechecks import ClusterFacts
 from shared.core.records import ClusterWorkflow, WorkflowUpdate
 from shared.core.refs import ClusterRef
 from shared.core.settings import NodePoolTemplate
+
+# A stored document (a NAD record, a ledger entry, the policy, the rollout) as read: decoded JSON
+# whose fields docs/FIRESTORE.md names. Whoever reads one narrows what it reads (`isinstance`).
+Document = dict[str, object]
+
+
+def text_field(doc: Mapping[str, object], name: str) -> str:
+    """A document's text field, "" when it is absent or not text."""
+    value = doc.get(name)
+    return value if isinstance(value, str) else ""
 
 
 class AlreadyHandled(Exception):
@@ -93,8 +103,8 @@ class NadVersion:
     document). Handed back to `put_nad_version(known=...)`, it is the precondition of the next
     write instead of a read: a NAD apply reads its document once and never again."""
 
-    data: Mapping[str, Any]
-    update_time: Any
+    data: Mapping[str, object]
+    update_time: object  # opaque: the store's own precondition
 
 
 class StorePort(Protocol):
@@ -120,35 +130,35 @@ class StorePort(Protocol):
     def hold(self, ref: ClusterRef, *, holder: str, step: str, seconds: int | None = None) -> None: ...
     def list_clusters(self, state: str | None = None, *, limit: int | None = None) -> list[ClusterRecord]: ...
     def seen(self, ledger_key: str) -> bool: ...
-    def get_ledger(self, ledger_key: str) -> dict[str, Any] | None: ...
+    def get_ledger(self, ledger_key: str) -> Document | None: ...
     def record_ledger(self, ledger_key: str, *, event_id: str, step: str, outcome: str,
-                      cluster: ClusterRef | None, fields: Mapping[str, Any] | None = None) -> bool: ...
-    def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> dict[str, Any] | None: ...
+                      cluster: ClusterRef | None, fields: Mapping[str, object] | None = None) -> bool: ...
+    def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> Document | None: ...
     def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
-                fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                fields: Mapping[str, object], outcome: str = "ok", message: str = "",
                 ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                expect_fields: dict[str, Any] | None = None, history: bool = True,
-                write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
-                ledger_fields: Mapping[str, Any] | None = None, known: NadVersion | None = None) -> bool: ...
+                expect_fields: Mapping[str, object] | None = None, history: bool = True,
+                write_ledger: bool = True, derive: Callable[[Document], Mapping[str, object]] | None = None,
+                ledger_fields: Mapping[str, object] | None = None, known: NadVersion | None = None) -> bool: ...
     def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str,
-                        state: str, fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                        state: str, fields: Mapping[str, object], outcome: str = "ok", message: str = "",
                         ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                        expect_fields: dict[str, Any] | None = None, history: bool = True,
+                        expect_fields: Mapping[str, object] | None = None, history: bool = True,
                         write_ledger: bool = True,
-                        derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
-                        ledger_fields: Mapping[str, Any] | None = None,
+                        derive: Callable[[Document], Mapping[str, object]] | None = None,
+                        ledger_fields: Mapping[str, object] | None = None,
                         known: NadVersion | None = None) -> NadVersion | None: ...
     def get_cluster_and_nad_unless_seen(self, ref: ClusterRef, ledger_key: str, namespace: str,
                                         name: str) -> tuple[ClusterRecord | None, bool, NadVersion]: ...
     def list_nads(self, ref: ClusterRef, state: str | None = None, *,
-                  fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]: ...
+                  fields: tuple[str, ...] | None = None) -> list[Document]: ...
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
-                         problems: list[dict[str, Any]], kind: RejectionKind, excerpt: str = "",
+                         problems: Sequence[Mapping[str, object]], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool: ...
-    def get_policy(self) -> dict[str, Any] | None: ...
+    def get_policy(self) -> Document | None: ...
     # The update time is opaque to the flows: read with the document, handed back as the precondition.
-    def get_rollout(self) -> tuple[dict[str, Any] | None, object]: ...
-    def put_rollout(self, doc: Mapping[str, Any], update_time: object) -> object: ...
+    def get_rollout(self) -> tuple[Document | None, object]: ...
+    def put_rollout(self, doc: Mapping[str, object], update_time: object) -> object: ...
 
 
 class GkePort(Protocol):

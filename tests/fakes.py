@@ -304,9 +304,9 @@ class FakeStore:
             return nad_view(copy.deepcopy(doc)) if doc is not None else None
 
     def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
-                fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                fields: Mapping[str, Any], outcome: str = "ok", message: str = "",
                 ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                expect_fields: dict[str, Any] | None = None, history: bool = True,
+                expect_fields: Mapping[str, Any] | None = None, history: bool = True,
                 write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
                 ledger_fields: Mapping[str, Any] | None = None, known: NadVersion | None = None) -> bool:
         return self.put_nad_version(
@@ -316,9 +316,9 @@ class FakeStore:
             known=known) is not None
 
     def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str,
-                        state: str, fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                        state: str, fields: Mapping[str, Any], outcome: str = "ok", message: str = "",
                         ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                        expect_fields: dict[str, Any] | None = None, history: bool = True,
+                        expect_fields: Mapping[str, Any] | None = None, history: bool = True,
                         write_ledger: bool = True,
                         derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
                         ledger_fields: Mapping[str, Any] | None = None,
@@ -407,7 +407,7 @@ class FakeStore:
 
     # -- rejections
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
-                         problems: list[dict[str, Any]], kind: RejectionKind, excerpt: str = "",
+                         problems: Sequence[Mapping[str, Any]], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool:
         items = [_plain(p) for p in problems]
         text = excerpt if isinstance(excerpt, str) else repr(excerpt)

@@ -34,7 +34,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, cast
@@ -890,9 +890,9 @@ class Store:
         return nad_view(snap.to_dict() or {}) if snap.exists else None
 
     def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
-                fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                fields: Mapping[str, Any], outcome: str = "ok", message: str = "",
                 ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                expect_fields: dict[str, Any] | None = None, history: bool = True,
+                expect_fields: Mapping[str, Any] | None = None, history: bool = True,
                 write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
                 ledger_fields: Mapping[str, Any] | None = None, known: NadVersion | None = None) -> bool:
         """Record a NAD's state (see `put_nad_version`); True when it was written."""
@@ -921,9 +921,9 @@ class Store:
 
     @_edge
     def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
-                        fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                        fields: Mapping[str, Any], outcome: str = "ok", message: str = "",
                         ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                        expect_fields: dict[str, Any] | None = None, history: bool = True,
+                        expect_fields: Mapping[str, Any] | None = None, history: bool = True,
                         write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
                         ledger_fields: Mapping[str, Any] | None = None,
                         known: NadVersion | None = None) -> NadVersion | None:
@@ -1007,8 +1007,8 @@ class Store:
                 batch.create(doc, written)
             if history:
                 batch.set(history_doc, self._history_entry(HistoryEntry(
-                    event_id, step, outcome, step_message, step_state, previous_state=before,
-                    nad=f"{namespace}/{name}")))
+                    event_id, step, outcome, step_message, step_state,
+                    previous_state=before if isinstance(before, str) else None, nad=f"{namespace}/{name}")))
             if ledger is not None and write_ledger:
                 batch.create(ledger, {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                            cluster=ref, now=now), **(ledger_fields or {})})
@@ -1070,7 +1070,7 @@ class Store:
     # -- rejections
     @_edge
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
-                         problems: list[dict[str, Any]], kind: RejectionKind, excerpt: str = "",
+                         problems: Sequence[Mapping[str, Any]], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool:
         """Keep a refused request where people look; False (nothing written) if recorded before."""
         if cluster is not None:

@@ -34,7 +34,7 @@ from shared.flows.verify import (
     may_have_verify_pod,
     verify_deadline,
 )
-from shared.ports import DELETE, NadVersion
+from shared.ports import DELETE, NadVersion, text_field
 
 # What the NAD decisions read of the other NADs (namespace and name come from the doc id).
 NAD_DECISION_FIELDS = ("state", "master", "range", "claimOrder", "applied", "claim", "claimRefused")
@@ -76,7 +76,7 @@ class NadFlow:
         first used with another body (an idempotency key names one request, not a NAD)."""
         store = self.ctx.store
         if req.request_id:
-            first = (store.get_ledger(ledger) or {}).get("digest")
+            first = text_field(store.get_ledger(ledger) or {}, "digest")
             if first and first != request_digest(req):
                 why = (f"request_id {req.request_id!r} was already used for a different request on this cluster "
                        f"(digest {first[:19]}, this one {request_digest(req)[:19]}); send a new request_id")
@@ -290,7 +290,7 @@ class NadFlow:
             # An abandoned-looking claim was taken over (`apply_pending`): the taker carries out
             # this same request and records its outcome, ledger included.
             return Outcome("superseded", f"{label}: another worker took this request over", ref.path,
-                           now.get("state"))
+                           text_field(now, "state") or None)
         # Turned away while applying (an overlapping claim with an earlier order won): put back
         # what the record says is on the cluster, then record the refusal.
         self._restore(kube, ref, now, ns, name)
@@ -353,7 +353,8 @@ class NadFlow:
             try:
                 todo.append((nadlib.parse_request(dict(body)), expect, claim, last.get("messageId")))
             except Rejected as e:
-                store.put_nad(ref, doc["namespace"], doc["name"], event_id=event_id, step="apply-nad",
+                store.put_nad(ref, text_field(doc, "namespace"), text_field(doc, "name"), event_id=event_id,
+                              step="apply-nad",
                               state=decisions.NAD_REJECTED, fields={"reasons": [e.message]}, outcome="rejected",
                               message=e.message, ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}",
                               expect_states=(decisions.NAD_PENDING,))
@@ -379,7 +380,8 @@ class NadFlow:
         for doc in self.ctx.store.list_nads(ref, state=decisions.NAD_PENDING):
             last = _mapping(doc.get("lastRequest"))
             change = _Change(None, decisions.NAD_REJECTED, functools.partial(_refused_waiting, last=last, why=why))
-            self.ctx.store.put_nad(ref, doc["namespace"], doc["name"], event_id=event_id, step="reject-nad",
+            self.ctx.store.put_nad(ref, text_field(doc, "namespace"), text_field(doc, "name"), event_id=event_id,
+                                   step="reject-nad",
                                    state=decisions.NAD_REJECTED, fields={}, derive=change, outcome="rejected",
                                    message=f"{doc['namespace']}/{doc['name']}: {why}",
                                    ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}",

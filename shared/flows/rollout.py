@@ -30,7 +30,7 @@ from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, bundle_of
 from shared.flows.verify import clear_verifying, mark_verifying, run_verification
-from shared.ports import AlreadyHandled
+from shared.ports import AlreadyHandled, StorePort, text_field
 
 STUCK_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff",
                  "CreateContainerConfigError")
@@ -54,7 +54,7 @@ class RolloutFlow:
         """
         policy = self.ctx.policy(fresh=True)
         target_spec = self._versioned(policy.bundle_spec())
-        doc, update_time = self.ctx.store.get_rollout()
+        doc, update_time = _rollout_doc(self.ctx.store)
         if doc is None or (doc.get("target") or {}).get("version") != target_spec["version"]:
             doc, update_time = self._start(event_id, doc, update_time, policy, target_spec, labels or {})
         if doc.get("state") != waves.RUNNING:
@@ -244,12 +244,12 @@ class RolloutFlow:
 
     # -- the CLI's actions ------------------------------------------------------------------
     def status(self) -> dict[str, Any] | None:
-        doc, _ = self.ctx.store.get_rollout()
+        doc, _ = _rollout_doc(self.ctx.store)
         return doc
 
     def resume(self) -> dict[str, Any]:
         """HALTED -> RUNNING; the cluster that failed its gate is tried again in its wave."""
-        doc, update_time = self.ctx.store.get_rollout()
+        doc, update_time = _rollout_doc(self.ctx.store)
         if doc is None or doc.get("state") != waves.HALTED:
             raise Rejected("nothing to resume", kind=RejectionKind.NOT_HALTED,
                            problems=[_problem(f"the rollout is {doc.get('state') if doc else 'absent'}, "
@@ -263,7 +263,7 @@ class RolloutFlow:
 
     def abort(self) -> dict[str, Any]:
         """Stop the rollout: every cluster goes back to the last good bundle (reconcile applies it)."""
-        doc, update_time = self.ctx.store.get_rollout()
+        doc, update_time = _rollout_doc(self.ctx.store)
         if doc is None or doc.get("state") not in (waves.RUNNING, waves.HALTED):
             raise Rejected("nothing to abort", kind=RejectionKind.NOT_RUNNING,
                            problems=[_problem(f"the rollout is {doc.get('state') if doc else 'absent'}, "
@@ -301,18 +301,20 @@ def health_gate(ctx: Context, ref: ClusterRef, kube: Any, bundle: Any) -> tuple[
         return PENDING, f"DaemonSet {ns}/{name}: {rollout.ready}/{rollout.desired} ready, {rollout.updated} updated"
     rec = ctx.store.get_cluster(ref)
     pool = rec.workflow.node_pool.name if rec and rec.workflow.node_pool else None
-    nads = [n for n in ctx.store.list_nads(ref) if n.get("state") in decisions.NAD_LIVE and n.get("range")]
-    if not nads:
+    live = sorted((text_field(n, "namespace"), text_field(n, "name"), text_field(n, "range"))
+                  for n in ctx.store.list_nads(ref)
+                  if n.get("state") in decisions.NAD_LIVE and text_field(n, "range"))
+    if not live:
         return PASS, f"DaemonSet rolled out ({rollout.ready}/{rollout.desired}); no NAD to verify net1 with"
-    nad = sorted(nads, key=lambda n: (n["namespace"], n["name"]))[0]
+    nad_namespace, nad_name, nad_range = live[0]
     timeout = max(5.0, s.rollout_wait_seconds)
     event_id = f"rollout-gate~{ref.doc_id}"  # names nothing written: the marker has no history entry
-    mark_verifying(ctx.store, ref, nad["namespace"], nad["name"], event_id=event_id, timeout=timeout)
-    result = run_verification(kube, nad["namespace"], nad["name"], nad["range"], pool=pool, cluster=ref.path,
+    mark_verifying(ctx.store, ref, nad_namespace, nad_name, event_id=event_id, timeout=timeout)
+    result = run_verification(kube, nad_namespace, nad_name, nad_range, pool=pool, cluster=ref.path,
                               timeout=timeout)
     if result.left is None:  # the marker goes with the pod; one left behind keeps it for reconcile's sweep
-        clear_verifying(ctx.store, ref, nad["namespace"], nad["name"], event_id=event_id)
-    where = f"verify pod on {nad['namespace']}/{nad['name']}: {result.detail}"
+        clear_verifying(ctx.store, ref, nad_namespace, nad_name, event_id=event_id)
+    where = f"verify pod on {nad_namespace}/{nad_name}: {result.detail}"
     return (PASS if result.ok else FAIL), (f"DaemonSet rolled out ({rollout.ready}/{rollout.desired}); {where}")
 
 
@@ -326,6 +328,14 @@ def _apply(kube: Any, bundle: Any, settings: Any) -> None:
     kube.apply(crds)
     kube.wait_established(bundle.crd_names, timeout=settings.crd_timeout_seconds, poll=settings.crd_poll_seconds)
     kube.apply([o for o in bundle.objects if o["kind"] != "CustomResourceDefinition"])
+
+
+def _rollout_doc(store: StorePort) -> tuple[dict[str, Any] | None, object]:
+    """`rollouts/current` as this flow edits it: a nested map (fields: docs/FIRESTORE.md,
+    `shared.core.waves`), and the update time its next write is preconditioned on."""
+    doc, update_time = store.get_rollout()
+    edited: dict[str, Any] | None = dict(doc) if doc is not None else None
+    return edited, update_time
 
 
 def _summary(doc: Mapping[str, Any]) -> str:

@@ -25,7 +25,7 @@ from shared.core import decisions, logs
 from shared.core.errors import Permanent, Rejected, RejectionKind, Transient
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
-from shared.ports import DELETE
+from shared.ports import DELETE, text_field
 
 VERIFY_IMAGE = "registry.k8s.io/pause:3.9"
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
@@ -79,6 +79,12 @@ def run_verification(kube: Any, namespace: str, nad_name: str, cidr: str | None,
         removed = delete_verify_pod(kube, namespace, pod_name, cluster=cluster)
     left = None if removed else {"pod": pod_name, "namespace": namespace, "until": round(until)}
     return Verification(ok, detail, left)
+
+
+def _applied_state(cur: Mapping[str, object], state: str) -> dict[str, object]:
+    """The record's applied part with the state a verification found (nothing without one)."""
+    applied = cur.get("applied")
+    return {"applied": {**applied, "state": state}} if isinstance(applied, dict) else {}
 
 
 def may_have_verify_pod(doc: Mapping[str, Any]) -> bool:
@@ -147,20 +153,20 @@ class VerifyFlow:
                            kind=RejectionKind.NOT_APPLIED, cluster=ref)
         from shared.core import nad as nadlib
 
-        if not isinstance(doc.get("request"), dict):
+        body = doc.get("request")
+        if not isinstance(body, dict):
             raise Rejected(f"NAD {namespace}/{name} on {ref.path} was adopted from the cluster and has no request "
                            "to verify against; send a request for it first", kind=RejectionKind.NOT_APPLIED,
                            cluster=ref)
-        req = nadlib.parse_request(dict(doc["request"]))
+        req = nadlib.parse_request(dict(body))
         kube = self.ctx.kube_for(ref)
         mark_verifying(store, ref, namespace, name, event_id=event_id, timeout=VERIFY_TIMEOUT_SECONDS)
-        result = self.check(kube, req, doc.get("range"), ref)
+        result = self.check(kube, req, text_field(doc, "range") or None, ref)
         ok, detail = result.ok, result.detail
         state = decisions.NAD_VERIFIED if ok else decisions.NAD_APPLIED
         store.put_nad(ref, namespace, name, event_id=event_id, step="verify-nad", state=state,
                       fields={"verification": {"ok": ok, "message": detail}, **marker_fields(result)},
-                      derive=lambda cur: ({"applied": {**cur["applied"], "state": state}}
-                                          if isinstance(cur.get("applied"), dict) else {}),
+                      derive=lambda cur: _applied_state(cur, state),
                       outcome="ok" if ok else "failed", message=f"{namespace}/{name}: verify: {detail}",
                       ledger_key=f"{event_id}~verify~{namespace}~{name}")
         return Outcome("done" if ok else "failed", detail, ref.path, state)
