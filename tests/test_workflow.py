@@ -22,7 +22,7 @@ from sandbox.gke.scenario import NodePoolSpec
 from sandbox.stack import Stack
 from shared.app import Controller
 from shared.core import decisions as d
-from shared.core.errors import Transient
+from shared.core.errors import NotYet, Transient
 from shared.core.events import decode_audit, decode_nad_request, decode_reconcile
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
@@ -375,7 +375,7 @@ def test_long_waits_renew_the_lease_and_a_lost_lease_stops_the_step(local_stack,
         def wait_established(self, names: Any, *, timeout: float = 60.0, poll: float = 1.0) -> int:
             self.waits += 1
             if self.waits < 3:
-                raise Transient("CRDs not Established yet", code="DEADLINE_EXCEEDED", api="kubernetes")
+                raise NotYet("CRDs not Established yet", api="kubernetes")  # the port's "not yet"
             return 1
 
         def daemonset_rollout(self, namespace: str, name: str) -> Rollout:
