@@ -401,9 +401,35 @@ def cmd_verify(args: argparse.Namespace) -> int:
     ref = _resolve_cluster(store, args.cluster)
     wf = Controller(settings, store=store)
     out = wf.verify(ref, namespace, name, event_id=f"cli-verify-{uuid.uuid4().hex[:12]}")
+    datapath = out.details.get("datapath")
     if args.json:
         _print_json({"cluster": ref.path, "nad": args.nad, "state": out.state, "ok": out.status == "done",
-                     "message": out.message})
+                     "message": out.message, "datapath": datapath})
     else:
         print(f"{args.nad}: {out.state}: {out.message}")
+        print_datapath(datapath)
     return EXIT_OK if out.status == "done" else EXIT_VERIFY_FAILED
+
+
+def print_datapath(report: Any) -> None:
+    """Each verify pod: node, Multus's net1, Whereabouts' IPPool entry, the kernel's net1; then the
+    reachability between the two (or why it was not checked)."""
+    if not isinstance(report, dict):
+        return
+    for pod in report.get("pods") or []:
+        pool = pod.get("ippool")
+        kernel = pod.get("kernel")
+        print(f"  pod {pod.get('pod')} on node {pod.get('node') or '?'}")
+        print(f"    net1 (Multus network-status): {', '.join(pod.get('net1') or []) or 'none'}")
+        print(f"    IPPool {pool['pool']}: {pool['ip']} for {pool['podref']}" if pool
+              else "    IPPool: no allocation found for this pod")
+        print(f"    kernel, netns {kernel['netns']}: net1 {', '.join(kernel['net1']) or 'none'}" if kernel
+              else "    kernel: not checked (no data-path probe: only the sandbox can look into a node)")
+    if report.get("peer"):
+        print(f"  {report['peer']}")
+    reach = report.get("reach")
+    if reach and reach.get("checked"):
+        print(f"  {reach['from']} -> {reach['to']} over net1: ICMP {'ok' if reach['icmp'] else 'no answer'}, "
+              f"ARP {'ok' if reach['arp'] else 'no answer'}")
+    elif reach:
+        print(f"  {reach['from']} -> {reach['to']} over net1: not checked (no data-path probe)")

@@ -64,6 +64,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from sandbox.stack import DEFAULT_SCENARIO, Stack
 
     p = Progress(quiet=args.json)
+    inherited = _drop_inherited_configuration()
+    if inherited:
+        p.say("  ", f"ignoring {len(inherited)} variable(s) from your environment that would configure the "
+                    f"controller or point it elsewhere: {', '.join(inherited)}")
     scenario = Path(args.scenario) if args.scenario else DEFAULT_SCENARIO
     # realism None: the scenario's (the default scenario is realistic: GKE on an ordinary day).
     stack = Stack(scenario=scenario, state_dir=Path(args.state_dir), progress=p.step, realism=None,
@@ -86,6 +90,24 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         print(f"\ndemo passed in {elapsed:.1f}s: every step reached its expected state.")
     return 0 if not p.failures else 1
+
+
+# What a shell may hold that would make the demo's functions read another deployment's configuration
+# (a collection prefix, topics, a node-pool template) or talk to other emulators.
+_INHERITED = ("MULTUS_PROVISIONER_", "FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "CLOUDSDK_CONFIG",
+              "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT")
+_KEPT = ("MULTUS_PROVISIONER_CACHE",)  # where the real tier's builds are (sandbox/gobuild.py), not configuration
+
+
+def _drop_inherited_configuration() -> list[str]:
+    """The demo plays a fixed story on its own sandbox: drop what the caller's shell would inject
+    into its functions, and say so (their names only: values may be private)."""
+    import os
+
+    names = sorted(k for k in os.environ if k.startswith(_INHERITED) and k not in _KEPT)
+    for k in names:
+        del os.environ[k]
+    return names
 
 
 class _Story:
@@ -127,6 +149,7 @@ class _Story:
             nad_range = doc.get("range") if doc else None
             ip = _sample_pod(self.stack, eligible.cluster, self.p, nad_range, self.timeout)
             peers = _peer_on_layer2(self.stack, eligible.cluster, self.p, nad_range, self.timeout) if ip else None
+            verified = self.verify_nad(eligible) if doc and doc.get("state") == "APPLIED" else None
             _print_trail(self.store, eligible, self.p)
             _print_objects(self.stack, eligible.cluster, self.p)
         finally:
@@ -134,7 +157,31 @@ class _Story:
         return {"clusters": {eligible.cluster: rec.state if rec else None,
                              legacy.cluster: legacy_rec.state if legacy_rec else None},
                 "nad": doc.get("state") if doc else None, "range": nad_range, "podIp": ip,
-                **({"layer2": peers} if peers is not None else {})}
+                **({"layer2": peers} if peers is not None else {}),
+                **({"verify": verified} if verified is not None else {})}
+
+    def verify_nad(self, eligible: Any) -> dict[str, Any]:
+        """`multus-provisioner verify` on the early NAD: its pod and a peer on another node, each one's
+        node, net1 as Multus reported it, Whereabouts' IPPool entry and (real tier) the kernel's net1,
+        and whether the two reach each other over net1."""
+        import uuid
+
+        from multus_cli.online import print_datapath
+        from shared.app import Controller
+        from shared.core.settings import Settings
+
+        ns, name = EARLY_NAD["namespace"], EARLY_NAD["name"]
+        self.p.step(f"multus-provisioner verify {eligible.cluster} {ns}/{name}")
+        out = Controller(Settings.from_env(self.env), store=self.store).verify(
+            eligible, ns, name, event_id=f"demo-verify-{uuid.uuid4().hex[:12]}")
+        report = out.details.get("datapath")
+        if out.status == "done":
+            self.p.ok(f"{ns}/{name}: {out.state}: {out.message}")
+        else:
+            self.p.fail(f"verify {ns}/{name}: {out.state}: {out.message}")
+        if not self.p.quiet:
+            print_datapath(report)
+        return {"ok": out.status == "done", "state": out.state, "message": out.message, "datapath": report}
 
     def request_early_nad(self, eligible: Any) -> None:
         from multus_cli.online import publish_request

@@ -103,6 +103,7 @@ class Stack:
     # the GKE sandbox; tests arm it through `stack.firestore_proxy.faults` / `stack.gke_proxy.faults`.
     firestore_proxy: Any = False
     gke_proxy: Any = False
+    datapath: Any = field(default=None, init=False)  # the data-path probe, in the real tier (sandbox/datapath.py)
     # False: no functions, topics or push subscriptions; audit entries are held (`take_audit`) for
     # in-process workflow tests that call the workflow themselves.
     with_functions: bool = True
@@ -234,6 +235,14 @@ class Stack:
             gke_endpoint = self.gke_proxy.start()
         self.env["MULTUS_PROVISIONER_GKE_ENDPOINT"] = gke_endpoint
 
+        if self.kube == "real":  # verify's look at the kernel side of pods (sandbox/datapath.py)
+            from sandbox.datapath import DataPathProbe
+
+            self.datapath = DataPathProbe(self._real_cni_of)
+            self.env["MULTUS_PROVISIONER_DATAPATH_URL"] = self.datapath.start()
+            # A UML guest on a busy machine takes far longer than a GKE node to set a pod's network
+            # up (each Multus and Whereabouts call starts a Go binary in the guest; docs/SANDBOX_KUBE.md).
+            self.env.setdefault("MULTUS_PROVISIONER_VERIFY_TIMEOUT_SECONDS", "120")
         if self.with_functions:
             self.progress("creating Pub/Sub topics and starting the functions")
             # The functions know their topics (the reconcile tick fans out on its own topic), as
@@ -262,8 +271,17 @@ class Stack:
             with contextlib.suppress(Exception):  # a tick lost while stopping is harmless
                 self.publish("reconcile", b"{}")
 
+    def _real_cni_of(self, cluster: str) -> Any:
+        """The real CNI path of a cluster's pods (None: simulated CNI, or no such cluster)."""
+        with self._lock:
+            server = self.kube_servers.get(cluster)
+        return getattr(server, "real_cni", None)
+
     def stop(self) -> None:
         self._stopping.set()
+        if self.datapath is not None:
+            self.datapath.stop()
+            self.datapath = None
         for name, proc in list(self._procs.items()):
             _stop_group(proc)
             self._procs.pop(name, None)

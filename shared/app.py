@@ -24,7 +24,7 @@ from shared.flows.reconcile import ReconcileFlow
 from shared.flows.rejections import record_rejection
 from shared.flows.rollout import RolloutFlow
 from shared.flows.verify import VerifyFlow
-from shared.ports import ClusterApiPort, GkePort, PublisherPort, StorePort
+from shared.ports import ClusterApiPort, DataPathPort, GkePort, PublisherPort, StorePort
 
 
 class Controller:
@@ -32,7 +32,8 @@ class Controller:
 
     def __init__(self, settings: Settings, *, store: StorePort | None = None, gke: GkePort | None = None,
                  kube_factory: Callable[[ClusterFacts], ClusterApiPort] | None = None,
-                 clock: Callable[[], float] = time.monotonic, publisher: PublisherPort | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, publisher: PublisherPort | None = None,
+                 datapath: DataPathPort | None = None) -> None:
         def make_store() -> StorePort:
             if store is not None:
                 return store
@@ -61,8 +62,16 @@ class Controller:
 
             return Publisher(batch=settings.fanout_batch, timeout=settings.api_timeout_seconds)
 
+        def make_datapath() -> DataPathPort:
+            if datapath is not None:
+                return datapath
+            from shared.adapters.datapath import HttpDataPath, NoDataPath
+
+            return HttpDataPath(settings.datapath_url) if settings.datapath_url else NoDataPath()
+
         self.settings = settings
-        self.ctx = Context(settings, store=make_store, gke=make_gke, kube=make_kube, clock=clock)
+        self.ctx = Context(settings, store=make_store, gke=make_gke, kube=make_kube, clock=clock,
+                           datapath=make_datapath)
         self.verifier = VerifyFlow(self.ctx)
         self.nads = NadFlow(self.ctx, self.verifier)
         self.clusters = ClusterFlow(self.ctx, self.nads)

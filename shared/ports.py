@@ -208,3 +208,32 @@ class PublisherPort(Protocol):
     """Pub/Sub publishing (the reconcile fan-out)."""
 
     def publish(self, topic: str, messages: Sequence[bytes]) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class PodDataPath:
+    """One pod's secondary interface as the node's kernel shows it (`ip -j addr` in its namespace)."""
+
+    netns: str
+    addresses: tuple[str, ...]  # "10.0.0.5/24", IPv4 and IPv6 as the kernel lists them
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Whether one pod reaches an address over its secondary interface: ICMP echo, and ARP
+    (the answer only a neighbour on the same layer-2 segment gives)."""
+
+    icmp: bool
+    arp: bool
+    detail: str = ""
+
+
+class DataPathPort(Protocol):
+    """The node side of a pod's network, which the Kubernetes API does not show.
+
+    `None` from either method means "not checked": a deployed controller has no way into a
+    node's namespaces (GKE gives it none), so only the sandbox's probe answers.
+    """
+
+    def observe(self, ref: ClusterRef, pod_uid: str, ifname: str) -> PodDataPath | None: ...
+    def reach(self, ref: ClusterRef, pod_uid: str, address: str, ifname: str) -> Reach | None: ...

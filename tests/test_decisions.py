@@ -241,3 +241,26 @@ def test_footprints_count_applied_parts_claims_pending_and_objects_without_recor
     both = d.conflicts(key="default~new", master="eth1", cidr="172.16.1.0/25", others=fp)
     assert sorted((o["name"], o["range"]) for o in both) == [("upd", "172.16.1.0/26"), ("upd", "172.16.1.64/26")]
     assert d.conflicts(key="default~new", master="eth2", cidr="172.16.1.0/24", others=fp) == []
+
+
+def test_nad_master_must_be_the_pools_nic_on_its_additional_network():
+    """IPVLAN's master is a link on the node: only the pool's NIC on its network exists there."""
+    assert nad(pool_interface="eth1").kind == d.NadStep.APPLY
+    step = nad(request=Req(master="ens4.100"), pool_interface="eth1")
+    assert step.kind == d.NadStep.REJECT and step.reasons == (
+        "master ens4.100 is not the node pool's interface on its additional network (eth1): IPVLAN finds no "
+        "such link on the nodes; use master eth1",)
+    assert nad(request=Req(master="eth2"), pool_interface="eth2").kind == d.NadStep.APPLY
+    assert nad(request=Req(master="eth1"), pool_interface="eth2").kind == d.NadStep.REJECT
+    assert nad(request=Req(master="ens4.100")).kind == d.NadStep.APPLY  # no pool facts: not decided here
+
+
+def test_the_pools_nic_follows_the_order_of_its_additional_node_networks():
+    from shared.core.prechecks import PodNetwork, PoolNetworks
+
+    pool = PoolNetworks("multus-pool", node_networks=(("vpc-a", "projects/p/regions/r/subnetworks/sub-a"),
+                                                      ("vpc-b", "sub-b")),
+                        pod_networks=(PodNetwork("sub-b", "pods-b"),))
+    assert pool.interface_of("sub-a") == "eth1"
+    assert pool.interface_of("projects/p/regions/r/subnetworks/sub-b") == "eth2"
+    assert pool.interface_of("unknown") == "eth1"

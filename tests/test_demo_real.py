@@ -40,3 +40,18 @@ def test_the_demo_on_the_real_tier_ends_with_two_pods_reaching_each_other_over_l
     assert len(kernel) == 2 and all(a.ip in nad_range for a in kernel) and kernel[0].ip != kernel[1].ip
     assert str(kernel[0].ip) == summary["podIp"]  # the kernel's address is the one network-status reports
     assert layer2["reach"] == {"from": "sample-pod", "to": str(kernel[1].ip), "icmp": True, "arp": True}
+
+    # `multus-provisioner verify` in the demo: its own pod and a peer on another node, each with
+    # Multus's net1, Whereabouts' IPPool entry and the kernel's net1 (all one address), and the
+    # first reaching the second over IPVLAN L2
+    verify = summary["verify"]
+    assert verify["ok"] and verify["state"] == "VERIFIED", verify
+    first, second = verify["datapath"]["pods"]
+    assert first["node"] != second["node"] and first["kernel"]["netns"] != second["kernel"]["netns"]
+    for pod in (first, second):
+        ip = pod["net1"][0]
+        assert ipaddress.ip_address(ip) in nad_range
+        assert pod["ippool"]["ip"] == ip and pod["ippool"]["podref"] == f"default/{pod['pod']}"
+        assert [str(ipaddress.ip_interface(a).ip) for a in pod["kernel"]["net1"]] == [ip]
+    assert verify["datapath"]["reach"] == {"from": first["pod"], "to": second["net1"][0], "icmp": True, "arp": True,
+                                           "checked": True}

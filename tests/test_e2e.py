@@ -84,7 +84,20 @@ def test_happy_path_nad_before_cluster_then_ready_and_verified(stack, e2e_store,
 
     env_file = stack.write_env_file(stack.state_dir / "env")
     assert cli.main(["verify", "--sandbox", str(env_file), cluster_name, "default/early"]) == 0
-    assert "VERIFIED" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "VERIFIED" in text and "kernel: not checked" in text, text
+    # --json: the pod and its peer on another node of the pool, each with Whereabouts' IPPool entry;
+    # the simulated tier has no kernel to ask, so the data path says "not checked"
+    assert cli.main(["verify", "--sandbox", str(env_file), "--json", cluster_name, "default/early"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is True and out["state"] == "VERIFIED"
+    pods = out["datapath"]["pods"]
+    assert len(pods) == 2 and pods[0]["node"] != pods[1]["node"], pods
+    for pod in pods:
+        assert pod["ippool"]["ip"] == pod["net1"][0] and pod["ippool"]["podref"] == f"default/{pod['pod']}"
+        assert pod["kernel"] is None
+    assert pods[0]["net1"] != pods[1]["net1"]
+    assert out["datapath"]["reach"] == {"from": pods[0]["pod"], "to": pods[1]["net1"][0], "checked": False}
     assert e2e_store.get_nad(ref, "default", "early")["state"] == "VERIFIED"
     assert cli.main(["status", "--sandbox", str(env_file), "--json", cluster_name]) == 0
     status = json.loads(capsys.readouterr().out)

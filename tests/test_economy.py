@@ -20,8 +20,10 @@ from typing import Any
 
 from shared.core import decisions as d
 from shared.core.events import decode_nad_request, decode_reconcile
+from shared.core.ranges import allocations
 from shared.core.refs import ClusterRef
 from tests import test_workflow as _wf
+from tests.fixtures_stack import wait_for
 from tests.test_workflow import ce, to_ready
 
 local_stack, make_wf = _wf.local_stack, _wf.make_wf  # the in-process fixtures of tests/test_workflow.py
@@ -200,6 +202,8 @@ def test_verify_pods_are_listed_only_when_a_record_says_one_can_exist(local_stac
     assert out.status == "done", out.message
     marker = wf.store.get_nad(ref, "default", "checked")[VERIFY_POD_FIELD]
     assert marker["pod"].startswith("mp-verify-checked-") and k.get_pod("default", marker["pod"]) is not None
+    # its peer pod was deleted: wait for Whereabouts' reconciler (the sandbox's) to free its address
+    wait_for(lambda: not any(a.podref.endswith("-peer") for _, a in allocations(k.list_ippools())), timeout=30)
     reconcile(wf, ref)  # settles the pool-use figures of the new NAD
     before = documents(wf, ref)
     # listed: its check is not over yet, so it stays, and nothing is written

@@ -313,3 +313,30 @@ def test_cli_prints_url_writes_kubeconfig_and_stops_on_sigterm(tmp_path: Path) -
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_pods_land_only_on_nodes_their_node_selector_matches(kube_server: Any, kube_api_client: Any) -> None:
+    """The scheduler's NodeAffinity filter: `verify`'s peer pod is pinned to another node of the pool
+    by the hostname label, and a selector no node matches leaves the pod Pending, Unschedulable."""
+    import kubernetes.client
+
+    core = kubernetes.client.CoreV1Api(kube_api_client)
+    kube_server.add_nodes(["pool-c-1", "pool-c-2"], labels={"cloud.google.com/gke-nodepool": "pool-c"})
+
+    def pod(name: str, selector: dict[str, str]) -> Any:
+        return core.create_namespaced_pod("default", {"metadata": {"name": name}, "spec": {
+            "nodeSelector": selector, "containers": [{"name": "c", "image": "i"}]}})
+
+    for i in range(4):
+        pod(f"on-pool-{i}", {"cloud.google.com/gke-nodepool": "pool-c"})
+    assert {core.read_namespaced_pod(f"on-pool-{i}", "default").spec.node_name for i in range(4)} == \
+        {"pool-c-1", "pool-c-2"}
+    for i in range(3):
+        pod(f"pinned-{i}", {"cloud.google.com/gke-nodepool": "pool-c", "kubernetes.io/hostname": "pool-c-2"})
+        assert core.read_namespaced_pod(f"pinned-{i}", "default").spec.node_name == "pool-c-2"
+    stuck = pod("nowhere", {"cloud.google.com/gke-nodepool": "no-such-pool"})
+    assert stuck.spec.node_name is None
+    cond = core.read_namespaced_pod("nowhere", "default").status.conditions[0]
+    assert (cond.type, cond.status, cond.reason) == ("PodScheduled", "False", "Unschedulable")
+    assert cond.message == ("0/4 nodes are available: 4 node(s) didn't match Pod's node affinity/selector. "
+                            "preemption: 0/4 nodes are available: 4 Preemption is not helpful for scheduling.")

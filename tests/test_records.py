@@ -64,7 +64,8 @@ def test_a_full_record_survives_the_document() -> None:
 def test_the_document_keeps_its_console_shape() -> None:
     doc = workflow_changes(ClusterWorkflow().update(FULL))
     assert doc["nodePool"] == {"name": "multus-pool", "subnetwork": "multus-subnet",
-                               "secondaryPodRange": "multus-pods", "cidr": "172.16.1.0/24", "maxPodsPerNode": 8}
+                               "secondaryPodRange": "multus-pods", "cidr": "172.16.1.0/24", "maxPodsPerNode": 8,
+                               "interface": "eth1"}
     assert doc["lastError"] == {"message": "install: boom", "step": "install", "eventId": "e1",
                                 "at": datetime(2026, 1, 2, tzinfo=UTC)}
     assert doc["findings"] == [{"id": "range-capacity", "severity": "warning", "message": "small", "fix": "grow it"}]

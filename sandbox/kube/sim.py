@@ -131,14 +131,14 @@ class Sim(Hooks):
             spec.setdefault("restartPolicy", "Always")
             spec.setdefault("dnsPolicy", "ClusterFirst")
             spec.setdefault("schedulerName", "default-scheduler")
-            node = spec.get("nodeName") or self._pick_node()
+            node = spec.get("nodeName") or self._pick_node(spec.get("nodeSelector") or {})
             conds = []
             if node:
                 spec["nodeName"] = node
                 conds.append({"type": "PodScheduled", "status": "True", "lastTransitionTime": now()})
             else:
                 conds.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                              "message": "0/0 nodes are available: no nodes available to schedule pods.",
+                              "message": self._unschedulable(spec.get("nodeSelector") or {}),
                               "lastTransitionTime": now()})
             new["status"] = {"phase": "Pending", "conditions": conds, "qosClass": "BestEffort"}
         elif rt.kind == "Node" and old is None:
@@ -197,13 +197,32 @@ class Sim(Hooks):
         return [n for n in self.store.items("", "nodes")
                 if not (n.get("spec") or {}).get("unschedulable")]
 
-    def _pick_node(self) -> str | None:
-        nodes = self._ready_nodes()
+    def _pick_node(self, selector: dict[str, str] | None = None) -> str | None:
+        """Round-robin over the ready nodes whose labels match the pod's `nodeSelector` (the
+        scheduler's NodeAffinity filter; a pod no node matches stays Pending, Unschedulable)."""
+        nodes = [n for n in self._ready_nodes()
+                 if all(((n.get("metadata") or {}).get("labels") or {}).get(k) == v
+                        for k, v in (selector or {}).items())]
         if not nodes:
             return None
         with self._lock:
             self._rr += 1
             return nodes[self._rr % len(nodes)]["metadata"]["name"]
+
+    def _unschedulable(self, selector: dict[str, str]) -> str:
+        """The scheduler's message for a pod no node takes (its wording, kube-scheduler 1.33)."""
+        total = len(self.store.items("", "nodes"))
+        if total == 0:
+            return "no nodes available to schedule pods"
+        ready = self._ready_nodes()
+        parts = []
+        if selector and ready:
+            parts.append(f"{len(ready)} node(s) didn't match Pod's node affinity/selector")
+        if total - len(ready):
+            parts.append(f"{total - len(ready)} node(s) were unschedulable")
+        # kube-scheduler then reports its PostFilter (preemption), which cannot help a selector either
+        return (f"0/{total} nodes are available: {', '.join(parts)}. preemption: 0/{total} nodes are available: "
+                f"{total} Preemption is not helpful for scheduling.")
 
     def nodes_changed(self) -> None:
         for ds in self.store.items("apps", "daemonsets"):
@@ -368,7 +387,7 @@ class Sim(Hooks):
             md, spec = pod["metadata"], pod.setdefault("spec", {})
             node = spec.get("nodeName")
             if not node:
-                node = self._pick_node()
+                node = self._pick_node(spec.get("nodeSelector") or {})
                 if node is None:
                     self._park(key)
                     return

@@ -212,12 +212,13 @@ def _node_pool(v: Any) -> NodePoolFacts | None:
     if not isinstance(v, Mapping) or not isinstance(v.get("name"), str):
         return None
     return NodePoolFacts(v["name"], str(v.get("subnetwork") or ""), str(v.get("secondaryPodRange") or ""),
-                         str(v.get("cidr") or ""), _int(v.get("maxPodsPerNode")))
+                         str(v.get("cidr") or ""), _int(v.get("maxPodsPerNode")),
+                         str(v.get("interface") or "eth1"))  # recorded before the field: GKE's first NIC
 
 
 def _node_pool_doc(p: NodePoolFacts) -> dict[str, Any]:
     return {"name": p.name, "subnetwork": p.subnetwork, "secondaryPodRange": p.secondary_pod_range,
-            "cidr": p.cidr, "maxPodsPerNode": p.max_pods_per_node}
+            "cidr": p.cidr, "maxPodsPerNode": p.max_pods_per_node, "interface": p.interface}
 
 
 def _node_pool_request(v: Any) -> NodePoolRequest | None:

@@ -147,13 +147,15 @@ class NadStep:
 
 def decide_nad(*, request: Any, cluster_state: str | None, pool_cidr: str | None,
                existing: Iterable[Mapping[str, Any]] | None, namespace_problem: str | None,
-               max_nads: int | None) -> NadStep:
+               max_nads: int | None, pool_interface: str | None = None) -> NadStep:
     """What to do with a validated NAD request on a cluster in `cluster_state`.
 
     `existing` are the cluster's NAD documents (dicts with namespace, name, state, master, range).
     The workflow passes `existing=None, max_nads=None`: it checks overlaps and the limit only after
     the request has claimed its NAD (`limit_problem`, `arbitrate`), when concurrent requests see
     each other; a caller with a settled snapshot can have every check made here at once.
+    `pool_interface` is the nodes' NIC on the pool's network (`NodePoolFacts.interface`): the only
+    link IPVLAN can use as `master` there.
     """
     key = f"{request.namespace}~{request.name}"
     if request.action == "delete":
@@ -177,6 +179,9 @@ def decide_nad(*, request: Any, cluster_state: str | None, pool_cidr: str | None
     reasons = []
     if request.range and not range_within(request.range, pool_cidr):
         reasons.append(f"range {request.range} is not inside the node pool's secondary pod range {pool_cidr}")
+    if pool_interface and request.master != pool_interface:
+        reasons.append(f"master {request.master} is not the node pool's interface on its additional network "
+                       f"({pool_interface}): IPVLAN finds no such link on the nodes; use master {pool_interface}")
     for other in others:
         if other.get("state") not in NAD_LIVE or other.get("master") != request.master or not other.get("range"):
             continue

@@ -90,6 +90,16 @@ class PoolNetworks:
         """At least one additional node network (the `eth1` master) and one additional pod network."""
         return bool(self.node_networks) and bool(self.pod_networks)
 
+    def interface_of(self, subnetwork: str) -> str:
+        """The node's NIC on `subnetwork`: GKE gives a node `eth0` on the primary network and `eth1`,
+        `eth2`, ... on its pool's additional node networks, in their order (docs/WORKFLOW.md,
+        `nodePool.interface`). IPVLAN's `master` must be that NIC: a node has no other link on the network."""
+        want = subnetwork.rsplit("/", 1)[-1]
+        for i, (_, sub) in enumerate(self.node_networks):
+            if sub.rsplit("/", 1)[-1] == want:
+                return f"eth{i + 1}"
+        return "eth1"
+
     @classmethod
     def of(cls, pool: Any, *, field: str = "nodePool") -> PoolNetworks:
         """From a `container_v1.NodePool`, its REST JSON, or a `PoolNetworks` (returned as is)."""

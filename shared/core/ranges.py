@@ -179,13 +179,7 @@ def report(secondary_range: str, nads: Iterable[Mapping[str, Any]], ippools: Ite
             continue
         name = pool_name(ipam)
         spec = (pools.get(name) or {}).get("spec") or {}
-        allocs = []
-        for offset, a in sorted((spec.get("allocations") or {}).items(), key=lambda kv: _int(kv[0])):
-            if _int(offset) < 0 or not isinstance(a, Mapping):
-                continue
-            ip = ipam.network.network_address + _int(offset)
-            podref = str(a.get("podref") or "")
-            allocs.append(Allocation(str(ip), podref, str(a.get("id") or ""), podref not in live))
+        allocs = _entries(ipam.network, spec, live)
         slices.append(Slice(ref, str(ipam.network), str(ipam.start), str(ipam.end),
                             tuple(str(x) for x in ipam.exclude), _capacity(ipam), name, tuple(allocs),
                             tuple(r for r in by_pool[name] if r != ref)))
@@ -204,6 +198,35 @@ def report(secondary_range: str, nads: Iterable[Mapping[str, Any]], ippools: Ite
                 overlaps.append(f"{ref_a} ({a.start}-{a.end}) and {ref_b} ({b.start}-{b.end}) {how}: {lo}-{hi}")
     unclaimed = sorted(set(pools) - set(by_pool))
     return Report(secondary_range or "", tuple(slices), tuple(overlaps), tuple(outside), tuple(unclaimed))
+
+
+def _entries(network: Network, spec: Mapping[str, Any], live: set[str] | None) -> list[Allocation]:
+    """An IPPool's allocations, each addressed from its offset in `network` (stale: its pod is not
+    in `live`; None: not known)."""
+    out = []
+    for offset, a in sorted((spec.get("allocations") or {}).items(), key=lambda kv: _int(kv[0])):
+        if _int(offset) < 0 or not isinstance(a, Mapping):
+            continue
+        podref = str(a.get("podref") or "")
+        out.append(Allocation(str(network.network_address + _int(offset)), podref, str(a.get("id") or ""),
+                              live is not None and podref not in live))
+    return out
+
+
+def allocations(ippools: Iterable[Mapping[str, Any]]) -> list[tuple[str, Allocation]]:
+    """Every allocation of every IPPool with its pool's name, addressed from the pool's own
+    `spec.range` (what `verify` matches a pod's `podref` against). A pool whose range cannot be
+    read is skipped: its allocations cannot be addressed."""
+    out: list[tuple[str, Allocation]] = []
+    for pool in ippools:
+        spec = pool.get("spec") or {}
+        try:
+            network = ipaddress.ip_network(str(spec.get("range") or ""), strict=False)
+        except ValueError:
+            continue
+        name = str((pool.get("metadata") or {}).get("name") or "")
+        out.extend((name, a) for a in _entries(network, spec, None))
+    return out
 
 
 def level(percent: float) -> int:

@@ -82,6 +82,7 @@ class NodePoolFacts:
     secondary_pod_range: str
     cidr: str
     max_pods_per_node: int | None = None
+    interface: str = "eth1"  # the nodes' NIC on `subnetwork`: every NAD's IPVLAN master (PoolNetworks.interface_of)
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,9 @@ class NodePoolTemplate:
         return problems
 
 
+VERIFY_TIMEOUT_MAX_SECONDS = 120.0  # the longest `verify` may wait per pod (a verify pod's marker lasts 2x)
+
+
 @dataclass(frozen=True)
 class Settings:
     project: str = ""
@@ -166,6 +169,13 @@ class Settings:
     reconcile_topic: str | None = None
     fanout_batch: int = 100
     prune_orphans: bool = False  # reconcile deletes managed NADs without a record that conflict (kept in the record)
+    # The sandbox's data-path probe (`http://127.0.0.1:PORT`, sandbox/datapath.py): `verify` asks it for
+    # each pod's net1 as the kernel shows it and for ICMP/ARP between the pods. Unset (deployed), the
+    # data path is reported as not checked: GKE gives the controller no way into a node's namespaces.
+    datapath_url: str | None = None
+    # How long `verify` waits for each of its pods to get net1 (the first and its peer). GKE nodes
+    # set a pod up in seconds; the sandbox's real tier (UML guests, a loaded machine) needs longer.
+    verify_timeout_seconds: float = 30.0
 
     def collection(self, name: str) -> str:
         """The Firestore collection name with the deployment's prefix (tests use their own)."""
@@ -244,7 +254,37 @@ class Settings:
             reconcile_topic=get("TOPIC_RECONCILE"),
             fanout_batch=integer("FANOUT_BATCH", 100, 1, 1000),
             prune_orphans=r.boolean("PRUNE_ORPHANS", False),
-        )
+            datapath_url=_loopback_url(r, "DATAPATH_URL"),
+            verify_timeout_seconds=number("VERIFY_TIMEOUT_SECONDS", 30.0, 5, VERIFY_TIMEOUT_MAX_SECONDS),
+        )._checked()
+
+    def _checked(self) -> Settings:
+        """Rules across variables. A request's verification (two pods) runs under its NAD claim,
+        which others take over as abandoned after three leases: it must end well before that."""
+        if 2 * self.verify_timeout_seconds >= 3 * self.lease_seconds:
+            raise ConfigError(f"{PREFIX}VERIFY_TIMEOUT_SECONDS={self.verify_timeout_seconds:g}: a verification "
+                              f"(two pods) must end within 3 leases ({PREFIX}LEASE_SECONDS={self.lease_seconds})")
+        return self
+
+
+def _loopback_url(r: _EnvReader, name: str) -> str | None:
+    """`http://127.0.0.1:PORT` or None: a sandbox-only service, so any other host is a mistake
+    (or an attempt to make the controller send pod addresses elsewhere), refused by name."""
+    import urllib.parse
+
+    raw = r.get(name)
+    if raw is None:
+        return None
+    url = urllib.parse.urlsplit(raw)
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    if url.scheme != "http" or url.hostname != "127.0.0.1" or not port or url.path not in ("", "/") \
+            or url.query or url.fragment or url.username or url.password:
+        raise ConfigError(f"{PREFIX}{name}={raw[:100]!r}: expected http://127.0.0.1:PORT (the sandbox's "
+                          "data-path probe listens on loopback only)")
+    return f"http://127.0.0.1:{port}"
 
 
 def _ip_literal(r: _EnvReader, name: str) -> str | None:

@@ -389,12 +389,13 @@ class ClusterFlow:
         """The multi-network pool and the CIDR behind its secondary range name (resolved once)."""
         pod_net = pool.pod_networks[0]
         node_pool = rec.workflow.node_pool
+        interface = pool.interface_of(pod_net.subnetwork)
         if node_pool is not None and node_pool.name == pool.name and node_pool.cidr:
-            return node_pool
+            return replace(node_pool, interface=interface)
         cursor.phase = "resolve-range"
         cidr = self.ctx.gke.secondary_range_cidr(ref, pod_net.subnetwork, pod_net.secondary_pod_range)
         return NodePoolFacts(pool.name, pod_net.subnetwork, pod_net.secondary_pod_range, cidr,
-                             pod_net.max_pods_per_node)
+                             pod_net.max_pods_per_node, interface)
 
     def _install_and_apply(self, claimed: _ClaimedDrive, decision: decisions.ClusterStep, cluster: ClusterFacts,
                            bundle: Any, policy: Any, observed: Callable[[ClusterWorkflow], ClusterWorkflow],

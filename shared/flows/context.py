@@ -19,7 +19,7 @@ from shared.core.policy import Policy
 from shared.core.prechecks import ClusterFacts
 from shared.core.refs import ClusterRef
 from shared.core.settings import PREFIX, ConfigError, Settings
-from shared.ports import ClusterApiPort, GkePort, StorePort
+from shared.ports import ClusterApiPort, DataPathPort, GkePort, StorePort
 
 KUBE_CACHE_SECONDS = 300.0
 POLICY_CACHE_SECONDS = 60.0
@@ -57,9 +57,12 @@ class Context:
     """Settings, lazily built ports, and the caches a warm function instance keeps."""
 
     def __init__(self, settings: Settings, *, store: Callable[[], StorePort], gke: Callable[[], GkePort],
-                 kube: Callable[[ClusterFacts], ClusterApiPort], clock: Callable[[], float] = time.monotonic) -> None:
+                 kube: Callable[[ClusterFacts], ClusterApiPort], clock: Callable[[], float] = time.monotonic,
+                 datapath: Callable[[], DataPathPort] | None = None) -> None:
         self.settings = settings
         self._make_store, self._make_gke, self._make_kube = store, gke, kube
+        self._make_datapath = datapath
+        self._datapath: DataPathPort | None = None
         self._store: StorePort | None = None
         self._gke: GkePort | None = None
         self._kube_cache: dict[str, tuple[float, ClusterApiPort]] = {}
@@ -78,6 +81,13 @@ class Context:
         if self._gke is None:
             self._gke = self._make_gke()
         return self._gke
+
+    @property
+    def datapath(self) -> DataPathPort | None:
+        """The node side of pods' networks, or None when nothing can look there (deployed)."""
+        if self._datapath is None and self._make_datapath is not None:
+            self._datapath = self._make_datapath()
+        return self._datapath
 
     def kube_for(self, ref: ClusterRef, cluster: ClusterFacts | None = None) -> ClusterApiPort:
         """A cluster API engine for `ref`, cached per process for a few minutes.

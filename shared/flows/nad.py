@@ -28,7 +28,7 @@ from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
 from shared.flows.verify import (
     VERIFY_POD_FIELD,
-    VERIFY_TIMEOUT_SECONDS,
+    VERIFY_WINDOW_SECONDS,
     VerifyFlow,
     marker_fields,
     may_have_verify_pod,
@@ -97,9 +97,10 @@ class NadFlow:
         as the caller read it (the claim's precondition), or None to read it."""
         policy = self.ctx.policy()
         cluster_state = rec.state if rec else None
-        pool_cidr = rec.workflow.node_pool.cidr if rec and rec.workflow.node_pool else None
-        step = decisions.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr, existing=None,
-                            namespace_problem=policy.namespace_problem(req.namespace), max_nads=None)
+        pool = rec.workflow.node_pool if rec else None
+        step = decisions.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool.cidr if pool else None,
+                                    existing=None, namespace_problem=policy.namespace_problem(req.namespace),
+                                    max_nads=None, pool_interface=pool.interface if pool else None)
         job = _Job(ref, req, event_id, ledger, origin or event_id, self._stale_before(), self._stale_before(1))
         if step.kind == step.APPLY:
             assert step.range is not None  # decide_nad gives every APPLY its range
@@ -511,7 +512,7 @@ def _verify_may_linger(cur: Mapping[str, Any]) -> dict[str, Any]:
     gave its claim back): its pod may be left, and once this claim settles nothing else says so."""
     if isinstance(cur.get(VERIFY_POD_FIELD), Mapping) or not may_have_verify_pod(cur):
         return {}
-    return {VERIFY_POD_FIELD: {"until": round(verify_deadline(VERIFY_TIMEOUT_SECONDS))}}
+    return {VERIFY_POD_FIELD: {"until": round(verify_deadline(VERIFY_WINDOW_SECONDS))}}
 
 
 def _released(job: _Job, cur: dict[str, Any], err: Exception) -> dict[str, Any]:
