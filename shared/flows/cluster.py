@@ -385,7 +385,8 @@ class ClusterFlow:
                               ledger_key=claimed.event_id, release=True)
         return Outcome("waiting", decision.message, ref.path, rec.state)
 
-    def _node_pool_facts(self, ref: ClusterRef, rec: ClusterRecord, pool: Any, cursor: Cursor) -> NodePoolFacts:
+    def _node_pool_facts(self, ref: ClusterRef, rec: ClusterRecord, pool: PoolNetworks,
+                         cursor: Cursor) -> NodePoolFacts:
         """The multi-network pool and the CIDR behind its secondary range name (resolved once)."""
         pod_net = pool.pod_networks[0]
         node_pool = rec.workflow.node_pool
