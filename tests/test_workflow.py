@@ -353,7 +353,8 @@ def test_long_waits_renew_the_lease_and_a_lost_lease_stops_the_step(local_stack,
     from shared.adapters.kube import Rollout
     from shared.flows.context import Cursor
 
-    wf = make_wf(MULTUS_PROVISIONER_LEASE_SECONDS="5", MULTUS_PROVISIONER_CRD_POLL_SECONDS="0.05",
+    wf = make_wf(MULTUS_PROVISIONER_LEASE_SECONDS="5", MULTUS_PROVISIONER_VERIFY_TIMEOUT_SECONDS="5",
+                 MULTUS_PROVISIONER_CRD_POLL_SECONDS="0.05",
                  MULTUS_PROVISIONER_ROLLOUT_WAIT_SECONDS="60")
     ref = to_ready(wf, local_stack)
     wf.store.claim(ref, event_id="long-install", step="install")
