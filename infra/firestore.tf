@@ -35,3 +35,21 @@ resource "google_firestore_field" "ledger_ttl" {
 # (clusters / nads: where state ==; history: order_by at, __name__; rejections: order_by at desc),
 # which Firestore's automatic single-field indexes serve. tests/test_infra.py reads store.py and fails
 # if a query starts combining fields without a google_firestore_index here.
+
+# The operator's policy (`config/policy`: node pool template, namespaces, the bundle's images) in a
+# database of its own. Whoever can write it chooses what the controller installs on every opted-in
+# cluster, so its writers are limited by IAM rather than by convention: the runtime identity may only
+# READ this database (roles/datastore.viewer, conditioned on it), the members of `policy_writers` may
+# write it, and nobody else is granted anything on it here (iam.tf; docs/SECURITY.md). Firestore IAM
+# Conditions name databases, not document paths, hence a database rather than a condition on a path.
+resource "google_firestore_database" "policy" {
+  project                           = var.project_id
+  name                              = "${var.name_prefix}-policy"
+  location_id                       = var.firestore_location
+  type                              = "FIRESTORE_NATIVE"
+  concurrency_mode                  = "PESSIMISTIC"
+  point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
+  delete_protection_state           = "DELETE_PROTECTION_ENABLED"
+
+  depends_on = [google_project_service.api]
+}

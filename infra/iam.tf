@@ -1,10 +1,10 @@
 # Identities and least privilege.
 #
 # runtime  - what the functions run as: Firestore (datastore.user), the custom GKE role below (in each
-#            managed project: it holds container.clusters.list/get, all the reconcile tick needs to
-#            list a managed project's clusters, so no broader roles/container.clusterViewer), log
-#            writing, and publishing on the reconcile topic only (the tick's fan-out). Nothing else:
-#            no primitive roles, no Pub/Sub admin.
+#            managed project: the GKE API only - clusters.get/list, clusters.update when there is a
+#            node pool template; no in-cluster permission: those are Kubernetes RBAC applied per
+#            cluster at opt-in, shared/rbac/controller.yaml), log writing, and publishing on the
+#            reconcile topic only (the tick's fan-out). Nothing else: no primitive roles, no Pub/Sub admin.
 # trigger  - one per function: the OIDC identity of its push subscription, run.invoker on THAT
 #            function's Cloud Run service only.
 # build    - what Cloud Build runs as when it builds the function images from the uploaded source.
@@ -35,7 +35,9 @@ resource "google_service_account" "build" {
 
 locals {
   gke_permission_doc = yamldecode(file("${path.module}/gke-permissions.yaml"))
-  gke_permissions    = sort([for p in local.gke_permission_doc.permissions : p.permission])
+  # `only_with_node_pool_template`: CreateNodePool's permission exists only when there is a template.
+  gke_permissions = sort([for p in local.gke_permission_doc.permissions : p.permission
+  if !try(p.only_with_node_pool_template, false) || var.node_pool_template != null])
 }
 
 resource "google_project_iam_custom_role" "gke" {
@@ -54,10 +56,42 @@ resource "google_project_iam_member" "runtime_gke" {
   member   = google_service_account.runtime.member
 }
 
+# Read and write on the workflow database only (the condition names it): never on the policy database.
 resource "google_project_iam_member" "runtime_firestore" {
   project = var.project_id
   role    = "roles/datastore.user"
   member  = google_service_account.runtime.member
+  condition {
+    title       = "workflow database only"
+    description = "Workflow documents, ledger and history; not the policy database."
+    expression  = "resource.name == \"projects/${var.project_id}/databases/${local.firestore_db}\""
+  }
+}
+
+# The policy database: read only (firestore.tf).
+resource "google_project_iam_member" "runtime_policy_reader" {
+  project = var.project_id
+  role    = "roles/datastore.viewer"
+  member  = google_service_account.runtime.member
+  condition {
+    title       = "policy database, read only"
+    description = "config/policy is read by the functions and written only by policy_writers."
+    expression  = "resource.name == \"projects/${var.project_id}/databases/${google_firestore_database.policy.name}\""
+  }
+}
+
+# --- policy writers ---------------------------------------------------------------------------------------------
+
+resource "google_project_iam_member" "policy_writers" {
+  for_each = toset(var.policy_writers)
+  project  = var.project_id
+  role     = "roles/datastore.user"
+  member   = each.value
+  condition {
+    title       = "policy database only"
+    description = "May change config/policy (what the controller installs on every opted-in cluster)."
+    expression  = "resource.name == \"projects/${var.project_id}/databases/${google_firestore_database.policy.name}\""
+  }
 }
 
 resource "google_project_iam_member" "runtime_logs" {

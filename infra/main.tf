@@ -67,5 +67,9 @@ locals {
     MULTUS_PROVISIONER_BUSY_WAIT_SECONDS       = tostring(var.busy_wait_seconds)
     MULTUS_PROVISIONER_NODE_POOL_RETRY_SECONDS = tostring(var.node_pool_retry_seconds)
     MULTUS_PROVISIONER_VPC_EGRESS              = var.vpc_connector == "" ? "false" : "true"
+    # Registries the bundle's images may come from besides gcr.io/gke-release (config/policy cannot add one).
+    MULTUS_PROVISIONER_ALLOWED_REGISTRIES = join(",", var.allowed_image_registries)
+    # config/policy lives in its own database: the runtime reads it, only var.policy_writers write it.
+    MULTUS_PROVISIONER_POLICY_DATABASE = google_firestore_database.policy.name
   }
 }

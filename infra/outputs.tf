@@ -27,6 +27,11 @@ output "service_accounts" {
   }
 }
 
+output "policy_database" {
+  description = "The Firestore database holding config/policy: only policy_writers may write it (docs/SECURITY.md)."
+  value       = google_firestore_database.policy.name
+}
+
 output "gke_role_permissions" {
   description = "Permissions of the custom GKE role (from gke-permissions.yaml)."
   value       = local.gke_permissions
@@ -50,8 +55,12 @@ output "example_cluster" {
 output "iam_grants" {
   description = "Every IAM grant this deployment makes, as {role, member, on}, for a security review (all additive *_iam_member grants; tests/test_infra.py checks that none is left out)."
   value = concat(
+    # Firestore grants carry a condition naming their database: listed by database, not project.
+    [for g in [google_project_iam_member.runtime_firestore] :
+    { role = g.role, member = g.member, on = "firestore-database:${local.firestore_db}" }],
+    [for g in concat([google_project_iam_member.runtime_policy_reader], values(google_project_iam_member.policy_writers)) :
+    { role = g.role, member = g.member, on = "firestore-database:${google_firestore_database.policy.name}" }],
     [for g in concat(values(google_project_iam_member.runtime_gke), [
-      google_project_iam_member.runtime_firestore,
       google_project_iam_member.runtime_logs,
       google_project_iam_member.build_logs,
       google_project_iam_member.build_artifacts,

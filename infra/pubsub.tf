@@ -13,6 +13,10 @@ resource "google_pubsub_topic" "stream" {
   labels       = local.labels
   kms_key_name = var.kms_key_name
   # checkov:skip=CKV_GCP_83:CMEK is opt-in through var.kms_key_name; payloads are audit-log metadata and NAD requests (no secrets), Google-managed encryption is the default
+  # 7 days is transport, not the record: a message is delivered within minutes (backoff up to
+  # retry_maximum_backoff, then dead-lettered). The audit trail is elsewhere: GKE's Admin Activity
+  # audit logs stay 400 days in Cloud Logging, every step is in Firestore's history, and what could
+  # not be handled is kept 31 days on the dead-letter topic (docs/SECURITY.md "Retention").
   message_retention_duration = "604800s"
 
   depends_on = [google_project_service.api]
@@ -25,7 +29,10 @@ resource "google_pubsub_topic" "dead_letter" {
   labels       = local.labels
   kms_key_name = var.kms_key_name
   # checkov:skip=CKV_GCP_83:CMEK is opt-in through var.kms_key_name; same payloads as the source topic
-  message_retention_duration = "604800s"
+  # 31 days, Pub/Sub's maximum for a topic: a dead-lettered event (a forged or failed audit entry, a
+  # refused request) outlives a subscription's 7-day limit and a long weekend; an operator can seek
+  # the inspection subscription back over the whole month (docs/SECURITY.md "Retention").
+  message_retention_duration = "2678400s"
 
   depends_on = [google_project_service.api]
 }

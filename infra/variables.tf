@@ -408,6 +408,26 @@ variable "multus_image" {
   }
 }
 
+variable "policy_writers" {
+  description = "Who may change the operator's policy (config/policy in the policy database: node pool template, namespaces, the bundle's images), as IAM members (user:, group:, serviceAccount:). Nobody else is granted write access to it."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for m in var.policy_writers : can(regex("^(user|group|serviceAccount):[^\\s]+@[^\\s]+$", m))])
+    error_message = "Each policy_writers entry must be user:EMAIL, group:EMAIL or serviceAccount:EMAIL."
+  }
+}
+
+variable "allowed_image_registries" {
+  description = "Registries (host[/path]) the bundle's images may come from besides the seed's gcr.io/gke-release, e.g. a mirror in Artifact Registry. Only here: the Firestore config/policy document cannot add one (docs/SECURITY.md)."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for r in var.allowed_image_registries : can(regex("^[a-z0-9.-]+\\.[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*$", r))])
+    error_message = "Each allowed_image_registries entry must be a registry host with an optional path, like us-docker.pkg.dev/my-project/mirror."
+  }
+}
+
 variable "whereabouts_image" {
   description = "Override of the Whereabouts image (must be pinned by digest). null: the bundle's validated image."
   type        = string

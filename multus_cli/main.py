@@ -181,6 +181,24 @@ def cmd_render_bundle(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_render_rbac(args: argparse.Namespace) -> int:
+    """The controller's in-cluster RBAC for one cluster (docs/DEPLOY.md "Opting a cluster in")."""
+    from shared.core.rbac import controller_rbac
+
+    try:
+        objects = controller_rbac(args.user, args.namespace or ["default"])
+    except Rejected as e:
+        raise Rejected(e.reason, [Problem(_flag_of(p.field), p.message) for p in e.problems]) from None
+    if args.output == "json":
+        sys.stdout.write(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2) + "\n")
+    else:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+    print(f"{len(objects)} RBAC objects for {args.user}", file=sys.stderr)
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------------------------
 # precheck
 # --------------------------------------------------------------------------------------------
@@ -239,6 +257,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--allow-unpinned", action="store_true", help="accept image overrides without a digest")
     p.add_argument("--log-level", help="Multus log level (debug, verbose, error, panic)")
     p.set_defaults(handler=cmd_render_bundle)
+
+    p = subparsers.add_parser("render-rbac", help="print the controller's RBAC for an opted-in cluster",
+                              description="Print the Kubernetes RBAC the controller needs in one cluster, "
+                                          "for `kubectl apply -f -` at opt-in (docs/DEPLOY.md).")
+    p.add_argument("--user", required=True,
+                   help="the controller's identity in the cluster: the runtime service account's e-mail")
+    p.add_argument("--namespace", action="append", metavar="NS",
+                   help="a namespace that may receive NADs (its verification pods run there); repeatable; "
+                        "default: default")
+    p.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml")
+    p.set_defaults(handler=cmd_render_rbac)
 
     p = subparsers.add_parser("validate-request", help="check a NAD request file",
                               description="Print OK, or every problem with its field (exit 2).")

@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,10 +73,10 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
             code: int = fn(args)
             return code
         except UsageError as e:
-            print(f"error: {e}", file=sys.stderr)
+            _say(f"error: {e}", file=sys.stderr)
             return EXIT_INVALID
         except (Transient, Permanent) as e:
-            print(f"error: {e}", file=sys.stderr)
+            _say(f"error: {e}", file=sys.stderr)
             return EXIT_ERROR
 
     run.__name__ = fn.__name__
@@ -153,6 +154,22 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _clean(text: str) -> str:
+    """Text from Firestore (names, messages, reasons: ultimately what requesters and clusters
+    wrote) made safe for a terminal: control characters, escape sequences and bidirectional
+    overrides are shown as escapes (backslash-x1b, backslash-u202e) instead of acting on the terminal."""
+    return _UNSAFE.sub(lambda m: repr(m.group(0))[1:-1] if ord(m.group(0)) < 0x100
+                       else f"\\u{ord(m.group(0)):04x}", text)
+
+
+def _say(*parts: Any, file: Any = None, sep: str = " ") -> None:
+    """`print` for the text output: every part through `_clean` (JSON output is escaped by its encoder)."""
+    print(_clean(sep.join(str(p) for p in parts)), file=file if file is not None else sys.stdout)
+
+
 def _print_json(obj: Any) -> None:
     print(json.dumps(_jsonable(obj), indent=2, sort_keys=True, default=str))
 
@@ -174,14 +191,73 @@ def _topic(args: argparse.Namespace, settings: Any) -> str:
     return f"projects/{settings.project}/topics/{topic}"
 
 
-def publish_request(request: dict[str, Any], topic: str) -> str:
-    """Publish one NAD request (compact JSON) and return the Pub/Sub message id."""
+def requester_token(env: Mapping[str, str] | None = None) -> str:
+    """The requester's ID token for the controller's audience (MULTUS_PROVISIONER_REQUESTER_AUDIENCE,
+    default multus-provisioner): from the sandbox's identity server when the environment names one
+    (MULTUS_PROVISIONER_SANDBOX_ID_URL; MULTUS_PROVISIONER_SANDBOX_ID_EMAIL picks the identity), else
+    from the Application Default Credentials (a service account, the metadata server) and, for a
+    user's own login, `gcloud auth print-identity-token` (docs/NAD_REQUESTS.md "Who may ask")."""
+    import subprocess
+    import urllib.parse
+    import urllib.request
+
+    env = os.environ if env is None else env
+    audience = (env.get("MULTUS_PROVISIONER_REQUESTER_AUDIENCE") or "multus-provisioner").split(",")[0].strip()
+    sandbox = env.get("MULTUS_PROVISIONER_SANDBOX_ID_URL")
+    if sandbox:
+        query = {"audience": audience, **({"email": env["MULTUS_PROVISIONER_SANDBOX_ID_EMAIL"]}
+                                          if env.get("MULTUS_PROVISIONER_SANDBOX_ID_EMAIL") else {})}
+        ask = urllib.request.Request(f"{sandbox.rstrip('/')}/identity?{urllib.parse.urlencode(query)}",
+                                     headers={"Metadata-Flavor": "Google"})
+        try:
+            with urllib.request.urlopen(ask, timeout=10) as resp:  # the sandbox's loopback server
+                return str(resp.read().decode().strip())
+        except OSError as e:
+            raise UsageError(f"the sandbox's identity server ({sandbox}) did not issue a token: {e}") from None
+    try:
+        import google.auth.transport.requests
+        import google.oauth2.id_token
+
+        return str(google.oauth2.id_token.fetch_id_token(  # type: ignore[no-untyped-call]
+            google.auth.transport.requests.Request(), audience))
+    except Exception as first:  # user credentials cannot mint ID tokens for an audience: ask gcloud
+        try:
+            out = subprocess.run(["gcloud", "auth", "print-identity-token"], capture_output=True, text=True,
+                                 timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise UsageError(f"no ID token for audience {audience!r}: {first}; gcloud: {e}") from None
+        if out.returncode != 0 or not out.stdout.strip():
+            raise UsageError(f"no ID token for audience {audience!r}: {first}; gcloud: "
+                             f"{_clean(out.stderr.strip())[:300]}") from None
+        return out.stdout.strip()
+
+
+def _requester_email(token: str) -> str | None:
+    """The email a token names, for the CLI's own output (unverified: the controller verifies)."""
+    import base64
+
+    try:
+        part = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (IndexError, ValueError):
+        return None
+    email = claims.get("email") if isinstance(claims, dict) else None
+    return email if isinstance(email, str) else None
+
+
+def publish_request(request: dict[str, Any], topic: str, *, token: str | None = None,
+                    env: Mapping[str, str] | None = None) -> str:
+    """Publish one NAD request (compact JSON) with the requester's ID token (`requester_token`
+    when not given) in its attributes, and return the Pub/Sub message id."""
     import google.cloud.pubsub_v1 as pubsub_v1
 
+    from shared.core.requesters import token_attributes
+
+    attributes = token_attributes(token or requester_token(env))
     publisher = pubsub_v1.PublisherClient()
     try:
         data = json.dumps(request, sort_keys=True, separators=(",", ":")).encode()
-        return str(publisher.publish(topic, data).result(timeout=60))
+        return str(publisher.publish(topic, data, **attributes).result(timeout=60))
     finally:
         publisher.stop()
 
@@ -194,14 +270,15 @@ def cmd_request_nad(args: argparse.Namespace) -> int:
     request, parsed = request_from_args(args, **extra)  # Rejected: exit 2, each problem by its flag
     settings = _settings()
     topic = _topic(args, settings)
-    message_id = publish_request(request, topic)
+    token = requester_token()
+    message_id = publish_request(request, topic, token=token)
     result: dict[str, Any] = {"messageId": message_id, "topic": topic, "cluster": parsed.cluster.path,
-                              "nad": f"{parsed.namespace}/{parsed.name}"}
+                              "nad": f"{parsed.namespace}/{parsed.name}", "requester": _requester_email(token)}
     if not args.wait:
         if args.json:
             _print_json(result)
         else:
-            print(message_id)
+            _say(message_id)
         return EXIT_OK
     outcome = _wait_outcome(_store(settings), parsed, message_id, args.timeout, quiet=args.json)
     doc = outcome.record
@@ -210,14 +287,14 @@ def cmd_request_nad(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
     else:
-        print(message_id)
-        print(f"{result['nad']}: {outcome.state or 'no outcome yet'}"
+        _say(message_id)
+        _say(f"{result['nad']}: {outcome.state or 'no outcome yet'}"
               + (f" ({outcome.message})" if outcome.message else ""), file=sys.stderr)
     if outcome.state in ("APPLIED", "VERIFIED") or (outcome.state == "DELETED" and parsed.action == "delete"):
         return EXIT_OK
     if outcome.state == "REJECTED":
         for reason in outcome.reasons:
-            print(f"  {reason}", file=sys.stderr)
+            _say(f"  {reason}", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_ERROR
 
@@ -259,7 +336,7 @@ def _wait_outcome(store: Any, req: Any, message_id: str, timeout: float, *, quie
         last = _this_request(doc, message_id, req)
         state = last.get("state") if last else None
         if state != shown and not quiet:
-            print(f"  {req.namespace}/{req.name}: {state or 'waiting for the controller'}", file=sys.stderr)
+            _say(f"  {req.namespace}/{req.name}: {state or 'waiting for the controller'}", file=sys.stderr)
             shown = state
         if state in REQUEST_SETTLED:
             reasons = [str(r) for r in (last or {}).get("reasons") or []]
@@ -293,12 +370,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_json({"clusters": out})
         return EXIT_OK
     if not out:
-        print("no clusters tracked yet")
+        _say("no clusters tracked yet")
         return EXIT_OK
     rows = [[o["cluster"], o["state"], o["version"] or "-", o["bundleVersion"] or "-",
              ", ".join(f"{k} {v}" for k, v in sorted(o["nads"].items())) or "-", _ts(o["updatedAt"])]
             for o in out]
-    print(_table(rows, ["CLUSTER", "STATE", "VERSION", "BUNDLE", "NADS", "UPDATED"]))
+    _say(_table(rows, ["CLUSTER", "STATE", "VERSION", "BUNDLE", "NADS", "UPDATED"]))
     return EXIT_OK
 
 
@@ -316,35 +393,35 @@ def _status_one(store: Any, ref: Any, as_json: bool) -> int:
                      "steps": history, "nads": nads, "rejections": rejections,
                      "orphans": [n for n in nads if n.get("state") == "ORPHANED"]})
         return EXIT_OK
-    print(f"cluster   {ref.path}")
-    print(f"state     {rec.state if rec else 'not tracked (NAD requests are waiting for it)'}")
+    _say(f"cluster   {ref.path}")
+    _say(f"state     {rec.state if rec else 'not tracked (NAD requests are waiting for it)'}")
     endpoint = doc.get("apiEndpoint")
     if isinstance(endpoint, dict) and endpoint.get("kind"):  # how the controller reaches the control plane
-        print(f"{'endpoint':<9} {endpoint.get('kind')} {endpoint.get('address', '')} ({endpoint.get('why', '')})")
+        _say(f"{'endpoint':<9} {endpoint.get('kind')} {endpoint.get('address', '')} ({endpoint.get('why', '')})")
     for key, label in (("version", "version"), ("bundleVersion", "bundle"), ("nodePool", "node pool"),
                        ("rollout", "rollout"), ("lastError", "last error")):
         value = doc.get(key)
         if value:
             shown = json.dumps(_jsonable(value), sort_keys=True) if isinstance(value, dict) else value
-            print(f"{label:<9} {shown}")
+            _say(f"{label:<9} {shown}")
     findings = doc.get("findings") or []
     if findings:
-        print("findings")
+        _say("findings")
         for f in findings:
-            print(f"  - [{f.get('severity')}] {f.get('id')}: {f.get('message')}\n      fix: {f.get('fix')}")
-    print("steps")
+            _say(f"  - [{f.get('severity')}] {f.get('id')}: {f.get('message')}\n      fix: {f.get('fix')}")
+    _say("steps")
     for h in history[-15:]:
-        print(f"  {_ts(h.get('at'))}  {h.get('step', ''):<18} {h.get('outcome', ''):<8} {h.get('message', '')}")
-    print("nads")
+        _say(f"  {_ts(h.get('at'))}  {h.get('step', ''):<18} {h.get('outcome', ''):<8} {h.get('message', '')}")
+    _say("nads")
     if not nads:
-        print("  (none)")
+        _say("  (none)")
     for n in nads:
-        print(_nad_line(n))
+        _say(_nad_line(n))
     if rejections:
-        print("rejected requests")
+        _say("rejected requests")
         for r in rejections:
             problems = "; ".join(f"{p.get('field')}: {p.get('message')}" for p in r.get("problems") or [])
-            print(f"  {_ts(r.get('at'))}  {r.get('reason')}{': ' + problems if problems else ''}")
+            _say(f"  {_ts(r.get('at'))}  {r.get('reason')}{': ' + problems if problems else ''}")
     return EXIT_OK
 
 
@@ -381,9 +458,9 @@ def cmd_history(args: argparse.Namespace) -> int:
         _print_json({"cluster": ref.path, "history": entries})
         return EXIT_OK
     if not entries:
-        print(f"no history for {ref.path}")
+        _say(f"no history for {ref.path}")
     for h in entries:
-        print(f"{_ts(h.get('at'))}  {h.get('state', '') or '':<19} {h.get('step', ''):<18} "
+        _say(f"{_ts(h.get('at'))}  {h.get('state', '') or '':<19} {h.get('step', ''):<18} "
               f"{h.get('outcome', ''):<8} {h.get('message', '')}")
     return EXIT_OK
 
@@ -406,7 +483,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _print_json({"cluster": ref.path, "nad": args.nad, "state": out.state, "ok": out.status == "done",
                      "message": out.message, "datapath": datapath})
     else:
-        print(f"{args.nad}: {out.state}: {out.message}")
+        _say(f"{args.nad}: {out.state}: {out.message}")
         print_datapath(datapath)
     return EXIT_OK if out.status == "done" else EXIT_VERIFY_FAILED
 

@@ -35,11 +35,28 @@ def _flow(args: argparse.Namespace) -> Any:
     return Controller(settings, store=_store(settings)).rollouts
 
 
+def policy_problem(flow: Any) -> str | None:
+    """Why the policy in force is refused (a foreign image, a bad field), or None. The functions
+    refuse every event while it is (nothing rolls out); this is where the operator sees why."""
+    from shared.core.settings import ConfigError
+
+    try:
+        flow.ctx.policy(fresh=True)
+        flow.ctx.bundle()
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    doc = _flow(args).status()
+    flow = _flow(args)
+    doc = flow.status()
+    refused = policy_problem(flow)
     if args.json:
-        _print_json({"rollout": doc})
+        _print_json({"rollout": doc, "policyError": refused})
         return EXIT_OK
+    if refused:
+        print(f"policy    REFUSED, nothing rolls out until it is fixed: {refused}")
     if doc is None:
         print("no rollout yet: the fleet runs the policy's bundle")
         return EXIT_OK

@@ -188,7 +188,8 @@ class _Story:
 
         self.p.step(f"requesting NAD {EARLY_NAD['namespace']}/{EARLY_NAD['name']} on {eligible.cluster} "
                     "before the cluster exists")
-        publish_request({**EARLY_NAD, "cluster": eligible.path}, self.env["MULTUS_PROVISIONER_TOPIC_NAD_REQUESTS"])
+        publish_request({**EARLY_NAD, "cluster": eligible.path}, self.env["MULTUS_PROVISIONER_TOPIC_NAD_REQUESTS"],
+                        env=self.env)
         doc = _wait(lambda: self.store.get_nad(eligible, EARLY_NAD["namespace"], EARLY_NAD["name"]), self.timeout)
         if doc and doc.get("state") == "PENDING":
             self.p.ok(f"NAD recorded as PENDING: {doc.get('message', '')}")

@@ -126,6 +126,18 @@ class Stack:
     # "real", a real kube-apiserver, controller-manager, scheduler and kwok built from pinned
     # sources (sandbox.kube.real; docs/SANDBOX_KUBE.md "The real tier").
     kube: str = "sim"
+    # Verified requesters (docs/NAD_REQUESTS.md "Who may ask"): the functions require an ID token on every NAD request,
+    # signed by the stack's identity server (sandbox/identity.py, MULTUS_PROVISIONER_SANDBOX_ID_URL).
+    # None: required when the stack runs the functions; off for an in-process stack
+    # (with_functions=False), whose tests call the workflow by hand and are not about requesters.
+    requester_auth: bool | None = None
+    # The controller's identity in the clusters. False: its token is cluster-admin (system:masters),
+    # as a project owner's Google token is on GKE. True: it is the user `shared.core.rbac.SANDBOX_USER`
+    # holding only the RBAC `multus-provisioner render-rbac` prints (granted by the stack at cluster
+    # creation, as an operator does at opt-in), and the kubeconfig files carry a second token, the
+    # operator's. A callable (user -> RBAC objects) grants those objects instead (a test removing a
+    # verb). Only the real tier evaluates RBAC; the simulated server ignores it (docs/SANDBOX_KUBE.md).
+    controller_rbac: Any = False
 
     def __post_init__(self) -> None:
         if self.kube not in KUBE_KINDS:
@@ -157,6 +169,7 @@ class Stack:
         self.gcloud_config: Path | None = None  # the gcloud configuration directory, once started
         self._shared: list[Any] = []  # kube_server_pool mode: the shared servers, in turn
         self._shared_turn = -1
+        self.identity: Any = None  # sandbox.identity.IdentityServer, once started
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> Stack:
@@ -205,6 +218,13 @@ class Stack:
 
             self.firestore_proxy = GrpcProxy(emu_env["FIRESTORE_EMULATOR_HOST"])
             self.env["FIRESTORE_EMULATOR_HOST"] = self.firestore_proxy.start()
+        from sandbox.identity import IdentityServer
+
+        self.identity = IdentityServer()
+        self.env["MULTUS_PROVISIONER_SANDBOX_ID_URL"] = self.identity.url
+        auth = self.with_functions if self.requester_auth is None else self.requester_auth
+        if not auth:
+            self.env["MULTUS_PROVISIONER_REQUESTER_AUTH"] = "off"
         template = _template_from_scenario(scenario)
         if template:
             self.env["MULTUS_PROVISIONER_NODE_POOL_TEMPLATE"] = json.dumps(template, sort_keys=True)
@@ -301,6 +321,10 @@ class Stack:
             if proxy and hasattr(proxy, "stop"):
                 with contextlib.suppress(Exception):
                     proxy.stop()
+        if self.identity is not None:
+            with contextlib.suppress(Exception):
+                self.identity.stop()
+            self.identity = None
         if self._own_emulators and self.emulators is not None:
             self.emulators.stop()
             self.emulators = None
@@ -337,13 +361,20 @@ class Stack:
                             for b in authorized.cidr_blocks)
         if self.kube_server_pool > 0:
             return self._on_shared_cluster(cluster, nodes, labels, ip_access)
+        user = self._controller_user()
         server = kube_server_class(self.kube)(
             token=self.token, nodes=[], crd_delay=self.crd_delay, rollout_delay=self.rollout_delay,
             name=cluster.name, dns_name=dns_name, dns_authority=self.public_ca if dns_name else None,
-            ip_access=ip_access)
+            ip_access=ip_access, controller_user=user)
         if self.kube == "real":
             self.progress(f"starting a real Kubernetes control plane and data path for {cluster.name}")
         server.start(port=0)
+        if user is not None:  # the operator's opt-in step: the controller's RBAC, before it connects
+            try:
+                server.grant(self._controller_rbac_objects(user))
+            except BaseException:
+                server.stop()
+                raise
         if self.kube == "real":  # real Multus, IPVLAN and Whereabouts for its pods (sandbox/kube/realcni.py)
             try:
                 server.use_real_cni()
@@ -359,6 +390,21 @@ class Stack:
             old.stop()
         server.write_kubeconfig(self.state_dir / "kubeconfig" / f"{cluster.name}.yaml", context=cluster.name)
         return server.endpoint, server.ca_pem, server.dns_endpoint or None
+
+    def _controller_user(self) -> str | None:
+        from shared.core.rbac import SANDBOX_USER
+
+        return SANDBOX_USER if self.controller_rbac else None
+
+    def _controller_rbac_objects(self, user: str) -> list[dict[str, Any]]:
+        """What the operator applies at opt-in: `render-rbac` for the namespaces the policy lets
+        receive NADs (the settings' allowed namespaces, or `default`)."""
+        from shared.core.rbac import controller_rbac
+
+        if callable(self.controller_rbac):
+            return list(self.controller_rbac(user))
+        allowed = [n.strip() for n in self.env.get("MULTUS_PROVISIONER_ALLOWED_NAMESPACES", "").split(",") if n.strip()]
+        return controller_rbac(user, allowed or ["default"])
 
     def _on_shared_cluster(self, cluster: Any, nodes: list[str], labels: dict[str, dict[str, str]],
                            ip_access: bool) -> tuple[str, bytes, str | None]:
@@ -434,11 +480,25 @@ class Stack:
             subscriber.close()
         self._publisher = _Publisher(publisher)
 
-    def publish(self, short: str, payload: bytes, **attributes: str) -> str:
-        """Publish to one of the stack's topics; returns the message id."""
+    def publish(self, short: str, payload: bytes, *, signed: bool = True, **attributes: str) -> str:
+        """Publish to one of the stack's topics; returns the message id. A NAD request is signed
+        by the sandbox user (as `multus-provisioner request-nad` does) unless `signed` is False or
+        the attributes carry a token already."""
         if self._publisher is None:
             raise RuntimeError("the stack is not started")
+        if short == "nad-requests" and signed and "idToken" not in attributes:
+            attributes = {**attributes, **self.requester_attributes()}
         return self._publisher.publish(self.topic_path(short), payload, attributes)
+
+    def requester_attributes(self, email: str | None = None, **claims: Any) -> dict[str, str]:
+        """The message attributes of a NAD request signed for `email` (default: the sandbox user);
+        `claims` override the token's (tests forge expired or foreign-audience tokens with them)."""
+        from sandbox.identity import SANDBOX_USER
+        from shared.core.requesters import token_attributes
+        from shared.core.settings import Settings
+
+        audience = claims.pop("aud", None) or Settings.from_env(self.env).requester_audiences[0]
+        return token_attributes(self.identity.issuer.token(audience, email or SANDBOX_USER, **claims))
 
     def _publish_audit(self, entry: dict[str, Any]) -> None:
         if entry.get("protoPayload", {}).get("methodName") not in SINK_METHODS:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shared.core import logs
-from shared.core.errors import Permanent, Rejected, Transient
+from shared.core.errors import Permanent, Problem, Rejected, RejectionKind, Transient
 from shared.core.prechecks import ClusterFacts
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
@@ -24,7 +24,7 @@ from shared.flows.reconcile import ReconcileFlow
 from shared.flows.rejections import record_rejection
 from shared.flows.rollout import RolloutFlow
 from shared.flows.verify import VerifyFlow
-from shared.ports import ClusterApiPort, DataPathPort, GkePort, PublisherPort, StorePort
+from shared.ports import ClusterApiPort, DataPathPort, GkePort, IdentityPort, PublisherPort, StorePort
 
 
 class Controller:
@@ -33,7 +33,7 @@ class Controller:
     def __init__(self, settings: Settings, *, store: StorePort | None = None, gke: GkePort | None = None,
                  kube_factory: Callable[[ClusterFacts], ClusterApiPort] | None = None,
                  clock: Callable[[], float] = time.monotonic, publisher: PublisherPort | None = None,
-                 datapath: DataPathPort | None = None) -> None:
+                 datapath: DataPathPort | None = None, identity: IdentityPort | None = None) -> None:
         def make_store() -> StorePort:
             if store is not None:
                 return store
@@ -69,9 +69,17 @@ class Controller:
 
             return HttpDataPath(settings.datapath_url) if settings.datapath_url else NoDataPath()
 
+        def make_identity() -> Any:
+            if identity is not None:
+                return identity
+            from shared.adapters.idtoken import IdTokenVerifier
+
+            certs = f"{settings.sandbox_id_url}/certs" if settings.sandbox_id_url else None
+            return IdTokenVerifier(settings.requester_audiences, certs_url=certs, timeout=settings.api_timeout_seconds)
+
         self.settings = settings
         self.ctx = Context(settings, store=make_store, gke=make_gke, kube=make_kube, clock=clock,
-                           datapath=make_datapath)
+                           datapath=make_datapath, identity=make_identity)
         self.verifier = VerifyFlow(self.ctx)
         self.nads = NadFlow(self.ctx, self.verifier)
         self.clusters = ClusterFlow(self.ctx, self.nads)
@@ -105,6 +113,10 @@ class Controller:
         """A scoped event reconciles its cluster; the scheduled tick (no scope) fans out one scoped
         event per cluster when a reconcile topic is configured, else sweeps every cluster here."""
         self.ctx.config()
+        why = self.ctx.policy().project_problem(ev.scope.project) if ev.scope is not None else None
+        if why:
+            raise Rejected("reconcile refused", [Problem("cluster", why)], kind=RejectionKind.UNKNOWN_PROJECT,
+                           event_id=ev.event_id)
         if ev.scope is None and self.settings.reconcile_topic:
             return self.fanout.tick(ev)
         if ev.scope is None:

@@ -46,6 +46,7 @@ from shared.core.observed import PoolFailure
 from shared.core.prechecks import ClusterFacts
 from shared.core.records import HistoryEntry, WorkflowUpdate
 from shared.core.refs import ClusterRef
+from shared.core.requesters import history_fields
 from shared.core.settings import NodePoolTemplate, Settings
 from shared.ports import AlreadyHandled, ClusterRecord, Lease, NadVersion
 
@@ -366,7 +367,7 @@ class FakeStore:
             if history:
                 self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}~{namespace}~{name}", HistoryEntry(
                     event_id, step, outcome, step_message, step_state, previous_state=before if exists else None,
-                    nad=f"{namespace}/{name}"))
+                    nad=f"{namespace}/{name}", requester=history_fields(changes).get("requester")))
             if ledger_key and write_ledger:
                 self.ledger[ledger_key] = {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                                 cluster=ref, now=now), **(ledger_fields or {})}
@@ -647,18 +648,34 @@ class FakeKube:
         return Rollout(desired=3, updated=3, ready=3, available=3, observed=True)
 
     def apply_nad(self, obj: Mapping[str, Any]) -> Any:
-        from shared.core.nad import API_VERSION, KIND
+        from shared.core.nad import API_VERSION, CLUSTER_ANNOTATION, KIND
 
         if obj.get("apiVersion") != API_VERSION or obj.get("kind") != KIND:
             raise Rejected("not a NetworkAttachmentDefinition",
                            [Problem("kind", f"expected {API_VERSION} {KIND}, got "
                                             f"{obj.get('apiVersion')!r} {obj.get('kind')!r}")])
+        md = obj.get("metadata") or {}
+        cluster = (md.get("annotations") or {}).get(CLUSTER_ANNOTATION)
+        self._owned(md.get("namespace") or "default", md.get("name"), cluster)
         return self._put(obj)
 
-    def delete_nad(self, namespace: str, name: str) -> bool:
+    def delete_nad(self, namespace: str, name: str, *, cluster: str | None = None) -> bool:
+        if self._owned(namespace, name, cluster) is None:
+            return False
         self.requests += 1
         return self.objects.pop(("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", namespace, name),
                                 None) is not None
+
+    def _owned(self, namespace: str, name: str, cluster: str | None) -> dict[str, Any] | None:
+        """The real adapter's ownership check (`nad.foreign_nad`), with its GET."""
+        from shared.core.errors import NotOurs
+        from shared.core.nad import foreign_nad
+
+        live = self.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", namespace, name)
+        foreign = foreign_nad(live, cluster) if live is not None else None
+        if foreign is not None:
+            raise NotOurs(foreign[1], owner=foreign[0])
+        return live
 
     def list_managed_nads(self) -> list[dict[str, Any]]:
         from shared.core.nad import MANAGED_BY

@@ -101,16 +101,18 @@ def wait_nad(store: Any, ref: ClusterRef, namespace: str, name: str, state: str,
                              f"{doc and doc.get('message')}") from None
 
 
-def envelope(payload: bytes, message_id: str) -> dict[str, Any]:
+def envelope(payload: bytes, message_id: str, attributes: dict[str, str] | None = None) -> dict[str, Any]:
     return {"message": {"data": base64.b64encode(payload).decode(), "messageId": message_id,
                         "message_id": message_id, "publishTime": datetime.now(UTC).isoformat(),
-                        "attributes": {}},
+                        "attributes": dict(attributes or {})},
             "subscription": "projects/multus-sandbox/subscriptions/manual-push"}
 
 
-def push(url: str, payload: bytes, message_id: str, *, binary: bool = False, timeout: float = 60.0) -> int:
-    """Deliver one message to a function; returns the HTTP status (2xx = acknowledged)."""
-    body = envelope(payload, message_id)
+def push(url: str, payload: bytes, message_id: str, *, binary: bool = False, timeout: float = 60.0,
+         attributes: dict[str, str] | None = None) -> int:
+    """Deliver one message to a function; returns the HTTP status (2xx = acknowledged). A NAD
+    request carries the requester's token in `attributes` (`stack.requester_attributes()`)."""
+    body = envelope(payload, message_id, attributes)
     if binary:  # Eventarc: binary-mode CloudEvent, data = the messagePublished envelope
         headers = {"ce-id": message_id, "ce-specversion": "1.0",
                    "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from multus_cli import main as cli
+from sandbox.identity import SANDBOX_USER
 from tests.fixtures_stack import ref_of, wait_nad, wait_state
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,6 +41,8 @@ def test_request_nad_waits_for_the_outcome_and_prints_json(env_file, ready_clust
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["state"] == "APPLIED" and out["messageId"] and out["outcome"] == "APPLIED"
     assert out["record"]["applied"]["range"] == "172.16.1.0/26"
+    # the CLI attached the sandbox user's ID token; the controller recorded who asked (issue 24)
+    assert out["requester"] == out["record"]["lastRequest"]["requester"] == SANDBOX_USER
     doc = e2e_store.get_nad(ready_cluster, "default", "via-cli")
     assert json.loads(doc["config"])["plugins"][0]["ipam"]["exclude"] == ["172.16.1.0/30"]
 

@@ -63,6 +63,7 @@ def test_50_clusters_and_500_nad_requests_with_duplicates(cstack):
     assert len([w for w in work if w[0] != "create"]) == 500
     message_ids: dict[int, str] = {}
     url = cstack.function_urls["on_nad_request"]
+    signed = cstack.requester_attributes()  # a redelivery carries the original's attributes
     started = time.monotonic()
 
     def do(item: tuple[str, Any]) -> int:
@@ -74,7 +75,7 @@ def test_50_clusters_and_500_nad_requests_with_duplicates(cstack):
         payload = json.dumps(unique[arg]).encode()
         if kind == "repush":
             mid = wait_for(lambda: message_ids.get(arg), 60, "the original's message id", poll=0.05)
-            return push(url, payload, mid)
+            return push(url, payload, mid, attributes=signed)
         mid = cstack.publish("nad-requests", payload)
         if kind == "nad":
             message_ids[arg] = mid

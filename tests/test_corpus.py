@@ -61,6 +61,9 @@ class Case:
     expect: dict[str, Any]
     forms: tuple[str, ...] = ("push",)
     phase: int = 0
+    # The requester's ID token in the message attributes (issue 24): every NAD request is signed by
+    # the sandbox user unless the case says "none", "expired", "wrong-audience" or "other-key".
+    token: str = "sandbox"
 
     @property
     def target(self) -> str:
@@ -85,7 +88,8 @@ def load_corpus() -> list[Case]:
             assert len(keys) == 1, f"{path.name}:{n}: exactly one payload key of {PAYLOAD_KEYS}, got {keys}"
             cases.append(Case(id=raw["id"], file=path.stem, function=raw["function"], about=raw["about"],
                               payload_key=keys[0], payload=raw[keys[0]], expect=raw["expect"],
-                              forms=tuple(raw.get("forms", ("push",))), phase=raw.get("phase", 0)))
+                              forms=tuple(raw.get("forms", ("push",))), phase=raw.get("phase", 0),
+                              token=raw.get("token", "sandbox")))
     return cases
 
 
@@ -180,7 +184,9 @@ def render_readme(cases: list[Case]) -> str:
         "",
         "One JSON object per line: `id`, `function` (the entry point that receives it), `about`, one payload "
         "key, optional `forms` (`push` = raw Pub/Sub push, `binary` = Eventarc CloudEvent; default push only), "
-        "optional `phase` (phase 1 is delivered after phase 0 finished), and `expect`.",
+        "optional `phase` (phase 1 is delivered after phase 0 finished), optional `token` (the ID token a NAD "
+        "request carries: the sandbox user's by default, `none`, `expired`, `wrong-audience`, `other-key`), "
+        "and `expect`.",
         "",
         "Payload keys: `json` (encoded with a JSON encoder), `text` (UTF-8 as is), `base64` (raw bytes), "
         "`generate` (`padded` to N bytes, `deep-array` / `deep-object` of depth N: large inputs stay out of git), "
@@ -198,7 +204,8 @@ def render_readme(cases: list[Case]) -> str:
         lines += ["", f"## {name} ({len(group)})", "", "| id | function | forms | input | expected |",
                   "|---|---|---|---|---|"]
         for c in group:
-            forms = "+".join(c.forms) + (f", phase {c.phase}" if c.phase else "")
+            forms = "+".join(c.forms) + (f", phase {c.phase}" if c.phase else "") + \
+                (f", token {c.token}" if c.token != "sandbox" else "")
             lines.append(f"| `{c.id}` | {c.function} | {forms} | {_cell(c.about)} | {_cell(describe(c.expect))} |")
     return "\n".join(lines) + "\n"
 
@@ -234,7 +241,11 @@ def test_every_issue_item_has_cases() -> None:
                    "name-slash", "dotdot", "upper", "cyrillic", "64-chars", "host-bits", "slash-0", "slash-32",
                    "ipv6", "outside-secondary", "overlap", "start-after-end", "exclude-outside", "master-space",
                    "master-double-quote", "master-newline", "other-service", "other-method", "first-only",
-                   "delete-unknown"):
+                   "delete-unknown",
+                   # issue 24: forged deletes, kube-system deletes, foreign NAD takeover, unknown projects,
+                   # escape sequences, unsigned and forged tokens
+                   "forged-delete", "kube-system-delete", "foreign-takeover", "unknown-project", "escape",
+                   "unsigned", "wrongly-signed"):
         assert needle in ids, needle
     for name in ("cluster", "name", "namespace", "master", "mode", "range", "range-start", "range-end",
                   "gateway", "action", "request-id", "exclude"):
@@ -306,6 +317,20 @@ def _envelope(message: dict[str, Any]) -> dict[str, Any]:
     return {"message": message, "subscription": "projects/multus-sandbox/subscriptions/corpus"}
 
 
+def attributes_of(case: Case, run: Run) -> dict[str, str]:
+    """The message attributes of a delivery: a NAD request's ID token, as the case says."""
+    if case.function != "on_nad_request" or case.token == "none":
+        return {}
+    if case.token == "other-key":
+        from sandbox.identity import SANDBOX_USER, Issuer
+        from shared.core.requesters import token_attributes
+
+        return token_attributes(Issuer().token("multus-provisioner", SANDBOX_USER))
+    claims: dict[str, Any] = {"expired": {"now": time.time() - 7200}, "wrong-audience": {"aud": "another-service"},
+                              "sandbox": {}}[case.token]
+    return dict(run.stack.requester_attributes(**claims))
+
+
 def body_and_headers(d: Delivery, run: Run) -> tuple[bytes, dict[str, str]]:
     case = d.case
     if case.payload_key == "body":
@@ -314,7 +339,7 @@ def body_and_headers(d: Delivery, run: Run) -> tuple[bytes, dict[str, str]]:
         body = case.payload.encode()
     else:
         message: dict[str, Any] = {"messageId": d.message_id, "publishTime": datetime.now(UTC).isoformat(),
-                                   "attributes": {}}
+                                   "attributes": attributes_of(case, run)}
         if case.payload_key == "envelope":
             message.update(case.payload)
         else:
@@ -381,6 +406,7 @@ def run(stack: Any) -> Iterator[Run]:
     # it held would (rightly) be answered "busy, retry", which is not what the corpus is about.
     wait_for(lambda: not store.get_cluster(ready).data.get("lease"), 30, "the install to release its lease")
     server = stack.kube_server(name)
+    _foreign_nad(stack, ready, "create")  # a NAD someone else made: the takeover cases aim at it
     r = Run(stack=stack, store=store, ready=ready, token=uuid.uuid4().hex[:8],
             subs_base={"<<CLUSTER>>": ready.path, "<<PROJECT>>": ready.project, "<<LOCATION>>": LOCATION,
                        "<<NAME>>": name})
@@ -403,6 +429,25 @@ def run(stack: Any) -> Iterator[Run]:
         if any(c.expect.get("record") == "cluster" and r.ref(c).doc_id == doc_id for c in CASES):
             r.rejections[doc_id] = {x["eventId"]: x for x in store.list_rejections(ref, limit=5000)}
     yield r
+
+
+FOREIGN = {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+           "metadata": {"name": "foreign-net", "namespace": "default", "labels": {"team": "platform"}},
+           "spec": {"config": '{"cniVersion":"0.3.1","name":"foreign-net","type":"macvlan"}'}}
+
+
+def _foreign_nad(stack: Any, ready: Any, what: str) -> Any:
+    """Create (as kubectl would) or read back default/foreign-net on the READY cluster."""
+    from kubernetes import config as kconfig
+
+    from shared.adapters.kube import Kube
+
+    path = Path(stack.env["MULTUS_PROVISIONER_KUBECONFIG_DIR"]) / f"{ready.cluster}.yaml"
+    kube = Kube(kconfig.new_client_from_config(config_file=str(path)))
+    if what == "create":
+        kube._call("POST", "/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions",
+                   query={"fieldManager": "kubectl-client-side-apply"}, body=FOREIGN)
+    return kube.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "foreign-net")
 
 
 def _rejection(run: Run, where: str, d: Delivery) -> dict[str, Any] | None:
@@ -482,9 +527,13 @@ def test_nothing_malformed_reached_the_cluster(run: Run) -> None:
 
     writes = Counter({k: n for k, n in run.stats_diff.items() if k[0] != "GET"})
     assert writes == _accepted("PATCH") + _accepted("DELETE"), run.stats_diff
-    # Reads: only the list of managed NADs, which an apply reads to see what is on the cluster.
+    # Reads: the list of managed NADs, which an apply reads to see what is on the cluster, and the
+    # NAD itself, which an apply or a delete reads to check that it is the controller's (issue 24).
     reads = {k for k in run.stats_diff if k[0] == "GET"}
-    assert reads <= {("GET", "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions")}, reads
+    nad_paths = {("GET", NAD_PATH.format(ns=ns, name=name)) for c in CASES for ns, name in [c.nad_key()]}
+    assert reads <= {("GET", "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions")} | nad_paths, reads
+    theirs = _foreign_nad(run.stack, run.ready, "read")  # neither taken over nor deleted
+    assert theirs["spec"] == FOREIGN["spec"] and theirs["metadata"]["labels"] == {"team": "platform"}
     from kubernetes import config as kconfig
 
     from shared.adapters.kube import Kube

@@ -142,7 +142,9 @@ def test_nad_limits_namespace_and_delete():
     live = [{"namespace": "default", "name": f"x{i}", "state": "APPLIED"} for i in range(3)]
     assert nad(existing=live).kind == d.NadStep.REJECT
     assert nad(namespace_problem="denied").kind == d.NadStep.REJECT
-    assert nad(request=Req(action="delete"), namespace_problem="denied").kind == d.NadStep.DELETE
+    # issue 24: a delete passes the namespace policy too (a kube-system delete is refused)
+    assert nad(request=Req(action="delete"), namespace_problem="denied").kind == d.NadStep.REJECT
+    assert nad(request=Req(action="delete")).kind == d.NadStep.DELETE
 
 
 def test_policy_from_settings_and_firestore_override():
@@ -151,7 +153,9 @@ def test_policy_from_settings_and_firestore_override():
     p = Policy.from_settings(s)
     assert p.opted_in({"net": "multus"}) and not p.opted_in({"net": "other"})
     assert p.namespace_problem("kube-system") and p.namespace_problem("web") and not p.namespace_problem("apps")
-    q = p.merged({"maxNadsPerCluster": 5, "deniedNamespaces": [], "allowedNamespaces": [],
+    # kube-* stays protected when deniedNamespaces is emptied; protectedNamespaces [] lifts it (issue 24)
+    assert p.merged({"deniedNamespaces": [], "allowedNamespaces": []}).namespace_problem("kube-system")
+    q = p.merged({"maxNadsPerCluster": 5, "deniedNamespaces": [], "allowedNamespaces": [], "protectedNamespaces": [],
                   "nodePoolTemplate": {"network": "v", "subnetwork": "s", "secondary_pod_range": "r"}})
     assert q.max_nads_per_cluster == 5 and q.namespace_problem("kube-system") is None
     assert q.node_pool_template == NodePoolTemplate(network="v", subnetwork="s", secondary_pod_range="r")

@@ -292,6 +292,29 @@ def test_overlapping_and_out_of_range_nads_are_rejected_naming_both(stack, e2e_s
     assert names == ["first"]  # nothing rejected reached the cluster
 
 
+def test_an_unsigned_request_is_refused_and_recorded_a_signed_one_applied(stack, e2e_store, cluster_name):
+    """Issue 24 through the real functions: the NAD topic is not an authority, the ID token is."""
+    from sandbox.identity import SANDBOX_USER
+
+    ref = create(stack, cluster_name)
+    wait_state(e2e_store, ref, "READY", 40)
+    body = json.dumps({"cluster": ref.path, "name": "who-asked", "range": "172.16.1.0/28"}).encode()
+    unsigned = stack.publish("nad-requests", body, signed=False)
+    forged = stack.publish("nad-requests", body, **stack.requester_attributes(aud="someone-else"))
+    found = wait_for(lambda: (lambda r: r if {unsigned, forged} <= set(r) else None)(
+        {x["eventId"]: x for x in e2e_store.list_rejections(ref)}), 30, "both refusals recorded")
+    for mid in (unsigned, forged):
+        assert found[mid]["kind"] == "unauthenticated"
+        assert found[mid]["problems"][0]["field"] == "attributes.idToken"
+    assert e2e_store.get_nad(ref, "default", "who-asked") is None  # refused before the NAD was touched
+    signed = stack.publish("nad-requests", body)  # signed by the sandbox user, as request-nad does
+    doc = wait_nad(e2e_store, ref, "default", "who-asked", "APPLIED")
+    assert doc["lastRequest"]["messageId"] == signed and doc["lastRequest"]["requester"] == SANDBOX_USER
+    assert any(h.get("requester") == SANDBOX_USER for h in history(e2e_store, ref) if h.get("nad"))
+    kube = kube_engine(stack, cluster_name)
+    assert [o["metadata"]["name"] for o in kube.list_managed_nads()] == ["who-asked"]
+
+
 def _outcome_of(stack: Any, fn: str, message_id: str) -> str | None:
     for line in stack.function_log(fn).splitlines():
         try:

@@ -397,7 +397,10 @@ def test_nad_apply_transient_then_applied_permanent_then_failed(fstack, fstore):
     assert doc["range"] == "172.16.1.0/26"
     doc = wait_nad(fstore, ref, "default", "denied", "FAILED", 20)
     assert "no NADs for you" in doc["message"] and "403" in doc["lastError"]
-    flaky = [e for e in log_entries(fstack, "on_nad_request") if e.get("eventId") == flaky_id]
+    # the log line follows the record: wait for it rather than read once
+    flaky = wait_for(lambda: (lambda f: f if len(f) >= 3 else None)(
+        [e for e in log_entries(fstack, "on_nad_request") if e.get("eventId") == flaky_id]), 20,
+        "the flaky request's three deliveries logged")
     # 503, then the timeout: two redeliveries, visible in the function log (a NAD's transient
     # failure writes no history entry: see docs/RELIABILITY.md), then one success.
     assert [e.get("severity") for e in flaky] == ["WARNING", "WARNING", "INFO"], flaky

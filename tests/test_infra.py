@@ -363,6 +363,8 @@ def test_every_value_terraform_can_set_is_accepted_by_the_settings():
         "NODE_POOL_RETRY_SECONDS": str(v["node_pool_retry_seconds"]["default"]),
         "TOPIC_NAD_REQUESTS": "multus-nad-requests", "TOPIC_RECONCILE": "multus-reconcile",
         "MULTUS_IMAGE": "", "WHEREABOUTS_IMAGE": "", "MULTUS_LOG_LEVEL": "",
+        "ALLOWED_REGISTRIES": "us-docker.pkg.dev/platform/mirror,europe-docker.pkg.dev/p/m",
+        "POLICY_DATABASE": "multus-policy",
     }
     assert set(rendered) == set(function_settings()["set"])
     s = Settings.from_env({f"MULTUS_PROVISIONER_{k}": val for k, val in rendered.items()})
@@ -390,6 +392,13 @@ def test_every_trigger_is_a_push_subscription_on_its_topic_with_dead_letter_and_
     for rtype, name in (("google_pubsub_topic", "stream"), ("google_pubsub_topic", "dead_letter"),
                         ("google_cloudfunctions2_function", "fn"), ("google_service_account", "trigger")):
         assert res(rtype, name)["for_each"] == "${local.streams}", f"{rtype}.{name}"
+
+
+def test_dead_lettered_events_are_kept_a_month_and_transport_a_week():
+    """Issue 24: what failed is kept 31 days (Pub/Sub's topic maximum), the transport 7 days."""
+    assert res("google_pubsub_topic", "dead_letter")["message_retention_duration"] == "2678400s"
+    assert res("google_pubsub_topic", "stream")["message_retention_duration"] == "604800s"
+    assert res("google_pubsub_subscription", "dead_letter_inspect")["retain_acked_messages"] is True
 
 
 def test_each_dead_letter_topic_has_an_inspection_subscription():
@@ -574,13 +583,30 @@ def test_runtime_identity_has_exactly_firestore_gke_role_and_log_writing():
     runtime = "${google_service_account.runtime.member}"
     grants = {(t, b["role"]) for t, _, b in iam_grants() if b.get("member") == runtime}
     assert grants == {
-        ("google_project_iam_member", "roles/datastore.user"),
+        ("google_project_iam_member", "roles/datastore.user"),  # the workflow database only (condition)
+        ("google_project_iam_member", "roles/datastore.viewer"),  # the policy database, read only
         ("google_project_iam_member", "roles/logging.logWriter"),
         ("google_project_iam_member", "${google_project_iam_custom_role.gke[each.value].id}"),
         ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),  # the reconcile fan-out
     }
     publish = res("google_pubsub_topic_iam_member", "runtime_reconcile_publisher")
     assert ref(publish["topic"]) == 'google_pubsub_topic.stream["reconcile"].name'
+
+
+def test_the_policy_has_a_database_of_its_own_that_only_policy_writers_write():
+    """Issue 24: who may change config/policy is limited by IAM (Conditions name databases)."""
+    db = res("google_firestore_database", "policy")
+    assert db["name"] == "${var.name_prefix}-policy" and db["delete_protection_state"] == "DELETE_PROTECTION_ENABLED"
+    workflow = res("google_project_iam_member", "runtime_firestore")
+    assert "databases/${local.firestore_db}" in workflow["condition"][0]["expression"]
+    reader = res("google_project_iam_member", "runtime_policy_reader")
+    assert reader["role"] == "roles/datastore.viewer"
+    assert "databases/${google_firestore_database.policy.name}" in reader["condition"][0]["expression"]
+    writers = res("google_project_iam_member", "policy_writers")
+    assert ref(writers["for_each"]) == "toset(var.policy_writers)" and writers["role"] == "roles/datastore.user"
+    assert "databases/${google_firestore_database.policy.name}" in writers["condition"][0]["expression"]
+    env = locals_()["runtime_env"]
+    assert ref(env["MULTUS_PROVISIONER_POLICY_DATABASE"]) == "google_firestore_database.policy.name"
 
 
 def test_reconcile_fans_out_on_its_own_topic_with_its_own_instance_cap():
@@ -616,15 +642,14 @@ def test_custom_role_is_built_from_the_one_permission_file():
     assert ref(role["permissions"]) == "local.gke_permissions"
     loc = locals_()
     assert ref(loc["gke_permission_doc"]) == 'yamldecode(file("${path.module}/gke-permissions.yaml"))'
-    assert ref(loc["gke_permissions"]) == "sort([for p in local.gke_permission_doc.permissions : p.permission])"
+    assert ref(loc["gke_permissions"]).replace("\n", " ") == (
+        "sort([for p in local.gke_permission_doc.permissions : p.permission "
+        "if !try(p.only_with_node_pool_template, false) || var.node_pool_template != null])")
     assert ref(role["for_each"]) == "toset(local.cluster_projects)"
 
 
 # Verbs a list may hold for a resource it reads as a collection (everything else reads named objects).
-LISTED = {"container.clusters.list", "container.customResourceDefinitions.list", "container.events.list",
-          "container.thirdPartyObjects.list", "container.pods.list", "container.configMaps.list",
-          "container.clusterRoles.list", "container.clusterRoleBindings.list", "container.serviceAccounts.list",
-          "container.daemonSets.list"}
+LISTED = {"container.clusters.list"}
 
 
 def test_every_permission_is_well_formed_explained_and_unique():
@@ -658,45 +683,117 @@ def test_every_permission_names_code_that_exists_and_is_called():
             assert calls >= 1, f"{entry['permission']}: nothing calls {use}"
 
 
-# Kubernetes kind -> the GKE IAM resource name of its permissions.
-KIND_TO_IAM = {
-    "CustomResourceDefinition": "customResourceDefinitions",
-    "ConfigMap": "configMaps",
-    "ClusterRole": "clusterRoles",
-    "ClusterRoleBinding": "clusterRoleBindings",
-    "ServiceAccount": "serviceAccounts",
-    "DaemonSet": "daemonSets",
+def _bundle_objects() -> list[dict[str, Any]]:
+    objects = []
+    for path in sorted((ROOT / "shared" / "manifests").glob("*.y*ml")):
+        objects += [doc for doc in yaml.safe_load_all(path.read_text()) if isinstance(doc, dict) and doc.get("kind")]
+    return objects
+
+
+def test_project_iam_holds_the_gke_api_only():
+    """Issue 24: no in-cluster permission at project level (GKE's IAM authorizer would grant it on
+    every cluster of the project); CreateNodePool's update only with a node pool template."""
+    perms = {p["permission"]: p for p in permission_doc()["permissions"]}
+    assert set(perms) == {"container.clusters.get", "container.clusters.list", "container.clusters.update",
+                          "container.clusters.create"}
+    assert perms["container.clusters.update"].get("only_with_node_pool_template") is True
+    assert [p for p, e in perms.items() if e.get("only_with_node_pool_template")] == ["container.clusters.update"]
+    for banned in ("escalate", "bind", "thirdPartyObjects", "pods.", "clusterRoleBindings"):
+        assert not [p for p in perms if banned in p], banned
+
+
+# RBAC resource (group, plural) of each bundle kind.
+KIND_TO_RESOURCE = {
+    "CustomResourceDefinition": ("apiextensions.k8s.io", "customresourcedefinitions"),
+    "ConfigMap": ("", "configmaps"),
+    "ClusterRole": ("rbac.authorization.k8s.io", "clusterroles"),
+    "ClusterRoleBinding": ("rbac.authorization.k8s.io", "clusterrolebindings"),
+    "ServiceAccount": ("", "serviceaccounts"),
+    "DaemonSet": ("apps", "daemonsets"),
 }
 
 
-def _bundle_kinds() -> set[str]:
-    kinds = set()
-    for path in sorted((ROOT / "shared" / "manifests").glob("*.y*ml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and doc.get("kind"):
-                kinds.add(doc["kind"])
-    return kinds
+def _rules(kind: str, name: str) -> list[dict[str, Any]]:
+    from shared.core.rbac import template
+
+    return [r for o in template() if o["kind"] == kind and o["metadata"]["name"] == name for r in o["rules"]]
 
 
-def test_in_cluster_permissions_match_the_bundle_the_controller_applies():
-    kinds = _bundle_kinds()
-    assert kinds, "shared/manifests has no bundle manifests"
-    assert kinds <= set(KIND_TO_IAM), f"bundle kinds without an IAM mapping here: {kinds - set(KIND_TO_IAM)}"
-    perms = {p["permission"] for p in permission_doc()["permissions"]}
-    in_cluster = {p.split(".")[1] for p in perms} - {"clusters", "operations"}
-    expected_resources = {KIND_TO_IAM[k] for k in kinds} | {"pods", "events", "thirdPartyObjects"}
-    assert in_cluster == expected_resources, "every in-cluster permission must belong to a kind the code touches"
-    for kind in kinds:
-        # server-side apply creates (create) and patches (update); reconcile GETs each object
-        assert {f"container.{KIND_TO_IAM[kind]}.{v}" for v in ("create", "get", "update")} <= perms, kind
-        assert f"container.{KIND_TO_IAM[kind]}.delete" not in perms, f"nothing deletes {kind} objects"
-    assert {f"container.thirdPartyObjects.{v}" for v in ("create", "update", "delete", "list")} <= perms  # NADs
-    assert {f"container.pods.{v}" for v in ("create", "get", "delete")} <= perms  # verification pod
-    if "ClusterRole" in kinds:
-        assert "container.clusterRoles.escalate" in perms
-    if "ClusterRoleBinding" in kinds:
-        assert "container.clusterRoles.bind" in perms
-    assert {"container.clusters.get", "container.clusters.list", "container.clusters.update"} <= perms
+def _granted(rules: list[dict[str, Any]], group: str, resource: str, name: str | None) -> set[str]:
+    verbs: set[str] = set()
+    for r in rules:
+        if group in r["apiGroups"] and resource in r["resources"]:
+            if name is None and "resourceNames" in r:
+                continue
+            if name is not None and "resourceNames" in r and name not in r["resourceNames"]:
+                continue
+            verbs |= set(r["verbs"])
+    return verbs
+
+
+def test_controller_rbac_reaches_the_bundle_by_name_and_nothing_else():
+    """shared/rbac/controller.yaml: create/get/patch on exactly the bundle's objects by name,
+    escalate/bind only on the bundle's two ClusterRoles, no wildcard, no secrets, no pods create
+    cluster-wide (tests/test_rbac_real.py proves it on a real kube-apiserver)."""
+    from shared.core.rbac import template
+
+    cluster_rules = _rules("ClusterRole", "multus-provisioner-controller")
+    ns_rules = _rules("Role", "multus-provisioner-controller")
+    bundle = _bundle_objects()
+    for obj in bundle:
+        group, resource = KIND_TO_RESOURCE[obj["kind"]]
+        ns = obj["metadata"].get("namespace")
+        rules = ns_rules if ns else cluster_rules
+        assert ns in (None, "kube-system"), obj["metadata"]
+        assert {"get", "create", "patch"} <= _granted(rules, group, resource, obj["metadata"]["name"]), obj["metadata"]
+        assert {"update", "delete"}.isdisjoint(_granted(rules, group, resource, obj["metadata"]["name"]))
+    named = {(g, res): set() for g, res in KIND_TO_RESOURCE.values()}
+    for o in bundle:
+        named[KIND_TO_RESOURCE[o["kind"]]].add(o["metadata"]["name"])
+    for r in cluster_rules + ns_rules:
+        assert "*" not in r["verbs"] and "*" not in r["resources"] and "*" not in r["apiGroups"], r
+        assert "secrets" not in r["resources"], r
+        unnamed = set(r["verbs"]) - {"list"}
+        if unnamed and not {"network-attachment-definitions", "events"} & set(r["resources"]):
+            assert "resourceNames" in r, f"write or read of named objects without resourceNames: {r}"
+            for res in r["resources"]:
+                assert set(r["resourceNames"]) <= named[(r["apiGroups"][0], res)], r
+        if {"escalate", "bind"} & set(r["verbs"]):
+            assert r["resources"] == ["clusterroles"] and sorted(r["resourceNames"]) == ["multus-role", "whereabouts"]
+    assert _granted(cluster_rules, "k8s.cni.cncf.io", "network-attachment-definitions", None) == {
+        "get", "list", "create", "patch", "delete"}
+    assert "create" not in _granted(cluster_rules, "", "pods", None)  # pods: list only, cluster-wide
+    verify = _rules("ClusterRole", "multus-provisioner-verify")
+    assert _granted(verify, "", "pods", None) == {"create", "get", "delete"}
+    bindings = [o for o in template() if o.get("roleRef", {}).get("name") == "multus-provisioner-verify"]
+    assert [b["kind"] for b in bindings] == ["RoleBinding"]  # never a ClusterRoleBinding: per namespace
+    for o in template():
+        for subject in o.get("subjects") or []:
+            assert subject == {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "CONTROLLER_USER"}
+
+
+def test_every_adapter_call_the_controller_makes_in_a_cluster_is_covered_by_the_rbac():
+    """The Kube adapter's methods the flows call, each with the RBAC rule that lets it through."""
+    import shared.adapters.kube as kube_adapter
+
+    cluster_rules = _rules("ClusterRole", "multus-provisioner-controller")
+    verify = _rules("ClusterRole", "multus-provisioner-verify")
+    need = {
+        "wait_established": (cluster_rules, "apiextensions.k8s.io", "customresourcedefinitions", "list"),
+        "apply_nad": (cluster_rules, "k8s.cni.cncf.io", "network-attachment-definitions", "patch"),
+        "delete_nad": (cluster_rules, "k8s.cni.cncf.io", "network-attachment-definitions", "delete"),
+        "list_managed_nads": (cluster_rules, "k8s.cni.cncf.io", "network-attachment-definitions", "list"),
+        "list_ippools": (cluster_rules, "whereabouts.cni.cncf.io", "ippools", "list"),
+        "list_pod_refs": (cluster_rules, "", "pods", "list"),
+        "list_pods": (cluster_rules, "", "pods", "list"),
+        "create_pod": (verify, "", "pods", "create"),
+        "get_pod": (verify, "", "pods", "get"),
+        "delete_pod": (verify, "", "pods", "delete"),
+        "pod_events": (verify, "", "events", "list"),
+    }
+    for method, (rules, group, resource, verb) in need.items():
+        assert hasattr(kube_adapter.Kube, method), method
+        assert verb in _granted(rules, group, resource, None), method
 
 
 # --- Firestore --------------------------------------------------------------------------------------------------
@@ -831,21 +928,45 @@ def test_cloudbuild_structure():
         ids.append(step.get("id"))
         for dep in step.get("waitFor", []):
             assert dep in ids, f"step {step.get('id')} waits for unknown or later step {dep}"
-    assert ids == ["test", "package", "terraform-init", "terraform-plan", "terraform-apply"]
+    assert ids == ["package", "terraform-init", "terraform-plan", "terraform-apply"]
     text = {s["id"]: " ".join(s["args"]) for s in steps}
-    assert "make test" in text["test"]
-    assert "make package" in text["package"]
+    # the deploy pipeline installs nothing from PyPI and runs no test code (docs/SECURITY.md "Pipelines")
+    assert text["package"] == "-m scripts.package" and steps[0]["entrypoint"] == "python3"
+    commands = [line.strip() for s in steps for a in s["args"] for line in a.splitlines()
+                if line.strip() and not line.strip().startswith("#")]
+    assert not [c for c in commands if re.match(r"make\b", c) or "pip install" in c], commands
     assert "init" in text["terraform-init"] and "-backend-config=bucket=${_TF_STATE_BUCKET}" in text["terraform-init"]
     assert text["terraform-plan"].startswith("-chdir=infra plan") and "-out=tfplan" in text["terraform-plan"]
     assert "-var=source_zip=../dist/function-source.zip" in text["terraform-plan"]
     assert "apply -input=false -auto-approve tfplan" in text["terraform-apply"]
 
 
-def test_cloudbuild_substitutions_are_declared_used_and_carry_no_secrets():
-    cb = cloudbuild()
+def test_tests_run_in_their_own_pipeline():
+    """Test and deploy are separately privileged pipelines: the test one runs `make test` only."""
+    cb = yaml.safe_load((ROOT / "cloudbuild-test.yaml").read_text())
+    assert [s["id"] for s in cb["steps"]] == ["test"]
+    assert "make test" in " ".join(cb["steps"][0]["args"])
+    raw = (ROOT / "cloudbuild-test.yaml").read_text()
+    assert "terraform" not in raw.split("steps:", 1)[1] and "serviceAccount" not in cb
+
+
+def test_every_builder_image_is_a_substitution_so_it_can_be_pinned_by_digest():
+    for name in ("cloudbuild.yaml", "cloudbuild-test.yaml"):
+        cb = yaml.safe_load((ROOT / name).read_text())
+        for step in cb["steps"]:
+            ref_ = re.fullmatch(r"\$\{(_[A-Z_]+_IMAGE)\}", step["name"])
+            assert ref_, f"{name}: {step['id']} names its image directly"
+            default = cb["substitutions"][ref_.group(1)]
+            # a digest, or a tag with an exact version (never a floating `:1.9` or `:latest`)
+            assert "@sha256:" in default or re.search(r":(emulators|\d+\.\d+\.\d+)$", default), default
+
+
+@pytest.mark.parametrize("name", ["cloudbuild.yaml", "cloudbuild-test.yaml"])
+def test_cloudbuild_substitutions_are_declared_used_and_carry_no_secrets(name):
+    cb = yaml.safe_load((ROOT / name).read_text())
     declared = set(cb["substitutions"])
     assert all(re.fullmatch(r"_[A-Z0-9_]+", k) for k in declared)
-    raw = (ROOT / "cloudbuild.yaml").read_text()
+    raw = (ROOT / name).read_text()
     body = raw.split("steps:", 1)[1]
     used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", body)) | set(re.findall(r"\$([A-Z_][A-Z0-9_]*)", body))
     assert used - declared <= BUILTIN_SUBSTITUTIONS, f"undeclared: {used - declared - BUILTIN_SUBSTITUTIONS}"

@@ -21,7 +21,8 @@ def nad(name: str, namespace: str = "default", *, rng: str = NAD_RANGE, **ipam: 
         {"type": "ipvlan", "master": "eth1", "mode": "l2", "ipam": {"type": "whereabouts", "range": rng, **ipam}}]}
     return {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
             "metadata": {"name": name, "namespace": namespace,
-                         "labels": {"app.kubernetes.io/managed-by": "multus-provisioner"}},
+                         "labels": {"app.kubernetes.io/managed-by": "multus-provisioner"},
+                         "annotations": {"multus-provisioner.io/cluster": "projects/p/locations/l/clusters/c"}},
             "spec": {"config": json.dumps(config)}}
 
 
@@ -95,11 +96,14 @@ def test_changed_object_is_reported_and_dropped_fields_removed(kube: Kube) -> No
     assert "extra" not in kube.get("v1", "ConfigMap", "kube-system", "multus-cni-config")["metadata"]["labels"]
 
 
-def test_nad_apply_update_list_delete_one_request_each(kube: Kube) -> None:
+def test_nad_apply_update_list_delete_check_ownership_then_write_once(kube: Kube) -> None:
+    """Each NAD write is one GET (is it the controller's? issue 24) and one PATCH or DELETE."""
+    from shared.core.errors import NotOurs
+
     install(kube)
     n0 = kube.requests
     r = kube.apply_nad(nad("my-nad"))
-    assert kube.requests == n0 + 1 and r.changed and r.key == (
+    assert kube.requests == n0 + 2 and r.changed and r.key == (
         "k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "my-nad")
     same = kube.apply_nad(nad("my-nad"))
     assert not same.changed and same.resource_version == r.resource_version
@@ -111,10 +115,15 @@ def test_nad_apply_update_list_delete_one_request_each(kube: Kube) -> None:
     del unmanaged["metadata"]["labels"]
     kube.apply_nad(unmanaged)
     assert [o["metadata"]["name"] for o in kube.list_managed_nads()] == ["my-nad"]
+    with pytest.raises(NotOurs):  # someone else's now: neither taken over nor deleted
+        kube.apply_nad(nad("theirs"))
+    with pytest.raises(NotOurs):
+        kube.delete_nad("default", "theirs")
+    assert kube.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "theirs")
     n0 = kube.requests
     assert kube.delete_nad("default", "my-nad") is True
     assert kube.delete_nad("default", "my-nad") is False
-    assert kube.requests == n0 + 2
+    assert kube.requests == n0 + 3  # GET + DELETE, then a GET that finds nothing
     assert kube.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "my-nad") is None
 
 

@@ -79,12 +79,21 @@ def test_apply_order_is_crds_then_config_and_rbac_then_the_daemonset():
     assert set(kinds[3:-1]) == {"ConfigMap", "ClusterRole", "ClusterRoleBinding", "ServiceAccount"}
 
 
+# docs/BUNDLE.md "Changes compared with the seed" 3 (issue 24): multus-role lets the nodes read NADs only.
+MULTUS_ROLE_RULES = [{"apiGroups": ["k8s.cni.cncf.io"], "resources": ["network-attachment-definitions"],
+                      "verbs": ["get", "list", "watch"]}]
+
+
 def test_objects_equal_the_seed_except_the_documented_crd_status():
-    """Byte-faithful content: the only change (docs/BUNDLE.md) is dropping the CRDs' server-owned status."""
+    """Byte-faithful content: the changes (docs/BUNDLE.md) are dropping the CRDs' server-owned status
+    and narrowing multus-role, which gave system:nodes every verb on every k8s.cni.cncf.io resource."""
     seed = {object_key(o): o for o in seed_objects()}
     dropped = []
     for obj in load_bundle().objects:
         expected = copy.deepcopy(seed[object_key(obj)])
+        if obj["kind"] == "ClusterRole" and obj["metadata"]["name"] == "multus-role":
+            assert expected["rules"] == [{"apiGroups": ["k8s.cni.cncf.io"], "resources": ["*"], "verbs": ["*"]}]
+            expected["rules"] = MULTUS_ROLE_RULES
         if "status" in expected:
             dropped.append(obj["metadata"]["name"])
             assert expected.pop("status") == {"acceptedNames": {"kind": "", "plural": ""},

@@ -71,11 +71,11 @@ def make_request(rng: random.Random, path: str) -> dict[str, Any]:
     return body
 
 
-def deliver(url: str, sent: Sent, binary: bool) -> None:
+def deliver(url: str, sent: Sent, binary: bool, attributes: dict[str, str] | None = None) -> None:
     """Push until acknowledged, as Pub/Sub redelivers a message answered 5xx."""
     payload = json.dumps(sent.body).encode()
     for attempt in range(PUSH_ATTEMPTS):
-        code = push(url, payload, sent.message_id, binary=binary)
+        code = push(url, payload, sent.message_id, binary=binary, attributes=attributes)
         if 200 <= code < 300:
             return
         time.sleep(min(0.02 * (attempt + 1), 0.3))
@@ -129,6 +129,7 @@ def test_nad_invariants_hold_under_concurrent_duplicated_reordered_requests(stac
     kube = kube_engine(stack, cluster_name)
     url = stack.function_urls["on_nad_request"]
     reconcile_url = stack.function_urls["reconcile"]
+    signed = stack.requester_attributes()  # the sandbox user's ID token, as request-nad attaches it
     sent: list[Sent] = []
     by_request_id: dict[str, Sent] = {}
     started, step, pushes = time.monotonic(), 0, 0
@@ -156,8 +157,8 @@ def test_nad_invariants_hold_under_concurrent_duplicated_reordered_requests(stac
                 batch.append((Sent({"cluster": ref.path}, f"inv-{seed}-reconcile-{step}"), False))
             rng.shuffle(batch)
             pushes += len(batch)
-            list(pool.map(lambda item: deliver(reconcile_url if "reconcile" in item[0].message_id else url, *item),
-                          batch))
+            list(pool.map(lambda item: deliver(reconcile_url, *item) if "reconcile" in item[0].message_id
+                          else deliver(url, *item, attributes=signed), batch))
             check(e2e_store, kube, ref, sent, f"seed {seed}, after step {step} ({len(sent)} requests)")
     elapsed = time.monotonic() - started
     states = [n.get("state") for n in e2e_store.list_nads(ref)]

@@ -110,7 +110,7 @@ def test_overlap_and_limit_count_managed_objects_without_a_record(local_stack, m
     out = send(wf, ref, "mine", range="172.16.1.0/27")
     assert out.status == "rejected"
     assert "overlaps default/stray (172.16.1.0/26) on master eth1 (found on the cluster)" in out.message
-    assert send(wf, ref, "other-master", range="172.16.1.0/27", master="eth2").status == "done"
+    assert send(wf, ref, "apart", range="172.16.1.64/27").status == "done"
     out = send(wf, ref, "third", range="172.16.1.128/27")
     assert out.status == "rejected" and "policy limit 2" in out.message, out.message
 

@@ -107,7 +107,7 @@ def test_policy_document_overrides_settings_and_default_nads_apply_on_first_read
     with pytest.raises(ConfigError, match=r"defaultNads\[1\]\.name"):
         wf.handle_audit(decode_audit(ce(entries[-1])))
     assert wf.store.get_cluster(ref) is None
-    policy.set({"deniedNamespaces": ["blocked"], "maxNadsPerCluster": 3,
+    policy.set({"deniedNamespaces": ["blocked"], "maxNadsPerCluster": 3, "protectedNamespaces": [],
                 "defaultNads": [{"name": "default-net", "range": "172.16.1.0/28"}]})
     wf = make_wf()  # a fresh instance reads the fixed document at once (others within a minute)
     feed(wf, local_stack, entries)
@@ -118,7 +118,8 @@ def test_policy_document_overrides_settings_and_default_nads_apply_on_first_read
     assert nads["default-net"]["state"] == d.NAD_APPLIED and nads["default-net"]["range"] == "172.16.1.0/28"
     out = wf.handle_nad(decode_nad_request(ce({"cluster": ref.path, "name": "x", "namespace": "blocked"})))
     assert out.status == "rejected" and "denied by policy" in out.message
-    # kube-system is allowed now: the document replaced the default deny list
+    # kube-system is allowed now: the document replaced the default deny list and lifted the protected
+    # namespaces (kube-*, gke-*, gmp-*, istio-system: issue 24), which replacing deniedNamespaces alone does not
     out = wf.handle_nad(decode_nad_request(ce({"cluster": ref.path, "name": "sys", "namespace": "kube-system",
                                                "range": "172.16.1.16/28"})))
     assert out.status == "done", out.message

@@ -121,6 +121,25 @@ variables {
 run "one_project" {
   command = apply # against the mock provider: nothing leaves this machine
 
+  variables {
+    policy_writers = ["group:platform-policy@example.com"]
+  }
+
+  assert {
+    condition = (
+      google_firestore_database.policy.name == "multus-policy"
+      && google_project_iam_member.runtime_firestore.condition[0].expression == "resource.name == \"projects/multus-host/databases/(default)\""
+      && google_project_iam_member.runtime_policy_reader.role == "roles/datastore.viewer"
+      && google_project_iam_member.runtime_policy_reader.condition[0].expression == "resource.name == \"projects/multus-host/databases/multus-policy\""
+      && sort([for g in output.iam_grants : "${g.member} ${g.role}" if g.on == "firestore-database:multus-policy"]) == sort([
+        "${google_service_account.runtime.member} roles/datastore.viewer",
+        "group:platform-policy@example.com roles/datastore.user",
+      ])
+      && google_cloudfunctions2_function.fn["nad-requests"].service_config[0].environment_variables["MULTUS_PROVISIONER_POLICY_DATABASE"] == "multus-policy"
+    )
+    error_message = "config/policy lives in its own database: the runtime only reads it, only policy_writers write it."
+  }
+
   assert {
     condition     = alltrue([for f in google_cloudfunctions2_function.fn : f.service_config[0].service_account_email == google_service_account.runtime.email])
     error_message = "Every function must run as the runtime identity."
@@ -128,7 +147,8 @@ run "one_project" {
 
   assert {
     condition = sort([for g in output.iam_grants : "${g.role} on ${g.on}" if g.member == google_service_account.runtime.member]) == sort([
-      "roles/datastore.user on project:multus-host",
+      "roles/datastore.user on firestore-database:(default)",
+      "roles/datastore.viewer on firestore-database:multus-policy",
       "roles/logging.logWriter on project:multus-host",
       "roles/pubsub.publisher on topic:multus-reconcile",
       "${google_project_iam_custom_role.gke["multus-host"].id} on project:multus-host",
@@ -139,9 +159,9 @@ run "one_project" {
   assert {
     condition = sort(keys(google_project_iam_custom_role.gke)) == sort(["multus-host"]) && alltrue([
       for r in google_project_iam_custom_role.gke :
-      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission])
+      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission if !try(p.only_with_node_pool_template, false)])
     ])
-    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml."
+    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml (no node pool template: no clusters.update)."
   }
 
   assert {
@@ -274,7 +294,8 @@ run "folder_sinks_with_managed_projects" {
 
   assert {
     condition = sort([for g in output.iam_grants : "${g.role} on ${g.on}" if g.member == google_service_account.runtime.member]) == sort([
-      "roles/datastore.user on project:multus-host",
+      "roles/datastore.user on firestore-database:(default)",
+      "roles/datastore.viewer on firestore-database:multus-policy",
       "roles/logging.logWriter on project:multus-host",
       "roles/pubsub.publisher on topic:multus-reconcile",
       "${google_project_iam_custom_role.gke["multus-host"].id} on project:multus-host",
@@ -287,9 +308,9 @@ run "folder_sinks_with_managed_projects" {
   assert {
     condition = sort(keys(google_project_iam_custom_role.gke)) == sort(["multus-host", "team-a-clusters", "team-b-clusters"]) && alltrue([
       for r in google_project_iam_custom_role.gke :
-      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission])
+      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission if !try(p.only_with_node_pool_template, false)])
     ])
-    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml."
+    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml (no node pool template: no clusters.update)."
   }
 
   assert {
@@ -422,7 +443,8 @@ run "organization_sinks_with_managed_projects" {
 
   assert {
     condition = sort([for g in output.iam_grants : "${g.role} on ${g.on}" if g.member == google_service_account.runtime.member]) == sort([
-      "roles/datastore.user on project:multus-host",
+      "roles/datastore.user on firestore-database:(default)",
+      "roles/datastore.viewer on firestore-database:multus-policy",
       "roles/logging.logWriter on project:multus-host",
       "roles/pubsub.publisher on topic:multus-reconcile",
       "${google_project_iam_custom_role.gke["team-a-clusters"].id} on project:team-a-clusters",
@@ -433,9 +455,9 @@ run "organization_sinks_with_managed_projects" {
   assert {
     condition = sort(keys(google_project_iam_custom_role.gke)) == sort(["team-a-clusters"]) && alltrue([
       for r in google_project_iam_custom_role.gke :
-      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission])
+      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission if !try(p.only_with_node_pool_template, false)])
     ])
-    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml."
+    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml (no node pool template: no clusters.update)."
   }
 
   assert {
@@ -566,7 +588,8 @@ run "private_clusters_with_vpc_connector" {
 
   assert {
     condition = sort([for g in output.iam_grants : "${g.role} on ${g.on}" if g.member == google_service_account.runtime.member]) == sort([
-      "roles/datastore.user on project:multus-host",
+      "roles/datastore.user on firestore-database:(default)",
+      "roles/datastore.viewer on firestore-database:multus-policy",
       "roles/logging.logWriter on project:multus-host",
       "roles/pubsub.publisher on topic:multus-reconcile",
       "${google_project_iam_custom_role.gke["multus-host"].id} on project:multus-host",
@@ -577,9 +600,9 @@ run "private_clusters_with_vpc_connector" {
   assert {
     condition = sort(keys(google_project_iam_custom_role.gke)) == sort(["multus-host"]) && alltrue([
       for r in google_project_iam_custom_role.gke :
-      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission])
+      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission if !try(p.only_with_node_pool_template, false)])
     ])
-    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml."
+    error_message = "The custom GKE role must exist in each managed project with exactly the permissions of gke-permissions.yaml (no node pool template: no clusters.update)."
   }
 
   assert {
@@ -702,6 +725,21 @@ run "example_cluster_and_node_pool" {
 
   variables {
     create_example = true
+    node_pool_template = {
+      network             = "multus-additional"
+      subnetwork          = "multus-additional-subnet"
+      secondary_pod_range = "multus-pods"
+    }
+  }
+
+  assert {
+    condition = alltrue([
+      for r in google_project_iam_custom_role.gke :
+      sort(tolist(r.permissions)) == sort([for p in yamldecode(file("gke-permissions.yaml")).permissions : p.permission])
+      && contains(tolist(r.permissions), "container.clusters.update")
+      && length([for p in r.permissions : p if !startswith(p, "container.clusters.")]) == 0
+    ])
+    error_message = "With a node pool template the role adds clusters.update (CreateNodePool) and holds no in-cluster permission."
   }
 
   assert {
@@ -732,7 +770,8 @@ run "example_cluster_and_node_pool" {
 
   assert {
     condition = sort([for g in output.iam_grants : "${g.role} on ${g.on}" if g.member == google_service_account.runtime.member]) == sort([
-      "roles/datastore.user on project:multus-host",
+      "roles/datastore.user on firestore-database:(default)",
+      "roles/datastore.viewer on firestore-database:multus-policy",
       "roles/logging.logWriter on project:multus-host",
       "roles/pubsub.publisher on topic:multus-reconcile",
       "${google_project_iam_custom_role.gke["multus-host"].id} on project:multus-host",

@@ -41,7 +41,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -447,6 +447,8 @@ class PodNetworks:
 
 
 _NETWORKS = "k8s.v1.cni.cncf.io/networks"
+_RBAC_PLURALS = {"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings", "Role": "roles",
+                 "RoleBinding": "rolebindings"}
 _NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
 
 
@@ -461,13 +463,21 @@ class RealKubeApiServer:
     def __init__(self, *, token: str, nodes: int | list[str] = 1, name: str = "sandbox",
                  dns_name: str | None = None, dns_authority: CertAuthority | None = None,
                  ip_access: bool = True, crd_delay: float = 0.0, rollout_delay: float = 0.0,
-                 pod_delay: float = 0.0) -> None:
+                 pod_delay: float = 0.0, controller_user: str | None = None) -> None:
         del crd_delay, rollout_delay, pod_delay
         if not isinstance(token, str) or not token or any(c.isspace() or c in ',"' for c in token):
             raise ValueError("token must be a non-empty string without whitespace, commas or quotes")
+        if controller_user is not None and (not controller_user or controller_user.startswith("system:")
+                                            or any(c.isspace() or c in ',"' for c in controller_user)):
+            raise ValueError("controller_user must be a plain user name (no whitespace, commas, quotes or system:)")
         if (dns_name is None) != (dns_authority is None):
             raise ValueError("dns_name and dns_authority go together")
         self.token = token
+        # None: `token` is a user in system:masters (a project owner's Google token on GKE). A name:
+        # `token` authenticates as that user with no group, so it holds only what `grant` gives it,
+        # and the kubeconfig carries a second token, the operator's (system:masters).
+        self.controller_user = controller_user
+        self._operator_token = secrets.token_urlsafe(24)
         self.name = name
         self.faults = _Unsupported()
         self.stats: Stats = _AuditStats(self)
@@ -655,7 +665,11 @@ class RealKubeApiServer:
         }
         self._component_tokens = {user: secrets.token_urlsafe(24) for user in INTERNAL_USERS}
         self._component_tokens["sandbox:admin"] = self._admin_token
-        lines = [f'{self.token},multus-provisioner-sandbox,sandbox-user,"system:masters"']
+        if self.controller_user is None:
+            lines = [f'{self.token},multus-provisioner-sandbox,sandbox-user,"system:masters"']
+        else:
+            lines = [f"{self.token},{self.controller_user},{self.controller_user}",
+                     f'{self._operator_token},sandbox-operator,sandbox-operator,"system:masters"']
         lines += [f'{tok},{user},{user},"system:masters"' for user, tok in self._component_tokens.items()]
         files["tokens.csv"] = ("\n".join(lines) + "\n").encode()
         if self._dns_certs is not None:
@@ -677,7 +691,28 @@ class RealKubeApiServer:
                 f"https://127.0.0.1:{self._api_port}", self.ca_pem, self._component_tokens[user], short))
 
     def kubeconfig(self, context: str | None = None) -> dict[str, Any]:
-        return kubeconfig_doc(self.url, self.ca_pem, self.token, context or self.name)
+        """The people's kubeconfig: the shared token, or the operator's when the controller is scoped."""
+        token = self.token if self.controller_user is None else self._operator_token
+        return kubeconfig_doc(self.url, self.ca_pem, token, context or self.name)
+
+    def grant(self, objects: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Create RBAC objects as the operator does at opt-in (`kubectl apply` of `render-rbac`);
+        returns their `Kind ns/name`. A namespace a RoleBinding names is created when missing."""
+        done: list[str] = []
+        for obj in objects:
+            kind, md = obj["kind"], obj["metadata"]
+            plural = _RBAC_PLURALS.get(kind)
+            if plural is None:
+                raise ValueError(f"grant takes RBAC objects (ClusterRole, ClusterRoleBinding, Role, RoleBinding), "
+                                 f"not {kind}")
+            ns = md.get("namespace")
+            if ns:
+                self.admin_request("POST", "/api/v1/namespaces", {
+                    "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}, expect=(201, 409))
+            base = "/apis/rbac.authorization.k8s.io/v1" + (f"/namespaces/{ns}" if ns else "") + f"/{plural}"
+            self.admin_request("POST", base, dict(obj), expect=(201,))
+            done.append(f"{kind} {ns + '/' if ns else ''}{md['name']}")
+        return done
 
     def write_kubeconfig(self, path: str | os.PathLike[str], context: str | None = None) -> str:
         """Write a kubeconfig (0600, it holds the token) for this server; returns the path."""

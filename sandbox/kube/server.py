@@ -18,7 +18,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -70,9 +70,12 @@ class KubeApiServer:
     def __init__(self, *, token: str, nodes: int | list[str] = 1, crd_delay: float = 0.2,
                  rollout_delay: float = 0.5, pod_delay: float = 0.2, name: str = "sandbox",
                  dns_name: str | None = None, dns_authority: CertAuthority | None = None,
-                 ip_access: bool = True) -> None:
+                 ip_access: bool = True, controller_user: str | None = None) -> None:
         if not isinstance(token, str) or not token or any(c.isspace() for c in token):
             raise ValueError("token must be a non-empty string without whitespace")
+        # Accepted for the real server's interface and ignored: this server authorizes every request
+        # that carries the token; it does not evaluate RBAC (docs/SANDBOX_KUBE.md, "Identity and RBAC").
+        self.controller_user = controller_user
         for what, v in (("crd_delay", crd_delay), ("rollout_delay", rollout_delay), ("pod_delay", pod_delay)):
             if not isinstance(v, int | float) or v < 0:
                 raise ValueError(f"{what} must be a number >= 0, got {v!r}")
@@ -226,6 +229,12 @@ class KubeApiServer:
         if not self.url:
             raise RuntimeError("start the server before writing its kubeconfig")
         return write_private_json(path, self.kubeconfig(context))
+
+    def grant(self, objects: Iterable[Mapping[str, Any]]) -> list[str]:
+        """The real server's opt-in step; here a no-op that names what it would grant: this server
+        does not evaluate RBAC, so the controller's scoped rights are proven on the real tier only."""
+        return [f"{o['kind']} {o['metadata'].get('namespace', '') + '/' if o['metadata'].get('namespace') else ''}"
+                f"{o['metadata']['name']}" for o in objects]
 
     # ------------------------------------------------------------ admin API
     def admin(self, method: str, path: str, body: bytes) -> tuple[int, Any]:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from shared.core.errors import NotYet, Permanent, Problem, Rejected, Transient
+from shared.core.errors import NotOurs, NotYet, Permanent, Problem, Rejected, Transient
 from shared.core.multus import object_key
 from shared.core.observed import ApplyResult, Key, Rollout
 
@@ -148,7 +148,7 @@ class Kube:
         return resp.status, text, resp.headers
 
     # ------------------------------------------------------------ apply
-    def _apply_one(self, obj: Mapping[str, Any], index: int | None) -> ApplyResult:
+    def _apply_one(self, obj: Mapping[str, Any], index: int | None, *, force: bool = True) -> ApplyResult:
         field = f"objects[{index}]." if index is not None else ""
         if not isinstance(obj, Mapping):
             raise Rejected("invalid Kubernetes object", [Problem(field.rstrip("."), "expected a mapping")])
@@ -161,7 +161,8 @@ class Kube:
         path = self._route(api_version, kind, ns, md.get("name"), field=field)
         key = object_key(obj)
         status, out, headers = self._call(
-            "PATCH", path, query={"fieldManager": self.field_manager, "force": "true"}, body=dict(obj),
+            "PATCH", path, query={"fieldManager": self.field_manager, "force": "true" if force else "false"},
+            body=dict(obj),
             content_type="application/apply-patch+yaml")
         out = out or {}
         rv = str((out.get("metadata") or {}).get("resourceVersion", ""))
@@ -246,18 +247,44 @@ class Kube:
 
     # ------------------------------------------------------------ NADs
     def apply_nad(self, obj: Mapping[str, Any]) -> ApplyResult:
-        """Server-side apply one NetworkAttachmentDefinition (exactly one request)."""
+        """Server-side apply one NetworkAttachmentDefinition (a GET, then the PATCH).
+
+        A NAD of that name that is not the controller's (`nad.foreign_nad`) raises `NotOurs` and
+        is left untouched; only one the controller owns is applied with `force`. A new one is
+        applied without it, so one created by someone else in between is a conflict, not a takeover.
+        """
+        from shared.core.nad import CLUSTER_ANNOTATION
+
         if obj.get("apiVersion") != NAD_API_VERSION or obj.get("kind") != NAD_KIND:
             raise Rejected("not a NetworkAttachmentDefinition",
                            [Problem("kind", f"expected {NAD_API_VERSION} {NAD_KIND}, got "
                                             f"{obj.get('apiVersion')!r} {obj.get('kind')!r}")])
-        return self._apply_one(obj, None)
+        md = obj.get("metadata") or {}
+        live = self._owned(md.get("namespace"), md.get("name"), (md.get("annotations") or {}).get(CLUSTER_ANNOTATION))
+        return self._apply_one(obj, None, force=live is not None)
 
-    def delete_nad(self, namespace: str, name: str) -> bool:
-        """Delete a NAD; False if it did not exist (one request)."""
+    def delete_nad(self, namespace: str, name: str, *, cluster: str | None = None) -> bool:
+        """Delete a NAD the controller owns (of `cluster`, when given); False if it did not exist.
+        One that is not the controller's raises `NotOurs`. A GET, then a DELETE preconditioned on
+        the uid seen, so an object replaced in between is not deleted either."""
+        live = self._owned(namespace, name, cluster)
+        if live is None:
+            return False
+        uid = (live.get("metadata") or {}).get("uid")
         status, _, _ = self._call("DELETE", self._route(NAD_API_VERSION, NAD_KIND, namespace, name),
-                                  allow_404=True)
+                                  body={"preconditions": {"uid": uid}} if uid else None, allow_404=True)
         return status != 404
+
+    def _owned(self, namespace: Any, name: Any, cluster: str | None) -> dict[str, Any] | None:
+        """The NAD on the cluster (None: there is none), after checking it is the controller's."""
+        from shared.core.nad import foreign_nad
+
+        live = self.get(NAD_API_VERSION, NAD_KIND, namespace, name)
+        if live is not None:
+            foreign = foreign_nad(live, cluster)
+            if foreign is not None:
+                raise NotOurs(foreign[1], owner=foreign[0])
+        return live
 
     def list_managed_nads(self) -> list[dict[str, Any]]:
         """NADs labelled `app.kubernetes.io/managed-by=multus-provisioner`, in every namespace."""
@@ -354,6 +381,21 @@ def _mapped(status: int, text: str, method: str, path: str) -> Exception:
         pass
     message = message or (text or "").strip()[:500] or f"HTTP {status}"
     full = f"{message} ({method} {path}: {status}{' ' + reason if reason else ''})"
+    if status == 403:
+        full += _forbidden_hint(message, path)
     if status in _PERMANENT or (400 <= status < 500 and status not in (408, 409, 410, 429)):
         return Permanent(full, code=status, api="kubernetes")
     return Transient(full, code=status, api="kubernetes")
+
+
+def _forbidden_hint(message: str, path: str) -> str:
+    """What a 403 means for this controller: its in-cluster rights are the RBAC an operator applies
+    at opt-in (shared/rbac/controller.yaml), so a refusal names the verb that is missing there."""
+    if "attempting to grant RBAC permissions not currently held" in message:
+        verb = "bind" if "/clusterrolebindings/" in path or "/rolebindings/" in path else "escalate"
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        what = "the ClusterRole it binds" if verb == "bind" else f"clusterroles/{name}"
+        return (f"; the controller's RBAC lacks `{verb}` on {what} "
+                "(apply `multus-provisioner render-rbac` at opt-in, docs/DEPLOY.md)")
+    return ("; the controller's RBAC in this cluster does not allow it "
+            "(`multus-provisioner render-rbac`, docs/DEPLOY.md)")

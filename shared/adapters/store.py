@@ -55,6 +55,7 @@ from shared.core.records import (
     WorkflowUpdate,
 )
 from shared.core.refs import ClusterRef
+from shared.core.requesters import history_fields
 from shared.core.settings import Settings
 from shared.ports import DELETE, AlreadyHandled, ClusterRecord, Lease, NadVersion
 
@@ -359,6 +360,7 @@ HISTORY_FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("event_id", "eventId", True), ("step", "step", True), ("outcome", "outcome", True),
     ("message", "message", True), ("state", "state", True), ("previous_state", "previousState", True),
     ("nad", "nad", False), ("attempt", "attempt", False), ("kind", "kind", False),
+    ("requester", "requester", False),
 )
 MESSAGE_MAX = 4000
 
@@ -598,6 +600,7 @@ class Store:
         self._opts = call_options(self.timeout)
         self._rpcs = instrument(client)
         self._rpcs.max_timeout = self.timeout
+        self._policy_client: Any = None
 
     # -- measurement
     @property
@@ -1009,7 +1012,8 @@ class Store:
             if history:
                 batch.set(history_doc, self._history_entry(HistoryEntry(
                     event_id, step, outcome, step_message, step_state,
-                    previous_state=before if isinstance(before, str) else None, nad=f"{namespace}/{name}")))
+                    previous_state=before if isinstance(before, str) else None, nad=f"{namespace}/{name}",
+                    requester=history_fields(changes).get("requester"))))
             if ledger is not None and write_ledger:
                 batch.create(ledger, {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                            cluster=ref, now=now), **(ledger_fields or {})})
@@ -1122,8 +1126,21 @@ class Store:
     # -- policy and housekeeping
     @_edge
     def get_policy(self) -> dict[str, Any] | None:
-        snap = self._col("config").document("policy").get(**self._opts)
+        snap = self._policy_doc().get(**self._opts)
         return snap.to_dict() if snap.exists else None
+
+    def _policy_doc(self) -> Any:
+        """`config/policy`, in a database of its own when `policy_database` names one: there the
+        runtime identity may only read it and only `policy_writers` may change it (infra/firestore.tf,
+        infra/iam.tf; docs/SECURITY.md "Who may change the policy")."""
+        db = self.settings.policy_database
+        if not db or db == self.settings.database:
+            return self._col("config").document("policy")
+        if self._policy_client is None:
+            from google.cloud import firestore
+
+            self._policy_client = firestore.Client(project=self.settings.project or None, database=db)
+        return self._policy_client.collection(self.settings.collection("config")).document("policy")
 
     # -- bundle rollouts (shared/flows/rollout.py)
     def _rollout_doc(self) -> Any:

@@ -158,10 +158,12 @@ def decide_nad(*, request: Any, cluster_state: str | None, pool_cidr: str | None
     link IPVLAN can use as `master` there.
     """
     key = f"{request.namespace}~{request.name}"
-    if request.action == "delete":
-        return NadStep(NadStep.DELETE, NAD_DELETED, f"delete {request.namespace}/{request.name}")
+    # A delete passes the namespace policy too: a namespace no NAD may be applied to is one where
+    # no request may delete one either (kube-system's NADs are not the requesters' to remove).
     if namespace_problem:
         return NadStep(NadStep.REJECT, NAD_REJECTED, namespace_problem, reasons=(namespace_problem,))
+    if request.action == "delete":
+        return NadStep(NadStep.DELETE, NAD_DELETED, f"delete {request.namespace}/{request.name}")
     if cluster_state in (IGNORED, INELIGIBLE, DELETED):
         refusals: dict[str, str] = {IGNORED: "the cluster is not opted in",
                                     INELIGIBLE: "the cluster is INELIGIBLE (see its findings)",

@@ -38,6 +38,8 @@ class RejectionKind(StrEnum):
     NOT_APPLIED = "not-applied"  # verify of a NAD that is not on the cluster
     NOT_HALTED = "not-halted"  # rollout resume
     NOT_RUNNING = "not-running"  # rollout abort
+    UNKNOWN_PROJECT = "unknown-project"  # a project the controller does not manage
+    UNAUTHENTICATED = "unauthenticated"  # a NAD request without a valid ID token
 
 
 NOT_FOR_US = (RejectionKind.NOT_AUDIT, RejectionKind.OTHER_SERVICE, RejectionKind.OTHER_METHOD)
@@ -154,6 +156,16 @@ class Busy(Wait):
 
 class NotFound(Permanent):
     """The API says the object does not exist (404, NOT_FOUND): a cluster deleted meanwhile."""
+
+
+class NotOurs(Permanent):
+    """The cluster holds an object of that name that the controller does not own (no managed-by
+    label, or no cluster annotation, or another cluster's): it is neither changed nor deleted.
+    A request that meets one is refused naming `owner` (shared/core/nad.py `foreign_nad`)."""
+
+    def __init__(self, message: str, *, owner: str, api: str = "kubernetes") -> None:
+        self.owner = owner
+        super().__init__(message, code="NOT_OURS", api=api)
 
 
 class NeedsFix(Permanent):

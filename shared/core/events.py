@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from shared.core.errors import NOT_FOR_US, NotForUs, Problem, Rejected, RejectionKind
 from shared.core.nad import NadRequest, load_json, parse_cluster, parse_request, plain
 from shared.core.refs import ClusterRef, check_parts, parse_resource_name, valid_node_pool_name
+from shared.core.requesters import token_from_attributes
 
 MAX_MESSAGE_BYTES = 1024 * 1024  # an audit LogEntry is a few KiB; Pub/Sub's own cap is 10 MB
 AUDIT_LOG_TYPE = "type.googleapis.com/google.cloud.audit.AuditLog"
@@ -91,6 +92,9 @@ class AuditEvent:
 class NadRequestEvent:
     event_id: str
     request: NadRequest
+    # The requester's ID token from the message attributes (verified by the NAD flow); kept out
+    # of repr, logs and records: only the email it proves is recorded.
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -405,7 +409,7 @@ def decode_nad_request(event: PubSubMessage | Any) -> NadRequestEvent:
     """A NAD request message -> `NadRequestEvent`; `Rejected` carries event_id and cluster."""
     msg = as_message(event)
     try:
-        return NadRequestEvent(msg.message_id, parse_request(msg.data))
+        return NadRequestEvent(msg.message_id, parse_request(msg.data), token_from_attributes(msg.attributes))
     except Rejected as e:
         e.event_id = msg.message_id
         raise

@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -165,6 +165,36 @@ def check_image(value: object, *, field: str, allow_unpinned: bool = False) -> l
         return [Problem(field, f"{value!r} is not pinned: append @sha256:<digest> "
                                "(or allow unpinned images explicitly)")]
     return []
+
+
+# The seed's registry: GKE's own release images (the bundle's defaults). A policy may ship an image
+# only from here or from a registry configured at deploy time (`MULTUS_PROVISIONER_ALLOWED_REGISTRIES`,
+# Terraform's `allowed_image_registries`), never from one named in Firestore: whoever can write
+# `config/policy` must not be able to run code of their choosing as a privileged DaemonSet.
+SEED_REGISTRY = "gcr.io/gke-release"
+_REGISTRY = re.compile(rf"^{_DOMAIN}(?:/{_COMPONENT})*$")
+
+
+def registry_syntax_problem(value: object) -> str | None:
+    """Why `value` is not a registry prefix like `us-docker.pkg.dev/my-project/mirror`, or None."""
+    if not isinstance(value, str) or not value or len(value) > 255 or not _REGISTRY.fullmatch(value):
+        return f"{str(value)[:100]!r} is not a registry prefix like host[:port][/path]"
+    host = value.split("/", 1)[0]
+    if "." not in host and ":" not in host and host != "localhost":
+        return f"{value!r}: the first part must be a registry host (it has no dot), not a Docker Hub user"
+    return None
+
+
+def registry_problem(image: str, allowed: Iterable[str] = ()) -> str | None:
+    """Why `image` may not be shipped (the registry allowlist), or None: it must come from the
+    seed's registry or one of `allowed`, compared as whole path segments (`gcr.io/gke-release-x/`
+    is not `gcr.io/gke-release/`)."""
+    registries = (SEED_REGISTRY, *[r for r in allowed if r != SEED_REGISTRY])
+    name = image.split("@", 1)[0]
+    if any(name.startswith(r.rstrip("/") + "/") for r in registries):
+        return None
+    return (f"{image[:200]!r} is not from an allowed registry ({', '.join(registries)}); "
+            "add a registry at deploy time (MULTUS_PROVISIONER_ALLOWED_REGISTRIES), not in config/policy")
 
 
 def check_log_level(value: object, *, field: str = "log_level") -> tuple[str | None, list[Problem]]:

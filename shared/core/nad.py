@@ -574,6 +574,36 @@ def nad_object(cluster_path: str, namespace: str, name: str, config: str,
     }
 
 
+def foreign_nad(live: Mapping[str, Any], cluster_path: str | None) -> tuple[str, str] | None:
+    """(owner, why) when a NAD found on a cluster is not the controller's to change or delete:
+    it lacks the managed-by label or the cluster annotation, or names another cluster. None: ours.
+
+    The one rule behind "never take over or delete what someone else made": server-side apply
+    with `force` would otherwise silently take its fields, and a delete would remove it."""
+    md = _mapping(live.get("metadata"))
+    labels, notes = _mapping(md.get("labels")), _mapping(md.get("annotations"))
+    marked = labels.get(MANAGED_BY[0]) == MANAGED_BY[1]
+    said = notes.get(CLUSTER_ANNOTATION)
+    if marked and isinstance(said, str) and (cluster_path is None or said == cluster_path):
+        return None
+    managers = [str(m.get("manager")) for m in md.get("managedFields") or [] if isinstance(m, Mapping)
+                and m.get("manager") and m.get("manager") != "multus-provisioner"]
+    owner = str(labels.get(MANAGED_BY[0]) or (managers[0] if managers else "") or "unknown")[:100]
+    if not marked:
+        why = f"it has no {MANAGED_BY[0]}={MANAGED_BY[1]} label"
+    elif not isinstance(said, str):
+        why = f"it has no {CLUSTER_ANNOTATION} annotation"
+    else:
+        why = f"its {CLUSTER_ANNOTATION} annotation names another cluster ({said[:200]})"
+    name = f"{md.get('namespace') or 'default'}/{md.get('name')}"
+    return owner, (f"NAD {name} on the cluster belongs to {owner!r}, not to the controller ({why}); "
+                   "it is left untouched: choose another name, or have its owner delete it")
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def config_range(nad_obj: Mapping[str, Any]) -> tuple[str, str] | None:
     """(master, range) of a NAD found on a cluster, read from its `spec.config`; None when the
     config is not JSON or has no Whereabouts range. Accepts conflists and single configs, and
@@ -614,3 +644,48 @@ def _show(value: object) -> str:
     except (TypeError, ValueError, RecursionError):
         text = f"<{type(value).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+_PLUGIN_KEYS = {"type", "master", "mode", "ipam", "mtu"}
+_IPAM_KEYS = {"type", "range", "range_start", "range_end", "exclude", "gateway"}
+
+
+def request_of_config(cluster_path: str, namespace: str, name: str, config: object) -> NadRequest:
+    """The request whose rendering `config` is, validated as the request path validates a request.
+
+    Why: reconcile re-applies a record's stored `config` when the cluster lost or changed the NAD.
+    That text is a Firestore field; re-applying it unchecked would let whoever can write the record
+    ship any CNI configuration. So a stored config is re-applied only when it is exactly what
+    `render_config` produces for a request that `parse_request` (the request path) accepts: one
+    rule, one place. Raises `Rejected` naming what is wrong.
+    """
+    def refuse(message: str) -> Rejected:
+        return Rejected("stored NAD config refused", [Problem("config", message)])
+
+    try:
+        conf = json.loads(config) if isinstance(config, str) else None
+    except ValueError:
+        conf = None
+    if not isinstance(conf, dict) or set(conf) != {"cniVersion", "name", "plugins"}:
+        raise refuse("not a conflist of the controller's shape (cniVersion, name, plugins)")
+    plugins = conf.get("plugins")
+    if not isinstance(plugins, list) or len(plugins) != 1 or not isinstance(plugins[0], dict):
+        raise refuse("expected exactly one plugin")
+    plugin = plugins[0]
+    ipam = plugin.get("ipam")
+    if (set(plugin) - _PLUGIN_KEYS or plugin.get("type") != "ipvlan" or not isinstance(ipam, dict)
+            or set(ipam) - _IPAM_KEYS or ipam.get("type") != "whereabouts"):
+        raise refuse("expected one ipvlan plugin with whereabouts IPAM and only the fields the controller writes")
+    if conf.get("name") != name:
+        raise refuse(f"its name {str(conf.get('name'))[:80]!r} is not the NAD's name {name!r}")
+    raw: dict[str, Any] = {"cluster": cluster_path, "namespace": namespace, "name": name,
+                           "master": plugin.get("master"), "mode": plugin.get("mode"), "range": ipam.get("range")}
+    for key in ("range_start", "range_end", "exclude", "gateway"):
+        if key in ipam:
+            raw[key] = ipam[key]
+    if "mtu" in plugin:
+        raw["mtu"] = plugin["mtu"]
+    req = parse_request(raw)  # the request path's validation, every field
+    if render_config(req) != config:
+        raise refuse("it is not byte for byte what the controller renders for its own fields")
+    return req

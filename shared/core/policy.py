@@ -3,7 +3,10 @@
 Why two sources: the environment is set at deploy time (Terraform), while a platform team
 often wants to change the node pool template or the allowed namespaces without a redeploy.
 A `config/policy` document, when present, overrides the fields it names; unknown or invalid
-fields there are reported (as a `ConfigError`) rather than silently ignored.
+fields there are reported (as a `ConfigError`) rather than silently ignored. Its images must come
+from the seed's registry or one configured at deploy time (`allowed_registries`): the document
+cannot widen that list, so a Firestore write cannot ship a foreign image as a privileged DaemonSet
+(docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from shared.core.requesters import DEFAULT_GRANTS, PROTECTED_NAMESPACES, Grant, parse_grants, protected_problem
 from shared.core.settings import ConfigError, NodePoolTemplate, Settings
 
 
@@ -32,9 +36,27 @@ class Policy:
     rollout_wave_size: str = "25%"
     managed_projects: tuple[str, ...] = ()
     prune_orphans: bool = False  # reconcile may delete conflicting managed NADs that have no record
+    # Who may ask for what (shared/core/requesters.py): `requesters` in config/policy; the
+    # namespaces no request may touch (`protectedNamespaces`); the projects requests and events
+    # may name (the deployment's project and the managed ones) when `restrict_projects`.
+    requesters: tuple[Grant, ...] = DEFAULT_GRANTS
+    protected_namespaces: tuple[str, ...] = PROTECTED_NAMESPACES
+    project: str = ""
+    restrict_projects: bool = False
+    # Registries the images may come from besides the seed's (deploy-time settings only: the
+    # Firestore document cannot name one, see `merged`).
+    allowed_registries: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
+        """The deployment's policy; `ConfigError` when its images are outside the registry allowlist."""
+        from shared.core.multus import registry_problem
+        from shared.core.settings import PREFIX
+
+        for name, image in (("MULTUS_IMAGE", settings.multus_image), ("WHEREABOUTS_IMAGE", settings.whereabouts_image)):
+            why = registry_problem(image, settings.allowed_registries) if image else None
+            if why:
+                raise ConfigError(f"{PREFIX}{name}: {why}")
         return cls(
             opt_in_label=settings.opt_in_label,
             node_pool_template=settings.node_pool_template,
@@ -50,7 +72,16 @@ class Policy:
             rollout_wave_size=settings.rollout_wave_size,
             managed_projects=settings.managed_projects,
             prune_orphans=settings.prune_orphans,
+            project=settings.project,
+            restrict_projects=settings.restrict_projects,
+            allowed_registries=settings.allowed_registries,
         )
+
+    def image_problem(self, image: str) -> str | None:
+        """Why the bundle may not run `image` (the registry allowlist), or None."""
+        from shared.core.multus import registry_problem
+
+        return registry_problem(image, self.allowed_registries)
 
     def bundle_spec(self) -> dict[str, Any]:
         """The bundle options in force, as a rollout document records them."""
@@ -65,7 +96,7 @@ class Policy:
         known = {"optInLabel", "nodePoolTemplate", "defaultNads", "allowedNamespaces",
                  "deniedNamespaces", "maxNadsPerCluster", "pruneOrphans", "updatedAt", "updatedBy", "description",
                  "multusImage", "whereaboutsImage", "multusLogLevel", "rolloutCanary", "rolloutWaveSize",
-                 "managedProjects"}
+                 "managedProjects", "requesters", "protectedNamespaces"}
         unknown = sorted(set(doc) - known)
         if unknown:
             raise ConfigError(f"{src}: unknown field(s) {', '.join(unknown)}")
@@ -100,6 +131,17 @@ class Policy:
             if not isinstance(doc["pruneOrphans"], bool):
                 raise ConfigError(f"{src}.pruneOrphans: expected true or false, got {doc['pruneOrphans']!r}")
             out = replace(out, prune_orphans=doc["pruneOrphans"])
+        if "requesters" in doc:
+            try:
+                grants = parse_grants(doc["requesters"], src=f"{src}.requesters")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            out = replace(out, requesters=grants)
+        if "protectedNamespaces" in doc:
+            names = doc["protectedNamespaces"]
+            if not isinstance(names, list) or not all(isinstance(x, str) and x for x in names):
+                raise ConfigError(f"{src}.protectedNamespaces: expected a list of namespace names or prefix* patterns")
+            out = replace(out, protected_namespaces=tuple(names))
         return _merge_fleet(out, doc, src)
 
     def opted_in(self, labels: Mapping[str, str]) -> bool:
@@ -107,13 +149,28 @@ class Policy:
         return labels.get(key) == value
 
     def namespace_problem(self, namespace: str) -> str | None:
-        """Why a namespace may not receive NADs, or None when it may."""
+        """Why a namespace may not receive (or lose) NADs, or None when it may."""
+        protected = protected_problem(namespace, self.protected_namespaces)
+        if protected:
+            return protected
         if namespace in self.denied_namespaces:
             return f"namespace {namespace!r} is denied by policy (denied: {', '.join(self.denied_namespaces)})"
         if self.allowed_namespaces and namespace not in self.allowed_namespaces:
             return (f"namespace {namespace!r} is not in the policy's allowed namespaces "
                     f"({', '.join(self.allowed_namespaces)})")
         return None
+
+    def known_projects(self) -> tuple[str, ...]:
+        """The projects whose clusters the controller manages: the deployment's and the managed ones."""
+        return tuple(dict.fromkeys(p for p in (self.project, *self.managed_projects) if p))
+
+    def project_problem(self, project: str) -> str | None:
+        """Why requests and events naming `project` are refused (None: it is managed). Checked before
+        anything is recorded under a cluster, so invented clusters leave no PENDING record behind."""
+        known = self.known_projects()
+        if not self.restrict_projects or not known or project in known:
+            return None
+        return f"project {project!r} is not managed by this controller (managed: {', '.join(known)})"
 
 
 def _merge_fleet(out: Policy, doc: Mapping[str, Any], src: str) -> Policy:
@@ -131,6 +188,9 @@ def _merge_fleet(out: Policy, doc: Mapping[str, Any], src: str) -> Policy:
                 problems = check_image(value, field=field, allow_unpinned=out.allow_unpinned_images)
                 if problems:
                     raise ConfigError(f"{src}.{field}: " + "; ".join(p.message for p in problems))
+                foreign = out.image_problem(value)
+                if foreign:  # refused before any rollout: every handler validates the policy first
+                    raise ConfigError(f"{src}.{field}: {foreign}")
             out = replace(out, **{attr: value})
     if "multusLogLevel" in doc:
         value = doc["multusLogLevel"]

@@ -213,3 +213,4 @@ class HistoryEntry:
     nad: str | None = None  # `namespace/name` of a NAD step
     attempt: int | None = None  # of a retry or failure
     kind: str | None = None  # of a rejection
+    requester: str | None = None  # the verified email of who asked, for a NAD step that records a request

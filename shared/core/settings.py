@@ -156,6 +156,9 @@ class Settings:
     vpc_egress: bool = False
     nad_topic: str = "multus-nad-requests"
     policy_document: bool = True
+    # The Firestore database holding `config/policy` (None: `database`). A deployment gives the policy
+    # a database of its own, which the runtime may read but not write (infra/firestore.tf).
+    policy_database: str | None = None
     # Bundle rollouts (docs/WORKFLOW.md "Bundle rollouts"): canary size when no cluster carries
     # the canary label, wave size ("10" clusters or "25%" of the fleet), how long a cluster may
     # take to pass its health gate.
@@ -169,6 +172,9 @@ class Settings:
     reconcile_topic: str | None = None
     fanout_batch: int = 100
     prune_orphans: bool = False  # reconcile deletes managed NADs without a record that conflict (kept in the record)
+    # Registries besides the seed's gcr.io/gke-release that the bundle's images may come from
+    # (shared/core/multus.py registry_problem); set at deploy time only, never by config/policy.
+    allowed_registries: tuple[str, ...] = ()
     # The sandbox's data-path probe (`http://127.0.0.1:PORT`, sandbox/datapath.py): `verify` asks it for
     # each pod's net1 as the kernel shows it and for ICMP/ARP between the pods. Unset (deployed), the
     # data path is reported as not checked: GKE gives the controller no way into a node's namespaces.
@@ -176,6 +182,19 @@ class Settings:
     # How long `verify` waits for each of its pods to get net1 (the first and its peer). GKE nodes
     # set a pod up in seconds; the sandbox's real tier (UML guests, a loaded machine) needs longer.
     verify_timeout_seconds: float = 30.0
+    # Verified requesters (docs/NAD_REQUESTS.md "Who may ask"): a NAD request must carry an ID token for one of
+    # `requester_audiences`. Off in a Settings built in code (tests, tools); `from_env` (every
+    # deployed function) turns it on unless MULTUS_PROVISIONER_REQUESTER_AUTH=off.
+    requester_auth: bool = False
+    requester_audiences: tuple[str, ...] = ("multus-provisioner",)
+    # The sandbox's identity server (tokens and their certificates); never set outside the sandbox:
+    # unset, the certificates are Google's.
+    sandbox_id_url: str | None = None
+    # Requests and audit events naming a project outside `project` + `managed_projects` are refused
+    # (on in `from_env`, as requester_auth).
+    restrict_projects: bool = False
+    # The most clusters one scheduled reconcile tick fans out (or sweeps) per run.
+    reconcile_fanout_limit: int = 1000
 
     def collection(self, name: str) -> str:
         """The Firestore collection name with the deployment's prefix (tests use their own)."""
@@ -212,6 +231,21 @@ class Settings:
             WaveSize.parse(wave_size)
         except Rejected as e:
             raise ConfigError(f"{PREFIX}ROLLOUT_WAVE_SIZE={wave_size!r}: {e.problems[0].message}") from None
+        from shared.core.multus import registry_syntax_problem
+
+        # The images themselves are checked against these where the policy is built (Policy.from_settings),
+        # so that a bad one is the handler's ConfigError like every other bundle option.
+        registries = tuple(x.strip() for x in (get("ALLOWED_REGISTRIES", "") or "").split(",") if x.strip())
+        for item in registries:
+            why = registry_syntax_problem(item)
+            if why:
+                raise ConfigError(f"{PREFIX}ALLOWED_REGISTRIES: {why}")
+        gke_endpoint = get("GKE_ENDPOINT")
+        if gke_endpoint and not _loopback_endpoint(gke_endpoint):
+            # Plain gRPC without credentials is the sandbox's: never towards another machine.
+            raise ConfigError(f"{PREFIX}GKE_ENDPOINT={gke_endpoint[:100]!r}: the plaintext endpoint override is "
+                              "for the sandbox and takes a loopback address only (127.0.0.1:PORT, [::1]:PORT, "
+                              "localhost:PORT); deployed functions use Google's endpoint")
         managed = tuple(x.strip() for x in (get("MANAGED_PROJECTS", "") or "").split(",") if x.strip())
         for item in managed:
             if not valid_project_id(item):
@@ -221,7 +255,7 @@ class Settings:
             collection_prefix=prefix,
             database=get("DATABASE", "(default)") or "(default)",
             opt_in_label=(key, value),
-            gke_endpoint=get("GKE_ENDPOINT"),
+            gke_endpoint=gke_endpoint,
             access_token_file=get("ACCESS_TOKEN_FILE"),
             lease_seconds=integer("LEASE_SECONDS", 120, 5, 3600),
             api_timeout_seconds=number("API_TIMEOUT_SECONDS", 30.0, 0.5, 600),
@@ -254,8 +288,15 @@ class Settings:
             reconcile_topic=get("TOPIC_RECONCILE"),
             fanout_batch=integer("FANOUT_BATCH", 100, 1, 1000),
             prune_orphans=r.boolean("PRUNE_ORPHANS", False),
-            datapath_url=_loopback_url(r, "DATAPATH_URL"),
+            allowed_registries=registries,
+            policy_database=_database_id(r, "POLICY_DATABASE"),
+            datapath_url=_local_url(r, "DATAPATH_URL"),
             verify_timeout_seconds=number("VERIFY_TIMEOUT_SECONDS", 30.0, 5, VERIFY_TIMEOUT_MAX_SECONDS),
+            requester_auth=_auth_mode(r),
+            requester_audiences=_audiences(r),
+            sandbox_id_url=_local_url(r, "SANDBOX_ID_URL"),
+            restrict_projects=r.boolean("RESTRICT_PROJECTS", True),
+            reconcile_fanout_limit=integer("RECONCILE_FANOUT_LIMIT", 1000, 1, 100000),
         )._checked()
 
     def _checked(self) -> Settings:
@@ -267,24 +308,56 @@ class Settings:
         return self
 
 
-def _loopback_url(r: _EnvReader, name: str) -> str | None:
-    """`http://127.0.0.1:PORT` or None: a sandbox-only service, so any other host is a mistake
-    (or an attempt to make the controller send pod addresses elsewhere), refused by name."""
-    import urllib.parse
+def _auth_mode(r: _EnvReader) -> bool:
+    raw = (r.get("REQUESTER_AUTH", "required") or "").lower()
+    if raw not in ("required", "off"):
+        raise ConfigError(f"{PREFIX}REQUESTER_AUTH={raw[:40]!r}: expected required or off")
+    return raw == "required"
 
+
+def _audiences(r: _EnvReader) -> tuple[str, ...]:
+    raw = r.get("REQUESTER_AUDIENCE", "multus-provisioner") or ""
+    items = tuple(x.strip() for x in raw.split(",") if x.strip())
+    if not items or not all(x.isprintable() and len(x) <= 256 for x in items):
+        raise ConfigError(f"{PREFIX}REQUESTER_AUDIENCE: expected one or more audiences, comma-separated")
+    return items
+
+
+def _local_url(r: _EnvReader, name: str) -> str | None:
+    """The sandbox's own servers listen on the loopback interface; anything else is refused, so
+    this variable cannot point a deployed function at someone else's keys."""
     raw = r.get(name)
     if raw is None:
         return None
-    url = urllib.parse.urlsplit(raw)
+    match = re.fullmatch(r"http://127\.0\.0\.1:([0-9]{1,5})", raw.rstrip("/"))
+    if not match or not 0 < int(match.group(1)) < 65536:
+        raise ConfigError(f"{PREFIX}{name}={raw[:100]!r}: expected http://127.0.0.1:PORT (the sandbox only)")
+    return raw.rstrip("/")
+
+
+def _database_id(r: _EnvReader, name: str) -> str | None:
+    """A Firestore database id (`(default)` or 4-63 of a-z, 0-9, -), or None when unset."""
+    import re
+
+    value = r.get(name)
+    if not value:
+        return None
+    if value != "(default)" and not re.fullmatch(r"[a-z][a-z0-9-]{2,61}[a-z0-9]", value):
+        raise ConfigError(f"{PREFIX}{name}={value[:80]!r}: expected a Firestore database id")
+    return value
+
+
+def _loopback_endpoint(endpoint: str) -> bool:
+    """Is `host:port` on this machine (where the sandbox's GKE server listens)?"""
+    import ipaddress
+
+    host = endpoint.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
     try:
-        port = url.port
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        port = None
-    if url.scheme != "http" or url.hostname != "127.0.0.1" or not port or url.path not in ("", "/") \
-            or url.query or url.fragment or url.username or url.password:
-        raise ConfigError(f"{PREFIX}{name}={raw[:100]!r}: expected http://127.0.0.1:PORT (the sandbox's "
-                          "data-path probe listens on loopback only)")
-    return f"http://127.0.0.1:{port}"
+        return False
 
 
 def _ip_literal(r: _EnvReader, name: str) -> str | None:

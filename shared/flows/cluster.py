@@ -19,7 +19,19 @@ from dataclasses import replace
 from typing import Any
 
 from shared.core import decisions, logs
-from shared.core.errors import Busy, NeedsFix, NotFound, NotYet, Permanent, Transient, UnknownCluster, Wait
+from shared.core.errors import (
+    Busy,
+    NeedsFix,
+    NotFound,
+    NotYet,
+    Permanent,
+    Problem,
+    Rejected,
+    RejectionKind,
+    Transient,
+    UnknownCluster,
+    Wait,
+)
 from shared.core.prechecks import ClusterFacts, Finding, PoolNetworks
 from shared.core.records import (
     ApiEndpoint,
@@ -46,6 +58,10 @@ class ClusterFlow:
     def handle_audit(self, ev: Any) -> Outcome:
         """A GKE audit entry: cluster or node pool created or deleted."""
         ref: ClusterRef = ev.cluster
+        why = self.ctx.policy().project_problem(ref.project)
+        if why:  # refused at top level: nothing is recorded under a cluster of a project not managed
+            raise Rejected("event refused", [Problem("resource.labels.project_id", why)],
+                           kind=RejectionKind.UNKNOWN_PROJECT, event_id=ev.event_id)
         verb = ev.method.rsplit(".", 1)[-1]
         said = f": {ev.status_message}" if ev.status_message else ""
         if ev.refused:  # one entry, no operation: nothing ran, so nothing anyone waits for has ended
@@ -134,6 +150,21 @@ class ClusterFlow:
         if store.get_cluster(ref) is None:
             store.record_ledger(event_id, event_id=event_id, step="close", outcome="ignored", cluster=ref)
             return Outcome("ignored", "deletion of a cluster the controller never tracked", ref.path)
+        # An audit entry is a message anyone with publish rights on the topic can forge: GKE has
+        # the last word. Only NOT_FOUND closes the workflow.
+        try:
+            found = self.ctx.gke.get_cluster(ref)
+        except NotFound:
+            found = None
+        if found is not None:
+            status = getattr(found, "status", None)
+            name = str(getattr(status, "name", status))
+            if name == "STOPPING":
+                raise Wait(f"DeleteCluster done, but GKE still shows {ref.path} STOPPING; closing once it is gone",
+                           code="BACKOFF", api="gke")
+            return self._note(ref, event_id, "delete-unconfirmed",
+                              f"a DeleteCluster entry arrived but GKE still has the cluster ({name}): the workflow "
+                              "stays open (a forged or misrouted entry)", outcome="ignored")
         try:
             store.claim(ref, event_id=event_id, step="close", ledger_key=event_id)
             rec = store.advance(ref, event_id=event_id, step="close", state=decisions.DELETED,

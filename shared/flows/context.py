@@ -19,7 +19,7 @@ from shared.core.policy import Policy
 from shared.core.prechecks import ClusterFacts
 from shared.core.refs import ClusterRef
 from shared.core.settings import PREFIX, ConfigError, Settings
-from shared.ports import ClusterApiPort, DataPathPort, GkePort, StorePort
+from shared.ports import ClusterApiPort, DataPathPort, GkePort, IdentityPort, StorePort
 
 KUBE_CACHE_SECONDS = 300.0
 POLICY_CACHE_SECONDS = 60.0
@@ -58,8 +58,11 @@ class Context:
 
     def __init__(self, settings: Settings, *, store: Callable[[], StorePort], gke: Callable[[], GkePort],
                  kube: Callable[[ClusterFacts], ClusterApiPort], clock: Callable[[], float] = time.monotonic,
-                 datapath: Callable[[], DataPathPort] | None = None) -> None:
+                 datapath: Callable[[], DataPathPort] | None = None,
+                 identity: Callable[[], IdentityPort] | None = None) -> None:
         self.settings = settings
+        self._make_identity = identity
+        self._identity: IdentityPort | None = None
         self._make_store, self._make_gke, self._make_kube = store, gke, kube
         self._make_datapath = datapath
         self._datapath: DataPathPort | None = None
@@ -88,6 +91,13 @@ class Context:
         if self._datapath is None and self._make_datapath is not None:
             self._datapath = self._make_datapath()
         return self._datapath
+
+    @property
+    def identity(self) -> IdentityPort | None:
+        """The ID token verifier, or None when requester verification is off (settings)."""
+        if self._identity is None and self._make_identity is not None and self.settings.requester_auth:
+            self._identity = self._make_identity()
+        return self._identity
 
     def kube_for(self, ref: ClusterRef, cluster: ClusterFacts | None = None) -> ClusterApiPort:
         """A cluster API engine for `ref`, cached per process for a few minutes.
@@ -131,6 +141,11 @@ class Context:
             # Read afresh: a cluster rolled back a moment ago must not get the target again.
             spec = spec_for(self.rollout_doc(fresh=True), ref.doc_id) or spec
         from shared.core.errors import Rejected
+
+        for key in ("multusImage", "whereaboutsImage"):  # a rollout document is a Firestore write too
+            foreign = spec.get(key) and self.policy().image_problem(str(spec[key]))
+            if foreign:
+                raise ConfigError(f"bundle {key}: {foreign}")
 
         try:
             return bundle_of(spec, allow_unpinned=self.settings.allow_unpinned_images)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.core import decisions, logs, prechecks
 from shared.core.errors import Permanent, Rejected, Transient
@@ -26,6 +26,8 @@ from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
 from shared.flows.rollout import RolloutFlow
 from shared.ports import ClusterRecord, PublisherPort
+
+T = TypeVar("T")
 
 
 class FanoutFlow:
@@ -84,6 +86,10 @@ class FanoutFlow:
         # A re-check is a scoped reconcile without `sweep`: it drives the decided cluster again.
         messages += [json.dumps({"cluster": ref.path}, sort_keys=True, separators=(",", ":")).encode()
                      for ref in rechecks]
+        messages, dropped = bounded(messages, settings.reconcile_fanout_limit, ev.event_id)
+        if dropped:
+            errors.append(f"{dropped} scoped reconcile(s) left for a later tick (limit "
+                          f"{settings.reconcile_fanout_limit} per tick)")
         self.publisher.publish(self.topic(), messages)  # Transient: the tick is redelivered whole
         store.record_ledger(ev.event_id, event_id=ev.event_id, step="reconcile-fanout", outcome="ok", cluster=None)
         message = (f"reconcile tick: {len(records)} tracked, {len(untracked)} to adopt, {len(rechecks)} to "
@@ -93,6 +99,20 @@ class FanoutFlow:
             logs.warning("reconcile tick could not list everything", eventId=ev.event_id, error=errors[:10])
         return Outcome("done", message, None, None, {"published": len(messages), "rollout": rollout,
                                                      "errors": errors})
+
+
+def bounded(items: list[T], limit: int, event_id: str) -> tuple[list[T], int]:
+    """At most `limit` of `items` (and how many were left out). An empty reconcile message is
+    anyone-with-publish's way to make the controller touch the whole fleet, so one tick does a
+    bounded amount of work; the window starts at a place the tick's id picks, so successive ticks
+    cover a fleet larger than the limit instead of always the same first clusters."""
+    if len(items) <= limit:
+        return items, 0
+    import hashlib
+
+    start = int(hashlib.sha256(event_id.encode()).hexdigest()[:8], 16) % len(items)
+    rotated = items[start:] + items[:start]
+    return rotated[:limit], len(items) - limit
 
 
 def needs_recheck(rec: ClusterRecord, facts: ClusterFacts) -> bool:

@@ -21,10 +21,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.core import decisions, logs
-from shared.core.errors import Permanent, Rejected, RejectionKind, Transient
+from shared.core.errors import NotOurs, Permanent, Problem, Rejected, RejectionKind, Transient
 from shared.core.nad import config_digest, request_digest
 from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
+from shared.core.requesters import DEFAULT_GRANTS, Grant, Requester, authorize, namespace_quota_problem, quota_problems
 from shared.flows.context import Context, Outcome
 from shared.flows.verify import (
     VERIFY_POD_FIELD,
@@ -51,6 +52,7 @@ class NadFlow:
         """A validated NAD request: decide, apply (or wait, or reject), record."""
         req = ev.request
         ref: ClusterRef = req.cluster
+        requester = self._admit(ev)
         store = self.ctx.store
         ledger = _nad_ledger_key(ev.event_id, req)
         # One read for the cluster, the ledger and this NAD's document: the claim decides on the
@@ -60,7 +62,7 @@ class NadFlow:
             return self._duplicate(ref, req, ev.event_id, ledger)
         cluster_state = rec.state if rec else None
         out = self._decide_and_carry_out(ref, rec, req, ev.event_id, ledger, expect=None, origin=ev.event_id,
-                                         known=known)
+                                         known=known, requester=requester)
         if out.state == decisions.NAD_PENDING and out.status == "pending":
             # Lost wake-up guard: the cluster may have become READY (and scanned its PENDING NADs)
             # between our read of it and our write. Look once more; the compare-and-set on PENDING
@@ -68,8 +70,29 @@ class NadFlow:
             rec = store.get_cluster(ref)
             if rec is not None and rec.state == decisions.READY and cluster_state != decisions.READY:
                 return self._decide_and_carry_out(ref, rec, req, ev.event_id, f"{ledger}~late",
-                                                  expect=(decisions.NAD_PENDING,), origin=ev.event_id)
+                                                  expect=(decisions.NAD_PENDING,), origin=ev.event_id,
+                                                  requester=requester)
         return out
+
+    def _admit(self, ev: Any) -> Requester | None:
+        """Before anything is read or written under the cluster: the request's project is one the
+        controller manages (else refused at top level, so invented clusters leave nothing behind),
+        and its ID token verifies (else refused on the cluster's rejections; the NAD's record is
+        not touched: an unverified request may not even mark it). None: verification is off."""
+        ref: ClusterRef = ev.request.cluster
+        why = self.ctx.policy().project_problem(ref.project)
+        if why:
+            raise Rejected("request refused", [Problem("cluster", why)], kind=RejectionKind.UNKNOWN_PROJECT,
+                           event_id=ev.event_id)
+        identity = self.ctx.identity
+        if identity is None:
+            return None
+        try:
+            requester: Requester = identity.verify(getattr(ev, "token", None))
+        except Rejected as e:
+            e.event_id, e.cluster = ev.event_id, ref
+            raise
+        return requester
 
     def _duplicate(self, ref: ClusterRef, req: Any, event_id: str, ledger: str) -> Outcome:
         """A request whose ledger key was handled before: a duplicate, unless its request_id was
@@ -89,7 +112,8 @@ class NadFlow:
 
     def _decide_and_carry_out(self, ref: ClusterRef, rec: Any, req: Any, event_id: str, ledger: str, *,
                               expect: tuple[str | None, ...] | None, expect_claim: str | None = None,
-                              origin: str | None = None, known: NadVersion | None = None) -> Outcome:
+                              origin: str | None = None, known: NadVersion | None = None,
+                              requester: Requester | None = None) -> Outcome:
         """The pure checks first (state, namespace, range inside the pool's); the checks that
         depend on the other NADs (overlap, limit) are made after this request's claim, see
         `_apply_nad`. `origin` is the message id of the request being carried out (a waiting
@@ -98,10 +122,26 @@ class NadFlow:
         policy = self.ctx.policy()
         cluster_state = rec.state if rec else None
         pool = rec.workflow.node_pool if rec else None
-        step = decisions.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool.cidr if pool else None,
-                                    existing=None, namespace_problem=policy.namespace_problem(req.namespace),
-                                    max_nads=None, pool_interface=pool.interface if pool else None)
-        job = _Job(ref, req, event_id, ledger, origin or event_id, self._stale_before(), self._stale_before(1))
+        pool_cidr = pool.cidr if pool else None
+        # Who may ask for this (the policy's grants), and the address quota of the grant that allows it.
+        problems, grant = authorize(policy.requesters, requester, req)
+        if problems:  # an identity outside its grants learns nothing more about the cluster
+            reasons = tuple(str(p) for p in problems)
+            step = decisions.NadStep(decisions.NadStep.REJECT, decisions.NAD_REJECTED, "; ".join(reasons),
+                                     reasons=reasons)
+        else:
+            step = decisions.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr, existing=None,
+                                namespace_problem=policy.namespace_problem(req.namespace), max_nads=None,
+                                pool_interface=pool.interface if pool else None)
+            if req.action == "apply" and (req.range or (cluster_state == decisions.READY and pool_cidr)):
+                quota = tuple(str(p) for p in quota_problems(grant, requested=req.range,
+                                                              cidr=str(req.range or pool_cidr)))
+                if quota:  # after the cluster's own reasons (a range outside the pool says that first)
+                    reasons = (*step.reasons, *quota) if step.kind == step.REJECT else quota
+                    step = decisions.NadStep(decisions.NadStep.REJECT, decisions.NAD_REJECTED, "; ".join(reasons),
+                                             reasons=reasons)
+        job = _Job(ref, req, event_id, ledger, origin or event_id, self._stale_before(), self._stale_before(1),
+                   requester=requester.email if requester else None, grant=grant)
         if step.kind == step.APPLY:
             assert step.range is not None  # decide_nad gives every APPLY its range
             return self._apply_nad(job, step.range, expect=expect, expect_claim=expect_claim, known=known)
@@ -181,7 +221,10 @@ class NadFlow:
         order, version = claimed
         mine = {"claimOrder": order}
         try:
-            deleted = self.ctx.kube_for(ref).delete_nad(req.namespace, req.name)
+            deleted = self.ctx.kube_for(ref).delete_nad(req.namespace, req.name, cluster=ref.path)
+        except NotOurs as e:  # a NAD someone else made: refused, naming its owner; the record stays
+            return self._refuse(job, [str(e)], None, expect_states=(decisions.NAD_DELETING,), expect_fields=mine,
+                                known=version)
         except Permanent as e:
             return self._nad_failed(job, "delete", e, expect_fields=mine)
         except Transient as e:
@@ -243,6 +286,9 @@ class NadFlow:
         others = decisions.footprints(docs, objects)
         limit = decisions.limit_problem(others, policy.max_nads_per_cluster)
         reasons = [limit] if limit else []
+        per_namespace = namespace_quota_problem(job.grant or DEFAULT_GRANTS[0], others, ns, decisions.NAD_COUNTED)
+        if per_namespace:
+            reasons.append(per_namespace)
         arb = decisions.arbitrate(key=f"{ns}~{name}", master=req.master, cidr=cidr, order=order, others=others)
         lose_to = list(arb.lose_to)
         # Only a claim that is going to be applied turns later claims away; the loser's own worker
@@ -265,6 +311,9 @@ class NadFlow:
         obj = nadlib.render_nad(req, cidr)
         try:
             result = kube.apply_nad(obj)
+        except NotOurs as e:  # a NAD of that name someone else made: never taken over
+            return self._refuse(job, [str(e)], cidr, expect_states=(decisions.NAD_APPLYING,), expect_fields=mine,
+                                known=version)
         except Permanent as e:
             return self._nad_failed(job, "apply", e, expect_fields=mine)
         state, message = decisions.NAD_APPLIED, f"{label} applied with range {cidr}"
@@ -305,7 +354,7 @@ class NadFlow:
 
         part = decisions.applied_part(doc)
         if part is None:
-            kube.delete_nad(ns, name)
+            kube.delete_nad(ns, name, cluster=ref.path)
         elif doc.get("config"):
             kube.apply_nad(nadlib.nad_object(ref.path, ns, name, doc["config"], part.get("requestId")))
         elif isinstance(doc.get("request"), Mapping):
@@ -331,7 +380,7 @@ class NadFlow:
         store = self.ctx.store
         nads = store.list_nads(ref, fields=("state", "request", "claimOrder", "lastRequest"))
         known = {(n.get("namespace"), n.get("name")) for n in nads}
-        todo: list[tuple[Any, tuple[str | None, ...], str | None, str | None]] = []
+        todo: list[tuple[Any, tuple[str | None, ...], str | None, str | None, Requester | None]] = []
         if first_ready:
             for raw in policy.default_nads:
                 try:
@@ -340,7 +389,7 @@ class NadFlow:
                     logs.error("default NAD in policy is invalid", cluster=ref.path, error=e.message)
                     continue
                 if (req.namespace, req.name) not in known:
-                    todo.append((req, (None,), None, None))
+                    todo.append((req, (None,), None, None, None))
         # A claim is abandoned, not slow, once it is three leases old: a request whose worker hit a
         # transient error keeps its claim while Pub/Sub redelivers it (seconds to minutes of
         # backoff), and that redelivery re-claims it itself; taking over earlier would only race it.
@@ -352,18 +401,20 @@ class NadFlow:
             expect, claim, body = taken
             last = _mapping(doc.get("lastRequest"))
             try:
-                todo.append((nadlib.parse_request(dict(body)), expect, claim, last.get("messageId")))
+                who = last.get("requester")  # verified when the request arrived; the grants are today's
+                todo.append((nadlib.parse_request(dict(body)), expect, claim, last.get("messageId"),
+                             Requester(who) if isinstance(who, str) else None))
             except Rejected as e:
                 store.put_nad(ref, text_field(doc, "namespace"), text_field(doc, "name"), event_id=event_id,
                               step="apply-nad",
                               state=decisions.NAD_REJECTED, fields={"reasons": [e.message]}, outcome="rejected",
                               message=e.message, ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}",
                               expect_states=(decisions.NAD_PENDING,))
-        for req, expect, claim, origin in todo:
+        for req, expect, claim, origin, requester in todo:
             ledger = f"{event_id}~{req.namespace}~{req.name}"
             try:
                 self._decide_and_carry_out(ref, rec, req, event_id, ledger, expect=expect, expect_claim=claim,
-                                           origin=origin)
+                                           origin=origin, requester=requester)
             except Transient as e:  # one busy or unlucky NAD must not keep the others waiting
                 logs.warning("a waiting NAD could not be carried out now", cluster=ref.path,
                              nad=f"{req.namespace}/{req.name}", error=str(e))
@@ -428,6 +479,8 @@ class _Job:
     stale_before: str  # claims older than this are abandoned (STALE_LEASES leases)
     redelivery_before: str  # this request's own claim older than this was left by a dead worker (one lease)
     holder: str = field(default_factory=lambda: secrets.token_hex(6))  # this delivery, in the claims it writes
+    requester: str | None = None  # the verified email of who asked (None: the controller itself, or auth off)
+    grant: Grant | None = None  # the policy grant that allowed it (its quota)
 
     @property
     def label(self) -> str:
@@ -443,9 +496,12 @@ class _Job:
 
     def last(self, state: str, *, reasons: Sequence[str] = (), cidr: str | None = None) -> dict[str, Any]:
         req = self.req
-        return {"action": req.action, "state": state, "reasons": list(reasons), "requestId": req.request_id,
-                "messageId": self.origin, "eventId": self.event_id, "range": cidr or req.range,
-                "master": req.master, "digest": self.digest, "request": req.to_dict(), "at": datetime.now(UTC)}
+        out = {"action": req.action, "state": state, "reasons": list(reasons), "requestId": req.request_id,
+               "messageId": self.origin, "eventId": self.event_id, "range": cidr or req.range,
+               "master": req.master, "digest": self.digest, "request": req.to_dict(), "at": datetime.now(UTC)}
+        if self.requester:
+            out["requester"] = self.requester
+        return out
 
 
 class _Change:
@@ -605,6 +661,8 @@ def _applied(job: _Job, cidr: str, config: str, resource_version: str, state: st
     now = datetime.now(UTC)
     applied = {"range": cidr, "master": job.req.master, "configDigest": config_digest(config),
                "requestId": job.req.request_id, "messageId": job.origin, "state": state, "at": now}
+    if job.requester:
+        applied["requester"] = job.requester
     return {**_nad_fields(job.req), **_SETTLE, "range": cidr, "config": config, "resourceVersion": resource_version,
             "applied": applied, "lastRequest": job.last(state, cidr=cidr),
             "verification": dict(verification) if verification is not None else DELETE}

@@ -1,7 +1,9 @@
 """Reconcile's NAD part: the records and the cluster's managed NADs, compared both ways.
 
 - A record whose applied part is not on the cluster (deleted, or edited) is applied again from
-  the config it records, byte for byte.
+  the config it records, byte for byte, once that config has passed the request path's validation
+  again (`nad.request_of_config`, and the namespace policy): a record that fails is not applied,
+  and says why (`lastError`, a `reapply-refused` history entry).
 - A managed object (label `app.kubernetes.io/managed-by: multus-provisioner`) without a record,
   or whose record holds nothing applied, is adopted into a record when it conflicts with nothing
   (its range overlaps nothing on its master), or else recorded as an ORPHANED record, which the
@@ -26,7 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from shared.core import decisions, logs
-from shared.core.errors import Permanent, Transient
+from shared.core.errors import NotOurs, Permanent, Problem, Transient
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context
 from shared.flows.verify import (
@@ -45,6 +47,7 @@ class FixKind(StrEnum):
 
     ORPHAN_GONE = "orphan-gone"  # an ORPHANED record whose object left the cluster: closed
     REAPPLY = "reapply"  # a managed NAD deleted or edited on the cluster: applied again
+    REFUSE = "refuse"  # a record whose stored config fails validation: not re-applied, said so
     ADOPT = "adopt"  # a managed object without a record that conflicts with nothing: recorded
     PRUNE = "prune"  # an orphan that conflicts (or cannot be read), with pruneOrphans: deleted
     REPORT = "report"  # an orphan that conflicts: recorded ORPHANED
@@ -73,7 +76,7 @@ def plan_nads(policy: Any, ref: ClusterRef, docs: list[dict[str, Any]],
     by_key = {(doc["namespace"], doc["name"]): doc for doc in docs}
     plan: list[NadFix] = []
     for key, doc in sorted(by_key.items()):
-        fix = _plan_record(ref, key, doc, on_cluster.get(key))
+        fix = _plan_record(ref, key, doc, on_cluster.get(key), policy)
         if fix is not None:
             plan.append(fix)
     for key, obj in sorted(on_cluster.items()):
@@ -95,16 +98,22 @@ def repair_nads(ctx: Context, ref: ClusterRef, kube: Any, event_id: str, plan: l
     """Carry out `plan` (under the cluster's claim); returns what was done, one phrase each."""
     fixes: list[str] = []
     for fix in plan:
-        done = _repair_record(ctx, ref, kube, fix, event_id) if fix.kind in (FixKind.ORPHAN_GONE, FixKind.REAPPLY) \
-            else _adopt_or_report(ctx, ref, kube, fix, event_id)
+        done: str | None
+        if fix.kind == FixKind.REFUSE:
+            done = _refuse_record(ctx, ref, fix, event_id)
+        elif fix.kind in (FixKind.ORPHAN_GONE, FixKind.REAPPLY):
+            done = _repair_record(ctx, ref, kube, fix, event_id)
+        else:
+            done = _adopt_or_report(ctx, ref, kube, fix, event_id)
         if done:
             fixes.append(done)
     return fixes
 
 
 def _plan_record(ref: ClusterRef, key: tuple[str, str], doc: Mapping[str, Any],
-                 live: Mapping[str, Any] | None) -> NadFix | None:
+                 live: Mapping[str, Any] | None, policy: Any = None) -> NadFix | None:
     from shared.core import nad as nadlib
+    from shared.core.errors import Rejected
 
     ns, name = key
     part = decisions.applied_part(doc)
@@ -117,12 +126,26 @@ def _plan_record(ref: ClusterRef, key: tuple[str, str], doc: Mapping[str, Any],
     config = doc.get("config")
     if live is not None and config and (live.get("spec") or {}).get("config") == config:
         return None
-    if config:
-        obj = nadlib.nad_object(ref.path, ns, name, config, part.get("requestId"))
-    elif isinstance(doc.get("request"), Mapping):
-        obj = nadlib.render_nad(nadlib.parse_request(dict(doc["request"])), part["range"])
-    else:
-        return None
+    # A record is a Firestore document: what it holds is validated again, as a request is, before
+    # anything of it reaches the cluster (the namespace policy, then the config itself).
+    try:
+        why = policy.namespace_problem(ns) if policy is not None else None
+        if why:
+            raise Rejected("namespace refused", [Problem("namespace", why)])
+        if config:
+            nadlib.request_of_config(ref.path, ns, name, config)
+            obj = nadlib.nad_object(ref.path, ns, name, config, part.get("requestId"))
+        elif isinstance(doc.get("request"), Mapping):
+            obj = nadlib.render_nad(nadlib.parse_request(dict(doc["request"])), part["range"])
+        else:
+            return None
+    except Rejected as e:
+        message = (f"{ns}/{name}: not re-applied: the stored record failed validation: "
+                   + "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in e.problems or ())
+                   or e.message)
+        if doc.get("lastError") == message:
+            return None  # refused and recorded already; nothing changed
+        return NadFix(FixKind.REFUSE, key, doc, live, why=message)
     return NadFix(FixKind.REAPPLY, key, doc, live, obj=obj)
 
 
@@ -138,8 +161,24 @@ def _repair_record(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, event_
     fresh = ctx.store.get_nad(ref, ns, name) or {}
     if fresh.get("updatedAt") != doc.get("updatedAt"):
         return None  # a request changed it since the list was read: it is its worker's to apply (next run checks)
-    kube.apply_nad(fix.obj)
+    try:
+        kube.apply_nad(fix.obj)
+    except NotOurs as e:  # someone else's object took the name: never taken over (issue 24)
+        logs.warning("a recorded NAD's name is held by an object the controller does not own; left alone",
+                     cluster=ref.path, nad=f"{ns}/{name}", owner=e.owner)
+        return None
     return f"{'re-created' if fix.live is None else 'restored'} NAD {ns}/{name}"
+
+
+def _refuse_record(ctx: Context, ref: ClusterRef, fix: NadFix, event_id: str) -> str:
+    """Record, on the NAD and in the history, why its stored config was not re-applied."""
+    ns, name = fix.key
+    doc = fix.doc or {}
+    logs.error("stored NAD record refused", cluster=ref.path, nad=f"{ns}/{name}", error=fix.why)
+    ctx.store.put_nad(ref, ns, name, event_id=event_id, step="reapply-refused", state=str(doc.get("state") or ""),
+                      fields={"lastError": fix.why}, outcome="failed", message=fix.why,
+                      expect_states=(doc.get("state"),), ledger_key=f"{event_id}~reapply-refused~{ns}~{name}")
+    return f"refused to re-apply NAD {ns}/{name}"
 
 
 def _plan_orphan(policy: Any, key: tuple[str, str], obj: Mapping[str, Any], doc: Mapping[str, Any] | None,
@@ -192,7 +231,7 @@ def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, even
         return f"adopted orphan NAD {ns}/{name}"
     if fix.kind == FixKind.PRUNE:
         try:
-            kube.delete_nad(ns, name)
+            kube.delete_nad(ns, name, cluster=ref.path)
         except (Transient, Permanent) as e:
             logs.warning("could not prune an orphan NAD", cluster=ref.path, nad=f"{ns}/{name}", error=str(e))
             return None

@@ -55,6 +55,10 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
     records = [r for r in records if r is not None]
     tracked = {r.ref.doc_id for r in records}
     by_id = {r.ref.doc_id: r for r in records}
+    if ev.scope is None:  # a sweep in this invocation does a bounded amount of work too (fanout.bounded)
+        from shared.flows.fanout import bounded
+
+        records, _ = bounded(records, wf.ctx.settings.reconcile_fanout_limit, ev.event_id)
     now = time.time()
     for rec in records:
         sub_event = f"{ev.event_id}~{rec.ref.doc_id}"

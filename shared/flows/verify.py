@@ -29,7 +29,9 @@ from shared.core.settings import VERIFY_TIMEOUT_MAX_SECONDS
 from shared.flows.context import Context, Outcome
 from shared.ports import DELETE, DataPathPort, PodDataPath, Reach, text_field
 
-VERIFY_IMAGE = "registry.k8s.io/pause:3.9"
+# Pinned by digest (the multi-arch index of pause 3.9, as registry.k8s.io serves it): a tag can be
+# moved under us, a digest cannot. The bundle's images are pinned the same way (shared/core/multus.py).
+VERIFY_IMAGE = "registry.k8s.io/pause:3.9@sha256:7031c1b283388d2c2e09b57badb803c05ebed362dc88d84b480cc47f72a21097"
 POOL_LABEL = "cloud.google.com/gke-nodepool"  # GKE's label naming a node's pool
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
