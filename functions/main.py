@@ -102,13 +102,13 @@ def _reject(function: str, msg: PubSubMessage | None, err: Rejected, event_id: s
 @functions_framework.cloud_event
 def on_cluster_event(cloud_event: Any) -> None:
     """Cluster created or deleted (audit log entries routed by a Logging sink)."""
-    from shared.core.errors import NotForUs
+    from shared.core.errors import NotForUs, RejectionKind
     from shared.core.events import decode_audit
 
     def handle(msg: PubSubMessage) -> Any:
         ev = decode_audit(msg)
         if not ev.action.startswith("cluster."):
-            raise NotForUs(f"{ev.method} is not a cluster event", kind="other-method", cluster=ev.cluster)
+            raise NotForUs(f"{ev.method} is not a cluster event", kind=RejectionKind.OTHER_METHOD, cluster=ev.cluster)
         return _controller().handle_audit(ev)
 
     _run("on_cluster_event", cloud_event, handle)
@@ -117,13 +117,13 @@ def on_cluster_event(cloud_event: Any) -> None:
 @functions_framework.cloud_event
 def on_node_pool_event(cloud_event: Any) -> None:
     """Node pool created or deleted."""
-    from shared.core.errors import NotForUs
+    from shared.core.errors import NotForUs, RejectionKind
     from shared.core.events import decode_audit
 
     def handle(msg: PubSubMessage) -> Any:
         ev = decode_audit(msg)
         if not ev.action.startswith("node_pool."):
-            raise NotForUs(f"{ev.method} is not a node pool event", kind="other-method", cluster=ev.cluster)
+            raise NotForUs(f"{ev.method} is not a node pool event", kind=RejectionKind.OTHER_METHOD, cluster=ev.cluster)
         return _controller().handle_audit(ev)
 
     _run("on_node_pool_event", cloud_event, handle)

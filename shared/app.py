@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from shared.core import logs
-from shared.core.errors import Permanent, Problem, Rejected, Transient
+from shared.core.errors import Permanent, Problem, Rejected, RejectionKind, Transient
+from shared.core.prechecks import ClusterFacts
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
 from shared.flows.cluster import ClusterFlow
@@ -23,16 +24,16 @@ from shared.flows.reconcile import ReconcileFlow
 from shared.flows.rejections import record_rejection
 from shared.flows.rollout import RolloutFlow
 from shared.flows.verify import VerifyFlow
-from shared.ports import DataPathPort, StorePort
+from shared.ports import ClusterApiPort, DataPathPort, GkePort, IdentityPort, PublisherPort, StorePort
 
 
 class Controller:
     """One per function instance: the flows over one context (settings, ports, caches)."""
 
-    def __init__(self, settings: Settings, *, store: StorePort | None = None, gke: Any = None,
-                 kube_factory: Callable[[Any], Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic, publisher: Any = None,
-                 datapath: DataPathPort | None = None, identity: Any = None) -> None:
+    def __init__(self, settings: Settings, *, store: StorePort | None = None, gke: GkePort | None = None,
+                 kube_factory: Callable[[ClusterFacts], ClusterApiPort] | None = None,
+                 clock: Callable[[], float] = time.monotonic, publisher: PublisherPort | None = None,
+                 datapath: DataPathPort | None = None, identity: IdentityPort | None = None) -> None:
         def make_store() -> StorePort:
             if store is not None:
                 return store
@@ -40,21 +41,21 @@ class Controller:
 
             return Store(settings)  # mypy checks here that the real store satisfies the port
 
-        def make_gke() -> Any:
+        def make_gke() -> GkePort:
             if gke is not None:
                 return gke
             from shared.adapters.gke import Gke
 
             return Gke(settings, timeout=settings.api_timeout_seconds)
 
-        def make_kube(cluster: Any) -> Any:
+        def make_kube(cluster: ClusterFacts) -> ClusterApiPort:
             if kube_factory is not None:
                 return kube_factory(cluster)
             from shared.adapters.kube import Kube
 
             return Kube(self.ctx.gke.api_client(cluster), timeout=settings.api_timeout_seconds)
 
-        def make_publisher() -> Any:
+        def make_publisher() -> PublisherPort:
             if publisher is not None:
                 return publisher
             from shared.adapters.pubsub import Publisher
@@ -109,12 +110,12 @@ class Controller:
         return self.nads.handle_nad(ev)
 
     def reconcile(self, ev: Any) -> Outcome:
-        self.ctx.config()
         """A scoped event reconciles its cluster; the scheduled tick (no scope) fans out one scoped
         event per cluster when a reconcile topic is configured, else sweeps every cluster here."""
+        self.ctx.config()
         why = self.ctx.policy().project_problem(ev.scope.project) if ev.scope is not None else None
         if why:
-            raise Rejected("reconcile refused", [Problem("cluster", why)], kind="unknown-project",
+            raise Rejected("reconcile refused", [Problem("cluster", why)], kind=RejectionKind.UNKNOWN_PROJECT,
                            event_id=ev.event_id)
         if ev.scope is None and self.settings.reconcile_topic:
             return self.fanout.tick(ev)

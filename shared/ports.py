@@ -3,8 +3,8 @@
 The flows (`shared.flows`) are written against these `Protocol`s, never against an SDK or an
 adapter module, so they can be read (and tested with a small fake) without Firestore, GKE or a
 cluster. The adapters (`shared.adapters`) implement them; the composition root (`shared.app`)
-plugs one into the other. The value types that cross a port (`ClusterRecord`, `AlreadyHandled`,
-`DELETE`) live here too: they belong to the contract, not to one implementation.
+plugs one into the other. The value types that cross a port (`ClusterRecord`, `Document`,
+`AlreadyHandled`, `DELETE`) live here too: they belong to the contract, not to one implementation.
 """
 
 from __future__ import annotations
@@ -12,13 +12,26 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from shared.core.endpoints import Endpoint
-from shared.core.observed import ApplyResult, PoolFailure, Rollout
+from shared.core.errors import RejectionKind
+from shared.core.observed import ApplyResult, KubeObject, PoolFailure, Rollout
+from shared.core.prechecks import ClusterFacts
 from shared.core.records import ClusterWorkflow, WorkflowUpdate
 from shared.core.refs import ClusterRef
+from shared.core.requesters import Requester
 from shared.core.settings import NodePoolTemplate
+
+# A stored document (a NAD record, a ledger entry, the policy, the rollout) as read: decoded JSON
+# whose fields docs/FIRESTORE.md names. Whoever reads one narrows what it reads (`isinstance`).
+Document = dict[str, object]
+
+
+def text_field(doc: Mapping[str, object], name: str) -> str:
+    """A document's text field, "" when it is absent or not text."""
+    value = doc.get(name)
+    return value if isinstance(value, str) else ""
 
 
 class AlreadyHandled(Exception):
@@ -44,6 +57,8 @@ DELETE = _Delete()
 
 @dataclass(frozen=True)
 class Lease:
+    """Who holds a cluster's workflow, for which step, until when (the store maps it to `lease`)."""
+
     holder: str  # the delivery that holds it
     step: str
     expires_at: dt.datetime
@@ -51,51 +66,36 @@ class Lease:
     def live(self, now: dt.datetime) -> bool:
         return self.expires_at > now
 
-    def to_doc(self) -> dict[str, Any]:
-        return {"holder": self.holder, "step": self.step, "expiresAt": self.expires_at}
-
-    @classmethod
-    def from_doc(cls, doc: Any) -> Lease | None:
-        if not isinstance(doc, Mapping) or not doc.get("holder") or doc.get("expiresAt") is None:
-            return None
-        return cls(str(doc["holder"]), str(doc.get("step", "")), doc["expiresAt"])
-
 
 @dataclass(frozen=True)
 class ClusterRecord:
     """A cluster's workflow as the store read it: the state, the lease and the typed `workflow`.
 
-    `data` is the document as stored, for display (`status CLUSTER`) and tests; flows read
-    `workflow`, whose fields the store alone maps to the document's."""
+    Flows read `workflow` (and `state`, `lease`, `updated_at`), whose fields the store alone maps
+    to the document's. `data` is the document as stored, for display (`status CLUSTER`) and tests.
+    """
 
     ref: ClusterRef
     state: str
-    data: dict[str, Any] = field(default_factory=dict)  # the whole document as stored
+    data: Mapping[str, object] = field(default_factory=dict)  # the whole document as stored
     lease: Lease | None = None
     workflow: ClusterWorkflow = field(default_factory=ClusterWorkflow)
+    updated_at: dt.datetime | None = None  # when the store last wrote it (reconcile resumes stalled ones)
 
-    @property
-    def updated_at(self) -> dt.datetime | None:
-        """When the store last wrote the document (reconcile resumes workflows stalled since)."""
-        value = self.data.get("updatedAt")
-        return value if isinstance(value, dt.datetime) else None
-
-    def get(self, name: str, default: Any = None) -> Any:
+    def get(self, name: str, default: object = None) -> object:
+        """A document field by its stored name (display and tests)."""
         value = self.data.get(name, default)
         return default if value is None else value
 
     @property
     def attempts(self) -> int:
-        return int(self.data.get("attempts") or 0)
+        return self.workflow.attempts
 
     @property
-    def last_error(self) -> dict[str, Any] | None:
-        return self.data.get("lastError")
-
-    @classmethod
-    def of(cls, ref: ClusterRef, data: dict[str, Any], workflow: ClusterWorkflow | None = None) -> ClusterRecord:
-        return cls(ref, str(data.get("state", "")), data, Lease.from_doc(data.get("lease")),
-                   workflow if workflow is not None else ClusterWorkflow())
+    def last_error(self) -> Mapping[str, object] | None:
+        """`lastError` as stored (display and tests; flows read `workflow.last_error`)."""
+        value = self.data.get("lastError")
+        return value if isinstance(value, Mapping) else None
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,8 @@ class NadVersion:
     document). Handed back to `put_nad_version(known=...)`, it is the precondition of the next
     write instead of a read: a NAD apply reads its document once and never again."""
 
-    data: Mapping[str, Any]
-    update_time: Any
+    data: Mapping[str, object]
+    update_time: object  # opaque: the store's own precondition
 
 
 class StorePort(Protocol):
@@ -131,79 +131,84 @@ class StorePort(Protocol):
     def hold(self, ref: ClusterRef, *, holder: str, step: str, seconds: int | None = None) -> None: ...
     def list_clusters(self, state: str | None = None, *, limit: int | None = None) -> list[ClusterRecord]: ...
     def seen(self, ledger_key: str) -> bool: ...
-    def get_ledger(self, ledger_key: str) -> dict[str, Any] | None: ...
+    def get_ledger(self, ledger_key: str) -> Document | None: ...
     def record_ledger(self, ledger_key: str, *, event_id: str, step: str, outcome: str,
-                      cluster: ClusterRef | None, fields: Mapping[str, Any] | None = None) -> bool: ...
-    def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> dict[str, Any] | None: ...
+                      cluster: ClusterRef | None, fields: Mapping[str, object] | None = None) -> bool: ...
+    def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> Document | None: ...
     def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
-                fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                fields: Mapping[str, object], outcome: str = "ok", message: str = "",
                 ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                expect_fields: dict[str, Any] | None = None, history: bool = True,
-                write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
-                ledger_fields: Mapping[str, Any] | None = None, known: NadVersion | None = None) -> bool: ...
+                expect_fields: Mapping[str, object] | None = None, history: bool = True,
+                write_ledger: bool = True, derive: Callable[[Document], Mapping[str, object]] | None = None,
+                ledger_fields: Mapping[str, object] | None = None, known: NadVersion | None = None) -> bool: ...
     def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str,
-                        state: str, fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                        state: str, fields: Mapping[str, object], outcome: str = "ok", message: str = "",
                         ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                        expect_fields: dict[str, Any] | None = None, history: bool = True,
+                        expect_fields: Mapping[str, object] | None = None, history: bool = True,
                         write_ledger: bool = True,
-                        derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
-                        ledger_fields: Mapping[str, Any] | None = None,
+                        derive: Callable[[Document], Mapping[str, object]] | None = None,
+                        ledger_fields: Mapping[str, object] | None = None,
                         known: NadVersion | None = None) -> NadVersion | None: ...
     def get_cluster_and_nad_unless_seen(self, ref: ClusterRef, ledger_key: str, namespace: str,
                                         name: str) -> tuple[ClusterRecord | None, bool, NadVersion]: ...
     def list_nads(self, ref: ClusterRef, state: str | None = None, *,
-                  fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]: ...
+                  fields: tuple[str, ...] | None = None) -> list[Document]: ...
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
-                         problems: list[dict[str, Any]], kind: str, excerpt: str = "",
+                         problems: Sequence[Mapping[str, object]], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool: ...
-    def get_policy(self) -> dict[str, Any] | None: ...
+    def get_policy(self) -> Document | None: ...
     # The update time is opaque to the flows: read with the document, handed back as the precondition.
-    def get_rollout(self) -> tuple[dict[str, Any] | None, object]: ...
-    def put_rollout(self, doc: Mapping[str, Any], update_time: object) -> object: ...
+    def get_rollout(self) -> tuple[Document | None, object]: ...
+    def put_rollout(self, doc: Mapping[str, object], update_time: object) -> object: ...
 
 
 class GkePort(Protocol):
-    """The GKE API (ClusterManager) as the flows use it."""
+    """The GKE API (ClusterManager) as the flows use it: GKE's messages are decoded by the adapter
+    (`shared.adapters.gke.decode_cluster`), so only pure values cross."""
 
-    def get_cluster(self, ref: ClusterRef) -> Any: ...
-    def list_clusters(self, project: str, location: str = "-") -> list[Any]: ...
+    def get_cluster(self, ref: ClusterRef) -> ClusterFacts: ...
+    def list_clusters(self, project: str, location: str = "-") -> list[ClusterFacts]: ...
     def secondary_range_cidr(self, ref: ClusterRef, subnetwork: str, range_name: str) -> str: ...
     def create_node_pool(self, ref: ClusterRef, template: NodePoolTemplate) -> str | None: ...
     def delete_node_pool(self, ref: ClusterRef, name: str) -> str | None: ...
     def operation_failure(self, ref: ClusterRef, operation: str) -> PoolFailure | None: ...
-    def endpoint(self, cluster: Any) -> Endpoint: ...  # NeedsFix when it cannot be reached
-    def api_client(self, cluster: Any) -> object: ...  # what `shared.adapters.kube.Kube` is built on
+    def endpoint(self, cluster: ClusterFacts) -> Endpoint: ...  # NeedsFix when it cannot be reached
+    def api_client(self, cluster: ClusterFacts) -> object: ...  # what `shared.adapters.kube.Kube` is built on
 
 
 class ClusterApiPort(Protocol):
-    """One cluster's Kubernetes API: server-side apply, waits, reads (`shared.adapters.kube.Kube`)."""
+    """One cluster's Kubernetes API: server-side apply, waits, reads (`shared.adapters.kube.Kube`).
+
+    Objects cross as `KubeObject` (a JSON object as the API server serves it): Kubernetes' own
+    schema, read by the pure code that knows each kind (`shared.core.multus`, `shared.core.nad`)."""
 
     requests: int
 
-    def apply(self, objects: Iterable[Mapping[str, Any]]) -> Sequence[ApplyResult]: ...
-    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None: ...
-    def rollout_of(self, ds: Mapping[str, Any]) -> Rollout: ...
+    def apply(self, objects: Iterable[KubeObject]) -> Sequence[ApplyResult]: ...
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> KubeObject | None: ...
+    def rollout_of(self, ds: KubeObject) -> Rollout: ...
+    # NotYet when `timeout` passes first (the caller may wait again)
     def wait_established(self, crd_names: Iterable[str], *, timeout: float = 60.0, poll: float = 1.0) -> int: ...
     def daemonset_rollout(self, namespace: str, name: str) -> Rollout: ...
-    def apply_nad(self, obj: Mapping[str, Any]) -> ApplyResult: ...
+    def apply_nad(self, obj: KubeObject) -> ApplyResult: ...
     def delete_nad(self, namespace: str, name: str, *, cluster: str | None = None) -> bool: ...
-    def list_managed_nads(self) -> list[dict[str, Any]]: ...
-    def list_ippools(self) -> list[dict[str, Any]]: ...
+    def list_managed_nads(self) -> list[KubeObject]: ...
+    def list_ippools(self) -> list[KubeObject]: ...
     def list_pod_refs(self) -> list[str]: ...
-    def list_pods(self, label_selector: str, namespace: str | None = None) -> list[dict[str, Any]]: ...
-    def create_pod(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
-    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def list_pods(self, label_selector: str, namespace: str | None = None) -> list[KubeObject]: ...
+    def create_pod(self, obj: KubeObject) -> KubeObject: ...
+    def get_pod(self, namespace: str, name: str) -> KubeObject | None: ...
     def delete_pod(self, namespace: str, name: str) -> bool: ...
-    def pod_network_status(self, namespace: str, name: str) -> list[dict[str, Any]] | None: ...
-    def pod_events(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
+    def pod_network_status(self, namespace: str, name: str) -> list[KubeObject] | None: ...
+    def pod_events(self, namespace: str, name: str) -> list[KubeObject]: ...
     # Last: a method named `list` would shadow the builtin in the annotations after it.
-    def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]: ...
+    def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[KubeObject]: ...
 
 
 class IdentityPort(Protocol):
     """Verifies a requester's ID token (shared/adapters/idtoken.py); `Rejected` says why not."""
 
-    def verify(self, token: str | None) -> Any: ...  # a shared.core.requesters.Requester
+    def verify(self, token: str | None) -> Requester: ...
 
 
 class PublisherPort(Protocol):

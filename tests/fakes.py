@@ -14,10 +14,11 @@ store's own helpers, imported, so the two cannot disagree on them.
 from __future__ import annotations
 
 import copy
+import re
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, is_dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,16 +30,24 @@ from shared.adapters.store import (
     _check_outcome,
     _decode_token,
     _encode_token,
+    history_doc,
+    lease_doc,
+    lease_of,
+    nad_view,
     record_of,
+    request_once,
     safe_id,
     workflow_changes,
 )
-from shared.core.errors import Problem, Rejected, Transient, UnknownCluster
+from shared.core.endpoints import Endpoint
+from shared.core.errors import Problem, Rejected, RejectionKind, Transient, UnknownCluster
 from shared.core.names import is_dns_label, is_object_name
-from shared.core.records import WorkflowUpdate
+from shared.core.observed import PoolFailure
+from shared.core.prechecks import ClusterFacts
+from shared.core.records import HistoryEntry, WorkflowUpdate
 from shared.core.refs import ClusterRef
 from shared.core.requesters import history_fields
-from shared.core.settings import Settings
+from shared.core.settings import NodePoolTemplate, Settings
 from shared.ports import AlreadyHandled, ClusterRecord, Lease, NadVersion
 
 
@@ -105,11 +114,9 @@ class FakeStore:
     def _record(self, ref: ClusterRef, data: Mapping[str, Any]) -> ClusterRecord:
         return record_of(ref, copy.deepcopy(dict(data)))
 
-    def _history(self, ref: ClusterRef, doc_id: str, *, event_id: str, step: str, outcome: str, message: str,
-                 state: str | None, extra: Mapping[str, Any] | None = None) -> None:
-        entry = {"eventId": event_id, "step": step, "outcome": outcome, "message": str(message)[:4000],
-                 "state": state, "at": self._at(), "seq": time.time_ns(), **(extra or {})}
-        self.history_entries.setdefault(ref.doc_id, {})[doc_id] = entry
+    def _history(self, ref: ClusterRef, doc_id: str, entry: HistoryEntry) -> None:
+        self.history_entries.setdefault(ref.doc_id, {})[doc_id] = {**history_doc(entry), "at": self._at(),
+                                                                   "seq": time.time_ns()}
 
     def _ledger_entry(self, *, event_id: str, step: str, outcome: str, cluster: ClusterRef | None,
                       now: datetime) -> dict[str, Any]:
@@ -139,7 +146,7 @@ class FakeStore:
             rec = self._record(ref, data) if data is not None else None
             key = f"{namespace}~{name}"
             doc = self.nads.get(ref.doc_id, {}).get(key)
-            version = (NadVersion(copy.deepcopy(doc), self._nad_versions.get((ref.doc_id, key)))
+            version = (NadVersion(nad_view(copy.deepcopy(doc)), self._nad_versions.get((ref.doc_id, key)))
                        if doc is not None else NadVersion({}, None))
             return rec, False, version
 
@@ -166,13 +173,13 @@ class FakeStore:
                 if create_state is None:
                     raise self._unknown(ref, event_id)
                 new = {**identity, **extra, "state": create_state, "stateSince": now, "createdAt": now,
-                       "updatedAt": now, "lease": lease.to_doc(), "lastError": None, "attempts": 0}
+                       "updatedAt": now, "lease": lease_doc(lease), "lastError": None, "attempts": 0}
                 self.clusters[ref.doc_id] = _clean(new)
                 return self._record(ref, self.clusters[ref.doc_id])
-            held = Lease.from_doc(data.get("lease"))
+            held = lease_of(data.get("lease"))
             if held is not None and held.holder != (holder or event_id) and held.live(now):
                 raise self._busy(ref, held)
-            self.clusters[ref.doc_id] = _apply(data, {"lease": lease.to_doc(), "updatedAt": now})
+            self.clusters[ref.doc_id] = _apply(data, {"lease": lease_doc(lease), "updatedAt": now})
             return self._record(ref, self.clusters[ref.doc_id])
 
     def advance(self, ref: ClusterRef, *, event_id: str, step: str, outcome: str = "ok", message: str = "",
@@ -189,7 +196,7 @@ class FakeStore:
             if data is None:
                 raise self._unknown(ref, event_id)
             now = datetime.now(UTC)
-            held = Lease.from_doc(data.get("lease"))
+            held = lease_of(data.get("lease"))
             if held is not None and held.holder != (holder or event_id) and held.live(now):
                 raise self._busy(ref, held)
             changes: dict[str, Any] = {**extra, "updatedAt": now}
@@ -200,13 +207,12 @@ class FakeStore:
             if release:
                 changes["lease"] = None
             elif next_step is not None:
-                changes["lease"] = Lease(holder or event_id, next_step,
-                                         now + timedelta(seconds=self.settings.lease_seconds)).to_doc()
+                changes["lease"] = lease_doc(Lease(holder or event_id, next_step,
+                                         now + timedelta(seconds=self.settings.lease_seconds)))
             new = _apply(data, changes)
             self.clusters[ref.doc_id] = new
-            self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}", event_id=event_id, step=step,
-                          outcome=outcome, message=message, state=new.get("state"),
-                          extra={"previousState": before})
+            self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}", HistoryEntry(
+                event_id, step, outcome, message, new.get("state"), previous_state=before))
             if ledger_key:
                 self.ledger[ledger_key] = self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                              cluster=ref, now=now)
@@ -220,7 +226,7 @@ class FakeStore:
             if data is None:
                 raise self._unknown(ref, holder)
             now = datetime.now(UTC)
-            held = Lease.from_doc(data.get("lease"))
+            held = lease_of(data.get("lease"))
             if held is not None and held.holder != holder and held.live(now):
                 raise self._busy(ref, held)
             if lease_seconds <= 0:
@@ -228,7 +234,7 @@ class FakeStore:
                     self.clusters[ref.doc_id] = _apply(data, {"lease": None})
                 return
             lease = Lease(holder, step, now + timedelta(seconds=lease_seconds))
-            self.clusters[ref.doc_id] = _apply(data, {"lease": lease.to_doc()})
+            self.clusters[ref.doc_id] = _apply(data, {"lease": lease_doc(lease)})
 
     def release(self, ref: ClusterRef, *, event_id: str, step: str, error: str, outcome: str = "retry",
                 state: str | None = None, count_attempt: bool = True,
@@ -248,7 +254,7 @@ class FakeStore:
                 "lastError": {"message": str(error)[:4000], "step": step, "eventId": event_id, "at": now},
                 "attempts": attempts, "releases": releases, "updatedAt": now, **dict(fields or {}),
                 **workflow_changes(update)}
-            held = Lease.from_doc(data.get("lease"))
+            held = lease_of(data.get("lease"))
             if held is not None and held.holder == (holder or event_id):
                 changes["lease"] = None
             before = data.get("state")
@@ -257,9 +263,8 @@ class FakeStore:
                 changes["stateSince"] = now
             new = _apply(data, changes)
             self.clusters[ref.doc_id] = new
-            self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}~{outcome}{releases}", event_id=event_id,
-                          step=step, outcome=outcome, message=error, state=new.get("state"),
-                          extra={"previousState": before, "attempt": attempts})
+            self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}~{outcome}{releases}", HistoryEntry(
+                event_id, step, outcome, error, new.get("state"), previous_state=before, attempt=attempts))
             return self._record(ref, new)
 
     def list_clusters(self, state: str | None = None, *, limit: int | None = None) -> list[ClusterRecord]:
@@ -297,12 +302,12 @@ class FakeStore:
         self._check_nad(ref, namespace, name)
         with self._lock:
             doc = self.nads.get(ref.doc_id, {}).get(f"{namespace}~{name}")
-            return copy.deepcopy(doc) if doc is not None else None
+            return nad_view(copy.deepcopy(doc)) if doc is not None else None
 
     def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
-                fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                fields: Mapping[str, Any], outcome: str = "ok", message: str = "",
                 ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                expect_fields: dict[str, Any] | None = None, history: bool = True,
+                expect_fields: Mapping[str, Any] | None = None, history: bool = True,
                 write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
                 ledger_fields: Mapping[str, Any] | None = None, known: NadVersion | None = None) -> bool:
         return self.put_nad_version(
@@ -312,9 +317,9 @@ class FakeStore:
             known=known) is not None
 
     def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str,
-                        state: str, fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                        state: str, fields: Mapping[str, Any], outcome: str = "ok", message: str = "",
                         ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                        expect_fields: dict[str, Any] | None = None, history: bool = True,
+                        expect_fields: Mapping[str, Any] | None = None, history: bool = True,
                         write_ledger: bool = True,
                         derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
                         ledger_fields: Mapping[str, Any] | None = None,
@@ -335,21 +340,22 @@ class FakeStore:
             key = f"{namespace}~{name}"
             current = docs.get(key)
             exists = current is not None
+            view = nad_view(copy.deepcopy(current)) if current is not None else {}
             before = current.get("state") if current is not None else None
             if expect_states is not None and before not in expect_states:
                 return None
-            if expect_fields and any((current or {}).get(k) != v for k, v in expect_fields.items()):
+            if expect_fields and any(view.get(k) != v for k, v in expect_fields.items()):
                 return None
             step_state, step_message = state, message
             if derive is not None:
-                more = dict(derive(copy.deepcopy(current) if current is not None else {}))
+                more = dict(derive(copy.deepcopy(view)))
                 step_state = str(more.pop("state", state))
                 step_message = str(more.pop("message", message))
                 extra_now = {**extra, **_check_fields(more, identity, "put_nad derive")}
             else:
                 extra_now = extra
             now = datetime.now(UTC)
-            changes: dict[str, Any] = {**extra_now, "state": step_state, "updatedAt": now}
+            changes: dict[str, Any] = {**request_once(view, extra_now), "state": step_state, "updatedAt": now}
             if step_message:
                 changes["message"] = step_message[:4000]
             if step_state != before:
@@ -359,16 +365,15 @@ class FakeStore:
             else:
                 docs[key] = {**identity, **_clean(copy.deepcopy(changes)), "createdAt": now}
             if history:
-                self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}~{namespace}~{name}", event_id=event_id,
-                              step=step, outcome=outcome, message=step_message, state=step_state,
-                              extra={"nad": f"{namespace}/{name}", "previousState": before if exists else None,
-                                     **history_fields(changes)})
+                self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}~{namespace}~{name}", HistoryEntry(
+                    event_id, step, outcome, step_message, step_state, previous_state=before if exists else None,
+                    nad=f"{namespace}/{name}", requester=history_fields(changes).get("requester")))
             if ledger_key and write_ledger:
                 self.ledger[ledger_key] = {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                                 cluster=ref, now=now), **(ledger_fields or {})}
             version = self._nad_versions.get((ref.doc_id, key), 0) + 1
             self._nad_versions[(ref.doc_id, key)] = version
-            return NadVersion(copy.deepcopy(docs[key]), version)
+            return NadVersion(nad_view(copy.deepcopy(docs[key])), version)
 
     def list_nads(self, ref: ClusterRef, state: str | None = None, *,
                   fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
@@ -377,7 +382,8 @@ class FakeStore:
             for key, doc in self.nads.get(ref.doc_id, {}).items():
                 if state is not None and doc.get("state") != state:
                     continue
-                data = copy.deepcopy({k: v for k, v in doc.items() if k in fields} if fields else doc)
+                wanted = (*fields, "request") if fields and "lastRequest" in fields else fields
+                data = nad_view(copy.deepcopy({k: v for k, v in doc.items() if k in wanted} if wanted else doc))
                 namespace, _, name = key.partition("~")
                 data.setdefault("namespace", namespace)
                 data.setdefault("name", name)
@@ -402,7 +408,7 @@ class FakeStore:
 
     # -- rejections
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
-                         problems: list[dict[str, Any]], kind: str, excerpt: str = "",
+                         problems: Sequence[Mapping[str, Any]], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool:
         items = [_plain(p) for p in problems]
         text = excerpt if isinstance(excerpt, str) else repr(excerpt)
@@ -419,8 +425,8 @@ class FakeStore:
                     f"{p.get('field')}: {p.get('message')}" if isinstance(p, Mapping) and p.get("field")
                     else str(p.get("message", p)) if isinstance(p, Mapping) else str(p)
                     for p in items) if items else "")
-                self._history(cluster, f"{safe_id(event_id)}~rejected", event_id=event_id, step="reject",
-                              outcome="rejected", message=summary, state=None, extra={"kind": str(kind)})
+                self._history(cluster, f"{safe_id(event_id)}~rejected", HistoryEntry(
+                    event_id, "reject", "rejected", summary, None, kind=str(kind)))
             if ledger_key:
                 self.ledger[ledger_key] = self._ledger_entry(event_id=event_id, step="reject", outcome="rejected",
                                                              cluster=cluster, now=now)
@@ -466,14 +472,16 @@ class FakeStore:
 
 
 class FakeGke:
-    """`GkePort` over a dict of `container_v1.Cluster` messages (the port still speaks GKE's types).
+    """`GkePort` over a dict of `ClusterFacts` (the pure values the port returns; a test may add a
+    `container_v1.Cluster`, decoded as the real adapter decodes GKE's answer).
 
     `errors[method]` is raised by the next call of that method (then forgotten), so a test can make
-    GKE answer NOT_FOUND, busy or unavailable once.
+    GKE answer NOT_FOUND, busy or unavailable once. Held to the real adapter on the sandbox GKE
+    server by tests/test_gke_contract.py.
     """
 
     def __init__(self) -> None:
-        self.clusters: dict[str, Any] = {}
+        self.clusters: dict[str, ClusterFacts] = {}
         self.ranges: dict[tuple[str, str], str] = {}
         self.errors: dict[str, Exception] = {}
         self.calls: list[str] = []
@@ -486,9 +494,12 @@ class FakeGke:
             raise err
 
     def add(self, ref: ClusterRef, cluster: Any) -> None:
-        self.clusters[ref.path] = cluster
+        """`cluster`: `ClusterFacts`, or a `container_v1.Cluster` decoded by the adapter's decoder."""
+        from shared.adapters.gke import decode_cluster
 
-    def get_cluster(self, ref: ClusterRef) -> Any:
+        self.clusters[ref.path] = cluster if isinstance(cluster, ClusterFacts) else decode_cluster(cluster)
+
+    def get_cluster(self, ref: ClusterRef) -> ClusterFacts:
         from shared.core.errors import NotFound
 
         self._call("get_cluster")
@@ -496,7 +507,7 @@ class FakeGke:
             raise NotFound(f"GKE get cluster {ref.path}: NOT_FOUND", code="NOT_FOUND", api="gke")
         return self.clusters[ref.path]
 
-    def list_clusters(self, project: str, location: str = "-") -> list[Any]:
+    def list_clusters(self, project: str, location: str = "-") -> list[ClusterFacts]:
         self._call("list_clusters")
         return [c for path, c in sorted(self.clusters.items()) if path.startswith(f"projects/{project}/")]
 
@@ -515,7 +526,7 @@ class FakeGke:
         listed = {p.name for p in cluster.node_pools} if cluster is not None else set()
         return listed | {name for path, name in self.pools_created if path == ref.path}
 
-    def create_node_pool(self, ref: ClusterRef, template: Any) -> str | None:
+    def create_node_pool(self, ref: ClusterRef, template: NodePoolTemplate) -> str | None:
         """An operation name; None when the pool exists already (GKE's ALREADY_EXISTS is success)."""
         from shared.core.errors import Permanent
 
@@ -526,7 +537,7 @@ class FakeGke:
         cluster = self.get_cluster(ref)
         if template.name in self._pools(ref):
             return None
-        if template.network and not cluster.network_config.enable_multi_networking:
+        if template.network and not cluster.multi_networking:
             raise Permanent(f"GKE create node pool {ref.path}/nodePools/{template.name}: INVALID_ARGUMENT: "
                             "node_pool.network_config: additional networks need a cluster with multi-networking "
                             "enabled.", code="INVALID_ARGUMENT", api="gke")
@@ -541,9 +552,8 @@ class FakeGke:
         self.pools_created = [(p, n) for p, n in self.pools_created if (p, n) != (ref.path, name)]
         cluster = self.clusters.get(ref.path)
         if cluster is not None:
-            kept = [p for p in cluster.node_pools if p.name != name]
-            del cluster.node_pools[:]
-            cluster.node_pools.extend(kept)
+            self.clusters[ref.path] = replace(cluster, node_pools=tuple(p for p in cluster.node_pools
+                                                                         if p.name != name))
         return f"operation-delete-{name}"
 
     def seed(self, scenario_path: Any) -> None:
@@ -567,16 +577,14 @@ class FakeGke:
                 network_config=container_v1.NetworkConfig(enable_multi_networking=spec.multi_networking),
                 node_pools=[container_v1.NodePool(name=p.name) for p in spec.node_pools]))
 
-    def operation_failure(self, ref: ClusterRef, operation: str) -> Any:
+    def operation_failure(self, ref: ClusterRef, operation: str) -> PoolFailure | None:
         self._call("operation_failure")
         return None
 
-    def endpoint(self, cluster: Any) -> Any:
-        from shared.core.endpoints import Endpoint
-
+    def endpoint(self, cluster: ClusterFacts) -> Endpoint:
         return Endpoint("public-ip", cluster.endpoint or "127.0.0.1", None, "the fake's public endpoint")
 
-    def api_client(self, cluster: Any) -> Any:
+    def api_client(self, cluster: ClusterFacts) -> object:
         return None
 
 
@@ -609,6 +617,11 @@ class FakeKube:
             return ApplyResult(key, False, str(before["metadata"]["resourceVersion"]))
         self._version += 1
         stored.setdefault("metadata", {})["resourceVersion"] = str(self._version)
+        if stored.get("kind") == "DaemonSet":  # rolled out at once, as `daemonset_rollout` says
+            generation = int((before or {}).get("metadata", {}).get("generation") or 0) + 1
+            stored["metadata"]["generation"] = generation
+            stored["status"] = {"desiredNumberScheduled": 3, "updatedNumberScheduled": 3, "numberReady": 3,
+                                "numberAvailable": 3, "observedGeneration": generation}
         self.objects[key] = stored
         return ApplyResult(key, True, str(self._version))
 
@@ -683,6 +696,88 @@ class FakeKube:
         self.requests += 1
         return []
 
+    def create_pod(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Stored as given: the fake runs no kubelet, so a pod gets no network status."""
+        self.requests += 1
+        md = obj.get("metadata") or {}
+        key = ("v1", "Pod", str(md.get("namespace") or "default"), str(md.get("name") or ""))
+        self._version += 1
+        stored = copy.deepcopy(dict(obj))
+        stored.setdefault("metadata", {})["resourceVersion"] = str(self._version)
+        self.objects[key] = stored
+        return copy.deepcopy(stored)
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get("v1", "Pod", namespace, name)
+
+    def delete_pod(self, namespace: str, name: str) -> bool:
+        self.requests += 1
+        return self.objects.pop(("v1", "Pod", namespace, name), None) is not None
+
+    def pod_network_status(self, namespace: str, name: str) -> list[dict[str, Any]] | None:
+        self.requests += 1
+        return None
+
+    def pod_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        self.requests += 1
+        return []
+
+    # Last: a method named `list` would shadow the builtin in the annotations after it.
+    def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every object of a kind (in `namespace` when given), one request, as the adapter's LIST."""
+        self.requests += 1
+        return [copy.deepcopy(o) for k, o in sorted(self.objects.items())
+                if k[0] == api_version and k[1] == kind and (namespace is None or k[2] == namespace)]
+
     def nads(self) -> dict[str, dict[str, Any]]:
         """Tests: the NADs on the cluster by `namespace/name`."""
         return {f"{k[2]}/{k[3]}": o for k, o in self.objects.items() if k[1] == "NetworkAttachmentDefinition"}
+
+
+class FakePublisher:
+    """`PublisherPort` over a dict of topics. Held to the real adapter (`shared.adapters.pubsub.Publisher`)
+    on the Pub/Sub emulator by tests/test_pubsub_contract.py: ids one per message, in order; a topic
+    that does not exist or data that is not bytes is `Permanent`; messages go out in batches of
+    `batch` (`calls` counts them, `published` the messages).
+
+    `topics` holds the topics that exist (a test creates one with `create_topic`) and what was
+    published to each; `errors` is raised by the next `publish` (then forgotten)."""
+
+    _TOPIC = re.compile(r"^projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/topics/[A-Za-z][-A-Za-z0-9._~+%]{2,254}$")
+
+    def __init__(self, *, batch: int = 100) -> None:
+        self.batch = batch
+        self.topics: dict[str, list[bytes]] = {}
+        self.errors: list[Exception] = []
+        self.published = 0
+        self.calls = 0
+        self._next_id = 0
+
+    def create_topic(self, topic: str) -> None:
+        self.topics.setdefault(topic, [])
+
+    def publish(self, topic: str, messages: Sequence[bytes]) -> list[str]:
+        from shared.core.errors import Permanent
+
+        if self.errors:
+            raise self.errors.pop(0)
+        for data in messages:
+            if not isinstance(data, bytes):
+                raise Permanent(f"publish to {topic}: TypeError: data must be bytes", code="TypeError", api="pubsub")
+        if messages and not self._TOPIC.match(topic):
+            raise Permanent(f"publish to {topic}: InvalidArgument: invalid topic name", code="InvalidArgument",
+                            api="pubsub")
+        if messages and topic not in self.topics:
+            raise Permanent(f"publish to {topic}: NotFound: topic not found", code="NotFound", api="pubsub")
+        ids: list[str] = []
+        for start in range(0, len(messages), self.batch):
+            for data in messages[start:start + self.batch]:
+                self._next_id += 1
+                self.topics[topic].append(data)
+                ids.append(str(self._next_id))
+            self.calls += 1
+        self.published += len(ids)
+        return ids
+
+    def close(self) -> None:
+        """As the adapter's: nothing to release."""

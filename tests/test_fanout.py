@@ -141,20 +141,3 @@ def test_drift_check_of_a_ready_cluster_makes_at_most_8_cluster_requests(fan_sta
     out = wf.reconcile(decode_reconcile(ce({"cluster": ref.path})))
     assert any("re-applied DaemonSet gke-multinet" in r for r in out.details["repaired"]), out.details
     assert server.store.get(("apps", "daemonsets", "kube-system", "gke-multinet")) is not None
-
-
-def test_publisher_publishes_in_batches_and_names_a_missing_topic(fan_stack, topic):
-    from shared.adapters.pubsub import Publisher
-    from shared.core.errors import Permanent
-
-    topic_path, sub_path = topic
-    pub = Publisher(batch=3, timeout=30)
-    try:
-        ids = pub.publish(topic_path, [f"m{i}".encode() for i in range(7)])
-        assert len(ids) == 7 == len(set(ids)) and pub.calls == 3 and pub.published == 7
-        assert sorted(m.data for m in pull_all(sub_path, 7)) == sorted(f"m{i}".encode() for i in range(7))
-        with pytest.raises(Permanent, match="NotFound") as e:
-            pub.publish(f"projects/{fan_stack.project}/topics/no-such-topic-{uuid.uuid4().hex[:6]}", [b"x"])
-        assert e.value.api == "pubsub"
-    finally:
-        pub.close()

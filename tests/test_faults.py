@@ -43,7 +43,9 @@ def fstack(emulators: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     reconcile_every=5.0,
                     env={"MULTUS_PROVISIONER_MAX_ATTEMPTS": "5", "MULTUS_PROVISIONER_STALL_SECONDS": "8",
                          "MULTUS_PROVISIONER_API_TIMEOUT_SECONDS": str(TIMEOUT),
-                         "MULTUS_PROVISIONER_LEASE_SECONDS": "5"})
+                         "MULTUS_PROVISIONER_LEASE_SECONDS": "5",
+                         # a verification (two pods, 2x this) must end within 3 leases (settings)
+                         "MULTUS_PROVISIONER_VERIFY_TIMEOUT_SECONDS": "5"})
     try:
         yield s
     finally:

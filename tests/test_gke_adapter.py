@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from google.cloud import container_v1
 
-from shared.adapters.gke import Gke, credentials, map_error, raise_mapped
+from shared.adapters.gke import Gke, credentials, decode_cluster, map_error, raise_mapped
 from shared.core.errors import Busy, Permanent, Rejected, Transient
 from shared.core.refs import ClusterRef
 from shared.core.settings import NodePoolTemplate, Settings
@@ -54,18 +54,19 @@ def create_settled(sandbox, name: str) -> None:
 # ---------------------------------------------------------------------------------------------- reads
 
 def test_reads_cluster_and_pools(gke, gke_sandbox):
-    legacy = gke.get_cluster(LEGACY)
-    assert legacy.current_master_version.startswith("1.27.")
-    assert legacy.network_config.datapath_provider == container_v1.DatapathProvider.LEGACY_DATAPATH
-    assert legacy.resource_labels["multus-provisioner"] == "enabled"
+    legacy = gke.get_cluster(LEGACY)  # decoded at the edge: the pure ClusterFacts, no protobuf
+    assert legacy.version.startswith("1.27.")
+    assert not legacy.dataplane_v2
+    assert legacy.labels["multus-provisioner"] == "enabled"
+    assert legacy.cluster_id and legacy.create_time and legacy.endpoints is not None
 
     create_settled(gke_sandbox, "demo-eligible")
     c = gke.get_cluster(ELIGIBLE)
-    assert c.status == container_v1.Cluster.Status.RUNNING
-    assert c.current_master_version.startswith("1.30.")
-    assert c.network_config.datapath_provider == container_v1.DatapathProvider.ADVANCED_DATAPATH
-    assert c.ip_allocation_policy.use_ip_aliases and c.network_config.enable_multi_networking
-    assert not c.autopilot.enabled
+    assert c.status == "RUNNING"
+    assert c.version.startswith("1.30.")
+    assert c.dataplane_v2
+    assert c.ip_alias and c.multi_networking
+    assert not c.autopilot
     pools = gke.list_node_pools(ELIGIBLE)
     assert [p.name for p in pools] == ["default-pool"]
     assert not pools[0].network_config.additional_node_network_configs
@@ -402,7 +403,7 @@ def test_api_client_verifies_tls_with_the_ca_from_gke(https_server, tmp_path):
     gke = Gke(Settings(project=PROJECT, gke_endpoint=sandbox.endpoint, access_token_file=str(token_file)))
     try:
         cluster = gke.get_cluster(LEGACY)  # endpoint and CA exactly as the GKE API reports them
-        assert base64.b64decode(cluster.master_auth.cluster_ca_certificate) == tls.ca_pem
+        assert base64.b64decode(cluster.ca_certificate) == tls.ca_pem
         api = gke.api_client(cluster)
         ca_path = api.configuration.ssl_ca_cert
         assert stat.S_IMODE(os.stat(ca_path).st_mode) == 0o600
@@ -437,7 +438,7 @@ def test_api_client_fails_with_a_wrong_ca(https_server, tmp_path):
                                    master_auth=container_v1.MasterAuth(
                                        cluster_ca_certificate=base64.b64encode(other.ca_pem).decode()))
     gke = Gke(Settings(project=PROJECT, access_token_file=str(token_file)))
-    api = gke.api_client(cluster)
+    api = gke.api_client(decode_cluster(cluster))
     api.configuration.retries = False
     try:
         with pytest.raises(urllib3.exceptions.MaxRetryError) as e:
@@ -454,14 +455,15 @@ def test_api_client_refuses_bad_cluster_fields(tmp_path):
     gke = Gke(Settings(project=PROJECT, access_token_file=str(token_file)))
     ca = base64.b64encode(make_tls("x").ca_pem).decode()
     with pytest.raises(Transient):  # still provisioning: no endpoint yet
-        gke.api_client(container_v1.Cluster(name="c", master_auth=container_v1.MasterAuth(
-            cluster_ca_certificate=ca)))
+        gke.api_client(decode_cluster(container_v1.Cluster(
+            name="c", master_auth=container_v1.MasterAuth(cluster_ca_certificate=ca))))
     with pytest.raises(Permanent, match="endpoint"):
-        gke.api_client(container_v1.Cluster(name="c", endpoint="evil.example/path?x", master_auth=
-                                            container_v1.MasterAuth(cluster_ca_certificate=ca)))
+        gke.api_client(decode_cluster(container_v1.Cluster(
+            name="c", endpoint="evil.example/path?x", master_auth=container_v1.MasterAuth(cluster_ca_certificate=ca))))
     with pytest.raises(Permanent, match="cluster_ca_certificate"):
-        gke.api_client(container_v1.Cluster(name="c", endpoint="127.0.0.1", master_auth=
-                                            container_v1.MasterAuth(cluster_ca_certificate="bm90IGEgY2VydA==")))
+        gke.api_client(decode_cluster(container_v1.Cluster(
+            name="c", endpoint="127.0.0.1",
+            master_auth=container_v1.MasterAuth(cluster_ca_certificate="bm90IGEgY2VydA=="))))
 
 
 def test_credentials_from_token_file(tmp_path):

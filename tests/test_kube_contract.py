@@ -90,3 +90,42 @@ def test_rollout_of_reads_a_daemonset_status(api: Any) -> None:
     rollout = api.rollout_of(ds)
     assert rollout.complete and (rollout.desired, rollout.available) == (3, 3)
     assert not api.rollout_of({**ds, "status": {**ds["status"], "observedGeneration": 1}}).complete
+
+
+def test_list_returns_every_object_of_a_kind_in_a_namespace(api: Any) -> None:
+    api.apply([_config_map({"a": "1"}),
+               {**_config_map({"b": "2"}), "metadata": {"name": "probe-2", "namespace": "default"}},
+               {**_config_map({"c": "3"}), "metadata": {"name": "probe", "namespace": "kube-system"}}])
+    before = api.requests
+    names = {o["metadata"]["name"] for o in api.list("v1", "ConfigMap", "default")}
+    assert api.requests - before == 1
+    assert {"probe", "probe-2"} <= names
+    in_kube_system = api.list("v1", "ConfigMap", "kube-system")
+    assert any(o["metadata"]["name"] == "probe" and o["data"] == {"c": "3"} for o in in_kube_system)
+    assert all(o["metadata"]["namespace"] == "kube-system" for o in in_kube_system)
+
+
+def test_the_fakes_have_their_ports_methods() -> None:
+    """Every method of each port exists on its fake and its adapter, with the port's parameters."""
+    import inspect
+
+    from shared.adapters.gke import Gke
+    from shared.adapters.kube import Kube
+    from shared.adapters.pubsub import Publisher
+    from shared.ports import ClusterApiPort, GkePort, PublisherPort
+    from tests.fakes import FakeGke, FakePublisher
+
+    for port, impls in ((ClusterApiPort, (FakeKube, Kube)), (GkePort, (FakeGke, Gke)),
+                        (PublisherPort, (FakePublisher, Publisher))):
+        methods = [n for n, v in vars(port).items() if callable(v) and not n.startswith("_")]
+        assert methods, port
+        for name in methods:
+            want = inspect.signature(getattr(port, name)).parameters
+            for impl in impls:
+                assert hasattr(impl, name), f"{impl.__name__} lacks {name}"
+                have = inspect.signature(getattr(impl, name)).parameters
+                for param, spec in want.items():
+                    if param == "self":  # a staticmethod (Kube.rollout_of) answers the same call
+                        continue
+                    assert param in have, f"{impl.__name__}.{name} lacks {param}"
+                    assert (have[param].kind, have[param].default) == (spec.kind, spec.default), (impl, name, param)

@@ -434,3 +434,56 @@ def test_a_nad_request_reads_once_and_writes_on_what_it_read(store: StorePort) -
     assert lost is None and (store.get_nad(REF, "default", "net") or {})["claimOrder"] == "b"
     store.record_ledger("n-3", event_id="n-3", step="x", outcome="ok", cluster=REF)
     assert store.get_cluster_and_nad_unless_seen(REF, "n-3", "default", "net")[:2] == (None, True)
+
+
+def _stored_nad(store: StorePort, namespace: str, name: str) -> dict[str, object]:
+    """The NAD document as stored (what the Firestore console shows), not as read through the port."""
+    if isinstance(store, FakeStore):
+        return dict(store.nads[REF.doc_id][f"{namespace}~{name}"])
+    from shared.adapters.store import Store
+
+    assert isinstance(store, Store)
+    return dict(store._nad_doc(REF, namespace, name).get().to_dict() or {})
+
+
+def test_a_nad_document_holds_its_request_once(store: StorePort) -> None:
+    _create(store)
+    body = {"namespace": "default", "name": "net-a", "range": "172.16.1.0/28"}
+    other = {**body, "range": "172.16.1.16/28"}
+    last = {"action": "apply", "state": "APPLIED", "messageId": "m1"}
+    assert store.put_nad(REF, "default", "net-a", event_id="e1", step="apply-nad", state="APPLIED",
+                         fields={"request": body, "lastRequest": {**last, "request": body}})
+    stored = _stored_nad(store, "default", "net-a")
+    assert stored["request"] == body and "request" not in stored["lastRequest"]  # type: ignore[operator]
+    read = store.get_nad(REF, "default", "net-a")
+    assert read is not None and read["lastRequest"]["request"] == body  # read whole
+    [listed] = store.list_nads(REF, fields=("state", "lastRequest"))
+    assert listed["lastRequest"]["request"] == body
+
+    # A refused update keeps the applied request on top and its own body in lastRequest.
+    assert store.put_nad(REF, "default", "net-a", event_id="e2", step="apply-nad", state="APPLIED",
+                         fields={"lastRequest": {**last, "state": "REJECTED", "request": other}})
+    stored = _stored_nad(store, "default", "net-a")
+    assert stored["request"] == body and stored["lastRequest"]["request"] == other  # type: ignore[index]
+    # A write that changes `request` alone keeps the last request's body where it was read from.
+    assert store.put_nad(REF, "default", "net-a", event_id="e3", step="apply-nad", state="APPLIED",
+                         fields={"lastRequest": {**last, "request": body}})
+    assert store.put_nad(REF, "default", "net-a", event_id="e4", step="adopt", state="APPLIED",
+                         fields={"request": other})
+    read = store.get_nad(REF, "default", "net-a")
+    assert read is not None and read["request"] == other and read["lastRequest"]["request"] == body
+
+
+def test_history_entries_carry_their_fields_through_one_table(store: StorePort) -> None:
+    _create(store)
+    store.put_nad(REF, "default", "net-h", event_id="e-h", step="apply-nad", state="APPLIED", fields={},
+                  message="applied")
+    store.claim(REF, event_id="e-r", step="install")
+    store.release(REF, event_id="e-r", step="install", error="timeout")
+    entries, _ = store.history(REF, page_size=1000)  # type: ignore[attr-defined]
+    by_step = {e["step"]: e for e in entries}
+    nad, retry = by_step["apply-nad"], by_step["install"]
+    assert nad["nad"] == "default/net-h" and nad["previousState"] is None and "attempt" not in nad
+    assert retry["attempt"] == 1 and retry["outcome"] == "retry" and "nad" not in retry and "kind" not in retry
+    for entry in (nad, retry):
+        assert {"eventId", "step", "outcome", "message", "state", "previousState", "at", "seq"} <= set(entry)

@@ -3,6 +3,8 @@
 The end-to-end suite proves the same paths through Pub/Sub and functions-framework; here the
 workflow is called directly, so that branches that are awkward to reach through the wire
 (policy documents, attempts exhausted, permanent errors, stalled workflows) are tested exactly.
+Flow logic that needs no real server (opt-in by labels, re-checks, adoption, a re-created
+cluster found by reconcile) runs on the fakes in tests/test_flows_on_fakes.py.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sandbox.gke.scenario import NodePoolSpec
 from sandbox.stack import Stack
 from shared.app import Controller
 from shared.core import decisions as d
-from shared.core.errors import Transient
+from shared.core.errors import NotYet, Transient
 from shared.core.events import decode_audit, decode_nad_request, decode_reconcile
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
@@ -232,15 +234,6 @@ def test_reconcile_adopts_an_opted_in_cluster_without_workflow(local_stack, make
     assert wf.store.get_cluster(legacy).state == d.INELIGIBLE
 
 
-def test_cluster_without_template_waits_for_a_node_pool(local_stack, make_wf):
-    wf = make_wf(MULTUS_PROVISIONER_NODE_POOL_TEMPLATE="")
-    assert wf.settings.node_pool_template is None
-    ref, entries = new_cluster(local_stack)
-    out = feed(wf, local_stack, entries)[-1]
-    rec = wf.store.get_cluster(ref)
-    assert rec.state == d.AWAITING_NODE_POOL and "additional-pod-network" in out.message
-
-
 def test_node_pool_deletion_is_recorded(local_stack, make_wf):
     import grpc
     from google.cloud import container_v1
@@ -260,32 +253,6 @@ def test_node_pool_deletion_is_recorded(local_stack, make_wf):
     assert rec.state == d.CREATING_NODE_POOL, rec.state
 
 
-def test_scoped_reconcile_rechecks_an_ineligible_cluster_after_it_was_fixed(local_stack, make_wf):
-    wf = make_wf()
-    ref, entries = new_cluster(local_stack, multi_networking=False)
-    assert feed(wf, local_stack, entries)[-1].state == d.INELIGIBLE
-    out = wf.reconcile(decode_reconcile(ce(b"{}")))  # a full run leaves it alone
-    assert not any(ref.path in r for r in out.details["resumed"])
-
-    def fix(cluster: Any) -> None:  # the user enables multi-networking
-        cluster.network_config.enable_multi_networking = True
-
-    local_stack.gke.world.edit_cluster(ref.location, ref.cluster, fix)
-    out = wf.reconcile(decode_reconcile(ce({"cluster": ref.path})))
-    assert any(ref.path in r for r in out.details["resumed"]), out.details
-    assert wf.store.get_cluster(ref).state == d.CREATING_NODE_POOL
-
-
-def test_scoped_reconcile_of_an_untracked_cluster_adopts_it(local_stack, make_wf):
-    wf = make_wf()
-    ref, _ = new_cluster(local_stack)
-    out = wf.reconcile(decode_reconcile(ce({"cluster": ref.path})))
-    assert out.details["adopted"] == [f"{ref.path}: {d.CREATING_NODE_POOL}"], out.details
-    missing = ClusterRef(local_stack.project, "us-central1", "never-existed")
-    out = wf.reconcile(decode_reconcile(ce({"cluster": missing.path})))
-    assert wf.store.get_cluster(missing).state == d.DELETED  # GKE says NOT_FOUND: closed, not retried
-
-
 def set_labels(stack: Stack, ref: ClusterRef, labels: dict[str, str]) -> None:
     """SetLabels as gcloud sends it: the current fingerprint, all labels replaced."""
     from google.cloud import container_v1 as c
@@ -295,55 +262,6 @@ def set_labels(stack: Stack, ref: ClusterRef, labels: dict[str, str]) -> None:
     world.set_labels(c.SetLabelsRequest(name=ref.path, resource_labels=labels,
                                         label_fingerprint=cluster.label_fingerprint))
     assert stack.gke.wait_idle(10)
-
-
-def test_labels_set_later_opt_a_cluster_in_and_out(local_stack, make_wf):
-    wf = make_wf()
-    ref, entries = new_cluster(local_stack, labels={"team": "net"})
-    assert feed(wf, local_stack, entries)[-1].state == d.IGNORED
-    set_labels(local_stack, ref, {"team": "net", "multus-provisioner": "enabled"})
-    outs = feed(wf, local_stack, [e for e in local_stack.take_audit() if ref.cluster in json.dumps(e)])
-    assert outs[0].status == "ignored"  # first entry: noted
-    assert outs[-1].state == d.CREATING_NODE_POOL, outs[-1].message  # last entry: the workflow starts
-    assert local_stack.gke.wait_idle(10)
-    feed(wf, local_stack, [e for e in local_stack.take_audit() if ref.cluster in json.dumps(e)])
-    assert wf.store.get_cluster(ref).state == d.READY
-    set_labels(local_stack, ref, {"team": "net"})  # opted out again
-    outs = feed(wf, local_stack, [e for e in local_stack.take_audit() if ref.cluster in json.dumps(e)])
-    rec = wf.store.get_cluster(ref)
-    assert rec.state == d.IGNORED and "opted out" in outs[-1].message
-    assert any("opted out" in h["message"] for h in wf.store.history(ref, page_size=50)[0])
-
-
-def test_an_update_of_an_untracked_cluster_is_left_to_reconcile(local_stack, make_wf):
-    wf = make_wf()
-    ref, _ = new_cluster(local_stack)
-    set_labels(local_stack, ref, {"multus-provisioner": "enabled", "x": "y"})
-    entries = [e for e in local_stack.take_audit() if ref.cluster in json.dumps(e)]
-    entry = next(e for e in entries if e.get("operation", {}).get("last"))
-    entry["protoPayload"]["methodName"] = "google.container.v1.ClusterManager.UpdateCluster"
-    out = wf.handle_audit(decode_audit(ce(entry)))
-    assert out.status == "ignored" and wf.store.get_cluster(ref) is None
-
-
-def test_full_reconcile_rechecks_ignored_and_ineligible_clusters_whose_facts_changed(local_stack, make_wf):
-    wf = make_wf()
-    ref, entries = new_cluster(local_stack, multi_networking=False)
-    assert feed(wf, local_stack, entries)[-1].state == d.INELIGIBLE
-    quiet, quiet_entries = new_cluster(local_stack, labels={})
-    assert feed(wf, local_stack, quiet_entries)[-1].state == d.IGNORED
-    out = wf.reconcile(decode_reconcile(ce(b"{}")))
-    assert not any(ref.path in r or quiet.path in r for r in out.details["resumed"]), out.details
-
-    def fix(cluster: Any) -> None:
-        cluster.network_config.enable_multi_networking = True
-
-    local_stack.gke.world.edit_cluster(ref.location, ref.cluster, fix)  # no audit entry for this one
-    set_labels(local_stack, quiet, {"multus-provisioner": "enabled"})
-    local_stack.take_audit()  # lost: reconcile must notice by itself
-    out = wf.reconcile(decode_reconcile(ce(b"{}")))
-    assert f"{ref.path}: {d.CREATING_NODE_POOL}" in out.details["resumed"], out.details
-    assert f"{quiet.path}: {d.CREATING_NODE_POOL}" in out.details["resumed"], out.details
 
 
 def test_a_cluster_deleted_and_created_again_starts_a_new_incarnation_with_both_histories(local_stack, make_wf):
@@ -371,24 +289,6 @@ def test_a_cluster_deleted_and_created_again_starts_a_new_incarnation_with_both_
     messages = [h["message"] for h in wf.store.history(ref, page_size=200)[0]]
     assert f"new incarnation {rec.data['clusterId']}, previous {first_id}" in " ".join(messages)
     assert sum("bundle " in m and "applied" in m for m in messages) == 2  # both incarnations' installs
-
-
-def test_reconcile_finds_a_re_created_cluster_whose_events_were_lost(local_stack, make_wf):
-    from google.cloud import container_v1 as c
-
-    wf = make_wf()
-    ref = to_ready(wf, local_stack)
-    first_id = wf.store.get_cluster(ref).data["clusterId"]
-    local_stack.gke.world.delete_cluster(c.DeleteClusterRequest(name=ref.path))
-    assert local_stack.gke.wait_idle(10)
-    local_stack.gke.create_cluster(ref.cluster, wait=True, labels={"multus-provisioner": "enabled"},
-                                   node_pools=(NodePoolSpec("default-pool"),))
-    end_own_operation(local_stack, ref.cluster)
-    local_stack.take_audit()  # every entry lost: the record still says READY, of the old cluster
-    out = wf.reconcile(decode_reconcile(ce(b"{}")))
-    assert f"{ref.path}: {d.CREATING_NODE_POOL}" in out.details["adopted"], out.details
-    rec = wf.store.get_cluster(ref)
-    assert rec.data["clusterId"] != first_id and rec.data["previousIncarnations"][-1]["endState"] == d.READY
 
 
 def settle(wf: Controller, stack: Stack, ref: ClusterRef, rounds: int = 8) -> list[Any]:
@@ -454,7 +354,8 @@ def test_long_waits_renew_the_lease_and_a_lost_lease_stops_the_step(local_stack,
     from shared.adapters.kube import Rollout
     from shared.flows.context import Cursor
 
-    wf = make_wf(MULTUS_PROVISIONER_LEASE_SECONDS="5", MULTUS_PROVISIONER_CRD_POLL_SECONDS="0.05",
+    wf = make_wf(MULTUS_PROVISIONER_LEASE_SECONDS="5", MULTUS_PROVISIONER_VERIFY_TIMEOUT_SECONDS="5",
+                 MULTUS_PROVISIONER_CRD_POLL_SECONDS="0.05",
                  MULTUS_PROVISIONER_ROLLOUT_WAIT_SECONDS="60")
     ref = to_ready(wf, local_stack)
     wf.store.claim(ref, event_id="long-install", step="install")
@@ -476,7 +377,7 @@ def test_long_waits_renew_the_lease_and_a_lost_lease_stops_the_step(local_stack,
         def wait_established(self, names: Any, *, timeout: float = 60.0, poll: float = 1.0) -> int:
             self.waits += 1
             if self.waits < 3:
-                raise Transient("CRDs not Established yet", code="DEADLINE_EXCEEDED", api="kubernetes")
+                raise NotYet("CRDs not Established yet", api="kubernetes")  # the port's "not yet"
             return 1
 
         def daemonset_rollout(self, namespace: str, name: str) -> Rollout:

@@ -27,9 +27,10 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from shared.core import endpoints
+from shared.core import endpoints, logs
 from shared.core.endpoints import Endpoint
 from shared.core.errors import (
     Busy,
@@ -43,6 +44,7 @@ from shared.core.errors import (
 )
 from shared.core.names import SUBNET_PATH, compute_ref
 from shared.core.observed import PoolFailure
+from shared.core.prechecks import ClusterFacts
 from shared.core.refs import ClusterRef, check_parts, valid_node_pool_name
 from shared.core.settings import NodePoolTemplate, Settings
 
@@ -278,11 +280,11 @@ def fresh_token(creds: Any, lock: threading.Lock | None = None) -> str:
 # Validation of what we send
 # ---------------------------------------------------------------------------------------------
 
-def _endpoint(cluster: Any) -> str:
+def _endpoint(cluster: ClusterFacts) -> str:
     """The cluster's `host[:port]` for https://, checked: it reaches a URL and a TLS hostname check."""
-    endpoint: str = cluster.endpoint
+    endpoint = cluster.endpoint
     if not endpoint:
-        raise Transient(f"cluster {cluster.name!r} has no endpoint yet (status {cluster.status.name})",
+        raise Transient(f"cluster {cluster.name!r} has no endpoint yet (status {cluster.status or 'unknown'})",
                         code="UNAVAILABLE", api=API)
     host, sep, port = endpoint.rpartition(":") if endpoint.count(":") == 1 else (endpoint, "", "")
     ok_port = not sep or (port.isdigit() and 1 <= int(port) <= 65535)
@@ -297,7 +299,7 @@ def _endpoint(cluster: Any) -> str:
     return endpoint
 
 
-def _checked(address: str, cluster: Any) -> str:
+def _checked(address: str, cluster: ClusterFacts) -> str:
     host, _port = endpoints.split_host_port(address)
     try:
         ipaddress.ip_address(host)
@@ -307,7 +309,7 @@ def _checked(address: str, cluster: Any) -> str:
     return address
 
 
-def endpoint_fields(cluster: Any) -> endpoints.EndpointFields:
+def endpoint_fields(cluster: container_v1.Cluster) -> endpoints.EndpointFields:
     """The endpoint fields of a container_v1.Cluster as plain values (absent fields: defaults)."""
     cpe = cluster.control_plane_endpoints_config
     ip = cpe.ip_endpoints_config
@@ -323,8 +325,17 @@ def endpoint_fields(cluster: Any) -> endpoints.EndpointFields:
         authorized_networks=authorized)
 
 
-def _ca_pem(cluster: Any) -> bytes:
-    raw = cluster.master_auth.cluster_ca_certificate
+def decode_cluster(cluster: container_v1.Cluster) -> ClusterFacts:
+    """GKE's `Cluster` message as the pure `ClusterFacts` the flows read: decoded here, once, so no
+    protobuf crosses the port. Raises `Rejected` naming every field of the wrong type."""
+    facts = ClusterFacts.of(cluster)
+    return replace(facts, cluster_id=str(cluster.id), create_time=str(cluster.create_time),
+                   endpoints=endpoint_fields(cluster),
+                   ca_certificate=str(cluster.master_auth.cluster_ca_certificate))
+
+
+def _ca_pem(cluster: ClusterFacts) -> bytes:
+    raw = cluster.ca_certificate
     try:
         pem = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
@@ -424,19 +435,29 @@ class Gke:
             raise_mapped(e, what)
 
     # -- reads --
-    def get_cluster(self, ref: ClusterRef) -> container_v1.Cluster:
+    def get_cluster(self, ref: ClusterRef) -> ClusterFacts:
+        """The cluster as the flows read it (`decode_cluster`); `Rejected` if GKE's answer cannot be read."""
         cluster: container_v1.Cluster = self._call("get_cluster", f"get cluster {ref.path}", self.client.get_cluster,
                                                    name=ref.path)
-        return cluster
+        return decode_cluster(cluster)
 
-    def list_clusters(self, project: str, location: str = "-") -> list[container_v1.Cluster]:
-        """Every cluster of the project (`location` "-" = all locations), for reconcile sweeps."""
+    def list_clusters(self, project: str, location: str = "-") -> list[ClusterFacts]:
+        """Every cluster of the project (`location` "-" = all locations), for reconcile sweeps.
+
+        A listed cluster whose fields cannot be read is left out (logged): one odd cluster must not
+        hide the others from the sweep."""
         problems = check_parts(project, "us-central1" if location == "-" else location, "x", field="parent")
         if problems:
             raise Rejected("invalid cluster list parent", problems)
         parent = f"projects/{project}/locations/{location}"
         resp = self._call("list_clusters", f"list clusters of {parent}", self.client.list_clusters, parent=parent)
-        return list(resp.clusters)
+        listed: list[ClusterFacts] = []
+        for cluster in resp.clusters:
+            try:
+                listed.append(decode_cluster(cluster))
+            except Rejected as e:
+                logs.warning("a listed cluster cannot be read; left out", error=f"{parent}: {e.message}")
+        return listed
 
     def list_node_pools(self, ref: ClusterRef) -> list[container_v1.NodePool]:
         resp = self._call("list_node_pools", f"list node pools of {ref.path}", self.client.list_node_pools,
@@ -525,22 +546,22 @@ class Gke:
     # -- writes --
     def node_pool_message(self, template: NodePoolTemplate) -> container_v1.NodePool:
         """The NodePool of a CreateNodePool request for `template` (Rejected naming bad fields)."""
-        from google.cloud import container_v1 as c
+        from google.cloud import container_v1
 
         problems = template.problems()
         if problems:
             raise Rejected("invalid node pool template", problems)
-        return c.NodePool(
+        return container_v1.NodePool(
             name=template.name,
             initial_node_count=template.node_count,
-            config=c.NodeConfig(machine_type=template.machine_type, labels=dict(template.labels)),
-            network_config=c.NodeNetworkConfig(
-                additional_node_network_configs=[c.AdditionalNodeNetworkConfig(
+            config=container_v1.NodeConfig(machine_type=template.machine_type, labels=dict(template.labels)),
+            network_config=container_v1.NodeNetworkConfig(
+                additional_node_network_configs=[container_v1.AdditionalNodeNetworkConfig(
                     network=compute_ref(template.network), subnetwork=compute_ref(template.subnetwork))],
-                additional_pod_network_configs=[c.AdditionalPodNetworkConfig(
+                additional_pod_network_configs=[container_v1.AdditionalPodNetworkConfig(
                     subnetwork=compute_ref(template.subnetwork),
                     secondary_pod_range=template.secondary_pod_range,
-                    max_pods_per_node=c.MaxPodsConstraint(max_pods_per_node=template.max_pods_per_node))],
+                    max_pods_per_node=container_v1.MaxPodsConstraint(max_pods_per_node=template.max_pods_per_node))],
             ),
         )
 
@@ -585,11 +606,12 @@ class Gke:
                 self._creds = credentials(self.settings)
             return self._creds
 
-    def endpoint(self, cluster: container_v1.Cluster) -> Endpoint:
+    def endpoint(self, cluster: ClusterFacts) -> Endpoint:
         """How to reach the cluster's control plane (shared/core/endpoints.py decides; NeedsFix if no way)."""
-        return endpoints.choose(endpoint_fields(cluster), vpc_egress=self.settings.vpc_egress)
+        fields = cluster.endpoints or endpoints.EndpointFields(name=cluster.name, endpoint=cluster.endpoint)
+        return endpoints.choose(fields, vpc_egress=self.settings.vpc_egress)
 
-    def api_client(self, cluster: container_v1.Cluster) -> kubernetes.client.ApiClient:
+    def api_client(self, cluster: ClusterFacts) -> kubernetes.client.ApiClient:
         """A kubernetes ApiClient for the cluster, Bearer token, TLS always verified.
 
         The DNS-based endpoint (when enabled) presents a publicly trusted certificate for its name:

@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from shared.core.errors import Problem, Rejected, Transient
+from shared.core.errors import Problem, Rejected, RejectionKind, Transient
 from shared.core.requesters import GOOGLE_ISSUERS, Requester, claims_problems
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
@@ -34,7 +34,7 @@ FIELD = "attributes.idToken"
 
 
 def unauthenticated(message: str) -> Rejected:
-    return Rejected("request not authenticated", [Problem(FIELD, message)], kind="unauthenticated")
+    return Rejected("request not authenticated", [Problem(FIELD, message)], kind=RejectionKind.UNAUTHENTICATED)
 
 
 class IdTokenVerifier:
@@ -107,7 +107,7 @@ class IdTokenVerifier:
         problems = claims_problems(claims, audiences=self.audiences, issuers=GOOGLE_ISSUERS,
                                    now=self.clock() - CLOCK_SKEW_SECONDS)
         if problems:
-            raise Rejected("request not authenticated", problems, kind="unauthenticated")
+            raise Rejected("request not authenticated", problems, kind=RejectionKind.UNAUTHENTICATED)
         return Requester(email=str(claims["email"]).lower(), subject=str(claims.get("sub") or ""))
 
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from shared.core.errors import NotOurs, Permanent, Problem, Rejected, Transient
+from shared.core.errors import NotOurs, NotYet, Permanent, Problem, Rejected, Transient
 from shared.core.multus import object_key
 from shared.core.observed import ApplyResult, Key, Rollout
 
@@ -237,8 +237,7 @@ class Kube:
             if not missing:
                 return polls
             if time.monotonic() + poll > deadline:
-                raise Transient(f"CRDs not Established after {timeout:g}s: {', '.join(missing)}",
-                                code="DEADLINE_EXCEEDED", api="kubernetes")
+                raise NotYet(f"CRDs not Established after {timeout:g}s: {', '.join(missing)}", api="kubernetes")
             time.sleep(poll)
 
     def daemonset_rollout(self, namespace: str, name: str) -> Rollout:

@@ -34,17 +34,18 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
-from shared.core.errors import Permanent, Problem, Rejected, Transient, UnknownCluster
+from shared.core.errors import Permanent, Problem, Rejected, RejectionKind, Transient, UnknownCluster
 from shared.core.names import is_dns_label, is_object_name
 from shared.core.prechecks import Finding
 from shared.core.records import (
     ApiEndpoint,
     ClusterWorkflow,
+    HistoryEntry,
     Incarnation,
     LastError,
     NodePoolFacts,
@@ -339,9 +340,75 @@ def workflow_changes(update: WorkflowUpdate | None) -> dict[str, Any]:
     return out
 
 
-def record_of(ref: ClusterRef, data: dict[str, Any]) -> ClusterRecord:
+def lease_doc(lease: Lease) -> dict[str, object]:
+    """The `lease` map of a cluster document."""
+    return {"holder": lease.holder, "step": lease.step, "expiresAt": lease.expires_at}
+
+
+def lease_of(doc: object) -> Lease | None:
+    """The `lease` map as a `Lease` (None: no lease, or a map without a holder or expiry)."""
+    if not isinstance(doc, Mapping) or not doc.get("holder"):
+        return None
+    expires = doc.get("expiresAt")
+    if not isinstance(expires, datetime):
+        return None
+    return Lease(str(doc["holder"]), str(doc.get("step", "")), expires)
+
+
+# The history entry: (attribute of `HistoryEntry`, document field, written when None).
+HISTORY_FIELDS: tuple[tuple[str, str, bool], ...] = (
+    ("event_id", "eventId", True), ("step", "step", True), ("outcome", "outcome", True),
+    ("message", "message", True), ("state", "state", True), ("previous_state", "previousState", True),
+    ("nad", "nad", False), ("attempt", "attempt", False), ("kind", "kind", False),
+    ("requester", "requester", False),
+)
+MESSAGE_MAX = 4000
+
+
+def history_doc(entry: HistoryEntry) -> dict[str, object]:
+    """A history entry's fields (without `at` and `seq`, which the writer adds)."""
+    out: dict[str, object] = {}
+    for attr, name, always in HISTORY_FIELDS:
+        value = getattr(entry, attr)
+        if value is not None or always:
+            out[name] = value
+    out["message"] = str(entry.message)[:MESSAGE_MAX]
+    return out
+
+
+def nad_view(data: dict[str, Any]) -> dict[str, Any]:
+    """A NAD document as readers see it: `lastRequest` with its `request`.
+
+    The document holds a request once: `lastRequest.request` is left out when it is the top-level
+    `request` (`request_once`), so it is put back here, on every read, and the flows, the CLI
+    and `--json` see the record whole."""
+    last = data.get("lastRequest")
+    if isinstance(last, Mapping) and "request" not in last and isinstance(data.get("request"), Mapping):
+        return {**data, "lastRequest": {**last, "request": data["request"]}}
+    return data
+
+
+def request_once(view: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The changes of a NAD write, with `lastRequest.request` left out when it is the top-level
+    `request` the document will hold (docs/FIRESTORE.md). `view` is the document as read
+    (`nad_view`): a write that changes `request` alone keeps the last request's own body."""
+    out = dict(changes)
+    request = out.get("request", view.get("request"))
+    last = out.get("lastRequest")
+    if last is None and "request" in out and isinstance(view.get("lastRequest"), Mapping):
+        last = dict(view["lastRequest"])
+    if isinstance(last, Mapping):
+        if isinstance(request, Mapping) and last.get("request") == request:
+            last = {k: v for k, v in last.items() if k != "request"}
+        out["lastRequest"] = last
+    return out
+
+
+def record_of(ref: ClusterRef, data: Mapping[str, Any]) -> ClusterRecord:
     """The typed record of a cluster document (the document itself stays in `data`, for display)."""
-    return ClusterRecord.of(ref, data, workflow_of(data))
+    updated = data.get("updatedAt")
+    return ClusterRecord(ref, str(data.get("state", "")), data, lease_of(data.get("lease")), workflow_of(data),
+                         updated if isinstance(updated, datetime) else None)
 
 
 
@@ -582,14 +649,11 @@ class Store:
         snaps = {s.reference.path: s for s in transaction.get_all(wanted, **self._opts)}
         return [snaps.get(d.path) if d is not None else None for d in docs]
 
-    def _history_entry(self, *, event_id: str, step: str, outcome: str, message: str, state: str | None,
-                       extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    @staticmethod
+    def _history_entry(entry: HistoryEntry) -> dict[str, object]:
         from google.cloud import firestore
 
-        entry = {"eventId": event_id, "step": step, "outcome": outcome, "message": str(message)[:4000],
-                 "state": state, "at": firestore.SERVER_TIMESTAMP, "seq": time.time_ns()}
-        entry.update(extra or {})
-        return entry
+        return {**history_doc(entry), "at": firestore.SERVER_TIMESTAMP, "seq": time.time_ns()}
 
     def _ledger_entry(self, *, event_id: str, step: str, outcome: str, cluster: ClusterRef | None,
                       now: datetime) -> dict[str, Any]:
@@ -649,15 +713,15 @@ class Store:
                 if create_state is None:
                     raise self._unknown(ref, event_id)
                 data = {**identity, **extra, "state": create_state, "stateSince": now, "createdAt": now,
-                        "updatedAt": now, "lease": lease.to_doc(), "lastError": None, "attempts": 0}
+                        "updatedAt": now, "lease": lease_doc(lease), "lastError": None, "attempts": 0}
                 data = {k: v for k, v in data.items() if v is not DELETE}
                 transaction.create(doc, data)
                 return record_of(ref, data)  # what was stored (tests/test_store_contract.py)
             data = snap.to_dict() or {}
-            held = Lease.from_doc(data.get("lease"))
+            held = lease_of(data.get("lease"))
             if held is not None and held.holder != (holder or event_id) and held.live(now):
                 raise self._busy(ref, held)
-            changes = {"lease": lease.to_doc(), "updatedAt": now}
+            changes = {"lease": lease_doc(lease), "updatedAt": now}
             transaction.update(doc, _wire(changes))
             return record_of(ref, _apply(data, changes))
 
@@ -687,7 +751,7 @@ class Store:
                 raise self._unknown(ref, event_id)
             now = _now()
             data = snap.to_dict() or {}
-            held = Lease.from_doc(data.get("lease"))
+            held = lease_of(data.get("lease"))
             if held is not None and held.holder != (holder or event_id) and held.live(now):
                 raise self._busy(ref, held)
             changes: dict[str, Any] = {**extra, "updatedAt": now}
@@ -699,12 +763,11 @@ class Store:
                 changes["lease"] = None
             elif next_step is not None:
                 seconds = self.settings.lease_seconds
-                changes["lease"] = Lease(holder or event_id, next_step, now + timedelta(seconds=seconds)).to_doc()
+                changes["lease"] = lease_doc(Lease(holder or event_id, next_step, now + timedelta(seconds=seconds)))
             new = _apply(data, changes)
             transaction.update(doc, _wire(changes))
-            transaction.set(history, self._history_entry(
-                event_id=event_id, step=step, outcome=outcome, message=message, state=new.get("state"),
-                extra={"previousState": before}))
+            transaction.set(history, self._history_entry(HistoryEntry(
+                event_id, step, outcome, message, new.get("state"), previous_state=before)))
             if ledger is not None:
                 transaction.set(ledger, self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                            cluster=ref, now=now))
@@ -727,14 +790,14 @@ class Store:
             if not snap.exists:
                 raise self._unknown(ref, holder)
             now = _now()
-            held = Lease.from_doc((snap.to_dict() or {}).get("lease"))
+            held = lease_of((snap.to_dict() or {}).get("lease"))
             if held is not None and held.holder != holder and held.live(now):
                 raise self._busy(ref, held)
             if lease_seconds <= 0:
                 if held is not None and held.holder == holder:
                     transaction.update(doc, {"lease": None})
                 return
-            transaction.update(doc, {"lease": Lease(holder, step, now + timedelta(seconds=lease_seconds)).to_doc()})
+            transaction.update(doc, {"lease": lease_doc(Lease(holder, step, now + timedelta(seconds=lease_seconds)))})
 
         self._run(txn)
 
@@ -762,7 +825,7 @@ class Store:
                 "lastError": {"message": str(error)[:4000], "step": step, "eventId": event_id, "at": now},
                 "attempts": attempts, "releases": releases, "updatedAt": now, **dict(fields or {}),
                 **workflow_changes(update)}
-            held = Lease.from_doc(data.get("lease"))
+            held = lease_of(data.get("lease"))
             if held is not None and held.holder == (holder or event_id):
                 changes["lease"] = None
             before = data.get("state")
@@ -773,9 +836,8 @@ class Store:
             transaction.update(doc, _wire(changes))
             # One entry per release: the id carries the cluster's release counter, so every retry shows.
             history = self._history_doc(ref, f"{safe_id(event_id)}~{safe_id(step)}~{outcome}{releases}")
-            transaction.set(history, self._history_entry(
-                event_id=event_id, step=step, outcome=outcome, message=error, state=new.get("state"),
-                extra={"previousState": before, "attempt": attempts}))
+            transaction.set(history, self._history_entry(HistoryEntry(
+                event_id, step, outcome, error, new.get("state"), previous_state=before, attempt=attempts)))
             return record_of(ref, new)
 
         return self._run(txn)
@@ -829,12 +891,12 @@ class Store:
     @_edge
     def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> dict[str, Any] | None:
         snap = self._nad_doc(ref, namespace, name).get()
-        return snap.to_dict() if snap.exists else None
+        return nad_view(snap.to_dict() or {}) if snap.exists else None
 
     def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
-                fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                fields: Mapping[str, Any], outcome: str = "ok", message: str = "",
                 ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                expect_fields: dict[str, Any] | None = None, history: bool = True,
+                expect_fields: Mapping[str, Any] | None = None, history: bool = True,
                 write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
                 ledger_fields: Mapping[str, Any] | None = None, known: NadVersion | None = None) -> bool:
         """Record a NAD's state (see `put_nad_version`); True when it was written."""
@@ -857,15 +919,15 @@ class Store:
             return None, True, NadVersion({}, None)
         snap, mine = snaps.get(doc.path), snaps.get(nad.path)
         rec = record_of(ref, snap.to_dict() or {}) if snap is not None and snap.exists else None
-        version = (NadVersion(snap_data(mine), mine.update_time) if mine is not None and mine.exists
+        version = (NadVersion(nad_view(snap_data(mine)), mine.update_time) if mine is not None and mine.exists
                    else NadVersion({}, None))
         return rec, False, version
 
     @_edge
     def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
-                        fields: dict[str, Any], outcome: str = "ok", message: str = "",
+                        fields: Mapping[str, Any], outcome: str = "ok", message: str = "",
                         ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                        expect_fields: dict[str, Any] | None = None, history: bool = True,
+                        expect_fields: Mapping[str, Any] | None = None, history: bool = True,
                         write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
                         ledger_fields: Mapping[str, Any] | None = None,
                         known: NadVersion | None = None) -> NadVersion | None:
@@ -918,7 +980,7 @@ class Store:
                 if seen is not None and seen.exists:
                     return None
                 exists = snap is not None and snap.exists
-                current = (snap.to_dict() or {}) if snap is not None and exists else {}
+                current = nad_view(snap.to_dict() or {}) if snap is not None and exists else {}
                 update_time = snap.update_time if snap is not None and exists else None
             now = _now()
             before = current.get("state") if exists else None
@@ -934,7 +996,7 @@ class Store:
                 extra_now = {**extra, **_check_fields(more, identity, "put_nad derive")}
             else:
                 extra_now = extra
-            changes: dict[str, Any] = {**extra_now, "state": step_state, "updatedAt": now}
+            changes: dict[str, Any] = {**request_once(current, extra_now), "state": step_state, "updatedAt": now}
             if step_message:
                 changes["message"] = step_message[:4000]
             if step_state != before:
@@ -948,9 +1010,10 @@ class Store:
                 written = {**identity, **clean, "createdAt": now}
                 batch.create(doc, written)
             if history:
-                batch.set(history_doc, self._history_entry(
-                    event_id=event_id, step=step, outcome=outcome, message=step_message, state=step_state,
-                    extra={"nad": f"{namespace}/{name}", "previousState": before, **history_fields(changes)}))
+                batch.set(history_doc, self._history_entry(HistoryEntry(
+                    event_id, step, outcome, step_message, step_state,
+                    previous_state=before if isinstance(before, str) else None, nad=f"{namespace}/{name}",
+                    requester=history_fields(changes).get("requester"))))
             if ledger is not None and write_ledger:
                 batch.create(ledger, {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                            cluster=ref, now=now), **(ledger_fields or {})})
@@ -958,7 +1021,8 @@ class Store:
                 results = batch.commit()
             except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Conflict, gexc.Aborted, gexc.NotFound):
                 continue  # another writer got there first: read again and re-check the conditions
-            return NadVersion(written, results[0].update_time)  # the NAD document is the batch's first write
+            # the NAD document is the batch's first write
+            return NadVersion(nad_view(written), results[0].update_time)
         raise Transient(f"NAD {namespace}/{name} of {ref.path}: {attempts} writes lost to concurrent writers",
                         code="ABORTED", api="firestore")
 
@@ -973,10 +1037,11 @@ class Store:
 
             query = query.where(filter=FieldFilter("state", "==", state))
         if fields:
-            query = query.select(list(fields))
+            # `lastRequest` is read whole with the `request` its body may be in (`nad_view`).
+            query = query.select(list(fields) + (["request"] if "lastRequest" in fields else []))
         out = []
         for snap in query.stream():
-            data = snap.to_dict() or {}
+            data = nad_view(snap.to_dict() or {})
             namespace, _, name = snap.id.partition("~")
             data.setdefault("namespace", namespace)
             data.setdefault("name", name)
@@ -1010,7 +1075,7 @@ class Store:
     # -- rejections
     @_edge
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
-                         problems: list[dict[str, Any]], kind: str, excerpt: str = "",
+                         problems: Sequence[Mapping[str, Any]], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool:
         """Keep a refused request where people look; False (nothing written) if recorded before."""
         if cluster is not None:
@@ -1039,9 +1104,8 @@ class Store:
                     f"{p.get('field')}: {p.get('message')}" if isinstance(p, Mapping) and p.get("field")
                     else str(p.get("message", p)) if isinstance(p, Mapping) else str(p)
                     for p in items) if items else "")
-                transaction.set(history, self._history_entry(
-                    event_id=event_id, step="reject", outcome="rejected", message=summary, state=None,
-                    extra={"kind": str(kind)}))
+                transaction.set(history, self._history_entry(HistoryEntry(
+                    event_id, "reject", "rejected", summary, None, kind=str(kind))))
             if ledger is not None:
                 transaction.set(ledger, self._ledger_entry(event_id=event_id, step="reject", outcome="rejected",
                                                            cluster=cluster, now=now))

@@ -16,7 +16,33 @@ The functions map them to Pub/Sub behaviour without comparing strings:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
+
+
+class RejectionKind(StrEnum):
+    """What kind of input was refused: recorded with the rejection (`kind`), logged, and what
+    callers branch on (a member, never a string compared by hand). `NOT_FOR_US` lists the kinds
+    of input not addressed to the controller (raised as `NotForUs`)."""
+
+    INVALID = "invalid"  # a field is wrong
+    ENVELOPE = "envelope"  # not a Pub/Sub messagePublished event
+    ENCODING = "encoding"  # undecodable message data
+    JSON = "json"  # message data is not valid JSON
+    TOO_LARGE = "too-large"
+    NOT_AUDIT = "not-audit"
+    OTHER_SERVICE = "other-service"
+    OTHER_METHOD = "other-method"
+    UNKNOWN_CLUSTER = "unknown-cluster"  # only a creation event starts a workflow
+    REQUEST_ID_REUSED = "request-id-reused"
+    NOT_APPLIED = "not-applied"  # verify of a NAD that is not on the cluster
+    NOT_HALTED = "not-halted"  # rollout resume
+    NOT_RUNNING = "not-running"  # rollout abort
+    UNKNOWN_PROJECT = "unknown-project"  # a project the controller does not manage
+    UNAUTHENTICATED = "unauthenticated"  # a NAD request without a valid ID token
+
+
+NOT_FOR_US = (RejectionKind.NOT_AUDIT, RejectionKind.OTHER_SERVICE, RejectionKind.OTHER_METHOD)
 
 
 @dataclass(frozen=True)
@@ -49,7 +75,7 @@ class Rejected(ProvisionerError):
         *,
         event_id: str | None = None,
         cluster: Any = None,
-        kind: str = "invalid",
+        kind: RejectionKind = RejectionKind.INVALID,
         context: dict[str, Any] | None = None,
     ) -> None:
         self.reason = reason
@@ -81,7 +107,8 @@ class UnknownCluster(Rejected):
 
     def __init__(self, reason: str, problems: tuple[Problem, ...] | list[Problem] = (), *,
                  event_id: str | None = None, cluster: Any = None) -> None:
-        super().__init__(reason, problems, event_id=event_id, cluster=cluster, kind="unknown-cluster")
+        super().__init__(reason, problems, event_id=event_id, cluster=cluster,
+                         kind=RejectionKind.UNKNOWN_CLUSTER)
 
 
 class NotForUs(Rejected):
@@ -96,6 +123,14 @@ class Transient(ProvisionerError):
         self.code = code
         self.api = api
         super().__init__(message)
+
+
+class NotYet(Transient):
+    """A wait ran out of time before the state it waited for (CRDs Established): the caller may wait
+    again while its own deadline allows (`code` DEADLINE_EXCEEDED, as the API would say)."""
+
+    def __init__(self, message: str, *, api: str = "") -> None:
+        super().__init__(message, code="DEADLINE_EXCEEDED", api=api)
 
 
 class Wait(Transient):

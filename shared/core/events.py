@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from shared.core.errors import NotForUs, Problem, Rejected
+from shared.core.errors import NOT_FOR_US, NotForUs, Problem, Rejected, RejectionKind
 from shared.core.nad import NadRequest, load_json, parse_cluster, parse_request, plain
 from shared.core.refs import ClusterRef, check_parts, parse_resource_name, valid_node_pool_name
 from shared.core.requesters import token_from_attributes
@@ -43,9 +43,10 @@ ACTIONS = {
 API_VERSIONS = ("v1", "v1beta1")
 METHODS = {f"google.container.{v}.ClusterManager.{m}": a for v in API_VERSIONS for m, a in ACTIONS.items()}
 RESOURCE_TYPES = ("gke_cluster", "gke_nodepool")
-KINDS = ("envelope", "encoding", "json", "not-audit", "other-service", "other-method", "invalid")
-# Kinds of input that is not addressed to the controller: raised as `NotForUs`, acknowledged unrecorded.
-NOT_FOR_US = ("not-audit", "other-service", "other-method")
+# The kinds an event's decoding refuses with (`RejectionKind` members); those of input not addressed to
+# the controller (`NOT_FOR_US`) are raised as `NotForUs`, acknowledged unrecorded.
+KINDS = (RejectionKind.ENVELOPE, RejectionKind.ENCODING, RejectionKind.JSON, RejectionKind.NOT_AUDIT,
+         RejectionKind.OTHER_SERVICE, RejectionKind.OTHER_METHOD, RejectionKind.INVALID)
 
 
 @dataclass(frozen=True)
@@ -108,17 +109,17 @@ class ReconcileEvent:
 
 
 HEADLINES = {
-    "envelope": "not a Pub/Sub messagePublished event",
-    "encoding": "undecodable message data",
-    "json": "message data is not valid JSON",
-    "not-audit": "not an audit log entry",
-    "other-service": "audit entry of another service",
-    "other-method": "audit entry of another method",
-    "invalid": "invalid event",
+    RejectionKind.ENVELOPE: "not a Pub/Sub messagePublished event",
+    RejectionKind.ENCODING: "undecodable message data",
+    RejectionKind.JSON: "message data is not valid JSON",
+    RejectionKind.NOT_AUDIT: "not an audit log entry",
+    RejectionKind.OTHER_SERVICE: "audit entry of another service",
+    RejectionKind.OTHER_METHOD: "audit entry of another method",
+    RejectionKind.INVALID: "invalid event",
 }
 
 
-def _reject(detail: str, kind: str, field_: str = "", *, event_id: str | None = None,
+def _reject(detail: str, kind: RejectionKind, field_: str = "", *, event_id: str | None = None,
             cluster: ClusterRef | None = None) -> Rejected:
     """`reason` is the kind's headline; the one problem names the field and says precisely why."""
     cls = NotForUs if kind in NOT_FOR_US else Rejected
@@ -138,7 +139,7 @@ def _only_rejected(fn: Callable[..., T]) -> Callable[..., T]:
         except Rejected:
             raise
         except Exception as e:  # the contract is "nothing but Rejected"
-            raise Rejected(f"undecodable event ({type(e).__name__})", kind="invalid") from e
+            raise Rejected(f"undecodable event ({type(e).__name__})", kind=RejectionKind.INVALID) from e
 
     return wrapper
 
@@ -155,7 +156,7 @@ def _ce_parts(ce: Any) -> tuple[Any, Any]:
     except (KeyError, TypeError, IndexError):
         ce_id = None
     if not hasattr(ce, "data"):
-        raise _reject("not a CloudEvent: no data", "envelope")
+        raise _reject("not a CloudEvent: no data", RejectionKind.ENVELOPE)
     return ce_id, ce.data
 
 
@@ -168,38 +169,38 @@ def message_from_cloudevent(ce: Any) -> PubSubMessage:
             data = load_json(bytes(data) if isinstance(data, bytearray) else data,
                              max_bytes=2 * MAX_MESSAGE_BYTES, what="CloudEvent data")
         except Rejected as e:
-            raise _reject(f"CloudEvent data is not a JSON envelope: {e.message}", "envelope") from None
+            raise _reject(f"CloudEvent data is not a JSON envelope: {e.message}", RejectionKind.ENVELOPE) from None
     if not isinstance(data, Mapping):
         raise _reject(f"CloudEvent data must be an object with 'message', got {type(data).__name__}",
-                      "envelope", "data")
+                      RejectionKind.ENVELOPE, "data")
     message = data.get("message")
     if not isinstance(message, Mapping):
-        raise _reject("CloudEvent data has no 'message' object", "envelope", "data.message")
+        raise _reject("CloudEvent data has no 'message' object", RejectionKind.ENVELOPE, "data.message")
 
     message_id = _first_str(message, "messageId", "message_id")
     if message_id is None and isinstance(ce_id, str) and ce_id:
         message_id = ce_id
     if message_id is None:
-        raise _reject("no message id (data.message.messageId) nor CloudEvent id", "envelope",
+        raise _reject("no message id (data.message.messageId) nor CloudEvent id", RejectionKind.ENVELOPE,
                       "data.message.messageId")
     if len(message_id) > 256:
-        raise _reject("message id longer than 256 characters", "envelope", "data.message.messageId",
+        raise _reject("message id longer than 256 characters", RejectionKind.ENVELOPE, "data.message.messageId",
                       event_id=message_id[:256])
 
     raw = message.get("data")
     if raw is None:
         payload = b""
     elif not isinstance(raw, str):
-        raise _reject(f"data.message.data must be a base64 string, got {type(raw).__name__}", "envelope",
+        raise _reject(f"data.message.data must be a base64 string, got {type(raw).__name__}", RejectionKind.ENVELOPE,
                       "data.message.data", event_id=message_id)
     else:
         if len(raw) > MAX_MESSAGE_BYTES * 4 // 3 + 4:
-            raise _reject(f"message data over {MAX_MESSAGE_BYTES} bytes", "envelope", "data.message.data",
+            raise _reject(f"message data over {MAX_MESSAGE_BYTES} bytes", RejectionKind.ENVELOPE, "data.message.data",
                           event_id=message_id)
         try:
             payload = base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError) as e:
-            raise _reject(f"data.message.data is not valid base64 ({e})", "encoding", "data.message.data",
+            raise _reject(f"data.message.data is not valid base64 ({e})", RejectionKind.ENCODING, "data.message.data",
                           event_id=message_id) from None
 
     attributes = message.get("attributes")
@@ -207,7 +208,7 @@ def message_from_cloudevent(ce: Any) -> PubSubMessage:
         attributes = {}
     if not isinstance(attributes, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()):
-        raise _reject("data.message.attributes must map strings to strings", "envelope",
+        raise _reject("data.message.attributes must map strings to strings", RejectionKind.ENVELOPE,
                       "data.message.attributes", event_id=message_id)
     subscription = data.get("subscription")
     return PubSubMessage(
@@ -237,7 +238,7 @@ def _json_payload(msg: PubSubMessage, what: str) -> Any:
     try:
         return load_json(msg.data, max_bytes=MAX_MESSAGE_BYTES, what=what)
     except Rejected as e:
-        kind = "encoding" if e.kind == "encoding" else "json" if e.kind == "json" else "envelope"
+        kind = e.kind if e.kind in (RejectionKind.ENCODING, RejectionKind.JSON) else RejectionKind.ENVELOPE
         raise Rejected(e.reason, e.problems, kind=kind, event_id=msg.message_id) from None
 
 
@@ -252,28 +253,28 @@ def decode_audit(event: PubSubMessage | Any) -> AuditEvent:
     eid = msg.message_id
     entry = _json_payload(msg, "audit log entry")
     if not isinstance(entry, Mapping):
-        raise _reject(f"a LogEntry is a JSON object, got {type(entry).__name__}", "not-audit", event_id=eid)
+        raise _reject(f"a LogEntry is a JSON object, got {type(entry).__name__}", RejectionKind.NOT_AUDIT, event_id=eid)
     proto = entry.get("protoPayload")
     if not isinstance(proto, Mapping):
-        raise _reject("no protoPayload: not an audit log entry", "not-audit", "protoPayload", event_id=eid)
+        raise _reject("no protoPayload: not an audit log entry", RejectionKind.NOT_AUDIT, "protoPayload", event_id=eid)
     type_url = proto.get("@type")
     if type_url is not None and type_url != AUDIT_LOG_TYPE:
-        raise _reject(f"protoPayload is {_short(type_url)}, not an AuditLog", "not-audit",
+        raise _reject(f"protoPayload is {_short(type_url)}, not an AuditLog", RejectionKind.NOT_AUDIT,
                       "protoPayload.@type", event_id=eid)
     service = proto.get("serviceName")
     if service != SERVICE:
-        raise _reject(f"service {_short(service)} is not {SERVICE}", "other-service",
+        raise _reject(f"service {_short(service)} is not {SERVICE}", RejectionKind.OTHER_SERVICE,
                       "protoPayload.serviceName", event_id=eid)
     method = proto.get("methodName")
     if not isinstance(method, str) or method not in METHODS:
-        raise _reject(f"method {_short(method)} is not one the controller reacts to", "other-method",
+        raise _reject(f"method {_short(method)} is not one the controller reacts to", RejectionKind.OTHER_METHOD,
                       "protoPayload.methodName", event_id=eid)
     action = METHODS[method]
 
     cluster, node_pool = _where(entry, proto, eid)
     if action.startswith("node_pool.") and node_pool is None:
-        raise _reject("node pool event without a node pool name", "invalid", "resource.labels.nodepool_name",
-                      event_id=eid, cluster=cluster)
+        raise _reject("node pool event without a node pool name", RejectionKind.INVALID,
+                      "resource.labels.nodepool_name", event_id=eid, cluster=cluster)
 
     first, last, operation_id = _operation(entry.get("operation"), eid, cluster)
     status_code = _status_code(proto.get("status"), eid, cluster)
@@ -307,26 +308,26 @@ def _where(entry: Mapping[str, Any], proto: Mapping[str, Any], eid: str) -> tupl
     pool_label: str | None = None
     resource = entry.get("resource")
     if resource is not None and not isinstance(resource, Mapping):
-        raise _reject("resource must be an object", "invalid", "resource", event_id=eid)
+        raise _reject("resource must be an object", RejectionKind.INVALID, "resource", event_id=eid)
     if isinstance(resource, Mapping):
         rtype = resource.get("type")
         if rtype is not None and rtype not in RESOURCE_TYPES:
-            raise _reject(f"resource.type {_short(rtype)} is not gke_cluster or gke_nodepool", "invalid",
+            raise _reject(f"resource.type {_short(rtype)} is not gke_cluster or gke_nodepool", RejectionKind.INVALID,
                           "resource.type", event_id=eid)
         labels = resource.get("labels")
         if labels is not None and not isinstance(labels, Mapping):
-            raise _reject("resource.labels must be an object", "invalid", "resource.labels", event_id=eid)
+            raise _reject("resource.labels must be an object", RejectionKind.INVALID, "resource.labels", event_id=eid)
         labels = labels or {}
         parts = (labels.get("project_id"), labels.get("location"), labels.get("cluster_name"))
         if any(p is not None for p in parts):
             problems = check_parts(*parts, field="resource.labels")
             if problems:
-                raise Rejected("invalid resource labels", problems, kind="invalid", event_id=eid)
+                raise Rejected("invalid resource labels", problems, kind=RejectionKind.INVALID, event_id=eid)
             from_labels = ClusterRef(*parts)  # type: ignore[arg-type]
         pool = labels.get("nodepool_name")
         if pool is not None:
             if not valid_node_pool_name(pool) or not plain(pool):
-                raise _reject(f"invalid node pool name {_short(pool)}", "invalid",
+                raise _reject(f"invalid node pool name {_short(pool)}", RejectionKind.INVALID,
                               "resource.labels.nodepool_name", event_id=eid, cluster=from_labels)
             pool_label = pool
 
@@ -335,22 +336,23 @@ def _where(entry: Mapping[str, Any], proto: Mapping[str, Any], eid: str) -> tupl
     resource_name = proto.get("resourceName")
     if resource_name is not None:
         if isinstance(resource_name, str) and not plain(resource_name):
-            raise _reject(f"whitespace or control characters in {_short(resource_name)}", "invalid",
+            raise _reject(f"whitespace or control characters in {_short(resource_name)}", RejectionKind.INVALID,
                           "protoPayload.resourceName", event_id=eid, cluster=from_labels)
         try:
             from_name, pool_name = parse_resource_name(resource_name, field="protoPayload.resourceName")
         except Rejected as e:
-            raise Rejected(e.reason, e.problems, kind="invalid", event_id=eid, cluster=from_labels) from None
+            raise Rejected(e.reason, e.problems, kind=RejectionKind.INVALID, event_id=eid,
+                           cluster=from_labels) from None
 
     if from_labels and from_name and from_labels != from_name:
-        raise _reject(f"resource labels name {from_labels} but resourceName names {from_name}", "invalid",
+        raise _reject(f"resource labels name {from_labels} but resourceName names {from_name}", RejectionKind.INVALID,
                       "protoPayload.resourceName", event_id=eid, cluster=from_labels)
     cluster = from_labels or from_name
     if cluster is None:
-        raise _reject("no cluster: neither resource.labels nor protoPayload.resourceName", "invalid",
+        raise _reject("no cluster: neither resource.labels nor protoPayload.resourceName", RejectionKind.INVALID,
                       "resource.labels", event_id=eid)
     if pool_label and pool_name and pool_label != pool_name:
-        raise _reject(f"node pool label {pool_label!r} but resourceName names {pool_name!r}", "invalid",
+        raise _reject(f"node pool label {pool_label!r} but resourceName names {pool_name!r}", RejectionKind.INVALID,
                       "protoPayload.resourceName", event_id=eid, cluster=cluster)
     pool = pool_label or pool_name or _pool_in_request(proto)
     return cluster, pool
@@ -369,16 +371,16 @@ def _operation(op: Any, eid: str, cluster: ClusterRef) -> tuple[bool, bool, str 
     if op is None:
         return True, True, None
     if not isinstance(op, Mapping):
-        raise _reject("operation must be an object", "invalid", "operation", event_id=eid, cluster=cluster)
+        raise _reject("operation must be an object", RejectionKind.INVALID, "operation", event_id=eid, cluster=cluster)
     first, last = op.get("first", False), op.get("last", False)
     if not isinstance(first, bool) or not isinstance(last, bool):
-        raise _reject("operation.first/last must be booleans", "invalid", "operation", event_id=eid,
+        raise _reject("operation.first/last must be booleans", RejectionKind.INVALID, "operation", event_id=eid,
                       cluster=cluster)
     if not first and not last:
         first = last = True
     op_id = op.get("id")
     if op_id is not None and not isinstance(op_id, str):
-        raise _reject("operation.id must be a string", "invalid", "operation.id", event_id=eid,
+        raise _reject("operation.id must be a string", RejectionKind.INVALID, "operation.id", event_id=eid,
                       cluster=cluster)
     return first, last, op_id or None
 
@@ -387,13 +389,13 @@ def _status_code(status: Any, eid: str, cluster: ClusterRef) -> int | None:
     if status is None:
         return None
     if not isinstance(status, Mapping):
-        raise _reject("protoPayload.status must be an object", "invalid", "protoPayload.status",
+        raise _reject("protoPayload.status must be an object", RejectionKind.INVALID, "protoPayload.status",
                       event_id=eid, cluster=cluster)
     code = status.get("code")
     if code is None:
         return None  # `status: {}` is how a successful operation is often logged
     if type(code) is not int:
-        raise _reject("protoPayload.status.code must be an integer", "invalid", "protoPayload.status.code",
+        raise _reject("protoPayload.status.code must be an integer", RejectionKind.INVALID, "protoPayload.status.code",
                       event_id=eid, cluster=cluster)
     return code or None
 
@@ -421,23 +423,23 @@ def decode_reconcile(event: PubSubMessage | Any) -> ReconcileEvent:
         return ReconcileEvent(msg.message_id, None)
     obj = _json_payload(msg, "reconcile request")
     if not isinstance(obj, Mapping):
-        raise _reject(f"a reconcile request is a JSON object, got {type(obj).__name__}", "invalid",
+        raise _reject(f"a reconcile request is a JSON object, got {type(obj).__name__}", RejectionKind.INVALID,
                       event_id=msg.message_id)
     unknown = sorted(str(k)[:100] for k in obj if k not in ("cluster", "sweep"))
     if unknown:
         raise Rejected("invalid reconcile request", [Problem(k, "unknown field") for k in unknown],
-                       kind="invalid", event_id=msg.message_id)
+                       kind=RejectionKind.INVALID, event_id=msg.message_id)
     sweep = obj.get("sweep")
     if sweep is not None and (not isinstance(sweep, str) or not 0 < len(sweep) <= 256 or obj.get("cluster") is None):
         raise Rejected("invalid reconcile request", [Problem("sweep", "the tick's event id (a string of 1..256 "
                                                                       "characters), with a cluster")],
-                       kind="invalid", event_id=msg.message_id)
+                       kind=RejectionKind.INVALID, event_id=msg.message_id)
     if obj.get("cluster") is None:
         return ReconcileEvent(msg.message_id, None)
     try:
         return ReconcileEvent(msg.message_id, parse_cluster(obj["cluster"], field="cluster"), sweep)
     except Rejected as e:
-        raise Rejected(e.reason, e.problems, kind="invalid", event_id=msg.message_id) from None
+        raise Rejected(e.reason, e.problems, kind=RejectionKind.INVALID, event_id=msg.message_id) from None
 
 
 def _short(value: object) -> str:

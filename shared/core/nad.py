@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from shared.core.errors import Problem, Rejected
+from shared.core.errors import Problem, Rejected, RejectionKind
 from shared.core.names import is_dns_label
 from shared.core.refs import ClusterRef, parse_resource_name
 
@@ -90,19 +90,19 @@ def load_json(raw: bytes | str, *, max_bytes: int = MAX_REQUEST_BYTES, what: str
     size = len(raw) if isinstance(raw, bytes | bytearray) else len(raw.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise Rejected(f"invalid {what}", [Problem("", f"{size} bytes is over the {max_bytes}-byte limit")],
-                       kind="too-large")
+                       kind=RejectionKind.TOO_LARGE)
     if isinstance(raw, bytes | bytearray):
         try:
             text = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as e:
             raise Rejected(f"invalid {what}", [Problem("", f"not UTF-8 (byte {e.start})")],
-                           kind="encoding") from None
+                           kind=RejectionKind.ENCODING) from None
     else:
         text = raw
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except _DuplicateKey as e:
-        raise Rejected(f"invalid {what}", [Problem(e.key, "duplicate key")], kind="json") from None
+        raise Rejected(f"invalid {what}", [Problem(e.key, "duplicate key")], kind=RejectionKind.JSON) from None
     except json.JSONDecodeError as e:
         key = _field_at(text, e.pos)
         msg = f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
@@ -112,13 +112,13 @@ def load_json(raw: bytes | str, *, max_bytes: int = MAX_REQUEST_BYTES, what: str
             if key == "range":
                 msg += '; range takes a CIDR such as "172.16.1.0/24", not a secondary range name'
             msg += ")"
-        raise Rejected(f"invalid {what}", [Problem(key, msg)], kind="json") from None
+        raise Rejected(f"invalid {what}", [Problem(key, msg)], kind=RejectionKind.JSON) from None
     except ValueError as e:  # NaN / Infinity, or a number too long for int()
         raise Rejected(f"invalid {what}", [Problem(_field_hint(text, str(e)), f"not valid JSON: {e}")],
-                       kind="json") from None
+                       kind=RejectionKind.JSON) from None
     except RecursionError:
         raise Rejected(f"invalid {what}", [Problem("", "not valid JSON: nested too deeply")],
-                       kind="json") from None
+                       kind=RejectionKind.JSON) from None
 
 
 def _field_hint(text: str, _message: str) -> str:
@@ -439,7 +439,7 @@ def parse_request(raw: bytes | str | Mapping[str, Any]) -> NadRequest:
         if size > MAX_REQUEST_BYTES:
             raise Rejected("invalid NAD request",
                            [Problem("", f"{size} bytes is over the {MAX_REQUEST_BYTES}-byte limit")],
-                           kind="too-large")
+                           kind=RejectionKind.TOO_LARGE)
         obj: Any = raw
     elif isinstance(raw, bytes | bytearray | str):
         try:

@@ -7,9 +7,24 @@ adapters (`shared.adapters.kube`, `shared.adapters.gke`) build them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 Key = tuple[str, str, str, str]
+
+# A Kubernetes object as the API server serves it (decoded JSON). Its schema is Kubernetes', per
+# kind; the code that reads one narrows what it reads (`isinstance`), as it would for any JSON.
+KubeObject = dict[str, object]
+
+
+def nested(obj: Mapping[str, object] | None, *path: str) -> object:
+    """`obj[path[0]][path[1]]...`, or None where a step is missing or not an object."""
+    value: object = obj
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
 
 
 @dataclass(frozen=True)

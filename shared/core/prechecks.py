@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.core.endpoints import EndpointFields
 from shared.core.errors import Problem, Rejected
 
 MIN_VERSION = (1, 28, 0)
@@ -133,6 +134,14 @@ class ClusterFacts:
     multi_networking: bool = False
     endpoint: str = ""
     node_pools: tuple[PoolNetworks, ...] = ()
+    # This incarnation's identity (`id`, new on every re-creation; `createTime`) and how its control
+    # plane is reached (the endpoint fields and the base64 CA certificate, both public): read by the
+    # workflow and the GKE adapter, never by the prechecks, so left out of `to_dict`, the digest and
+    # comparisons.
+    cluster_id: str = field(default="", compare=False)
+    create_time: str = field(default="", compare=False)
+    endpoints: EndpointFields | None = field(default=None, compare=False)
+    ca_certificate: str = field(default="", compare=False, repr=False)
 
     @classmethod
     def of(cls, cluster: Any) -> ClusterFacts:
@@ -163,6 +172,8 @@ class ClusterFacts:
             multi_networking=r.flag(net, "enableMultiNetworking", "cluster.networkConfig"),
             endpoint=r.text(d, "endpoint", "cluster"),
             node_pools=tuple(pools),
+            cluster_id=r.text(d, "id", "cluster"),
+            create_time=r.text(d, "createTime", "cluster"),
         )
         r.raise_if_any("invalid cluster")
         return facts

@@ -193,3 +193,24 @@ class WorkflowUpdate:
     def then(self, after: ClusterWorkflow) -> WorkflowUpdate:
         """This change followed by another made on its result."""
         return WorkflowUpdate(self.before, after)
+
+
+# --------------------------------------------------------------------------- the history
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One step's outcome in a cluster's history (`clusters/{id}/history/{id}`).
+
+    The store writes it through its table (`shared.adapters.store.HISTORY_FIELDS`) and adds the
+    commit time (`at`) and its writer's clock (`seq`)."""
+
+    event_id: str
+    step: str
+    outcome: str  # a `StepOutcome` word
+    message: str
+    state: str | None  # after the step (None: a rejection, which changes no state)
+    previous_state: str | None = None
+    nad: str | None = None  # `namespace/name` of a NAD step
+    attempt: int | None = None  # of a retry or failure
+    kind: str | None = None  # of a rejection
+    requester: str | None = None  # the verified email of who asked, for a NAD step that records a request

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from shared.core import ranges
+from shared.core.observed import nested
 from shared.core.records import ClusterWorkflow
 from shared.ports import ClusterApiPort, ClusterRecord
 
@@ -45,7 +46,7 @@ def check(rec: ClusterRecord, kube: ClusterApiPort, nads: Sequence[Mapping[str, 
     if not nads:
         return Usage()
     pools = kube.list_ippools()
-    allocated = any((p.get("spec") or {}).get("allocations") for p in pools)
+    allocated = any(nested(p, "spec", "allocations") for p in pools)
     pods = kube.list_pod_refs() if allocated else []
     cidr = rec.workflow.node_pool.cidr if rec.workflow.node_pool else ""
     rep = ranges.report(cidr, nads, pools, pods)

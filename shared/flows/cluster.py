@@ -19,8 +19,20 @@ from dataclasses import replace
 from typing import Any
 
 from shared.core import decisions, logs
-from shared.core.errors import Busy, NeedsFix, NotFound, Permanent, Problem, Rejected, Transient, UnknownCluster, Wait
-from shared.core.prechecks import Finding
+from shared.core.errors import (
+    Busy,
+    NeedsFix,
+    NotFound,
+    NotYet,
+    Permanent,
+    Problem,
+    Rejected,
+    RejectionKind,
+    Transient,
+    UnknownCluster,
+    Wait,
+)
+from shared.core.prechecks import ClusterFacts, Finding, PoolNetworks
 from shared.core.records import (
     ApiEndpoint,
     ClusterWorkflow,
@@ -48,8 +60,8 @@ class ClusterFlow:
         ref: ClusterRef = ev.cluster
         why = self.ctx.policy().project_problem(ref.project)
         if why:  # refused at top level: nothing is recorded under a cluster of a project not managed
-            raise Rejected("event refused", [Problem("resource.labels.project_id", why)], kind="unknown-project",
-                           event_id=ev.event_id)
+            raise Rejected("event refused", [Problem("resource.labels.project_id", why)],
+                           kind=RejectionKind.UNKNOWN_PROJECT, event_id=ev.event_id)
         verb = ev.method.rsplit(".", 1)[-1]
         said = f": {ev.status_message}" if ev.status_message else ""
         if ev.refused:  # one entry, no operation: nothing ran, so nothing anyone waits for has ended
@@ -172,7 +184,7 @@ class ClusterFlow:
         cursor = Cursor("precheck")
         cursor.holder = f"{event_id}#{cursor.holder}"
         try:
-            rec = store.claim(ref, event_id=event_id, step=cursor.step, ledger_key=event_id, holder=cursor.holder,
+            rec = store.claim(ref, event_id=event_id, step=cursor.phase, ledger_key=event_id, holder=cursor.holder,
                               create_state=decisions.DISCOVERED if create is not False else None)
         except AlreadyHandled:
             return Outcome("duplicate", "event already handled", ref.path)
@@ -186,22 +198,22 @@ class ClusterFlow:
         except Wait as e:
             return self._busy(claimed, e)
         except Transient as e:
-            rec = store.release(ref, event_id=event_id, step=cursor.step, holder=cursor.holder,
-                                error=f"{cursor.step}: {e}", outcome="retry")
+            rec = store.release(ref, event_id=event_id, step=cursor.phase, holder=cursor.holder,
+                                error=f"{cursor.phase}: {e}", outcome="retry")
             attempts = rec.workflow.attempts
             if attempts >= self.ctx.settings.max_attempts:
                 return self._fail(ref, event_id, cursor,
                                   f"gave up after {attempts} attempts; last error: {e}")
             logs.warning("transient failure; Pub/Sub will redeliver", eventId=event_id, cluster=ref.path,
-                         step=cursor.step, error=str(e), attempt=attempts)
+                         step=cursor.phase, error=str(e), attempt=attempts)
             raise
         except NeedsFix as e:
             return self._needs_fix(claimed, e)
         except Permanent as e:
-            return self._fail(ref, event_id, cursor, f"{cursor.step}: {e}")
+            return self._fail(ref, event_id, cursor, f"{cursor.phase}: {e}")
         except Exception as e:  # a bug, not an answer of an API: surface it, but never leave the lease behind
-            store.release(ref, event_id=event_id, step=cursor.step, holder=cursor.holder, outcome="retry",
-                          error=f"{cursor.step}: unexpected {type(e).__name__}: {e}", count_attempt=False)
+            store.release(ref, event_id=event_id, step=cursor.phase, holder=cursor.holder, outcome="retry",
+                          error=f"{cursor.phase}: unexpected {type(e).__name__}: {e}", count_attempt=False)
             raise
 
     def _busy(self, claimed: _ClaimedDrive, e: Wait) -> Outcome:
@@ -216,17 +228,17 @@ class ClusterFlow:
         now = time.time()
         since = workflow.busy_since if workflow.busy_since is not None else now
         if now - since >= limit:
-            return self._fail(ref, event_id, cursor, f"{cursor.step}: GKE was still busy with another operation "
+            return self._fail(ref, event_id, cursor, f"{cursor.phase}: GKE was still busy with another operation "
                                                      f"after {limit}s; last answer: {e}")
         if isinstance(e, Busy):
             why = f"waiting for GKE's operation{' ' + e.operation if e.operation else ''} to end: {e}"
         else:
             why = f"waiting: {e}"
-        store.release(ref, event_id=event_id, step=cursor.step, holder=cursor.holder, outcome="retry",
-                      error=f"{cursor.step}: {why}", count_attempt=False,
+        store.release(ref, event_id=event_id, step=cursor.phase, holder=cursor.holder, outcome="retry",
+                      error=f"{cursor.phase}: {why}", count_attempt=False,
                       update=workflow.update(replace(workflow, busy_since=since)))
         logs.warning("not yet (GKE busy, or a backoff); Pub/Sub will redeliver",
-                     eventId=event_id, cluster=ref.path, step=cursor.step, error=str(e))
+                     eventId=event_id, cluster=ref.path, step=cursor.phase, error=str(e))
         raise e
 
     def _needs_fix(self, claimed: _ClaimedDrive, e: NeedsFix) -> Outcome:
@@ -238,17 +250,17 @@ class ClusterFlow:
             return replace(w, findings=(finding,), attempts=0,
                            # recorded, so the scheduled reconcile re-checks it only once the cluster changed
                            facts_digest=cursor.facts_digest or w.facts_digest,
-                           last_error=LastError(f"{cursor.step}: {e}"[:4000], cursor.step, event_id))
+                           last_error=LastError(f"{cursor.phase}: {e}"[:4000], cursor.phase, event_id))
 
-        rec = claimed.advance(step=cursor.step, state=decisions.INELIGIBLE, outcome="failed",
-                              message=f"{cursor.step}: {e}. Fix: {e.fix}", change=needs_fix,
+        rec = claimed.advance(step=cursor.phase, state=decisions.INELIGIBLE, outcome="failed",
+                              message=f"{cursor.phase}: {e}. Fix: {e.fix}", change=needs_fix,
                               ledger_key=event_id, release=True)
         logs.warning("cluster needs a fix outside the controller", eventId=event_id, cluster=ref.path,
-                     step=cursor.step, error=str(e))
+                     step=cursor.phase, error=str(e))
         return Outcome("done", f"{e}. Fix: {e.fix}", ref.path, rec.state)
 
     def _fail(self, ref: ClusterRef, event_id: str, cursor: Cursor, message: str) -> Outcome:
-        store, step = self.ctx.store, cursor.step
+        store, step = self.ctx.store, cursor.phase
         store.release(ref, event_id=event_id, step=step, error=message, outcome="failed",
                       state=decisions.FAILED, count_attempt=False, holder=cursor.holder)
         store.record_ledger(event_id, event_id=event_id, step=step, outcome="failed", cluster=ref)
@@ -277,20 +289,20 @@ class ClusterFlow:
             failed = self._pool_failed(claimed, rec, trigger)
             if failed is not None:
                 return failed
-        facts = prechecks.ClusterFacts.of(cluster)
-        findings = prechecks.precheck(cluster)
+        facts = cluster
+        findings = prechecks.precheck(facts)
         policy = self.ctx.policy()
         bundle = self.ctx.bundle(ref)
         requested = rec.workflow.node_pool_requested
         decision = decisions.decide_cluster(state=rec.state, facts=facts, findings=findings,
                                             opted_in=policy.opted_in(dict(facts.labels)),
-                                            suitable=prechecks.suitable_pools(list(cluster.node_pools)),
+                                            suitable=prechecks.suitable_pools(facts.node_pools),
                                             have_template=policy.node_pool_template is not None,
                                             bundle_version=bundle.version,
                                             retry_pool=requested is not None and bool(requested.retry)
                                             and not any(p.name == requested.name for p in cluster.node_pools))
         facts_digest = cursor.facts_digest = prechecks.facts_digest(facts)
-        cluster_id, create_time = incarnation_of(cluster)
+        cluster_id, create_time = cluster.cluster_id, cluster.create_time
 
         def observed(w: ClusterWorkflow) -> ClusterWorkflow:
             """What this drive saw of the cluster, recorded with whatever step it ends in."""
@@ -311,14 +323,14 @@ class ClusterFlow:
             return self._create_pool(claimed, decision, policy, observed, trigger)
         return self._install_and_apply(claimed, decision, cluster, bundle, policy, observed, trigger)
 
-    def _new_incarnation(self, claimed: _ClaimedDrive, rec: ClusterRecord, cluster: Any,
+    def _new_incarnation(self, claimed: _ClaimedDrive, rec: ClusterRecord, cluster: ClusterFacts,
                          trigger: str) -> ClusterRecord:
         """The name now belongs to another cluster (deleted and created again): a new workflow.
 
         The document stays (the history under it is kept, both incarnations' entries in order);
         what belonged to the old cluster is cleared; the run is marked in the history entry.
         """
-        cluster_id, create_time = incarnation_of(cluster)
+        cluster_id, create_time = cluster.cluster_id, cluster.create_time
         was = rec.workflow
         previous = was.cluster_id or "unknown"
         earlier = (*was.previous_incarnations,
@@ -345,7 +357,7 @@ class ClusterFlow:
         operation = requested.operation if requested is not None else ""
         if requested is None or not operation or requested.failed_operation == operation:
             return None
-        claimed.cursor.step = "create-node-pool"
+        claimed.cursor.phase = "create-node-pool"
         failure = self.ctx.gke.operation_failure(claimed.ref, operation)
         if failure is None:
             return None
@@ -381,7 +393,7 @@ class ClusterFlow:
         """The policy gives a node pool template and the cluster has no suitable pool: create it.
         Its completion arrives as the CreateNodePool audit event, not by polling."""
         ref = claimed.ref
-        claimed.cursor.step = "create-node-pool"
+        claimed.cursor.phase = "create-node-pool"
         tpl = policy.node_pool_template
         now = claimed.store.get_cluster(ref)
         before = now.workflow.node_pool_requested if now is not None else None
@@ -404,26 +416,27 @@ class ClusterFlow:
                               ledger_key=claimed.event_id, release=True)
         return Outcome("waiting", decision.message, ref.path, rec.state)
 
-    def _node_pool_facts(self, ref: ClusterRef, rec: ClusterRecord, pool: Any, cursor: Cursor) -> NodePoolFacts:
+    def _node_pool_facts(self, ref: ClusterRef, rec: ClusterRecord, pool: PoolNetworks,
+                         cursor: Cursor) -> NodePoolFacts:
         """The multi-network pool and the CIDR behind its secondary range name (resolved once)."""
         pod_net = pool.pod_networks[0]
         node_pool = rec.workflow.node_pool
         interface = pool.interface_of(pod_net.subnetwork)
         if node_pool is not None and node_pool.name == pool.name and node_pool.cidr:
             return replace(node_pool, interface=interface)
-        cursor.step = "resolve-range"
+        cursor.phase = "resolve-range"
         cidr = self.ctx.gke.secondary_range_cidr(ref, pod_net.subnetwork, pod_net.secondary_pod_range)
         return NodePoolFacts(pool.name, pod_net.subnetwork, pod_net.secondary_pod_range, cidr,
                              pod_net.max_pods_per_node, interface)
 
-    def _install_and_apply(self, claimed: _ClaimedDrive, decision: decisions.ClusterStep, cluster: Any,
+    def _install_and_apply(self, claimed: _ClaimedDrive, decision: decisions.ClusterStep, cluster: ClusterFacts,
                            bundle: Any, policy: Any, observed: Callable[[ClusterWorkflow], ClusterWorkflow],
                            trigger: str) -> Outcome:
         """Install the bundle when it is missing or outdated, then apply the NADs that waited."""
         ref, cursor, event_id, rec = claimed.ref, claimed.cursor, claimed.event_id, claimed.rec
         node_pool = self._node_pool_facts(ref, rec, decision.pool, cursor)
         capacity = _capacity_findings(decision.pool, node_pool, cluster)
-        cursor.step = "endpoint"  # NeedsFix (a private-only cluster without VPC egress) -> a finding
+        cursor.phase = "endpoint"  # NeedsFix (a private-only cluster without VPC egress) -> a finding
         endpoint = self.ctx.gke.endpoint(cluster).to_dict()
         reach = ApiEndpoint(str(endpoint["kind"]), str(endpoint["address"]), str(endpoint["why"]))
 
@@ -432,7 +445,7 @@ class ClusterFlow:
             return replace(now, findings=now.findings + capacity, node_pool=node_pool, api_endpoint=reach)
 
         if decision.kind == decision.INSTALL or rec.workflow.bundle_version != bundle.version:
-            cursor.step = "install"
+            cursor.phase = "install"
             rec = claimed.advance(step="precheck", state=decisions.INSTALLING, message=f"{trigger}: {decision.message}",
                                   change=seen, next_step="install")
             kube = self.ctx.kube_for(ref, cluster)
@@ -455,50 +468,52 @@ class ClusterFlow:
         return Outcome("done", "cluster READY", ref.path, rec.state, {"nads": applied})
 
     def _install(self, kube: Any, bundle: Any, cursor: Cursor,
-                 renew: Callable[[str], None] = lambda step_name: None) -> dict[str, Any]:
+                 renew: Callable[[str], None] = lambda phase: None) -> dict[str, Any]:
         """Apply CRDs, wait until Established, then the rest: nothing uses a CRD before it serves.
 
-        The two waits can outlast the step's lease: `renew(step)` extends it every third of a lease
-        (and stops the step with the busy error if another delivery took the cluster meanwhile).
+        The two waits can outlast the step's lease: `renew(phase)` extends it every third of a lease,
+        the lease then naming the phase (and stops the step with the busy error if another delivery
+        took the cluster meanwhile).
         """
-        s = self.ctx.settings
-        every = max(1.0, s.lease_seconds / 3)
+        settings = self.ctx.settings
+        every = max(1.0, settings.lease_seconds / 3)
         before = kube.requests
         crds = [o for o in bundle.objects if o["kind"] == "CustomResourceDefinition"]
         rest = [o for o in bundle.objects if o["kind"] != "CustomResourceDefinition"]
-        cursor.step = "apply-crds"
+        cursor.phase = "apply-crds"
         kube.apply(crds)
-        cursor.step = "wait-crds"
-        deadline = time.monotonic() + s.crd_timeout_seconds
+        cursor.phase = "wait-crds"
+        deadline = time.monotonic() + settings.crd_timeout_seconds
         while True:
-            renew(cursor.step)
+            renew(cursor.phase)
             left = deadline - time.monotonic()
             try:
-                kube.wait_established(bundle.crd_names, timeout=max(0.0, min(left, every)), poll=s.crd_poll_seconds)
+                kube.wait_established(bundle.crd_names, timeout=max(0.0, min(left, every)),
+                                      poll=settings.crd_poll_seconds)
                 break
-            except Transient as e:
-                if e.code != "DEADLINE_EXCEEDED" or left <= every:
+            except NotYet:
+                if left <= every:
                     raise
-        cursor.step = "apply-bundle"
-        renew(cursor.step)
+        cursor.phase = "apply-bundle"
+        renew(cursor.phase)
         kube.apply(rest)
-        cursor.step = "rollout"
+        cursor.phase = "rollout"
         # Report the rollout rather than assume it (the seed allows maxUnavailable: 2): wait a
         # bounded time, record what was reached; reconcile keeps the figure current afterwards.
-        deadline = time.monotonic() + s.rollout_wait_seconds
+        deadline = time.monotonic() + settings.rollout_wait_seconds
         renewed = time.monotonic()
         rollout = kube.daemonset_rollout(*bundle.daemonset)
         while not rollout.complete and time.monotonic() < deadline:
-            time.sleep(min(1.0, max(0.05, s.crd_poll_seconds)))
+            time.sleep(min(1.0, max(0.05, settings.crd_poll_seconds)))
             if time.monotonic() - renewed >= every:
-                renew(cursor.step)
+                renew(cursor.phase)
                 renewed = time.monotonic()
             rollout = kube.daemonset_rollout(*bundle.daemonset)
-        cursor.step = "install"
+        cursor.phase = "install"
         return {"objects": len(bundle.objects), "requests": kube.requests - before, "rollout": rollout_fields(rollout)}
 
 
-def _capacity_findings(pool: Any, node_pool: NodePoolFacts, cluster: Any) -> tuple[Finding, ...]:
+def _capacity_findings(pool: PoolNetworks, node_pool: NodePoolFacts, cluster: ClusterFacts) -> tuple[Finding, ...]:
     """`range-capacity` warnings once the pool's secondary range CIDR is known (issue 14)."""
     from shared.core import prechecks
 
@@ -507,17 +522,12 @@ def _capacity_findings(pool: Any, node_pool: NodePoolFacts, cluster: Any) -> tup
     return tuple(prechecks.check_range_capacity(pool, node_pool.cidr, cluster=cluster))
 
 
-def incarnation_of(cluster: Any) -> tuple[str, str]:
-    """GKE's identity of this cluster: `id` (new on every re-creation) and `createTime`."""
-    cid, created = getattr(cluster, "id", ""), getattr(cluster, "create_time", "")
-    return (cid if isinstance(cid, str) else "", created if isinstance(created, str) else "")
-
-
-def new_incarnation(rec: ClusterRecord, cluster: Any) -> bool:
-    """Is the cluster GKE shows another one than the workflow recorded (same name, re-created)?"""
+def new_incarnation(rec: ClusterRecord, cluster: ClusterFacts) -> bool:
+    """Is the cluster GKE shows another one than the workflow recorded (same name, re-created)?
+    GKE's `id` is new on every re-creation."""
     if rec.state == decisions.DELETED or rec.workflow.new_incarnation_end:
         return True
-    recorded, now = rec.workflow.cluster_id, incarnation_of(cluster)[0]
+    recorded, now = rec.workflow.cluster_id, cluster.cluster_id
     return bool(recorded and now and recorded != now)
 
 

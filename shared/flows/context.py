@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from shared.core.policy import Policy
+from shared.core.prechecks import ClusterFacts
 from shared.core.refs import ClusterRef
 from shared.core.settings import PREFIX, ConfigError, Settings
 from shared.ports import ClusterApiPort, DataPathPort, GkePort, IdentityPort, StorePort
@@ -38,14 +39,16 @@ class Outcome:
 
 @dataclass
 class Cursor:
-    """Where a drive currently is, so an error is recorded against the step that raised it.
+    """Where a drive currently is (`phase`: resolve-range, endpoint, apply-crds, ...), so an error
+    is recorded against the phase that raised it. Distinct from the `step` a history entry is
+    recorded under and from the lease's step (`next_step`, `hold`), which the store owns.
 
     `holder` names this delivery of the event in the lease: two concurrent deliveries of one
     event (Pub/Sub is at least once) must not both run the steps, so each has its own holder and
     the second gets a `Transient` "busy" answer; it is redelivered later and finds the ledger.
     """
 
-    step: str
+    phase: str
     holder: str = field(default_factory=lambda: secrets.token_hex(6))
     facts_digest: str | None = None  # of the cluster as this drive read it (recorded with any outcome)
 
@@ -54,7 +57,7 @@ class Context:
     """Settings, lazily built ports, and the caches a warm function instance keeps."""
 
     def __init__(self, settings: Settings, *, store: Callable[[], StorePort], gke: Callable[[], GkePort],
-                 kube: Callable[[Any], ClusterApiPort], clock: Callable[[], float] = time.monotonic,
+                 kube: Callable[[ClusterFacts], ClusterApiPort], clock: Callable[[], float] = time.monotonic,
                  datapath: Callable[[], DataPathPort] | None = None,
                  identity: Callable[[], IdentityPort] | None = None) -> None:
         self.settings = settings
@@ -96,7 +99,7 @@ class Context:
             self._identity = self._make_identity()
         return self._identity
 
-    def kube_for(self, ref: ClusterRef, cluster: Any = None) -> ClusterApiPort:
+    def kube_for(self, ref: ClusterRef, cluster: ClusterFacts | None = None) -> ClusterApiPort:
         """A cluster API engine for `ref`, cached per process for a few minutes.
 
         A warm function instance handling many NAD requests for one cluster then makes one

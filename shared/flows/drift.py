@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.core.multus import object_key
+from shared.core.observed import nested
 from shared.ports import ClusterApiPort
 
 
@@ -22,8 +23,8 @@ def bundle_drift(kube: ClusterApiPort, bundle: Any) -> tuple[list[dict[str, Any]
     kinds = sorted({(o["apiVersion"], o["kind"], (o["metadata"].get("namespace") or "")) for o in bundle.objects})
     for api_version, kind, namespace in kinds:
         for item in kube.list(api_version, kind, namespace or None):
-            md = item.get("metadata") or {}
-            present[(api_version, kind, md.get("namespace") or "", md.get("name", ""))] = item
+            namespace_of, name_of = nested(item, "metadata", "namespace"), nested(item, "metadata", "name")
+            present[(api_version, kind, str(namespace_of or ""), str(name_of or ""))] = item
     missing = [o for o in bundle.objects if object_key(o) not in present]
     ns, name = bundle.daemonset
     ds = present.get(("apps/v1", "DaemonSet", ns, name))

@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from shared.core import decisions as d
-from shared.core import logs, prechecks
+from shared.core import decisions, logs, prechecks
 from shared.core.errors import Permanent, Rejected, Transient
+from shared.core.prechecks import ClusterFacts
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
 from shared.flows.rollout import RolloutFlow
-from shared.ports import PublisherPort
+from shared.ports import ClusterRecord, PublisherPort
 
 T = TypeVar("T")
 
@@ -66,18 +66,13 @@ class FanoutFlow:
             except (Transient, Permanent) as e:
                 errors.append(f"list clusters of {project}: {e}")
                 continue
-            for cluster in listed:
-                try:
-                    facts = prechecks.ClusterFacts.of(cluster)
-                except Rejected as e:
-                    errors.append(f"{project}: {e.message}")
-                    continue
+            for facts in listed:
                 ref = ClusterRef(project, facts.location, facts.name)
                 labels[ref.doc_id] = dict(facts.labels)
                 if ref.doc_id not in tracked:
                     if policy.opted_in(labels[ref.doc_id]):
                         untracked.append(ref)
-                elif needs_recheck(tracked[ref.doc_id], cluster, facts):
+                elif needs_recheck(tracked[ref.doc_id], facts):
                     rechecks.append(ref)
         try:
             rollout = self.rollouts.tick(ev.event_id, labels)
@@ -120,22 +115,23 @@ def bounded(items: list[T], limit: int, event_id: str) -> tuple[list[T], int]:
     return rotated[:limit], len(items) - limit
 
 
-def needs_recheck(rec: Any, cluster: Any, facts: Any) -> bool:
+def needs_recheck(rec: ClusterRecord, facts: ClusterFacts) -> bool:
     """A tracked cluster the tick should drive again: IGNORED / INELIGIBLE whose labels or facts
     changed since they were decided (an audit entry lost), or one GKE shows created again under
     its name (a DELETED workflow, or another cluster id than recorded)."""
     from shared.flows.cluster import new_incarnation
 
-    if rec.state in (d.IGNORED, d.INELIGIBLE) and prechecks.facts_digest(facts) != rec.workflow.facts_digest:
+    decided = rec.state in (decisions.IGNORED, decisions.INELIGIBLE)
+    if decided and prechecks.facts_digest(facts) != rec.workflow.facts_digest:
         return True
-    return rec.state not in d.RESUMABLE and new_incarnation(rec, cluster)
+    return rec.state not in decisions.RESUMABLE and new_incarnation(rec, facts)
 
 
 def wants_reconcile(rec: Any, now: float, stall_seconds: int) -> bool:
     """Whether a tracked cluster has work for a sweep: READY (drift check) or a stalled workflow."""
-    if rec.state == d.READY:
+    if rec.state == decisions.READY:
         return True
-    if rec.state not in d.RESUMABLE:
+    if rec.state not in decisions.RESUMABLE:
         return False  # INELIGIBLE / FAILED / IGNORED wait for the user's re-check; DELETED is closed
     updated = rec.updated_at
     return updated is None or now - updated.timestamp() >= stall_seconds

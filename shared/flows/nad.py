@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.core import decisions as d
-from shared.core import logs
-from shared.core.errors import NotOurs, Permanent, Problem, Rejected, Transient
+from shared.core import decisions, logs
+from shared.core.errors import NotOurs, Permanent, Problem, Rejected, RejectionKind, Transient
 from shared.core.nad import config_digest, request_digest
 from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
@@ -36,7 +35,7 @@ from shared.flows.verify import (
     may_have_verify_pod,
     verify_deadline,
 )
-from shared.ports import DELETE, NadVersion
+from shared.ports import DELETE, NadVersion, text_field
 
 # What the NAD decisions read of the other NADs (namespace and name come from the doc id).
 NAD_DECISION_FIELDS = ("state", "master", "range", "claimOrder", "applied", "claim", "claimRefused")
@@ -64,14 +63,15 @@ class NadFlow:
         cluster_state = rec.state if rec else None
         out = self._decide_and_carry_out(ref, rec, req, ev.event_id, ledger, expect=None, origin=ev.event_id,
                                          known=known, requester=requester)
-        if out.state == d.NAD_PENDING and out.status == "pending":
+        if out.state == decisions.NAD_PENDING and out.status == "pending":
             # Lost wake-up guard: the cluster may have become READY (and scanned its PENDING NADs)
             # between our read of it and our write. Look once more; the compare-and-set on PENDING
             # makes sure only one of us and that scan applies the NAD.
             rec = store.get_cluster(ref)
-            if rec is not None and rec.state == d.READY and cluster_state != d.READY:
+            if rec is not None and rec.state == decisions.READY and cluster_state != decisions.READY:
                 return self._decide_and_carry_out(ref, rec, req, ev.event_id, f"{ledger}~late",
-                                                  expect=(d.NAD_PENDING,), origin=ev.event_id, requester=requester)
+                                                  expect=(decisions.NAD_PENDING,), origin=ev.event_id,
+                                                  requester=requester)
         return out
 
     def _admit(self, ev: Any) -> Requester | None:
@@ -82,7 +82,7 @@ class NadFlow:
         ref: ClusterRef = ev.request.cluster
         why = self.ctx.policy().project_problem(ref.project)
         if why:
-            raise Rejected("request refused", [Problem("cluster", why)], kind="unknown-project",
+            raise Rejected("request refused", [Problem("cluster", why)], kind=RejectionKind.UNKNOWN_PROJECT,
                            event_id=ev.event_id)
         identity = self.ctx.identity
         if identity is None:
@@ -99,12 +99,13 @@ class NadFlow:
         first used with another body (an idempotency key names one request, not a NAD)."""
         store = self.ctx.store
         if req.request_id:
-            first = (store.get_ledger(ledger) or {}).get("digest")
+            first = text_field(store.get_ledger(ledger) or {}, "digest")
             if first and first != request_digest(req):
                 why = (f"request_id {req.request_id!r} was already used for a different request on this cluster "
                        f"(digest {first[:19]}, this one {request_digest(req)[:19]}); send a new request_id")
                 store.record_rejection(event_id=event_id, cluster=ref, reason="request_id reused with a different body",
-                                       problems=[{"field": "request_id", "message": why}], kind="request-id-reused",
+                                       problems=[{"field": "request_id", "message": why}],
+                                       kind=RejectionKind.REQUEST_ID_REUSED,
                                        ledger_key=f"{event_id}~request-id-reused")
                 return Outcome("rejected", why, ref.path, None)
         return Outcome("duplicate", "request already handled", ref.path)
@@ -126,17 +127,19 @@ class NadFlow:
         problems, grant = authorize(policy.requesters, requester, req)
         if problems:  # an identity outside its grants learns nothing more about the cluster
             reasons = tuple(str(p) for p in problems)
-            step = d.NadStep(d.NadStep.REJECT, d.NAD_REJECTED, "; ".join(reasons), reasons=reasons)
+            step = decisions.NadStep(decisions.NadStep.REJECT, decisions.NAD_REJECTED, "; ".join(reasons),
+                                     reasons=reasons)
         else:
-            step = d.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr, existing=None,
+            step = decisions.decide_nad(request=req, cluster_state=cluster_state, pool_cidr=pool_cidr, existing=None,
                                 namespace_problem=policy.namespace_problem(req.namespace), max_nads=None,
                                 pool_interface=pool.interface if pool else None)
-            if req.action == "apply" and (req.range or (cluster_state == d.READY and pool_cidr)):
+            if req.action == "apply" and (req.range or (cluster_state == decisions.READY and pool_cidr)):
                 quota = tuple(str(p) for p in quota_problems(grant, requested=req.range,
                                                               cidr=str(req.range or pool_cidr)))
                 if quota:  # after the cluster's own reasons (a range outside the pool says that first)
                     reasons = (*step.reasons, *quota) if step.kind == step.REJECT else quota
-                    step = d.NadStep(d.NadStep.REJECT, d.NAD_REJECTED, "; ".join(reasons), reasons=reasons)
+                    step = decisions.NadStep(decisions.NadStep.REJECT, decisions.NAD_REJECTED, "; ".join(reasons),
+                                             reasons=reasons)
         job = _Job(ref, req, event_id, ledger, origin or event_id, self._stale_before(), self._stale_before(1),
                    requester=requester.email if requester else None, grant=grant)
         if step.kind == step.APPLY:
@@ -149,15 +152,15 @@ class NadFlow:
     def _stale_before(self, leases: int = STALE_LEASES) -> str:
         return f"{time.time_ns() - int(leases * self.ctx.settings.lease_seconds * 1e9):020d}"
 
-    def _carry_out_nad(self, job: _Job, step: d.NadStep, *, expect: tuple[str | None, ...] | None = None,
+    def _carry_out_nad(self, job: _Job, step: decisions.NadStep, *, expect: tuple[str | None, ...] | None = None,
                        expect_claim: str | None = None) -> Outcome:
         """Reject or queue a NAD (applying is `_apply_nad`, deleting `_delete_nad`)."""
         if step.kind == step.REJECT:
             return self._refuse(job, list(step.reasons), None, expect_states=expect,
                                 expect_fields={"claimOrder": expect_claim} if expect_claim else None)
-        change = _Change(job, d.NAD_PENDING, lambda cur: _pending(job, cur, step.message))
+        change = _Change(job, decisions.NAD_PENDING, lambda cur: _pending(job, cur, step.message))
         wrote = self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
-                                       step="queue-nad", state=d.NAD_PENDING, fields={}, derive=change,
+                                       step="queue-nad", state=decisions.NAD_PENDING, fields={}, derive=change,
                                        message=f"{job.label}: {step.message}", ledger_key=job.ledger,
                                        ledger_fields=job.ledger_fields, expect_states=expect,
                                        expect_fields={"claimOrder": expect_claim} if expect_claim else None)
@@ -168,16 +171,16 @@ class NadFlow:
                 expect_states: tuple[str | None, ...] | None, expect_fields: dict[str, Any] | None,
                 known: NadVersion | None = None) -> Outcome:
         """Record a refusal: a NAD on the cluster keeps its applied part and says so."""
-        change = _Change(job, d.NAD_REJECTED, lambda cur: _refused(job, cur, reasons, cidr))
+        change = _Change(job, decisions.NAD_REJECTED, lambda cur: _refused(job, cur, reasons, cidr))
         wrote = self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
-                                       step="reject-nad", state=d.NAD_REJECTED, fields={}, derive=change,
+                                       step="reject-nad", state=decisions.NAD_REJECTED, fields={}, derive=change,
                                        outcome="rejected", ledger_key=job.ledger, ledger_fields=job.ledger_fields,
                                        expect_states=expect_states, expect_fields=expect_fields, known=known)
-        if not wrote and expect_fields and "claimOrder" in expect_fields and expect_states == (d.NAD_APPLYING,):
+        if not wrote and expect_fields and "claimOrder" in expect_fields and expect_states == (decisions.NAD_APPLYING,):
             # our claim was taken over meanwhile; the request has its outcome all the same
             self.ctx.store.record_ledger(job.ledger, event_id=job.event_id, step="reject-nad", outcome="rejected",
                                          cluster=job.ref, fields=job.ledger_fields)
-            return Outcome("rejected", "; ".join(reasons), job.ref.path, d.NAD_REJECTED)
+            return Outcome("rejected", "; ".join(reasons), job.ref.path, decisions.NAD_REJECTED)
         return Outcome("rejected" if wrote else "duplicate", "; ".join(reasons), job.ref.path, change.state)
 
     def _claim(self, job: _Job, cidr: str | None, state: str, *, expect: tuple[str | None, ...] | None,
@@ -190,7 +193,7 @@ class NadFlow:
         record, so no other write can come between the claim and the outcome unnoticed."""
         order = f"{time.time_ns():020d}~{secrets.token_hex(4)}"
         change = _Change(job, state, lambda cur: _claimed(job, cur, cidr, order, state, expect_claim))
-        verb = "deleting" if state == d.NAD_DELETING else f"applying with range {cidr}"
+        verb = "deleting" if state == decisions.NAD_DELETING else f"applying with range {cidr}"
         version = self.ctx.store.put_nad_version(
             job.ref, job.req.namespace, job.req.name, event_id=job.event_id, step="claim-nad", state=state, fields={},
             derive=change, message=f"{job.label}: {verb}", ledger_key=job.ledger, expect_states=expect,
@@ -204,15 +207,15 @@ class NadFlow:
         claim and recorded after the cluster answered; a refusal keeps the record as it was; on a
         cluster that is not READY a NAD still on it waits (PENDING delete)."""
         store, ref, req = self.ctx.store, job.ref, job.req
-        if cluster_state != d.READY:
-            change = _Change(job, d.NAD_PENDING, lambda cur: _delete_waits(job, cur, cluster_state))
+        if cluster_state != decisions.READY:
+            change = _Change(job, decisions.NAD_PENDING, lambda cur: _delete_waits(job, cur, cluster_state))
             wrote = store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="delete-nad",
-                                  state=d.NAD_PENDING, fields={}, derive=change, ledger_key=job.ledger,
+                                  state=decisions.NAD_PENDING, fields={}, derive=change, ledger_key=job.ledger,
                                   ledger_fields=job.ledger_fields, expect_states=expect,
                                   expect_fields={"claimOrder": expect_claim} if expect_claim else None, known=known)
-            status = "pending" if change.state == d.NAD_PENDING else "done"
+            status = "pending" if change.state == decisions.NAD_PENDING else "done"
             return Outcome(status if wrote else "duplicate", change.message, ref.path, change.state)
-        claimed = self._claim(job, None, d.NAD_DELETING, expect=expect, expect_claim=expect_claim, known=known)
+        claimed = self._claim(job, None, decisions.NAD_DELETING, expect=expect, expect_claim=expect_claim, known=known)
         if claimed is None:
             return Outcome("duplicate", "request already handled, or taken by another worker", ref.path)
         order, version = claimed
@@ -220,22 +223,22 @@ class NadFlow:
         try:
             deleted = self.ctx.kube_for(ref).delete_nad(req.namespace, req.name, cluster=ref.path)
         except NotOurs as e:  # a NAD someone else made: refused, naming its owner; the record stays
-            return self._refuse(job, [str(e)], None, expect_states=(d.NAD_DELETING,), expect_fields=mine,
+            return self._refuse(job, [str(e)], None, expect_states=(decisions.NAD_DELETING,), expect_fields=mine,
                                 known=version)
         except Permanent as e:
             return self._nad_failed(job, "delete", e, expect_fields=mine)
         except Transient as e:
-            self._release(job, order, d.NAD_DELETING, e)
+            self._release(job, order, decisions.NAD_DELETING, e)
             raise
         message = f"{job.label} deleted" + ("" if deleted else " (it was not on the cluster)")
         wrote = store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="delete-nad",
-                              state=d.NAD_DELETED, fields=_deleted(job), message=message, ledger_key=job.ledger,
-                              ledger_fields=job.ledger_fields, expect_states=(d.NAD_DELETING,), expect_fields=mine,
-                              known=version)
+                              state=decisions.NAD_DELETED, fields=_deleted(job), message=message, ledger_key=job.ledger,
+                              ledger_fields=job.ledger_fields, expect_states=(decisions.NAD_DELETING,),
+                              expect_fields=mine, known=version)
         if not wrote:
             store.record_ledger(job.ledger, event_id=job.event_id, step="delete-nad", outcome="ok", cluster=ref,
                                 fields=job.ledger_fields)
-        return Outcome("done" if wrote else "superseded", message, ref.path, d.NAD_DELETED)
+        return Outcome("done" if wrote else "superseded", message, ref.path, decisions.NAD_DELETED)
 
     def _apply_nad(self, job: _Job, cidr: str, *, expect: tuple[str | None, ...] | None,
                    expect_claim: str | None = None, known: NadVersion | None = None) -> Outcome:
@@ -248,23 +251,23 @@ class NadFlow:
         claim, so a claim turned away meanwhile puts back what its record says is on the cluster.
         """
         ref = job.ref
-        claimed = self._claim(job, cidr, d.NAD_APPLYING, expect=expect, expect_claim=expect_claim, known=known)
+        claimed = self._claim(job, cidr, decisions.NAD_APPLYING, expect=expect, expect_claim=expect_claim, known=known)
         if claimed is None:
             return Outcome("duplicate", "request already handled, or taken by another worker", ref.path)
         order, version = claimed
         try:
             return self._apply_claimed(job, cidr, order, version)
         except Transient as e:
-            self._release(job, order, d.NAD_APPLYING, e)
+            self._release(job, order, decisions.NAD_APPLYING, e)
             raise
 
     def _release(self, job: _Job, order: str, claimed: str, err: Exception) -> None:
         """A transient failure: give the claim back, so that the redelivery (or, for a NAD that
         waited for its cluster, the next drive or reconcile) carries the request out."""
-        change = _Change(job, d.NAD_PENDING, lambda cur: _released(job, cur, err))
+        change = _Change(job, decisions.NAD_PENDING, lambda cur: _released(job, cur, err))
         with contextlib.suppress(Transient, Permanent):
             self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
-                                   step="claim-nad", state=d.NAD_PENDING, fields={}, derive=change,
+                                   step="claim-nad", state=decisions.NAD_PENDING, fields={}, derive=change,
                                    expect_states=(claimed,), expect_fields={"claimOrder": order}, history=False)
 
     def _apply_claimed(self, job: _Job, cidr: str, order: str, version: NadVersion) -> Outcome:
@@ -279,14 +282,14 @@ class NadFlow:
         # flight, and the managed objects the cluster really has (with or without a record).
         docs = [n for n in store.list_nads(ref, fields=NAD_DECISION_FIELDS)
                 if (n["namespace"], n["name"]) != (ns, name)]
-        objects = [o for o in kube.list_managed_nads() if d.nad_object_key(o) != (ns, name)]
-        others = d.footprints(docs, objects)
-        limit = d.limit_problem(others, policy.max_nads_per_cluster)
+        objects = [o for o in kube.list_managed_nads() if decisions.nad_object_key(o) != (ns, name)]
+        others = decisions.footprints(docs, objects)
+        limit = decisions.limit_problem(others, policy.max_nads_per_cluster)
         reasons = [limit] if limit else []
-        per_namespace = namespace_quota_problem(job.grant or DEFAULT_GRANTS[0], others, ns, d.NAD_COUNTED)
+        per_namespace = namespace_quota_problem(job.grant or DEFAULT_GRANTS[0], others, ns, decisions.NAD_COUNTED)
         if per_namespace:
             reasons.append(per_namespace)
-        arb = d.arbitrate(key=f"{ns}~{name}", master=req.master, cidr=cidr, order=order, others=others)
+        arb = decisions.arbitrate(key=f"{ns}~{name}", master=req.master, cidr=cidr, order=order, others=others)
         lose_to = list(arb.lose_to)
         # Only a claim that is going to be applied turns later claims away; the loser's own worker
         # records the refusal (and puts back what was on the cluster), so its NAD stays claimed
@@ -294,32 +297,32 @@ class NadFlow:
         for other in (arb.win_over if not (lose_to or reasons) else ()):
             why = (f"range {other['range']} overlaps {label} ({cidr}) on master {req.master}, claimed first")
             if not store.put_nad(ref, other["namespace"], other["name"], event_id=job.event_id, step="refuse-claim",
-                                 state=d.NAD_APPLYING, fields={"claimRefused": why}, history=False,
-                                 expect_states=(d.NAD_APPLYING,),
+                                 state=decisions.NAD_APPLYING, fields={"claimRefused": why}, history=False,
+                                 expect_states=(decisions.NAD_APPLYING,),
                                  expect_fields={"claimOrder": other.get("claimOrder"), "claimRefused": None}):
                 now = store.get_nad(ref, other["namespace"], other["name"]) or {}
-                part = d.applied_part(now)
+                part = decisions.applied_part(now)
                 if part and part.get("master") == req.master and nadlib.ranges_overlap(cidr, part["range"]):
                     lose_to.append({**other, "range": part["range"]})  # it finished first after all
         reasons += _overlap_reasons(cidr, req.master, lose_to)
         if reasons:
-            return self._refuse(job, reasons, cidr, expect_states=(d.NAD_APPLYING,), expect_fields=mine,
+            return self._refuse(job, reasons, cidr, expect_states=(decisions.NAD_APPLYING,), expect_fields=mine,
                                 known=version)
         obj = nadlib.render_nad(req, cidr)
         try:
             result = kube.apply_nad(obj)
         except NotOurs as e:  # a NAD of that name someone else made: never taken over
-            return self._refuse(job, [str(e)], cidr, expect_states=(d.NAD_APPLYING,), expect_fields=mine,
+            return self._refuse(job, [str(e)], cidr, expect_states=(decisions.NAD_APPLYING,), expect_fields=mine,
                                 known=version)
         except Permanent as e:
             return self._nad_failed(job, "apply", e, expect_fields=mine)
-        state, message = d.NAD_APPLIED, f"{label} applied with range {cidr}"
+        state, message = decisions.NAD_APPLIED, f"{label} applied with range {cidr}"
         verification = None
         left: dict[str, Any] = {}
         if req.verify:  # the claim says a verification is on its way (verify.may_have_verify_pod)
             checked = self.verifier.check(kube, req, cidr, ref)
             verification = {"ok": checked.ok, "message": checked.detail}
-            state = d.NAD_VERIFIED if checked.ok else d.NAD_APPLIED
+            state = decisions.NAD_VERIFIED if checked.ok else decisions.NAD_APPLIED
             message += f"; verify: {checked.detail}"
             if checked.left is not None:
                 left = marker_fields(checked)  # its pod could not be deleted: reconcile's sweep looks for it
@@ -327,7 +330,7 @@ class NadFlow:
                              verification), **left}
         if store.put_nad(ref, ns, name, event_id=job.event_id, step="apply-nad", state=state, fields=fields,
                          message=message, ledger_key=job.ledger, ledger_fields=job.ledger_fields,
-                         expect_states=(d.NAD_APPLYING,), expect_fields={**mine, "claimRefused": None},
+                         expect_states=(decisions.NAD_APPLYING,), expect_fields={**mine, "claimRefused": None},
                          known=version):
             return Outcome("done", message, ref.path, state)
         if store.seen(job.ledger):
@@ -337,19 +340,19 @@ class NadFlow:
             # An abandoned-looking claim was taken over (`apply_pending`): the taker carries out
             # this same request and records its outcome, ledger included.
             return Outcome("superseded", f"{label}: another worker took this request over", ref.path,
-                           now.get("state"))
+                           text_field(now, "state") or None)
         # Turned away while applying (an overlapping claim with an earlier order won): put back
         # what the record says is on the cluster, then record the refusal.
         self._restore(kube, ref, now, ns, name)
         why = str(now.get("claimRefused") or "an overlapping request claimed its range first")
-        out = self._refuse(job, [why], cidr, expect_states=(d.NAD_APPLYING,), expect_fields=mine)
+        out = self._refuse(job, [why], cidr, expect_states=(decisions.NAD_APPLYING,), expect_fields=mine)
         return Outcome("rejected", f"{label} withdrawn: {why}", ref.path, out.state)
 
     def _restore(self, kube: Any, ref: ClusterRef, doc: Mapping[str, Any], ns: str, name: str) -> None:
         """Make the cluster hold what `doc`'s applied part says: its config again, or nothing."""
         from shared.core import nad as nadlib
 
-        part = d.applied_part(doc)
+        part = decisions.applied_part(doc)
         if part is None:
             kube.delete_nad(ns, name, cluster=ref.path)
         elif doc.get("config"):
@@ -359,9 +362,9 @@ class NadFlow:
 
     def _nad_failed(self, job: _Job, what: str, err: Exception, *,
                     expect_fields: dict[str, Any] | None = None) -> Outcome:
-        change = _Change(job, d.NAD_FAILED, lambda cur: _failed(job, cur, what, err))
+        change = _Change(job, decisions.NAD_FAILED, lambda cur: _failed(job, cur, what, err))
         self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id, step=f"{what}-nad",
-                               state=d.NAD_FAILED, fields={}, derive=change, outcome="failed",
+                               state=decisions.NAD_FAILED, fields={}, derive=change, outcome="failed",
                                ledger_key=job.ledger, ledger_fields=job.ledger_fields, expect_fields=expect_fields)
         return Outcome("failed", change.message, job.ref.path, change.state)
 
@@ -402,10 +405,11 @@ class NadFlow:
                 todo.append((nadlib.parse_request(dict(body)), expect, claim, last.get("messageId"),
                              Requester(who) if isinstance(who, str) else None))
             except Rejected as e:
-                store.put_nad(ref, doc["namespace"], doc["name"], event_id=event_id, step="apply-nad",
-                              state=d.NAD_REJECTED, fields={"reasons": [e.message]}, outcome="rejected",
+                store.put_nad(ref, text_field(doc, "namespace"), text_field(doc, "name"), event_id=event_id,
+                              step="apply-nad",
+                              state=decisions.NAD_REJECTED, fields={"reasons": [e.message]}, outcome="rejected",
                               message=e.message, ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}",
-                              expect_states=(d.NAD_PENDING,))
+                              expect_states=(decisions.NAD_PENDING,))
         for req, expect, claim, origin, requester in todo:
             ledger = f"{event_id}~{req.namespace}~{req.name}"
             try:
@@ -425,14 +429,15 @@ class NadFlow:
     def reject_pending(self, ref: ClusterRef, event_id: str, why: str) -> None:
         """The cluster will never be READY: refuse what waits for it (a PENDING delete of a NAD
         still recorded on the cluster keeps its applied part: it is refused, not done)."""
-        for doc in self.ctx.store.list_nads(ref, state=d.NAD_PENDING):
+        for doc in self.ctx.store.list_nads(ref, state=decisions.NAD_PENDING):
             last = _mapping(doc.get("lastRequest"))
-            change = _Change(None, d.NAD_REJECTED, functools.partial(_refused_waiting, last=last, why=why))
-            self.ctx.store.put_nad(ref, doc["namespace"], doc["name"], event_id=event_id, step="reject-nad",
-                                   state=d.NAD_REJECTED, fields={}, derive=change, outcome="rejected",
+            change = _Change(None, decisions.NAD_REJECTED, functools.partial(_refused_waiting, last=last, why=why))
+            self.ctx.store.put_nad(ref, text_field(doc, "namespace"), text_field(doc, "name"), event_id=event_id,
+                                   step="reject-nad",
+                                   state=decisions.NAD_REJECTED, fields={}, derive=change, outcome="rejected",
                                    message=f"{doc['namespace']}/{doc['name']}: {why}",
                                    ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}",
-                                   expect_states=(d.NAD_PENDING,))
+                                   expect_states=(decisions.NAD_PENDING,))
 
 
 def _scan_takes(doc: Mapping[str, Any], stale_before: str) -> tuple[tuple[str | None, ...], Any, Any] | None:
@@ -442,9 +447,9 @@ def _scan_takes(doc: Mapping[str, Any], stale_before: str) -> tuple[tuple[str | 
     body = last.get("request") if isinstance(last.get("request"), Mapping) else doc.get("request")
     if not isinstance(body, Mapping):
         return None
-    if doc.get("state") == d.NAD_PENDING:
-        return (d.NAD_PENDING,), None, body
-    if doc.get("state") in d.NAD_IN_FLIGHT and str(doc.get("claimOrder") or "") < stale_before:
+    if doc.get("state") == decisions.NAD_PENDING:
+        return (decisions.NAD_PENDING,), None, body
+    if doc.get("state") in decisions.NAD_IN_FLIGHT and str(doc.get("claimOrder") or "") < stale_before:
         return (doc["state"],), doc.get("claimOrder"), body  # its worker died: take it over
     return None
 
@@ -456,7 +461,8 @@ def _scan_takes(doc: Mapping[str, Any], stale_before: str) -> tuple[tuple[str | 
 #   top-level `range`, `master`, `config` and `request` it was rendered from: changed only when
 #   the cluster was changed (applied, deleted, adopted);
 # - `lastRequest` {action, state, reasons, requestId, messageId, range, digest, request, at}:
-#   the last request and its outcome, whatever it was.
+#   the last request and its outcome, whatever it was (the store keeps its `request` once: it
+#   leaves it out of the document when it is the top-level one, and puts it back when read).
 # A record without an applied part (a NAD never applied, or deleted) shows its last request in
 # the top-level fields, as before.
 
@@ -520,7 +526,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 
 def _busy_check(job: _Job, cur: Mapping[str, Any], takeover: str | None) -> None:
-    if cur.get("state") not in d.NAD_IN_FLIGHT:
+    if cur.get("state") not in decisions.NAD_IN_FLIGHT:
         return
     claim = _mapping(cur.get("claim"))
     theirs = str(cur.get("claimOrder") or "")
@@ -545,14 +551,14 @@ def _claimed(job: _Job, cur: dict[str, Any], cidr: str | None, order: str, state
                   "eventId": job.event_id, "requestId": job.req.request_id, "previousState": cur.get("state"),
                   "holder": job.holder},
         "lastRequest": job.last(state, cidr=cidr)}
-    part = d.applied_part(cur)
+    part = decisions.applied_part(cur)
     if part is None:
         out.update(_nad_fields(job.req))
         if cidr:
             out["range"] = cidr
     elif "applied" not in cur:
         out["applied"] = dict(part)  # a record written before `applied` existed
-    if cur.get("state") in d.NAD_IN_FLIGHT:
+    if cur.get("state") in decisions.NAD_IN_FLIGHT:
         out.update(_verify_may_linger(cur))  # a claim taken over: its worker may have left a verify pod
     return out
 
@@ -569,8 +575,9 @@ def _released(job: _Job, cur: dict[str, Any], err: Exception) -> dict[str, Any]:
     """A waiting NAD goes back to the queue (PENDING); any other claim stays, its range reserved,
     marked released: no worker is on it, so its redelivery (or any other request) may claim it."""
     claim = dict(_mapping(cur.get("claim")))
-    if claim.get("previousState") == d.NAD_PENDING:
-        return {**_SETTLE, **_verify_may_linger(cur), "state": d.NAD_PENDING, "lastRequest": job.last(d.NAD_PENDING),
+    if claim.get("previousState") == decisions.NAD_PENDING:
+        return {**_SETTLE, **_verify_may_linger(cur), "state": decisions.NAD_PENDING,
+                "lastRequest": job.last(decisions.NAD_PENDING),
                 "message": f"{job.label}: waiting again after a transient failure ({err})"}
     return {"state": cur.get("state"), "claim": {**claim, "released": True, "why": str(err)[:500]},
             "message": f"{job.label}: retried after a transient failure ({err})"}
@@ -578,8 +585,8 @@ def _released(job: _Job, cur: dict[str, Any], err: Exception) -> dict[str, Any]:
 
 def _pending(job: _Job, cur: dict[str, Any], why: str) -> dict[str, Any]:
     _busy_check(job, cur, None)
-    out: dict[str, Any] = {**_SETTLE, "state": d.NAD_PENDING, "lastRequest": job.last(d.NAD_PENDING)}
-    part = d.applied_part(cur)
+    out: dict[str, Any] = {**_SETTLE, "state": decisions.NAD_PENDING, "lastRequest": job.last(decisions.NAD_PENDING)}
+    part = decisions.applied_part(cur)
     if part is None:
         out.update(_nad_fields(job.req))
         out["message"] = f"{job.label}: {why}"
@@ -591,10 +598,10 @@ def _pending(job: _Job, cur: dict[str, Any], why: str) -> dict[str, Any]:
 def _refused(job: _Job, cur: dict[str, Any], reasons: list[str], cidr: str | None) -> dict[str, Any]:
     _busy_check(job, cur, None)
     text = "; ".join(reasons)
-    last = job.last(d.NAD_REJECTED, reasons=reasons, cidr=cidr)
-    part = d.applied_part(cur)
+    last = job.last(decisions.NAD_REJECTED, reasons=reasons, cidr=cidr)
+    part = decisions.applied_part(cur)
     if part is None:
-        out = {**_nad_fields(job.req), **_SETTLE, "state": d.NAD_REJECTED, "reasons": list(reasons),
+        out = {**_nad_fields(job.req), **_SETTLE, "state": decisions.NAD_REJECTED, "reasons": list(reasons),
                "lastRequest": last, "message": f"{job.label}: {text}"}
         if cidr:
             out["range"] = cidr
@@ -605,21 +612,21 @@ def _refused(job: _Job, cur: dict[str, Any], reasons: list[str], cidr: str | Non
 
 
 def _refused_waiting(cur: dict[str, Any], last: Mapping[str, Any], why: str) -> dict[str, Any]:
-    part = d.applied_part(cur)
-    new_last = {**last, "state": d.NAD_REJECTED, "reasons": [why], "at": datetime.now(UTC)}
+    part = decisions.applied_part(cur)
+    new_last = {**last, "state": decisions.NAD_REJECTED, "reasons": [why], "at": datetime.now(UTC)}
     name = f"{cur.get('namespace')}/{cur.get('name')}"
     if part is None:
-        return {**_SETTLE, "state": d.NAD_REJECTED, "reasons": [why], "lastRequest": new_last,
+        return {**_SETTLE, "state": decisions.NAD_REJECTED, "reasons": [why], "lastRequest": new_last,
                 "message": f"{name}: {why}"}
     return {**_SETTLE, "state": _kept_state(cur, part), "reasons": [why], "lastRequest": new_last,
             "message": f"{last.get('action') or 'update'} refused: {cur.get('name')} keeps {part['range']}; {why}"}
 
 
 def _failed(job: _Job, cur: dict[str, Any], what: str, err: Exception) -> dict[str, Any]:
-    last = job.last(d.NAD_FAILED, reasons=[str(err)])
-    part = d.applied_part(cur)
+    last = job.last(decisions.NAD_FAILED, reasons=[str(err)])
+    part = decisions.applied_part(cur)
     if part is None:
-        return {**_nad_fields(job.req), **_SETTLE, "state": d.NAD_FAILED, "lastError": str(err),
+        return {**_nad_fields(job.req), **_SETTLE, "state": decisions.NAD_FAILED, "lastError": str(err),
                 "lastRequest": last, "message": f"{job.label}: {what} refused by the cluster: {err}"}
     return {**_SETTLE, "state": _kept_state(cur, part), "lastError": str(err), "lastRequest": last,
             "message": f"{what} refused by the cluster: {job.req.name} keeps {part['range']}: {err}"}
@@ -627,24 +634,24 @@ def _failed(job: _Job, cur: dict[str, Any], what: str, err: Exception) -> dict[s
 
 def _kept_state(cur: Mapping[str, Any], part: Mapping[str, Any]) -> str:
     state = cur.get("state")
-    if state in d.NAD_LIVE or state == d.NAD_ORPHANED:
+    if state in decisions.NAD_LIVE or state == decisions.NAD_ORPHANED:
         return str(state)
-    return str(part.get("state") or d.NAD_APPLIED)
+    return str(part.get("state") or decisions.NAD_APPLIED)
 
 
 def _deleted(job: _Job) -> dict[str, Any]:
     return {**_SETTLE, "applied": DELETE, "config": DELETE, "resourceVersion": DELETE, "verification": DELETE,
             "reasons": DELETE, "lastError": DELETE, "action": "delete", "requestId": job.req.request_id,
-            "lastRequest": job.last(d.NAD_DELETED)}
+            "lastRequest": job.last(decisions.NAD_DELETED)}
 
 
 def _delete_waits(job: _Job, cur: dict[str, Any], cluster_state: str | None) -> dict[str, Any]:
     _busy_check(job, cur, None)
-    part = d.applied_part(cur)
-    if part is None or cluster_state in (None, d.DELETED):
-        gone = "the cluster is gone" if cluster_state == d.DELETED else "it was not on the cluster"
-        return {**_deleted(job), "state": d.NAD_DELETED, "message": f"{job.label} deleted ({gone})"}
-    return {**_SETTLE, "state": d.NAD_PENDING, "lastRequest": job.last(d.NAD_PENDING),
+    part = decisions.applied_part(cur)
+    if part is None or cluster_state in (None, decisions.DELETED):
+        gone = "the cluster is gone" if cluster_state == decisions.DELETED else "it was not on the cluster"
+        return {**_deleted(job), "state": decisions.NAD_DELETED, "message": f"{job.label} deleted ({gone})"}
+    return {**_SETTLE, "state": decisions.NAD_PENDING, "lastRequest": job.last(decisions.NAD_PENDING),
             "message": f"{job.label}: delete waits: the cluster is {cluster_state}; the NAD stays on it "
                        f"with {part['range']} until the cluster is READY"}
 

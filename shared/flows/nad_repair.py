@@ -24,10 +24,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
-from shared.core import decisions as d
-from shared.core import logs
+from shared.core import decisions, logs
 from shared.core.errors import NotOurs, Permanent, Problem, Transient
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context
@@ -42,6 +42,17 @@ from shared.flows.verify import (
 from shared.ports import DELETE
 
 
+class FixKind(StrEnum):
+    """What reconcile does about one NAD."""
+
+    ORPHAN_GONE = "orphan-gone"  # an ORPHANED record whose object left the cluster: closed
+    REAPPLY = "reapply"  # a managed NAD deleted or edited on the cluster: applied again
+    REFUSE = "refuse"  # a record whose stored config fails validation: not re-applied, said so
+    ADOPT = "adopt"  # a managed object without a record that conflicts with nothing: recorded
+    PRUNE = "prune"  # an orphan that conflicts (or cannot be read), with pruneOrphans: deleted
+    REPORT = "report"  # an orphan that conflicts: recorded ORPHANED
+
+
 @dataclass(frozen=True)
 class NadFix:
     """One thing reconcile has to do about a NAD, decided on the records and objects as read.
@@ -49,7 +60,7 @@ class NadFix:
     The plan (`plan_nads`) reads nothing and writes nothing: an empty plan is what lets an
     in-sync reconcile return without a claim; `repair_nads` carries a plan out under the claim."""
 
-    kind: str  # "orphan-gone", "reapply", "refuse", "adopt", "prune", "report"
+    kind: FixKind
     key: tuple[str, str]
     doc: Mapping[str, Any] | None = None
     live: Mapping[str, Any] | None = None
@@ -61,7 +72,7 @@ class NadFix:
 def plan_nads(policy: Any, ref: ClusterRef, docs: list[dict[str, Any]],
               objects: list[dict[str, Any]]) -> list[NadFix]:
     """What would bring records and cluster in line (nothing when they agree)."""
-    on_cluster = {d.nad_object_key(o): o for o in objects}
+    on_cluster = {decisions.nad_object_key(o): o for o in objects}
     by_key = {(doc["namespace"], doc["name"]): doc for doc in docs}
     plan: list[NadFix] = []
     for key, doc in sorted(by_key.items()):
@@ -71,10 +82,11 @@ def plan_nads(policy: Any, ref: ClusterRef, docs: list[dict[str, Any]],
     for key, obj in sorted(on_cluster.items()):
         found = by_key.get(key)
         state = (found or {}).get("state")
-        if found is not None and state != d.NAD_ORPHANED and (
-                d.applied_part(found) is not None or state in d.NAD_IN_FLIGHT or state == d.NAD_PENDING):
+        if found is not None and state != decisions.NAD_ORPHANED and (
+                decisions.applied_part(found) is not None or state in decisions.NAD_IN_FLIGHT
+                or state == decisions.NAD_PENDING):
             continue  # recorded, or a request is on its way to it
-        others = d.footprints([x for k, x in by_key.items() if k != key],
+        others = decisions.footprints([x for k, x in by_key.items() if k != key],
                               [o for k, o in on_cluster.items() if k != key])
         fix = _plan_orphan(policy, key, obj, found, others)
         if fix is not None:
@@ -87,9 +99,9 @@ def repair_nads(ctx: Context, ref: ClusterRef, kube: Any, event_id: str, plan: l
     fixes: list[str] = []
     for fix in plan:
         done: str | None
-        if fix.kind == "refuse":
+        if fix.kind == FixKind.REFUSE:
             done = _refuse_record(ctx, ref, fix, event_id)
-        elif fix.kind in ("orphan-gone", "reapply"):
+        elif fix.kind in (FixKind.ORPHAN_GONE, FixKind.REAPPLY):
             done = _repair_record(ctx, ref, kube, fix, event_id)
         else:
             done = _adopt_or_report(ctx, ref, kube, fix, event_id)
@@ -104,13 +116,13 @@ def _plan_record(ref: ClusterRef, key: tuple[str, str], doc: Mapping[str, Any],
     from shared.core.errors import Rejected
 
     ns, name = key
-    part = d.applied_part(doc)
+    part = decisions.applied_part(doc)
     state = doc.get("state")
-    if part is None or state in d.NAD_IN_FLIGHT or state == d.NAD_PENDING:
+    if part is None or state in decisions.NAD_IN_FLIGHT or state == decisions.NAD_PENDING:
         return None
-    if state == d.NAD_ORPHANED:
+    if state == decisions.NAD_ORPHANED:
         # An orphan is not ours to restore: once it is gone, its record says so.
-        return None if live is not None else NadFix("orphan-gone", key, doc, live)
+        return None if live is not None else NadFix(FixKind.ORPHAN_GONE, key, doc, live)
     config = doc.get("config")
     if live is not None and config and (live.get("spec") or {}).get("config") == config:
         return None
@@ -133,16 +145,16 @@ def _plan_record(ref: ClusterRef, key: tuple[str, str], doc: Mapping[str, Any],
                    or e.message)
         if doc.get("lastError") == message:
             return None  # refused and recorded already; nothing changed
-        return NadFix("refuse", key, doc, live, why=message)
-    return NadFix("reapply", key, doc, live, obj=obj)
+        return NadFix(FixKind.REFUSE, key, doc, live, why=message)
+    return NadFix(FixKind.REAPPLY, key, doc, live, obj=obj)
 
 
 def _repair_record(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, event_id: str) -> str | None:
     ns, name = fix.key
     doc = fix.doc or {}
-    if fix.kind == "orphan-gone":
-        ctx.store.put_nad(ref, ns, name, event_id=event_id, step="orphan-gone", state=d.NAD_DELETED,
-                          fields={"applied": DELETE, "orphan": DELETE}, expect_states=(d.NAD_ORPHANED,),
+    if fix.kind == FixKind.ORPHAN_GONE:
+        ctx.store.put_nad(ref, ns, name, event_id=event_id, step="orphan-gone", state=decisions.NAD_DELETED,
+                          fields={"applied": DELETE, "orphan": DELETE}, expect_states=(decisions.NAD_ORPHANED,),
                           message=f"{ns}/{name}: the orphan is no longer on the cluster",
                           ledger_key=f"{event_id}~orphan-gone~{ns}~{name}")
         return f"orphan NAD {ns}/{name} gone"
@@ -179,16 +191,17 @@ def _plan_orphan(policy: Any, key: tuple[str, str], obj: Mapping[str, Any], doc:
         why = "its spec.config has no Whereabouts range the controller can read"
         clash: list[Mapping[str, Any]] = []
     else:
-        clash = d.conflicts(key=f"{ns}~{name}", master=found[0], cidr=found[1], others=others)
+        clash = decisions.conflicts(key=f"{ns}~{name}", master=found[0], cidr=found[1], others=others)
         why = "; ".join(f"{found[1]} overlaps {o.get('namespace')}/{o.get('name')} ({o.get('range')}) "
                         f"on master {found[0]}" for o in clash)
     if found is not None and not clash:
-        return NadFix("adopt", key, doc, obj, found=found, why=why)
+        return NadFix(FixKind.ADOPT, key, doc, obj, found=found, why=why)
     if policy.prune_orphans:
-        return NadFix("prune", key, doc, obj, found=found, why=why)
-    if doc is not None and doc.get("state") == d.NAD_ORPHANED and (doc.get("orphan") or {}).get("reason") == why:
+        return NadFix(FixKind.PRUNE, key, doc, obj, found=found, why=why)
+    if doc is not None and doc.get("state") == decisions.NAD_ORPHANED \
+            and (doc.get("orphan") or {}).get("reason") == why:
         return None  # reported already, nothing changed
-    return NadFix("report", key, doc, obj, found=found, why=why)
+    return NadFix(FixKind.REPORT, key, doc, obj, found=found, why=why)
 
 
 def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, event_id: str) -> str | None:
@@ -204,10 +217,11 @@ def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, even
     expect = (doc.get("state") if doc else None,)
     what = f"{ns}/{name}" + (f" ({found[1]} on master {found[0]})" if found else "")
     applied = ({"range": found[1], "master": found[0], "configDigest": nadlib.config_digest(config),
-                "requestId": request_id, "messageId": None, "state": d.NAD_APPLIED, "at": now} if found else DELETE)
+                "requestId": request_id, "messageId": None, "state": decisions.NAD_APPLIED, "at": now}
+               if found else DELETE)
     identity = {"range": found[1], "master": found[0]} if found else {}
-    if fix.kind == "adopt":
-        store.put_nad(ref, ns, name, event_id=event_id, step="adopt-nad", state=d.NAD_APPLIED,
+    if fix.kind == FixKind.ADOPT:
+        store.put_nad(ref, ns, name, event_id=event_id, step="adopt-nad", state=decisions.NAD_APPLIED,
                       fields={**identity, "applied": applied, "config": config, "requestId": request_id,
                               "adopted": {"at": now, "by": "reconcile"}, "orphan": DELETE, "reasons": DELETE,
                               "lastError": DELETE},
@@ -215,20 +229,21 @@ def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, even
                               "nothing; recorded as applied", expect_states=expect,
                       ledger_key=f"{event_id}~adopt~{ns}~{name}")
         return f"adopted orphan NAD {ns}/{name}"
-    if fix.kind == "prune":
+    if fix.kind == FixKind.PRUNE:
         try:
             kube.delete_nad(ns, name, cluster=ref.path)
         except (Transient, Permanent) as e:
             logs.warning("could not prune an orphan NAD", cluster=ref.path, nad=f"{ns}/{name}", error=str(e))
             return None
-        store.put_nad(ref, ns, name, event_id=event_id, step="prune-orphan", state=d.NAD_DELETED,
+        store.put_nad(ref, ns, name, event_id=event_id, step="prune-orphan", state=decisions.NAD_DELETED,
                       fields={**identity, "applied": DELETE, "orphan": DELETE,
                               "pruned": {"config": config, "at": now, "reason": why}},
                       message=f"orphan pruned: {what} was on the cluster without a record and {why}; deleted "
                               "because the policy prunes orphans; its config is kept in this record (`pruned`)",
                       expect_states=expect, ledger_key=f"{event_id}~prune~{ns}~{name}")
         return f"pruned orphan NAD {ns}/{name}"
-    store.put_nad(ref, ns, name, event_id=event_id, step="report-orphan", state=d.NAD_ORPHANED, outcome="skipped",
+    store.put_nad(ref, ns, name, event_id=event_id, step="report-orphan", state=decisions.NAD_ORPHANED,
+                  outcome="skipped",
                   fields={**identity, "applied": applied, "config": config, "requestId": request_id,
                           "orphan": {"reason": why, "foundAt": now}},
                   message=f"orphan reported: {what} is on the cluster without a record and {why}; left in place "

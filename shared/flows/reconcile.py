@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from shared.core import decisions as d
-from shared.core import logs
+from shared.core import decisions, logs
 from shared.core.errors import ProvisionerError
+from shared.core.prechecks import ClusterFacts
 from shared.core.records import RolloutReport
 from shared.core.refs import ClusterRef
 from shared.core.settings import ConfigError
@@ -67,13 +67,13 @@ def reconcile(wf: ReconcileFlow, ev: Any) -> Outcome:
             # multi-networking emits none of the four audited methods); a full run leaves
             # INELIGIBLE / FAILED / IGNORED alone so that a broken cluster does not loop.
             # A scoped re-check of a DELETED workflow finds a cluster created again under its name.
-            recheck = ev.scope is not None and ev.sweep is None and rec.state in (d.INELIGIBLE, d.FAILED, d.IGNORED,
-                                                                                  d.DELETED)
-            if recheck or (rec.state in d.RESUMABLE and _stale(rec, now, wf.ctx.settings.stall_seconds)):
+            recheck = ev.scope is not None and ev.sweep is None and rec.state in (
+                decisions.INELIGIBLE, decisions.FAILED, decisions.IGNORED, decisions.DELETED)
+            if recheck or (rec.state in decisions.RESUMABLE and _stale(rec, now, wf.ctx.settings.stall_seconds)):
                 why = "re-check requested" if recheck else "workflow was stalled"
                 out = wf.clusters.drive(rec.ref, sub_event, trigger=f"reconcile: {why}", create=False)
                 resumed.append(f"{rec.ref.path}: {out.state}")
-            elif rec.state == d.READY:
+            elif rec.state == decisions.READY:
                 fixed = repair(wf, rec, sub_event)
                 if fixed:
                     repaired.append(f"{rec.ref.path}: {', '.join(fixed)}")
@@ -117,20 +117,17 @@ def adopt_untracked(wf: ReconcileFlow, ev: Any, tracked: set[str], by_id: dict[s
     adopted, and tracked ones GKE shows created again start their new workflow. (adopted, errors)"""
     adopted: list[str] = []
     errors: list[str] = []
-    from shared.core import prechecks
-
     try:
         clusters = wf.ctx.gke.list_clusters(wf.ctx.settings.project)
     except SWEEP_ERRORS as e:
         clusters = []
         errors.append(f"list clusters: {e}")
-    for cluster in clusters:
-        facts = prechecks.ClusterFacts.of(cluster)
+    for facts in clusters:
         ref = ClusterRef(wf.ctx.settings.project, facts.location, facts.name)
         if ref.doc_id in recreated:
             continue
         if ref.doc_id in tracked:
-            out_ = drive_new_incarnation(wf, ev, by_id.get(ref.doc_id), cluster)
+            out_ = drive_new_incarnation(wf, ev, by_id.get(ref.doc_id), facts)
             if out_:
                 (adopted if out_[0] else errors).append(out_[1])
             continue
@@ -159,7 +156,7 @@ class Look:
     Taken once without a claim (an in-sync cluster ends there: reads only), and again under the
     claim before anything is changed, since another worker may have changed it meanwhile."""
 
-    cluster: Any
+    cluster: ClusterFacts
     recreated: bool = False  # another incarnation under the name (deleted and created again)
     kube: Any = None
     bundle: Any = None
@@ -289,7 +286,7 @@ def _repair_claimed(wf: ReconcileFlow, rec: Any, event_id: str) -> list[str]:
     return fixes
 
 
-def drive_new_incarnation(wf: ReconcileFlow, ev: Any, rec: Any, cluster: Any) -> tuple[bool, str] | None:
+def drive_new_incarnation(wf: ReconcileFlow, ev: Any, rec: Any, cluster: ClusterFacts) -> tuple[bool, str] | None:
     """A listed cluster that is another incarnation than the workflow recorded (deleted and created
     again while the events were lost): drive it, which starts its new workflow. (ok, line) or None."""
     from shared.flows.cluster import new_incarnation
@@ -315,13 +312,12 @@ def recheck_changed(wf: ReconcileFlow, ev: Any, records: list[Any]) -> tuple[lis
     """
     from shared.core import prechecks
 
-    waiting = [r for r in records if r.state in (d.IGNORED, d.INELIGIBLE)]
+    waiting = [r for r in records if r.state in (decisions.IGNORED, decisions.INELIGIBLE)]
     done, errors = [], []
     listed: dict[str, Any] = {}
     for project in sorted({r.ref.project for r in waiting}):
         try:
-            for cluster in wf.ctx.gke.list_clusters(project):
-                facts = prechecks.ClusterFacts.of(cluster)
+            for facts in wf.ctx.gke.list_clusters(project):
                 listed[ClusterRef(project, facts.location, facts.name).doc_id] = facts
         except SWEEP_ERRORS as e:
             errors.append(f"list clusters of {project}: {e}")

@@ -24,15 +24,13 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.core import decisions as d
-from shared.core import logs
-from shared.core import waves as w
-from shared.core.errors import Permanent, Rejected, Transient
+from shared.core import decisions, logs, waves
+from shared.core.errors import Permanent, Rejected, RejectionKind, Transient
 from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, bundle_of
 from shared.flows.verify import clear_verifying, mark_verifying, run_verification
-from shared.ports import AlreadyHandled
+from shared.ports import AlreadyHandled, StorePort, text_field
 
 STUCK_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff",
                  "CreateContainerConfigError")
@@ -56,10 +54,10 @@ class RolloutFlow:
         """
         policy = self.ctx.policy(fresh=True)
         target_spec = self._versioned(policy.bundle_spec())
-        doc, update_time = self.ctx.store.get_rollout()
+        doc, update_time = _rollout_doc(self.ctx.store)
         if doc is None or (doc.get("target") or {}).get("version") != target_spec["version"]:
             doc, update_time = self._start(event_id, doc, update_time, policy, target_spec, labels or {})
-        if doc.get("state") != w.RUNNING:
+        if doc.get("state") != waves.RUNNING:
             return f"rollout {doc.get('state')}: {doc.get('reason') or _summary(doc)}"
         doc = self._drive(event_id, doc, update_time)
         return f"rollout {doc.get('state')}: {doc.get('reason') or _summary(doc)}"
@@ -73,7 +71,7 @@ class RolloutFlow:
                labels: Mapping[str, Mapping[str, str]]) -> tuple[dict[str, Any], Any]:
         if doc is None:  # the first rollout starts from the bundle the deployment installs
             previous = self._versioned(Policy.from_settings(self.ctx.settings).bundle_spec())
-        elif doc.get("state") == w.COMPLETED:
+        elif doc.get("state") == waves.COMPLETED:
             previous = dict(doc.get("target") or {})
         else:  # aborted, halted or superseded: the last good bundle
             previous = dict(doc.get("previous") or doc.get("target") or {})
@@ -81,16 +79,16 @@ class RolloutFlow:
         base: dict[str, Any] = {"target": target, "previous": previous, "startedAt": now, "updatedAt": now,
                                 "startedBy": event_id, "reason": "", "haltedCluster": "", "finishedAt": ""}
         if previous.get("version") == target["version"]:
-            new = {**base, "state": w.COMPLETED, "waves": [], "wave": 0, "clusters": {}, "finishedAt": now}
+            new = {**base, "state": waves.COMPLETED, "waves": [], "wave": 0, "clusters": {}, "finishedAt": now}
         else:
-            ready = self.ctx.store.list_clusters(state=d.READY)
-            size = w.WaveSize.parse(policy.rollout_wave_size, field="rolloutWaveSize")
-            plan = w.plan([(r.ref.doc_id, labels.get(r.ref.doc_id) or {}) for r in ready],
+            ready = self.ctx.store.list_clusters(state=decisions.READY)
+            size = waves.WaveSize.parse(policy.rollout_wave_size, field="rolloutWaveSize")
+            plan = waves.plan([(r.ref.doc_id, labels.get(r.ref.doc_id) or {}) for r in ready],
                           canary=policy.rollout_canary, size=size)
             wave_of = {cid: i for i, wave in enumerate(plan) for cid in wave["clusters"]}
-            clusters = {r.ref.doc_id: {"path": r.ref.path, "wave": wave_of[r.ref.doc_id], "state": w.WAITING,
+            clusters = {r.ref.doc_id: {"path": r.ref.path, "wave": wave_of[r.ref.doc_id], "state": waves.WAITING,
                                        "since": now, "message": ""} for r in ready}
-            new = {**base, "state": w.RUNNING if plan else w.COMPLETED, "waves": plan, "wave": 0,
+            new = {**base, "state": waves.RUNNING if plan else waves.COMPLETED, "waves": plan, "wave": 0,
                    "clusters": clusters, "waveSize": str(size), "canary": policy.rollout_canary}
             if not plan:
                 new["finishedAt"] = now
@@ -104,7 +102,7 @@ class RolloutFlow:
         """Drive the current wave until it waits on a gate, halts or the rollout completes."""
         s = self.ctx.settings
         deadline = time.monotonic() + max(1.0, s.rollout_wait_seconds)
-        while doc["state"] == w.RUNNING:
+        while doc["state"] == waves.RUNNING:
             wave = doc["waves"][doc["wave"]]
             starting = [cid for cid in wave["clusters"] if self._claim(doc, cid)]
             if starting:  # recorded first: from now on every other path gives these clusters the target
@@ -113,22 +111,22 @@ class RolloutFlow:
                 self._update(event_id, doc, cid)
             for cid in wave["clusters"]:
                 entry = doc["clusters"][cid]
-                failed = self._gate(event_id, doc, cid) if entry["state"] == w.UPDATING else None
+                failed = self._gate(event_id, doc, cid) if entry["state"] == waves.UPDATING else None
                 if failed is not None:
                     # Halt and record first: from now on every other path gives this cluster the
                     # previous bundle; then put it back.
-                    entry.update(state=w.ROLLED_BACK, since=_now(), message=failed)
-                    doc.update(state=w.HALTED, haltedCluster=cid,
+                    entry.update(state=waves.ROLLED_BACK, since=_now(), message=failed)
+                    doc.update(state=waves.HALTED, haltedCluster=cid,
                                reason=f"{entry['path']} failed the health gate: {failed}")
                     update_time = self._save(doc, update_time)
                     self._rollback(event_id, doc, cid, failed)
                     break
-            if doc["state"] == w.RUNNING and all(doc["clusters"][c]["state"] in (w.PASSED, w.SKIPPED)
+            if doc["state"] == waves.RUNNING and all(doc["clusters"][c]["state"] in (waves.PASSED, waves.SKIPPED)
                                                  for c in wave["clusters"]):
                 doc["wave"] += 1
                 if doc["wave"] >= len(doc["waves"]):
                     doc["wave"] = len(doc["waves"]) - 1
-                    doc["state"] = w.COMPLETED
+                    doc["state"] = waves.COMPLETED
                     doc["finishedAt"] = _now()
                 doc["updatedAt"] = _now()
                 update_time = self._save(doc, update_time)
@@ -151,13 +149,13 @@ class RolloutFlow:
     def _claim(self, doc: dict[str, Any], cid: str) -> bool:
         """WAITING -> UPDATING for a READY cluster of the current wave (SKIPPED if it is not READY)."""
         entry = doc["clusters"][cid]
-        if entry["state"] != w.WAITING:
+        if entry["state"] != waves.WAITING:
             return False
         rec = self.ctx.store.get_cluster(ClusterRef.parse(entry["path"]))
-        if rec is None or rec.state != d.READY:
-            entry.update(state=w.SKIPPED, since=_now(), message=f"not READY ({rec.state if rec else 'gone'})")
+        if rec is None or rec.state != decisions.READY:
+            entry.update(state=waves.SKIPPED, since=_now(), message=f"not READY ({rec.state if rec else 'gone'})")
             return False
-        entry.update(state=w.UPDATING, since=_now(), started=time.time(), message="applying the target bundle")
+        entry.update(state=waves.UPDATING, since=_now(), started=time.time(), message="applying the target bundle")
         return True
 
     def _update(self, event_id: str, doc: dict[str, Any], cid: str) -> None:
@@ -194,7 +192,7 @@ class RolloutFlow:
                                      f"{message}"
         entry["message"] = message
         if verdict == PASS:
-            entry.update(state=w.PASSED, since=_now())
+            entry.update(state=waves.PASSED, since=_now())
             self._record(ref, f"{event_id}~rollout~{cid}~pass", "rollout-gate", "ok",
                          f"rollout: health gate passed for bundle {bundle.version}: {message}", None)
         return message if verdict == FAIL else None
@@ -246,31 +244,31 @@ class RolloutFlow:
 
     # -- the CLI's actions ------------------------------------------------------------------
     def status(self) -> dict[str, Any] | None:
-        doc, _ = self.ctx.store.get_rollout()
+        doc, _ = _rollout_doc(self.ctx.store)
         return doc
 
     def resume(self) -> dict[str, Any]:
         """HALTED -> RUNNING; the cluster that failed its gate is tried again in its wave."""
-        doc, update_time = self.ctx.store.get_rollout()
-        if doc is None or doc.get("state") != w.HALTED:
-            raise Rejected("nothing to resume", kind="not-halted",
+        doc, update_time = _rollout_doc(self.ctx.store)
+        if doc is None or doc.get("state") != waves.HALTED:
+            raise Rejected("nothing to resume", kind=RejectionKind.NOT_HALTED,
                            problems=[_problem(f"the rollout is {doc.get('state') if doc else 'absent'}, "
                                               "only a HALTED rollout can be resumed")])
         cid = doc.get("haltedCluster")
         if cid in (doc.get("clusters") or {}):
-            doc["clusters"][cid].update(state=w.WAITING, since=_now(), message="resumed")
-        doc.update(state=w.RUNNING, reason="", haltedCluster="", resumedAt=_now())
+            doc["clusters"][cid].update(state=waves.WAITING, since=_now(), message="resumed")
+        doc.update(state=waves.RUNNING, reason="", haltedCluster="", resumedAt=_now())
         self._save(doc, update_time)
         return doc
 
     def abort(self) -> dict[str, Any]:
         """Stop the rollout: every cluster goes back to the last good bundle (reconcile applies it)."""
-        doc, update_time = self.ctx.store.get_rollout()
-        if doc is None or doc.get("state") not in (w.RUNNING, w.HALTED):
-            raise Rejected("nothing to abort", kind="not-running",
+        doc, update_time = _rollout_doc(self.ctx.store)
+        if doc is None or doc.get("state") not in (waves.RUNNING, waves.HALTED):
+            raise Rejected("nothing to abort", kind=RejectionKind.NOT_RUNNING,
                            problems=[_problem(f"the rollout is {doc.get('state') if doc else 'absent'}, "
                                               "only a RUNNING or HALTED rollout can be aborted")])
-        doc.update(state=w.ABORTED, reason=f"aborted; clusters return to {doc['previous'].get('version')}",
+        doc.update(state=waves.ABORTED, reason=f"aborted; clusters return to {doc['previous'].get('version')}",
                    finishedAt=_now())
         self._save(doc, update_time)
         return doc
@@ -303,18 +301,20 @@ def health_gate(ctx: Context, ref: ClusterRef, kube: Any, bundle: Any) -> tuple[
         return PENDING, f"DaemonSet {ns}/{name}: {rollout.ready}/{rollout.desired} ready, {rollout.updated} updated"
     rec = ctx.store.get_cluster(ref)
     pool = rec.workflow.node_pool.name if rec and rec.workflow.node_pool else None
-    nads = [n for n in ctx.store.list_nads(ref) if n.get("state") in d.NAD_LIVE and n.get("range")]
-    if not nads:
+    live = sorted((text_field(n, "namespace"), text_field(n, "name"), text_field(n, "range"))
+                  for n in ctx.store.list_nads(ref)
+                  if n.get("state") in decisions.NAD_LIVE and text_field(n, "range"))
+    if not live:
         return PASS, f"DaemonSet rolled out ({rollout.ready}/{rollout.desired}); no NAD to verify net1 with"
-    nad = sorted(nads, key=lambda n: (n["namespace"], n["name"]))[0]
+    nad_namespace, nad_name, nad_range = live[0]
     timeout = max(5.0, s.rollout_wait_seconds)
     event_id = f"rollout-gate~{ref.doc_id}"  # names nothing written: the marker has no history entry
-    mark_verifying(ctx.store, ref, nad["namespace"], nad["name"], event_id=event_id, timeout=timeout)
-    result = run_verification(kube, nad["namespace"], nad["name"], nad["range"], pool=pool, cluster=ref.path,
+    mark_verifying(ctx.store, ref, nad_namespace, nad_name, event_id=event_id, timeout=timeout)
+    result = run_verification(kube, nad_namespace, nad_name, nad_range, pool=pool, cluster=ref.path,
                               timeout=timeout)
     if result.left is None:  # the marker goes with the pod; one left behind keeps it for reconcile's sweep
-        clear_verifying(ctx.store, ref, nad["namespace"], nad["name"], event_id=event_id)
-    where = f"verify pod on {nad['namespace']}/{nad['name']}: {result.detail}"
+        clear_verifying(ctx.store, ref, nad_namespace, nad_name, event_id=event_id)
+    where = f"verify pod on {nad_namespace}/{nad_name}: {result.detail}"
     return (PASS if result.ok else FAIL), (f"DaemonSet rolled out ({rollout.ready}/{rollout.desired}); {where}")
 
 
@@ -330,12 +330,20 @@ def _apply(kube: Any, bundle: Any, settings: Any) -> None:
     kube.apply([o for o in bundle.objects if o["kind"] != "CustomResourceDefinition"])
 
 
+def _rollout_doc(store: StorePort) -> tuple[dict[str, Any] | None, object]:
+    """`rollouts/current` as this flow edits it: a nested map (fields: docs/FIRESTORE.md,
+    `shared.core.waves`), and the update time its next write is preconditioned on."""
+    doc, update_time = store.get_rollout()
+    edited: dict[str, Any] | None = dict(doc) if doc is not None else None
+    return edited, update_time
+
+
 def _summary(doc: Mapping[str, Any]) -> str:
     states: dict[str, int] = {}
     for entry in (doc.get("clusters") or {}).values():
         states[entry.get("state", "")] = states.get(entry.get("state", ""), 0) + 1
-    waves = doc.get("waves") or []
-    where = f"wave {doc.get('wave', 0) + 1}/{len(waves)}" if waves else "no waves"
+    planned = doc.get("waves") or []
+    where = f"wave {doc.get('wave', 0) + 1}/{len(planned)}" if planned else "no waves"
     return f"{where}; " + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "no clusters")
 
 

@@ -21,14 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared.core import decisions as d
-from shared.core import logs, ranges
-from shared.core.errors import Permanent, Rejected, Transient
+from shared.core import decisions, logs, ranges
+from shared.core.errors import Permanent, Rejected, RejectionKind, Transient
 from shared.core.ranges import Allocation
 from shared.core.refs import ClusterRef
 from shared.core.settings import VERIFY_TIMEOUT_MAX_SECONDS
 from shared.flows.context import Context, Outcome
-from shared.ports import DELETE, DataPathPort, PodDataPath, Reach
+from shared.ports import DELETE, DataPathPort, PodDataPath, Reach, text_field
 
 # Pinned by digest (the multi-arch index of pause 3.9, as registry.k8s.io serves it): a tag can be
 # moved under us, a digest cannot. The bundle's images are pinned the same way (shared/core/multus.py).
@@ -237,6 +236,12 @@ def _judge(ok: bool, detail: str, checks: list[PodCheck], datapath: DataPathPort
                    f"{': ' + reach.detail if reach.detail else ''}"), reach
 
 
+def _applied_state(cur: Mapping[str, object], state: str) -> dict[str, object]:
+    """The record's applied part with the state a verification found (nothing without one)."""
+    applied = cur.get("applied")
+    return {"applied": {**applied, "state": state}} if isinstance(applied, dict) else {}
+
+
 def may_have_verify_pod(doc: Mapping[str, Any]) -> bool:
     """A verify pod of this NAD can exist: a request with `verify` is in flight (its worker is
     checking, or died while checking), or the record's marker says one started or was left."""
@@ -246,7 +251,7 @@ def may_have_verify_pod(doc: Mapping[str, Any]) -> bool:
     last: Mapping[str, Any] = last_value if isinstance(last_value, Mapping) else {}
     body_value = last.get("request")
     body: Mapping[str, Any] = body_value if isinstance(body_value, Mapping) else {}
-    return doc.get("state") in d.NAD_IN_FLIGHT and bool(body.get("verify"))
+    return doc.get("state") in decisions.NAD_IN_FLIGHT and bool(body.get("verify"))
 
 
 def mark_verifying(store: Any, ref: ClusterRef, namespace: str, name: str, *, event_id: str,
@@ -256,14 +261,14 @@ def mark_verifying(store: Any, ref: ClusterRef, namespace: str, name: str, *, ev
     store.put_nad(ref, namespace, name, event_id=event_id, step="verify-start", state="", fields={},
                   derive=lambda cur: {"state": cur.get("state"),
                                       VERIFY_POD_FIELD: {"until": round(verify_deadline(timeout))}},
-                  expect_states=tuple(d.NAD_LIVE), history=False)
+                  expect_states=tuple(decisions.NAD_LIVE), history=False)
 
 
 def clear_verifying(store: Any, ref: ClusterRef, namespace: str, name: str, *, event_id: str) -> bool:
     """The record's marker removed: its verification is over and no pod of it is left."""
     return bool(store.put_nad(ref, namespace, name, event_id=event_id, step="verify-swept", state="", fields={},
                               derive=lambda cur: {"state": cur.get("state"), VERIFY_POD_FIELD: DELETE},
-                              expect_states=tuple(set(d.NAD_COUNTED + d.NAD_SETTLED)), history=False))
+                              expect_states=tuple(set(decisions.NAD_COUNTED + decisions.NAD_SETTLED)), history=False))
 
 
 def marker_fields(result: Verification) -> dict[str, Any]:
@@ -297,26 +302,27 @@ class VerifyFlow:
         """Start a short-lived pod on the NAD, check net1's address, record VERIFIED or why not."""
         store = self.ctx.store
         doc = store.get_nad(ref, namespace, name)
-        if doc is None or doc.get("state") not in d.NAD_LIVE:
+        if doc is None or doc.get("state") not in decisions.NAD_LIVE:
             state = doc.get("state") if doc else "unknown"
             raise Rejected(f"NAD {namespace}/{name} on {ref.path} is {state}; only APPLIED NADs can be verified",
-                           kind="not-applied", cluster=ref)
+                           kind=RejectionKind.NOT_APPLIED, cluster=ref)
         from shared.core import nad as nadlib
 
-        if not isinstance(doc.get("request"), dict):
+        body = doc.get("request")
+        if not isinstance(body, dict):
             raise Rejected(f"NAD {namespace}/{name} on {ref.path} was adopted from the cluster and has no request "
-                           "to verify against; send a request for it first", kind="not-applied", cluster=ref)
-        req = nadlib.parse_request(dict(doc["request"]))
+                           "to verify against; send a request for it first", kind=RejectionKind.NOT_APPLIED,
+                           cluster=ref)
+        req = nadlib.parse_request(dict(body))
         kube = self.ctx.kube_for(ref)
         mark_verifying(store, ref, namespace, name, event_id=event_id,
                        timeout=2 * self.ctx.settings.verify_timeout_seconds)
-        result = self.check(kube, req, doc.get("range"), ref)
+        result = self.check(kube, req, text_field(doc, "range") or None, ref)
         ok, detail = result.ok, result.detail
-        state = d.NAD_VERIFIED if ok else d.NAD_APPLIED
+        state = decisions.NAD_VERIFIED if ok else decisions.NAD_APPLIED
         store.put_nad(ref, namespace, name, event_id=event_id, step="verify-nad", state=state,
                       fields={"verification": {"ok": ok, "message": detail}, **marker_fields(result)},
-                      derive=lambda cur: ({"applied": {**cur["applied"], "state": state}}
-                                          if isinstance(cur.get("applied"), dict) else {}),
+                      derive=lambda cur: _applied_state(cur, state),
                       outcome="ok" if ok else "failed", message=f"{namespace}/{name}: verify: {detail}",
                       ledger_key=f"{event_id}~verify~{namespace}~{name}")
         return Outcome("done" if ok else "failed", detail, ref.path, state, {"datapath": result.report()})
