@@ -313,3 +313,25 @@ def test_cli_prints_url_writes_kubeconfig_and_stops_on_sigterm(tmp_path: Path) -
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_answers_are_not_held_back_by_nagle(kube_server: Any) -> None:
+    """Every connection has TCP_NODELAY, as kube-apiserver's (Go) do: a small answer written after
+    its headers must not wait for the client's delayed ACK (40 ms per request on Linux)."""
+    import socket
+
+    from sandbox.kube.server import _Handler
+
+    seen: list[int] = []
+    setup = _Handler.setup
+
+    def spy(handler: Any) -> None:
+        setup(handler)
+        seen.append(handler.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    _Handler.setup = spy  # type: ignore[method-assign,assignment]
+    try:
+        assert https(kube_server, "GET", "/api/v1/namespaces")[0] == 200
+    finally:
+        _Handler.setup = setup  # type: ignore[method-assign]
+    assert seen and all(seen), seen
