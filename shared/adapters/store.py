@@ -579,6 +579,33 @@ class Store:
         snaps = {s.reference.path: s for s in transaction.get_all(wanted, **self._opts)}
         return [snaps.get(d.path) if d is not None else None for d in docs]
 
+    def _documents(self, query: Any) -> list[tuple[str, dict[str, Any]]]:
+        """A query's documents as (id, data), decoded from the wire by the library's own decoder.
+
+        Why not `query.stream()`: it wraps each document in a `DocumentSnapshot`, which deep-copies
+        the data twice (once kept, once handed out by `to_dict`) and builds a reference, three
+        timestamps and proto-plus wrappers around it. With tens of NADs per cluster that was most
+        of a NAD request's CPU (docs/BENCHMARKS.md). Here each result's raw protobuf goes to
+        `_helpers.decode_dict`, the call the snapshot makes itself, so the values are the same
+        (tests/test_store.py compares them on every value type). The call takes `call_options`,
+        whose retry covers a stream failing before its first document (the client fetches that
+        one when the call starts); a stream broken after it raises, like any failed read (the
+        library would resume after the last document). Relies on `Query._get_stream_iterator` of
+        google-cloud-firestore 2.x (pinned <3, see `instrument`).
+        """
+        from google.cloud.firestore_v1 import _helpers
+
+        if not hasattr(query, "_get_stream_iterator"):  # a collection reference: its query of everything
+            query = query._query()
+        responses, _ = query._get_stream_iterator(None, self._opts["retry"], self._opts["timeout"])
+        out = []
+        for response in responses:
+            pb = response._pb
+            if pb.HasField("document"):
+                data = _helpers.decode_dict(pb.document.fields, self.client)
+                out.append((pb.document.name.rpartition("/")[2], cast(dict[str, Any], data)))
+        return out
+
     def _history_entry(self, *, event_id: str, step: str, outcome: str, message: str, state: str | None,
                        extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         from google.cloud import firestore
@@ -972,9 +999,8 @@ class Store:
         if fields:
             query = query.select(list(fields))
         out = []
-        for snap in query.stream():
-            data = snap.to_dict() or {}
-            namespace, _, name = snap.id.partition("~")
+        for doc_id, data in self._documents(query):
+            namespace, _, name = doc_id.partition("~")
             data.setdefault("namespace", namespace)
             data.setdefault("name", name)
             data.setdefault("state", "")
