@@ -769,7 +769,7 @@ def rows(res: dict[str, Any]) -> list[Row]:
                    note=f"first event itself {cold['first_event'] * 1000:.0f} ms (lazy SDK imports, clients, "
                         f"GKE lookup); next event {cold['warm'] * 1000:.0f} ms"))
     tp = res["throughput"]
-    ok = tp["statuses"].get(200, 0) == tp["n"]
+    ok = {str(k): v for k, v in tp["statuses"].items()}.get("200", 0) == tp["n"]  # int keys, or str from --json
     out.append(Row("throughput", f"NAD requests/s, HTTP push, {CONCURRENCY} concurrent ({tp['n']} requests)",
                    f"{tp['rate']:.1f}/s", ">= 50/s", tp["rate"] >= 50 and ok,
                    note="" if ok else f"statuses {tp['statuses']}"))
