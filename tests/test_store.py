@@ -365,3 +365,40 @@ def test_a_query_failing_at_its_start_is_retried_within_the_timeout(store_settin
         with pytest.raises(Transient):
             store.list_nads(REF)
         assert time.monotonic() - started < 5 * store.timeout
+
+
+def test_a_nad_record_sends_only_the_fields_that_change(store: Store, monkeypatch: Any) -> None:
+    """The update of a NAD's document leaves out a field written with the value (and the type)
+    it has, and a delete of an absent field: the record after a claim rewrites the request, names
+    and range as the claim wrote them. The document ends the same."""
+    from shared.ports import DELETE
+
+    _create(store)
+    request = {"name": "n", "routes": [{"dst": "10.0.0.0/8"}], "verify": False, "mtu": 1500}
+    claimed = store.put_nad_version(REF, "default", "n", event_id="e1", step="claim-nad", state="APPLYING",
+                                    fields={"request": request, "master": "eth1", "count": 1}, history=False)
+    assert claimed is not None
+    commits: list[list[Any]] = []  # the writes of each batch committed (the batch clears them)
+    batch = store.client.batch
+
+    def recorded() -> Any:
+        b = batch()
+        commit = b.commit
+        b.commit = lambda **kw: commits.append(list(b._write_pbs)) or commit(**kw)
+        return b
+
+    monkeypatch.setattr(store.client, "batch", recorded)
+
+    def sent() -> set[str]:
+        return set(commits[-1][0].update_mask.field_paths)  # the NAD document is the first write
+
+    fields = {"request": dict(request), "master": "eth2", "count": True, "reasons": DELETE, "config": "{}"}
+    assert store.put_nad(REF, "default", "n", event_id="e2", step="apply-nad", state="APPLIED", fields=fields,
+                         known=claimed)
+    assert sent() == {"master", "count", "config", "state", "stateSince", "updatedAt"}
+    assert store.put_nad(REF, "default", "n", event_id="e3", step="apply-nad", state="APPLIED",  # read afresh
+                         fields={"request": {**request, "mtu": 9000}, "master": "eth2", "count": True})
+    assert sent() == {"request", "updatedAt"}
+    doc = store.get_nad(REF, "default", "n")
+    assert doc is not None and doc["request"] == {**request, "mtu": 9000} and doc["master"] == "eth2"
+    assert doc["count"] is True and doc["config"] == "{}" and doc["state"] == "APPLIED" and "reasons" not in doc

@@ -133,6 +133,25 @@ def _apply(data: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     return new
 
 
+def _unchanged(current: Mapping[str, Any], key: str, value: Any) -> bool:
+    """Whether `update({key: value})` would leave `current` as it is: deleting an absent field, or
+    writing the value it has, of the same type all the way down (1 is not 1.0 nor True in
+    Firestore). Only plain values are compared; anything else (timestamps, sentinels) is written."""
+    if value is DELETE:
+        return key not in current
+    return key in current and _equal(current[key], value)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a is None or (isinstance(a, str | int | float | bytes) and a == b)  # bool is an int
+
+
 def _wire(changes: Mapping[str, Any]) -> dict[str, Any]:
     """`changes` ready for `update`: DELETE becomes firestore.DELETE_FIELD.
 
@@ -965,7 +984,11 @@ class Store:
                 changes["stateSince"] = now
             batch = self.client.batch()
             if exists:
-                batch.update(doc, _wire(changes), option=self.client.write_option(last_update_time=update_time))
+                # Only what differs goes on the wire: under the update-time precondition `current`
+                # is the document, so a field rewritten with its own value changes nothing (a
+                # NAD's record rewrites its request, names and range as the claim wrote them).
+                sent = {k: v for k, v in changes.items() if not _unchanged(current, k, v)}
+                batch.update(doc, _wire(sent), option=self.client.write_option(last_update_time=update_time))
                 written = _apply(current, changes)
             else:
                 clean = {k: v for k, v in changes.items() if v is not DELETE}
