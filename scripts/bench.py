@@ -1017,8 +1017,9 @@ def closing_notes(rs: list[Row], res: dict[str, Any]) -> str:
                  "2026-12-01 after the merges (6 RPCs, 2 cluster requests); 40.7/s with 4 RPCs (issue 21); then "
                  "(issue 21, point 3) the sandbox's cluster API server answers without Nagle's algorithm, as "
                  "kube-apiserver does (every PATCH had waited 40 ms for a delayed ACK), the NAD query is decoded "
-                 "without DocumentSnapshot copies (half the worker's CPU at tens of NADs per cluster), and the "
-                 "query and the cluster's LIST are made at the same time.")
+                 "without DocumentSnapshot copies (half the worker's CPU at tens of NADs per cluster), the "
+                 "query and the cluster's LIST are made at the same time, and the record's commit sends only "
+                 "the fields that change.")
     lines.append("- The drift check of a reconcile builds a fresh cluster client (GKE lookup, TLS) and LISTs each "
                  "bundle kind once (6), the managed NADs and Whereabouts' IPPools: 8 cluster requests (12 before "
                  "issue 14, one GET per object; 9 before issue 21, when the verify pods were listed on every run: "
