@@ -776,7 +776,7 @@ def rows(res: dict[str, Any]) -> list[Row]:
                    note=f"first event itself {cold['first_event'] * 1000:.0f} ms (lazy SDK imports, clients, "
                         f"GKE lookup); next event {cold['warm'] * 1000:.0f} ms"))
     tp = res["throughput"]
-    ok = tp["statuses"].get(200, 0) == tp["n"]
+    ok = {str(k): v for k, v in tp["statuses"].items()}.get("200", 0) == tp["n"]  # int keys, or str from --json
     out.append(Row("throughput", f"NAD requests/s, HTTP push, {CONCURRENCY} concurrent ({tp['n']} requests)",
                    f"{tp['rate']:.1f}/s", ">= 50/s", tp["rate"] >= 50 and ok,
                    note="" if ok else f"statuses {tp['statuses']}"))
@@ -1000,10 +1000,11 @@ def closing_notes(rs: list[Row], res: dict[str, Any]) -> str:
     lines.append(f"- Throughput: {tp['n']} requests in {tp['wall']:.1f} s; each applied request is one read of "
                  "the cluster, the ledger and its NAD document together, the claim of that document (a commit "
                  "preconditioned on the read's update time), one projected query of the cluster's other NADs "
-                 "(state, master, range, claim) for the overlap and limit checks, one LIST of the managed NADs "
-                 "and one server-side apply, and the record (a commit preconditioned on the claim's update time: "
-                 "any write in between, such as an earlier overlapping claim turning this one away, fails it and "
-                 "the record is decided again on a fresh read): 4 Firestore RPCs, 2 cluster requests, no "
+                 "(state, master, range, claim) for the overlap and limit checks and, at the same time, one LIST of "
+                 "the managed NADs, then one server-side apply, and the record (a commit preconditioned on the "
+                 "claim's update time: any write in between, such as an earlier overlapping claim turning this "
+                 "one away, fails it and the record is decided again on a fresh read): 4 Firestore RPCs, 2 "
+                 "cluster requests, no "
                  "transaction locks. The NAD query grows with the NADs of that one cluster (bounded by the "
                  "policy's maxNadsPerCluster), never with the number of clusters (scale rows). The figure varies "
                  "by about ±10% between runs on this shared 2-core machine.")
@@ -1020,7 +1021,12 @@ def closing_notes(rs: list[Row], res: dict[str, Any]) -> str:
     lines.append("- History of this figure (same command): 49.8/s when the overlap check read whole NAD documents; "
                  "60.7/s with a projection; 38.4/s once concurrent requests were made safe with a transactional "
                  "claim (9 RPCs); about 52/s with lock-free compare-and-set NAD records (6 RPCs); 32.4/s on "
-                 "2026-12-01 after the merges (6 RPCs, 2 cluster requests); issue 21: 4 RPCs.")
+                 "2026-12-01 after the merges (6 RPCs, 2 cluster requests); 40.7/s with 4 RPCs (issue 21); then "
+                 "(issue 21, point 3) the sandbox's cluster API server answers without Nagle's algorithm, as "
+                 "kube-apiserver does (every PATCH had waited 40 ms for a delayed ACK), the NAD query is decoded "
+                 "without DocumentSnapshot copies (half the worker's CPU at tens of NADs per cluster), the "
+                 "query and the cluster's LIST are made at the same time, and the record's commit sends only "
+                 "the fields that change.")
     lines.append("- The drift check of a reconcile builds a fresh cluster client (GKE lookup, TLS) and LISTs each "
                  "bundle kind once (6), the managed NADs and Whereabouts' IPPools: 8 cluster requests (12 before "
                  "issue 14, one GET per object; 9 before issue 21, when the verify pods were listed on every run: "
@@ -1076,10 +1082,10 @@ def throughput_why(res: dict[str, Any]) -> str:
             f"({ea['rate']:.1f}/s), so the emulator is about {emulator / per_request:.0%} of a request and not the "
             f"whole limit. The function worker used {cpu['worker']:.2f} of the 2 cores ({worker_ms:.0f} ms of CPU "
             f"per request), the emulators {cpu['emulators']:.2f}, other work on the machine {cpu['rest']:.2f}; the "
-            f"rest of a request is its two cluster requests and waiting for a core. What would close the gap: "
-            f"less CPU per request in the worker (the Firestore client's decoding of the NAD query, the "
-            f"Kubernetes client's of the NAD list, both growing with the NADs of the cluster), or a machine "
-            f"not shared with other work.")
+            f"rest of a request is its two cluster requests and waiting for a core (the worker's Python "
+            f"threads run one at a time). What would close the gap: less CPU per request in the worker (the "
+            f"encoding of its two commits, the decoding of the NAD query and of the cluster's NAD list, the "
+            f"last two growing with the NADs of the cluster), or a machine not shared with other work.")
 
 
 def _dirty() -> bool:

@@ -300,3 +300,36 @@ def test_the_tick_publishes_one_scoped_reconcile_per_cluster_with_work() -> None
     # a sweep message never re-checks an INELIGIBLE cluster (a user's scoped reconcile does)
     world.wf.reconcile(ReconcileEvent(event_id="m-legacy", scope=legacy, sweep="tick-1"))
     assert [h["step"] for h in world.store.history(legacy, page_size=100)[0]].count("precheck") == 1
+
+
+def test_the_two_reads_after_a_claim_overlap_and_report_either_error() -> None:
+    """A NAD's records and the cluster's objects are read at the same time (`nad._both`, issue 21):
+    each read waits for the other to have started, so run one after the other this deadlocks and
+    the barrier breaks; an error of either read is raised once both have ended."""
+    import threading
+
+    from shared.flows.nad import _both
+
+    barrier = threading.Barrier(2, timeout=30)
+    assert _both(lambda: (barrier.wait(), "records")[1], lambda: (barrier.wait(), "objects")[1]) == (
+        "records", "objects")
+
+    def cluster_down() -> Any:
+        raise Transient("the cluster API is unavailable", code="UNAVAILABLE", api="kubernetes")
+
+    with pytest.raises(Transient):
+        _both(lambda: "records", cluster_down)
+    ended = threading.Event()
+
+    def slow() -> str:
+        barrier.wait()
+        ended.set()
+        return "objects"
+
+    def firestore_down() -> Any:
+        barrier.wait()
+        raise Transient("Firestore UNAVAILABLE", code="UNAVAILABLE", api="firestore")
+
+    with pytest.raises(Transient, match="Firestore"):
+        _both(firestore_down, slow)
+    assert ended.is_set()

@@ -340,3 +340,25 @@ def test_pods_land_only_on_nodes_their_node_selector_matches(kube_server: Any, k
     assert (cond.type, cond.status, cond.reason) == ("PodScheduled", "False", "Unschedulable")
     assert cond.message == ("0/4 nodes are available: 4 node(s) didn't match Pod's node affinity/selector. "
                             "preemption: 0/4 nodes are available: 4 Preemption is not helpful for scheduling.")
+
+
+def test_answers_are_not_held_back_by_nagle(kube_server: Any) -> None:
+    """Every connection has TCP_NODELAY, as kube-apiserver's (Go) do: a small answer written after
+    its headers must not wait for the client's delayed ACK (40 ms per request on Linux)."""
+    import socket
+
+    from sandbox.kube.server import _Handler
+
+    seen: list[int] = []
+    setup = _Handler.setup
+
+    def spy(handler: Any) -> None:
+        setup(handler)
+        seen.append(handler.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    _Handler.setup = spy  # type: ignore[method-assign,assignment]
+    try:
+        assert https(kube_server, "GET", "/api/v1/namespaces")[0] == 200
+    finally:
+        _Handler.setup = setup  # type: ignore[method-assign]
+    assert seen and all(seen), seen

@@ -295,3 +295,110 @@ def test_every_call_carries_an_explicit_deadline_and_retry_policy(store: Store) 
     assert retryable(gexc.ServiceUnavailable("x")) and retryable(gexc.InternalServerError("x"))
     assert not retryable(gexc.Aborted("x")) and not retryable(gexc.PermissionDenied("x"))
     assert store._opts["timeout"] == store.timeout == store.settings.api_timeout_seconds
+
+
+def test_queries_decode_documents_as_the_library_does(store: Store, firestore_client: Any) -> None:
+    """`list_nads` decodes each result's protobuf itself (no DocumentSnapshot, issue 21): every
+    value type comes back as the library's own `stream()` gives it, with and without a projection."""
+    from google.cloud import firestore
+    from google.cloud.firestore_v1.vector import Vector
+
+    from shared.core.refs import ClusterRef
+
+    _create(store)
+    nads = firestore_client.collection(store.settings.collection("clusters")).document(REF.doc_id).collection("nads")
+    other = firestore_client.document("elsewhere/doc")
+    values = {"state": "APPLIED", "master": "eth1", "range": "172.16.1.0/28", "none": None, "yes": True, "n": 7,
+              "big": 2**62, "x": 1.5, "nan": float("nan"), "at": datetime(2026, 12, 4, 8, 30, 1, 123456, tzinfo=UTC),
+              "raw": b"\x00\xff", "where": firestore.GeoPoint(48.85, 2.35), "ref": other, "empty": {}, "list": [],
+              "applied": {"range": "172.16.1.0/28", "master": "eth1", "at": datetime(2026, 1, 1, tzinfo=UTC),
+                          "deep": {"list": [1, "two", None, {"three": [3.0]}]}},
+              "vector": Vector([1.0, 2.5])}
+    nads.document("default~all").set(values)
+    nads.document("kube-system~other").set({"state": "PENDING", "master": "eth2"})
+    for fields in (None, ("state", "master", "applied", "claim")):
+        query = nads if fields is None else nads.select(list(fields))
+        expected = {s.id: s.to_dict() for s in query.stream()}
+        got = store.list_nads(REF, fields=fields)
+        assert [(n["namespace"], n["name"]) for n in got] == [("default", "all"), ("kube-system", "other")]
+        for n in got:
+            want = expected[f"{n['namespace']}~{n['name']}"]
+            assert _typed({k: v for k, v in n.items() if k in want}) == _typed(want)
+    assert store.list_nads(ClusterRef.of("proj-one", "us-central1", "nobody")) == []
+
+
+def _typed(value: Any) -> Any:
+    """A value with the type of every part spelled out (True is not 1, 1.0 is not 1) and NaN and
+    document references made comparable."""
+    if isinstance(value, dict):
+        return ("dict", sorted((k, _typed(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("list", [_typed(v) for v in value])
+    if isinstance(value, float) and value != value:
+        return ("float", "nan")
+    if hasattr(value, "path") and hasattr(value, "_client"):
+        return (type(value).__name__, value.path)
+    return (type(value).__name__, repr(value))
+
+
+def test_a_query_failing_at_its_start_is_retried_within_the_timeout(store_settings: Settings, emulators: Any,
+                                                                    monkeypatch: Any) -> None:
+    """`list_nads` reads through the store's call options: a RunQuery answered UNAVAILABLE (before
+    or after it reached Firestore) is sent again; one that keeps failing is the caller's Transient
+    within the store's timeout, not the library's default minutes."""
+    from sandbox.grpc_proxy import GrpcProxy
+
+    with GrpcProxy(emulators.firestore_host) as proxy:
+        monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", proxy.address)
+        store = Store(store_settings, timeout=1.0)
+        _create(store)
+        for i in range(3):
+            assert store.put_nad(REF, "default", f"n{i}", event_id=f"e{i}", step="s", state="PENDING", fields={})
+        method = "google.firestore.v1.Firestore/RunQuery"
+        proxy.faults.fail(method, "UNAVAILABLE", after=True)  # forwarded, its documents replaced by the error
+        proxy.faults.fail(method, "UNAVAILABLE")
+        with store.count_rpcs() as n:
+            assert [x["name"] for x in store.list_nads(REF)] == ["n0", "n1", "n2"]
+        assert n.by_method["RunQuery"] == 3
+        proxy.faults.fail(method, "UNAVAILABLE", times=1000)
+        started = time.monotonic()
+        with pytest.raises(Transient):
+            store.list_nads(REF)
+        assert time.monotonic() - started < 5 * store.timeout
+
+
+def test_a_nad_record_sends_only_the_fields_that_change(store: Store, monkeypatch: Any) -> None:
+    """The update of a NAD's document leaves out a field written with the value (and the type)
+    it has, and a delete of an absent field: the record after a claim rewrites the request, names
+    and range as the claim wrote them. The document ends the same."""
+    from shared.ports import DELETE
+
+    _create(store)
+    request = {"name": "n", "routes": [{"dst": "10.0.0.0/8"}], "verify": False, "mtu": 1500}
+    claimed = store.put_nad_version(REF, "default", "n", event_id="e1", step="claim-nad", state="APPLYING",
+                                    fields={"request": request, "master": "eth1", "count": 1}, history=False)
+    assert claimed is not None
+    commits: list[list[Any]] = []  # the writes of each batch committed (the batch clears them)
+    batch = store.client.batch
+
+    def recorded() -> Any:
+        b = batch()
+        commit = b.commit
+        b.commit = lambda **kw: commits.append(list(b._write_pbs)) or commit(**kw)
+        return b
+
+    monkeypatch.setattr(store.client, "batch", recorded)
+
+    def sent() -> set[str]:
+        return set(commits[-1][0].update_mask.field_paths)  # the NAD document is the first write
+
+    fields = {"request": dict(request), "master": "eth2", "count": True, "reasons": DELETE, "config": "{}"}
+    assert store.put_nad(REF, "default", "n", event_id="e2", step="apply-nad", state="APPLIED", fields=fields,
+                         known=claimed)
+    assert sent() == {"master", "count", "config", "state", "stateSince", "updatedAt"}
+    assert store.put_nad(REF, "default", "n", event_id="e3", step="apply-nad", state="APPLIED",  # read afresh
+                         fields={"request": {**request, "mtu": 9000}, "master": "eth2", "count": True})
+    assert sent() == {"request", "updatedAt"}
+    doc = store.get_nad(REF, "default", "n")
+    assert doc is not None and doc["request"] == {**request, "mtu": 9000} and doc["master"] == "eth2"
+    assert doc["count"] is True and doc["config"] == "{}" and doc["state"] == "APPLIED" and "reasons" not in doc

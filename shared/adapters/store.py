@@ -135,6 +135,25 @@ def _apply(data: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     return new
 
 
+def _unchanged(current: Mapping[str, Any], key: str, value: Any) -> bool:
+    """Whether `update({key: value})` would leave `current` as it is: deleting an absent field, or
+    writing the value it has, of the same type all the way down (1 is not 1.0 nor True in
+    Firestore). Only plain values are compared; anything else (timestamps, sentinels) is written."""
+    if value is DELETE:
+        return key not in current
+    return key in current and _equal(current[key], value)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a is None or (isinstance(a, str | int | float | bytes) and a == b)  # bool is an int
+
+
 def _wire(changes: Mapping[str, Any]) -> dict[str, Any]:
     """`changes` ready for `update`: DELETE becomes firestore.DELETE_FIELD.
 
@@ -649,6 +668,33 @@ class Store:
         snaps = {s.reference.path: s for s in transaction.get_all(wanted, **self._opts)}
         return [snaps.get(d.path) if d is not None else None for d in docs]
 
+    def _documents(self, query: Any) -> list[tuple[str, dict[str, Any]]]:
+        """A query's documents as (id, data), decoded from the wire by the library's own decoder.
+
+        Why not `query.stream()`: it wraps each document in a `DocumentSnapshot`, which deep-copies
+        the data twice (once kept, once handed out by `to_dict`) and builds a reference, three
+        timestamps and proto-plus wrappers around it. With tens of NADs per cluster that was most
+        of a NAD request's CPU (docs/BENCHMARKS.md). Here each result's raw protobuf goes to
+        `_helpers.decode_dict`, the call the snapshot makes itself, so the values are the same
+        (tests/test_store.py compares them on every value type). The call takes `call_options`,
+        whose retry covers a stream failing before its first document (the client fetches that
+        one when the call starts); a stream broken after it raises, like any failed read (the
+        library would resume after the last document). Relies on `Query._get_stream_iterator` of
+        google-cloud-firestore 2.x (pinned <3, see `instrument`).
+        """
+        from google.cloud.firestore_v1 import _helpers
+
+        if not hasattr(query, "_get_stream_iterator"):  # a collection reference: its query of everything
+            query = query._query()
+        responses, _ = query._get_stream_iterator(None, self._opts["retry"], self._opts["timeout"])
+        out = []
+        for response in responses:
+            pb = response._pb
+            if pb.HasField("document"):
+                data = _helpers.decode_dict(pb.document.fields, self.client)
+                out.append((pb.document.name.rpartition("/")[2], cast(dict[str, Any], data)))
+        return out
+
     @staticmethod
     def _history_entry(entry: HistoryEntry) -> dict[str, object]:
         from google.cloud import firestore
@@ -1003,7 +1049,11 @@ class Store:
                 changes["stateSince"] = now
             batch = self.client.batch()
             if exists:
-                batch.update(doc, _wire(changes), option=self.client.write_option(last_update_time=update_time))
+                # Only what differs goes on the wire: under the update-time precondition `current`
+                # is the document, so a field rewritten with its own value changes nothing (a
+                # NAD's record rewrites its request, names and range as the claim wrote them).
+                sent = {k: v for k, v in changes.items() if not _unchanged(current, k, v)}
+                batch.update(doc, _wire(sent), option=self.client.write_option(last_update_time=update_time))
                 written = _apply(current, changes)
             else:
                 clean = {k: v for k, v in changes.items() if v is not DELETE}
@@ -1040,9 +1090,9 @@ class Store:
             # `lastRequest` is read whole with the `request` its body may be in (`nad_view`).
             query = query.select(list(fields) + (["request"] if "lastRequest" in fields else []))
         out = []
-        for snap in query.stream():
-            data = nad_view(snap.to_dict() or {})
-            namespace, _, name = snap.id.partition("~")
+        for doc_id, raw in self._documents(query):
+            data = nad_view(raw)
+            namespace, _, name = doc_id.partition("~")
             data.setdefault("namespace", namespace)
             data.setdefault("name", name)
             data.setdefault("state", "")

@@ -10,15 +10,19 @@ by reconcile).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import hashlib
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.core import decisions, logs
 from shared.core.errors import NotOurs, Permanent, Problem, Rejected, RejectionKind, Transient
@@ -36,6 +40,9 @@ from shared.flows.verify import (
     verify_deadline,
 )
 from shared.ports import DELETE, NadVersion, text_field
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 # What the NAD decisions read of the other NADs (namespace and name come from the doc id).
 NAD_DECISION_FIELDS = ("state", "master", "range", "claimOrder", "applied", "claim", "claimRefused")
@@ -279,10 +286,12 @@ class NadFlow:
         policy = self.ctx.policy()
         kube = self.ctx.kube_for(ref)
         # Everything that is or may be on the cluster: the records' applied parts, the claims in
-        # flight, and the managed objects the cluster really has (with or without a record).
-        docs = [n for n in store.list_nads(ref, fields=NAD_DECISION_FIELDS)
-                if (n["namespace"], n["name"]) != (ns, name)]
-        objects = [o for o in kube.list_managed_nads() if decisions.nad_object_key(o) != (ns, name)]
+        # flight, and the managed objects the cluster really has (with or without a record). Both
+        # reads come after the claim (that is what makes two concurrent claims see each other)
+        # and neither depends on the other, so they are made at the same time.
+        records, listed = _both(lambda: store.list_nads(ref, fields=NAD_DECISION_FIELDS), kube.list_managed_nads)
+        docs = [n for n in records if (n["namespace"], n["name"]) != (ns, name)]
+        objects = [o for o in listed if decisions.nad_object_key(o) != (ns, name)]
         others = decisions.footprints(docs, objects)
         limit = decisions.limit_problem(others, policy.max_nads_per_cluster)
         reasons = [limit] if limit else []
@@ -438,6 +447,27 @@ class NadFlow:
                                    message=f"{doc['namespace']}/{doc['name']}: {why}",
                                    ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}",
                                    expect_states=(decisions.NAD_PENDING,))
+
+
+_READS: ThreadPoolExecutor | None = None
+_READS_LOCK = threading.Lock()
+
+
+def _both(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+    """`first()` here and `second()` on a thread of this process's pool, at the same time: two
+    independent reads of a request (its records in Firestore, its objects on the cluster) cost
+    the longer of the two, not the sum. An error of either is raised here, after both ended
+    (the second is waited for, so nothing of this request runs on after it)."""
+    global _READS
+    with _READS_LOCK:
+        if _READS is None:
+            _READS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="nad-read")
+    later = _READS.submit(contextvars.copy_context().run, second)
+    try:
+        a = first()
+    finally:
+        concurrent.futures.wait([later])
+    return a, later.result()
 
 
 def _scan_takes(doc: Mapping[str, Any], stale_before: str) -> tuple[tuple[str | None, ...], Any, Any] | None:
