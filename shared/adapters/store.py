@@ -1052,7 +1052,8 @@ class Store:
                 # Only what differs goes on the wire: under the update-time precondition `current`
                 # is the document, so a field rewritten with its own value changes nothing (a
                 # NAD's record rewrites its request, names and range as the claim wrote them).
-                sent = {k: v for k, v in changes.items() if not _unchanged(current, k, v)}
+                stored = request_once(current, current)  # the view as the document holds it
+                sent = {k: v for k, v in changes.items() if not _unchanged(stored, k, v)}
                 batch.update(doc, _wire(sent), option=self.client.write_option(last_update_time=update_time))
                 written = _apply(current, changes)
             else:
