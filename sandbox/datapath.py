@@ -29,7 +29,6 @@ from typing import Any
 
 _IFNAME = re.compile(r"^[a-z][a-z0-9]{0,14}$")
 _UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_CLUSTER = re.compile(r"^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/locations/[a-z0-9-]+/clusters/([a-z][a-z0-9-]{0,39})$")
 
 
 class BadProbeRequest(ValueError):
@@ -83,15 +82,19 @@ class DataPathProbe:
     def answer(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         if path not in ("/v1/observe", "/v1/reach"):
             raise BadProbeRequest(f"{path}: unknown; expected /v1/observe or /v1/reach")
-        match = _CLUSTER.match(str(body.get("cluster") or ""))
-        if not match:
-            raise BadProbeRequest("cluster: expected projects/P/locations/L/clusters/C")
+        from shared.core.errors import Rejected
+        from shared.core.refs import ClusterRef
+
+        try:  # the controller's own parser of cluster names: one rule for what a cluster name is
+            ref = ClusterRef.parse(body.get("cluster"))
+        except Rejected:
+            raise BadProbeRequest("cluster: expected projects/P/locations/L/clusters/C") from None
         uid, ifname = str(body.get("pod") or ""), str(body.get("ifname") or "net1")
         if not _UID.match(uid):
             raise BadProbeRequest("pod: expected the pod's UID")
         if not _IFNAME.match(ifname):
             raise BadProbeRequest("ifname: expected a Linux interface name")
-        cni = self.cni_of(match.group(1))
+        cni = self.cni_of(ref.cluster)
         if cni is None:
             return {"checked": False, "why": "this cluster runs the simulated CNI: no kernel data path"}
         info = cni.pod_info(uid)
