@@ -647,7 +647,7 @@ class FakeKube:
         self.requests += 1
         return Rollout(desired=3, updated=3, ready=3, available=3, observed=True)
 
-    def apply_nad(self, obj: Mapping[str, Any]) -> Any:
+    def apply_nad(self, obj: Mapping[str, Any], *, listed: Any = None) -> Any:
         from shared.core.nad import API_VERSION, CLUSTER_ANNOTATION, KIND
 
         if obj.get("apiVersion") != API_VERSION or obj.get("kind") != KIND:
@@ -656,7 +656,10 @@ class FakeKube:
                                             f"{obj.get('apiVersion')!r} {obj.get('kind')!r}")])
         md = obj.get("metadata") or {}
         cluster = (md.get("annotations") or {}).get(CLUSTER_ANNOTATION)
-        self._owned(md.get("namespace") or "default", md.get("name"), cluster)
+        if listed is None:
+            self._owned(md.get("namespace") or "default", md.get("name"), cluster)
+        else:
+            self._refuse_foreign(listed.live, cluster)
         return self._put(obj)
 
     def delete_nad(self, namespace: str, name: str, *, cluster: str | None = None) -> bool:
@@ -668,14 +671,22 @@ class FakeKube:
 
     def _owned(self, namespace: str, name: str, cluster: str | None) -> dict[str, Any] | None:
         """The real adapter's ownership check (`nad.foreign_nad`), with its GET."""
+        live = self.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", namespace, name)
+        self._refuse_foreign(live, cluster)
+        return live
+
+    @staticmethod
+    def _refuse_foreign(live: Mapping[str, Any] | None, cluster: str | None) -> None:
         from shared.core.errors import NotOurs
         from shared.core.nad import foreign_nad
 
-        live = self.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", namespace, name)
         foreign = foreign_nad(live, cluster) if live is not None else None
         if foreign is not None:
             raise NotOurs(foreign[1], owner=foreign[0])
-        return live
+
+    def list_nads(self) -> list[dict[str, Any]]:
+        self.requests += 1
+        return [copy.deepcopy(o) for k, o in sorted(self.objects.items()) if k[1] == "NetworkAttachmentDefinition"]
 
     def list_managed_nads(self) -> list[dict[str, Any]]:
         from shared.core.nad import MANAGED_BY

@@ -9,7 +9,8 @@ throughput is a benchmark: `make bench`, docs/BENCHMARKS.md).
   entry; every document under the cluster keeps its update time.
 - A difference is claimed, looked at again under the claim, and repaired as before.
 - A NAD apply is 4 Firestore calls: one read (cluster, ledger, the NAD), the claim's commit,
-  the query of the other NADs, the record's commit preconditioned on the claim's update time.
+  the list of the other NADs, the record's commit preconditioned on the claim's update time;
+  and 2 cluster requests: a LIST of every NAD, the server-side apply.
 - The drift check lists verify pods only when a record says one can exist.
 """
 
@@ -115,10 +116,12 @@ def test_a_nad_apply_costs_four_firestore_calls(local_stack, make_wf):
     ref = to_ready(wf, local_stack)
     assert send(wf, ref, "warm", range="172.16.1.192/28").status == "done"  # policy, client cached (apart on eth1)
     with wf.store.count_rpcs() as n:
-        out = send(wf, ref, "net-a", range="172.16.1.0/26")
+        out, used = requests_of(local_stack, ref, lambda: send(wf, ref, "net-a", range="172.16.1.0/26"))
     assert out.status == "done" and out.state == d.NAD_APPLIED
     assert n.total == 4, dict(n.by_method)
-    assert dict(n.by_method) == {"BatchGetDocuments": 1, "Commit": 2, "RunQuery": 1}
+    # on the cluster: one LIST of every NAD (the overlap check and the ownership check), one apply
+    assert sum(used.values()) == 2 and {v for v, _ in used} == {"GET", "PATCH"}, used
+    assert dict(n.by_method) == {"BatchGetDocuments": 1, "Commit": 2, "ListDocuments": 1}
     doc = wf.store.get_nad(ref, "default", "net-a")
     assert doc["applied"]["range"] == "172.16.1.0/26" and "claim" not in doc and "claimOrder" in doc
     # an update of the same NAD decides on the document read with the cluster: 4 again

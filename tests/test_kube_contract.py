@@ -71,6 +71,30 @@ def test_managed_nads_are_listed_applied_and_deleted(with_nad_crd: Any) -> None:
     assert kube.list_managed_nads() == []
 
 
+def test_a_list_of_every_nad_stands_for_the_apply_s_ownership_get(with_nad_crd: Any) -> None:
+    """`list_nads` has everyone's NADs; what it found under a name, handed to `apply_nad` as
+    `Listed`, replaces the apply's GET: the same refusal of someone else's NAD, one request less."""
+    from shared.core.errors import NotOurs
+    from shared.core.observed import Listed
+
+    kube = with_nad_crd
+    ours = nad_object(CLUSTER, "default", "ours", '{"cniVersion":"0.3.1"}', "req-1")
+    theirs = {**nad_object(CLUSTER, "default", "theirs", "{}"), "metadata": {"name": "theirs", "namespace": "default"}}
+    kube.apply([theirs])
+    listed = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in kube.list_nads()}
+    assert set(listed) == {("default", "theirs")}
+    before = kube.requests
+    assert kube.apply_nad(ours, listed=Listed(None)).changed
+    assert kube.requests - before == 1
+    again = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in kube.list_nads()}
+    assert set(again) == {("default", "ours"), ("default", "theirs")}
+    assert not kube.apply_nad(ours, listed=Listed(again[("default", "ours")])).changed
+    with pytest.raises(NotOurs):
+        kube.apply_nad({**theirs, "metadata": nad_object(CLUSTER, "default", "theirs", "{}")["metadata"]},
+                       listed=Listed(again[("default", "theirs")]))
+    assert kube.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "theirs")["spec"]["config"] == "{}"
+
+
 def test_apply_nad_refuses_any_other_kind(api: Any) -> None:
     with pytest.raises(Rejected) as info:
         api.apply_nad(_config_map({}))

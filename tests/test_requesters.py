@@ -176,6 +176,33 @@ def test_the_verifier_accepts_a_signed_token_and_refuses_every_forgery(identity:
         assert (token or "xx")[:20] not in e.value.message or what in ("missing", "garbage"), what  # no token echoed
 
 
+def test_a_token_verified_once_is_not_trusted_past_its_expiry_or_its_key() -> None:
+    """The verifier keeps a token whose signature verified (the same bytes need no second RSA
+    check), but every use checks its claims against the clock again, and a token signed by a key
+    the issuer no longer publishes is refused although it verified before."""
+    from sandbox.identity import IdentityServer, Issuer
+
+    server = IdentityServer(Issuer())
+    try:
+        now = [time.time()]
+        v = IdTokenVerifier((AUD,), certs_url=f"{server.url}/certs", clock=lambda: now[0])
+        token = server.issuer.token(AUD, ALICE, lifetime=3600)
+        assert v.verify(token).email == ALICE and v.verify(token).email == ALICE  # the second from the cache
+        server.issuer = Issuer()  # the issuer rotates its key away
+        now[0] += 400  # the cached certificates are stale (max-age 300): fetched again, without the old key
+        with pytest.raises(Rejected) as e:
+            v.verify(token)
+        assert "does not publish" in e.value.problems[0].message
+        fresh = server.issuer.token(AUD, ALICE, lifetime=3600)
+        assert v.verify(fresh).email == ALICE and v.verify(fresh).email == ALICE
+        now[0] += 3600  # past its expiry (the certificates fetched again, the same key)
+        with pytest.raises(Rejected) as e:
+            v.verify(fresh)
+        assert "expired" in e.value.problems[0].message
+    finally:
+        server.stop()
+
+
 # --------------------------------------------------------------------------- the flows on fakes
 
 class World:

@@ -343,7 +343,7 @@ def _typed(value: Any) -> Any:
 
 def test_a_query_failing_at_its_start_is_retried_within_the_timeout(store_settings: Settings, emulators: Any,
                                                                     monkeypatch: Any) -> None:
-    """`list_nads` reads through the store's call options: a RunQuery answered UNAVAILABLE (before
+    """`list_nads` reads through the store's call options: a ListDocuments answered UNAVAILABLE (before
     or after it reached Firestore) is sent again; one that keeps failing is the caller's Transient
     within the store's timeout, not the library's default minutes."""
     from sandbox.grpc_proxy import GrpcProxy
@@ -354,12 +354,12 @@ def test_a_query_failing_at_its_start_is_retried_within_the_timeout(store_settin
         _create(store)
         for i in range(3):
             assert store.put_nad(REF, "default", f"n{i}", event_id=f"e{i}", step="s", state="PENDING", fields={})
-        method = "google.firestore.v1.Firestore/RunQuery"
+        method = "google.firestore.v1.Firestore/ListDocuments"
         proxy.faults.fail(method, "UNAVAILABLE", after=True)  # forwarded, its documents replaced by the error
         proxy.faults.fail(method, "UNAVAILABLE")
         with store.count_rpcs() as n:
             assert [x["name"] for x in store.list_nads(REF)] == ["n0", "n1", "n2"]
-        assert n.by_method["RunQuery"] == 3
+        assert n.by_method["ListDocuments"] == 3
         proxy.faults.fail(method, "UNAVAILABLE", times=1000)
         started = time.monotonic()
         with pytest.raises(Transient):

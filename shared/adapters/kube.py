@@ -25,7 +25,7 @@ from urllib.parse import quote, urlencode
 
 from shared.core.errors import NotOurs, NotYet, Permanent, Problem, Rejected, Transient
 from shared.core.multus import object_key
-from shared.core.observed import ApplyResult, Key, Rollout
+from shared.core.observed import ApplyResult, Key, Listed, Rollout
 
 FIELD_MANAGER = "multus-provisioner"
 MANAGED_BY = ("app.kubernetes.io/managed-by", "multus-provisioner")
@@ -246,8 +246,9 @@ class Kube:
         return self.rollout_of(ds or {})
 
     # ------------------------------------------------------------ NADs
-    def apply_nad(self, obj: Mapping[str, Any]) -> ApplyResult:
-        """Server-side apply one NetworkAttachmentDefinition (a GET, then the PATCH).
+    def apply_nad(self, obj: Mapping[str, Any], *, listed: Listed | None = None) -> ApplyResult:
+        """Server-side apply one NetworkAttachmentDefinition (a GET, then the PATCH; the PATCH
+        alone when `listed` says what a LIST made after the caller's claim found by that name).
 
         A NAD of that name that is not the controller's (`nad.foreign_nad`) raises `NotOurs` and
         is left untouched; only one the controller owns is applied with `force`. A new one is
@@ -260,7 +261,10 @@ class Kube:
                            [Problem("kind", f"expected {NAD_API_VERSION} {NAD_KIND}, got "
                                             f"{obj.get('apiVersion')!r} {obj.get('kind')!r}")])
         md = obj.get("metadata") or {}
-        live = self._owned(md.get("namespace"), md.get("name"), (md.get("annotations") or {}).get(CLUSTER_ANNOTATION))
+        cluster = (md.get("annotations") or {}).get(CLUSTER_ANNOTATION)
+        live = self._owned(md.get("namespace"), md.get("name"), cluster) if listed is None else listed.live
+        if listed is not None:
+            _refuse_foreign(live, cluster)
         return self._apply_one(obj, None, force=live is not None)
 
     def delete_nad(self, namespace: str, name: str, *, cluster: str | None = None) -> bool:
@@ -277,14 +281,14 @@ class Kube:
 
     def _owned(self, namespace: Any, name: Any, cluster: str | None) -> dict[str, Any] | None:
         """The NAD on the cluster (None: there is none), after checking it is the controller's."""
-        from shared.core.nad import foreign_nad
-
         live = self.get(NAD_API_VERSION, NAD_KIND, namespace, name)
-        if live is not None:
-            foreign = foreign_nad(live, cluster)
-            if foreign is not None:
-                raise NotOurs(foreign[1], owner=foreign[0])
+        _refuse_foreign(live, cluster)
         return live
+
+    def list_nads(self) -> list[dict[str, Any]]:
+        """Every NAD on the cluster, in every namespace (one LIST): the managed ones and anyone else's."""
+        _, out, _ = self._call("GET", "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions")
+        return list((out or {}).get("items") or [])
 
     def list_managed_nads(self) -> list[dict[str, Any]]:
         """NADs labelled `app.kubernetes.io/managed-by=multus-provisioner`, in every namespace."""
@@ -399,3 +403,12 @@ def _forbidden_hint(message: str, path: str) -> str:
                 "(apply `multus-provisioner render-rbac` at opt-in, docs/DEPLOY.md)")
     return ("; the controller's RBAC in this cluster does not allow it "
             "(`multus-provisioner render-rbac`, docs/DEPLOY.md)")
+
+
+def _refuse_foreign(live: Mapping[str, Any] | None, cluster: str | None) -> None:
+    """`NotOurs` when a NAD on the cluster is not the controller's (of `cluster`, when given)."""
+    from shared.core.nad import foreign_nad
+
+    foreign = foreign_nad(live, cluster) if live is not None else None
+    if foreign is not None:
+        raise NotOurs(foreign[1], owner=foreign[0])

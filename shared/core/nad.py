@@ -583,6 +583,12 @@ def nad_object(cluster_path: str, namespace: str, name: str, config: str,
     }
 
 
+def managed(live: Mapping[str, Any]) -> bool:
+    """Whether a NAD on a cluster carries the controller's managed-by label: what the label-selected
+    LIST (`list_managed_nads`) returns, decided here for a LIST of every NAD."""
+    return _mapping(_mapping(live.get("metadata")).get("labels")).get(MANAGED_BY[0]) == MANAGED_BY[1]
+
+
 def foreign_nad(live: Mapping[str, Any], cluster_path: str | None) -> tuple[str, str] | None:
     """(owner, why) when a NAD found on a cluster is not the controller's to change or delete:
     it lacks the managed-by label or the cluster annotation, or names another cluster. None: ours.

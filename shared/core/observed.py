@@ -35,6 +35,16 @@ class ApplyResult:
 
 
 @dataclass(frozen=True)
+class Listed:
+    """What a LIST of the cluster's NADs, made after the caller's claim, found under one NAD's name
+    (`live` None: nothing). Handed to `apply_nad`, it stands for the GET the apply would otherwise
+    make to see whether a NAD of that name exists and whose it is: a NAD request already lists
+    the cluster's NADs for its overlap check, so the second look cost a round trip for nothing."""
+
+    live: KubeObject | None
+
+
+@dataclass(frozen=True)
 class Rollout:
     desired: int
     updated: int

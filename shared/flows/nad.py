@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from shared.core import decisions, logs
 from shared.core.errors import NotOurs, Permanent, Problem, Rejected, RejectionKind, Transient
 from shared.core.nad import config_digest, request_digest
+from shared.core.observed import Listed
 from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
 from shared.core.requesters import DEFAULT_GRANTS, Grant, Requester, authorize, namespace_quota_problem, quota_problems
@@ -288,10 +289,13 @@ class NadFlow:
         # Everything that is or may be on the cluster: the records' applied parts, the claims in
         # flight, and the managed objects the cluster really has (with or without a record). Both
         # reads come after the claim (that is what makes two concurrent claims see each other)
-        # and neither depends on the other, so they are made at the same time.
-        records, listed = _both(lambda: store.list_nads(ref, fields=NAD_DECISION_FIELDS), kube.list_managed_nads)
+        # and neither depends on the other, so they are made at the same time. The cluster's LIST
+        # has every NAD, anyone's: what it finds under this name is the ownership check of the
+        # apply (`Listed`), which then needs no GET of its own.
+        records, listed = _both(lambda: store.list_nads(ref, fields=NAD_DECISION_FIELDS), kube.list_nads)
         docs = [n for n in records if (n["namespace"], n["name"]) != (ns, name)]
-        objects = [o for o in listed if decisions.nad_object_key(o) != (ns, name)]
+        mine_now = [o for o in listed if decisions.nad_object_key(o) == (ns, name)]
+        objects = [o for o in listed if decisions.nad_object_key(o) != (ns, name) and nadlib.managed(o)]
         others = decisions.footprints(docs, objects)
         limit = decisions.limit_problem(others, policy.max_nads_per_cluster)
         reasons = [limit] if limit else []
@@ -319,7 +323,7 @@ class NadFlow:
                                 known=version)
         obj = nadlib.render_nad(req, cidr)
         try:
-            result = kube.apply_nad(obj)
+            result = kube.apply_nad(obj, listed=Listed(mine_now[0] if mine_now else None))
         except NotOurs as e:  # a NAD of that name someone else made: never taken over
             return self._refuse(job, [str(e)], cidr, expect_states=(decisions.NAD_APPLYING,), expect_fields=mine,
                                 known=version)
