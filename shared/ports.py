@@ -3,8 +3,9 @@
 The flows (`shared.flows`) are written against these `Protocol`s, never against an SDK or an
 adapter module, so they can be read (and tested with a small fake) without Firestore, GKE or a
 cluster. The adapters (`shared.adapters`) implement them; the composition root (`shared.app`)
-plugs one into the other. The value types that cross a port (`ClusterRecord`, `Document`,
-`AlreadyHandled`, `DELETE`) live here too: they belong to the contract, not to one implementation.
+plugs one into the other. The value types that cross a port (`ClusterRecord`, `NadVersion`,
+`Document`, `AlreadyHandled`, `DELETE`) live here too: they belong to the contract, not to one
+implementation; the typed records themselves (`ClusterWorkflow`, `NadRecord`) are the core's.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from shared.core.refs import ClusterRef
 from shared.core.requesters import Requester
 from shared.core.settings import NodePoolTemplate
 
-# A stored document (a NAD record, a ledger entry, the policy, the rollout) as read: decoded JSON
+# A stored document (a ledger entry, the policy, the rollout) as read: decoded JSON
 # whose fields docs/FIRESTORE.md names. Whoever reads one narrows what it reads (`isinstance`).
 Document = dict[str, object]
 

@@ -1,8 +1,9 @@
 """In-memory fakes of the ports, for flow tests that need no emulator.
 
 `FakeStore` implements `shared.ports.StorePort` over plain dicts, with the real store's
-semantics: leases, the ledger, history entries with deterministic ids, NAD compare-and-set,
-`derive`, rejections, the rollout document's update-time precondition. It is held honest by
+semantics: leases, the ledger, history entries with deterministic ids, NAD compare-and-set with
+typed changes (`NadRecord`, through the store's own `NAD_FIELDS`), rejections, the rollout
+document's update-time precondition. It is held honest by
 `tests/test_store_contract.py`, whose tests run unchanged against this fake and against
 `shared.adapters.store.Store` on Google's Firestore emulator; a behaviour the fake gets wrong
 fails there, next to the real store passing the same test.

@@ -6,9 +6,10 @@ keep their shape; but a typo in code (`ClusterState.REDAY`) is caught by the typ
 a function that takes a `ClusterState` cannot be handed a NAD state. `shared.core.decisions`
 keeps its module constants (`decisions.READY`) as aliases of these members.
 
-`ClusterWorkflow` is a cluster's workflow record as typed values; only the store adapter turns it
-into a Firestore document and back (its `CLUSTER_FIELDS` table), so the documents people read in
-the console keep their camelCase shape (docs/FIRESTORE.md).
+`ClusterWorkflow` is a cluster's workflow record as typed values, `NadRecord` a NAD's (its applied
+part `AppliedNad` and its last request `LastRequest`, once each); only the store adapter turns
+them into Firestore documents and back (its `CLUSTER_FIELDS` and `NAD_FIELDS` tables), so the
+documents people read in the console keep their camelCase shape (docs/FIRESTORE.md).
 """
 
 from __future__ import annotations
@@ -355,9 +356,6 @@ class NadRecord:
     @property
     def label(self) -> str:
         return f"{self.namespace}/{self.name}"
-
-
-# --------------------------------------------------------------------------- the bundle rollout
 
 
 def nad_state(value: object) -> NadState | None:
