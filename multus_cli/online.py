@@ -21,9 +21,12 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multus_cli.main import add_request_flags, request_from_args
+
+if TYPE_CHECKING:
+    from shared.core.records import LastRequest, NadRecord
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_VERIFY_FAILED = 0, 1, 2, 4
 
@@ -309,18 +312,18 @@ class WaitOutcome:
     record: dict[str, Any] | None
 
 
-def _this_request(doc: dict[str, Any] | None, message_id: str, req: Any) -> dict[str, Any] | None:
-    """The record's `lastRequest` when it is the outcome of THIS request (its message id, or its
+def _this_request(rec: NadRecord | None, message_id: str, req: Any) -> LastRequest | None:
+    """The record's last request when it is the outcome of THIS request (its message id, or its
     request id with the same body), else None: an earlier request's outcome on the same NAD is
     not an answer."""
     from shared.core.nad import request_digest
 
-    last = (doc or {}).get("lastRequest")
-    if not isinstance(last, dict):
+    last = rec.last_request if rec is not None else None
+    if last is None:
         return None
-    if last.get("messageId") == message_id:
+    if last.message_id == message_id:
         return last
-    if req.request_id and last.get("requestId") == req.request_id and last.get("digest") == request_digest(req):
+    if req.request_id and last.request_id == req.request_id and last.digest == request_digest(req):
         return last
     return None
 
@@ -332,15 +335,16 @@ def _wait_outcome(store: Any, req: Any, message_id: str, timeout: float, *, quie
     shown = None
     doc = None
     while True:
-        doc = store.get_nad(req.cluster, req.namespace, req.name)
-        last = _this_request(doc, message_id, req)
-        state = last.get("state") if last else None
+        rec = store.get_nad(req.cluster, req.namespace, req.name)
+        doc = dict(rec.data) if rec is not None else None  # the record as stored, for --json
+        last = _this_request(rec, message_id, req)
+        state = (last.state or None) if last else None
         if state != shown and not quiet:
             _say(f"  {req.namespace}/{req.name}: {state or 'waiting for the controller'}", file=sys.stderr)
             shown = state
         if state in REQUEST_SETTLED:
-            reasons = [str(r) for r in (last or {}).get("reasons") or []]
-            return WaitOutcome(state, str((doc or {}).get("message") or ""), reasons, doc)
+            reasons = list(last.reasons) if last else []
+            return WaitOutcome(state, rec.message if rec else "", reasons, doc)
         # refused before it reached the NAD (e.g. a request_id already used for another body)
         for r in store.list_rejections(req.cluster, limit=20):
             if r.get("eventId") == message_id:
@@ -362,7 +366,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     records = store.list_clusters()
     out = []
     for rec in records:
-        nads = Counter(n.get("state") for n in store.list_nads(rec.ref))
+        nads = Counter(str(n.state or "") for n in store.list_nads(rec.ref, fields=("state",)))
         out.append({"cluster": rec.ref.path, "state": rec.state, "version": rec.data.get("version"),
                     "bundleVersion": rec.data.get("bundleVersion"), "nads": dict(nads),
                     "updatedAt": rec.data.get("updatedAt"), "lastError": rec.data.get("lastError")})
@@ -381,7 +385,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _status_one(store: Any, ref: Any, as_json: bool) -> int:
     rec = store.get_cluster(ref)
-    nads = store.list_nads(ref)
+    records = store.list_nads(ref)
+    nads = [dict(n.data) for n in records]  # the records as stored, for --json
     rejections = store.list_rejections(ref)
     history, _ = store.history(ref, page_size=500)
     if rec is None and not nads and not rejections:
@@ -415,7 +420,7 @@ def _status_one(store: Any, ref: Any, as_json: bool) -> int:
     _say("nads")
     if not nads:
         _say("  (none)")
-    for n in nads:
+    for n in records:
         _say(_nad_line(n))
     if rejections:
         _say("rejected requests")
@@ -425,19 +430,17 @@ def _status_one(store: Any, ref: Any, as_json: bool) -> int:
     return EXIT_OK
 
 
-def _nad_line(n: dict[str, Any]) -> str:
+def _nad_line(n: NadRecord) -> str:
     """One NAD in `status`: what is on the cluster, then the last request when it did not get there."""
-    raw_applied, raw_last = n.get("applied"), n.get("lastRequest")
-    applied: dict[str, Any] | None = raw_applied if isinstance(raw_applied, dict) else None
-    last: dict[str, Any] = raw_last if isinstance(raw_last, dict) else {}
-    on_cluster = (applied or {}).get("range") or (n.get("range") if n.get("state") in ("APPLIED", "VERIFIED") else "")
-    line = f"  {n.get('namespace')}/{n.get('name'):<24} {n.get('state'):<9} {on_cluster or n.get('range') or ''}"
-    if n.get("state") == "ORPHANED":
-        line += f"  orphan: {(n.get('orphan') or {}).get('reason', '')}"
-    elif applied and last.get("state") and last.get("state") != n.get("state"):
-        line += f"  last request {last.get('action', 'apply')} {last.get('state')}: {n.get('message', '')}"
-    elif n.get("reasons"):
-        line += "  " + "; ".join(n.get("reasons") or [])
+    applied, last = n.applied, n.last_request
+    on_cluster = (applied.range if applied else "") or (n.range if n.state in ("APPLIED", "VERIFIED") else "")
+    line = f"  {n.namespace}/{n.name:<24} {n.state or '':<9} {on_cluster or n.range or ''}"
+    if n.state == "ORPHANED":
+        line += f"  orphan: {n.orphan.reason if n.orphan else ''}"
+    elif applied and last and last.state and last.state != n.state:
+        line += f"  last request {last.action or 'apply'} {last.state}: {n.message}"
+    elif n.reasons:
+        line += "  " + "; ".join(n.reasons)
     return line.rstrip()
 
 

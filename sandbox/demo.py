@@ -190,7 +190,8 @@ class _Story:
                     "before the cluster exists")
         publish_request({**EARLY_NAD, "cluster": eligible.path}, self.env["MULTUS_PROVISIONER_TOPIC_NAD_REQUESTS"],
                         env=self.env)
-        doc = _wait(lambda: self.store.get_nad(eligible, EARLY_NAD["namespace"], EARLY_NAD["name"]), self.timeout)
+        doc = _wait(lambda: _record(self.store.get_nad(eligible, EARLY_NAD["namespace"], EARLY_NAD["name"])),
+                    self.timeout)
         if doc and doc.get("state") == "PENDING":
             self.p.ok(f"NAD recorded as PENDING: {doc.get('message', '')}")
         else:
@@ -240,12 +241,17 @@ class _Story:
 
         # Wait for the request's outcome (PENDING and APPLYING are on the way to it), then judge it.
         doc = _wait(lambda: (lambda n: n if n and n.get("state") in NAD_SETTLED else None)(
-            self.store.get_nad(eligible, EARLY_NAD["namespace"], EARLY_NAD["name"])), self.timeout)
+            _record(self.store.get_nad(eligible, EARLY_NAD["namespace"], EARLY_NAD["name"]))), self.timeout)
         if doc and doc.get("state") == "APPLIED":
             self.p.ok(f"early NAD applied with range {doc.get('range')}")
         else:
             self.p.fail(f"early NAD not applied: {doc and doc.get('state')} {doc and doc.get('message')}")
         return doc
+
+
+def _record(rec: Any) -> dict[str, Any] | None:
+    """A NAD record as the demo shows it: the document as stored."""
+    return dict(rec.data) if rec is not None else None
 
 
 def _sample_pod(stack: Any, cluster: str, p: Progress, nad_range: str | None, timeout: float) -> str | None:

@@ -397,7 +397,8 @@ def pubsub_throughput(stack: Any, store: Any, ref: Any, n: int, tag: str, timeou
     deadline = time.monotonic() + timeout
     done = 0
     while time.monotonic() < deadline:
-        done = sum(1 for d in store.list_nads(ref) if d["name"].startswith(f"{tag}-") and d["state"] == "APPLIED")
+        done = sum(1 for r in store.list_nads(ref, fields=("state",))
+                   if r.name.startswith(f"{tag}-") and r.state == "APPLIED")
         if done >= n:
             break
         time.sleep(0.1)

@@ -19,11 +19,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from sandbox.emulators import Emulators
 from shared.adapters.store import AlreadyHandled, Store
 from shared.core.errors import Transient
+from shared.core.records import NadRecord, NadState
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
 
@@ -31,6 +33,11 @@ REF = ClusterRef.of("bench-project", "us-central1", "bench")
 
 
 @contextlib.contextmanager
+
+def _to(state: NadState) -> Callable[[NadRecord], NadRecord]:
+    """A `put_nad` change that sets the record's state."""
+    return lambda cur: replace(cur, state=state)
+
 def firestore() -> Iterator[None]:
     if os.environ.get("FIRESTORE_EMULATOR_HOST"):
         yield
@@ -66,11 +73,14 @@ def per_operation() -> list[tuple[str, int, str]]:
         REF, event_id="e2", step="apply-nads", error="timeout"), rows)
     rpcs(s, "advance of a handled event (AlreadyHandled, rolled back)", lambda: s.advance(
         REF, event_id="e1", step="discover", ledger_key="e1"), rows)
-    rpcs(s, "put_nad (ledger + NAD document + history)", lambda: s.put_nad(
-        REF, "default", "net-a", event_id="n1", step="apply-nad", state="APPLIED", fields={}, ledger_key="n1"),
+    rpcs(s, "put_nad (ledger + NAD document + history)", lambda: s.put_nad(REF, "default", "net-a",
+                                                                           change=_to(NadState.APPLIED),
+                                                                           event_id="n1", step="apply-nad",
+                                                                           ledger_key="n1"),
         rows)
-    rpcs(s, "put_nad duplicate (returns False)", lambda: s.put_nad(
-        REF, "default", "net-a", event_id="n1", step="apply-nad", state="APPLIED", fields={}, ledger_key="n1"),
+    rpcs(s, "put_nad duplicate (returns False)", lambda: s.put_nad(REF, "default", "net-a",
+                                                                   change=_to(NadState.APPLIED), event_id="n1",
+                                                                   step="apply-nad", ledger_key="n1"),
         rows)
     rpcs(s, "record_rejection (+ history + ledger)", lambda: s.record_rejection(
         event_id="r1", cluster=REF, reason="bad", problems=[], kind="invalid", ledger_key="r1"), rows)
@@ -109,10 +119,10 @@ def contention(workers: int, per_worker: int) -> list[tuple[str, float, str]]:
         s = stores[i]
         with s.count_rpcs() as n:
             for j in range(per_worker):
-                s.put_nad(REF, "default", f"n-{i}-{j}", event_id=f"q-{i}-{j}", step="request-nad",
-                          state="PENDING", fields={}, ledger_key=f"q-{i}-{j}")
-                s.put_nad(REF, "default", f"n-{i}-{j}", event_id=f"a-{i}", step="apply-nad", state="APPLIED",
-                          fields={})
+                s.put_nad(REF, "default", f"n-{i}-{j}", change=_to(NadState.PENDING), event_id=f"q-{i}-{j}",
+                          step="request-nad", ledger_key=f"q-{i}-{j}")
+                s.put_nad(REF, "default", f"n-{i}-{j}", change=_to(NadState.APPLIED), event_id=f"a-{i}",
+                          step="apply-nad")
         return n.by_method["BeginTransaction"]
 
     seconds, begins = timed(workers, nads)

@@ -3,8 +3,9 @@
 The flows (`shared.flows`) are written against these `Protocol`s, never against an SDK or an
 adapter module, so they can be read (and tested with a small fake) without Firestore, GKE or a
 cluster. The adapters (`shared.adapters`) implement them; the composition root (`shared.app`)
-plugs one into the other. The value types that cross a port (`ClusterRecord`, `Document`,
-`AlreadyHandled`, `DELETE`) live here too: they belong to the contract, not to one implementation.
+plugs one into the other. The value types that cross a port (`ClusterRecord`, `NadVersion`,
+`Document`, `AlreadyHandled`, `DELETE`) live here too: they belong to the contract, not to one
+implementation; the typed records themselves (`ClusterWorkflow`, `NadRecord`) are the core's.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from shared.core.endpoints import Endpoint
 from shared.core.errors import RejectionKind
 from shared.core.observed import ApplyResult, KubeObject, Listed, PoolFailure, Rollout
 from shared.core.prechecks import ClusterFacts
-from shared.core.records import ClusterWorkflow, WorkflowUpdate
+from shared.core.records import ClusterWorkflow, NadRecord, WorkflowUpdate
 from shared.core.refs import ClusterRef
 from shared.core.requesters import Requester
 from shared.core.settings import NodePoolTemplate
 
-# A stored document (a NAD record, a ledger entry, the policy, the rollout) as read: decoded JSON
+# A stored document (a ledger entry, the policy, the rollout) as read: decoded JSON
 # whose fields docs/FIRESTORE.md names. Whoever reads one narrows what it reads (`isinstance`).
 Document = dict[str, object]
 
@@ -100,12 +101,16 @@ class ClusterRecord:
 
 @dataclass(frozen=True)
 class NadVersion:
-    """A NAD document as a worker last read or wrote it, and its update time (None: there was no
+    """A NAD record as a worker last read or wrote it, and its update time (None: there was no
     document). Handed back to `put_nad_version(known=...)`, it is the precondition of the next
     write instead of a read: a NAD apply reads its document once and never again."""
 
-    data: Mapping[str, object]
+    record: NadRecord | None
     update_time: object  # opaque: the store's own precondition
+
+
+# A `put_nad` change: the NAD record as read (state None: no document yet) -> as it should be.
+NadChange = Callable[[NadRecord], NadRecord]
 
 
 class StorePort(Protocol):
@@ -134,25 +139,24 @@ class StorePort(Protocol):
     def get_ledger(self, ledger_key: str) -> Document | None: ...
     def record_ledger(self, ledger_key: str, *, event_id: str, step: str, outcome: str,
                       cluster: ClusterRef | None, fields: Mapping[str, object] | None = None) -> bool: ...
-    def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> Document | None: ...
-    def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
-                fields: Mapping[str, object], outcome: str = "ok", message: str = "",
-                ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                expect_fields: Mapping[str, object] | None = None, history: bool = True,
-                write_ledger: bool = True, derive: Callable[[Document], Mapping[str, object]] | None = None,
-                ledger_fields: Mapping[str, object] | None = None, known: NadVersion | None = None) -> bool: ...
+    def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> NadRecord | None: ...
+    def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str,
+                change: NadChange, outcome: str = "ok", ledger_key: str | None = None,
+                expect_states: tuple[str | None, ...] | None = None,
+                expect: Callable[[NadRecord], bool] | None = None, history: bool = True,
+                write_ledger: bool = True, ledger_fields: Mapping[str, object] | None = None,
+                known: NadVersion | None = None) -> bool: ...
     def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str,
-                        state: str, fields: Mapping[str, object], outcome: str = "ok", message: str = "",
-                        ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                        expect_fields: Mapping[str, object] | None = None, history: bool = True,
-                        write_ledger: bool = True,
-                        derive: Callable[[Document], Mapping[str, object]] | None = None,
-                        ledger_fields: Mapping[str, object] | None = None,
+                        change: NadChange, outcome: str = "ok", ledger_key: str | None = None,
+                        expect_states: tuple[str | None, ...] | None = None,
+                        expect: Callable[[NadRecord], bool] | None = None, history: bool = True,
+                        write_ledger: bool = True, ledger_fields: Mapping[str, object] | None = None,
                         known: NadVersion | None = None) -> NadVersion | None: ...
     def get_cluster_and_nad_unless_seen(self, ref: ClusterRef, ledger_key: str, namespace: str,
                                         name: str) -> tuple[ClusterRecord | None, bool, NadVersion]: ...
+    # `fields`: the `NadRecord` attributes to read (a projection); the others keep their defaults.
     def list_nads(self, ref: ClusterRef, state: str | None = None, *,
-                  fields: tuple[str, ...] | None = None) -> list[Document]: ...
+                  fields: tuple[str, ...] | None = None) -> list[NadRecord]: ...
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
                          problems: Sequence[Mapping[str, object]], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool: ...

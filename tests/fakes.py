@@ -1,8 +1,9 @@
 """In-memory fakes of the ports, for flow tests that need no emulator.
 
 `FakeStore` implements `shared.ports.StorePort` over plain dicts, with the real store's
-semantics: leases, the ledger, history entries with deterministic ids, NAD compare-and-set,
-`derive`, rejections, the rollout document's update-time precondition. It is held honest by
+semantics: leases, the ledger, history entries with deterministic ids, NAD compare-and-set with
+typed changes (`NadRecord`, through the store's own `NAD_FIELDS`), rejections, the rollout
+document's update-time precondition. It is held honest by
 `tests/test_store_contract.py`, whose tests run unchanged against this fake and against
 `shared.adapters.store.Store` on Google's Firestore emulator; a behaviour the fake gets wrong
 fails there, next to the real store passing the same test.
@@ -25,6 +26,7 @@ from typing import Any
 from shared.adapters.store import (
     DELETE,
     EXCERPT_MAX,
+    NAD_BY_NAME,
     _apply,
     _check_fields,
     _check_outcome,
@@ -33,9 +35,11 @@ from shared.adapters.store import (
     history_doc,
     lease_doc,
     lease_of,
+    nad_changes,
+    nad_fields_of,
+    nad_of,
     nad_view,
     record_of,
-    request_once,
     safe_id,
     workflow_changes,
 )
@@ -44,9 +48,8 @@ from shared.core.errors import Problem, Rejected, RejectionKind, Transient, Unkn
 from shared.core.names import is_dns_label, is_object_name
 from shared.core.observed import PoolFailure
 from shared.core.prechecks import ClusterFacts
-from shared.core.records import HistoryEntry, WorkflowUpdate
+from shared.core.records import HistoryEntry, NadRecord, NadState, WorkflowUpdate
 from shared.core.refs import ClusterRef
-from shared.core.requesters import history_fields
 from shared.core.settings import NodePoolTemplate, Settings
 from shared.ports import AlreadyHandled, ClusterRecord, Lease, NadVersion
 
@@ -141,13 +144,14 @@ class FakeStore:
         self._check_nad(ref, namespace, name)
         with self._lock:
             if ledger_key in self.ledger:
-                return None, True, NadVersion({}, None)
+                return None, True, NadVersion(None, None)
             data = self.clusters.get(ref.doc_id)
             rec = self._record(ref, data) if data is not None else None
             key = f"{namespace}~{name}"
             doc = self.nads.get(ref.doc_id, {}).get(key)
-            version = (NadVersion(nad_view(copy.deepcopy(doc)), self._nad_versions.get((ref.doc_id, key)))
-                       if doc is not None else NadVersion({}, None))
+            version = (NadVersion(nad_of(namespace, name, nad_view(copy.deepcopy(doc))),
+                                  self._nad_versions.get((ref.doc_id, key)))
+                       if doc is not None else NadVersion(None, None))
             return rec, False, version
 
     def get_cluster_unless_seen(self, ref: ClusterRef, ledger_key: str) -> tuple[ClusterRecord | None, bool]:
@@ -298,31 +302,28 @@ class FakeStore:
             return True
 
     # -- NADs
-    def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> dict[str, Any] | None:
+    def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> NadRecord | None:
         self._check_nad(ref, namespace, name)
         with self._lock:
             doc = self.nads.get(ref.doc_id, {}).get(f"{namespace}~{name}")
-            return nad_view(copy.deepcopy(doc)) if doc is not None else None
+            return nad_of(namespace, name, nad_view(copy.deepcopy(doc))) if doc is not None else None
 
-    def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
-                fields: Mapping[str, Any], outcome: str = "ok", message: str = "",
-                ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                expect_fields: Mapping[str, Any] | None = None, history: bool = True,
-                write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
-                ledger_fields: Mapping[str, Any] | None = None, known: NadVersion | None = None) -> bool:
+    def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str,
+                change: Callable[[NadRecord], NadRecord], outcome: str = "ok", ledger_key: str | None = None,
+                expect_states: tuple[str | None, ...] | None = None,
+                expect: Callable[[NadRecord], bool] | None = None, history: bool = True,
+                write_ledger: bool = True, ledger_fields: Mapping[str, Any] | None = None,
+                known: NadVersion | None = None) -> bool:
         return self.put_nad_version(
-            ref, namespace, name, event_id=event_id, step=step, state=state, fields=fields, outcome=outcome,
-            message=message, ledger_key=ledger_key, expect_states=expect_states, expect_fields=expect_fields,
-            history=history, write_ledger=write_ledger, derive=derive, ledger_fields=ledger_fields,
-            known=known) is not None
+            ref, namespace, name, event_id=event_id, step=step, change=change, outcome=outcome,
+            ledger_key=ledger_key, expect_states=expect_states, expect=expect, history=history,
+            write_ledger=write_ledger, ledger_fields=ledger_fields, known=known) is not None
 
     def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str,
-                        state: str, fields: Mapping[str, Any], outcome: str = "ok", message: str = "",
+                        change: Callable[[NadRecord], NadRecord], outcome: str = "ok",
                         ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                        expect_fields: Mapping[str, Any] | None = None, history: bool = True,
-                        write_ledger: bool = True,
-                        derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
-                        ledger_fields: Mapping[str, Any] | None = None,
+                        expect: Callable[[NadRecord], bool] | None = None, history: bool = True,
+                        write_ledger: bool = True, ledger_fields: Mapping[str, Any] | None = None,
                         known: NadVersion | None = None) -> NadVersion | None:
         """As the real store. `known` (the version the caller read) needs no check here: every write
         is decided under the lock on the current document, which is what the real store does when
@@ -332,64 +333,53 @@ class FakeStore:
         self._check_ref(ref)
         self._check_nad(ref, namespace, name)
         identity = {"namespace": namespace, "name": name, "clusterPath": ref.path}
-        extra = _check_fields(fields, identity, "put_nad")
         with self._lock:
             if ledger_key and ledger_key in self.ledger:
                 return None
             docs = self.nads.setdefault(ref.doc_id, {})
             key = f"{namespace}~{name}"
-            current = docs.get(key)
-            exists = current is not None
-            view = nad_view(copy.deepcopy(current)) if current is not None else {}
-            before = current.get("state") if current is not None else None
+            stored = docs.get(key)
+            current = (nad_of(namespace, name, nad_view(copy.deepcopy(stored))) if stored is not None
+                       else NadRecord(namespace, name))
+            before = current.state if stored is not None else None
             if expect_states is not None and before not in expect_states:
                 return None
-            if expect_fields and any(view.get(k) != v for k, v in expect_fields.items()):
+            if expect is not None and not expect(current):
                 return None
-            step_state, step_message = state, message
-            if derive is not None:
-                more = dict(derive(copy.deepcopy(view)))
-                step_state = str(more.pop("state", state))
-                step_message = str(more.pop("message", message))
-                extra_now = {**extra, **_check_fields(more, identity, "put_nad derive")}
-            else:
-                extra_now = extra
+            after = change(current)
             now = datetime.now(UTC)
-            changes: dict[str, Any] = {**request_once(view, extra_now), "state": step_state, "updatedAt": now}
-            if step_message:
-                changes["message"] = step_message[:4000]
-            if step_state != before:
+            changes: dict[str, Any] = {**nad_changes(current, after), "updatedAt": now}
+            if after.state != before:
                 changes["stateSince"] = now
-            if current is not None:
-                docs[key] = _apply(current, copy.deepcopy(changes))
+            if stored is not None:
+                docs[key] = _apply(stored, copy.deepcopy(changes))
             else:
                 docs[key] = {**identity, **_clean(copy.deepcopy(changes)), "createdAt": now}
             if history:
+                last = after.last_request
                 self._history(ref, f"{safe_id(event_id)}~{safe_id(step)}~{namespace}~{name}", HistoryEntry(
-                    event_id, step, outcome, step_message, step_state, previous_state=before if exists else None,
-                    nad=f"{namespace}/{name}", requester=history_fields(changes).get("requester")))
+                    event_id, step, outcome, after.message, after.state, previous_state=before,
+                    nad=f"{namespace}/{name}",
+                    requester=last.requester if last is not None and last != current.last_request else None))
             if ledger_key and write_ledger:
                 self.ledger[ledger_key] = {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                                 cluster=ref, now=now), **(ledger_fields or {})}
             version = self._nad_versions.get((ref.doc_id, key), 0) + 1
             self._nad_versions[(ref.doc_id, key)] = version
-            return NadVersion(nad_view(copy.deepcopy(docs[key])), version)
+            return NadVersion(nad_of(namespace, name, nad_view(copy.deepcopy(docs[key]))), version)
 
     def list_nads(self, ref: ClusterRef, state: str | None = None, *,
-                  fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+                  fields: tuple[str, ...] | None = None) -> list[NadRecord]:
         with self._lock:
             out = []
+            wanted = nad_fields_of(fields) if fields else None
             for key, doc in self.nads.get(ref.doc_id, {}).items():
                 if state is not None and doc.get("state") != state:
                     continue
-                wanted = (*fields, "request") if fields and "lastRequest" in fields else fields
                 data = nad_view(copy.deepcopy({k: v for k, v in doc.items() if k in wanted} if wanted else doc))
                 namespace, _, name = key.partition("~")
-                data.setdefault("namespace", namespace)
-                data.setdefault("name", name)
-                data.setdefault("state", "")
-                out.append(data)
-            return sorted(out, key=lambda d: (d["namespace"], d["name"]))
+                out.append(nad_of(namespace, name, data))
+            return sorted(out, key=lambda r: (r.namespace, r.name))
 
     # -- history
     def history(self, ref: ClusterRef, *, page_size: int = 50,
@@ -792,3 +782,44 @@ class FakePublisher:
 
     def close(self) -> None:
         """As the adapter's: nothing to release."""
+
+
+# --------------------------------------------------------------------------- NAD records in tests
+
+def nad_change(state: str | None = None, fields: Mapping[str, Any] | None = None,
+               message: str | None = None) -> Callable[[NadRecord], NadRecord]:
+    """Tests: a `put_nad` change written as document fields (camelCase, `DELETE`), decoded by the
+    store's own table (`NAD_FIELDS`), so a test can say what a document should hold."""
+    def change(cur: NadRecord) -> NadRecord:
+        values: dict[str, Any] = {}
+        for name, value in (fields or {}).items():
+            if name in ("namespace", "name"):
+                values[name] = value
+                continue
+            f = NAD_BY_NAME[name]
+            values[f.attr] = None if value is DELETE else f.decode(value)
+        if state is not None:
+            values["state"] = NadState(state) if state in NadState.__members__.values() else state
+        if message is not None:
+            values["message"] = message
+        return replace(cur, **values)
+    return change
+
+
+def nad_expect(fields: Mapping[str, Any]) -> Callable[[NadRecord], bool]:
+    """Tests: a `put_nad` condition written as document fields (a None value: the field is absent)."""
+    def expect(cur: NadRecord) -> bool:
+        return all(getattr(cur, NAD_BY_NAME[name].attr) == (None if value is None else NAD_BY_NAME[name].decode(value))
+                   for name, value in fields.items())
+    return expect
+
+
+def nad_doc(store: Any, ref: ClusterRef, namespace: str, name: str) -> dict[str, Any] | None:
+    """Tests: the NAD document as stored (its last request whole), or None."""
+    rec = store.get_nad(ref, namespace, name)
+    return dict(rec.data) if rec is not None else None
+
+
+def nad_docs(store: Any, ref: ClusterRef, state: str | None = None) -> list[dict[str, Any]]:
+    """Tests: the cluster's NAD documents as stored, by namespace and name."""
+    return [{"namespace": r.namespace, "name": r.name, **r.data} for r in store.list_nads(ref, state)]

@@ -24,6 +24,7 @@ from sandbox.gke.realism import Realism
 from sandbox.stack import Stack
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
+from tests.fakes import nad_doc
 
 E2E_PREFIX = "e2e_"
 
@@ -90,13 +91,13 @@ def wait_state(store: Any, ref: ClusterRef, state: str, timeout: float = 30.0) -
 
 def wait_nad(store: Any, ref: ClusterRef, namespace: str, name: str, state: str, timeout: float = 30.0) -> dict:
     def check() -> Any:
-        doc = store.get_nad(ref, namespace, name)
+        doc = nad_doc(store, ref, namespace, name)
         return doc if doc is not None and doc.get("state") == state else None
 
     try:
         return wait_for(check, timeout, f"NAD {namespace}/{name} to be {state}")
     except AssertionError:
-        doc = store.get_nad(ref, namespace, name)
+        doc = nad_doc(store, ref, namespace, name)
         raise AssertionError(f"NAD {namespace}/{name} is {doc and doc.get('state')}, not {state}: "
                              f"{doc and doc.get('message')}") from None
 

@@ -14,6 +14,7 @@ import pytest
 
 from multus_cli import main as cli
 from sandbox.identity import SANDBOX_USER
+from tests.fakes import nad_doc
 from tests.fixtures_stack import ref_of, wait_nad, wait_state
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ def test_request_nad_waits_for_the_outcome_and_prints_json(env_file, ready_clust
     assert out["record"]["applied"]["range"] == "172.16.1.0/26"
     # the CLI attached the sandbox user's ID token; the controller recorded who asked (issue 24)
     assert out["requester"] == out["record"]["lastRequest"]["requester"] == SANDBOX_USER
-    doc = e2e_store.get_nad(ready_cluster, "default", "via-cli")
+    doc = nad_doc(e2e_store, ready_cluster, "default", "via-cli")
     assert json.loads(doc["config"])["plugins"][0]["ipam"]["exclude"] == ["172.16.1.0/30"]
 
 
@@ -77,7 +78,7 @@ def test_request_nad_wait_answers_for_this_request_not_an_earlier_one_on_the_sam
     captured = capsys.readouterr()
     assert rc == 2 and json.loads(captured.out)["outcome"] == "REJECTED"
     assert "request_id 'k-1' was already used for a different request" in captured.err
-    assert e2e_store.get_nad(ready_cluster, "default", "keyed")["applied"]["range"] == "172.16.1.128/27"
+    assert nad_doc(e2e_store, ready_cluster, "default", "keyed")["applied"]["range"] == "172.16.1.128/27"
 
 
 def test_status_and_history_show_an_orphan_reconcile_reported(stack, env_file, ready_cluster, e2e_store, capsys):

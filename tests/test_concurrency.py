@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import nad_docs
 from tests.fixtures_stack import direct_store, push, ref_of, start_stack, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -93,7 +94,7 @@ def test_50_clusters_and_500_nad_requests_with_duplicates(cstack):
     wait_for(all_ready, 240, "all 50 clusters READY", poll=1.0)
 
     def nads_final() -> dict[str, list[dict[str, Any]]] | None:
-        out = {n: store.list_nads(refs[n]) for n in names}
+        out = {n: nad_docs(store, refs[n]) for n in names}
         done = all(len(v) == NADS_PER_CLUSTER and all(d["state"] in ("APPLIED", "REJECTED") for d in v)
                    for v in out.values())
         return out if done else None
@@ -101,9 +102,9 @@ def test_50_clusters_and_500_nad_requests_with_duplicates(cstack):
     try:
         final = wait_for(nads_final, 120, "every NAD decided", poll=1.0)
     except AssertionError:
-        stuck = {n: [(d["name"], d["state"], d.get("message")) for d in store.list_nads(refs[n])
+        stuck = {n: [(d["name"], d["state"], d.get("message")) for d in nad_docs(store, refs[n])
                      if d["state"] not in ("APPLIED", "REJECTED")] for n in names}
-        counts = {n: len(store.list_nads(refs[n])) for n in names}
+        counts = {n: len(nad_docs(store, refs[n])) for n in names}
         raise AssertionError(f"undecided NADs: { {k: v for k, v in stuck.items() if v} }; "
                              f"clusters missing NADs: { {k: v for k, v in counts.items() if v != 8} }") from None
     elapsed = time.monotonic() - started

@@ -32,6 +32,8 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import nad_doc
+
 CORPUS = Path(__file__).resolve().parent / "corpus"
 README = CORPUS / "README.md"
 ROOT = CORPUS.parent.parent
@@ -492,7 +494,7 @@ def test_case_outcome(case: Case, run: Run) -> None:
             assert any(h.get("eventId") in d.event_ids and h["step"] == e["history"] for h in entries), case.id
     if e.get("nad"):
         namespace, name = case.nad_key()
-        doc = run.store.get_nad(ref, namespace, name)
+        doc = nad_doc(run.store, ref, namespace, name)
         assert doc is not None and doc["state"] == e["nad"], (case.id, doc and doc.get("state"),
                                                               doc and doc.get("message"))
         if e["nad"] in ("REJECTED", "FAILED"):

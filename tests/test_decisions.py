@@ -211,15 +211,24 @@ def _obj(name, cidr, master="eth1", ns="default"):
     return {"metadata": {"name": name, "namespace": ns}, "spec": {"config": _json.dumps(config)}}
 
 
+def _rec(doc):
+    """A NAD document as the store reads it (its table decodes it)."""
+    from shared.adapters.store import nad_of
+
+    return nad_of(doc.get("namespace", "default"), doc.get("name", "n"), doc)
+
+
 def test_applied_part_is_what_is_on_the_cluster_whatever_the_last_request():
+    from shared.core.records import AppliedNad
+
     kept = {"state": "APPLIED", "range": "172.16.1.0/26", "applied": {"range": "172.16.1.0/26", "master": "eth1"}}
-    assert d.applied_part(kept)["range"] == "172.16.1.0/26"
+    assert d.applied_part(_rec(kept)).range == "172.16.1.0/26"
     claiming = {**kept, "state": "APPLYING"}
-    assert d.applied_part(claiming)["range"] == "172.16.1.0/26"  # an update in flight: still there
+    assert d.applied_part(_rec(claiming)).range == "172.16.1.0/26"  # an update in flight: still there
     legacy = {"state": "VERIFIED", "range": "172.16.1.0/26", "master": "eth2"}  # written before `applied`
-    assert d.applied_part(legacy) == {"range": "172.16.1.0/26", "master": "eth2", "state": "VERIFIED"}
-    assert d.applied_part({"state": "REJECTED", "range": "172.16.1.0/26"}) is None
-    assert d.applied_part({"state": "DELETED", "range": "172.16.1.0/26"}) is None
+    assert d.applied_part(_rec(legacy)) == AppliedNad("172.16.1.0/26", "eth2", state="VERIFIED")
+    assert d.applied_part(_rec({"state": "REJECTED", "range": "172.16.1.0/26"})) is None
+    assert d.applied_part(_rec({"state": "DELETED", "range": "172.16.1.0/26"})) is None
 
 
 def test_footprints_count_applied_parts_claims_pending_and_objects_without_record():
@@ -232,7 +241,7 @@ def test_footprints_count_applied_parts_claims_pending_and_objects_without_recor
         {"namespace": "default", "name": "wait", "state": "PENDING", "master": "eth1"},
         {"namespace": "default", "name": "gone", "state": "DELETED", "range": "172.16.1.192/26", "master": "eth1"},
     ]
-    fp = d.footprints(docs, [_obj("stray", "172.16.1.192/27")])
+    fp = d.footprints([_rec(doc) for doc in docs], [_obj("stray", "172.16.1.192/27")])
     shown = sorted((f["name"], f["state"], f["range"]) for f in fp)
     # a claim turned away still counts for the limit until its worker records it, not for overlaps
     assert shown == [("lost", "APPLYING", None), ("stray", "APPLIED", "172.16.1.192/27"),

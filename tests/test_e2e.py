@@ -12,6 +12,7 @@ import pytest
 
 from multus_cli import main as cli
 from shared.core.refs import ClusterRef
+from tests.fakes import nad_doc
 from tests.fixtures_stack import push, ref_of, wait_for, wait_nad, wait_state
 
 pytestmark = pytest.mark.e2e
@@ -98,7 +99,7 @@ def test_happy_path_nad_before_cluster_then_ready_and_verified(stack, e2e_store,
         assert pod["kernel"] is None
     assert pods[0]["net1"] != pods[1]["net1"]
     assert out["datapath"]["reach"] == {"from": pods[0]["pod"], "to": pods[1]["net1"][0], "checked": False}
-    assert e2e_store.get_nad(ref, "default", "early")["state"] == "VERIFIED"
+    assert nad_doc(e2e_store, ref, "default", "early")["state"] == "VERIFIED"
     assert cli.main(["status", "--sandbox", str(env_file), "--json", cluster_name]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["state"] == "READY" and [n["state"] for n in status["nads"]] == ["VERIFIED"]
@@ -306,7 +307,7 @@ def test_an_unsigned_request_is_refused_and_recorded_a_signed_one_applied(stack,
     for mid in (unsigned, forged):
         assert found[mid]["kind"] == "unauthenticated"
         assert found[mid]["problems"][0]["field"] == "attributes.idToken"
-    assert e2e_store.get_nad(ref, "default", "who-asked") is None  # refused before the NAD was touched
+    assert nad_doc(e2e_store, ref, "default", "who-asked") is None  # refused before the NAD was touched
     signed = stack.publish("nad-requests", body)  # signed by the sandbox user, as request-nad does
     doc = wait_nad(e2e_store, ref, "default", "who-asked", "APPLIED")
     assert doc["lastRequest"]["messageId"] == signed and doc["lastRequest"]["requester"] == SANDBOX_USER
@@ -347,7 +348,7 @@ def test_request_id_deduplicates_republished_requests(stack, e2e_store, cluster_
     # the same key with another body is not a duplicate of the first: it is refused, saying why
     other = request_nad(stack, ref, "idem", range="172.16.1.192/27", request_id=rid, action="delete")
     assert wait_for(lambda: _outcome_of(stack, "on_nad_request", other), 20, "third request handled") == "rejected"
-    doc = e2e_store.get_nad(ref, "default", "idem")
+    doc = nad_doc(e2e_store, ref, "default", "idem")
     assert doc["state"] == "APPLIED" and doc["applied"]["range"] == "172.16.1.192/27"
     refusals = [r for r in e2e_store.list_rejections(ref) if r["eventId"] == other]
     assert refusals and refusals[0]["kind"] == "request-id-reused", refusals

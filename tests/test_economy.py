@@ -24,6 +24,7 @@ from shared.core.events import decode_nad_request, decode_reconcile
 from shared.core.ranges import allocations
 from shared.core.refs import ClusterRef
 from tests import test_workflow as _wf
+from tests.fakes import nad_change, nad_doc
 from tests.fixtures_stack import wait_for
 from tests.test_workflow import ce, to_ready
 
@@ -104,11 +105,13 @@ def test_a_waiting_nad_is_a_difference(local_stack, make_wf):
     wf = make_wf()
     ref = to_ready(wf, local_stack)
     reconcile(wf, ref)
-    wf.store.put_nad(ref, "default", "late", event_id="lost", step="queue-nad", state=d.NAD_PENDING,
-                     fields={"request": {"cluster": ref.path, "name": "late", "range": "172.16.1.0/28"}})
+    wf.store.put_nad(ref, "default", "late",
+                     change=nad_change(d.NAD_PENDING, {"request": {"cluster": ref.path, "name": "late",
+                                                                   "range": "172.16.1.0/28"}}),
+                     event_id="lost", step="queue-nad")
     out = reconcile(wf, ref)
     assert any("took up 1 waiting NAD" in r for r in out.details["repaired"]), out.details
-    assert wf.store.get_nad(ref, "default", "late")["state"] == d.NAD_APPLIED
+    assert nad_doc(wf.store, ref, "default", "late")["state"] == d.NAD_APPLIED
 
 
 def test_a_nad_apply_costs_four_firestore_calls(local_stack, make_wf):
@@ -122,19 +125,19 @@ def test_a_nad_apply_costs_four_firestore_calls(local_stack, make_wf):
     # on the cluster: one LIST of every NAD (the overlap check and the ownership check), one apply
     assert sum(used.values()) == 2 and {v for v, _ in used} == {"GET", "PATCH"}, used
     assert dict(n.by_method) == {"BatchGetDocuments": 1, "Commit": 2, "ListDocuments": 1}
-    doc = wf.store.get_nad(ref, "default", "net-a")
+    doc = nad_doc(wf.store, ref, "default", "net-a")
     assert doc["applied"]["range"] == "172.16.1.0/26" and "claim" not in doc and "claimOrder" in doc
     # an update of the same NAD decides on the document read with the cluster: 4 again
     with wf.store.count_rpcs() as n:
         out = send(wf, ref, "net-a", range="172.16.1.0/27")
     assert out.status == "done" and n.total == 4, dict(n.by_method)
-    assert wf.store.get_nad(ref, "default", "net-a")["applied"]["range"] == "172.16.1.0/27"
+    assert nad_doc(wf.store, ref, "default", "net-a")["applied"]["range"] == "172.16.1.0/27"
     # a refusal after the claim is 4 too, and keeps what is on the cluster
     with wf.store.count_rpcs() as n:
         out = send(wf, ref, "net-b", range="172.16.1.0/28")
     assert out.status == "rejected" and n.total == 4, dict(n.by_method)
     # a duplicate delivery stops at the first read
-    first = wf.store.get_nad(ref, "default", "net-b")["lastRequest"]["messageId"]
+    first = nad_doc(wf.store, ref, "default", "net-b")["lastRequest"]["messageId"]
     with wf.store.count_rpcs() as n:
         assert send(wf, ref, "net-b", message_id=first, range="172.16.1.0/28").status == "duplicate"
     assert n.total == 1
@@ -151,23 +154,23 @@ def test_a_write_between_claim_and_record_is_noticed(local_stack, make_wf, monke
     real = nadflow.NadFlow._apply_claimed
 
     def refused_meanwhile(self: Any, job: Any, cidr: str, order: str, version: Any) -> Any:
-        wf.store.put_nad(ref, "default", "net-a", event_id="other", step="refuse-claim", state=d.NAD_APPLYING,
-                         fields={"claimRefused": "range overlaps default/other, claimed first"}, history=False,
-                         expect_states=(d.NAD_APPLYING,))
+        wf.store.put_nad(ref, "default", "net-a",
+                         change=nad_change(d.NAD_APPLYING,
+                                           {"claimRefused": "range overlaps default/other, claimed first"}),
+                         event_id="other", step="refuse-claim", history=False, expect_states=(d.NAD_APPLYING,))
         return real(self, job, cidr, order, version)
 
     monkeypatch.setattr(nadflow.NadFlow, "_apply_claimed", refused_meanwhile)
     out = send(wf, ref, "net-a", range="172.16.1.0/26")
     assert out.status == "rejected" and "withdrawn" in out.message, out.message
-    doc = wf.store.get_nad(ref, "default", "net-a")
-    assert doc["state"] == d.NAD_REJECTED and d.applied_part(doc) is None
+    rec = wf.store.get_nad(ref, "default", "net-a")
+    assert rec.state == d.NAD_REJECTED and d.applied_part(rec) is None
     assert wf.ctx.kube_for(ref).get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "net-a") is None
 
 
 def test_verify_pods_are_listed_only_when_a_record_says_one_can_exist(local_stack, make_wf, monkeypatch):
     from shared.adapters.kube import Kube
     from shared.flows.verify import (
-        VERIFY_POD_FIELD,
         VERIFY_SELECTOR,
         VERIFY_UNTIL_ANNOTATION,
         mark_verifying,
@@ -203,7 +206,7 @@ def test_verify_pods_are_listed_only_when_a_record_says_one_can_exist(local_stac
     server.faults.add("DELETE", r"/api/v1/namespaces/default/pods/mp-verify-", 503, times=4)
     out = send(wf, ref, "checked", range="172.16.1.64/26", verify=True)
     assert out.status == "done", out.message
-    marker = wf.store.get_nad(ref, "default", "checked")[VERIFY_POD_FIELD]
+    marker = nad_doc(wf.store, ref, "default", "checked")["verifyPod"]
     assert marker["pod"].startswith("mp-verify-checked-") and k.get_pod("default", marker["pod"]) is not None
     # its peer pod was deleted: wait for Whereabouts' reconciler (the sandbox's) to free its address
     wait_for(lambda: not any(a.podref.endswith("-peer") for _, a in allocations(k.list_ippools())), timeout=30)
@@ -222,8 +225,8 @@ def test_verify_pods_are_listed_only_when_a_record_says_one_can_exist(local_stac
     k.create_pod(pod)
     out = reconcile(wf, ref)
     assert any("removed leftover verify pod default/mp-verify-net-a-old" in r for r in out.details["repaired"])
-    assert VERIFY_POD_FIELD not in wf.store.get_nad(ref, "default", "net-a")
-    assert VERIFY_POD_FIELD not in wf.store.get_nad(ref, "default", "checked")  # its pod is gone too
+    assert "verifyPod" not in nad_doc(wf.store, ref, "default", "net-a")
+    assert "verifyPod" not in nad_doc(wf.store, ref, "default", "checked")  # its pod is gone too
     assert verify_lists(lambda: reconcile(wf, ref)) == 0
 
 
@@ -232,7 +235,7 @@ def test_a_verification_cut_short_leaves_the_marker_for_the_sweep(local_stack, m
     the redelivery's claim sees a verification was under way and marks the record, so reconcile
     still looks for the first attempt's pod once this request has settled."""
     from shared.core.errors import Transient
-    from shared.flows.verify import VERIFY_POD_FIELD, may_have_verify_pod
+    from shared.flows.verify import may_have_verify_pod
 
     wf = make_wf()
     ref = to_ready(wf, local_stack)
@@ -244,9 +247,9 @@ def test_a_verification_cut_short_leaves_the_marker_for_the_sweep(local_stack, m
         pass
     else:
         raise AssertionError("the injected 503 should have been a transient failure")
-    doc = wf.store.get_nad(ref, "default", "checked")
-    assert doc["state"] == d.NAD_APPLYING and doc["claim"].get("released") and may_have_verify_pod(doc)
+    rec = wf.store.get_nad(ref, "default", "checked")
+    assert rec.state == d.NAD_APPLYING and rec.claim.released and may_have_verify_pod(rec)
     out = send(wf, ref, "checked", message_id="verify-1", range="172.16.1.0/26", verify=True)  # the redelivery
     assert out.status == "done" and out.state == d.NAD_VERIFIED, out.message
-    doc = wf.store.get_nad(ref, "default", "checked")
-    assert doc[VERIFY_POD_FIELD]["until"] > 0 and may_have_verify_pod(doc)
+    rec = wf.store.get_nad(ref, "default", "checked")
+    assert rec.verify_pod.until > 0 and may_have_verify_pod(rec)

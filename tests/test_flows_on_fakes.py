@@ -20,7 +20,7 @@ from shared.core.events import AuditEvent, NadRequestEvent, ReconcileEvent
 from shared.core.nad import parse_request
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
-from tests.fakes import FakeGke, FakeKube, FakePublisher, FakeStore
+from tests.fakes import FakeGke, FakeKube, FakePublisher, FakeStore, nad_doc
 
 REF = ClusterRef.of("proj-one", "us-central1", "multus-prod")
 CREATE = "google.container.v1.ClusterManager.CreateCluster"
@@ -99,7 +99,7 @@ def test_an_eligible_cluster_becomes_ready_and_a_waiting_nad_is_applied(world: W
     assert rec is not None and rec.lease is None and rec.get("nodePool")["cidr"] == "172.16.1.0/24"
     assert rec.get("bundleVersion") and rec.get("clusterId") == "incarnation-1"
     assert [s for s, _ in world.history()][-3:] == ["precheck", "install", "apply-nads"]
-    nad = world.store.get_nad(REF, "apps", "data-plane")
+    nad = nad_doc(world.store, REF, "apps", "data-plane")
     assert nad is not None and nad["state"] == decisions.NAD_APPLIED and nad["applied"]["range"] == "172.16.1.0/25"
     assert list(world.kube.nads()) == ["apps/data-plane"]
     assert world.audit().status in ("done", "duplicate")
@@ -155,7 +155,7 @@ def test_a_nad_outside_the_pool_range_is_refused_with_both_ranges(world: World) 
     world.audit()
     out = world.request(range="10.9.0.0/24")
     assert out.status == "rejected" or out.state == decisions.NAD_REJECTED
-    nad = world.store.get_nad(REF, "apps", "data-plane")
+    nad = nad_doc(world.store, REF, "apps", "data-plane")
     assert nad is not None and nad["state"] == decisions.NAD_REJECTED
     assert any("172.16.1.0/24" in r and "10.9.0.0/24" in r for r in nad["reasons"])
     assert world.kube.nads() == {}

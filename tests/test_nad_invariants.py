@@ -33,6 +33,7 @@ import pytest
 
 from shared.core import decisions as d
 from shared.core import nad as nadlib
+from tests.fakes import nad_docs
 from tests.fixtures_stack import push, ref_of, wait_state
 
 pytestmark = pytest.mark.e2e
@@ -85,7 +86,7 @@ def deliver(url: str, sent: Sent, binary: bool, attributes: dict[str, str] | Non
 def check(store: Any, kube: Any, ref: Any, sent: list[Sent], where: str) -> None:
     from shared.flows.nad import _nad_ledger_key
 
-    records = {(n["namespace"], n["name"]): n for n in store.list_nads(ref)}
+    records = {(n.namespace, n.name): n for n in store.list_nads(ref)}
     objects = {d.nad_object_key(o): o for o in kube.list_managed_nads()}
     problems = []
     for key, obj in objects.items():  # (a)
@@ -94,12 +95,12 @@ def check(store: Any, kube: Any, ref: Any, sent: list[Sent], where: str) -> None
         found = nadlib.config_range(obj)
         if part is None:
             problems.append(f"(a) {key} is on the cluster ({found}) without an applied record "
-                            f"({rec and rec.get('state')}: {rec and rec.get('message')})")
-        elif found != (part.get("master"), part.get("range")) or rec.get("config") != obj["spec"]["config"]:
-            problems.append(f"(a) {key}: on the cluster {found}, recorded {part.get('master'), part.get('range')}")
+                            f"({rec and rec.state}: {rec and rec.message})")
+        elif found != (part.master, part.range) or rec.config != obj["spec"]["config"]:
+            problems.append(f"(a) {key}: on the cluster {found}, recorded {part.master, part.range}")
     for key, rec in records.items():  # (b)
         if d.applied_part(rec) is not None and key not in objects:
-            problems.append(f"(b) {key} is recorded on the cluster ({rec.get('state')}, "
+            problems.append(f"(b) {key} is recorded on the cluster ({rec.state}, "
                             f"{d.applied_part(rec)}) but is not there")
     live = sorted((nadlib.config_range(o) or ("", ""), k) for k, o in objects.items())
     for i, ((m1, r1), k1) in enumerate(live):  # (c)
@@ -107,8 +108,8 @@ def check(store: Any, kube: Any, ref: Any, sent: list[Sent], where: str) -> None
             if m1 == m2 and r1 and r2 and nadlib.ranges_overlap(r1, r2):
                 problems.append(f"(c) {k1} {r1} and {k2} {r2} overlap on master {m1}")
     for rec in records.values():  # (d)
-        if rec.get("state") in (d.NAD_APPLYING, d.NAD_DELETING, d.NAD_PENDING):
-            problems.append(f"(d) {rec['name']} is left {rec['state']}: {rec.get('message')}")
+        if rec.state in (d.NAD_APPLYING, d.NAD_DELETING, d.NAD_PENDING):
+            problems.append(f"(d) {rec.name} is left {rec.state}: {rec.message}")
     for s in sent:
         if "name" not in s.body:
             continue  # a reconcile run
@@ -161,7 +162,7 @@ def test_nad_invariants_hold_under_concurrent_duplicated_reordered_requests(stac
                           else deliver(url, *item, attributes=signed), batch))
             check(e2e_store, kube, ref, sent, f"seed {seed}, after step {step} ({len(sent)} requests)")
     elapsed = time.monotonic() - started
-    states = [n.get("state") for n in e2e_store.list_nads(ref)]
+    states = [n.get("state") for n in nad_docs(e2e_store, ref)]
     print(f"NAD invariants: {len(sent)} requests, {pushes} pushes in {step} steps, {elapsed:.1f}s; "
           f"final states {sorted(states)}")
     # the sequences really exercised the rules: some requests were refused, some applied

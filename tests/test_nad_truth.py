@@ -21,6 +21,7 @@ from shared.core.errors import Transient
 from shared.core.events import decode_nad_request, decode_reconcile
 from shared.core.refs import ClusterRef
 from tests import test_workflow as _wf
+from tests.fakes import nad_change, nad_doc
 from tests.fixtures_stack import ref_of, wait_for, wait_state
 from tests.test_workflow import ce, to_ready
 
@@ -65,7 +66,7 @@ def test_refused_update_keeps_the_object_and_the_applied_part_and_says_so(local_
     assert send(wf, ref, "net-b", range="172.16.1.64/26").status == "done"
     out = send(wf, ref, "net-a", message_id="upd-1", range="172.16.1.64/27")
     assert out.status == "rejected" and out.state == d.NAD_APPLIED
-    doc = wf.store.get_nad(ref, "default", "net-a")
+    doc = nad_doc(wf.store, ref, "default", "net-a")
     assert doc["state"] == "APPLIED" and doc["range"] == "172.16.1.0/26"
     assert doc["applied"]["range"] == "172.16.1.0/26" and doc["applied"]["master"] == "eth1"
     assert doc["applied"]["configDigest"] == nadlib.config_digest(doc["config"])
@@ -82,7 +83,7 @@ def test_refused_update_keeps_the_object_and_the_applied_part_and_says_so(local_
     # an accepted update moves both parts
     out = send(wf, ref, "net-a", message_id="upd-2", range="172.16.1.128/26")
     assert out.status == "done"
-    doc = wf.store.get_nad(ref, "default", "net-a")
+    doc = nad_doc(wf.store, ref, "default", "net-a")
     assert doc["applied"]["range"] == doc["range"] == "172.16.1.128/26" and doc["lastRequest"]["messageId"] == "upd-2"
     assert "reasons" not in doc and on_cluster(wf, ref, "net-a") == ("eth1", "172.16.1.128/26")
 
@@ -98,7 +99,7 @@ def test_a_record_written_before_the_applied_part_existed_is_read_by_its_state(l
     assert send(wf, ref, "new", range="172.16.1.32/27").status == "rejected"
     assert send(wf, ref, "old", range="172.16.1.64/26", verify=False, mtu=1400,
                 gateway="172.16.1.65").status == "done"
-    assert wf.store.get_nad(ref, "default", "old")["applied"]["range"] == "172.16.1.64/26"
+    assert nad_doc(wf.store, ref, "default", "old")["applied"]["range"] == "172.16.1.64/26"
 
 
 # -- decisions count everything that is or may be on the cluster ---------------------------------
@@ -121,9 +122,10 @@ def test_a_claim_in_flight_makes_a_second_request_for_the_same_nad_wait(local_st
     assert send(wf, ref, "busy", range="172.16.1.0/26").status == "done"
     # a worker has claimed an update of `busy` and not finished (its claim is live)
     order = f"{time.time_ns():020d}~feedface"
-    assert wf.store.put_nad(ref, "default", "busy", event_id="w1", step="claim-nad", state=d.NAD_APPLYING,
-                            fields={"claimOrder": order, "claim": {"range": "172.16.1.0/25", "master": "eth1",
-                                                                   "ledger": "w1", "eventId": "w1"}}, history=False)
+    assert wf.store.put_nad(ref, "default", "busy",
+                            change=nad_change(d.NAD_APPLYING, {"claimOrder": order, "claim": {
+                                "range": "172.16.1.0/25", "master": "eth1", "ledger": "w1", "eventId": "w1"}}),
+                            event_id="w1", step="claim-nad", history=False)
     with pytest.raises(Transient, match="busy"):
         send(wf, ref, "busy", range="172.16.1.64/26")
     # and its claimed range counts for the others meanwhile, besides the applied one
@@ -138,12 +140,12 @@ def test_a_transient_failure_gives_the_claim_back_to_the_redelivery(local_stack,
     server.faults.add("PATCH", r"/network-attachment-definitions/flaky$", 503, times=1)
     with pytest.raises(Transient):
         send(wf, ref, "flaky", message_id="fl-1", range="172.16.1.0/26")
-    doc = wf.store.get_nad(ref, "default", "flaky")
+    doc = nad_doc(wf.store, ref, "default", "flaky")
     assert doc["state"] == "APPLYING" and doc["claim"]["released"] is True and "503" in doc["claim"]["why"]
     assert send(wf, ref, "close", range="172.16.1.0/27").status == "rejected"  # its range stays reserved
     out = send(wf, ref, "flaky", message_id="fl-1", range="172.16.1.0/26")  # the redelivery, at once
     assert out.status == "done", out.message
-    doc = wf.store.get_nad(ref, "default", "flaky")
+    doc = nad_doc(wf.store, ref, "default", "flaky")
     assert doc["state"] == "APPLIED" and "claim" not in doc and doc["lastRequest"]["messageId"] == "fl-1"
 
 
@@ -155,7 +157,7 @@ def test_reconcile_adopts_a_managed_object_without_record_that_conflicts_with_no
     unrecorded(wf, ref, "found", "172.16.1.192/26")
     out = reconcile(wf, ref)
     assert any("adopted orphan NAD default/found" in r for r in out.details["repaired"]), out.details
-    doc = wf.store.get_nad(ref, "default", "found")
+    doc = nad_doc(wf.store, ref, "default", "found")
     assert doc["state"] == "APPLIED" and doc["applied"]["range"] == "172.16.1.192/26" and doc["adopted"]
     assert doc["config"] == kube(wf, ref).get(*NAD, "default", "found")["spec"]["config"]
     assert any(h["step"] == "adopt-nad" and h["message"].startswith("orphan adopted: default/found")
@@ -173,7 +175,7 @@ def test_reconcile_reports_a_conflicting_orphan_and_prunes_it_only_when_the_poli
     assert send(wf, ref, "owner", range="172.16.1.0/26").status == "done"
     unrecorded(wf, ref, "squatter", "172.16.1.32/27")
     reconcile(wf, ref)
-    doc = wf.store.get_nad(ref, "default", "squatter")
+    doc = nad_doc(wf.store, ref, "default", "squatter")
     assert doc["state"] == "ORPHANED" and doc["applied"]["range"] == "172.16.1.32/27"
     assert "overlaps default/owner (172.16.1.0/26)" in doc["orphan"]["reason"]
     assert doc["message"].startswith("orphan reported: default/squatter")
@@ -186,7 +188,7 @@ def test_reconcile_reports_a_conflicting_orphan_and_prunes_it_only_when_the_poli
     out = reconcile(wf, ref)
     assert any("pruned orphan NAD default/squatter" in r for r in out.details["repaired"]), out.details
     assert on_cluster(wf, ref, "squatter") is None
-    doc = wf.store.get_nad(ref, "default", "squatter")
+    doc = nad_doc(wf.store, ref, "default", "squatter")
     assert doc["state"] == "DELETED" and "applied" not in doc
     assert nadlib.config_range({"spec": {"config": doc["pruned"]["config"]}}) == ("eth1", "172.16.1.32/27")
     assert any(h["step"] == "prune-orphan" and h["message"].startswith("orphan pruned") for h in history_of(wf, ref))
@@ -218,7 +220,7 @@ def test_a_delete_the_cluster_refused_is_not_recorded_as_done(local_stack, make_
     out = send(wf, ref, "stuck", message_id="del-1", action="delete")
     assert out.status == "failed" and out.state == d.NAD_APPLIED
     assert server.faults.pending() == []
-    doc = wf.store.get_nad(ref, "default", "stuck")
+    doc = nad_doc(wf.store, ref, "default", "stuck")
     assert doc["state"] == "APPLIED" and doc["applied"]["range"] == "172.16.1.0/26"
     assert doc["lastRequest"]["state"] == "FAILED" and doc["lastRequest"]["action"] == "delete"
     assert doc["message"].startswith("delete refused by the cluster: stuck keeps 172.16.1.0/26")
@@ -237,7 +239,7 @@ def test_a_delete_while_the_cluster_is_not_ready_waits_then_is_carried_out(local
     wf.store.advance(ref, event_id="upgrade", step="install", state=d.INSTALLING, release=True)
     out = send(wf, ref, "later", message_id="del-2", action="delete")
     assert out.status == "pending" and out.state == d.NAD_PENDING
-    doc = wf.store.get_nad(ref, "default", "later")
+    doc = nad_doc(wf.store, ref, "default", "later")
     assert doc["state"] == "PENDING" and doc["applied"]["range"] == "172.16.1.0/26"
     assert doc["lastRequest"]["action"] == "delete" and "delete waits" in doc["message"]
     assert on_cluster(wf, ref, "later") is not None
@@ -245,10 +247,10 @@ def test_a_delete_while_the_cluster_is_not_ready_waits_then_is_carried_out(local
     wf.store.claim(ref, event_id="upgrade-done", step="install")
     wf.store.advance(ref, event_id="upgrade-done", step="install", state=d.READY, release=True)
     reconcile(wf, ref)
-    doc = wf.store.get_nad(ref, "default", "later")
+    doc = nad_doc(wf.store, ref, "default", "later")
     assert doc["state"] == "DELETED" and doc["lastRequest"]["messageId"] == "del-2" and "applied" not in doc
     assert on_cluster(wf, ref, "later") is None
-    assert wf.store.get_nad(ref, "default", "near")["state"] == "APPLIED"
+    assert nad_doc(wf.store, ref, "default", "near")["state"] == "APPLIED"
 
 
 def test_a_delete_of_a_nad_never_applied_is_done_at_once(local_stack, make_wf):
@@ -257,7 +259,7 @@ def test_a_delete_of_a_nad_never_applied_is_done_at_once(local_stack, make_wf):
     assert send(wf, ref, "queued", range="172.16.1.0/26").status == "pending"
     out = send(wf, ref, "queued", action="delete")
     assert out.status == "done" and out.state == d.NAD_DELETED
-    assert "not on the cluster" in wf.store.get_nad(ref, "default", "queued")["message"]
+    assert "not on the cluster" in nad_doc(wf.store, ref, "default", "queued")["message"]
 
 
 # -- verify pods never linger --------------------------------------------------------------------
@@ -303,7 +305,7 @@ def test_the_story_of_issue_12_end_to_end(stack, e2e_store, cluster_name):
     wait_state(e2e_store, ref_of(stack, cluster_name), "READY", 40)
 
     def outcome(name: str, message_id: str) -> dict[str, Any] | None:
-        doc = e2e_store.get_nad(ref, "default", name) or {}
+        doc = nad_doc(e2e_store, ref, "default", name) or {}
         last = doc.get("lastRequest") or {}
         return doc if last.get("messageId") == message_id and last.get("state") in d.REQUEST_SETTLED else None
 

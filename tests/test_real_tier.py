@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from shared.core.multus import load_bundle
+from tests.fakes import nad_doc
 from tests.test_kube_engine import nad
 from tests.test_kube_engine import wait_for as wait_kube
 
@@ -252,7 +253,7 @@ def test_the_workflow_end_to_end_on_real_clusters(real_stack: Any) -> None:
     # an update that would overlap another NAD is refused; the live object stays as it was
     _request(stack, ref, "late", range="172.16.1.0/25", request_id="overlap-1")
     refused = wait_for(lambda: (lambda d: d if d and "overlap" in str(d.get("message", "")) else None)(
-        store.get_nad(ref, "default", "late")), 120, "the overlapping update refused")
+        nad_doc(store, ref, "default", "late")), 120, "the overlapping update refused")
     assert "early" in refused["message"]
     live = kube.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "late")
     assert "172.16.1.64/26" in live["spec"]["config"]

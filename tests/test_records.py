@@ -12,20 +12,38 @@ import re
 from dataclasses import fields, replace
 from datetime import UTC, datetime
 
-from shared.adapters.store import CLUSTER_FIELDS, DELETE, workflow_changes, workflow_of
+from shared.adapters.store import (
+    CLUSTER_FIELDS,
+    DELETE,
+    NAD_FIELDS,
+    nad_changes,
+    nad_of,
+    nad_view,
+    workflow_changes,
+    workflow_of,
+)
 from shared.core.prechecks import Finding
 from shared.core.records import (
+    Adoption,
     ApiEndpoint,
+    AppliedNad,
     ClusterState,
     ClusterWorkflow,
     Incarnation,
     LastError,
+    LastRequest,
+    NadClaim,
+    NadRecord,
     NadState,
     NodePoolFacts,
     NodePoolRequest,
+    OrphanNote,
     PoolFailureNote,
+    PrunedNote,
     RolloutReport,
     StepOutcome,
+    VerificationNote,
+    VerifyPodMarker,
 )
 
 FULL = ClusterWorkflow(
@@ -93,3 +111,85 @@ def test_malformed_documents_read_as_defaults() -> None:
 def test_states_and_outcomes_are_the_words_people_read() -> None:
     assert ClusterState.READY == "READY" and f"{ClusterState.READY}" == "READY"
     assert NadState.APPLIED == "APPLIED" and StepOutcome.OK == "ok"
+
+
+# --------------------------------------------------------------------------- the NAD record
+#
+# A NAD field is an attribute of `NadRecord` and a row of `NAD_FIELDS`, nothing else: the store
+# writes a change by the table (`nad_changes`) and reads a document by it (`nad_of`).
+
+_NAD_OWN = {"namespace", "name", "updated_at", "data"}  # the identity, and what the store keeps itself
+_AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+_BODY = {"cluster": "projects/p/locations/l/clusters/c", "namespace": "apps", "name": "net", "range": "10.0.0.0/28",
+         "master": "eth1", "verify": True}
+
+
+def _full_nad() -> NadRecord:
+    """Every attribute set to a value other than its default (so a missing row shows)."""
+    return NadRecord(
+        "apps", "net", state=NadState.VERIFIED, message="applied", range="10.0.0.0/28", master="eth1",
+        applied=AppliedNad("10.0.0.0/28", "eth1", "sha256:c", "r1", "m1", "VERIFIED", _AT, "a@example.com"),
+        config='{"cniVersion":"0.3.1"}', request=_BODY, request_id="r1", mode="l2", action="apply",
+        last_request=LastRequest("apply", "REJECTED", ("overlaps",), "r2", "m2", "e2", "10.0.0.16/28", "eth1",
+                                 "sha256:d", {**_BODY, "range": "10.0.0.16/28"}, _AT, "b@example.com"),
+        reasons=("overlaps",), last_error="boom", claim_order="0001~ab",
+        claim=NadClaim("apply", "10.0.0.0/28", "eth1", "ledger", "e1", "r1", "PENDING", "h1", True, "timeout"),
+        claim_refused="overlaps x", adopted=Adoption(_AT, "reconcile"), orphan=OrphanNote("overlaps y", _AT),
+        pruned=PrunedNote("{}", _AT, "overlaps z"), verification=VerificationNote(True, "net1 got 10.0.0.2"),
+        resource_version="7", verify_pod=VerifyPodMarker(1700000000, "mp-verify-net-1", "apps"),
+        request_excerpt="{...}")
+
+
+def _document(rec: NadRecord) -> dict[str, object]:
+    """The document a new record is created as (what the store writes, DELETEs left out)."""
+    return {k: v for k, v in nad_changes(NadRecord(rec.namespace, rec.name), rec).items() if v is not DELETE}
+
+
+def test_every_nad_attribute_has_exactly_one_row() -> None:
+    attrs = [f.attr for f in NAD_FIELDS]
+    names = [f.name for f in NAD_FIELDS]
+    assert sorted(attrs) == sorted(f.name for f in fields(NadRecord) if f.name not in _NAD_OWN)
+    assert len(set(attrs)) == len(attrs) and len(set(names)) == len(names)
+    assert all(re.fullmatch(r"[a-z][A-Za-z]*", n) for n in names), names
+    full = _full_nad()
+    assert all(getattr(full, f.name) != f.default for f in fields(NadRecord) if f.name not in _NAD_OWN)
+
+
+def test_a_full_nad_record_survives_the_document() -> None:
+    full = _full_nad()
+    doc = _document(full)
+    assert set(doc) == {f.name for f in NAD_FIELDS}
+    assert nad_of("apps", "net", nad_view(doc)) == full  # read back whole, the request put back in its place
+    # its request is held once: the last request keeps its own body only when it differs
+    same = replace(full, last_request=replace(full.last_request, request=_BODY))  # type: ignore[arg-type]
+    once = _document(same)
+    assert "request" not in once["lastRequest"] and nad_of("apps", "net", nad_view(once)) == same  # type: ignore
+
+
+def test_nad_documents_of_the_present_shape_read_whole() -> None:
+    """A document as docs/FIRESTORE.md describes it (and as tests/test_store_contract.py writes it)."""
+    doc = {"namespace": "apps", "name": "net", "clusterPath": "projects/p/locations/l/clusters/c", "state": "APPLIED",
+           "stateSince": _AT, "createdAt": _AT, "updatedAt": _AT, "message": "apps/net applied with range 10.0.0.0/28",
+           "applied": {"range": "10.0.0.0/28", "master": "eth1", "configDigest": "sha256:c", "requestId": None,
+                       "messageId": "m1", "state": "APPLIED", "at": _AT},
+           "range": "10.0.0.0/28", "master": "eth1", "config": "{}", "request": _BODY, "requestId": None,
+           "mode": "l2", "action": "apply", "resourceVersion": "3",
+           "lastRequest": {"action": "apply", "state": "APPLIED", "reasons": [], "requestId": None, "messageId": "m1",
+                           "eventId": "m1", "range": "10.0.0.0/28", "master": "eth1", "digest": "sha256:d",
+                           "at": _AT},
+           "verifyPod": {"until": 1700000000}}
+    rec = nad_of("apps", "net", nad_view(doc))
+    assert rec.state == NadState.APPLIED and rec.updated_at == _AT and rec.data["clusterPath"] == doc["clusterPath"]
+    assert rec.applied == AppliedNad("10.0.0.0/28", "eth1", "sha256:c", None, "m1", "APPLIED", _AT)
+    assert rec.last_request is not None and rec.last_request.request == _BODY  # the top-level request
+    assert rec.verify_pod == VerifyPodMarker(1700000000) and rec.claim is None and rec.reasons is None
+    # nothing changed, nothing written; a change writes its own fields only
+    assert nad_changes(rec, rec) == {}
+    moved = replace(rec, state=NadState.VERIFIED, verify_pod=None)
+    assert nad_changes(rec, moved) == {"state": "VERIFIED", "verifyPod": DELETE}
+    # a record written before `applied` existed reads as what it was (decisions.applied_part reads it by state)
+    legacy = nad_of("apps", "old", {"state": "VERIFIED", "range": "10.0.0.0/28", "master": "eth2"})
+    assert legacy.applied is None and legacy.range == "10.0.0.0/28" and legacy.state == NadState.VERIFIED
+    # malformed or unknown values read as the defaults
+    odd = nad_of("apps", "odd", {"state": "SOMETHING", "applied": "x", "reasons": "no", "claim": 3})
+    assert odd == NadRecord("apps", "odd")

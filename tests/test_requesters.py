@@ -34,7 +34,7 @@ from shared.core.requesters import (
     token_from_attributes,
 )
 from shared.core.settings import ConfigError, Settings
-from tests.fakes import FakeGke, FakeKube, FakeStore
+from tests.fakes import FakeGke, FakeKube, FakeStore, nad_doc, nad_docs
 from tests.test_flows_on_fakes import REF, eligible_cluster
 
 ALICE = "alice@example.com"
@@ -241,7 +241,7 @@ class World:
             return self.wf.record_rejection(e, event_id=e.event_id or event_id)
 
     def nad(self, name: str = "net-a", namespace: str = "apps") -> dict[str, Any]:
-        return self.store.get_nad(REF, namespace, name) or {}
+        return nad_doc(self.store, REF, namespace, name) or {}
 
 
 @pytest.fixture
@@ -330,7 +330,7 @@ def test_an_unknown_project_is_refused_at_top_level_without_a_record(world: Worl
     from shared.core.refs import ClusterRef
 
     ref = ClusterRef.parse(other)
-    assert world.store.list_nads(ref) == [] and world.store.get_cluster(ref) is None
+    assert nad_docs(world.store, ref) == [] and world.store.get_cluster(ref) is None
     with pytest.raises(Rejected, match="not managed"):
         world.wf.handle_audit(AuditEvent(event_id="a9", action="cluster.created", cluster=ref, node_pool=None,
                                          first=True, last=True, operation_id=None,
@@ -364,9 +364,10 @@ def test_a_reconcile_tick_fans_out_a_bounded_window_that_moves() -> None:
 
 def test_the_cli_shows_escape_sequences_instead_of_running_them(capsys: pytest.CaptureFixture[str]) -> None:
     from multus_cli.online import _nad_line, _say
+    from shared.adapters.store import nad_of
 
-    _say(_nad_line({"namespace": "apps", "name": "x\x1b[2J", "state": "REJECTED",
-                    "reasons": ["range: \x1b]0;pwned\x07 \u202eevil"]}))
+    _say(_nad_line(nad_of("apps", "x\x1b[2J", {"state": "REJECTED",
+                                               "reasons": ["range: \x1b]0;pwned\x07 \u202eevil"]})))
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out
     assert "\\x1b[2J" in out and "\\u202e" in out
@@ -379,8 +380,7 @@ def test_reconcile_leaves_a_foreign_object_that_took_a_recorded_name_alone(world
     key = ("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "apps", "net-a")
     world.kube.objects[key] = {"apiVersion": key[0], "kind": key[1], "spec": {"config": "{}"},
                                "metadata": {"namespace": "apps", "name": "net-a", "resourceVersion": "99"}}
-    docs = world.store.list_nads(REF)
-    plan = plan_nads(world.wf.policy(), REF, docs, [world.kube.objects[key]])
+    plan = plan_nads(world.wf.policy(), REF, world.store.list_nads(REF), [world.kube.objects[key]])
     assert [f.kind for f in plan] == ["reapply"]  # the record says ours should be there
     assert repair_nads(world.wf.ctx, REF, world.kube, "rec-1", plan) == []  # but it is left alone
     assert world.kube.objects[key]["spec"]["config"] == "{}"  # not taken over

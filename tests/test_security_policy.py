@@ -24,6 +24,7 @@ from shared.core.multus import DEFAULT_MULTUS_IMAGE, SEED_REGISTRY, registry_pro
 from shared.core.policy import Policy
 from shared.core.settings import ConfigError, Settings
 from tests import test_workflow as _wf
+from tests.fakes import nad_doc
 from tests.test_workflow import ce, to_ready
 
 local_stack, make_wf = _wf.local_stack, _wf.make_wf
@@ -150,7 +151,7 @@ def test_reconcile_does_not_reapply_a_tampered_record_and_says_why(local_stack, 
     out = wf.handle_nad(decode_nad_request(ce({"cluster": ref.path, "name": "data", "range": "172.16.1.0/26"})))
     assert out.status == "done", out.message
     kube = wf.ctx.kube_for(ref)
-    doc = wf.store.get_nad(ref, "default", "data")
+    doc = nad_doc(wf.store, ref, "default", "data")
     conf = json.loads(doc["config"])
     conf["plugins"][0]["type"] = "macvlan"
     evil = json.dumps(conf, sort_keys=True, separators=(",", ":"))
@@ -160,7 +161,7 @@ def test_reconcile_does_not_reapply_a_tampered_record_and_says_why(local_stack, 
     out = wf.reconcile(decode_reconcile(ce({"cluster": ref.path})))
     assert kube.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", "default", "data") is None
     assert any("refused to re-apply NAD default/data" in r for r in out.details["repaired"]), out.details
-    doc = wf.store.get_nad(ref, "default", "data")
+    doc = nad_doc(wf.store, ref, "default", "data")
     assert "not re-applied" in doc["lastError"] and "ipvlan" in doc["lastError"] and doc["state"] == d.NAD_APPLIED
     steps = [h for h in wf.store.history(ref, page_size=1000)[0] if h["step"] == "reapply-refused"]
     assert len(steps) == 1 and steps[0]["outcome"] == "failed"

@@ -22,6 +22,7 @@ import pytest
 from shared.adapters.store import AlreadyHandled, Store, safe_id, translate
 from shared.core.errors import Permanent, Transient
 from shared.core.settings import Settings
+from tests.fakes import nad_change, nad_doc, nad_docs
 from tests.test_store_contract import REF, _create, _history_ids
 
 pytestmark = pytest.mark.emulator
@@ -59,9 +60,9 @@ def test_policy_document(store: Store, firestore_client: Any) -> None:
 def test_wire_errors_become_permanent(store: Store) -> None:
     _create(store)
     with pytest.raises(Permanent) as info:
-        store.put_nad(REF, "default", "big", event_id="b", step="s", state="PENDING",
-                      fields={"blob": "x" * 1_100_000})
-    assert info.value.code == "INVALID_ARGUMENT" and "blob" in str(info.value)
+        store.put_nad(REF, "default", "big", change=nad_change("PENDING", {"config": "x" * 1_100_000}), event_id="b",
+                      step="s")
+    assert info.value.code == "INVALID_ARGUMENT" and "config" in str(info.value)
 
 
 def test_translate_maps_error_kinds() -> None:
@@ -99,7 +100,7 @@ def test_a_step_costs_three_rpcs(store: Store) -> None:
                       fields={"findings": []}, release=True)
     assert n.total == 3 and dict(n.by_method) == {"BeginTransaction": 1, "BatchGetDocuments": 1, "Commit": 1}
     with store.count_rpcs() as n:
-        store.put_nad(REF, "default", "net-a", event_id="n1", step="apply-nad", state="APPLIED", fields={},
+        store.put_nad(REF, "default", "net-a", change=nad_change("APPLIED", {}), event_id="n1", step="apply-nad",
                       ledger_key="n1")
     # a NAD record is lock-free: one batched read, one commit guarded by preconditions
     assert n.total == 2 and dict(n.by_method) == {"BatchGetDocuments": 1, "Commit": 1}
@@ -194,10 +195,10 @@ def test_guarantee_2_nads_of_one_cluster_do_not_contend(store_settings: Settings
         with s.count_rpcs() as n:
             for j in range(per_worker):
                 name = f"net-{i}-{j}"
-                assert s.put_nad(REF, "default", name, event_id=f"req-{i}-{j}", step="request-nad",
-                                 state="PENDING", fields={"request": {"worker": i}}, ledger_key=f"req-{i}-{j}")
-                assert s.put_nad(REF, "default", name, event_id=f"ready-{i}", step="apply-nad",
-                                 state="APPLIED", fields={"config": f"cfg-{i}-{j}"})
+                assert s.put_nad(REF, "default", name, change=nad_change("PENDING", {"request": {"worker": i}}),
+                                 event_id=f"req-{i}-{j}", step="request-nad", ledger_key=f"req-{i}-{j}")
+                assert s.put_nad(REF, "default", name, change=nad_change("APPLIED", {"config": f"cfg-{i}-{j}"}),
+                                 event_id=f"ready-{i}", step="apply-nad")
         return dict(n.by_method)
 
     started = time.monotonic()
@@ -213,7 +214,7 @@ def test_guarantee_2_nads_of_one_cluster_do_not_contend(store_settings: Settings
     assert sum(c.get("BeginTransaction", 0) + c.get("Rollback", 0) for c in counts) == 0
     nads = stores[0].list_nads(REF)
     assert len(nads) == workers * per_worker
-    assert all(n["state"] == "APPLIED" and n["config"] == f"cfg-{n['name'][4:]}" for n in nads)
+    assert all(n.state == "APPLIED" and n.config == f"cfg-{n.name[4:]}" for n in nads)
     entries = [e for e in stores[0].history(REF, page_size=1000)[0] if e.get("nad")]
     assert len(entries) == transactions
     assert elapsed < 30, f"{transactions} independent transactions took {elapsed:.1f} s: they contend"
@@ -320,11 +321,11 @@ def test_queries_decode_documents_as_the_library_does(store: Store, firestore_cl
         query = nads if fields is None else nads.select(list(fields))
         expected = {s.id: s.to_dict() for s in query.stream()}
         got = store.list_nads(REF, fields=fields)
-        assert [(n["namespace"], n["name"]) for n in got] == [("default", "all"), ("kube-system", "other")]
+        assert [(n.namespace, n.name) for n in got] == [("default", "all"), ("kube-system", "other")]
         for n in got:
-            want = expected[f"{n['namespace']}~{n['name']}"]
-            assert _typed({k: v for k, v in n.items() if k in want}) == _typed(want)
-    assert store.list_nads(ClusterRef.of("proj-one", "us-central1", "nobody")) == []
+            want = expected[f"{n.namespace}~{n.name}"]
+            assert _typed({k: v for k, v in n.data.items() if k in want}) == _typed(want)
+    assert nad_docs(store, ClusterRef.of("proj-one", "us-central1", "nobody")) == []
 
 
 def _typed(value: Any) -> Any:
@@ -353,17 +354,18 @@ def test_a_query_failing_at_its_start_is_retried_within_the_timeout(store_settin
         store = Store(store_settings, timeout=1.0)
         _create(store)
         for i in range(3):
-            assert store.put_nad(REF, "default", f"n{i}", event_id=f"e{i}", step="s", state="PENDING", fields={})
+            assert store.put_nad(REF, "default", f"n{i}", change=nad_change("PENDING", {}), event_id=f"e{i}",
+                                 step="s")
         method = "google.firestore.v1.Firestore/ListDocuments"
         proxy.faults.fail(method, "UNAVAILABLE", after=True)  # forwarded, its documents replaced by the error
         proxy.faults.fail(method, "UNAVAILABLE")
         with store.count_rpcs() as n:
-            assert [x["name"] for x in store.list_nads(REF)] == ["n0", "n1", "n2"]
+            assert [x["name"] for x in nad_docs(store, REF)] == ["n0", "n1", "n2"]
         assert n.by_method["ListDocuments"] == 3
         proxy.faults.fail(method, "UNAVAILABLE", times=1000)
         started = time.monotonic()
         with pytest.raises(Transient):
-            store.list_nads(REF)
+            nad_docs(store, REF)
         assert time.monotonic() - started < 5 * store.timeout
 
 
@@ -375,8 +377,10 @@ def test_a_nad_record_sends_only_the_fields_that_change(store: Store, monkeypatc
 
     _create(store)
     request = {"name": "n", "routes": [{"dst": "10.0.0.0/8"}], "verify": False, "mtu": 1500}
-    claimed = store.put_nad_version(REF, "default", "n", event_id="e1", step="claim-nad", state="APPLYING",
-                                    fields={"request": request, "master": "eth1", "count": 1}, history=False)
+    claimed = store.put_nad_version(REF, "default", "n",
+                                    change=nad_change("APPLYING", {"request": request, "master": "eth1",
+                                                                 "resourceVersion": "1"}),
+                                    event_id="e1", step="claim-nad", history=False)
     assert claimed is not None
     commits: list[list[Any]] = []  # the writes of each batch committed (the batch clears them)
     batch = store.client.batch
@@ -392,13 +396,14 @@ def test_a_nad_record_sends_only_the_fields_that_change(store: Store, monkeypatc
     def sent() -> set[str]:
         return set(commits[-1][0].update_mask.field_paths)  # the NAD document is the first write
 
-    fields = {"request": dict(request), "master": "eth2", "count": True, "reasons": DELETE, "config": "{}"}
-    assert store.put_nad(REF, "default", "n", event_id="e2", step="apply-nad", state="APPLIED", fields=fields,
+    fields = {"request": dict(request), "master": "eth2", "resourceVersion": "2", "reasons": DELETE, "config": "{}"}
+    assert store.put_nad(REF, "default", "n", change=nad_change("APPLIED", fields), event_id="e2", step="apply-nad",
                          known=claimed)
-    assert sent() == {"master", "count", "config", "state", "stateSince", "updatedAt"}
-    assert store.put_nad(REF, "default", "n", event_id="e3", step="apply-nad", state="APPLIED",  # read afresh
-                         fields={"request": {**request, "mtu": 9000}, "master": "eth2", "count": True})
+    assert sent() == {"master", "resourceVersion", "config", "state", "stateSince", "updatedAt"}
+    again = {"request": {**request, "mtu": 9000}, "master": "eth2", "resourceVersion": "2"}
+    assert store.put_nad(REF, "default", "n", change=nad_change("APPLIED", again), event_id="e3", step="apply-nad")
     assert sent() == {"request", "updatedAt"}
-    doc = store.get_nad(REF, "default", "n")
+    doc = nad_doc(store, REF, "default", "n")
     assert doc is not None and doc["request"] == {**request, "mtu": 9000} and doc["master"] == "eth2"
-    assert doc["count"] is True and doc["config"] == "{}" and doc["state"] == "APPLIED" and "reasons" not in doc
+    assert doc["resourceVersion"] == "2" and doc["config"] == "{}" and doc["state"] == "APPLIED"
+    assert "reasons" not in doc

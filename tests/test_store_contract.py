@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 
 from shared.adapters.store import DELETE, EXCERPT_MAX, AlreadyHandled
 from shared.core.errors import Problem, Rejected, Transient, UnknownCluster
+from shared.core.records import AppliedNad, NadRecord, NadState
 from shared.core.refs import ClusterRef
 from shared.ports import StorePort
-from tests.fakes import FakeStore
+from tests.fakes import FakeStore, nad_change, nad_doc, nad_docs, nad_expect
 
 REF = ClusterRef.of("proj-one", "us-central1", "alpha")
 
@@ -146,28 +148,30 @@ def test_release_of_a_lease_held_by_another_event_keeps_it(store: StorePort) -> 
 
 def test_nads_have_their_own_documents(store: StorePort) -> None:
     _create(store)
-    assert store.get_nad(REF, "default", "net-a") is None
-    assert store.put_nad(REF, "default", "net-a", event_id="n1", step="request-nad", state="PENDING",
-                         fields={"request": {"range": "172.16.1.0/24"}, "namespace": "default"},
-                         ledger_key="n1")
-    first = store.get_nad(REF, "default", "net-a")
+    assert nad_doc(store, REF, "default", "net-a") is None
+    assert store.put_nad(REF, "default", "net-a",
+                         change=nad_change("PENDING", {"request": {"range": "172.16.1.0/24"}, "namespace": "default"}),
+                         event_id="n1", step="request-nad", ledger_key="n1")
+    first = nad_doc(store, REF, "default", "net-a")
     assert first is not None and first["state"] == "PENDING" and first["clusterPath"] == REF.path
-    assert not store.put_nad(REF, "default", "net-a", event_id="n1", step="request-nad", state="REJECTED",
-                             fields={}, ledger_key="n1"), "a duplicate writes nothing"
-    assert store.put_nad(REF, "default", "net-a", event_id="r1", step="apply-nad", state="APPLIED",
-                         fields={"config": '{"cniVersion":"0.3.1"}', "request": {"range": "172.16.2.0/24"}})
-    store.put_nad(REF, "team-b", "net-b", event_id="n2", step="request-nad", state="PENDING", fields={})
-    nad = store.get_nad(REF, "default", "net-a")
+    assert not store.put_nad(REF, "default", "net-a", change=nad_change("REJECTED", {}), event_id="n1",
+                             step="request-nad", ledger_key="n1"), "a duplicate writes nothing"
+    assert store.put_nad(REF, "default", "net-a",
+                         change=nad_change("APPLIED", {"config": '{"cniVersion":"0.3.1"}',
+                                                      "request": {"range": "172.16.2.0/24"}}),
+                         event_id="r1", step="apply-nad")
+    store.put_nad(REF, "team-b", "net-b", change=nad_change("PENDING", {}), event_id="n2", step="request-nad")
+    nad = nad_doc(store, REF, "default", "net-a")
     assert nad is not None and nad["state"] == "APPLIED" and nad["createdAt"] == first["createdAt"]
     assert nad["stateSince"] > first["stateSince"] and nad["request"] == {"range": "172.16.2.0/24"}
-    assert [(n["namespace"], n["name"], n["state"]) for n in store.list_nads(REF)] == [
+    assert [(n["namespace"], n["name"], n["state"]) for n in nad_docs(store, REF)] == [
         ("default", "net-a", "APPLIED"), ("team-b", "net-b", "PENDING")]
-    assert [n["name"] for n in store.list_nads(REF, state="PENDING")] == ["net-b"]
+    assert [n["name"] for n in nad_docs(store, REF, state="PENDING")] == ["net-b"]
     with pytest.raises(Rejected) as info:
-        store.put_nad(REF, "Bad_NS", "x", event_id="n3", step="s", state="PENDING", fields={})
+        store.put_nad(REF, "Bad_NS", "x", change=nad_change("PENDING", {}), event_id="n3", step="s")
     assert info.value.problems[0].field == "namespace"
     with pytest.raises(ValueError, match="name"):
-        store.put_nad(REF, "default", "net-a", event_id="n4", step="s", state="X", fields={"name": "other"})
+        store.put_nad(REF, "default", "net-a", change=nad_change("X", {"name": "other"}), event_id="n4", step="s")
     nad_entries = [e for e in store.history(REF)[0] if e.get("nad")]
     assert [(e["nad"], e["state"]) for e in nad_entries] == [
         ("default/net-a", "PENDING"), ("default/net-a", "APPLIED"), ("team-b/net-b", "PENDING")]
@@ -233,12 +237,12 @@ def test_rejections_under_the_cluster_and_top_level(store: StorePort) -> None:
 
 def test_delete_cluster_tree(store: StorePort) -> None:
     _create(store)
-    store.put_nad(REF, "default", "net-a", event_id="n1", step="s", state="PENDING", fields={})
+    store.put_nad(REF, "default", "net-a", change=nad_change("PENDING", {}), event_id="n1", step="s")
     store.record_rejection(event_id="r", cluster=REF, reason="x", problems=[], kind="invalid")
     other = ClusterRef.of("proj-one", "us-central1", "beta")
     _create(store, other, event="other")
     store.delete_cluster_tree(REF)
-    assert store.get_cluster(REF) is None and store.list_nads(REF) == []
+    assert store.get_cluster(REF) is None and nad_docs(store, REF) == []
     assert store.history(REF) == ([], None) and store.list_rejections(REF) == []
     assert store.get_cluster(other) is not None and len(_history_ids(store, other)) == 1
 
@@ -265,20 +269,20 @@ def test_guarantee_3_expired_lease_can_be_taken_over(store: StorePort) -> None:
 def test_put_nad_compare_and_set_lets_exactly_one_concurrent_writer_win(store: StorePort) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    store.put_nad(REF, "default", "race", event_id="q", step="queue-nad", state="PENDING", fields={})
+    store.put_nad(REF, "default", "race", change=nad_change("PENDING", {}), event_id="q", step="queue-nad")
 
     def take(i: int) -> bool:
-        return store.put_nad(REF, "default", "race", event_id=f"w{i}", step="claim-nad", state="APPLYING",
-                             fields={"claimOrder": f"{i:04d}"}, expect_states=("PENDING",), history=False)
+        return store.put_nad(REF, "default", "race", change=nad_change("APPLYING", {"claimOrder": f"{i:04d}"}),
+                             event_id=f"w{i}", step="claim-nad", expect_states=("PENDING",), history=False)
 
     with ThreadPoolExecutor(6) as pool:
         won = list(pool.map(take, range(6)))
     assert won.count(True) == 1, won
-    doc = store.get_nad(REF, "default", "race")
+    doc = nad_doc(store, REF, "default", "race")
     assert doc["state"] == "APPLYING" and doc["claimOrder"] == f"{won.index(True):04d}"
     # an unconditional writer is never lost: it re-reads and writes after the winner
-    assert store.put_nad(REF, "default", "race", event_id="z", step="reject-nad", state="REJECTED", fields={})
-    assert store.get_nad(REF, "default", "race")["state"] == "REJECTED"
+    assert store.put_nad(REF, "default", "race", change=nad_change("REJECTED", {}), event_id="z", step="reject-nad")
+    assert nad_doc(store, REF, "default", "race")["state"] == "REJECTED"
 
 
 # --------------------------------------------------------------------------- more of the contract
@@ -343,35 +347,40 @@ def test_claim_create_fields_and_delete_marker(store: StorePort) -> None:
 
 
 def test_put_nad_conditions_derive_and_ledger(store: StorePort) -> None:
-    assert store.put_nad(REF, "default", "net", event_id="n1", step="queue-nad", state="PENDING",
-                         fields={"claimOrder": "0001"}, ledger_key="k1", ledger_fields={"digest": "d1"},
-                         message="queued")
+    assert store.put_nad(REF, "default", "net",
+                         change=nad_change("PENDING", {"claimOrder": "0001"}, message="queued"), event_id="n1",
+                         step="queue-nad", ledger_key="k1", ledger_fields={"digest": "d1"})
     assert store.get_ledger("k1")["digest"] == "d1"  # type: ignore[index]
-    assert not store.put_nad(REF, "default", "net", event_id="n2", step="s", state="APPLYING", fields={},
-                             expect_fields={"claimOrder": "0002"})
-    assert not store.put_nad(REF, "default", "net", event_id="n2", step="s", state="APPLYING", fields={},
+    assert not store.put_nad(REF, "default", "net", change=nad_change("APPLYING", {}), event_id="n2", step="s",
+                             expect=nad_expect({"claimOrder": "0002"}))
+    assert not store.put_nad(REF, "default", "net", change=nad_change("APPLYING", {}), event_id="n2", step="s",
                              expect_states=("APPLIED",))
-    seen: list[dict[str, object]] = []
+    seen: list[NadRecord] = []
 
-    def derive(current: dict[str, object]) -> dict[str, object]:
+    def change(current: NadRecord) -> NadRecord:
         seen.append(current)
-        return {"state": "APPLIED", "message": "derived", "applied": {"range": "10.0.0.0/24"},
-                "claimOrder": DELETE}
+        return replace(current, state=NadState.APPLIED, message="derived", applied=AppliedNad("10.0.0.0/24", "eth1"),
+                       claim_order=None)
 
-    assert store.put_nad(REF, "default", "net", event_id="n3", step="apply-nad", state="APPLYING", fields={},
-                         expect_states=("PENDING",), expect_fields={"claimOrder": "0001"}, derive=derive,
+    assert store.put_nad(REF, "default", "net", event_id="n3", step="apply-nad", change=change,
+                         expect_states=("PENDING",), expect=lambda cur: cur.claim_order == "0001",
                          ledger_key="k3", write_ledger=False)
-    assert seen[0]["state"] == "PENDING" and seen[0]["claimOrder"] == "0001"
-    doc = store.get_nad(REF, "default", "net")
-    assert doc is not None and doc["state"] == "APPLIED" and doc["message"] == "derived"
-    assert "claimOrder" not in doc and doc["applied"] == {"range": "10.0.0.0/24"}
+    assert seen[0].state == NadState.PENDING and seen[0].claim_order == "0001" and seen[0].message == "queued"
+    rec = store.get_nad(REF, "default", "net")
+    assert rec is not None and rec.state == NadState.APPLIED and rec.message == "derived"
+    assert rec.claim_order is None and rec.applied == AppliedNad("10.0.0.0/24", "eth1")
+    doc = nad_doc(store, REF, "default", "net")
+    assert doc is not None and doc["state"] == "APPLIED" and "claimOrder" not in doc
+    assert doc["applied"] == {"range": "10.0.0.0/24", "master": "eth1", "configDigest": None, "requestId": None,
+                              "messageId": None, "state": "APPLIED", "at": None}
     assert not store.seen("k3"), "write_ledger=False only checks the ledger"
     entries = [e for e in store.history(REF)[0] if e.get("nad")]
     assert [(e["step"], e["state"], e["previousState"]) for e in entries] == [
         ("queue-nad", "PENDING", None), ("apply-nad", "APPLIED", "PENDING")]
-    (listed,) = store.list_nads(REF, fields=("state", "applied"))
-    assert set(listed) == {"namespace", "name", "state", "applied"}
-    assert store.list_nads(REF, state="PENDING") == []
+    (listed,) = store.list_nads(REF, fields=("state", "applied"))  # a projection: the rest is not read
+    assert (listed.namespace, listed.name, listed.state, listed.applied) == ("default", "net", "APPLIED", rec.applied)
+    assert set(listed.data) == {"state", "applied"} and listed.message == ""
+    assert nad_docs(store, REF, state="PENDING") == []
 
 
 def test_the_rollout_document_is_written_only_over_what_was_read(store: StorePort) -> None:
@@ -419,19 +428,21 @@ def test_a_nad_request_reads_once_and_writes_on_what_it_read(store: StorePort) -
     _create(store)
     rec, seen, version = store.get_cluster_and_nad_unless_seen(REF, "n-1", "default", "net")
     assert rec is not None and rec.state == "DISCOVERED" and not seen
-    assert version.update_time is None and dict(version.data) == {}
-    first = store.put_nad_version(REF, "default", "net", event_id="n-1", step="claim", state="APPLYING",
-                                  fields={"claimOrder": "a"}, ledger_key="n-1", write_ledger=False,
+    assert version.update_time is None and version.record is None
+    first = store.put_nad_version(REF, "default", "net", change=nad_change("APPLYING", {"claimOrder": "a"}),
+                                  event_id="n-1", step="claim", ledger_key="n-1", write_ledger=False,
                                   expect_states=(None,), known=version)
-    assert first is not None and first.data["state"] == "APPLYING" and first.update_time is not None
+    assert first is not None and first.record is not None and first.update_time is not None
+    assert first.record.state == NadState.APPLYING and first.record.data["state"] == "APPLYING"
     _, _, again = store.get_cluster_and_nad_unless_seen(REF, "n-2", "default", "net")
-    assert again.data["claimOrder"] == "a" and again.update_time is not None
+    assert again.record is not None and again.record.claim_order == "a" and again.update_time is not None
     # another writer got there in between: the stale version's write is re-checked on the current one
-    store.put_nad(REF, "default", "net", event_id="n-9", step="other", state="APPLYING", fields={"claimOrder": "b"})
-    lost = store.put_nad_version(REF, "default", "net", event_id="n-1", step="apply", state="APPLIED",
-                                 fields={}, expect_states=("APPLYING",), expect_fields={"claimOrder": "a"},
-                                 known=first)
-    assert lost is None and (store.get_nad(REF, "default", "net") or {})["claimOrder"] == "b"
+    store.put_nad(REF, "default", "net", change=nad_change("APPLYING", {"claimOrder": "b"}), event_id="n-9",
+                  step="other")
+    lost = store.put_nad_version(REF, "default", "net", change=nad_change("APPLIED", {}), event_id="n-1",
+                                 step="apply", expect_states=("APPLYING",), known=first,
+                                 expect=nad_expect({"claimOrder": "a"}))
+    assert lost is None and (nad_doc(store, REF, "default", "net") or {})["claimOrder"] == "b"
     store.record_ledger("n-3", event_id="n-3", step="x", outcome="ok", cluster=REF)
     assert store.get_cluster_and_nad_unless_seen(REF, "n-3", "default", "net")[:2] == (None, True)
 
@@ -451,33 +462,36 @@ def test_a_nad_document_holds_its_request_once(store: StorePort) -> None:
     body = {"namespace": "default", "name": "net-a", "range": "172.16.1.0/28"}
     other = {**body, "range": "172.16.1.16/28"}
     last = {"action": "apply", "state": "APPLIED", "messageId": "m1"}
-    assert store.put_nad(REF, "default", "net-a", event_id="e1", step="apply-nad", state="APPLIED",
-                         fields={"request": body, "lastRequest": {**last, "request": body}})
+    assert store.put_nad(REF, "default", "net-a",
+                         change=nad_change("APPLIED", {"request": body, "lastRequest": {**last, "request": body}}),
+                         event_id="e1", step="apply-nad")
     stored = _stored_nad(store, "default", "net-a")
     assert stored["request"] == body and "request" not in stored["lastRequest"]  # type: ignore[operator]
-    read = store.get_nad(REF, "default", "net-a")
+    read = nad_doc(store, REF, "default", "net-a")
     assert read is not None and read["lastRequest"]["request"] == body  # read whole
-    [listed] = store.list_nads(REF, fields=("state", "lastRequest"))
-    assert listed["lastRequest"]["request"] == body
+    [listed] = store.list_nads(REF, fields=("state", "last_request"))
+    assert listed.last_request is not None and listed.last_request.request == body
 
     # A refused update keeps the applied request on top and its own body in lastRequest.
-    assert store.put_nad(REF, "default", "net-a", event_id="e2", step="apply-nad", state="APPLIED",
-                         fields={"lastRequest": {**last, "state": "REJECTED", "request": other}})
+    assert store.put_nad(REF, "default", "net-a",
+                         change=nad_change("APPLIED", {"lastRequest": {**last, "state": "REJECTED", "request": other}}),
+                         event_id="e2", step="apply-nad")
     stored = _stored_nad(store, "default", "net-a")
     assert stored["request"] == body and stored["lastRequest"]["request"] == other  # type: ignore[index]
     # A write that changes `request` alone keeps the last request's body where it was read from.
-    assert store.put_nad(REF, "default", "net-a", event_id="e3", step="apply-nad", state="APPLIED",
-                         fields={"lastRequest": {**last, "request": body}})
-    assert store.put_nad(REF, "default", "net-a", event_id="e4", step="adopt", state="APPLIED",
-                         fields={"request": other})
-    read = store.get_nad(REF, "default", "net-a")
+    assert store.put_nad(REF, "default", "net-a",
+                         change=nad_change("APPLIED", {"lastRequest": {**last, "request": body}}), event_id="e3",
+                         step="apply-nad")
+    assert store.put_nad(REF, "default", "net-a", change=nad_change("APPLIED", {"request": other}), event_id="e4",
+                         step="adopt")
+    read = nad_doc(store, REF, "default", "net-a")
     assert read is not None and read["request"] == other and read["lastRequest"]["request"] == body
 
 
 def test_history_entries_carry_their_fields_through_one_table(store: StorePort) -> None:
     _create(store)
-    store.put_nad(REF, "default", "net-h", event_id="e-h", step="apply-nad", state="APPLIED", fields={},
-                  message="applied")
+    store.put_nad(REF, "default", "net-h", change=nad_change("APPLIED", {}, message="applied"), event_id="e-h",
+                  step="apply-nad")
     store.claim(REF, event_id="e-r", step="install")
     store.release(REF, event_id="e-r", step="install", error="timeout")
     entries, _ = store.history(REF, page_size=1000)  # type: ignore[attr-defined]

@@ -26,6 +26,7 @@ from shared.core.errors import NotYet, Transient
 from shared.core.events import decode_audit, decode_nad_request, decode_reconcile
 from shared.core.refs import ClusterRef
 from shared.core.settings import Settings
+from tests.fakes import nad_docs
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_policy_document_overrides_settings_and_default_nads_apply_on_first_read
     assert local_stack.gke.wait_idle(10)
     feed(wf, local_stack, [e for e in local_stack.take_audit() if ref.cluster in json.dumps(e)])
     assert wf.store.get_cluster(ref).state == d.READY
-    nads = {n["name"]: n for n in wf.store.list_nads(ref)}
+    nads = {n["name"]: n for n in nad_docs(wf.store, ref)}
     assert nads["default-net"]["state"] == d.NAD_APPLIED and nads["default-net"]["range"] == "172.16.1.0/28"
     out = wf.handle_nad(decode_nad_request(ce({"cluster": ref.path, "name": "x", "namespace": "blocked"})))
     assert out.status == "rejected" and "denied by policy" in out.message

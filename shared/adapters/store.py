@@ -43,19 +43,28 @@ from shared.core.errors import Permanent, Problem, Rejected, RejectionKind, Tran
 from shared.core.names import is_dns_label, is_object_name
 from shared.core.prechecks import Finding
 from shared.core.records import (
+    Adoption,
     ApiEndpoint,
+    AppliedNad,
     ClusterWorkflow,
     HistoryEntry,
     Incarnation,
     LastError,
+    LastRequest,
+    NadClaim,
+    NadRecord,
     NodePoolFacts,
     NodePoolRequest,
+    OrphanNote,
     PoolFailureNote,
+    PrunedNote,
     RolloutReport,
+    VerificationNote,
+    VerifyPodMarker,
     WorkflowUpdate,
+    nad_state,
 )
 from shared.core.refs import ClusterRef
-from shared.core.requesters import history_fields
 from shared.core.settings import Settings
 from shared.ports import DELETE, AlreadyHandled, ClusterRecord, Lease, NadVersion
 
@@ -420,6 +429,164 @@ def request_once(view: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[st
         if isinstance(request, Mapping) and last.get("request") == request:
             last = {k: v for k, v in last.items() if k != "request"}
         out["lastRequest"] = last
+    return out
+
+
+# --------------------------------------------------------------------------- the NAD record's table
+
+def _stamp(value: Any) -> datetime | None:
+    return value if isinstance(value, datetime) else None
+
+
+def _texts(value: Any) -> tuple[str, ...] | None:
+    return tuple(str(x) for x in value) if isinstance(value, list | tuple) else None
+
+
+def _body(value: Any) -> Mapping[str, Any] | None:
+    return value if isinstance(value, Mapping) else None
+
+
+def _applied_doc(a: AppliedNad) -> dict[str, Any]:
+    return _optional({"range": a.range, "master": a.master, "configDigest": a.config_digest,
+                      "requestId": a.request_id, "messageId": a.message_id, "state": a.state, "at": a.at},
+                     requester=a.requester)
+
+
+def _applied_of(v: Any) -> AppliedNad | None:
+    if not isinstance(v, Mapping):
+        return None
+    return AppliedNad(str(v.get("range") or ""), str(v.get("master") or ""), _text(v.get("configDigest")),
+                      _text(v.get("requestId")), _text(v.get("messageId")), str(v.get("state") or "APPLIED"),
+                      _stamp(v.get("at")), _text(v.get("requester")))
+
+
+def _last_request_doc(r: LastRequest) -> dict[str, Any]:
+    return _optional({"action": r.action, "state": r.state, "reasons": list(r.reasons), "requestId": r.request_id,
+                      "messageId": r.message_id, "eventId": r.event_id, "range": r.range, "master": r.master,
+                      "digest": r.digest, "request": dict(r.request) if r.request is not None else None,
+                      "at": r.at}, requester=r.requester)
+
+
+def _last_request_of(v: Any) -> LastRequest | None:
+    if not isinstance(v, Mapping):
+        return None
+    return LastRequest(str(v.get("action") or ""), str(v.get("state") or ""), _texts(v.get("reasons")) or (),
+                       _text(v.get("requestId")), _text(v.get("messageId")), _text(v.get("eventId")),
+                       _text(v.get("range")), _text(v.get("master")), _text(v.get("digest")), _body(v.get("request")),
+                       _stamp(v.get("at")), _text(v.get("requester")))
+
+
+def _claim_doc(c: NadClaim) -> dict[str, Any]:
+    return _optional({"action": c.action, "range": c.range, "master": c.master, "ledger": c.ledger,
+                      "eventId": c.event_id, "requestId": c.request_id, "previousState": c.previous_state,
+                      "holder": c.holder}, released=c.released, why=c.why)
+
+
+def _claim_of(v: Any) -> NadClaim | None:
+    if not isinstance(v, Mapping):
+        return None
+    return NadClaim(str(v.get("action") or ""), _text(v.get("range")), _text(v.get("master")),
+                    str(v.get("ledger") or ""), str(v.get("eventId") or ""), _text(v.get("requestId")),
+                    _text(v.get("previousState")), str(v.get("holder") or ""),
+                    v.get("released") if isinstance(v.get("released"), bool) else None, _text(v.get("why")))
+
+
+def _verify_pod_doc(m: VerifyPodMarker) -> dict[str, Any]:
+    return _optional({}, pod=m.pod, namespace=m.namespace, until=m.until)
+
+
+def _verify_pod_of(v: Any) -> VerifyPodMarker | None:
+    if not isinstance(v, Mapping):
+        return None
+    until = v.get("until")
+    return VerifyPodMarker(until if isinstance(until, int | float) and not isinstance(until, bool) else 0.0,
+                           _text(v.get("pod")), _text(v.get("namespace")))
+
+
+def _map_of(cls: Callable[..., T], *names: str) -> Callable[[Any], T | None]:
+    """A decoder of a flat map into `cls`, its fields in the order of `names` (document names)."""
+    def decode(v: Any) -> T | None:
+        return cls(*(v.get(n) for n in names)) if isinstance(v, Mapping) else None
+    return decode
+
+
+# The one table of a NAD document's fields (docs/FIRESTORE.md `clusters/{id}/nads`): `NadRecord`
+# attribute -> camelCase field. Adding a field: the attribute in `shared.core.records.NadRecord`,
+# and a row here. `namespace`, `name`, `clusterPath`, `stateSince`, `createdAt` and `updatedAt`
+# are the store's own. The request is held once: `lastRequest.request` is left out of the
+# document when it is the top-level `request`, and put back when read (`nad_view`, `request_once`).
+NAD_FIELDS: tuple[_Field, ...] = (
+    _Field("state", "state", str, nad_state),
+    _Field("message", "message", lambda v: str(v)[:MESSAGE_MAX] if v else None, lambda v: _text(v) or ""),
+    _Field("applied", "applied", _applied_doc, _applied_of),
+    _Field("range", "range", _same, _text),
+    _Field("master", "master", _same, _text),
+    _Field("config", "config", _same, _text),
+    _Field("request", "request", dict, _body),
+    _Field("request_id", "requestId", _same, _text),
+    _Field("mode", "mode", _same, _text),
+    _Field("action", "action", _same, _text),
+    _Field("last_request", "lastRequest", _last_request_doc, _last_request_of),
+    _Field("reasons", "reasons", list, _texts),
+    _Field("last_error", "lastError", _same, _text),
+    _Field("claim_order", "claimOrder", _same, _text),
+    _Field("claim", "claim", _claim_doc, _claim_of),
+    _Field("claim_refused", "claimRefused", _same, _text),
+    _Field("adopted", "adopted", lambda a: {"at": a.at, "by": a.by}, _map_of(Adoption, "at", "by")),
+    _Field("orphan", "orphan", lambda o: {"reason": o.reason, "foundAt": o.found_at},
+           _map_of(OrphanNote, "reason", "foundAt")),
+    _Field("pruned", "pruned", lambda p: {"config": p.config, "at": p.at, "reason": p.reason},
+           _map_of(PrunedNote, "config", "at", "reason")),
+    _Field("verification", "verification", lambda v: {"ok": v.ok, "message": v.message},
+           _map_of(VerificationNote, "ok", "message")),
+    _Field("resource_version", "resourceVersion", _same, _text),
+    _Field("verify_pod", "verifyPod", _verify_pod_doc, _verify_pod_of),
+    _Field("request_excerpt", "requestExcerpt", _same, _text),
+)
+_NAD_BY_ATTR = {f.attr: f for f in NAD_FIELDS}
+NAD_BY_NAME = {f.name: f for f in NAD_FIELDS}
+
+
+def nad_of(namespace: str, name: str, view: Mapping[str, Any], update_time: Any = None) -> NadRecord:
+    """A NAD document, as read (`nad_view`: the last request whole), as the typed record."""
+    values: dict[str, Any] = {}
+    for f in NAD_FIELDS:
+        raw = view.get(f.name)
+        if raw is not None:
+            decoded = f.decode(raw)
+            if decoded is not None:
+                values[f.attr] = decoded
+    updated = view.get("updatedAt")
+    return NadRecord(namespace, name, **values, updated_at=updated if isinstance(updated, datetime) else None,
+                     data=view)
+
+
+def nad_fields_of(attrs: Sequence[str]) -> list[str]:
+    """The document fields a projection of `attrs` reads (`lastRequest` comes with the `request`
+    its body may be in)."""
+    names = [_NAD_BY_ATTR[a].name for a in attrs]
+    return names + (["request"] if "lastRequest" in names and "request" not in names else [])
+
+
+def nad_changes(before: NadRecord, after: NadRecord) -> dict[str, Any]:
+    """The document fields that `after` changes of `before` (None -> DELETE), encoded through the
+    table; `lastRequest` is written without its `request` when that is the top-level one."""
+    if (after.namespace, after.name) != (before.namespace, before.name):
+        raise ValueError(f"put_nad: a change may not rename {before.label} to {after.label}")
+    if after.state is None:
+        raise ValueError(f"put_nad: {after.label}: a NAD record needs a state")
+    out: dict[str, Any] = {}
+    for f in NAD_FIELDS:
+        value = getattr(after, f.attr)
+        if value == getattr(before, f.attr) and not (f.attr == "last_request" and value is not None
+                                                      and after.request != before.request):
+            continue
+        encoded = None if value is None else f.encode(value)
+        out[f.name] = DELETE if encoded is None else encoded
+    last = out.get("lastRequest")
+    if isinstance(last, dict) and last.get("request") is not None and last["request"] == out.get(
+            "request", before.request):
+        del last["request"]  # held once: the top-level `request`
     return out
 
 
@@ -963,64 +1130,63 @@ class Store:
 
     # -- NADs
     @_edge
-    def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> dict[str, Any] | None:
+    def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> NadRecord | None:
         snap = self._nad_doc(ref, namespace, name).get()
-        return nad_view(snap.to_dict() or {}) if snap.exists else None
+        return nad_of(namespace, name, nad_view(snap.to_dict() or {})) if snap.exists else None
 
-    def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
-                fields: Mapping[str, Any], outcome: str = "ok", message: str = "",
-                ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                expect_fields: Mapping[str, Any] | None = None, history: bool = True,
-                write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
-                ledger_fields: Mapping[str, Any] | None = None, known: NadVersion | None = None) -> bool:
+    def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str,
+                change: Callable[[NadRecord], NadRecord], outcome: str = "ok", ledger_key: str | None = None,
+                expect_states: tuple[str | None, ...] | None = None,
+                expect: Callable[[NadRecord], bool] | None = None, history: bool = True,
+                write_ledger: bool = True, ledger_fields: Mapping[str, Any] | None = None,
+                known: NadVersion | None = None) -> bool:
         """Record a NAD's state (see `put_nad_version`); True when it was written."""
         return self.put_nad_version(
-            ref, namespace, name, event_id=event_id, step=step, state=state, fields=fields, outcome=outcome,
-            message=message, ledger_key=ledger_key, expect_states=expect_states, expect_fields=expect_fields,
-            history=history, write_ledger=write_ledger, derive=derive, ledger_fields=ledger_fields,
-            known=known) is not None
+            ref, namespace, name, event_id=event_id, step=step, change=change, outcome=outcome,
+            ledger_key=ledger_key, expect_states=expect_states, expect=expect, history=history,
+            write_ledger=write_ledger, ledger_fields=ledger_fields, known=known) is not None
 
     @_edge
     def get_cluster_and_nad_unless_seen(self, ref: ClusterRef, ledger_key: str, namespace: str,
                                         name: str) -> tuple[ClusterRecord | None, bool, NadVersion]:
         """A NAD request's first look in one read: the cluster's record, whether the ledger has
-        `ledger_key`, and the NAD's document with its update time (the claim's precondition, so
+        `ledger_key`, and the NAD's record with its update time (the claim's precondition, so
         the claim needs no read of its own)."""
         doc, ledger, nad = self._cluster_doc(ref), self._ledger_doc(ledger_key), self._nad_doc(ref, namespace, name)
         snaps = {x.reference.path: x for x in self.client.get_all([doc, ledger, nad], **self._opts)}
         seen = snaps.get(ledger.path)
         if seen is not None and seen.exists:
-            return None, True, NadVersion({}, None)
+            return None, True, NadVersion(None, None)
         snap, mine = snaps.get(doc.path), snaps.get(nad.path)
         rec = record_of(ref, snap.to_dict() or {}) if snap is not None and snap.exists else None
-        version = (NadVersion(nad_view(snap_data(mine)), mine.update_time) if mine is not None and mine.exists
-                   else NadVersion({}, None))
+        version = (NadVersion(nad_of(namespace, name, nad_view(snap_data(mine))), mine.update_time)
+                   if mine is not None and mine.exists else NadVersion(None, None))
         return rec, False, version
 
     @_edge
-    def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str, state: str,
-                        fields: Mapping[str, Any], outcome: str = "ok", message: str = "",
+    def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str,
+                        change: Callable[[NadRecord], NadRecord], outcome: str = "ok",
                         ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
-                        expect_fields: Mapping[str, Any] | None = None, history: bool = True,
-                        write_ledger: bool = True, derive: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
-                        ledger_fields: Mapping[str, Any] | None = None,
+                        expect: Callable[[NadRecord], bool] | None = None, history: bool = True,
+                        write_ledger: bool = True, ledger_fields: Mapping[str, Any] | None = None,
                         known: NadVersion | None = None) -> NadVersion | None:
         """Record a NAD's state; ledger, NAD document and history entry in one atomic commit.
 
-        Returns False (and writes nothing) when `ledger_key` was recorded before, or when the
-        document's current state is not one of `expect_states` (None in it stands for "no document
-        yet") or a field differs from `expect_fields`: a compare-and-set, so that of two workers
-        moving one NAD out of PENDING or APPLYING exactly one succeeds. `history=False` records
-        no history entry (a transient reservation); `write_ledger=False` checks the ledger only.
-        The cluster's own document is neither read nor written, so NADs never wait on it.
+        `change(current)` takes the record as read (a blank `NadRecord` with state None when there
+        is no document) and returns it as it should be: its state, message and fields. It runs
+        inside the compare-and-set, so it decides on what is really there; it may raise
+        `Transient` (a busy NAD). The fields that differ are written through `NAD_FIELDS`.
 
-        `derive(current)` computes more changes from the document as read (inside the
-        compare-and-set, so they are decided on what is really there): fields, plus optionally
-        `state` and `message` overriding the arguments; it may raise `Transient` (a busy NAD).
+        Returns None (and writes nothing) when `ledger_key` was recorded before, or when the
+        record's current state is not one of `expect_states` (None in it stands for "no document
+        yet") or `expect(current)` is false: a compare-and-set, so that of two workers moving one
+        NAD out of PENDING or APPLYING exactly one succeeds. `history=False` records no history
+        entry (a transient reservation); `write_ledger=False` checks the ledger only.
+        The cluster's own document is neither read nor written, so NADs never wait on it.
         `ledger_fields` go into the ledger entry (the digest of the request, for idempotency keys).
 
-        Returns the document as written and its update time (None when nothing was written).
-        `known` is the document as this worker last read or wrote it: the first attempt decides
+        Returns the record as written and its update time (None when nothing was written).
+        `known` is the record as this worker last read or wrote it: the first attempt decides
         on it instead of reading again, and its update time is the commit's precondition, so
         any write since (another worker's) fails the commit and the attempt is made again on a
         fresh read, with every condition checked as usual. It may be used only when nothing
@@ -1031,9 +1197,9 @@ class Store:
         doc = self._nad_doc(ref, namespace, name)
         ledger = self._ledger_doc(ledger_key) if ledger_key else None
         identity = {"namespace": namespace, "name": name, "clusterPath": ref.path}
-        extra = _check_fields(fields, identity, "put_nad")
         history_doc = self._history_doc(
             ref, f"{safe_id(event_id)}~{safe_id(step)}~{namespace}~{name}")
+        blank = NadRecord(namespace, name)
 
         # Optimistic, not a transaction: one batched read, then one atomic commit guarded by
         # preconditions (the document's update time, the ledger entry's absence). The emulator
@@ -1043,9 +1209,10 @@ class Store:
 
         attempts = 4
         for attempt in range(attempts):
+            current: NadRecord
             if attempt == 0 and known is not None:
-                exists, update_time = known.update_time is not None, known.update_time
-                current = dict(known.data) if exists else {}
+                update_time = known.update_time
+                current = known.record if known.record is not None and update_time is not None else blank
             else:
                 snaps = {x.reference.path: x
                          for x in self.client.get_all([d for d in (doc, ledger) if d is not None])}
@@ -1053,46 +1220,38 @@ class Store:
                 seen = snaps.get(ledger.path) if ledger is not None else None
                 if seen is not None and seen.exists:
                     return None
-                exists = snap is not None and snap.exists
-                current = nad_view(snap.to_dict() or {}) if snap is not None and exists else {}
-                update_time = snap.update_time if snap is not None and exists else None
+                if snap is not None and snap.exists:
+                    current, update_time = nad_of(namespace, name, nad_view(snap.to_dict() or {})), snap.update_time
+                else:
+                    current, update_time = blank, None
+            exists = update_time is not None
             now = _now()
-            before = current.get("state") if exists else None
+            before = current.state if exists else None
             if expect_states is not None and before not in expect_states:
                 return None
-            if expect_fields and any(current.get(k) != v for k, v in expect_fields.items()):
+            if expect is not None and not expect(current):
                 return None
-            step_state, step_message = state, message
-            if derive is not None:
-                more = dict(derive(current if exists else {}))
-                step_state = str(more.pop("state", state))
-                step_message = str(more.pop("message", message))
-                extra_now = {**extra, **_check_fields(more, identity, "put_nad derive")}
-            else:
-                extra_now = extra
-            changes: dict[str, Any] = {**request_once(current, extra_now), "state": step_state, "updatedAt": now}
-            if step_message:
-                changes["message"] = step_message[:4000]
-            if step_state != before:
+            after = change(current)
+            changes: dict[str, Any] = {**nad_changes(current, after), "updatedAt": now}
+            if after.state != before:
                 changes["stateSince"] = now
             batch = self.client.batch()
             if exists:
                 # Only what differs goes on the wire: under the update-time precondition `current`
-                # is the document, so a field rewritten with its own value changes nothing (a
-                # NAD's record rewrites its request, names and range as the claim wrote them).
-                stored = request_once(current, current)  # the view as the document holds it
+                # is the document, so a field rewritten with its own value changes nothing.
+                stored = request_once(current.data, current.data)  # the view as the document holds it
                 sent = {k: v for k, v in changes.items() if not _unchanged(stored, k, v)}
                 batch.update(doc, _wire(sent), option=self.client.write_option(last_update_time=update_time))
-                written = _apply(current, changes)
+                written = _apply(dict(current.data), changes)
             else:
-                clean = {k: v for k, v in changes.items() if v is not DELETE}
-                written = {**identity, **clean, "createdAt": now}
+                written = {**identity, **{k: v for k, v in changes.items() if v is not DELETE}, "createdAt": now}
                 batch.create(doc, written)
             if history:
+                last = after.last_request
                 batch.set(history_doc, self._history_entry(HistoryEntry(
-                    event_id, step, outcome, step_message, step_state,
-                    previous_state=before if isinstance(before, str) else None, nad=f"{namespace}/{name}",
-                    requester=history_fields(changes).get("requester"))))
+                    event_id, step, outcome, after.message, after.state, previous_state=before,
+                    nad=f"{namespace}/{name}",
+                    requester=last.requester if last is not None and last != current.last_request else None)))
             if ledger is not None and write_ledger:
                 batch.create(ledger, {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                            cluster=ref, now=now), **(ledger_fields or {})})
@@ -1101,17 +1260,17 @@ class Store:
             except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Conflict, gexc.Aborted, gexc.NotFound):
                 continue  # another writer got there first: read again and re-check the conditions
             # the NAD document is the batch's first write
-            return NadVersion(nad_view(written), results[0].update_time)
+            return NadVersion(nad_of(namespace, name, nad_view(written)), results[0].update_time)
         raise Transient(f"NAD {namespace}/{name} of {ref.path}: {attempts} writes lost to concurrent writers",
                         code="ABORTED", api="firestore")
 
     @_edge
     def list_nads(self, ref: ClusterRef, state: str | None = None, *,
-                  fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-        """NAD documents of a cluster; `fields` projects them (the decision on a new request needs
-        only state, master and range, not each NAD's rendered config and request)."""
-        # `lastRequest` is read whole with the `request` its body may be in (`nad_view`).
-        wanted = list(fields) + (["request"] if "lastRequest" in fields else []) if fields else None
+                  fields: tuple[str, ...] | None = None) -> list[NadRecord]:
+        """The NAD records of a cluster; `fields` (`NadRecord` attributes) projects them: the
+        decision on a new request needs only state, master and range, not each NAD's rendered
+        config and request. An attribute not projected has its default."""
+        wanted = nad_fields_of(fields) if fields else None
         if state is None:
             found = self._listed(self._cluster_doc(ref), "nads", wanted)
         else:
@@ -1121,13 +1280,9 @@ class Store:
             found = self._documents(query.select(wanted) if wanted else query)
         out = []
         for doc_id, raw in found:
-            data = nad_view(raw)
             namespace, _, name = doc_id.partition("~")
-            data.setdefault("namespace", namespace)
-            data.setdefault("name", name)
-            data.setdefault("state", "")
-            out.append(data)
-        return sorted(out, key=lambda d: (d["namespace"], d["name"]))
+            out.append(nad_of(namespace, name, nad_view(raw)))
+        return sorted(out, key=lambda r: (r.namespace, r.name))
 
     # -- history
     @_edge

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.core.nad import config_range, range_within, ranges_overlap
-from shared.core.records import ClusterState, NadState
+from shared.core.records import AppliedNad, ClusterState, NadRecord, NadState
 
 # Cluster workflow states (the words shown in Firestore and `status`); the types are in `records`.
 DISCOVERED = ClusterState.DISCOVERED
@@ -241,17 +241,16 @@ def arbitrate(*, key: str, master: str, cidr: str, order: str, others: Iterable[
     return Arbitration(tuple(lose), tuple(win))
 
 
-def applied_part(doc: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def applied_part(rec: NadRecord) -> AppliedNad | None:
     """What of this NAD record is on the cluster (`applied`: range, master, ...), or None.
 
     Records written before the record had an `applied` part are read by their state: an
     APPLIED/VERIFIED one with a range is on the cluster with that range.
     """
-    applied = doc.get("applied")
-    if isinstance(applied, Mapping) and applied.get("range"):
-        return applied
-    if "applied" not in doc and doc.get("state") in NAD_LIVE and doc.get("range"):
-        return {"range": doc["range"], "master": doc.get("master") or "", "state": doc.get("state")}
+    if rec.applied is not None:
+        return rec.applied if rec.applied.range else None
+    if rec.state in NAD_LIVE and rec.range:
+        return AppliedNad(rec.range, rec.master or "", state=rec.state)
     return None
 
 
@@ -260,7 +259,7 @@ def nad_object_key(obj: Mapping[str, Any]) -> tuple[str, str]:
     return (str(md.get("namespace") or "default"), str(md.get("name") or ""))
 
 
-def footprints(docs: Iterable[Mapping[str, Any]],
+def footprints(records: Iterable[NadRecord],
                objects: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
     """Everything that is or may be on the cluster, in the shape `arbitrate` and `limit_problem` read.
 
@@ -273,19 +272,17 @@ def footprints(docs: Iterable[Mapping[str, Any]],
     One NAD may leave several footprints (an update in flight: its applied range and its claim).
     """
     out: list[dict[str, Any]] = []
-    for doc in docs:
-        ident = {"namespace": doc.get("namespace"), "name": doc.get("name")}
-        part = applied_part(doc)
+    for rec in records:
+        ident = {"namespace": rec.namespace, "name": rec.name}
+        part = applied_part(rec)
         if part is not None:
-            out.append({**ident, "state": NAD_APPLIED, "master": part.get("master") or "", "range": part["range"]})
-        state = doc.get("state")
-        if state == NAD_APPLYING and not doc.get("claimRefused"):
-            raw_claim = doc.get("claim")
-            claim: Mapping[str, Any] = raw_claim if isinstance(raw_claim, Mapping) else {}
-            out.append({**ident, "state": NAD_APPLYING, "master": claim.get("master", doc.get("master")),
-                        "range": claim.get("range", doc.get("range")), "claimOrder": doc.get("claimOrder")})
-        elif state in NAD_COUNTED and part is None:
-            out.append({**ident, "state": state, "master": doc.get("master"), "range": None})
+            out.append({**ident, "state": NAD_APPLIED, "master": part.master, "range": part.range})
+        if rec.state == NAD_APPLYING and not rec.claim_refused:
+            claim = rec.claim
+            out.append({**ident, "state": NAD_APPLYING, "master": claim.master if claim else rec.master,
+                        "range": claim.range if claim else rec.range, "claimOrder": rec.claim_order})
+        elif rec.state in NAD_COUNTED and part is None:
+            out.append({**ident, "state": rec.state, "master": rec.master, "range": None})
     for obj in objects:
         ns, name = nad_object_key(obj)
         found = config_range(obj)

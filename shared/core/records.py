@@ -6,15 +6,16 @@ keep their shape; but a typo in code (`ClusterState.REDAY`) is caught by the typ
 a function that takes a `ClusterState` cannot be handed a NAD state. `shared.core.decisions`
 keeps its module constants (`decisions.READY`) as aliases of these members.
 
-`ClusterWorkflow` is a cluster's workflow record as typed values; only the store adapter turns it
-into a Firestore document and back (its `CLUSTER_FIELDS` table), so the documents people read in
-the console keep their camelCase shape (docs/FIRESTORE.md).
+`ClusterWorkflow` is a cluster's workflow record as typed values, `NadRecord` a NAD's (its applied
+part `AppliedNad` and its last request `LastRequest`, once each); only the store adapter turns
+them into Firestore documents and back (its `CLUSTER_FIELDS` and `NAD_FIELDS` tables), so the
+documents people read in the console keep their camelCase shape (docs/FIRESTORE.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 
@@ -214,3 +215,152 @@ class HistoryEntry:
     attempt: int | None = None  # of a retry or failure
     kind: str | None = None  # of a rejection
     requester: str | None = None  # the verified email of who asked, for a NAD step that records a request
+
+
+# --------------------------------------------------------------------------- the NAD record
+
+@dataclass(frozen=True)
+class AppliedNad:
+    """What of a NAD is on the cluster (`applied`): changed only when the cluster was changed."""
+
+    range: str
+    master: str
+    config_digest: str | None = None  # `sha256:` of the `spec.config` applied
+    request_id: str | None = None
+    message_id: str | None = None
+    state: str = NadState.APPLIED  # APPLIED or VERIFIED
+    at: datetime | None = None
+    requester: str | None = None  # the verified email of who asked (absent: the controller, or auth off)
+
+
+@dataclass(frozen=True)
+class LastRequest:
+    """The last request on a NAD and its outcome (`lastRequest`); `request-nad --wait` reads it."""
+
+    action: str
+    state: str  # APPLYING/DELETING/PENDING on the way, then the outcome
+    reasons: tuple[str, ...] = ()
+    request_id: str | None = None
+    message_id: str | None = None
+    event_id: str | None = None
+    range: str | None = None
+    master: str | None = None
+    digest: str | None = None
+    request: Mapping[str, object] | None = None  # the request's body (`shared.core.nad` schema)
+    at: datetime | None = None
+    requester: str | None = None
+
+
+@dataclass(frozen=True)
+class NadClaim:
+    """The claim of the worker carrying out a request (`claim`), removed when it settles."""
+
+    action: str
+    range: str | None
+    master: str | None
+    ledger: str
+    event_id: str
+    request_id: str | None
+    previous_state: str | None
+    holder: str
+    released: bool | None = None  # its worker gave it back after a transient failure
+    why: str | None = None
+
+
+@dataclass(frozen=True)
+class VerificationNote:
+    """The last verification (`verification`)."""
+
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class VerifyPodMarker:
+    """A verify pod of this NAD may exist until `until` (`verifyPod`); `pod` names one left behind."""
+
+    until: float  # unix seconds
+    pod: str | None = None
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """Reconcile recorded a managed object that had no record (`adopted`)."""
+
+    at: datetime | None
+    by: str
+
+
+@dataclass(frozen=True)
+class OrphanNote:
+    """Why a managed object without a record is ORPHANED (`orphan`)."""
+
+    reason: str
+    found_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PrunedNote:
+    """An orphan reconcile deleted (`pruned`), with the config it had."""
+
+    config: str
+    at: datetime | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class NadRecord:
+    """A NAD's record (`clusters/{id}/nads/{namespace}~{name}`) as typed values.
+
+    It keeps what is on the cluster (`applied`, with the top-level `range`, `master`, `config`
+    and `request` it was rendered from) apart from what was asked last (`last_request`).
+    Flows read it from the store and change it with `dataclasses.replace`: a `put_nad` change
+    takes the record as read and returns it as it should be, and the store writes the fields
+    that differ through its table (`shared.adapters.store.NAD_FIELDS`), the only place that
+    knows the document's field names. Adding a field: an attribute here and a row there.
+
+    `namespace` and `name` are the record's identity; `updated_at` and `data` are the store's
+    (when it last wrote the document, and the document as read, for display and tests): a change
+    of them is not written.
+    """
+
+    namespace: str
+    name: str
+    state: NadState | None = None  # None: no document yet
+    message: str = ""
+    applied: AppliedNad | None = None
+    range: str | None = None
+    master: str | None = None
+    config: str | None = None  # the exact `spec.config` applied (reconcile re-applies it byte for byte)
+    request: Mapping[str, object] | None = None  # the request the config was rendered from
+    request_id: str | None = None
+    mode: str | None = None
+    action: str | None = None
+    last_request: LastRequest | None = None
+    reasons: tuple[str, ...] | None = None  # why the last request was refused
+    last_error: str | None = None  # why it failed
+    claim_order: str | None = None
+    claim: NadClaim | None = None
+    claim_refused: str | None = None  # set by an overlapping claim that won
+    adopted: Adoption | None = None
+    orphan: OrphanNote | None = None
+    pruned: PrunedNote | None = None
+    verification: VerificationNote | None = None
+    resource_version: str | None = None
+    verify_pod: VerifyPodMarker | None = None
+    request_excerpt: str | None = None  # of a request refused before it could be parsed
+    updated_at: datetime | None = field(default=None, compare=False)
+    data: Mapping[str, object] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def nad_state(value: object) -> NadState | None:
+    """A stored state word as a `NadState` (None: absent, or not a NAD state)."""
+    return NadState(value) if isinstance(value, str) and value in _NAD_STATES else None
+
+
+_NAD_STATES = frozenset(s.value for s in NadState)

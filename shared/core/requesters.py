@@ -200,14 +200,6 @@ def namespace_quota_problem(grant: Grant, others: Iterable[Mapping[str, Any]], n
     return None
 
 
-def history_fields(changes: Mapping[str, Any]) -> dict[str, Any]:
-    """What a NAD write's history entry says of who asked: the requester's email of the request
-    the write records (its `lastRequest`), when there is one."""
-    last = changes.get("lastRequest")
-    email = last.get("requester") if isinstance(last, Mapping) else None
-    return {"requester": email} if isinstance(email, str) else {}
-
-
 def token_from_attributes(attributes: Mapping[str, str]) -> str | None:
     """The ID token a message carries (joined from its chunks), or None."""
     first = attributes.get(TOKEN_ATTRIBUTE)

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -29,24 +29,34 @@ from shared.core.errors import NotOurs, Permanent, Problem, Rejected, RejectionK
 from shared.core.nad import config_digest, request_digest
 from shared.core.observed import Listed
 from shared.core.policy import Policy
+from shared.core.records import (
+    AppliedNad,
+    LastRequest,
+    NadClaim,
+    NadRecord,
+    NadState,
+    VerificationNote,
+    VerifyPodMarker,
+    nad_state,
+)
 from shared.core.refs import ClusterRef
 from shared.core.requesters import DEFAULT_GRANTS, Grant, Requester, authorize, namespace_quota_problem, quota_problems
 from shared.flows.context import Context, Outcome
 from shared.flows.verify import (
-    VERIFY_POD_FIELD,
     VERIFY_WINDOW_SECONDS,
+    Verification,
     VerifyFlow,
-    marker_fields,
+    marker_of,
     may_have_verify_pod,
     verify_deadline,
 )
-from shared.ports import DELETE, NadVersion, text_field
+from shared.ports import NadVersion, text_field
 
 A = TypeVar("A")
 B = TypeVar("B")
 
-# What the NAD decisions read of the other NADs (namespace and name come from the doc id).
-NAD_DECISION_FIELDS = ("state", "master", "range", "claimOrder", "applied", "claim", "claimRefused")
+# What the NAD decisions read of the other NADs (`NadRecord` attributes; namespace and name are the id).
+NAD_DECISION_FIELDS = ("state", "master", "range", "claim_order", "applied", "claim", "claim_refused")
 # A claim is abandoned, not slow, once it is this many leases old (see `apply_pending`).
 STALE_LEASES = 3
 
@@ -164,49 +174,47 @@ class NadFlow:
                        expect_claim: str | None = None) -> Outcome:
         """Reject or queue a NAD (applying is `_apply_nad`, deleting `_delete_nad`)."""
         if step.kind == step.REJECT:
-            return self._refuse(job, list(step.reasons), None, expect_states=expect,
-                                expect_fields={"claimOrder": expect_claim} if expect_claim else None)
-        change = _Change(job, decisions.NAD_PENDING, lambda cur: _pending(job, cur, step.message))
+            return self._refuse(job, list(step.reasons), None, expect_states=expect, expect_claim=expect_claim)
+        change = _Change(decisions.NAD_PENDING, lambda cur: _pending(job, cur, step.message))
         wrote = self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
-                                       step="queue-nad", state=decisions.NAD_PENDING, fields={}, derive=change,
-                                       message=f"{job.label}: {step.message}", ledger_key=job.ledger,
+                                       step="queue-nad", change=change, ledger_key=job.ledger,
                                        ledger_fields=job.ledger_fields, expect_states=expect,
-                                       expect_fields={"claimOrder": expect_claim} if expect_claim else None)
+                                       expect=_claim_is(expect_claim) if expect_claim else None)
         return Outcome("pending" if wrote else "duplicate", change.message or step.message, job.ref.path,
                        change.state)
 
     def _refuse(self, job: _Job, reasons: list[str], cidr: str | None, *,
-                expect_states: tuple[str | None, ...] | None, expect_fields: dict[str, Any] | None,
+                expect_states: tuple[str | None, ...] | None, expect_claim: str | None,
                 known: NadVersion | None = None) -> Outcome:
         """Record a refusal: a NAD on the cluster keeps its applied part and says so."""
-        change = _Change(job, decisions.NAD_REJECTED, lambda cur: _refused(job, cur, reasons, cidr))
+        change = _Change(decisions.NAD_REJECTED, lambda cur: _refused(job, cur, reasons, cidr))
         wrote = self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
-                                       step="reject-nad", state=decisions.NAD_REJECTED, fields={}, derive=change,
-                                       outcome="rejected", ledger_key=job.ledger, ledger_fields=job.ledger_fields,
-                                       expect_states=expect_states, expect_fields=expect_fields, known=known)
-        if not wrote and expect_fields and "claimOrder" in expect_fields and expect_states == (decisions.NAD_APPLYING,):
+                                       step="reject-nad", change=change, outcome="rejected", ledger_key=job.ledger,
+                                       ledger_fields=job.ledger_fields, expect_states=expect_states,
+                                       expect=_claim_is(expect_claim) if expect_claim else None, known=known)
+        if not wrote and expect_claim and expect_states == (decisions.NAD_APPLYING,):
             # our claim was taken over meanwhile; the request has its outcome all the same
             self.ctx.store.record_ledger(job.ledger, event_id=job.event_id, step="reject-nad", outcome="rejected",
                                          cluster=job.ref, fields=job.ledger_fields)
             return Outcome("rejected", "; ".join(reasons), job.ref.path, decisions.NAD_REJECTED)
         return Outcome("rejected" if wrote else "duplicate", "; ".join(reasons), job.ref.path, change.state)
 
-    def _claim(self, job: _Job, cidr: str | None, state: str, *, expect: tuple[str | None, ...] | None,
+    def _claim(self, job: _Job, cidr: str | None, state: NadState, *, expect: tuple[str | None, ...] | None,
                expect_claim: str | None, known: NadVersion | None = None) -> tuple[str, NadVersion] | None:
-        """Claim the NAD for this request (APPLYING or DELETING + `claimOrder`); None when the
+        """Claim the NAD for this request (APPLYING or DELETING + `claim_order`); None when the
         request was handled already or the claim was taken by another worker. A NAD another
         live request is carrying out answers `Transient` (busy): the request is redelivered and
         carried out after it, so one NAD is changed by one worker at a time. Returns the claim's
-        order and the document as claimed: its update time is the precondition of the outcome's
+        order and the record as claimed: its update time is the precondition of the outcome's
         record, so no other write can come between the claim and the outcome unnoticed."""
         order = f"{time.time_ns():020d}~{secrets.token_hex(4)}"
-        change = _Change(job, state, lambda cur: _claimed(job, cur, cidr, order, state, expect_claim))
         verb = "deleting" if state == decisions.NAD_DELETING else f"applying with range {cidr}"
+        message = f"{job.label}: {verb}"
         version = self.ctx.store.put_nad_version(
-            job.ref, job.req.namespace, job.req.name, event_id=job.event_id, step="claim-nad", state=state, fields={},
-            derive=change, message=f"{job.label}: {verb}", ledger_key=job.ledger, expect_states=expect,
-            history=False, write_ledger=False, expect_fields={"claimOrder": expect_claim} if expect_claim else None,
-            known=known)
+            job.ref, job.req.namespace, job.req.name, event_id=job.event_id, step="claim-nad",
+            change=lambda cur: _claimed(job, cur, cidr, order, state, expect_claim, message),
+            ledger_key=job.ledger, expect_states=expect, history=False, write_ledger=False,
+            expect=_claim_is(expect_claim) if expect_claim else None, known=known)
         return None if version is None else (order, version)
 
     def _delete_nad(self, job: _Job, cluster_state: str | None, *, expect: tuple[str | None, ...] | None,
@@ -216,33 +224,32 @@ class NadFlow:
         cluster that is not READY a NAD still on it waits (PENDING delete)."""
         store, ref, req = self.ctx.store, job.ref, job.req
         if cluster_state != decisions.READY:
-            change = _Change(job, decisions.NAD_PENDING, lambda cur: _delete_waits(job, cur, cluster_state))
+            change = _Change(decisions.NAD_PENDING, lambda cur: _delete_waits(job, cur, cluster_state))
             wrote = store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="delete-nad",
-                                  state=decisions.NAD_PENDING, fields={}, derive=change, ledger_key=job.ledger,
-                                  ledger_fields=job.ledger_fields, expect_states=expect,
-                                  expect_fields={"claimOrder": expect_claim} if expect_claim else None, known=known)
+                                  change=change, ledger_key=job.ledger, ledger_fields=job.ledger_fields,
+                                  expect_states=expect, expect=_claim_is(expect_claim) if expect_claim else None,
+                                  known=known)
             status = "pending" if change.state == decisions.NAD_PENDING else "done"
             return Outcome(status if wrote else "duplicate", change.message, ref.path, change.state)
         claimed = self._claim(job, None, decisions.NAD_DELETING, expect=expect, expect_claim=expect_claim, known=known)
         if claimed is None:
             return Outcome("duplicate", "request already handled, or taken by another worker", ref.path)
         order, version = claimed
-        mine = {"claimOrder": order}
         try:
             deleted = self.ctx.kube_for(ref).delete_nad(req.namespace, req.name, cluster=ref.path)
         except NotOurs as e:  # a NAD someone else made: refused, naming its owner; the record stays
-            return self._refuse(job, [str(e)], None, expect_states=(decisions.NAD_DELETING,), expect_fields=mine,
+            return self._refuse(job, [str(e)], None, expect_states=(decisions.NAD_DELETING,), expect_claim=order,
                                 known=version)
         except Permanent as e:
-            return self._nad_failed(job, "delete", e, expect_fields=mine)
+            return self._nad_failed(job, "delete", e, expect_claim=order)
         except Transient as e:
             self._release(job, order, decisions.NAD_DELETING, e)
             raise
         message = f"{job.label} deleted" + ("" if deleted else " (it was not on the cluster)")
         wrote = store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="delete-nad",
-                              state=decisions.NAD_DELETED, fields=_deleted(job), message=message, ledger_key=job.ledger,
+                              change=lambda cur: _deleted(job, cur, message), ledger_key=job.ledger,
                               ledger_fields=job.ledger_fields, expect_states=(decisions.NAD_DELETING,),
-                              expect_fields=mine, known=version)
+                              expect=_claim_is(order), known=version)
         if not wrote:
             store.record_ledger(job.ledger, event_id=job.event_id, step="delete-nad", outcome="ok", cluster=ref,
                                 fields=job.ledger_fields)
@@ -254,7 +261,7 @@ class NadFlow:
 
         Two requests of one cluster handled at once must not both get overlapping ranges, yet a
         lock per cluster would make every NAD of a cluster wait on one document. So each request
-        claims its NAD document first (APPLYING + `claimOrder`), then reads the others and
+        claims its NAD record first (APPLYING + `claim_order`), then reads the others and
         settles conflicts with `decisions.arbitrate`; the final record is a compare-and-set on the
         claim, so a claim turned away meanwhile puts back what its record says is on the cluster.
         """
@@ -269,21 +276,19 @@ class NadFlow:
             self._release(job, order, decisions.NAD_APPLYING, e)
             raise
 
-    def _release(self, job: _Job, order: str, claimed: str, err: Exception) -> None:
+    def _release(self, job: _Job, order: str, claimed: NadState, err: Exception) -> None:
         """A transient failure: give the claim back, so that the redelivery (or, for a NAD that
         waited for its cluster, the next drive or reconcile) carries the request out."""
-        change = _Change(job, decisions.NAD_PENDING, lambda cur: _released(job, cur, err))
         with contextlib.suppress(Transient, Permanent):
             self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
-                                   step="claim-nad", state=decisions.NAD_PENDING, fields={}, derive=change,
-                                   expect_states=(claimed,), expect_fields={"claimOrder": order}, history=False)
+                                   step="claim-nad", change=lambda cur: _released(job, cur, err),
+                                   expect_states=(claimed,), expect=_claim_is(order), history=False)
 
     def _apply_claimed(self, job: _Job, cidr: str, order: str, version: NadVersion) -> Outcome:
         from shared.core import nad as nadlib
 
         store, ref, req = self.ctx.store, job.ref, job.req
         ns, name, label = req.namespace, req.name, job.label
-        mine = {"claimOrder": order}
         policy = self.ctx.policy()
         kube = self.ctx.kube_for(ref)
         # Everything that is or may be on the cluster: the records' applied parts, the claims in
@@ -293,7 +298,7 @@ class NadFlow:
         # has every NAD, anyone's: what it finds under this name is the ownership check of the
         # apply (`Listed`), which then needs no GET of its own.
         records, listed = _both(lambda: store.list_nads(ref, fields=NAD_DECISION_FIELDS), kube.list_nads)
-        docs = [n for n in records if (n["namespace"], n["name"]) != (ns, name)]
+        docs = [n for n in records if (n.namespace, n.name) != (ns, name)]
         mine_now = [o for o in listed if decisions.nad_object_key(o) == (ns, name)]
         objects = [o for o in listed if decisions.nad_object_key(o) != (ns, name) and nadlib.managed(o)]
         others = decisions.footprints(docs, objects)
@@ -310,75 +315,71 @@ class NadFlow:
         for other in (arb.win_over if not (lose_to or reasons) else ()):
             why = (f"range {other['range']} overlaps {label} ({cidr}) on master {req.master}, claimed first")
             if not store.put_nad(ref, other["namespace"], other["name"], event_id=job.event_id, step="refuse-claim",
-                                 state=decisions.NAD_APPLYING, fields={"claimRefused": why}, history=False,
+                                 change=functools.partial(_turned_away, why=why), history=False,
                                  expect_states=(decisions.NAD_APPLYING,),
-                                 expect_fields={"claimOrder": other.get("claimOrder"), "claimRefused": None}):
-                now = store.get_nad(ref, other["namespace"], other["name"]) or {}
-                part = decisions.applied_part(now)
-                if part and part.get("master") == req.master and nadlib.ranges_overlap(cidr, part["range"]):
-                    lose_to.append({**other, "range": part["range"]})  # it finished first after all
+                                 expect=_unrefused_claim(other.get("claimOrder"))):
+                now = store.get_nad(ref, other["namespace"], other["name"])
+                part = decisions.applied_part(now) if now is not None else None
+                if part and part.master == req.master and nadlib.ranges_overlap(cidr, part.range):
+                    lose_to.append({**other, "range": part.range})  # it finished first after all
         reasons += _overlap_reasons(cidr, req.master, lose_to)
         if reasons:
-            return self._refuse(job, reasons, cidr, expect_states=(decisions.NAD_APPLYING,), expect_fields=mine,
+            return self._refuse(job, reasons, cidr, expect_states=(decisions.NAD_APPLYING,), expect_claim=order,
                                 known=version)
         obj = nadlib.render_nad(req, cidr)
         try:
             result = kube.apply_nad(obj, listed=Listed(mine_now[0] if mine_now else None))
         except NotOurs as e:  # a NAD of that name someone else made: never taken over
-            return self._refuse(job, [str(e)], cidr, expect_states=(decisions.NAD_APPLYING,), expect_fields=mine,
+            return self._refuse(job, [str(e)], cidr, expect_states=(decisions.NAD_APPLYING,), expect_claim=order,
                                 known=version)
         except Permanent as e:
-            return self._nad_failed(job, "apply", e, expect_fields=mine)
+            return self._nad_failed(job, "apply", e, expect_claim=order)
         state, message = decisions.NAD_APPLIED, f"{label} applied with range {cidr}"
-        verification = None
-        left: dict[str, Any] = {}
+        verification, checked = None, None
         if req.verify:  # the claim says a verification is on its way (verify.may_have_verify_pod)
             checked = self.verifier.check(kube, req, cidr, ref)
-            verification = {"ok": checked.ok, "message": checked.detail}
+            verification = VerificationNote(checked.ok, checked.detail)
             state = decisions.NAD_VERIFIED if checked.ok else decisions.NAD_APPLIED
             message += f"; verify: {checked.detail}"
-            if checked.left is not None:
-                left = marker_fields(checked)  # its pod could not be deleted: reconcile's sweep looks for it
-        fields = {**_applied(job, cidr, obj["spec"]["config"], getattr(result, "resource_version", ""), state,
-                             verification), **left}
-        if store.put_nad(ref, ns, name, event_id=job.event_id, step="apply-nad", state=state, fields=fields,
-                         message=message, ledger_key=job.ledger, ledger_fields=job.ledger_fields,
-                         expect_states=(decisions.NAD_APPLYING,), expect_fields={**mine, "claimRefused": None},
-                         known=version):
+        config, resource_version = obj["spec"]["config"], getattr(result, "resource_version", "")
+        if store.put_nad(ref, ns, name, event_id=job.event_id, step="apply-nad",
+                         change=lambda cur: _applied(job, cur, cidr, config, resource_version, state, message,
+                                                     verification, checked),
+                         ledger_key=job.ledger, ledger_fields=job.ledger_fields,
+                         expect_states=(decisions.NAD_APPLYING,), expect=_unrefused_claim(order), known=version):
             return Outcome("done", message, ref.path, state)
         if store.seen(job.ledger):
             return Outcome("duplicate", "request already handled", ref.path)
-        now = store.get_nad(ref, ns, name) or {}
-        if now.get("claimOrder") != order:
+        now = store.get_nad(ref, ns, name)
+        if now is None or now.claim_order != order:
             # An abandoned-looking claim was taken over (`apply_pending`): the taker carries out
             # this same request and records its outcome, ledger included.
             return Outcome("superseded", f"{label}: another worker took this request over", ref.path,
-                           text_field(now, "state") or None)
+                           now.state if now is not None else None)
         # Turned away while applying (an overlapping claim with an earlier order won): put back
         # what the record says is on the cluster, then record the refusal.
-        self._restore(kube, ref, now, ns, name)
-        why = str(now.get("claimRefused") or "an overlapping request claimed its range first")
-        out = self._refuse(job, [why], cidr, expect_states=(decisions.NAD_APPLYING,), expect_fields=mine)
+        self._restore(kube, ref, now)
+        why = now.claim_refused or "an overlapping request claimed its range first"
+        out = self._refuse(job, [why], cidr, expect_states=(decisions.NAD_APPLYING,), expect_claim=order)
         return Outcome("rejected", f"{label} withdrawn: {why}", ref.path, out.state)
 
-    def _restore(self, kube: Any, ref: ClusterRef, doc: Mapping[str, Any], ns: str, name: str) -> None:
-        """Make the cluster hold what `doc`'s applied part says: its config again, or nothing."""
+    def _restore(self, kube: Any, ref: ClusterRef, rec: NadRecord) -> None:
+        """Make the cluster hold what `rec`'s applied part says: its config again, or nothing."""
         from shared.core import nad as nadlib
 
-        part = decisions.applied_part(doc)
+        part = decisions.applied_part(rec)
         if part is None:
-            kube.delete_nad(ns, name, cluster=ref.path)
-        elif doc.get("config"):
-            kube.apply_nad(nadlib.nad_object(ref.path, ns, name, doc["config"], part.get("requestId")))
-        elif isinstance(doc.get("request"), Mapping):
-            kube.apply_nad(nadlib.render_nad(nadlib.parse_request(dict(doc["request"])), part["range"]))
+            kube.delete_nad(rec.namespace, rec.name, cluster=ref.path)
+        elif rec.config:
+            kube.apply_nad(nadlib.nad_object(ref.path, rec.namespace, rec.name, rec.config, part.request_id))
+        elif rec.request is not None:
+            kube.apply_nad(nadlib.render_nad(nadlib.parse_request(dict(rec.request)), part.range))
 
-    def _nad_failed(self, job: _Job, what: str, err: Exception, *,
-                    expect_fields: dict[str, Any] | None = None) -> Outcome:
-        change = _Change(job, decisions.NAD_FAILED, lambda cur: _failed(job, cur, what, err))
+    def _nad_failed(self, job: _Job, what: str, err: Exception, *, expect_claim: str | None = None) -> Outcome:
+        change = _Change(decisions.NAD_FAILED, lambda cur: _failed(job, cur, what, err))
         self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id, step=f"{what}-nad",
-                               state=decisions.NAD_FAILED, fields={}, derive=change, outcome="failed",
-                               ledger_key=job.ledger, ledger_fields=job.ledger_fields, expect_fields=expect_fields)
+                               change=change, outcome="failed", ledger_key=job.ledger, ledger_fields=job.ledger_fields,
+                               expect=_claim_is(expect_claim) if expect_claim else None)
         return Outcome("failed", change.message, job.ref.path, change.state)
 
     def apply_pending(self, ref: ClusterRef, rec: Any, kube: Any, event_id: str, policy: Policy,
@@ -391,8 +392,8 @@ class NadFlow:
         from shared.core import nad as nadlib
 
         store = self.ctx.store
-        nads = store.list_nads(ref, fields=("state", "request", "claimOrder", "lastRequest"))
-        known = {(n.get("namespace"), n.get("name")) for n in nads}
+        nads = store.list_nads(ref, fields=("state", "request", "claim_order", "last_request"))
+        known = {(n.namespace, n.name) for n in nads}
         todo: list[tuple[Any, tuple[str | None, ...], str | None, str | None, Requester | None]] = []
         if first_ready:
             for raw in policy.default_nads:
@@ -407,21 +408,20 @@ class NadFlow:
         # transient error keeps its claim while Pub/Sub redelivers it (seconds to minutes of
         # backoff), and that redelivery re-claims it itself; taking over earlier would only race it.
         stale_before = self._stale_before()
-        for doc in nads:
-            taken = _scan_takes(doc, stale_before)
+        for nad in nads:
+            taken = _scan_takes(nad, stale_before)
             if taken is None:
                 continue
             expect, claim, body = taken
-            last = _mapping(doc.get("lastRequest"))
+            last = nad.last_request
             try:
-                who = last.get("requester")  # verified when the request arrived; the grants are today's
-                todo.append((nadlib.parse_request(dict(body)), expect, claim, last.get("messageId"),
-                             Requester(who) if isinstance(who, str) else None))
+                who = last.requester if last else None  # verified when the request arrived; the grants are today's
+                todo.append((nadlib.parse_request(dict(body)), expect, claim, last.message_id if last else None,
+                             Requester(who) if who is not None else None))
             except Rejected as e:
-                store.put_nad(ref, text_field(doc, "namespace"), text_field(doc, "name"), event_id=event_id,
-                              step="apply-nad",
-                              state=decisions.NAD_REJECTED, fields={"reasons": [e.message]}, outcome="rejected",
-                              message=e.message, ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}",
+                store.put_nad(ref, nad.namespace, nad.name, event_id=event_id, step="apply-nad",
+                              change=functools.partial(_unreadable, why=e.message), outcome="rejected",
+                              ledger_key=f"{event_id}~{nad.namespace}~{nad.name}",
                               expect_states=(decisions.NAD_PENDING,))
         for req, expect, claim, origin, requester in todo:
             ledger = f"{event_id}~{req.namespace}~{req.name}"
@@ -433,23 +433,19 @@ class NadFlow:
                              nad=f"{req.namespace}/{req.name}", error=str(e))
         return len(todo)
 
-    def waiting(self, docs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-        """The NADs among `docs` (as `list_nads` reads them) that `apply_pending` would carry out
+    def waiting(self, records: Sequence[NadRecord]) -> list[NadRecord]:
+        """The NADs among `records` (as `list_nads` reads them) that `apply_pending` would carry out
         now: reconcile claims the cluster for them only when there is one."""
         stale_before = self._stale_before()
-        return [doc for doc in docs if _scan_takes(doc, stale_before) is not None]
+        return [rec for rec in records if _scan_takes(rec, stale_before) is not None]
 
     def reject_pending(self, ref: ClusterRef, event_id: str, why: str) -> None:
         """The cluster will never be READY: refuse what waits for it (a PENDING delete of a NAD
         still recorded on the cluster keeps its applied part: it is refused, not done)."""
-        for doc in self.ctx.store.list_nads(ref, state=decisions.NAD_PENDING):
-            last = _mapping(doc.get("lastRequest"))
-            change = _Change(None, decisions.NAD_REJECTED, functools.partial(_refused_waiting, last=last, why=why))
-            self.ctx.store.put_nad(ref, text_field(doc, "namespace"), text_field(doc, "name"), event_id=event_id,
-                                   step="reject-nad",
-                                   state=decisions.NAD_REJECTED, fields={}, derive=change, outcome="rejected",
-                                   message=f"{doc['namespace']}/{doc['name']}: {why}",
-                                   ledger_key=f"{event_id}~{doc['namespace']}~{doc['name']}",
+        for nad in self.ctx.store.list_nads(ref, state=decisions.NAD_PENDING):
+            self.ctx.store.put_nad(ref, nad.namespace, nad.name, event_id=event_id, step="reject-nad",
+                                   change=functools.partial(_refused_waiting, last=nad.last_request, why=why),
+                                   outcome="rejected", ledger_key=f"{event_id}~{nad.namespace}~{nad.name}",
                                    expect_states=(decisions.NAD_PENDING,))
 
 
@@ -474,31 +470,41 @@ def _both(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
     return a, later.result()
 
 
-def _scan_takes(doc: Mapping[str, Any], stale_before: str) -> tuple[tuple[str | None, ...], Any, Any] | None:
+def _scan_takes(rec: NadRecord, stale_before: str) -> tuple[tuple[str | None, ...], str | None,
+                                                             Mapping[str, object]] | None:
     """(expected states, claim to take over, request body) when a cluster's scan carries this NAD
     out: it waits (PENDING), or its claim is abandoned (its worker died); else None."""
-    last = _mapping(doc.get("lastRequest"))
-    body = last.get("request") if isinstance(last.get("request"), Mapping) else doc.get("request")
-    if not isinstance(body, Mapping):
+    last = rec.last_request
+    body = last.request if last is not None and last.request is not None else rec.request
+    if body is None:
         return None
-    if doc.get("state") == decisions.NAD_PENDING:
+    if rec.state == decisions.NAD_PENDING:
         return (decisions.NAD_PENDING,), None, body
-    if doc.get("state") in decisions.NAD_IN_FLIGHT and str(doc.get("claimOrder") or "") < stale_before:
-        return (doc["state"],), doc.get("claimOrder"), body  # its worker died: take it over
+    if rec.state in decisions.NAD_IN_FLIGHT and (rec.claim_order or "") < stale_before:
+        return (rec.state,), rec.claim_order, body  # its worker died: take it over
     return None
+
+
+def _turned_away(cur: NadRecord, why: str) -> NadRecord:
+    """An overlapping claim with an earlier order won: this claim is refused (its worker records it)."""
+    return replace(cur, state=decisions.NAD_APPLYING, claim_refused=why)
+
+
+def _unreadable(cur: NadRecord, why: str) -> NadRecord:
+    """A waiting request whose stored body no longer parses: refused."""
+    return replace(cur, state=decisions.NAD_REJECTED, reasons=(why,), message=why)
 
 
 # --------------------------------------------------------------------------- records
 #
-# A NAD record separates what is on the cluster from what was asked last (docs/FIRESTORE.md):
-# - `applied` {range, master, configDigest, requestId, messageId, state, at}, with the
-#   top-level `range`, `master`, `config` and `request` it was rendered from: changed only when
-#   the cluster was changed (applied, deleted, adopted);
-# - `lastRequest` {action, state, reasons, requestId, messageId, range, digest, request, at}:
-#   the last request and its outcome, whatever it was (the store keeps its `request` once: it
-#   leaves it out of the document when it is the top-level one, and puts it back when read).
+# A NAD record separates what is on the cluster from what was asked last (docs/FIRESTORE.md,
+# `shared.core.records.NadRecord`):
+# - `applied` (`AppliedNad`), with the top-level `range`, `master`, `config` and `request` it
+#   was rendered from: changed only when the cluster was changed (applied, deleted, adopted);
+# - `last_request` (`LastRequest`): the last request and its outcome, whatever it was.
 # A record without an applied part (a NAD never applied, or deleted) shows its last request in
-# the top-level fields, as before.
+# the top-level fields, as before. Each function below takes the record as read and returns it
+# as the step leaves it (`put_nad`'s `change`); the store writes what differs.
 
 
 @dataclass(frozen=True)
@@ -528,178 +534,182 @@ class _Job:
     def ledger_fields(self) -> dict[str, Any]:
         return {"digest": self.digest, "requestId": self.req.request_id}
 
-    def last(self, state: str, *, reasons: Sequence[str] = (), cidr: str | None = None) -> dict[str, Any]:
+    def last(self, state: NadState, *, reasons: Sequence[str] = (), cidr: str | None = None) -> LastRequest:
         req = self.req
-        out = {"action": req.action, "state": state, "reasons": list(reasons), "requestId": req.request_id,
-               "messageId": self.origin, "eventId": self.event_id, "range": cidr or req.range,
-               "master": req.master, "digest": self.digest, "request": req.to_dict(), "at": datetime.now(UTC)}
-        if self.requester:
-            out["requester"] = self.requester
-        return out
+        return LastRequest(req.action, state, tuple(reasons), req.request_id, self.origin, self.event_id,
+                           cidr or req.range, req.master, self.digest, req.to_dict(), datetime.now(UTC),
+                           self.requester)
 
 
 class _Change:
-    """A `put_nad` derive callback that remembers the state and message it chose (for the Outcome)."""
+    """A `put_nad` change that remembers the state and message it chose (for the Outcome)."""
 
-    def __init__(self, job: _Job | None, state: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        self.job, self.state, self.message, self._fn = job, state, "", fn
+    def __init__(self, state: NadState, fn: Callable[[NadRecord], NadRecord]) -> None:
+        self.state: NadState | None = state
+        self.message, self._fn = "", fn
 
-    def __call__(self, current: dict[str, Any]) -> dict[str, Any]:
-        out = self._fn(current)
-        self.state = str(out.get("state", self.state))
-        self.message = str(out.get("message", self.message))
-        return out
-
-
-_SETTLE = {"claim": DELETE, "claimRefused": DELETE}
+    def __call__(self, current: NadRecord) -> NadRecord:
+        after = self._fn(current)
+        self.state, self.message = after.state, after.message
+        return after
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
-    """A document's map field as a mapping (absent or malformed: empty)."""
-    return value if isinstance(value, Mapping) else {}
+def _claim_is(order: str | None) -> Callable[[NadRecord], bool]:
+    """`put_nad`'s condition: the record is (still) held by the claim of this order."""
+    return lambda cur: cur.claim_order == order
 
 
-def _busy_check(job: _Job, cur: Mapping[str, Any], takeover: str | None) -> None:
-    if cur.get("state") not in decisions.NAD_IN_FLIGHT:
+def _unrefused_claim(order: str | None) -> Callable[[NadRecord], bool]:
+    """The record is held by the claim of this order, and no overlapping claim turned it away."""
+    return lambda cur: cur.claim_order == order and cur.claim_refused is None
+
+
+def _settled(rec: NadRecord) -> NadRecord:
+    """The claim is over: its marks go."""
+    return replace(rec, claim=None, claim_refused=None)
+
+
+def _with_request(rec: NadRecord, req: Any) -> NadRecord:
+    """The request in the top-level fields (a record with no applied part shows its last request).
+    `reasons` and `last_error` belong to a previous outcome; a new one clears them unless it sets them."""
+    return replace(rec, request=req.to_dict(), master=req.master, mode=req.mode, action=req.action,
+                   request_id=req.request_id, reasons=None, last_error=None)
+
+
+def _busy_check(job: _Job, cur: NadRecord, takeover: str | None) -> None:
+    if cur.state not in decisions.NAD_IN_FLIGHT:
         return
-    claim = _mapping(cur.get("claim"))
-    theirs = str(cur.get("claimOrder") or "")
-    if claim.get("holder") == job.holder or claim.get("released"):
+    claim = cur.claim
+    theirs = cur.claim_order or ""
+    if claim is not None and (claim.holder == job.holder or claim.released):
         return  # our own claim, or one whose worker gave it back after a transient failure
     if (takeover and theirs == takeover) or theirs < job.stale_before:
         return  # the claim we take over, or an abandoned one
-    if claim.get("ledger") == job.ledger and theirs < job.redelivery_before:
+    if claim is not None and claim.ledger == job.ledger and theirs < job.redelivery_before:
         return  # this request's own claim, left by a worker that died a lease ago: a redelivery
     # (a copy of this request delivered at the same time is busy too: it finds the ledger later)
-    who = claim.get("requestId") or claim.get("eventId") or "another request"
-    raise Transient(f"{job.label} is busy: {who} is being carried out ({cur.get('state')}); "
+    who = (claim.request_id or claim.event_id if claim is not None else None) or "another request"
+    raise Transient(f"{job.label} is busy: {who} is being carried out ({cur.state}); "
                     f"this request is retried after it", code="NAD_BUSY", api="controller")
 
 
-def _claimed(job: _Job, cur: dict[str, Any], cidr: str | None, order: str, state: str,
-             takeover: str | None) -> dict[str, Any]:
+def _claimed(job: _Job, cur: NadRecord, cidr: str | None, order: str, state: NadState,
+             takeover: str | None, message: str) -> NadRecord:
     _busy_check(job, cur, takeover)
-    out: dict[str, Any] = {
-        "state": state, "claimOrder": order, "claimRefused": DELETE, "reasons": DELETE, "lastError": DELETE,
-        "claim": {"action": job.req.action, "range": cidr, "master": job.req.master, "ledger": job.ledger,
-                  "eventId": job.event_id, "requestId": job.req.request_id, "previousState": cur.get("state"),
-                  "holder": job.holder},
-        "lastRequest": job.last(state, cidr=cidr)}
+    out = replace(cur, state=state, message=message, claim_order=order, claim_refused=None, reasons=None,
+                  last_error=None, last_request=job.last(state, cidr=cidr),
+                  claim=NadClaim(job.req.action, cidr, job.req.master, job.ledger, job.event_id, job.req.request_id,
+                                 cur.state, job.holder))
     part = decisions.applied_part(cur)
     if part is None:
-        out.update(_nad_fields(job.req))
+        out = _with_request(out, job.req)
         if cidr:
-            out["range"] = cidr
-    elif "applied" not in cur:
-        out["applied"] = dict(part)  # a record written before `applied` existed
-    if cur.get("state") in decisions.NAD_IN_FLIGHT:
-        out.update(_verify_may_linger(cur))  # a claim taken over: its worker may have left a verify pod
+            out = replace(out, range=cidr)
+    elif cur.applied is None:
+        out = replace(out, applied=part)  # a record written before `applied` existed
+    if cur.state in decisions.NAD_IN_FLIGHT:
+        out = _verify_may_linger(cur, out)  # a claim taken over: its worker may have left a verify pod
     return out
 
 
-def _verify_may_linger(cur: Mapping[str, Any]) -> dict[str, Any]:
-    """The `verifyPod` marker for a record whose verification was cut short (its worker died or
+def _verify_may_linger(cur: NadRecord, out: NadRecord) -> NadRecord:
+    """`out` with the verify-pod marker when `cur`'s verification was cut short (its worker died or
     gave its claim back): its pod may be left, and once this claim settles nothing else says so."""
-    if isinstance(cur.get(VERIFY_POD_FIELD), Mapping) or not may_have_verify_pod(cur):
-        return {}
-    return {VERIFY_POD_FIELD: {"until": round(verify_deadline(VERIFY_WINDOW_SECONDS))}}
+    if cur.verify_pod is not None or not may_have_verify_pod(cur):
+        return out
+    return replace(out, verify_pod=VerifyPodMarker(round(verify_deadline(VERIFY_WINDOW_SECONDS))))
 
 
-def _released(job: _Job, cur: dict[str, Any], err: Exception) -> dict[str, Any]:
+def _released(job: _Job, cur: NadRecord, err: Exception) -> NadRecord:
     """A waiting NAD goes back to the queue (PENDING); any other claim stays, its range reserved,
     marked released: no worker is on it, so its redelivery (or any other request) may claim it."""
-    claim = dict(_mapping(cur.get("claim")))
-    if claim.get("previousState") == decisions.NAD_PENDING:
-        return {**_SETTLE, **_verify_may_linger(cur), "state": decisions.NAD_PENDING,
-                "lastRequest": job.last(decisions.NAD_PENDING),
-                "message": f"{job.label}: waiting again after a transient failure ({err})"}
-    return {"state": cur.get("state"), "claim": {**claim, "released": True, "why": str(err)[:500]},
-            "message": f"{job.label}: retried after a transient failure ({err})"}
+    claim = cur.claim
+    if claim is not None and claim.previous_state == decisions.NAD_PENDING:
+        return _verify_may_linger(cur, _settled(replace(
+            cur, state=decisions.NAD_PENDING, last_request=job.last(decisions.NAD_PENDING),
+            message=f"{job.label}: waiting again after a transient failure ({err})")))
+    return replace(cur, claim=replace(claim, released=True, why=str(err)[:500]) if claim is not None else None,
+                   message=f"{job.label}: retried after a transient failure ({err})")
 
 
-def _pending(job: _Job, cur: dict[str, Any], why: str) -> dict[str, Any]:
+def _pending(job: _Job, cur: NadRecord, why: str) -> NadRecord:
     _busy_check(job, cur, None)
-    out: dict[str, Any] = {**_SETTLE, "state": decisions.NAD_PENDING, "lastRequest": job.last(decisions.NAD_PENDING)}
+    out = _settled(replace(cur, state=decisions.NAD_PENDING, last_request=job.last(decisions.NAD_PENDING)))
     part = decisions.applied_part(cur)
     if part is None:
-        out.update(_nad_fields(job.req))
-        out["message"] = f"{job.label}: {why}"
-    else:
-        out["message"] = f"{job.label}: update waits ({why}); the cluster keeps {part['range']} until then"
-    return out
+        return replace(_with_request(out, job.req), message=f"{job.label}: {why}")
+    return replace(out, message=f"{job.label}: update waits ({why}); the cluster keeps {part.range} until then")
 
 
-def _refused(job: _Job, cur: dict[str, Any], reasons: list[str], cidr: str | None) -> dict[str, Any]:
+def _refused(job: _Job, cur: NadRecord, reasons: list[str], cidr: str | None) -> NadRecord:
     _busy_check(job, cur, None)
     text = "; ".join(reasons)
     last = job.last(decisions.NAD_REJECTED, reasons=reasons, cidr=cidr)
     part = decisions.applied_part(cur)
     if part is None:
-        out = {**_nad_fields(job.req), **_SETTLE, "state": decisions.NAD_REJECTED, "reasons": list(reasons),
-               "lastRequest": last, "message": f"{job.label}: {text}"}
-        if cidr:
-            out["range"] = cidr
-        return out
+        out = replace(_settled(_with_request(cur, job.req)), state=decisions.NAD_REJECTED, reasons=tuple(reasons),
+                      last_request=last, message=f"{job.label}: {text}")
+        return replace(out, range=cidr) if cidr else out
     what = "delete" if job.req.action == "delete" else "update"
-    return {**_SETTLE, "state": _kept_state(cur, part), "reasons": list(reasons), "lastRequest": last,
-            "message": f"{what} refused: {job.req.name} keeps {part['range']}; {text}"}
+    return replace(_settled(cur), state=_kept_state(cur, part), reasons=tuple(reasons), last_request=last,
+                   message=f"{what} refused: {job.req.name} keeps {part.range}; {text}")
 
 
-def _refused_waiting(cur: dict[str, Any], last: Mapping[str, Any], why: str) -> dict[str, Any]:
+def _refused_waiting(cur: NadRecord, last: LastRequest | None, why: str) -> NadRecord:
     part = decisions.applied_part(cur)
-    new_last = {**last, "state": decisions.NAD_REJECTED, "reasons": [why], "at": datetime.now(UTC)}
-    name = f"{cur.get('namespace')}/{cur.get('name')}"
+    now = datetime.now(UTC)
+    new_last = (replace(last, state=decisions.NAD_REJECTED, reasons=(why,), at=now) if last is not None
+                else LastRequest(cur.action or "", decisions.NAD_REJECTED, (why,), at=now))
+    out = replace(_settled(cur), reasons=(why,), last_request=new_last)
     if part is None:
-        return {**_SETTLE, "state": decisions.NAD_REJECTED, "reasons": [why], "lastRequest": new_last,
-                "message": f"{name}: {why}"}
-    return {**_SETTLE, "state": _kept_state(cur, part), "reasons": [why], "lastRequest": new_last,
-            "message": f"{last.get('action') or 'update'} refused: {cur.get('name')} keeps {part['range']}; {why}"}
+        return replace(out, state=decisions.NAD_REJECTED, message=f"{cur.label}: {why}")
+    return replace(out, state=_kept_state(cur, part),
+                   message=f"{(last.action if last else '') or 'update'} refused: {cur.name} keeps {part.range}; {why}")
 
 
-def _failed(job: _Job, cur: dict[str, Any], what: str, err: Exception) -> dict[str, Any]:
+def _failed(job: _Job, cur: NadRecord, what: str, err: Exception) -> NadRecord:
     last = job.last(decisions.NAD_FAILED, reasons=[str(err)])
     part = decisions.applied_part(cur)
     if part is None:
-        return {**_nad_fields(job.req), **_SETTLE, "state": decisions.NAD_FAILED, "lastError": str(err),
-                "lastRequest": last, "message": f"{job.label}: {what} refused by the cluster: {err}"}
-    return {**_SETTLE, "state": _kept_state(cur, part), "lastError": str(err), "lastRequest": last,
-            "message": f"{what} refused by the cluster: {job.req.name} keeps {part['range']}: {err}"}
+        return replace(_settled(_with_request(cur, job.req)), state=decisions.NAD_FAILED, last_error=str(err),
+                       last_request=last, message=f"{job.label}: {what} refused by the cluster: {err}")
+    return replace(_settled(cur), state=_kept_state(cur, part), last_error=str(err), last_request=last,
+                   message=f"{what} refused by the cluster: {job.req.name} keeps {part.range}: {err}")
 
 
-def _kept_state(cur: Mapping[str, Any], part: Mapping[str, Any]) -> str:
-    state = cur.get("state")
-    if state in decisions.NAD_LIVE or state == decisions.NAD_ORPHANED:
-        return str(state)
-    return str(part.get("state") or decisions.NAD_APPLIED)
+def _kept_state(cur: NadRecord, part: AppliedNad) -> NadState:
+    if cur.state in decisions.NAD_LIVE or cur.state == decisions.NAD_ORPHANED:
+        return cur.state
+    return nad_state(part.state) or decisions.NAD_APPLIED
 
 
-def _deleted(job: _Job) -> dict[str, Any]:
-    return {**_SETTLE, "applied": DELETE, "config": DELETE, "resourceVersion": DELETE, "verification": DELETE,
-            "reasons": DELETE, "lastError": DELETE, "action": "delete", "requestId": job.req.request_id,
-            "lastRequest": job.last(decisions.NAD_DELETED)}
+def _deleted(job: _Job, cur: NadRecord, message: str) -> NadRecord:
+    return replace(_settled(cur), state=decisions.NAD_DELETED, message=message, applied=None, config=None,
+                   resource_version=None, verification=None, reasons=None, last_error=None, action="delete",
+                   request_id=job.req.request_id, last_request=job.last(decisions.NAD_DELETED))
 
 
-def _delete_waits(job: _Job, cur: dict[str, Any], cluster_state: str | None) -> dict[str, Any]:
+def _delete_waits(job: _Job, cur: NadRecord, cluster_state: str | None) -> NadRecord:
     _busy_check(job, cur, None)
     part = decisions.applied_part(cur)
     if part is None or cluster_state in (None, decisions.DELETED):
         gone = "the cluster is gone" if cluster_state == decisions.DELETED else "it was not on the cluster"
-        return {**_deleted(job), "state": decisions.NAD_DELETED, "message": f"{job.label} deleted ({gone})"}
-    return {**_SETTLE, "state": decisions.NAD_PENDING, "lastRequest": job.last(decisions.NAD_PENDING),
-            "message": f"{job.label}: delete waits: the cluster is {cluster_state}; the NAD stays on it "
-                       f"with {part['range']} until the cluster is READY"}
+        return _deleted(job, cur, f"{job.label} deleted ({gone})")
+    return replace(_settled(cur), state=decisions.NAD_PENDING, last_request=job.last(decisions.NAD_PENDING),
+                   message=f"{job.label}: delete waits: the cluster is {cluster_state}; the NAD stays on it "
+                           f"with {part.range} until the cluster is READY")
 
 
-def _applied(job: _Job, cidr: str, config: str, resource_version: str, state: str,
-             verification: Mapping[str, Any] | None) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    applied = {"range": cidr, "master": job.req.master, "configDigest": config_digest(config),
-               "requestId": job.req.request_id, "messageId": job.origin, "state": state, "at": now}
-    if job.requester:
-        applied["requester"] = job.requester
-    return {**_nad_fields(job.req), **_SETTLE, "range": cidr, "config": config, "resourceVersion": resource_version,
-            "applied": applied, "lastRequest": job.last(state, cidr=cidr),
-            "verification": dict(verification) if verification is not None else DELETE}
+def _applied(job: _Job, cur: NadRecord, cidr: str, config: str, resource_version: str, state: NadState,
+             message: str, verification: VerificationNote | None, checked: Verification | None) -> NadRecord:
+    applied = AppliedNad(cidr, job.req.master, config_digest(config), job.req.request_id, job.origin, state,
+                         datetime.now(UTC), job.requester)
+    out = replace(_settled(_with_request(cur, job.req)), state=state, message=message, range=cidr, config=config,
+                  resource_version=resource_version, applied=applied, last_request=job.last(state, cidr=cidr),
+                  verification=verification)
+    # a verify pod that could not be deleted: the marker names it for reconcile's sweep
+    left = marker_of(checked) if checked is not None else None
+    return replace(out, verify_pod=left) if left is not None else out
 
 
 def _overlap_reasons(cidr: str, master: str, lose_to: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -712,13 +722,6 @@ def _overlap_reasons(cidr: str, master: str, lose_to: Sequence[Mapping[str, Any]
             seen.add(key)
             out.append(text)
     return out
-
-
-def _nad_fields(req: Any) -> dict[str, Any]:
-    # `reasons` and `lastError` belong to a previous outcome; a new one clears them unless it sets them.
-    return {"namespace": req.namespace, "name": req.name, "request": req.to_dict(), "master": req.master,
-            "mode": req.mode, "action": req.action, "requestId": req.request_id, "reasons": DELETE,
-            "lastError": DELETE}
 
 
 def _nad_ledger_key(event_id: str, req: Any) -> str:

@@ -21,25 +21,24 @@ Kept apart from `reconcile.py` so that the cluster part and the NAD part can cha
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from shared.core import decisions, logs
 from shared.core.errors import NotOurs, Permanent, Problem, Transient
+from shared.core.records import Adoption, AppliedNad, NadRecord, OrphanNote, PrunedNote
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context
 from shared.flows.verify import (
     NETWORKS_ANNOTATION,
-    VERIFY_POD_FIELD,
     VERIFY_SELECTOR,
     VERIFY_UNTIL_ANNOTATION,
     clear_verifying,
     may_have_verify_pod,
 )
-from shared.ports import DELETE
 
 
 class FixKind(StrEnum):
@@ -62,18 +61,18 @@ class NadFix:
 
     kind: FixKind
     key: tuple[str, str]
-    doc: Mapping[str, Any] | None = None
+    doc: NadRecord | None = None
     live: Mapping[str, Any] | None = None
     obj: Mapping[str, Any] | None = None  # reapply: what to apply
     found: tuple[str, str] | None = None  # an orphan's (master, range) when readable
     why: str = ""  # an orphan's conflict
 
 
-def plan_nads(policy: Any, ref: ClusterRef, docs: list[dict[str, Any]],
+def plan_nads(policy: Any, ref: ClusterRef, records: Sequence[NadRecord],
               objects: list[dict[str, Any]]) -> list[NadFix]:
     """What would bring records and cluster in line (nothing when they agree)."""
     on_cluster = {decisions.nad_object_key(o): o for o in objects}
-    by_key = {(doc["namespace"], doc["name"]): doc for doc in docs}
+    by_key = {(rec.namespace, rec.name): rec for rec in records}
     plan: list[NadFix] = []
     for key, doc in sorted(by_key.items()):
         fix = _plan_record(ref, key, doc, on_cluster.get(key), policy)
@@ -81,7 +80,7 @@ def plan_nads(policy: Any, ref: ClusterRef, docs: list[dict[str, Any]],
             plan.append(fix)
     for key, obj in sorted(on_cluster.items()):
         found = by_key.get(key)
-        state = (found or {}).get("state")
+        state = found.state if found is not None else None
         if found is not None and state != decisions.NAD_ORPHANED and (
                 decisions.applied_part(found) is not None or state in decisions.NAD_IN_FLIGHT
                 or state == decisions.NAD_PENDING):
@@ -110,20 +109,20 @@ def repair_nads(ctx: Context, ref: ClusterRef, kube: Any, event_id: str, plan: l
     return fixes
 
 
-def _plan_record(ref: ClusterRef, key: tuple[str, str], doc: Mapping[str, Any],
+def _plan_record(ref: ClusterRef, key: tuple[str, str], doc: NadRecord,
                  live: Mapping[str, Any] | None, policy: Any = None) -> NadFix | None:
     from shared.core import nad as nadlib
     from shared.core.errors import Rejected
 
     ns, name = key
     part = decisions.applied_part(doc)
-    state = doc.get("state")
+    state = doc.state
     if part is None or state in decisions.NAD_IN_FLIGHT or state == decisions.NAD_PENDING:
         return None
     if state == decisions.NAD_ORPHANED:
         # An orphan is not ours to restore: once it is gone, its record says so.
         return None if live is not None else NadFix(FixKind.ORPHAN_GONE, key, doc, live)
-    config = doc.get("config")
+    config = doc.config
     if live is not None and config and (live.get("spec") or {}).get("config") == config:
         return None
     # A record is a Firestore document: what it holds is validated again, as a request is, before
@@ -134,16 +133,16 @@ def _plan_record(ref: ClusterRef, key: tuple[str, str], doc: Mapping[str, Any],
             raise Rejected("namespace refused", [Problem("namespace", why)])
         if config:
             nadlib.request_of_config(ref.path, ns, name, config)
-            obj = nadlib.nad_object(ref.path, ns, name, config, part.get("requestId"))
-        elif isinstance(doc.get("request"), Mapping):
-            obj = nadlib.render_nad(nadlib.parse_request(dict(doc["request"])), part["range"])
+            obj = nadlib.nad_object(ref.path, ns, name, config, part.request_id)
+        elif doc.request is not None:
+            obj = nadlib.render_nad(nadlib.parse_request(dict(doc.request)), part.range)
         else:
             return None
     except Rejected as e:
         message = (f"{ns}/{name}: not re-applied: the stored record failed validation: "
                    + "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in e.problems or ())
                    or e.message)
-        if doc.get("lastError") == message:
+        if doc.last_error == message:
             return None  # refused and recorded already; nothing changed
         return NadFix(FixKind.REFUSE, key, doc, live, why=message)
     return NadFix(FixKind.REAPPLY, key, doc, live, obj=obj)
@@ -151,15 +150,15 @@ def _plan_record(ref: ClusterRef, key: tuple[str, str], doc: Mapping[str, Any],
 
 def _repair_record(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, event_id: str) -> str | None:
     ns, name = fix.key
-    doc = fix.doc or {}
     if fix.kind == FixKind.ORPHAN_GONE:
-        ctx.store.put_nad(ref, ns, name, event_id=event_id, step="orphan-gone", state=decisions.NAD_DELETED,
-                          fields={"applied": DELETE, "orphan": DELETE}, expect_states=(decisions.NAD_ORPHANED,),
-                          message=f"{ns}/{name}: the orphan is no longer on the cluster",
-                          ledger_key=f"{event_id}~orphan-gone~{ns}~{name}")
+        message = f"{ns}/{name}: the orphan is no longer on the cluster"
+        ctx.store.put_nad(ref, ns, name, event_id=event_id, step="orphan-gone",
+                          change=lambda cur: replace(cur, state=decisions.NAD_DELETED, message=message, applied=None,
+                                                     orphan=None),
+                          expect_states=(decisions.NAD_ORPHANED,), ledger_key=f"{event_id}~orphan-gone~{ns}~{name}")
         return f"orphan NAD {ns}/{name} gone"
-    fresh = ctx.store.get_nad(ref, ns, name) or {}
-    if fresh.get("updatedAt") != doc.get("updatedAt"):
+    fresh = ctx.store.get_nad(ref, ns, name)
+    if (fresh.updated_at if fresh else None) != (fix.doc.updated_at if fix.doc else None):
         return None  # a request changed it since the list was read: it is its worker's to apply (next run checks)
     try:
         kube.apply_nad(fix.obj)
@@ -173,15 +172,15 @@ def _repair_record(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, event_
 def _refuse_record(ctx: Context, ref: ClusterRef, fix: NadFix, event_id: str) -> str:
     """Record, on the NAD and in the history, why its stored config was not re-applied."""
     ns, name = fix.key
-    doc = fix.doc or {}
     logs.error("stored NAD record refused", cluster=ref.path, nad=f"{ns}/{name}", error=fix.why)
-    ctx.store.put_nad(ref, ns, name, event_id=event_id, step="reapply-refused", state=str(doc.get("state") or ""),
-                      fields={"lastError": fix.why}, outcome="failed", message=fix.why,
-                      expect_states=(doc.get("state"),), ledger_key=f"{event_id}~reapply-refused~{ns}~{name}")
+    ctx.store.put_nad(ref, ns, name, event_id=event_id, step="reapply-refused",
+                      change=lambda cur: replace(cur, last_error=fix.why, message=fix.why), outcome="failed",
+                      expect_states=(fix.doc.state if fix.doc else None,),
+                      ledger_key=f"{event_id}~reapply-refused~{ns}~{name}")
     return f"refused to re-apply NAD {ns}/{name}"
 
 
-def _plan_orphan(policy: Any, key: tuple[str, str], obj: Mapping[str, Any], doc: Mapping[str, Any] | None,
+def _plan_orphan(policy: Any, key: tuple[str, str], obj: Mapping[str, Any], doc: NadRecord | None,
                  others: list[dict[str, Any]]) -> NadFix | None:
     from shared.core import nad as nadlib
 
@@ -198,8 +197,8 @@ def _plan_orphan(policy: Any, key: tuple[str, str], obj: Mapping[str, Any], doc:
         return NadFix(FixKind.ADOPT, key, doc, obj, found=found, why=why)
     if policy.prune_orphans:
         return NadFix(FixKind.PRUNE, key, doc, obj, found=found, why=why)
-    if doc is not None and doc.get("state") == decisions.NAD_ORPHANED \
-            and (doc.get("orphan") or {}).get("reason") == why:
+    if doc is not None and doc.state == decisions.NAD_ORPHANED and doc.orphan is not None \
+            and doc.orphan.reason == why:
         return None  # reported already, nothing changed
     return NadFix(FixKind.REPORT, key, doc, obj, found=found, why=why)
 
@@ -214,20 +213,24 @@ def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, even
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
     request_id = annotations.get(nadlib.REQUEST_ID_ANNOTATION)
     now = datetime.now(UTC)
-    expect = (doc.get("state") if doc else None,)
+    expect = (doc.state if doc else None,)
     what = f"{ns}/{name}" + (f" ({found[1]} on master {found[0]})" if found else "")
-    applied = ({"range": found[1], "master": found[0], "configDigest": nadlib.config_digest(config),
-                "requestId": request_id, "messageId": None, "state": decisions.NAD_APPLIED, "at": now}
-               if found else DELETE)
-    identity = {"range": found[1], "master": found[0]} if found else {}
+    applied = (AppliedNad(found[1], found[0], nadlib.config_digest(config), request_id, None, decisions.NAD_APPLIED,
+                          now) if found else None)
+
+    def found_on_cluster(cur: NadRecord) -> NadRecord:
+        """The object as found: its range and master (when readable), config and request id."""
+        out = replace(cur, applied=applied, config=config, request_id=request_id)
+        return replace(out, range=found[1], master=found[0]) if found else out
+
     if fix.kind == FixKind.ADOPT:
-        store.put_nad(ref, ns, name, event_id=event_id, step="adopt-nad", state=decisions.NAD_APPLIED,
-                      fields={**identity, "applied": applied, "config": config, "requestId": request_id,
-                              "adopted": {"at": now, "by": "reconcile"}, "orphan": DELETE, "reasons": DELETE,
-                              "lastError": DELETE},
-                      message=f"orphan adopted: {what} was on the cluster without a record and conflicts with "
-                              "nothing; recorded as applied", expect_states=expect,
-                      ledger_key=f"{event_id}~adopt~{ns}~{name}")
+        message = (f"orphan adopted: {what} was on the cluster without a record and conflicts with nothing; "
+                   "recorded as applied")
+        store.put_nad(ref, ns, name, event_id=event_id, step="adopt-nad",
+                      change=lambda cur: replace(found_on_cluster(cur), state=decisions.NAD_APPLIED, message=message,
+                                                 adopted=Adoption(now, "reconcile"), orphan=None, reasons=None,
+                                                 last_error=None),
+                      expect_states=expect, ledger_key=f"{event_id}~adopt~{ns}~{name}")
         return f"adopted orphan NAD {ns}/{name}"
     if fix.kind == FixKind.PRUNE:
         try:
@@ -235,20 +238,23 @@ def _adopt_or_report(ctx: Context, ref: ClusterRef, kube: Any, fix: NadFix, even
         except (Transient, Permanent) as e:
             logs.warning("could not prune an orphan NAD", cluster=ref.path, nad=f"{ns}/{name}", error=str(e))
             return None
-        store.put_nad(ref, ns, name, event_id=event_id, step="prune-orphan", state=decisions.NAD_DELETED,
-                      fields={**identity, "applied": DELETE, "orphan": DELETE,
-                              "pruned": {"config": config, "at": now, "reason": why}},
-                      message=f"orphan pruned: {what} was on the cluster without a record and {why}; deleted "
-                              "because the policy prunes orphans; its config is kept in this record (`pruned`)",
+        message = (f"orphan pruned: {what} was on the cluster without a record and {why}; deleted because the "
+                   "policy prunes orphans; its config is kept in this record (`pruned`)")
+
+        def pruned(cur: NadRecord) -> NadRecord:
+            out = replace(cur, state=decisions.NAD_DELETED, message=message, applied=None, orphan=None,
+                          pruned=PrunedNote(config, now, why))
+            return replace(out, range=found[1], master=found[0]) if found else out
+
+        store.put_nad(ref, ns, name, event_id=event_id, step="prune-orphan", change=pruned,
                       expect_states=expect, ledger_key=f"{event_id}~prune~{ns}~{name}")
         return f"pruned orphan NAD {ns}/{name}"
-    store.put_nad(ref, ns, name, event_id=event_id, step="report-orphan", state=decisions.NAD_ORPHANED,
-                  outcome="skipped",
-                  fields={**identity, "applied": applied, "config": config, "requestId": request_id,
-                          "orphan": {"reason": why, "foundAt": now}},
-                  message=f"orphan reported: {what} is on the cluster without a record and {why}; left in place "
-                          "(set the policy's pruneOrphans to delete it)", expect_states=expect,
-                  ledger_key=f"{event_id}~orphan~{ns}~{name}")
+    message = (f"orphan reported: {what} is on the cluster without a record and {why}; left in place "
+               "(set the policy's pruneOrphans to delete it)")
+    store.put_nad(ref, ns, name, event_id=event_id, step="report-orphan", outcome="skipped",
+                  change=lambda cur: replace(found_on_cluster(cur), state=decisions.NAD_ORPHANED, message=message,
+                                             orphan=OrphanNote(why, now)),
+                  expect_states=expect, ledger_key=f"{event_id}~orphan~{ns}~{name}")
     return f"reported orphan NAD {ns}/{name}"
 
 
@@ -265,9 +271,9 @@ class VerifySweep:
         return bool(self.over or self.markers)
 
 
-def plan_verify_sweep(kube: Any, docs: list[dict[str, Any]], *, now: float | None = None) -> VerifySweep:
+def plan_verify_sweep(kube: Any, records: Sequence[NadRecord], *, now: float | None = None) -> VerifySweep:
     """Reads the verify pods only when some record says one can exist; otherwise no request."""
-    if not any(may_have_verify_pod(doc) for doc in docs):
+    if not any(may_have_verify_pod(rec) for rec in records):
         return VerifySweep()
     now = time.time() if now is None else now
     over, running, live_pods = [], set(), set()
@@ -284,19 +290,16 @@ def plan_verify_sweep(kube: Any, docs: list[dict[str, Any]], *, now: float | Non
             running.add(str(annotations.get(NETWORKS_ANNOTATION) or ""))
             live_pods.add((md.get("namespace") or "default", md.get("name")))
     markers = []
-    for doc in docs:
-        marker = doc.get(VERIFY_POD_FIELD)
-        if not isinstance(marker, Mapping) or f"{doc['namespace']}/{doc['name']}" in running:
+    for rec in records:
+        marker = rec.verify_pod
+        if marker is None or rec.label in running:
             continue  # no marker, or a check of this NAD is still running
-        if marker.get("pod"):  # the pod a verification left: done once it is gone (or deleted now)
-            finished = (marker.get("namespace") or doc["namespace"], marker["pod"]) not in live_pods
-        else:  # a verification that started: done once its check is over
-            try:
-                finished = float(str(marker.get("until"))) < now
-            except (TypeError, ValueError):
-                finished = True
+        if marker.pod:  # the pod a verification left: done once it is gone (or deleted now)
+            finished = (marker.namespace or rec.namespace, marker.pod) not in live_pods
+        else:  # a verification that started: done once its check is over (a marker without one: over)
+            finished = marker.until < now
         if finished:
-            markers.append((doc["namespace"], doc["name"]))
+            markers.append((rec.namespace, rec.name))
     return VerifySweep(tuple(over), tuple(markers))
 
 

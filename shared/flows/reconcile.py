@@ -208,10 +208,10 @@ def look_nads(wf: ReconcileFlow, rec: Any, kube: Any, bundle: Any, listed_rollou
     when a record says one can exist, waiting NADs, the rollout and pool-use figures."""
     ref = rec.ref
     on_cluster = kube.list_managed_nads()
-    docs = wf.ctx.store.list_nads(ref)
-    plan = plan_nads(wf.ctx.policy(), ref, docs, on_cluster)
-    sweep = plan_verify_sweep(kube, docs)
-    waiting = len(wf.nads.waiting(docs))
+    records = wf.ctx.store.list_nads(ref)
+    plan = plan_nads(wf.ctx.policy(), ref, records, on_cluster)
+    sweep = plan_verify_sweep(kube, records)
+    waiting = len(wf.nads.waiting(records))
     # The rollout recorded at install time may have been partial; keep the figure current.
     rollout = rollout_report(listed_rollout or kube.daemonset_rollout(*bundle.daemonset))
     rollout_changed = rollout.summary != (rec.workflow.rollout.summary if rec.workflow.rollout else None)

@@ -3,9 +3,12 @@ valid cluster, namespace and name) and the `rejections` collections that `status
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from shared.core.decisions import NAD_REJECTED
 from shared.core.errors import Rejected
 from shared.core.names import is_dns_label
+from shared.core.records import NadRecord
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, Outcome
 
@@ -17,11 +20,14 @@ def record_rejection(ctx: Context, err: Rejected, *, event_id: str, excerpt: str
     namespace = err.context.get("namespace") or "default"
     problems = [{"field": p.field, "message": p.message} for p in err.problems]
     if cluster is not None and isinstance(name, str) and is_dns_label(name) and is_dns_label(namespace):
-        ctx.store.put_nad(cluster, namespace, name, event_id=event_id, step="validate-nad",
-                           state=NAD_REJECTED,
-                           fields={"namespace": namespace, "name": name, "reasons": [str(p) for p in err.problems]
-                                   or [err.reason], "requestExcerpt": excerpt[:512]},
-                           outcome="rejected", message=err.message, ledger_key=event_id)
+        reasons = tuple(str(p) for p in err.problems) or (err.reason,)
+
+        def refused(cur: NadRecord) -> NadRecord:
+            return replace(cur, state=NAD_REJECTED, message=err.message, reasons=reasons,
+                           request_excerpt=excerpt[:512])
+
+        ctx.store.put_nad(cluster, namespace, name, event_id=event_id, step="validate-nad", change=refused,
+                          outcome="rejected", ledger_key=event_id)
     ctx.store.record_rejection(event_id=event_id, cluster=cluster, reason=err.reason, problems=problems,
                                 kind=err.kind, excerpt=excerpt[:512], ledger_key=None)
     return Outcome("rejected", err.message, cluster.path if cluster else None)

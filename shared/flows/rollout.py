@@ -30,7 +30,7 @@ from shared.core.policy import Policy
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, bundle_of
 from shared.flows.verify import clear_verifying, mark_verifying, run_verification
-from shared.ports import AlreadyHandled, StorePort, text_field
+from shared.ports import AlreadyHandled, StorePort
 
 STUCK_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff",
                  "CreateContainerConfigError")
@@ -301,9 +301,8 @@ def health_gate(ctx: Context, ref: ClusterRef, kube: Any, bundle: Any) -> tuple[
         return PENDING, f"DaemonSet {ns}/{name}: {rollout.ready}/{rollout.desired} ready, {rollout.updated} updated"
     rec = ctx.store.get_cluster(ref)
     pool = rec.workflow.node_pool.name if rec and rec.workflow.node_pool else None
-    live = sorted((text_field(n, "namespace"), text_field(n, "name"), text_field(n, "range"))
-                  for n in ctx.store.list_nads(ref)
-                  if n.get("state") in decisions.NAD_LIVE and text_field(n, "range"))
+    live = sorted((n.namespace, n.name, n.range) for n in ctx.store.list_nads(ref, fields=("state", "range"))
+                  if n.state in decisions.NAD_LIVE and n.range)
     if not live:
         return PASS, f"DaemonSet rolled out ({rollout.ready}/{rollout.desired}); no NAD to verify net1 with"
     nad_namespace, nad_name, nad_range = live[0]

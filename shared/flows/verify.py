@@ -17,17 +17,17 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shared.core import decisions, logs, ranges
 from shared.core.errors import Permanent, Rejected, RejectionKind, Transient
 from shared.core.ranges import Allocation
+from shared.core.records import NadRecord, VerificationNote, VerifyPodMarker
 from shared.core.refs import ClusterRef
 from shared.core.settings import VERIFY_TIMEOUT_MAX_SECONDS
 from shared.flows.context import Context, Outcome
-from shared.ports import DELETE, DataPathPort, PodDataPath, Reach, text_field
+from shared.ports import DataPathPort, PodDataPath, Reach, StorePort
 
 # Pinned by digest (the multi-arch index of pause 3.9, as registry.k8s.io serves it): a tag can be
 # moved under us, a digest cannot. The bundle's images are pinned the same way (shared/core/multus.py).
@@ -43,8 +43,6 @@ VERIFY_GRACE_SECONDS = 60.0
 # (`Settings.verify_timeout_seconds`): a marker written without the settings at hand lasts the longest.
 VERIFY_WINDOW_SECONDS = 2 * VERIFY_TIMEOUT_MAX_SECONDS
 DELETE_ATTEMPTS = 4
-# A NAD record's field saying a verify pod of this NAD may exist (see the module's docstring).
-VERIFY_POD_FIELD = "verifyPod"
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ class Verification:
 
     ok: bool
     detail: str
-    left: dict[str, Any] | None = None  # {"pod", "namespace", "until"}: the record keeps it for the sweep
+    left: VerifyPodMarker | None = None  # the pod it could not delete: the record keeps it for the sweep
     pods: tuple[PodCheck, ...] = ()
     peer: str = ""  # why there is no peer pod, when there is none
     reach: Reach | None = None  # the first pod to the peer's net1; None: not checked (or no peer)
@@ -142,7 +140,7 @@ def run_verification(kube: Any, namespace: str, nad_name: str, cidr: str | None,
         left = None
         for name in made:
             if not delete_verify_pod(kube, namespace, name, cluster=cluster) and left is None:
-                left = {"pod": name, "namespace": namespace, "until": round(until)}
+                left = VerifyPodMarker(round(until), name, namespace)
     return Verification(ok, detail, left, tuple(checks), why_no_peer, reach)
 
 
@@ -236,44 +234,36 @@ def _judge(ok: bool, detail: str, checks: list[PodCheck], datapath: DataPathPort
                    f"{': ' + reach.detail if reach.detail else ''}"), reach
 
 
-def _applied_state(cur: Mapping[str, object], state: str) -> dict[str, object]:
-    """The record's applied part with the state a verification found (nothing without one)."""
-    applied = cur.get("applied")
-    return {"applied": {**applied, "state": state}} if isinstance(applied, dict) else {}
-
-
-def may_have_verify_pod(doc: Mapping[str, Any]) -> bool:
+def may_have_verify_pod(rec: NadRecord) -> bool:
     """A verify pod of this NAD can exist: a request with `verify` is in flight (its worker is
     checking, or died while checking), or the record's marker says one started or was left."""
-    if isinstance(doc.get(VERIFY_POD_FIELD), Mapping):
+    if rec.verify_pod is not None:
         return True
-    last_value = doc.get("lastRequest")
-    last: Mapping[str, Any] = last_value if isinstance(last_value, Mapping) else {}
-    body_value = last.get("request")
-    body: Mapping[str, Any] = body_value if isinstance(body_value, Mapping) else {}
-    return doc.get("state") in decisions.NAD_IN_FLIGHT and bool(body.get("verify"))
+    last = rec.last_request
+    body = last.request if last is not None and last.request is not None else {}
+    return rec.state in decisions.NAD_IN_FLIGHT and bool(body.get("verify"))
 
 
-def mark_verifying(store: Any, ref: ClusterRef, namespace: str, name: str, *, event_id: str,
+def mark_verifying(store: StorePort, ref: ClusterRef, namespace: str, name: str, *, event_id: str,
                    timeout: float) -> None:
     """Before a verification that claims nothing (the CLI, the rollout gate) starts its pod: the
     record says a pod may exist until the check is over, so reconcile looks for it if need be."""
-    store.put_nad(ref, namespace, name, event_id=event_id, step="verify-start", state="", fields={},
-                  derive=lambda cur: {"state": cur.get("state"),
-                                      VERIFY_POD_FIELD: {"until": round(verify_deadline(timeout))}},
+    marker = VerifyPodMarker(round(verify_deadline(timeout)))
+    store.put_nad(ref, namespace, name, event_id=event_id, step="verify-start",
+                  change=lambda cur: replace(cur, verify_pod=marker),
                   expect_states=tuple(decisions.NAD_LIVE), history=False)
 
 
-def clear_verifying(store: Any, ref: ClusterRef, namespace: str, name: str, *, event_id: str) -> bool:
+def clear_verifying(store: StorePort, ref: ClusterRef, namespace: str, name: str, *, event_id: str) -> bool:
     """The record's marker removed: its verification is over and no pod of it is left."""
-    return bool(store.put_nad(ref, namespace, name, event_id=event_id, step="verify-swept", state="", fields={},
-                              derive=lambda cur: {"state": cur.get("state"), VERIFY_POD_FIELD: DELETE},
-                              expect_states=tuple(set(decisions.NAD_COUNTED + decisions.NAD_SETTLED)), history=False))
+    return store.put_nad(ref, namespace, name, event_id=event_id, step="verify-swept",
+                         change=lambda cur: replace(cur, verify_pod=None),
+                         expect_states=tuple(set(decisions.NAD_COUNTED + decisions.NAD_SETTLED)), history=False)
 
 
-def marker_fields(result: Verification) -> dict[str, Any]:
-    """The marker after a verification: gone with its pod, or naming the pod left behind."""
-    return {VERIFY_POD_FIELD: result.left if result.left is not None else DELETE}
+def marker_of(result: Verification) -> VerifyPodMarker | None:
+    """The marker after a verification: gone with its pod (None), or naming the pod left behind."""
+    return result.left
 
 
 def delete_verify_pod(kube: Any, namespace: str, pod_name: str, *, cluster: str = "",
@@ -301,30 +291,32 @@ class VerifyFlow:
     def verify(self, ref: ClusterRef, namespace: str, name: str, event_id: str) -> Outcome:
         """Start a short-lived pod on the NAD, check net1's address, record VERIFIED or why not."""
         store = self.ctx.store
-        doc = store.get_nad(ref, namespace, name)
-        if doc is None or doc.get("state") not in decisions.NAD_LIVE:
-            state = doc.get("state") if doc else "unknown"
+        rec = store.get_nad(ref, namespace, name)
+        if rec is None or rec.state not in decisions.NAD_LIVE:
+            state = (rec.state or "") if rec else "unknown"
             raise Rejected(f"NAD {namespace}/{name} on {ref.path} is {state}; only APPLIED NADs can be verified",
                            kind=RejectionKind.NOT_APPLIED, cluster=ref)
         from shared.core import nad as nadlib
 
-        body = doc.get("request")
-        if not isinstance(body, dict):
+        if rec.request is None:
             raise Rejected(f"NAD {namespace}/{name} on {ref.path} was adopted from the cluster and has no request "
                            "to verify against; send a request for it first", kind=RejectionKind.NOT_APPLIED,
                            cluster=ref)
-        req = nadlib.parse_request(dict(body))
+        req = nadlib.parse_request(dict(rec.request))
         kube = self.ctx.kube_for(ref)
         mark_verifying(store, ref, namespace, name, event_id=event_id,
                        timeout=2 * self.ctx.settings.verify_timeout_seconds)
-        result = self.check(kube, req, text_field(doc, "range") or None, ref)
+        result = self.check(kube, req, rec.range or None, ref)
         ok, detail = result.ok, result.detail
         state = decisions.NAD_VERIFIED if ok else decisions.NAD_APPLIED
-        store.put_nad(ref, namespace, name, event_id=event_id, step="verify-nad", state=state,
-                      fields={"verification": {"ok": ok, "message": detail}, **marker_fields(result)},
-                      derive=lambda cur: _applied_state(cur, state),
-                      outcome="ok" if ok else "failed", message=f"{namespace}/{name}: verify: {detail}",
-                      ledger_key=f"{event_id}~verify~{namespace}~{name}")
+
+        def verified(cur: NadRecord) -> NadRecord:
+            applied = replace(cur.applied, state=state) if cur.applied is not None else None
+            return replace(cur, state=state, message=f"{namespace}/{name}: verify: {detail}", applied=applied,
+                           verification=VerificationNote(ok, detail), verify_pod=marker_of(result))
+
+        store.put_nad(ref, namespace, name, event_id=event_id, step="verify-nad", change=verified,
+                      outcome="ok" if ok else "failed", ledger_key=f"{event_id}~verify~{namespace}~{name}")
         return Outcome("done" if ok else "failed", detail, ref.path, state, {"datapath": result.report()})
 
     def check(self, kube: Any, req: Any, cidr: str | None, ref: ClusterRef) -> Verification:
