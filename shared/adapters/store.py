@@ -862,6 +862,34 @@ class Store:
                 out.append((pb.document.name.rpartition("/")[2], cast(dict[str, Any], data)))
         return out
 
+    def _fetch(self, refs: list[Any]) -> dict[str, tuple[dict[str, Any], Any] | None]:
+        """Documents by path in one BatchGetDocuments: (data, update time), or None when absent.
+
+        Why not `client.get_all`: it decodes each document through proto-plus wrappers (every
+        value marshalled on access) and builds a `DocumentSnapshot` whose `to_dict` deep-copies
+        the data again. Here each answer's raw protobuf goes to `_helpers.decode_dict`, as
+        `_documents` does, and the update time is the library's own `DatetimeWithNanoseconds`
+        (nanoseconds kept: it is a write's precondition). The call and its retry are the
+        library's (`batch_get_documents` with the store's call options)."""
+        from google.api_core.datetime_helpers import DatetimeWithNanoseconds
+        from google.cloud.firestore_v1 import _helpers
+
+        paths = {r._document_path: r.path for r in refs}
+        stream = self.client._firestore_api.batch_get_documents(
+            request={"database": self.client._database_string, "documents": list(paths)},
+            metadata=self.client._rpc_metadata, retry=self._opts["retry"], timeout=self._opts["timeout"])
+        out: dict[str, tuple[dict[str, Any], Any] | None] = {}
+        for response in stream:
+            pb = response._pb
+            kind = pb.WhichOneof("result")
+            if kind == "found":
+                data = cast(dict[str, Any], _helpers.decode_dict(pb.found.fields, self.client))
+                updated = DatetimeWithNanoseconds.from_timestamp_pb(pb.found.update_time)  # type: ignore[no-untyped-call]
+                out[paths[pb.found.name]] = (data, updated)
+            elif kind == "missing":
+                out[paths[pb.missing]] = None
+        return out
+
     def _listed(self, parent: Any, collection_id: str, fields: list[str] | None) -> list[tuple[str, dict[str, Any]]]:
         """Every document of a subcollection as (id, data), `fields` alone when given: one unary
         ListDocuments per 1,000 documents instead of a query.
@@ -1153,14 +1181,13 @@ class Store:
         `ledger_key`, and the NAD's record with its update time (the claim's precondition, so
         the claim needs no read of its own)."""
         doc, ledger, nad = self._cluster_doc(ref), self._ledger_doc(ledger_key), self._nad_doc(ref, namespace, name)
-        snaps = {x.reference.path: x for x in self.client.get_all([doc, ledger, nad], **self._opts)}
-        seen = snaps.get(ledger.path)
-        if seen is not None and seen.exists:
+        found = self._fetch([doc, ledger, nad])
+        if found.get(ledger.path) is not None:
             return None, True, NadVersion(None, None)
-        snap, mine = snaps.get(doc.path), snaps.get(nad.path)
-        rec = record_of(ref, snap.to_dict() or {}) if snap is not None and snap.exists else None
-        version = (NadVersion(nad_of(namespace, name, nad_view(snap_data(mine))), mine.update_time)
-                   if mine is not None and mine.exists else NadVersion(None, None))
+        cluster, mine = found.get(doc.path), found.get(nad.path)
+        rec = record_of(ref, cluster[0]) if cluster is not None else None
+        version = (NadVersion(nad_of(namespace, name, nad_view(mine[0])), mine[1]) if mine is not None
+                   else NadVersion(None, None))
         return rec, False, version
 
     @_edge
