@@ -39,6 +39,7 @@ from shared.adapters.store import (
     nad_fields_of,
     nad_of,
     nad_view,
+    projected,
     record_of,
     safe_id,
     workflow_changes,
@@ -376,7 +377,7 @@ class FakeStore:
             for key, doc in self.nads.get(ref.doc_id, {}).items():
                 if state is not None and doc.get("state") != state:
                     continue
-                data = nad_view(copy.deepcopy({k: v for k, v in doc.items() if k in wanted} if wanted else doc))
+                data = nad_view(copy.deepcopy(projected(doc, wanted) if wanted else doc))
                 namespace, _, name = key.partition("~")
                 out.append(nad_of(namespace, name, data))
             return sorted(out, key=lambda r: (r.namespace, r.name))

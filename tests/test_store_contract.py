@@ -380,6 +380,9 @@ def test_put_nad_conditions_derive_and_ledger(store: StorePort) -> None:
     (listed,) = store.list_nads(REF, fields=("state", "applied"))  # a projection: the rest is not read
     assert (listed.namespace, listed.name, listed.state, listed.applied) == ("default", "net", "APPLIED", rec.applied)
     assert set(listed.data) == {"state", "applied"} and listed.message == ""
+    (part,) = store.list_nads(REF, fields=("state", "applied.range", "applied.master"))  # two keys of a part
+    assert part.data == {"state": "APPLIED", "applied": {"range": "10.0.0.0/24", "master": "eth1"}}
+    assert part.applied is not None and (part.applied.range, part.applied.master) == ("10.0.0.0/24", "eth1")
     assert nad_docs(store, REF, state="PENDING") == []
 
 

@@ -563,9 +563,30 @@ def nad_of(namespace: str, name: str, view: Mapping[str, Any], update_time: Any 
 
 def nad_fields_of(attrs: Sequence[str]) -> list[str]:
     """The document fields a projection of `attrs` reads (`lastRequest` comes with the `request`
-    its body may be in)."""
-    names = [_NAD_BY_ATTR[a].name for a in attrs]
+    its body may be in). `attr.key` reads one key of a part (`applied.range`: the key as the
+    part stores it), so a decision that needs two keys of a part does not decode all of them."""
+    names = []
+    for a in attrs:
+        head, dot, key = a.partition(".")
+        names.append(_NAD_BY_ATTR[head].name + dot + key)
     return names + (["request"] if "lastRequest" in names and "request" not in names else [])
+
+
+def projected(doc: Mapping[str, Any], paths: Sequence[str]) -> dict[str, Any]:
+    """What a Firestore projection (`mask`) of `paths` returns of `doc`: the named fields, and of
+    a dotted path the map holding only that key (the in-memory store's projection)."""
+    out: dict[str, Any] = {}
+    for path in paths:
+        head, _, key = path.partition(".")
+        if head not in doc:
+            continue
+        if not key:
+            out[head] = doc[head]
+        elif isinstance(doc[head], Mapping) and key in doc[head]:
+            part = out.setdefault(head, {})
+            if isinstance(part, dict):
+                part[key] = doc[head][key]
+    return out
 
 
 def nad_changes(before: NadRecord, after: NadRecord) -> dict[str, Any]:
@@ -907,7 +928,7 @@ class Store:
         request: dict[str, Any] = {"parent": parent._document_path, "collection_id": collection_id,
                                    "page_size": 1000}
         if fields is not None:
-            request["mask"] = {"field_paths": [FieldPath(f).to_api_repr() for f in fields]}
+            request["mask"] = {"field_paths": [FieldPath(*f.split(".")).to_api_repr() for f in fields]}
         pager = self.client._firestore_api.list_documents(
             request=request, metadata=self.client._rpc_metadata,
             retry=self._opts["retry"], timeout=self._opts["timeout"])

@@ -56,7 +56,10 @@ A = TypeVar("A")
 B = TypeVar("B")
 
 # What the NAD decisions read of the other NADs (`NadRecord` attributes; namespace and name are the id).
-NAD_DECISION_FIELDS = ("state", "master", "range", "claim_order", "applied", "claim", "claim_refused")
+# What the overlap and limit checks read of the other NADs: of the applied part and of a claim in
+# flight only their master and range (`footprints`), not their digests, ids and times.
+NAD_DECISION_FIELDS = ("state", "master", "range", "claim_order", "claim_refused", "applied.range", "applied.master",
+                       "claim.range", "claim.master")
 # A claim is abandoned, not slow, once it is this many leases old (see `apply_pending`).
 STALE_LEASES = 3
 
