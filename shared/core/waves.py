@@ -1,10 +1,12 @@
-"""Bundle rollouts in waves: the pure parts (wave plan, wave size, the states).
+"""Bundle rollouts in waves: the pure parts (wave plan, wave size, the bundle a cluster should run).
 
 A new bundle (images or log level changed in the policy document or by a redeploy) reaches the
 fleet in waves: first a canary wave (the clusters labelled `multus-provisioner-wave=canary`, or
 the first N tracked clusters when none is), then waves of at most a number or a share of the
 fleet. Each cluster of a wave must pass the health gate before the next wave starts; a failed
 gate halts the rollout and rolls that cluster back (docs/WORKFLOW.md, "Bundle rollouts").
+The rollout itself is the typed `shared.core.records.FleetRollout`; the state words here are
+aliases of its `RolloutState` and `WaveClusterState` members.
 """
 
 from __future__ import annotations

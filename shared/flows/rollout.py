@@ -3,7 +3,8 @@
 The bundle's options (images, log level) come from the policy (settings, overridden by the
 `config/policy` document). The scheduled tick calls `RolloutFlow.tick`: when the policy's bundle
 differs from the one the fleet last finished on, it plans waves (`shared.core.waves.plan`) over
-the READY clusters and keeps the plan in `rollouts/current`. Each tick then drives the current
+the READY clusters and keeps the plan in `rollouts/current` (a `FleetRollout`, changed with
+`dataclasses.replace` and written whole over the version read). Each tick then drives the current
 wave: every cluster of it gets the target bundle (CRDs first, Established, then the rest) and
 must pass the health gate — CRDs Established, no DaemonSet pod stuck (ImagePullBackOff...),
 the DaemonSet rolled out, and a verify pod on the multi-network pool gets `net1` from one of
