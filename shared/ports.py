@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from shared.core.endpoints import Endpoint
-from shared.core.errors import RejectionKind
+from shared.core.errors import Problem, RejectionKind
 from shared.core.observed import ApplyResult, KubeObject, Listed, PoolFailure, Rollout
 from shared.core.prechecks import ClusterFacts
 from shared.core.records import ClusterWorkflow, FleetRollout, NadRecord, WorkflowUpdate
@@ -159,7 +159,7 @@ class StorePort(Protocol):
     def list_nads(self, ref: ClusterRef, state: str | None = None, *,
                   fields: tuple[str, ...] | None = None) -> list[NadRecord]: ...
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
-                         problems: Sequence[Mapping[str, object]], kind: RejectionKind, excerpt: str = "",
+                         problems: Sequence[Problem], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool: ...
     def get_policy(self) -> Document | None: ...
     # `rollouts/current`. The update time is opaque to the flows: read with the record, handed back

@@ -401,7 +401,7 @@ class FakeStore:
 
     # -- rejections
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
-                         problems: Sequence[Mapping[str, Any]], kind: RejectionKind, excerpt: str = "",
+                         problems: Sequence[Problem | Mapping[str, Any]], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool:
         items = [_plain(p) for p in problems]
         text = excerpt if isinstance(excerpt, str) else repr(excerpt)

@@ -1410,7 +1410,7 @@ class Store:
     # -- rejections
     @_edge
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
-                         problems: Sequence[Mapping[str, Any]], kind: RejectionKind, excerpt: str = "",
+                         problems: Sequence[Problem | Mapping[str, Any]], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool:
         """Keep a refused request where people look; False (nothing written) if recorded before."""
         if cluster is not None:
