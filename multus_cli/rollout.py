@@ -3,7 +3,8 @@
 `status` shows the target and previous bundle (versions and images), the waves, each cluster's
 state and, when halted, why. `resume` lets a HALTED rollout go on (the cluster that failed its
 gate is tried again); `abort` stops it and sends every cluster back to the last good bundle.
-The document is read and written through `shared.adapters.store`, as the functions do.
+The document is read and written through `shared.adapters.store`, as the functions do; `--json`
+prints it as stored (the typed `FleetRollout` through the store's table, `rollout_doc`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from typing import Any
 
 from multus_cli.online import EXIT_INVALID, EXIT_OK, _common, _guard, _load_sandbox, _print_json, _settings, _store
+from shared.core.records import BundleOptions, FleetRollout, RolloutState
 
 
 def register(subparsers: Any) -> None:
@@ -48,38 +50,47 @@ def policy_problem(flow: Any) -> str | None:
     return None
 
 
+def _document(rollout: FleetRollout | None) -> dict[str, Any] | None:
+    """The rollout as `rollouts/current` holds it (the `--json` shape: the document's fields)."""
+    from shared.adapters.store import rollout_doc
+
+    return rollout_doc(rollout) if rollout is not None else None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     flow = _flow(args)
-    doc = flow.status()
+    rollout = flow.status()
     refused = policy_problem(flow)
     if args.json:
-        _print_json({"rollout": doc, "policyError": refused})
+        _print_json({"rollout": _document(rollout), "policyError": refused})
         return EXIT_OK
     if refused:
         print(f"policy    REFUSED, nothing rolls out until it is fixed: {refused}")
-    if doc is None:
+    if rollout is None:
         print("no rollout yet: the fleet runs the policy's bundle")
         return EXIT_OK
-    print_status(doc)
+    print_status(rollout)
     return EXIT_OK
 
 
-def print_status(doc: dict[str, Any]) -> None:
-    target, previous = doc.get("target") or {}, doc.get("previous") or {}
-    print(f"state     {doc.get('state')}" + (f" (since {doc.get('finishedAt')})" if doc.get("finishedAt") else ""))
-    print(f"target    {target.get('version')}  multus {target.get('multusImage')}  "
-          f"whereabouts {target.get('whereaboutsImage')}  log {target.get('logLevel')}")
-    print(f"previous  {previous.get('version')}  multus {previous.get('multusImage')}  "
-          f"whereabouts {previous.get('whereaboutsImage')}  log {previous.get('logLevel')}")
-    if doc.get("reason"):
-        print(f"reason    {doc['reason']}")
-    clusters = doc.get("clusters") or {}
-    for i, wave in enumerate(doc.get("waves") or []):
-        current = " <- current" if i == doc.get("wave") and doc.get("state") in ("RUNNING", "HALTED") else ""
-        print(f"{wave['name']}{current}")
-        for cid in wave["clusters"]:
-            entry = clusters.get(cid) or {}
-            print(f"  {entry.get('path', cid):<60} {entry.get('state', ''):<12} {entry.get('message', '')}".rstrip())
+def _bundle_line(label: str, b: BundleOptions) -> str:
+    return f"{label:<10}{b.version}  multus {b.multus_image}  whereabouts {b.whereabouts_image}  log {b.log_level}"
+
+
+def print_status(rollout: FleetRollout) -> None:
+    print(f"state     {rollout.state}" + (f" (since {rollout.finished_at})" if rollout.finished_at else ""))
+    print(_bundle_line("target", rollout.target))
+    print(_bundle_line("previous", rollout.previous))
+    if rollout.reason:
+        print(f"reason    {rollout.reason}")
+    for i, wave in enumerate(rollout.waves):
+        current = " <- current" if i == rollout.wave and rollout.state in (RolloutState.RUNNING,
+                                                                            RolloutState.HALTED) else ""
+        print(f"{wave.name}{current}")
+        for cid in wave.clusters:
+            entry = rollout.clusters.get(cid)
+            path, state, message = (entry.path or cid, entry.state or "", entry.message) if entry else (cid, "", "")
+            print(f"  {path:<60} {state:<12} {message}".rstrip())
 
 
 def _act(args: argparse.Namespace, action: str) -> int:
@@ -87,14 +98,14 @@ def _act(args: argparse.Namespace, action: str) -> int:
 
     flow = _flow(args)
     try:
-        doc = getattr(flow, action)()
+        rollout: FleetRollout = getattr(flow, action)()
     except Rejected as e:
         print(f"error: {e.problems[0].message if e.problems else e.reason}", file=sys.stderr)
         return EXIT_INVALID
     if args.json:
-        _print_json({"rollout": doc})
+        _print_json({"rollout": _document(rollout)})
     else:
-        print(f"rollout {doc['state']}" + (f": {doc['reason']}" if doc.get("reason") else ""))
+        print(f"rollout {rollout.state}" + (f": {rollout.reason}" if rollout.reason else ""))
     return EXIT_OK
 
 

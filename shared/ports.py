@@ -5,7 +5,8 @@ adapter module, so they can be read (and tested with a small fake) without Fires
 cluster. The adapters (`shared.adapters`) implement them; the composition root (`shared.app`)
 plugs one into the other. The value types that cross a port (`ClusterRecord`, `NadVersion`,
 `Document`, `AlreadyHandled`, `DELETE`) live here too: they belong to the contract, not to one
-implementation; the typed records themselves (`ClusterWorkflow`, `NadRecord`) are the core's.
+implementation; the typed records themselves (`ClusterWorkflow`, `NadRecord`, `FleetRollout`)
+are the core's.
 """
 
 from __future__ import annotations
@@ -16,15 +17,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from shared.core.endpoints import Endpoint
-from shared.core.errors import RejectionKind
+from shared.core.errors import Problem, RejectionKind
 from shared.core.observed import ApplyResult, KubeObject, Listed, PoolFailure, Rollout
 from shared.core.prechecks import ClusterFacts
-from shared.core.records import ClusterWorkflow, NadRecord, WorkflowUpdate
+from shared.core.records import ClusterWorkflow, FleetRollout, NadRecord, WorkflowUpdate
 from shared.core.refs import ClusterRef
 from shared.core.requesters import Requester
 from shared.core.settings import NodePoolTemplate
 
-# A stored document (a ledger entry, the policy, the rollout) as read: decoded JSON
+# A stored document (a ledger entry, the policy) as read: decoded JSON
 # whose fields docs/FIRESTORE.md names. Whoever reads one narrows what it reads (`isinstance`).
 Document = dict[str, object]
 
@@ -158,12 +159,14 @@ class StorePort(Protocol):
     def list_nads(self, ref: ClusterRef, state: str | None = None, *,
                   fields: tuple[str, ...] | None = None) -> list[NadRecord]: ...
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
-                         problems: Sequence[Mapping[str, object]], kind: RejectionKind, excerpt: str = "",
+                         problems: Sequence[Problem], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool: ...
     def get_policy(self) -> Document | None: ...
-    # The update time is opaque to the flows: read with the document, handed back as the precondition.
-    def get_rollout(self) -> tuple[Document | None, object]: ...
-    def put_rollout(self, doc: Mapping[str, object], update_time: object) -> object: ...
+    # `rollouts/current`. The update time is opaque to the flows: read with the record, handed back
+    # as the precondition of the next write (`Transient` when another writer came in between);
+    # `put_rollout` writes the record whole and returns the new update time.
+    def get_rollout(self) -> tuple[FleetRollout | None, object]: ...
+    def put_rollout(self, rollout: FleetRollout, update_time: object) -> object: ...
 
 
 class GkePort(Protocol):

@@ -3,8 +3,8 @@
 `FakeStore` implements `shared.ports.StorePort` over plain dicts, with the real store's
 semantics: leases, the ledger, history entries with deterministic ids, NAD compare-and-set with
 typed changes (`NadRecord`, through the store's own `NAD_FIELDS`), rejections, the rollout
-document's update-time precondition. It is held honest by
-`tests/test_store_contract.py`, whose tests run unchanged against this fake and against
+record (`FleetRollout`, through `ROLLOUT_FIELDS`) and its update-time precondition. It is held
+honest by `tests/test_store_contract.py`, whose tests run unchanged against this fake and against
 `shared.adapters.store.Store` on Google's Firestore emulator; a behaviour the fake gets wrong
 fails there, next to the real store passing the same test.
 
@@ -41,6 +41,9 @@ from shared.adapters.store import (
     nad_view,
     projected,
     record_of,
+    rollout_changes,
+    rollout_doc,
+    rollout_of,
     safe_id,
     workflow_changes,
 )
@@ -49,7 +52,7 @@ from shared.core.errors import Problem, Rejected, RejectionKind, Transient, Unkn
 from shared.core.names import is_dns_label, is_object_name
 from shared.core.observed import PoolFailure
 from shared.core.prechecks import ClusterFacts
-from shared.core.records import HistoryEntry, NadRecord, NadState, WorkflowUpdate
+from shared.core.records import FleetRollout, HistoryEntry, NadRecord, NadState, WorkflowUpdate
 from shared.core.refs import ClusterRef
 from shared.core.settings import NodePoolTemplate, Settings
 from shared.ports import AlreadyHandled, ClusterRecord, Lease, NadVersion
@@ -399,7 +402,7 @@ class FakeStore:
 
     # -- rejections
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
-                         problems: Sequence[Mapping[str, Any]], kind: RejectionKind, excerpt: str = "",
+                         problems: Sequence[Problem | Mapping[str, Any]], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool:
         items = [_plain(p) for p in problems]
         text = excerpt if isinstance(excerpt, str) else repr(excerpt)
@@ -439,19 +442,24 @@ class FakeStore:
         with self._lock:
             self.policy = dict(doc) if doc is not None else None
 
-    def get_rollout(self) -> tuple[dict[str, Any] | None, Any]:
+    def get_rollout(self) -> tuple[FleetRollout | None, Any]:
         with self._lock:
             if self.rollout is None:
                 return None, None
-            return copy.deepcopy(self.rollout), self._rollout_version
+            return rollout_of(copy.deepcopy(self.rollout)), self._rollout_version
 
-    def put_rollout(self, doc: Mapping[str, Any], update_time: Any) -> Any:
+    def put_rollout(self, rollout: FleetRollout, update_time: Any) -> Any:
+        """The record through the store's own table (`rollout_doc`, `rollout_changes`), over the
+        version read: create when there was none, else update (fields not in the table stay)."""
         with self._lock:
             current = self._rollout_version if self.rollout is not None else None
             if update_time != current:
                 raise Transient("rollouts/current changed while it was being updated; read it again",
                                 code="ABORTED", api="firestore")
-            self.rollout = _apply(self.rollout or {}, copy.deepcopy(dict(doc)))
+            if self.rollout is None:
+                self.rollout = rollout_doc(rollout)
+            else:
+                self.rollout = _apply(self.rollout, rollout_changes(rollout))
             self._rollout_version += 1
             return self._rollout_version
 
@@ -824,3 +832,11 @@ def nad_doc(store: Any, ref: ClusterRef, namespace: str, name: str) -> dict[str,
 def nad_docs(store: Any, ref: ClusterRef, state: str | None = None) -> list[dict[str, Any]]:
     """Tests: the cluster's NAD documents as stored, by namespace and name."""
     return [{"namespace": r.namespace, "name": r.name, **r.data} for r in store.list_nads(ref, state)]
+
+
+def rollout_stored(store: Any) -> dict[str, Any] | None:
+    """Tests: `rollouts/current` as stored (the raw document the console shows), or None."""
+    if isinstance(store, FakeStore):
+        return copy.deepcopy(store.rollout)
+    snap = store._rollout_doc().get()
+    return snap.to_dict() if snap.exists else None

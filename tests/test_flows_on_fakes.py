@@ -333,3 +333,50 @@ def test_the_two_reads_after_a_claim_overlap_and_report_either_error() -> None:
     with pytest.raises(Transient, match="Firestore"):
         _both(firestore_down, slow)
     assert ended.is_set()
+
+
+def test_a_bundle_rollout_runs_its_waves_and_resume_and_abort_act_on_the_record(world: World) -> None:
+    """The rollout flow on the fakes: the first tick records the deployment's bundle, a new bundle
+    (another log level) goes through its one wave and completes; `resume`/`abort` change a halted
+    record and refuse what they may not act on (the end-to-end story: tests/test_rollout.py)."""
+    from dataclasses import replace
+
+    from shared.core.errors import Rejected
+    from shared.core.records import RolloutState, WaveClusterState
+    from tests.fakes import rollout_stored
+
+    world.gke.add(REF, eligible_cluster())
+    assert world.audit().state == decisions.READY
+    assert world.wf.rollouts.tick("tick-1").startswith("rollout COMPLETED: no waves")
+    first, _ = world.store.get_rollout()
+    assert first is not None and first.state == RolloutState.COMPLETED and first.waves == ()
+
+    later = Controller(Settings(project=REF.project, policy_document=False, multus_log_level="debug",
+                                rollout_wait_seconds=1),
+                       store=world.store, gke=world.gke, kube_factory=lambda cluster: world.kube)
+    assert later.rollouts.tick("tick-2") == "rollout COMPLETED: wave 1/1; PASSED 1"
+    done, version = world.store.get_rollout()
+    assert done is not None and done.previous == first.target and done.target.log_level == "debug"
+    assert [(w.name, w.clusters) for w in done.waves] == [("canary", (REF.doc_id,))]
+    entry = done.clusters[REF.doc_id]
+    assert entry.state == WaveClusterState.PASSED and entry.started is not None and entry.path == REF.path
+    assert "no NAD to verify net1 with" in entry.message
+    assert [s for s, _ in world.history()][-2:] == ["rollout", "rollout-gate"]
+    stored = rollout_stored(world.store)
+    assert stored is not None and stored["clusters"][REF.doc_id]["state"] == "PASSED" and stored["waveSize"] == "25%"
+
+    with pytest.raises(Rejected, match="nothing to resume"):
+        later.rollouts.resume()
+    halted = replace(done.with_cluster(REF.doc_id, replace(entry, state=WaveClusterState.ROLLED_BACK)),
+                     state=RolloutState.HALTED, halted_cluster=REF.doc_id, reason="failed the health gate")
+    world.store.put_rollout(halted, version)
+    resumed = later.rollouts.resume()
+    assert resumed.state == RolloutState.RUNNING and resumed.reason == "" and resumed.resumed_at
+    assert resumed.clusters[REF.doc_id].state == WaveClusterState.WAITING
+    assert world.store.get_rollout()[0] == resumed
+    aborted = later.rollouts.abort()
+    assert aborted.state == RolloutState.ABORTED
+    assert aborted.reason == f"aborted; clusters return to {first.target.version}"
+    assert world.store.get_rollout()[0] == aborted
+    with pytest.raises(Rejected, match="nothing to abort"):
+        later.rollouts.abort()

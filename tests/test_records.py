@@ -4,6 +4,7 @@ A workflow field is an attribute of `shared.core.records.ClusterWorkflow` and a 
 `shared.adapters.store.CLUSTER_FIELDS`, nothing else: these tests hold the two together (every
 attribute has its row, names are unique and camelCase, a full record survives the round trip
 through the document unchanged) and keep the document's shape as docs/FIRESTORE.md shows it.
+The NAD record (`NAD_FIELDS`) and the fleet's rollout (`ROLLOUT_FIELDS`) are held the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from shared.adapters.store import (
     CLUSTER_FIELDS,
     DELETE,
     NAD_FIELDS,
+    ROLLOUT_FIELDS,
     nad_changes,
     nad_of,
     nad_view,
+    rollout_changes,
+    rollout_doc,
+    rollout_of,
     workflow_changes,
     workflow_of,
 )
@@ -27,8 +32,10 @@ from shared.core.records import (
     Adoption,
     ApiEndpoint,
     AppliedNad,
+    BundleOptions,
     ClusterState,
     ClusterWorkflow,
+    FleetRollout,
     Incarnation,
     LastError,
     LastRequest,
@@ -40,10 +47,14 @@ from shared.core.records import (
     OrphanNote,
     PoolFailureNote,
     PrunedNote,
+    RolloutCluster,
     RolloutReport,
+    RolloutState,
     StepOutcome,
     VerificationNote,
     VerifyPodMarker,
+    Wave,
+    WaveClusterState,
 )
 
 FULL = ClusterWorkflow(
@@ -193,3 +204,91 @@ def test_nad_documents_of_the_present_shape_read_whole() -> None:
     # malformed or unknown values read as the defaults
     odd = nad_of("apps", "odd", {"state": "SOMETHING", "applied": "x", "reasons": "no", "claim": 3})
     assert odd == NadRecord("apps", "odd")
+
+
+# --------------------------------------------------------------------------- the fleet's rollout
+#
+# A rollout field is an attribute of `FleetRollout` and a row of `ROLLOUT_FIELDS`, nothing else:
+# the store writes the record through the table (`rollout_changes`) and reads it back by it (`rollout_of`).
+
+_NOW = "2026-03-01T12:00:00+00:00"
+
+
+def _full_rollout() -> FleetRollout:
+    """Every attribute set to a value other than its default (so a missing row shows)."""
+    return FleetRollout(
+        state=RolloutState.HALTED,
+        target=BundleOptions("v2+abc", "gcr.io/gke-release/multus@sha256:2", "gcr.io/gke-release/wa@sha256:2", "debug"),
+        previous=BundleOptions("v1+abc", "gcr.io/gke-release/multus@sha256:1", None, None),
+        waves=(Wave("canary", ("p~l~a",)), Wave("wave 1", ("p~l~b", "p~l~c"))), wave=1,
+        clusters={"p~l~a": RolloutCluster("projects/p/locations/l/clusters/a", 0, WaveClusterState.PASSED, _NOW,
+                                          "DaemonSet rolled out (3/3); net1 got 10.0.0.2", 1772366400.5),
+                  "p~l~b": RolloutCluster("projects/p/locations/l/clusters/b", 1, WaveClusterState.ROLLED_BACK, _NOW,
+                                          "ImagePullBackOff; rolled back to v1+abc", 1772366460.0),
+                  "p~l~c": RolloutCluster("projects/p/locations/l/clusters/c", 1, WaveClusterState.WAITING, _NOW)},
+        reason="projects/p/locations/l/clusters/b failed the health gate", halted_cluster="p~l~b",
+        started_at=_NOW, started_by="tick-1", updated_at=_NOW, finished_at=_NOW, resumed_at=_NOW, wave_size="25%",
+        canary=1)
+
+
+def test_every_rollout_attribute_has_exactly_one_row() -> None:
+    attrs = [f.attr for f in ROLLOUT_FIELDS]
+    names = [f.name for f in ROLLOUT_FIELDS]
+    assert sorted(attrs) == sorted(f.name for f in fields(FleetRollout))
+    assert len(set(attrs)) == len(attrs) and len(set(names)) == len(names)
+    assert all(re.fullmatch(r"[a-z][A-Za-z]*", n) for n in names), names
+    full, empty = _full_rollout(), FleetRollout()
+    assert all(getattr(full, f.name) != getattr(empty, f.name) for f in fields(FleetRollout))
+
+
+def test_a_full_rollout_survives_the_document() -> None:
+    full = _full_rollout()
+    doc = rollout_doc(full)
+    assert set(doc) == {f.name for f in ROLLOUT_FIELDS}
+    assert rollout_of(doc) == full
+    assert rollout_of(rollout_doc(FleetRollout())) == FleetRollout()
+    # written whole: an attribute that is None removes its field
+    changes = rollout_changes(replace(full, resumed_at=None, wave_size=None, canary=None))
+    assert changes["resumedAt"] is DELETE and changes["waveSize"] is DELETE and changes["canary"] is DELETE
+    assert changes["clusters"] == doc["clusters"] and changes["state"] == "HALTED"
+
+
+def test_rollout_documents_of_the_present_shape_read_whole() -> None:
+    """A document as docs/FIRESTORE.md and docs/WORKFLOW.md describe it (as the flow wrote it before
+    the record was typed): it reads as the record, and the record writes it back unchanged."""
+    doc = {"state": "RUNNING", "startedAt": _NOW, "updatedAt": _NOW, "startedBy": "tick-1", "reason": "",
+           "haltedCluster": "", "finishedAt": "", "waveSize": "1", "canary": 1, "wave": 0,
+           "target": {"multusImage": "gcr.io/gke-release/multus@sha256:2", "whereaboutsImage": None,
+                      "logLevel": None, "version": "v2+abc"},
+           "previous": {"multusImage": None, "whereaboutsImage": None, "logLevel": None, "version": "v1+abc"},
+           "waves": [{"name": "canary", "clusters": ["p~l~a"]}, {"name": "wave 1", "clusters": ["p~l~b"]}],
+           "clusters": {"p~l~a": {"path": "projects/p/locations/l/clusters/a", "wave": 0, "state": "UPDATING",
+                                  "since": _NOW, "message": "applying the target bundle", "started": 1772366400.5},
+                        "p~l~b": {"path": "projects/p/locations/l/clusters/b", "wave": 1, "state": "WAITING",
+                                  "since": _NOW, "message": ""}}}
+    rec = rollout_of(doc)
+    assert rec.state == RolloutState.RUNNING and rec.target.version == "v2+abc" and rec.previous.given
+    assert rec.waves[1] == Wave("wave 1", ("p~l~b",)) and rec.canary == 1 and rec.resumed_at is None
+    assert rec.clusters["p~l~a"] == RolloutCluster("projects/p/locations/l/clusters/a", 0, WaveClusterState.UPDATING,
+                                                   _NOW, "applying the target bundle", 1772366400.5)
+    assert rollout_doc(rec) == doc
+    # a first rollout that planned nothing has no waveSize nor canary
+    done = {k: v for k, v in doc.items() if k not in ("waveSize", "canary")}
+    assert rollout_doc(rollout_of({**done, "state": "COMPLETED", "waves": [], "clusters": {}})) == {
+        **done, "state": "COMPLETED", "waves": [], "clusters": {}}
+
+
+def test_malformed_rollout_documents_read_as_safe_defaults() -> None:
+    """A hand-edited (or forged) document: what cannot be read is left at its default; unknown state
+    words read as None, which nothing drives (the flow acts on RUNNING, a cluster on WAITING)."""
+    odd = rollout_of({"state": "SOMETHING", "target": "x", "previous": {"version": 3}, "waves": [1, {"name": "w"}],
+                      "wave": "2", "clusters": {"a": {"state": "BOGUS", "wave": True}, "b": "x"},
+                      "canary": "1", "startedAt": 5, "unknownField": "kept out"})
+    assert odd == FleetRollout(state=None, previous=BundleOptions(), waves=(Wave("w"),),
+                               clusters={"a": RolloutCluster("", 0, None)})
+    assert not odd.target.given and "unknownField" not in rollout_doc(odd)
+    # the forged document of tests/test_security_policy.py: its target's image is still read (and refused there)
+    forged = rollout_of({"state": "RUNNING", "target": {"version": "forged", "multusImage": "ghcr.io/x/multus:1"},
+                         "previous": {"version": "p"}, "clusters": {"c": {"state": "UPDATING"}}})
+    assert forged.target.multus_image == "ghcr.io/x/multus:1"
+    assert forged.clusters["c"].state == WaveClusterState.UPDATING and forged.clusters["c"].path == ""

@@ -3,6 +3,7 @@ the policy's bundle fields, and rollouts end to end through the real functions o
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from shared.core.multus import load_bundle
@@ -53,6 +54,13 @@ import pytest  # noqa: E402
 from shared.core import waves  # noqa: E402
 from shared.core.errors import Rejected  # noqa: E402
 from shared.core.policy import Policy  # noqa: E402
+from shared.core.records import (  # noqa: E402
+    BundleOptions,
+    FleetRollout,
+    RolloutCluster,
+    Wave,
+    WaveClusterState,
+)
 from shared.core.settings import ConfigError, Settings  # noqa: E402
 
 
@@ -60,18 +68,18 @@ def test_canary_label_first_then_waves_of_at_most_n() -> None:
     fleet = [(f"p~l~c{i}", {}) for i in range(7)]
     fleet[4] = ("p~l~c4", {"multus-provisioner-wave": "canary"})
     plan = waves.plan(fleet, canary=2, size=waves.WaveSize.parse("3"))
-    assert [w["name"] for w in plan] == ["canary", "wave 1", "wave 2"]
-    assert plan[0]["clusters"] == ["p~l~c4"]
-    assert plan[1]["clusters"] == ["p~l~c0", "p~l~c1", "p~l~c2"] and plan[2]["clusters"] == ["p~l~c3", "p~l~c5",
-                                                                                              "p~l~c6"]
+    assert [w.name for w in plan] == ["canary", "wave 1", "wave 2"]
+    assert plan[0].clusters == ("p~l~c4",)
+    assert plan[1].clusters == ("p~l~c0", "p~l~c1", "p~l~c2") and plan[2].clusters == ("p~l~c3", "p~l~c5",
+                                                                                        "p~l~c6")
 
 
 def test_without_label_the_first_n_are_the_canary_and_a_share_sizes_the_waves() -> None:
     fleet = [(f"c{i:02d}", {}) for i in range(10)]
     plan = waves.plan(fleet, canary=1, size=waves.WaveSize.parse("25%"))
-    assert plan[0] == {"name": "canary", "clusters": ["c00"]}
-    assert [len(w["clusters"]) for w in plan[1:]] == [2, 2, 2, 2, 1]
-    assert waves.plan([], canary=1, size=waves.WaveSize.parse("1")) == []
+    assert plan[0] == Wave("canary", ("c00",))
+    assert [len(w.clusters) for w in plan[1:]] == [2, 2, 2, 2, 1]
+    assert waves.plan([], canary=1, size=waves.WaveSize.parse("1")) == ()
 
 
 @pytest.mark.parametrize("bad", ["0", "0%", "101%", "x", "", True, None, "-1"])
@@ -82,13 +90,24 @@ def test_bad_wave_sizes_are_named(bad: object) -> None:
 
 
 def test_spec_for_holds_clusters_on_the_previous_bundle_until_their_wave() -> None:
-    doc = {"state": waves.RUNNING, "target": {"version": "T"}, "previous": {"version": "P"},
-           "clusters": {"a": {"state": waves.UPDATING}, "b": {"state": waves.WAITING},
-                        "c": {"state": waves.ROLLED_BACK}, "d": {"state": waves.PASSED}}}
-    assert [waves.spec_for(doc, c)["version"] for c in "abcde"] == ["T", "P", "P", "T", "P"]
-    assert waves.spec_for({**doc, "state": waves.COMPLETED}, "b")["version"] == "T"
-    assert waves.spec_for({**doc, "state": waves.ABORTED}, "a")["version"] == "P"
+    def at(state: WaveClusterState) -> RolloutCluster:
+        return RolloutCluster("projects/p/locations/l/clusters/c", 0, state)
+
+    rollout = FleetRollout(waves.RUNNING, BundleOptions("T"), BundleOptions("P"),
+                           clusters={"a": at(waves.UPDATING), "b": at(waves.WAITING), "c": at(waves.ROLLED_BACK),
+                                     "d": at(waves.PASSED)})
+
+    def version(r: FleetRollout | None, cid: str) -> str | None:
+        spec = waves.spec_for(r, cid)
+        return spec.version if spec is not None else None
+
+    assert [version(rollout, c) for c in "abcde"] == ["T", "P", "P", "T", "P"]
+    assert version(replace(rollout, state=waves.COMPLETED), "b") == "T"
+    assert version(replace(rollout, state=waves.ABORTED), "a") == "P"
     assert waves.spec_for(None, "a") is None
+    # no previous bundle recorded: the target stands in; nothing recorded at all: the policy's bundle applies
+    assert version(replace(rollout, previous=BundleOptions()), "b") == "T"
+    assert waves.spec_for(FleetRollout(waves.RUNNING), "a") is None
 
 
 def test_policy_document_sets_the_bundle_and_names_bad_fields() -> None:
@@ -96,7 +115,7 @@ def test_policy_document_sets_the_bundle_and_names_bad_fields() -> None:
     image = "gcr.io/gke-release/multus-cni:v4.2.2-gke.1@sha256:" + "cd" * 32
     p = base.merged({"multusImage": image, "multusLogLevel": "Debug", "rolloutWaveSize": "10%",
                      "rolloutCanary": 2, "managedProjects": ["team-a-prod"]})
-    assert p.bundle_spec() == {"multusImage": image, "whereaboutsImage": None, "logLevel": "debug"}
+    assert p.bundle_spec() == BundleOptions(multus_image=image, whereabouts_image=None, log_level="debug")
     assert (p.rollout_wave_size, p.rollout_canary, p.managed_projects) == ("10%", 2, ("team-a-prod",))
     for doc, field in (({"multusImage": "gcr.io/x/multus:v1"}, "multusImage"),
                        ({"whereaboutsImage": 7}, "whereaboutsImage"),

@@ -18,10 +18,20 @@ import pytest
 
 from shared.adapters.store import DELETE, EXCERPT_MAX, AlreadyHandled
 from shared.core.errors import Problem, Rejected, Transient, UnknownCluster
-from shared.core.records import AppliedNad, NadRecord, NadState
+from shared.core.records import (
+    AppliedNad,
+    BundleOptions,
+    FleetRollout,
+    NadRecord,
+    NadState,
+    RolloutCluster,
+    RolloutState,
+    Wave,
+    WaveClusterState,
+)
 from shared.core.refs import ClusterRef
 from shared.ports import StorePort
-from tests.fakes import FakeStore, nad_change, nad_doc, nad_docs, nad_expect
+from tests.fakes import FakeStore, nad_change, nad_doc, nad_docs, nad_expect, rollout_stored
 
 REF = ClusterRef.of("proj-one", "us-central1", "alpha")
 
@@ -386,18 +396,42 @@ def test_put_nad_conditions_derive_and_ledger(store: StorePort) -> None:
     assert nad_docs(store, REF, state="PENDING") == []
 
 
-def test_the_rollout_document_is_written_only_over_what_was_read(store: StorePort) -> None:
+def test_the_rollout_is_written_only_over_what_was_read(store: StorePort) -> None:
     assert store.get_rollout() == (None, None)
-    first = store.put_rollout({"state": "RUNNING", "wave": 0}, None)
-    with pytest.raises(Transient):
-        store.put_rollout({"state": "RUNNING"}, None)
-    doc, version = store.get_rollout()
-    assert doc == {"state": "RUNNING", "wave": 0} and version == first
-    store.put_rollout({"wave": 1}, version)
-    with pytest.raises(Transient):
-        store.put_rollout({"wave": 2}, version)
-    doc, _ = store.get_rollout()
-    assert doc == {"state": "RUNNING", "wave": 1}
+    running = FleetRollout(
+        RolloutState.RUNNING, BundleOptions("T", "gcr.io/gke-release/multus@sha256:1", None, "debug"),
+        BundleOptions("P", "gcr.io/gke-release/multus@sha256:0", "gcr.io/gke-release/whereabouts@sha256:0", None),
+        waves=(Wave("canary", (REF.doc_id,)), Wave("wave 1", ("p~l~other",))), wave=0,
+        clusters={REF.doc_id: RolloutCluster(REF.path, 0, WaveClusterState.WAITING, "2026-03-01T12:00:00+00:00"),
+                  "p~l~other": RolloutCluster("projects/p/locations/l/clusters/other", 1, WaveClusterState.WAITING)},
+        started_at="2026-03-01T12:00:00+00:00", started_by="tick-1", updated_at="2026-03-01T12:00:00+00:00",
+        resumed_at="2026-03-01T11:00:00+00:00", wave_size="1", canary=1)
+    first = store.put_rollout(running, None)
+    with pytest.raises(Transient):  # another writer created it in between
+        store.put_rollout(replace(running, state=RolloutState.HALTED), None)
+    got, version = store.get_rollout()
+    assert got == running and version == first
+    stored = rollout_stored(store)
+    assert stored is not None and stored["state"] == "RUNNING" and stored["haltedCluster"] == ""
+    assert stored["target"] == {"version": "T", "multusImage": "gcr.io/gke-release/multus@sha256:1",
+                                "whereaboutsImage": None, "logLevel": "debug"}
+    assert stored["waves"] == [{"name": "canary", "clusters": [REF.doc_id]}, {"name": "wave 1",
+                                                                               "clusters": ["p~l~other"]}]
+    assert stored["clusters"][REF.doc_id] == {"path": REF.path, "wave": 0, "state": "WAITING",
+                                              "since": "2026-03-01T12:00:00+00:00", "message": ""}
+
+    entry = replace(running.clusters[REF.doc_id], state=WaveClusterState.UPDATING, started=1772366400.5,
+                    message="applying the target bundle")
+    moved = replace(running.with_cluster(REF.doc_id, entry), resumed_at=None)
+    second = store.put_rollout(moved, version)
+    with pytest.raises(Transient):  # a writer that read the first version comes too late
+        store.put_rollout(replace(running, state=RolloutState.ABORTED), version)
+    got, latest = store.get_rollout()
+    assert got == moved and latest == second and got.state == RolloutState.RUNNING
+    stored = rollout_stored(store)
+    assert stored is not None and "resumedAt" not in stored, "an attribute set to None removes its field"
+    assert stored["clusters"][REF.doc_id]["started"] == 1772366400.5
+    assert store.put_rollout(replace(moved, wave=1), latest) != latest
 
 
 def test_list_clusters_skips_nothing_of_ours_and_reads_states(store: StorePort) -> None:

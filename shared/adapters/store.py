@@ -46,7 +46,9 @@ from shared.core.records import (
     Adoption,
     ApiEndpoint,
     AppliedNad,
+    BundleOptions,
     ClusterWorkflow,
+    FleetRollout,
     HistoryEntry,
     Incarnation,
     LastError,
@@ -58,9 +60,13 @@ from shared.core.records import (
     OrphanNote,
     PoolFailureNote,
     PrunedNote,
+    RolloutCluster,
     RolloutReport,
+    RolloutState,
     VerificationNote,
     VerifyPodMarker,
+    Wave,
+    WaveClusterState,
     WorkflowUpdate,
     nad_state,
 )
@@ -609,6 +615,100 @@ def nad_changes(before: NadRecord, after: NadRecord) -> dict[str, Any]:
             "request", before.request):
         del last["request"]  # held once: the top-level `request`
     return out
+
+
+# --------------------------------------------------------------------------- the rollout document's table
+
+def _bundle_options_doc(b: BundleOptions) -> dict[str, Any]:
+    return {"version": b.version, "multusImage": b.multus_image, "whereaboutsImage": b.whereabouts_image,
+            "logLevel": b.log_level}
+
+
+def _bundle_options_of(v: Any) -> BundleOptions | None:
+    if not isinstance(v, Mapping):
+        return None
+    return BundleOptions(_text(v.get("version")), _text(v.get("multusImage")), _text(v.get("whereaboutsImage")),
+                         _text(v.get("logLevel")))
+
+
+def _waves_of(v: Any) -> tuple[Wave, ...]:
+    return tuple(Wave(str(w.get("name") or ""), _texts(w.get("clusters")) or ()) for w in _maps(v))
+
+
+def _wave_cluster_state(value: Any) -> WaveClusterState | None:
+    return WaveClusterState(value) if isinstance(value, str) and value in _WAVE_CLUSTER_STATES else None
+
+
+def _rollout_state(value: Any) -> RolloutState | None:
+    return RolloutState(value) if isinstance(value, str) and value in _ROLLOUT_STATES else None
+
+
+_WAVE_CLUSTER_STATES = frozenset(s.value for s in WaveClusterState)
+_ROLLOUT_STATES = frozenset(s.value for s in RolloutState)
+
+
+def _rollout_cluster_doc(c: RolloutCluster) -> dict[str, Any]:
+    return _optional({"path": c.path, "wave": c.wave}, state=str(c.state) if c.state is not None else None,
+                     since=c.since, message=c.message, started=c.started)
+
+
+def _rollout_cluster_of(v: Mapping[str, Any]) -> RolloutCluster:
+    return RolloutCluster(str(v.get("path") or ""), _int(v.get("wave")) or 0, _wave_cluster_state(v.get("state")),
+                          _text(v.get("since")) or "", _text(v.get("message")) or "", _number(v.get("started")))
+
+
+def _rollout_clusters_of(v: Any) -> dict[str, RolloutCluster] | None:
+    if not isinstance(v, Mapping):
+        return None
+    return {str(cid): _rollout_cluster_of(entry) for cid, entry in v.items() if isinstance(entry, Mapping)}
+
+
+# The one table of `rollouts/current` (docs/FIRESTORE.md): `FleetRollout` attribute -> camelCase
+# field. Adding a field: the attribute in `shared.core.records.FleetRollout`, and a row here.
+# `put_rollout` writes the record whole: an attribute that is None is not written (its field
+# removed); the maps (`target`, `previous`, `clusters.{id}`) are written whole.
+ROLLOUT_FIELDS: tuple[_Field, ...] = (
+    _Field("state", "state", str, _rollout_state),
+    _Field("target", "target", _bundle_options_doc, _bundle_options_of),
+    _Field("previous", "previous", _bundle_options_doc, _bundle_options_of),
+    _Field("waves", "waves", lambda ws: [{"name": w.name, "clusters": list(w.clusters)} for w in ws], _waves_of),
+    _Field("wave", "wave", _same, _int),
+    _Field("clusters", "clusters", lambda cs: {cid: _rollout_cluster_doc(c) for cid, c in cs.items()},
+           _rollout_clusters_of),
+    _Field("reason", "reason", _same, _text),
+    _Field("halted_cluster", "haltedCluster", _same, _text),
+    _Field("started_at", "startedAt", _same, _text),
+    _Field("started_by", "startedBy", _same, _text),
+    _Field("updated_at", "updatedAt", _same, _text),
+    _Field("finished_at", "finishedAt", _same, _text),
+    _Field("resumed_at", "resumedAt", _same, _text),
+    _Field("wave_size", "waveSize", _same, _text),
+    _Field("canary", "canary", _same, _int),
+)
+
+
+def rollout_of(data: Mapping[str, Any]) -> FleetRollout:
+    """`rollouts/current` as the typed record: a field missing or malformed reads as the attribute's
+    default (an unknown state word as None, which nothing drives); fields not in the table are left out."""
+    values: dict[str, Any] = {}
+    for f in ROLLOUT_FIELDS:
+        raw = data.get(f.name)
+        if raw is not None:
+            decoded = f.decode(raw)
+            if decoded is not None:
+                values[f.attr] = decoded
+    return FleetRollout(**values)
+
+
+def rollout_changes(rollout: FleetRollout) -> dict[str, Any]:
+    """The fields `put_rollout` writes: every attribute through the table, None -> DELETE."""
+    return {f.name: DELETE if (value := getattr(rollout, f.attr)) is None else f.encode(value)
+            for f in ROLLOUT_FIELDS}
+
+
+def rollout_doc(rollout: FleetRollout) -> dict[str, Any]:
+    """`rollouts/current` as the record is written (what `rollout status --json` prints)."""
+    return {k: v for k, v in rollout_changes(rollout).items() if v is not DELETE}
 
 
 def record_of(ref: ClusterRef, data: Mapping[str, Any]) -> ClusterRecord:
@@ -1358,7 +1458,7 @@ class Store:
     # -- rejections
     @_edge
     def record_rejection(self, *, event_id: str, cluster: ClusterRef | None, reason: str,
-                         problems: Sequence[Mapping[str, Any]], kind: RejectionKind, excerpt: str = "",
+                         problems: Sequence[Problem | Mapping[str, Any]], kind: RejectionKind, excerpt: str = "",
                          ledger_key: str | None = None) -> bool:
         """Keep a refused request where people look; False (nothing written) if recorded before."""
         if cluster is not None:
@@ -1430,23 +1530,25 @@ class Store:
         return self._col("rollouts").document("current")
 
     @_edge
-    def get_rollout(self) -> tuple[dict[str, Any] | None, Any]:
+    def get_rollout(self) -> tuple[FleetRollout | None, Any]:
         """`rollouts/current` and its update time (the precondition of the next `put_rollout`)."""
         snap = self._rollout_doc().get()
-        return (snap.to_dict(), snap.update_time) if snap.exists else (None, None)
+        return (rollout_of(snap.to_dict() or {}), snap.update_time) if snap.exists else (None, None)
 
     @_edge
-    def put_rollout(self, doc: Mapping[str, Any], update_time: Any) -> Any:
-        """Write `rollouts/current` unless it changed since it was read at `update_time` (None: it
-        did not exist). A concurrent change (a tick, `rollout resume`/`abort`) is `Transient`."""
+    def put_rollout(self, rollout: FleetRollout, update_time: Any) -> Any:
+        """Write `rollouts/current` (the record whole, through `ROLLOUT_FIELDS`) unless it changed
+        since it was read at `update_time` (None: it did not exist), and return its new update time.
+        A concurrent change (a tick, `rollout resume`/`abort`) is `Transient`."""
         from google.api_core import exceptions as gexc
 
         ref = self._rollout_doc()
         try:
             if update_time is None:
-                result = ref.create(dict(doc))
+                result = ref.create(rollout_doc(rollout))
             else:
-                result = ref.update(dict(doc), option=self.client.write_option(last_update_time=update_time))
+                result = ref.update(_wire(rollout_changes(rollout)),
+                                    option=self.client.write_option(last_update_time=update_time))
         except (gexc.Conflict, gexc.FailedPrecondition, gexc.NotFound) as e:
             raise Transient(f"rollouts/current changed while it was being updated ({type(e).__name__}); "
                             "read it again", code="ABORTED", api="firestore") from None

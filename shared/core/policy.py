@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from shared.core.records import BundleOptions
 from shared.core.requesters import DEFAULT_GRANTS, PROTECTED_NAMESPACES, Grant, parse_grants, protected_problem
 from shared.core.settings import ConfigError, NodePoolTemplate, Settings
 
@@ -83,10 +84,10 @@ class Policy:
 
         return registry_problem(image, self.allowed_registries)
 
-    def bundle_spec(self) -> dict[str, Any]:
-        """The bundle options in force, as a rollout document records them."""
-        return {"multusImage": self.multus_image, "whereaboutsImage": self.whereabouts_image,
-                "logLevel": self.multus_log_level}
+    def bundle_spec(self) -> BundleOptions:
+        """The bundle options in force (a rollout records them as its target, with the version built)."""
+        return BundleOptions(multus_image=self.multus_image, whereabouts_image=self.whereabouts_image,
+                             log_level=self.multus_log_level)
 
     def merged(self, doc: Mapping[str, Any] | None) -> Policy:
         """This policy with the fields of a Firestore `config/policy` document laid over it."""

@@ -7,15 +7,17 @@ a function that takes a `ClusterState` cannot be handed a NAD state. `shared.cor
 keeps its module constants (`decisions.READY`) as aliases of these members.
 
 `ClusterWorkflow` is a cluster's workflow record as typed values, `NadRecord` a NAD's (its applied
-part `AppliedNad` and its last request `LastRequest`, once each); only the store adapter turns
-them into Firestore documents and back (its `CLUSTER_FIELDS` and `NAD_FIELDS` tables), so the
-documents people read in the console keep their camelCase shape (docs/FIRESTORE.md).
+part `AppliedNad` and its last request `LastRequest`, once each), `FleetRollout` the fleet's
+bundle rollout (`rollouts/current`: its `Wave`s, its `RolloutCluster`s, the `BundleOptions` it
+rolls out and back); only the store adapter turns them into Firestore documents and back (its
+`CLUSTER_FIELDS`, `NAD_FIELDS` and `ROLLOUT_FIELDS` tables), so the documents people read in the
+console keep their camelCase shape (docs/FIRESTORE.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -364,3 +366,92 @@ def nad_state(value: object) -> NadState | None:
 
 
 _NAD_STATES = frozenset(s.value for s in NadState)
+
+
+
+# --------------------------------------------------------------------------- the fleet's bundle rollout
+
+class RolloutState(StrEnum):
+    """Where the fleet's bundle rollout is (`rollouts/current.state`; docs/WORKFLOW.md "Bundle rollouts")."""
+
+    RUNNING = "RUNNING"  # waves in progress
+    HALTED = "HALTED"  # a cluster failed its health gate and was rolled back
+    COMPLETED = "COMPLETED"  # every cluster of the plan passed: the target is the fleet's bundle
+    ABORTED = "ABORTED"  # stopped: every cluster returns to the previous bundle
+
+
+class WaveClusterState(StrEnum):
+    """Where one cluster is in the rollout (`rollouts/current.clusters.{id}.state`)."""
+
+    WAITING = "WAITING"  # not reached yet: it keeps the previous bundle
+    UPDATING = "UPDATING"  # recorded before the target is applied; its gate is pending
+    PASSED = "PASSED"  # its health gate passed
+    ROLLED_BACK = "ROLLED_BACK"  # its gate failed: back on the previous bundle, the rollout HALTED
+    SKIPPED = "SKIPPED"  # no longer READY when its wave came
+
+
+@dataclass(frozen=True)
+class BundleOptions:
+    """The options a bundle is built from (`rollouts/current.target`/`previous`, the policy's bundle):
+    None is the deployment's default; `version` names the bundle built (None: not built yet)."""
+
+    version: str | None = None
+    multus_image: str | None = None
+    whereabouts_image: str | None = None
+    log_level: str | None = None
+
+    @property
+    def given(self) -> bool:
+        """Whether anything is set (an absent or empty map in the document reads as nothing given)."""
+        return any(v is not None for v in (self.version, self.multus_image, self.whereabouts_image, self.log_level))
+
+
+@dataclass(frozen=True)
+class Wave:
+    """One wave of a rollout's plan (`waves[]`): its name (`canary`, `wave 1`...) and cluster ids."""
+
+    name: str
+    clusters: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RolloutCluster:
+    """One cluster in the rollout (`clusters.{id}`). Times are ISO text as written by the flow."""
+
+    path: str  # projects/P/locations/L/clusters/C
+    wave: int
+    state: WaveClusterState | None  # None: an unknown word (a hand-edited document); nothing acts on it
+    since: str = ""
+    message: str = ""
+    started: float | None = None  # wall clock (s) when it went UPDATING: the gate's deadline counts from it
+
+
+@dataclass(frozen=True)
+class FleetRollout:
+    """The fleet's bundle rollout (`rollouts/current`) as typed values.
+
+    The rollout flow (`shared.flows.rollout`) reads it with `StorePort.get_rollout`, changes it
+    with `dataclasses.replace` and writes it whole with `put_rollout`, preconditioned on the
+    update time it read; the store's table (`shared.adapters.store.ROLLOUT_FIELDS`) is the only
+    place that knows the document's field names. Adding a field: an attribute here and a row there.
+    """
+
+    state: RolloutState | None = None  # None: an unknown word (a hand-edited document); it is not driven
+    target: BundleOptions = BundleOptions()
+    previous: BundleOptions = BundleOptions()
+    waves: tuple[Wave, ...] = ()
+    wave: int = 0  # the index of the current wave in `waves`
+    clusters: Mapping[str, RolloutCluster] = field(default_factory=dict)  # by cluster document id
+    reason: str = ""  # why it halted or was aborted
+    halted_cluster: str = ""  # the id of the cluster whose gate failed
+    started_at: str = ""
+    started_by: str = ""  # the event that started it
+    updated_at: str = ""
+    finished_at: str = ""
+    resumed_at: str | None = None  # the last `rollout resume`
+    wave_size: str | None = None  # the plan's wave size (`10`, `25%`), absent when nothing was planned
+    canary: int | None = None  # the plan's canary count, absent when nothing was planned
+
+    def with_cluster(self, cluster_id: str, entry: RolloutCluster) -> FleetRollout:
+        """This rollout with one cluster's entry replaced."""
+        return replace(self, clusters={**self.clusters, cluster_id: entry})

@@ -1,10 +1,12 @@
-"""Bundle rollouts in waves: the pure parts (wave plan, wave size, the states).
+"""Bundle rollouts in waves: the pure parts (wave plan, wave size, the bundle a cluster should run).
 
 A new bundle (images or log level changed in the policy document or by a redeploy) reaches the
 fleet in waves: first a canary wave (the clusters labelled `multus-provisioner-wave=canary`, or
 the first N tracked clusters when none is), then waves of at most a number or a share of the
 fleet. Each cluster of a wave must pass the health gate before the next wave starts; a failed
 gate halts the rollout and rolls that cluster back (docs/WORKFLOW.md, "Bundle rollouts").
+The rollout itself is the typed `shared.core.records.FleetRollout`; the state words here are
+aliases of its `RolloutState` and `WaveClusterState` members.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.core.errors import Problem, Rejected
+from shared.core.records import BundleOptions, FleetRollout, RolloutState, Wave, WaveClusterState
 
 WAVE_LABEL = ("multus-provisioner-wave", "canary")
 
-# Rollout states (`rollouts/current.state`).
-RUNNING, HALTED, COMPLETED, ABORTED = "RUNNING", "HALTED", "COMPLETED", "ABORTED"
-# A cluster's state in the rollout (`rollouts/current.clusters.{id}.state`).
-WAITING, UPDATING, PASSED, ROLLED_BACK, SKIPPED = "WAITING", "UPDATING", "PASSED", "ROLLED_BACK", "SKIPPED"
+# Rollout states (`rollouts/current.state`): aliases of the `RolloutState` members.
+RUNNING, HALTED, COMPLETED, ABORTED = (RolloutState.RUNNING, RolloutState.HALTED, RolloutState.COMPLETED,
+                                       RolloutState.ABORTED)
+# A cluster's state in the rollout (`rollouts/current.clusters.{id}.state`): `WaveClusterState`'s.
+WAITING, UPDATING, PASSED, ROLLED_BACK, SKIPPED = (WaveClusterState.WAITING, WaveClusterState.UPDATING,
+                                                   WaveClusterState.PASSED, WaveClusterState.ROLLED_BACK,
+                                                   WaveClusterState.SKIPPED)
 ON_TARGET = (UPDATING, PASSED)  # these clusters run the target bundle; the others the previous one
 
 _SIZE = re.compile(r"^([0-9]{1,6})(%?)$")
@@ -62,8 +68,8 @@ class WaveSize:
 
 
 def plan(clusters: Iterable[tuple[str, Mapping[str, str]]], *, canary: int, size: WaveSize,
-         label: tuple[str, str] = WAVE_LABEL) -> list[dict[str, Any]]:
-    """The waves for `clusters` ((id, labels), any order): `[{"name", "clusters": [ids]}]`.
+         label: tuple[str, str] = WAVE_LABEL) -> tuple[Wave, ...]:
+    """The waves for `clusters` ((id, labels), any order), each a name and its cluster ids.
 
     The canary wave is every cluster carrying `label`, else the first `canary` ids in order;
     the rest follow in id order, `size.of(len(fleet))` at a time. Deterministic: the same fleet
@@ -75,28 +81,31 @@ def plan(clusters: Iterable[tuple[str, Mapping[str, str]]], *, canary: int, size
     labelled = [cid for cid, labels in fleet if (labels or {}).get(label[0]) == label[1]]
     first = labelled or [cid for cid, _ in fleet[:canary]]
     rest = [cid for cid, _ in fleet if cid not in first]
-    waves = [{"name": "canary", "clusters": first}] if first else []
+    waves = [Wave("canary", tuple(first))] if first else []
     step = size.of(len(fleet))
     for n, i in enumerate(range(0, len(rest), step), start=1):
-        waves.append({"name": f"wave {n}", "clusters": rest[i:i + step]})
-    return waves
+        waves.append(Wave(f"wave {n}", tuple(rest[i:i + step])))
+    return tuple(waves)
 
 
-def spec_for(doc: Mapping[str, Any] | None, cluster_id: str) -> dict[str, Any] | None:
-    """The bundle options a cluster should run while `doc` (rollouts/current) is in force.
+def spec_for(rollout: FleetRollout | None, cluster_id: str) -> BundleOptions | None:
+    """The bundle options a cluster should run while `rollout` (rollouts/current) is in force.
 
-    None without a rollout (the policy's bundle applies). A finished rollout: its target; an
-    aborted one: the last good bundle; a running or halted one: the target for the clusters it
-    has updated (UPDATING, PASSED), the previous bundle for all others (not reached yet, rolled
-    back, or new since it started).
+    None without a rollout (the policy's bundle applies), or when the bundle it names is empty.
+    A finished rollout: its target; an aborted one: the last good bundle; a running or halted
+    one: the target for the clusters it has updated (UPDATING, PASSED), the previous bundle for
+    all others (not reached yet, rolled back, or new since it started). A rollout without a
+    previous bundle holds its target in its place.
     """
-    if not doc:
+    if rollout is None:
         return None
-    target, previous = doc.get("target"), doc.get("previous") or doc.get("target")
-    state = doc.get("state")
-    if state == COMPLETED:
-        return dict(target or {})
-    if state == ABORTED:
-        return dict(previous or {})
-    entry = (doc.get("clusters") or {}).get(cluster_id) or {}
-    return dict((target if entry.get("state") in ON_TARGET else previous) or {})
+    target = rollout.target
+    previous = rollout.previous if rollout.previous.given else target
+    if rollout.state == COMPLETED:
+        chosen = target
+    elif rollout.state == ABORTED:
+        chosen = previous
+    else:
+        entry = rollout.clusters.get(cluster_id)
+        chosen = target if entry is not None and entry.state in ON_TARGET else previous
+    return chosen if chosen.given else None

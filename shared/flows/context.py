@@ -17,6 +17,7 @@ from typing import Any
 
 from shared.core.policy import Policy
 from shared.core.prechecks import ClusterFacts
+from shared.core.records import BundleOptions, FleetRollout
 from shared.core.refs import ClusterRef
 from shared.core.settings import PREFIX, ConfigError, Settings
 from shared.ports import ClusterApiPort, DataPathPort, GkePort, IdentityPort, StorePort
@@ -70,7 +71,7 @@ class Context:
         self._gke: GkePort | None = None
         self._kube_cache: dict[str, tuple[float, ClusterApiPort]] = {}
         self._policy: tuple[float, Policy] | None = None
-        self._rollout: tuple[float, Any] | None = None
+        self._rollout: tuple[float, FleetRollout | None] | None = None
         self.clock = clock
 
     @property
@@ -139,13 +140,14 @@ class Context:
             from shared.core.waves import spec_for
 
             # Read afresh: a cluster rolled back a moment ago must not get the target again.
-            spec = spec_for(self.rollout_doc(fresh=True), ref.doc_id) or spec
+            spec = spec_for(self.rollout(fresh=True), ref.doc_id) or spec
         from shared.core.errors import Rejected
 
-        for key in ("multusImage", "whereaboutsImage"):  # a rollout document is a Firestore write too
-            foreign = spec.get(key) and self.policy().image_problem(str(spec[key]))
+        # a rollout document is a Firestore write too: its images are checked like the policy's
+        for name, image in (("multusImage", spec.multus_image), ("whereaboutsImage", spec.whereabouts_image)):
+            foreign = image and self.policy().image_problem(image)
             if foreign:
-                raise ConfigError(f"bundle {key}: {foreign}")
+                raise ConfigError(f"bundle {name}: {foreign}")
 
         try:
             return bundle_of(spec, allow_unpinned=self.settings.allow_unpinned_images)
@@ -153,18 +155,17 @@ class Context:
             raise ConfigError("; ".join(f"{PREFIX}{p.field.upper()}: {p.message}" for p in e.problems)
                               or e.message) from None
 
-    def rollout_doc(self, *, fresh: bool = False) -> Any:
+    def rollout(self, *, fresh: bool = False) -> FleetRollout | None:
         """`rollouts/current` (None without one), cached a few seconds per instance."""
         now = self.clock()
         if self._rollout and self._rollout[0] > now and not fresh:
             return self._rollout[1]
-        doc, _ = self.store.get_rollout()
-        self._rollout = (now + ROLLOUT_CACHE_SECONDS, doc)
-        return doc
+        rollout, _ = self.store.get_rollout()
+        self._rollout = (now + ROLLOUT_CACHE_SECONDS, rollout)
+        return rollout
 
-    def remember_rollout(self, doc: Any) -> None:
-        self._rollout = (self.clock() + ROLLOUT_CACHE_SECONDS, doc)
-
+    def remember_rollout(self, rollout: FleetRollout) -> None:
+        self._rollout = (self.clock() + ROLLOUT_CACHE_SECONDS, rollout)
 
     def config(self) -> Policy:
         """The operator's whole configuration, validated in one place before an event is handled:
@@ -197,9 +198,9 @@ def _bundle(multus: str | None, whereabouts: str | None, level: str | None, allo
                        log_level=level)
 
 
-def bundle_of(spec: Mapping[str, Any], *, allow_unpinned: bool) -> Any:
-    """The bundle of recorded options (`multusImage`, `whereaboutsImage`, `logLevel`)."""
-    return _bundle(spec.get("multusImage"), spec.get("whereaboutsImage"), spec.get("logLevel"), allow_unpinned)
+def bundle_of(spec: BundleOptions, *, allow_unpinned: bool) -> Any:
+    """The bundle of recorded options (images and log level; None: the deployment's default)."""
+    return _bundle(spec.multus_image, spec.whereabouts_image, spec.log_level, allow_unpinned)
 
 
 def cluster_fields(ref: ClusterRef) -> dict[str, Any]:

@@ -125,7 +125,7 @@ class NadFlow:
                 why = (f"request_id {req.request_id!r} was already used for a different request on this cluster "
                        f"(digest {first[:19]}, this one {request_digest(req)[:19]}); send a new request_id")
                 store.record_rejection(event_id=event_id, cluster=ref, reason="request_id reused with a different body",
-                                       problems=[{"field": "request_id", "message": why}],
+                                       problems=[Problem("request_id", why)],
                                        kind=RejectionKind.REQUEST_ID_REUSED,
                                        ledger_key=f"{event_id}~request-id-reused")
                 return Outcome("rejected", why, ref.path, None)

@@ -18,7 +18,6 @@ def record_rejection(ctx: Context, err: Rejected, *, event_id: str, excerpt: str
     cluster = err.cluster if isinstance(err.cluster, ClusterRef) else None
     name = err.context.get("name")
     namespace = err.context.get("namespace") or "default"
-    problems = [{"field": p.field, "message": p.message} for p in err.problems]
     if cluster is not None and isinstance(name, str) and is_dns_label(name) and is_dns_label(namespace):
         reasons = tuple(str(p) for p in err.problems) or (err.reason,)
 
@@ -28,6 +27,6 @@ def record_rejection(ctx: Context, err: Rejected, *, event_id: str, excerpt: str
 
         ctx.store.put_nad(cluster, namespace, name, event_id=event_id, step="validate-nad", change=refused,
                           outcome="rejected", ledger_key=event_id)
-    ctx.store.record_rejection(event_id=event_id, cluster=cluster, reason=err.reason, problems=problems,
+    ctx.store.record_rejection(event_id=event_id, cluster=cluster, reason=err.reason, problems=err.problems,
                                 kind=err.kind, excerpt=excerpt[:512], ledger_key=None)
     return Outcome("rejected", err.message, cluster.path if cluster else None)

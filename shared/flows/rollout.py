@@ -3,7 +3,8 @@
 The bundle's options (images, log level) come from the policy (settings, overridden by the
 `config/policy` document). The scheduled tick calls `RolloutFlow.tick`: when the policy's bundle
 differs from the one the fleet last finished on, it plans waves (`shared.core.waves.plan`) over
-the READY clusters and keeps the plan in `rollouts/current`. Each tick then drives the current
+the READY clusters and keeps the plan in `rollouts/current` (a `FleetRollout`, changed with
+`dataclasses.replace` and written whole over the version read). Each tick then drives the current
 wave: every cluster of it gets the target bundle (CRDs first, Established, then the rest) and
 must pass the health gate — CRDs Established, no DaemonSet pod stuck (ImagePullBackOff...),
 the DaemonSet rolled out, and a verify pod on the multi-network pool gets `net1` from one of
@@ -27,10 +28,11 @@ from typing import Any
 from shared.core import decisions, logs, waves
 from shared.core.errors import Permanent, Rejected, RejectionKind, Transient
 from shared.core.policy import Policy
+from shared.core.records import BundleOptions, FleetRollout, RolloutCluster
 from shared.core.refs import ClusterRef
 from shared.flows.context import Context, bundle_of
 from shared.flows.verify import clear_verifying, mark_verifying, run_verification
-from shared.ports import AlreadyHandled, StorePort
+from shared.ports import AlreadyHandled
 
 STUCK_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff",
                  "CreateContainerConfigError")
@@ -53,165 +55,167 @@ class RolloutFlow:
         one-line summary for the tick's outcome.
         """
         policy = self.ctx.policy(fresh=True)
-        target_spec = self._versioned(policy.bundle_spec())
-        doc, update_time = _rollout_doc(self.ctx.store)
-        if doc is None or (doc.get("target") or {}).get("version") != target_spec["version"]:
-            doc, update_time = self._start(event_id, doc, update_time, policy, target_spec, labels or {})
-        if doc.get("state") != waves.RUNNING:
-            return f"rollout {doc.get('state')}: {doc.get('reason') or _summary(doc)}"
-        doc = self._drive(event_id, doc, update_time)
-        return f"rollout {doc.get('state')}: {doc.get('reason') or _summary(doc)}"
+        target = self._versioned(policy.bundle_spec())
+        rollout, update_time = self.ctx.store.get_rollout()
+        if rollout is None or rollout.target.version != target.version:
+            rollout, update_time = self._start(event_id, rollout, update_time, policy, target, labels or {})
+        if rollout.state == waves.RUNNING:
+            rollout = self._drive(event_id, rollout, update_time)
+        return f"rollout {rollout.state}: {rollout.reason or _summary(rollout)}"
 
-    def _versioned(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+    def _versioned(self, spec: BundleOptions) -> BundleOptions:
         bundle = bundle_of(spec, allow_unpinned=self.ctx.settings.allow_unpinned_images)
-        return {"multusImage": bundle.multus_image, "whereaboutsImage": bundle.whereabouts_image,
-                "logLevel": bundle.log_level, "version": bundle.version}
+        return BundleOptions(version=bundle.version, multus_image=bundle.multus_image,
+                             whereabouts_image=bundle.whereabouts_image, log_level=bundle.log_level)
 
-    def _start(self, event_id: str, doc: Any, update_time: Any, policy: Policy, target: dict[str, Any],
-               labels: Mapping[str, Mapping[str, str]]) -> tuple[dict[str, Any], Any]:
-        if doc is None:  # the first rollout starts from the bundle the deployment installs
+    def _start(self, event_id: str, was: FleetRollout | None, update_time: object, policy: Policy,
+               target: BundleOptions, labels: Mapping[str, Mapping[str, str]]) -> tuple[FleetRollout, object]:
+        if was is None:  # the first rollout starts from the bundle the deployment installs
             previous = self._versioned(Policy.from_settings(self.ctx.settings).bundle_spec())
-        elif doc.get("state") == waves.COMPLETED:
-            previous = dict(doc.get("target") or {})
+        elif was.state == waves.COMPLETED:
+            previous = was.target
         else:  # aborted, halted or superseded: the last good bundle
-            previous = dict(doc.get("previous") or doc.get("target") or {})
+            previous = was.previous if was.previous.given else was.target
         now = _now()
-        base: dict[str, Any] = {"target": target, "previous": previous, "startedAt": now, "updatedAt": now,
-                                "startedBy": event_id, "reason": "", "haltedCluster": "", "finishedAt": ""}
-        if previous.get("version") == target["version"]:
-            new = {**base, "state": waves.COMPLETED, "waves": [], "wave": 0, "clusters": {}, "finishedAt": now}
+        base = FleetRollout(state=waves.COMPLETED, target=target, previous=previous, started_at=now, updated_at=now,
+                            started_by=event_id)
+        if previous.version == target.version:
+            new = replace(base, finished_at=now)
         else:
             ready = self.ctx.store.list_clusters(state=decisions.READY)
             size = waves.WaveSize.parse(policy.rollout_wave_size, field="rolloutWaveSize")
             plan = waves.plan([(r.ref.doc_id, labels.get(r.ref.doc_id) or {}) for r in ready],
-                          canary=policy.rollout_canary, size=size)
-            wave_of = {cid: i for i, wave in enumerate(plan) for cid in wave["clusters"]}
-            clusters = {r.ref.doc_id: {"path": r.ref.path, "wave": wave_of[r.ref.doc_id], "state": waves.WAITING,
-                                       "since": now, "message": ""} for r in ready}
-            new = {**base, "state": waves.RUNNING if plan else waves.COMPLETED, "waves": plan, "wave": 0,
-                   "clusters": clusters, "waveSize": str(size), "canary": policy.rollout_canary}
-            if not plan:
-                new["finishedAt"] = now
+                              canary=policy.rollout_canary, size=size)
+            wave_of = {cid: i for i, wave in enumerate(plan) for cid in wave.clusters}
+            clusters = {r.ref.doc_id: RolloutCluster(r.ref.path, wave_of[r.ref.doc_id], waves.WAITING, since=now)
+                        for r in ready}
+            new = replace(base, state=waves.RUNNING if plan else waves.COMPLETED, waves=plan, clusters=clusters,
+                          wave_size=str(size), canary=policy.rollout_canary, finished_at="" if plan else now)
         update_time = self.ctx.store.put_rollout(new, update_time)
-        logs.info(f"rollout started: {previous.get('version')} -> {target['version']} "
-                  f"({len(new['waves'])} wave(s))", eventId=event_id)
+        logs.info(f"rollout started: {previous.version} -> {target.version} "
+                  f"({len(new.waves)} wave(s))", eventId=event_id)
         self.ctx.remember_rollout(new)
         return new, update_time
 
-    def _drive(self, event_id: str, doc: dict[str, Any], update_time: Any) -> dict[str, Any]:
+    def _drive(self, event_id: str, rollout: FleetRollout, update_time: object) -> FleetRollout:
         """Drive the current wave until it waits on a gate, halts or the rollout completes."""
         s = self.ctx.settings
         deadline = time.monotonic() + max(1.0, s.rollout_wait_seconds)
-        while doc["state"] == waves.RUNNING:
-            wave = doc["waves"][doc["wave"]]
-            starting = [cid for cid in wave["clusters"] if self._claim(doc, cid)]
+        while rollout.state == waves.RUNNING:
+            wave = rollout.waves[rollout.wave]
+            starting = []
+            for cid in wave.clusters:
+                rollout, claimed = self._claim(rollout, cid)
+                if claimed:
+                    starting.append(cid)
             if starting:  # recorded first: from now on every other path gives these clusters the target
-                update_time = self._save(doc, update_time)
+                rollout, update_time = self._save(rollout, update_time)
             for cid in starting:
-                self._update(event_id, doc, cid)
-            for cid in wave["clusters"]:
-                entry = doc["clusters"][cid]
-                failed = self._gate(event_id, doc, cid) if entry["state"] == waves.UPDATING else None
+                rollout = self._update(event_id, rollout, cid)
+            for cid in wave.clusters:
+                entry = rollout.clusters.get(cid)
+                if entry is None or entry.state != waves.UPDATING:
+                    continue
+                rollout, failed = self._gate(event_id, rollout, cid)
                 if failed is not None:
                     # Halt and record first: from now on every other path gives this cluster the
                     # previous bundle; then put it back.
-                    entry.update(state=waves.ROLLED_BACK, since=_now(), message=failed)
-                    doc.update(state=waves.HALTED, haltedCluster=cid,
-                               reason=f"{entry['path']} failed the health gate: {failed}")
-                    update_time = self._save(doc, update_time)
-                    self._rollback(event_id, doc, cid, failed)
+                    rollout = replace(rollout.with_cluster(cid, replace(entry, state=waves.ROLLED_BACK, since=_now(),
+                                                                        message=failed)),
+                                      state=waves.HALTED, halted_cluster=cid,
+                                      reason=f"{entry.path} failed the health gate: {failed}")
+                    rollout, update_time = self._save(rollout, update_time)
+                    rollout = self._rollback(event_id, rollout, cid, failed)
                     break
-            if doc["state"] == waves.RUNNING and all(doc["clusters"][c]["state"] in (waves.PASSED, waves.SKIPPED)
-                                                 for c in wave["clusters"]):
-                doc["wave"] += 1
-                if doc["wave"] >= len(doc["waves"]):
-                    doc["wave"] = len(doc["waves"]) - 1
-                    doc["state"] = waves.COMPLETED
-                    doc["finishedAt"] = _now()
-                doc["updatedAt"] = _now()
-                update_time = self._save(doc, update_time)
+            if rollout.state == waves.RUNNING and all(_wave_done(rollout, c) for c in wave.clusters):
+                if rollout.wave + 1 >= len(rollout.waves):
+                    rollout = replace(rollout, state=waves.COMPLETED, finished_at=_now())
+                else:
+                    rollout = replace(rollout, wave=rollout.wave + 1)
+                rollout, update_time = self._save(rollout, update_time)
                 continue
-            update_time = self._save(doc, update_time)
+            rollout, update_time = self._save(rollout, update_time)
             if time.monotonic() >= deadline:
                 break
             time.sleep(max(0.05, s.crd_poll_seconds))
-        self.ctx.remember_rollout(doc)
-        return doc
+        self.ctx.remember_rollout(rollout)
+        return rollout
 
-    def _save(self, doc: dict[str, Any], update_time: Any) -> Any:
-        doc["updatedAt"] = _now()
-        return self.ctx.store.put_rollout(doc, update_time)
+    def _save(self, rollout: FleetRollout, update_time: object) -> tuple[FleetRollout, object]:
+        """Write the rollout over the version read (`Transient` if another writer came in between)."""
+        rollout = replace(rollout, updated_at=_now())
+        return rollout, self.ctx.store.put_rollout(rollout, update_time)
 
     # -- one cluster ------------------------------------------------------------------------
-    def _bundle(self, doc: Mapping[str, Any], which: str) -> Any:
-        return bundle_of(doc[which], allow_unpinned=self.ctx.settings.allow_unpinned_images)
+    def _bundle(self, options: BundleOptions) -> Any:
+        return bundle_of(options, allow_unpinned=self.ctx.settings.allow_unpinned_images)
 
-    def _claim(self, doc: dict[str, Any], cid: str) -> bool:
+    def _claim(self, rollout: FleetRollout, cid: str) -> tuple[FleetRollout, bool]:
         """WAITING -> UPDATING for a READY cluster of the current wave (SKIPPED if it is not READY)."""
-        entry = doc["clusters"][cid]
-        if entry["state"] != waves.WAITING:
-            return False
-        rec = self.ctx.store.get_cluster(ClusterRef.parse(entry["path"]))
+        entry = rollout.clusters.get(cid)
+        if entry is None or entry.state != waves.WAITING:
+            return rollout, False
+        rec = self.ctx.store.get_cluster(ClusterRef.parse(entry.path))
         if rec is None or rec.state != decisions.READY:
-            entry.update(state=waves.SKIPPED, since=_now(), message=f"not READY ({rec.state if rec else 'gone'})")
-            return False
-        entry.update(state=waves.UPDATING, since=_now(), started=time.time(), message="applying the target bundle")
-        return True
+            return rollout.with_cluster(cid, replace(entry, state=waves.SKIPPED, since=_now(),
+                                                     message=f"not READY ({rec.state if rec else 'gone'})")), False
+        return rollout.with_cluster(cid, replace(entry, state=waves.UPDATING, since=_now(), started=time.time(),
+                                                 message="applying the target bundle")), True
 
-    def _update(self, event_id: str, doc: dict[str, Any], cid: str) -> None:
+    def _update(self, event_id: str, rollout: FleetRollout, cid: str) -> FleetRollout:
         """Apply the target bundle to a cluster the rollout just moved to UPDATING."""
-        entry = doc["clusters"][cid]
-        ref = ClusterRef.parse(entry["path"])
-        bundle = self._bundle(doc, "target")
+        entry = rollout.clusters[cid]
+        ref = ClusterRef.parse(entry.path)
+        bundle = self._bundle(rollout.target)
         try:
             kube = self.ctx.kube_for(ref, self.ctx.gke.get_cluster(ref))
             _apply(kube, bundle, self.ctx.settings)
         except (Transient, Permanent, Rejected) as e:
             # Drift repair applies the target too (the cluster is UPDATING); the gate waits for it.
-            entry["message"] = f"could not apply the bundle yet: {e}"
-            return
-        entry["message"] = f"bundle {bundle.version} applied (wave {entry['wave']})"
+            return rollout.with_cluster(cid, replace(entry, message=f"could not apply the bundle yet: {e}"))
+        wave = rollout.waves[entry.wave].name if 0 <= entry.wave < len(rollout.waves) else f"wave {entry.wave}"
         self._record(ref, f"{event_id}~rollout~{cid}~update", "rollout", "ok",
-                     f"rollout: bundle {doc['previous'].get('version')} -> {bundle.version} "
-                     f"({doc['waves'][entry['wave']]['name']}); waiting for the health gate",
+                     f"rollout: bundle {rollout.previous.version} -> {bundle.version} "
+                     f"({wave}); waiting for the health gate",
                      bundle.version)
+        return rollout.with_cluster(cid, replace(entry, message=f"bundle {bundle.version} applied (wave {entry.wave})"))
 
-    def _gate(self, event_id: str, doc: dict[str, Any], cid: str) -> str | None:
+    def _gate(self, event_id: str, rollout: FleetRollout, cid: str) -> tuple[FleetRollout, str | None]:
         """Check one UPDATING cluster: PASSED (recorded), still pending, or why it failed."""
-        entry = doc["clusters"][cid]
-        ref = ClusterRef.parse(entry["path"])
-        bundle = self._bundle(doc, "target")
+        entry = rollout.clusters[cid]
+        ref = ClusterRef.parse(entry.path)
+        bundle = self._bundle(rollout.target)
         try:
             kube = self.ctx.kube_for(ref)
             verdict, message = health_gate(self.ctx, ref, kube, bundle)
         except (Transient, Permanent, Rejected) as e:
             verdict, message = PENDING, f"health gate could not run: {e}"
-        waited = time.time() - float(entry.get("started") or time.time())
+        waited = time.time() - (entry.started or time.time())
         if verdict == PENDING and waited >= self.ctx.settings.rollout_gate_seconds:
             verdict, message = FAIL, f"health gate not passed within {self.ctx.settings.rollout_gate_seconds:g}s: " \
                                      f"{message}"
-        entry["message"] = message
+        entry = replace(entry, message=message)
         if verdict == PASS:
-            entry.update(state=waves.PASSED, since=_now())
+            entry = replace(entry, state=waves.PASSED, since=_now())
             self._record(ref, f"{event_id}~rollout~{cid}~pass", "rollout-gate", "ok",
                          f"rollout: health gate passed for bundle {bundle.version}: {message}", None)
-        return message if verdict == FAIL else None
+        return rollout.with_cluster(cid, entry), (message if verdict == FAIL else None)
 
-    def _rollback(self, event_id: str, doc: dict[str, Any], cid: str, why: str) -> None:
+    def _rollback(self, event_id: str, rollout: FleetRollout, cid: str, why: str) -> FleetRollout:
         """Put a cluster that failed its gate back on the previous bundle (the rollout is HALTED)."""
-        entry = doc["clusters"][cid]
-        ref = ClusterRef.parse(entry["path"])
-        previous = self._bundle(doc, "previous")
+        entry = rollout.clusters[cid]
+        ref = ClusterRef.parse(entry.path)
+        previous = self._bundle(rollout.previous)
         try:
             _apply(self.ctx.kube_for(ref), previous, self.ctx.settings)
             done = f"rolled back to {previous.version}"
         except (Transient, Permanent, Rejected) as e:
             done = f"rollback to {previous.version} failed: {e}; reconcile retries it"
-        entry["message"] = f"{why}; {done}"
-        doc["reason"] = f"{entry['path']} failed the health gate: {why}; {done}"
         self._record(ref, f"{event_id}~rollout~{cid}~rollback", "rollback", "failed",
-                     f"rollout halted: health gate failed for bundle {doc['target'].get('version')}: {why}; {done}",
+                     f"rollout halted: health gate failed for bundle {rollout.target.version}: {why}; {done}",
                      previous.version)
+        return replace(rollout.with_cluster(cid, replace(entry, message=f"{why}; {done}")),
+                       reason=f"{entry.path} failed the health gate: {why}; {done}")
 
     def _record(self, ref: ClusterRef, event_id: str, step: str, outcome: str, message: str,
                 bundle_version: str | None) -> None:
@@ -243,35 +247,36 @@ class RolloutFlow:
                 return
 
     # -- the CLI's actions ------------------------------------------------------------------
-    def status(self) -> dict[str, Any] | None:
-        doc, _ = _rollout_doc(self.ctx.store)
-        return doc
+    def status(self) -> FleetRollout | None:
+        rollout, _ = self.ctx.store.get_rollout()
+        return rollout
 
-    def resume(self) -> dict[str, Any]:
+    def resume(self) -> FleetRollout:
         """HALTED -> RUNNING; the cluster that failed its gate is tried again in its wave."""
-        doc, update_time = _rollout_doc(self.ctx.store)
-        if doc is None or doc.get("state") != waves.HALTED:
+        rollout, update_time = self.ctx.store.get_rollout()
+        if rollout is None or rollout.state != waves.HALTED:
             raise Rejected("nothing to resume", kind=RejectionKind.NOT_HALTED,
-                           problems=[_problem(f"the rollout is {doc.get('state') if doc else 'absent'}, "
+                           problems=[_problem(f"the rollout is {_state_word(rollout)}, "
                                               "only a HALTED rollout can be resumed")])
-        cid = doc.get("haltedCluster")
-        if cid in (doc.get("clusters") or {}):
-            doc["clusters"][cid].update(state=waves.WAITING, since=_now(), message="resumed")
-        doc.update(state=waves.RUNNING, reason="", haltedCluster="", resumedAt=_now())
-        self._save(doc, update_time)
-        return doc
+        entry = rollout.clusters.get(rollout.halted_cluster)
+        if entry is not None:
+            rollout = rollout.with_cluster(rollout.halted_cluster,
+                                           replace(entry, state=waves.WAITING, since=_now(), message="resumed"))
+        rollout, _ = self._save(replace(rollout, state=waves.RUNNING, reason="", halted_cluster="",
+                                        resumed_at=_now()), update_time)
+        return rollout
 
-    def abort(self) -> dict[str, Any]:
+    def abort(self) -> FleetRollout:
         """Stop the rollout: every cluster goes back to the last good bundle (reconcile applies it)."""
-        doc, update_time = _rollout_doc(self.ctx.store)
-        if doc is None or doc.get("state") not in (waves.RUNNING, waves.HALTED):
+        rollout, update_time = self.ctx.store.get_rollout()
+        if rollout is None or rollout.state not in (waves.RUNNING, waves.HALTED):
             raise Rejected("nothing to abort", kind=RejectionKind.NOT_RUNNING,
-                           problems=[_problem(f"the rollout is {doc.get('state') if doc else 'absent'}, "
+                           problems=[_problem(f"the rollout is {_state_word(rollout)}, "
                                               "only a RUNNING or HALTED rollout can be aborted")])
-        doc.update(state=waves.ABORTED, reason=f"aborted; clusters return to {doc['previous'].get('version')}",
-                   finishedAt=_now())
-        self._save(doc, update_time)
-        return doc
+        rollout, _ = self._save(replace(rollout, state=waves.ABORTED, finished_at=_now(),
+                                        reason=f"aborted; clusters return to {rollout.previous.version}"),
+                                update_time)
+        return rollout
 
 
 def health_gate(ctx: Context, ref: ClusterRef, kube: Any, bundle: Any) -> tuple[str, str]:
@@ -329,20 +334,23 @@ def _apply(kube: Any, bundle: Any, settings: Any) -> None:
     kube.apply([o for o in bundle.objects if o["kind"] != "CustomResourceDefinition"])
 
 
-def _rollout_doc(store: StorePort) -> tuple[dict[str, Any] | None, object]:
-    """`rollouts/current` as this flow edits it: a nested map (fields: docs/FIRESTORE.md,
-    `shared.core.waves`), and the update time its next write is preconditioned on."""
-    doc, update_time = store.get_rollout()
-    edited: dict[str, Any] | None = dict(doc) if doc is not None else None
-    return edited, update_time
+def _wave_done(rollout: FleetRollout, cid: str) -> bool:
+    """Whether a cluster of the current wave lets the next wave start: PASSED or SKIPPED (or not
+    in the rollout's clusters at all: a hand-edited document holds nothing back)."""
+    entry = rollout.clusters.get(cid)
+    return entry is None or entry.state in (waves.PASSED, waves.SKIPPED)
 
 
-def _summary(doc: Mapping[str, Any]) -> str:
+def _state_word(rollout: FleetRollout | None) -> str:
+    return "absent" if rollout is None else str(rollout.state)
+
+
+def _summary(rollout: FleetRollout) -> str:
     states: dict[str, int] = {}
-    for entry in (doc.get("clusters") or {}).values():
-        states[entry.get("state", "")] = states.get(entry.get("state", ""), 0) + 1
-    planned = doc.get("waves") or []
-    where = f"wave {doc.get('wave', 0) + 1}/{len(planned)}" if planned else "no waves"
+    for entry in rollout.clusters.values():
+        word = str(entry.state or "")
+        states[word] = states.get(word, 0) + 1
+    where = f"wave {rollout.wave + 1}/{len(rollout.waves)}" if rollout.waves else "no waves"
     return f"{where}; " + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "no clusters")
 
 
