@@ -5,8 +5,8 @@ adapter module, so they can be read (and tested with a small fake) without Fires
 cluster. The adapters (`shared.adapters`) implement them; the composition root (`shared.app`)
 plugs one into the other. The value types that cross a port (`ClusterRecord`, `NadVersion`,
 `Document`, `AlreadyHandled`, `DELETE`) live here too: they belong to the contract, not to one
-implementation; the typed records themselves (`ClusterWorkflow`, `NadRecord`, `FleetRollout`)
-are the core's.
+implementation; the typed records themselves (`ClusterWorkflow`, `NadRecord`, `FleetRollout`,
+`LedgerEntry`) are the core's.
 """
 
 from __future__ import annotations
@@ -20,20 +20,15 @@ from shared.core.endpoints import Endpoint
 from shared.core.errors import Problem, RejectionKind
 from shared.core.observed import ApplyResult, KubeObject, Listed, PoolFailure, Rollout
 from shared.core.prechecks import ClusterFacts
-from shared.core.records import ClusterWorkflow, FleetRollout, NadRecord, WorkflowUpdate
+from shared.core.records import ClusterWorkflow, FleetRollout, LedgerEntry, LedgerNote, NadRecord, WorkflowUpdate
 from shared.core.refs import ClusterRef
 from shared.core.requesters import Requester
 from shared.core.settings import NodePoolTemplate
 
-# A stored document (a ledger entry, the policy) as read: decoded JSON
-# whose fields docs/FIRESTORE.md names. Whoever reads one narrows what it reads (`isinstance`).
+# The policy document as read: operators' input (docs/FIRESTORE.md `config/policy`), not a record the store owns, so
+# it crosses as decoded JSON and `shared.core.policy.Policy.merged` validates it, naming unknown
+# and malformed fields. Every record the controller writes crosses typed.
 Document = dict[str, object]
-
-
-def text_field(doc: Mapping[str, object], name: str) -> str:
-    """A document's text field, "" when it is absent or not text."""
-    value = doc.get(name)
-    return value if isinstance(value, str) else ""
 
 
 class AlreadyHandled(Exception):
@@ -137,21 +132,21 @@ class StorePort(Protocol):
     def hold(self, ref: ClusterRef, *, holder: str, step: str, seconds: int | None = None) -> None: ...
     def list_clusters(self, state: str | None = None, *, limit: int | None = None) -> list[ClusterRecord]: ...
     def seen(self, ledger_key: str) -> bool: ...
-    def get_ledger(self, ledger_key: str) -> Document | None: ...
+    def get_ledger(self, ledger_key: str) -> LedgerEntry | None: ...
     def record_ledger(self, ledger_key: str, *, event_id: str, step: str, outcome: str,
-                      cluster: ClusterRef | None, fields: Mapping[str, object] | None = None) -> bool: ...
+                      cluster: ClusterRef | None, note: LedgerNote | None = None) -> bool: ...
     def get_nad(self, ref: ClusterRef, namespace: str, name: str) -> NadRecord | None: ...
     def put_nad(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str,
                 change: NadChange, outcome: str = "ok", ledger_key: str | None = None,
                 expect_states: tuple[str | None, ...] | None = None,
                 expect: Callable[[NadRecord], bool] | None = None, history: bool = True,
-                write_ledger: bool = True, ledger_fields: Mapping[str, object] | None = None,
+                write_ledger: bool = True, ledger_note: LedgerNote | None = None,
                 known: NadVersion | None = None) -> bool: ...
     def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str,
                         change: NadChange, outcome: str = "ok", ledger_key: str | None = None,
                         expect_states: tuple[str | None, ...] | None = None,
                         expect: Callable[[NadRecord], bool] | None = None, history: bool = True,
-                        write_ledger: bool = True, ledger_fields: Mapping[str, object] | None = None,
+                        write_ledger: bool = True, ledger_note: LedgerNote | None = None,
                         known: NadVersion | None = None) -> NadVersion | None: ...
     def get_cluster_and_nad_unless_seen(self, ref: ClusterRef, ledger_key: str, namespace: str,
                                         name: str) -> tuple[ClusterRecord | None, bool, NadVersion]: ...

@@ -35,6 +35,8 @@ from shared.adapters.store import (
     history_doc,
     lease_doc,
     lease_of,
+    ledger_entry_of,
+    ledger_note_doc,
     nad_changes,
     nad_fields_of,
     nad_of,
@@ -52,7 +54,7 @@ from shared.core.errors import Problem, Rejected, RejectionKind, Transient, Unkn
 from shared.core.names import is_dns_label, is_object_name
 from shared.core.observed import PoolFailure
 from shared.core.prechecks import ClusterFacts
-from shared.core.records import FleetRollout, HistoryEntry, NadRecord, NadState, WorkflowUpdate
+from shared.core.records import FleetRollout, HistoryEntry, LedgerEntry, LedgerNote, NadRecord, NadState, WorkflowUpdate
 from shared.core.refs import ClusterRef
 from shared.core.settings import NodePoolTemplate, Settings
 from shared.ports import AlreadyHandled, ClusterRecord, Lease, NadVersion
@@ -289,20 +291,20 @@ class FakeStore:
         with self._lock:
             return ledger_key in self.ledger
 
-    def get_ledger(self, ledger_key: str) -> dict[str, Any] | None:
+    def get_ledger(self, ledger_key: str) -> LedgerEntry | None:
         with self._lock:
             entry = self.ledger.get(ledger_key)
-            return copy.deepcopy(entry) if entry is not None else None
+            return ledger_entry_of(entry) if entry is not None else None
 
     def record_ledger(self, ledger_key: str, *, event_id: str, step: str, outcome: str,
-                      cluster: ClusterRef | None, fields: Mapping[str, Any] | None = None) -> bool:
+                      cluster: ClusterRef | None, note: LedgerNote | None = None) -> bool:
         _check_outcome(outcome)
         with self._lock:
             if ledger_key in self.ledger:
                 return False
             self.ledger[ledger_key] = {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
                                                             cluster=cluster, now=datetime.now(UTC)),
-                                       **(fields or {})}
+                                       **ledger_note_doc(note)}
             return True
 
     # -- NADs
@@ -316,18 +318,18 @@ class FakeStore:
                 change: Callable[[NadRecord], NadRecord], outcome: str = "ok", ledger_key: str | None = None,
                 expect_states: tuple[str | None, ...] | None = None,
                 expect: Callable[[NadRecord], bool] | None = None, history: bool = True,
-                write_ledger: bool = True, ledger_fields: Mapping[str, Any] | None = None,
+                write_ledger: bool = True, ledger_note: LedgerNote | None = None,
                 known: NadVersion | None = None) -> bool:
         return self.put_nad_version(
             ref, namespace, name, event_id=event_id, step=step, change=change, outcome=outcome,
             ledger_key=ledger_key, expect_states=expect_states, expect=expect, history=history,
-            write_ledger=write_ledger, ledger_fields=ledger_fields, known=known) is not None
+            write_ledger=write_ledger, ledger_note=ledger_note, known=known) is not None
 
     def put_nad_version(self, ref: ClusterRef, namespace: str, name: str, *, event_id: str, step: str,
                         change: Callable[[NadRecord], NadRecord], outcome: str = "ok",
                         ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
                         expect: Callable[[NadRecord], bool] | None = None, history: bool = True,
-                        write_ledger: bool = True, ledger_fields: Mapping[str, Any] | None = None,
+                        write_ledger: bool = True, ledger_note: LedgerNote | None = None,
                         known: NadVersion | None = None) -> NadVersion | None:
         """As the real store. `known` (the version the caller read) needs no check here: every write
         is decided under the lock on the current document, which is what the real store does when
@@ -367,7 +369,7 @@ class FakeStore:
                     requester=last.requester if last is not None and last != current.last_request else None))
             if ledger_key and write_ledger:
                 self.ledger[ledger_key] = {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
-                                                                cluster=ref, now=now), **(ledger_fields or {})}
+                                                                cluster=ref, now=now), **ledger_note_doc(ledger_note)}
             version = self._nad_versions.get((ref.doc_id, key), 0) + 1
             self._nad_versions[(ref.doc_id, key)] = version
             return NadVersion(nad_of(namespace, name, nad_view(copy.deepcopy(docs[key]))), version)

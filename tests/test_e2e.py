@@ -354,4 +354,4 @@ def test_request_id_deduplicates_republished_requests(stack, e2e_store, cluster_
     assert refusals and refusals[0]["kind"] == "request-id-reused", refusals
     assert f"request_id {rid!r} was already used for a different request" in refusals[0]["problems"][0]["message"]
     ledger = e2e_store.get_ledger(_ledger_key(ref, rid))
-    assert ledger["digest"].startswith("sha256:") and ledger["requestId"] == rid
+    assert ledger is not None and (ledger.note.digest or "").startswith("sha256:") and ledger.note.request_id == rid

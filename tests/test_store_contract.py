@@ -22,6 +22,8 @@ from shared.core.records import (
     AppliedNad,
     BundleOptions,
     FleetRollout,
+    LedgerEntry,
+    LedgerNote,
     NadRecord,
     NadState,
     RolloutCluster,
@@ -313,12 +315,12 @@ def test_record_ledger_and_get_cluster_unless_seen(store: StorePort) -> None:
     rec, seen = store.get_cluster_unless_seen(REF, "g1")
     assert rec is not None and rec.state == "DISCOVERED" and not seen
     assert store.record_ledger("g1", event_id="g1", step="discover", outcome="ok", cluster=REF,
-                               fields={"digest": "sha256:abc"}) is True
+                               note=LedgerNote("sha256:abc")) is True
     assert store.record_ledger("g1", event_id="g1", step="discover", outcome="ok", cluster=REF) is False
     assert store.get_cluster_unless_seen(REF, "g1") == (None, True)
     entry = store.get_ledger("g1")
-    assert entry is not None and entry["digest"] == "sha256:abc" and entry["cluster"] == REF.path
-    assert entry["eventId"] == "g1" and entry["outcome"] == "ok" and store.get_ledger("other") is None
+    assert entry == LedgerEntry("g1", "discover", "ok", REF.path, LedgerNote("sha256:abc"))
+    assert store.get_ledger("other") is None
 
 
 def test_hold_renews_and_drops_only_its_own_lease(store: StorePort) -> None:
@@ -359,8 +361,8 @@ def test_claim_create_fields_and_delete_marker(store: StorePort) -> None:
 def test_put_nad_conditions_derive_and_ledger(store: StorePort) -> None:
     assert store.put_nad(REF, "default", "net",
                          change=nad_change("PENDING", {"claimOrder": "0001"}, message="queued"), event_id="n1",
-                         step="queue-nad", ledger_key="k1", ledger_fields={"digest": "d1"})
-    assert store.get_ledger("k1")["digest"] == "d1"  # type: ignore[index]
+                         step="queue-nad", ledger_key="k1", ledger_note=LedgerNote("d1", "rid-1"))
+    assert store.get_ledger("k1").note == LedgerNote("d1", "rid-1")  # type: ignore[union-attr]
     assert not store.put_nad(REF, "default", "net", change=nad_change("APPLYING", {}), event_id="n2", step="s",
                              expect=nad_expect({"claimOrder": "0002"}))
     assert not store.put_nad(REF, "default", "net", change=nad_change("APPLYING", {}), event_id="n2", step="s",

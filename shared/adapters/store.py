@@ -53,6 +53,8 @@ from shared.core.records import (
     Incarnation,
     LastError,
     LastRequest,
+    LedgerEntry,
+    LedgerNote,
     NadClaim,
     NadRecord,
     NodePoolFacts,
@@ -397,6 +399,27 @@ HISTORY_FIELDS: tuple[tuple[str, str, bool], ...] = (
     ("requester", "requester", False),
 )
 MESSAGE_MAX = 4000
+
+# The ledger entry's note (`LedgerNote` attribute -> field); the entry's own fields are written by
+# `Store._ledger_entry` (eventId, cluster, step, outcome, at, expireAt).
+LEDGER_NOTE_FIELDS: tuple[tuple[str, str], ...] = (("digest", "digest"), ("request_id", "requestId"))
+
+
+def ledger_note_doc(note: LedgerNote | None) -> dict[str, object]:
+    """The note's fields as the ledger entry stores them (a None attribute is left out)."""
+    if note is None:
+        return {}
+    return {name: getattr(note, attr) for attr, name in LEDGER_NOTE_FIELDS if getattr(note, attr) is not None}
+
+
+def ledger_entry_of(doc: Mapping[str, Any]) -> LedgerEntry:
+    """A ledger document as its typed entry (a field of the wrong type reads as absent)."""
+    def text(name: str) -> str | None:
+        value = doc.get(name)
+        return value if isinstance(value, str) else None
+
+    note = LedgerNote(**{attr: text(name) for attr, name in LEDGER_NOTE_FIELDS})
+    return LedgerEntry(text("eventId") or "", text("step") or "", text("outcome") or "", text("cluster"), note)
 
 
 def history_doc(entry: HistoryEntry) -> dict[str, object]:
@@ -1256,14 +1279,14 @@ class Store:
         return bool(self._ledger_doc(ledger_key).get(**self._opts).exists)
 
     @_edge
-    def get_ledger(self, ledger_key: str) -> dict[str, Any] | None:
+    def get_ledger(self, ledger_key: str) -> LedgerEntry | None:
         """The ledger entry of `ledger_key` (who handled it, and the request's digest), or None."""
         snap = self._ledger_doc(ledger_key).get()
-        return snap.to_dict() if snap.exists else None
+        return ledger_entry_of(snap.to_dict() or {}) if snap.exists else None
 
     @_edge
     def record_ledger(self, ledger_key: str, *, event_id: str, step: str, outcome: str,
-                      cluster: ClusterRef | None, fields: Mapping[str, Any] | None = None) -> bool:
+                      cluster: ClusterRef | None, note: LedgerNote | None = None) -> bool:
         """Create the ledger entry if absent (one commit RPC); False when it existed already."""
         from google.api_core import exceptions as gexc
 
@@ -1271,7 +1294,7 @@ class Store:
         try:
             self._ledger_doc(ledger_key).create(
                 {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome, cluster=cluster, now=_now()),
-                 **(fields or {})},
+                 **ledger_note_doc(note)},
                 **self._opts)
         except gexc.AlreadyExists:
             return False
@@ -1287,13 +1310,13 @@ class Store:
                 change: Callable[[NadRecord], NadRecord], outcome: str = "ok", ledger_key: str | None = None,
                 expect_states: tuple[str | None, ...] | None = None,
                 expect: Callable[[NadRecord], bool] | None = None, history: bool = True,
-                write_ledger: bool = True, ledger_fields: Mapping[str, Any] | None = None,
+                write_ledger: bool = True, ledger_note: LedgerNote | None = None,
                 known: NadVersion | None = None) -> bool:
         """Record a NAD's state (see `put_nad_version`); True when it was written."""
         return self.put_nad_version(
             ref, namespace, name, event_id=event_id, step=step, change=change, outcome=outcome,
             ledger_key=ledger_key, expect_states=expect_states, expect=expect, history=history,
-            write_ledger=write_ledger, ledger_fields=ledger_fields, known=known) is not None
+            write_ledger=write_ledger, ledger_note=ledger_note, known=known) is not None
 
     @_edge
     def get_cluster_and_nad_unless_seen(self, ref: ClusterRef, ledger_key: str, namespace: str,
@@ -1316,7 +1339,7 @@ class Store:
                         change: Callable[[NadRecord], NadRecord], outcome: str = "ok",
                         ledger_key: str | None = None, expect_states: tuple[str | None, ...] | None = None,
                         expect: Callable[[NadRecord], bool] | None = None, history: bool = True,
-                        write_ledger: bool = True, ledger_fields: Mapping[str, Any] | None = None,
+                        write_ledger: bool = True, ledger_note: LedgerNote | None = None,
                         known: NadVersion | None = None) -> NadVersion | None:
         """Record a NAD's state; ledger, NAD document and history entry in one atomic commit.
 
@@ -1331,7 +1354,7 @@ class Store:
         NAD out of PENDING or APPLYING exactly one succeeds. `history=False` records no history
         entry (a transient reservation); `write_ledger=False` checks the ledger only.
         The cluster's own document is neither read nor written, so NADs never wait on it.
-        `ledger_fields` go into the ledger entry (the digest of the request, for idempotency keys).
+        `ledger_note` goes into the ledger entry (the digest of the request, for idempotency keys).
 
         Returns the record as written and its update time (None when nothing was written).
         `known` is the record as this worker last read or wrote it: the first attempt decides
@@ -1402,7 +1425,7 @@ class Store:
                     requester=last.requester if last is not None and last != current.last_request else None)))
             if ledger is not None and write_ledger:
                 batch.create(ledger, {**self._ledger_entry(event_id=event_id, step=step, outcome=outcome,
-                                                           cluster=ref, now=now), **(ledger_fields or {})})
+                                                           cluster=ref, now=now), **ledger_note_doc(ledger_note)})
             try:
                 results = batch.commit()
             except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Conflict, gexc.Aborted, gexc.NotFound):

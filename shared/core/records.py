@@ -455,3 +455,25 @@ class FleetRollout:
     def with_cluster(self, cluster_id: str, entry: RolloutCluster) -> FleetRollout:
         """This rollout with one cluster's entry replaced."""
         return replace(self, clusters={**self.clusters, cluster_id: entry})
+
+
+# --------------------------------------------------------------------------- the ledger
+
+@dataclass(frozen=True)
+class LedgerNote:
+    """What a NAD request's ledger entry keeps of the request (`digest`, `requestId`): a request
+    id used again with another body is told apart from a duplicate by its digest."""
+
+    digest: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One handled event (`ledger/{key}`): which event, which step, how it ended, and the note."""
+
+    event_id: str
+    step: str
+    outcome: str
+    cluster: str | None = None  # the cluster's path; None for a fleet-wide event
+    note: LedgerNote = LedgerNote()

@@ -32,6 +32,7 @@ from shared.core.policy import Policy
 from shared.core.records import (
     AppliedNad,
     LastRequest,
+    LedgerNote,
     NadClaim,
     NadRecord,
     NadState,
@@ -50,7 +51,7 @@ from shared.flows.verify import (
     may_have_verify_pod,
     verify_deadline,
 )
-from shared.ports import NadVersion, text_field
+from shared.ports import NadVersion
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -120,7 +121,8 @@ class NadFlow:
         first used with another body (an idempotency key names one request, not a NAD)."""
         store = self.ctx.store
         if req.request_id:
-            first = text_field(store.get_ledger(ledger) or {}, "digest")
+            entry = store.get_ledger(ledger)
+            first = entry.note.digest if entry is not None else None
             if first and first != request_digest(req):
                 why = (f"request_id {req.request_id!r} was already used for a different request on this cluster "
                        f"(digest {first[:19]}, this one {request_digest(req)[:19]}); send a new request_id")
@@ -181,7 +183,7 @@ class NadFlow:
         change = _Change(decisions.NAD_PENDING, lambda cur: _pending(job, cur, step.message))
         wrote = self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
                                        step="queue-nad", change=change, ledger_key=job.ledger,
-                                       ledger_fields=job.ledger_fields, expect_states=expect,
+                                       ledger_note=job.ledger_note, expect_states=expect,
                                        expect=_claim_is(expect_claim) if expect_claim else None)
         return Outcome("pending" if wrote else "duplicate", change.message or step.message, job.ref.path,
                        change.state)
@@ -193,12 +195,12 @@ class NadFlow:
         change = _Change(decisions.NAD_REJECTED, lambda cur: _refused(job, cur, reasons, cidr))
         wrote = self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id,
                                        step="reject-nad", change=change, outcome="rejected", ledger_key=job.ledger,
-                                       ledger_fields=job.ledger_fields, expect_states=expect_states,
+                                       ledger_note=job.ledger_note, expect_states=expect_states,
                                        expect=_claim_is(expect_claim) if expect_claim else None, known=known)
         if not wrote and expect_claim and expect_states == (decisions.NAD_APPLYING,):
             # our claim was taken over meanwhile; the request has its outcome all the same
             self.ctx.store.record_ledger(job.ledger, event_id=job.event_id, step="reject-nad", outcome="rejected",
-                                         cluster=job.ref, fields=job.ledger_fields)
+                                         cluster=job.ref, note=job.ledger_note)
             return Outcome("rejected", "; ".join(reasons), job.ref.path, decisions.NAD_REJECTED)
         return Outcome("rejected" if wrote else "duplicate", "; ".join(reasons), job.ref.path, change.state)
 
@@ -229,7 +231,7 @@ class NadFlow:
         if cluster_state != decisions.READY:
             change = _Change(decisions.NAD_PENDING, lambda cur: _delete_waits(job, cur, cluster_state))
             wrote = store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="delete-nad",
-                                  change=change, ledger_key=job.ledger, ledger_fields=job.ledger_fields,
+                                  change=change, ledger_key=job.ledger, ledger_note=job.ledger_note,
                                   expect_states=expect, expect=_claim_is(expect_claim) if expect_claim else None,
                                   known=known)
             status = "pending" if change.state == decisions.NAD_PENDING else "done"
@@ -251,11 +253,11 @@ class NadFlow:
         message = f"{job.label} deleted" + ("" if deleted else " (it was not on the cluster)")
         wrote = store.put_nad(ref, req.namespace, req.name, event_id=job.event_id, step="delete-nad",
                               change=lambda cur: _deleted(job, cur, message), ledger_key=job.ledger,
-                              ledger_fields=job.ledger_fields, expect_states=(decisions.NAD_DELETING,),
+                              ledger_note=job.ledger_note, expect_states=(decisions.NAD_DELETING,),
                               expect=_claim_is(order), known=version)
         if not wrote:
             store.record_ledger(job.ledger, event_id=job.event_id, step="delete-nad", outcome="ok", cluster=ref,
-                                fields=job.ledger_fields)
+                                note=job.ledger_note)
         return Outcome("done" if wrote else "superseded", message, ref.path, decisions.NAD_DELETED)
 
     def _apply_nad(self, job: _Job, cidr: str, *, expect: tuple[str | None, ...] | None,
@@ -348,7 +350,7 @@ class NadFlow:
         if store.put_nad(ref, ns, name, event_id=job.event_id, step="apply-nad",
                          change=lambda cur: _applied(job, cur, cidr, config, resource_version, state, message,
                                                      verification, checked),
-                         ledger_key=job.ledger, ledger_fields=job.ledger_fields,
+                         ledger_key=job.ledger, ledger_note=job.ledger_note,
                          expect_states=(decisions.NAD_APPLYING,), expect=_unrefused_claim(order), known=version):
             return Outcome("done", message, ref.path, state)
         if store.seen(job.ledger):
@@ -381,7 +383,7 @@ class NadFlow:
     def _nad_failed(self, job: _Job, what: str, err: Exception, *, expect_claim: str | None = None) -> Outcome:
         change = _Change(decisions.NAD_FAILED, lambda cur: _failed(job, cur, what, err))
         self.ctx.store.put_nad(job.ref, job.req.namespace, job.req.name, event_id=job.event_id, step=f"{what}-nad",
-                               change=change, outcome="failed", ledger_key=job.ledger, ledger_fields=job.ledger_fields,
+                               change=change, outcome="failed", ledger_key=job.ledger, ledger_note=job.ledger_note,
                                expect=_claim_is(expect_claim) if expect_claim else None)
         return Outcome("failed", change.message, job.ref.path, change.state)
 
@@ -534,8 +536,8 @@ class _Job:
         return request_digest(self.req)
 
     @property
-    def ledger_fields(self) -> dict[str, Any]:
-        return {"digest": self.digest, "requestId": self.req.request_id}
+    def ledger_note(self) -> LedgerNote:
+        return LedgerNote(self.digest, self.req.request_id)
 
     def last(self, state: NadState, *, reasons: Sequence[str] = (), cidr: str | None = None) -> LastRequest:
         req = self.req
