@@ -795,6 +795,57 @@ class FakePublisher:
         """As the adapter's: nothing to release."""
 
 
+class FakeIdentity:
+    """`IdentityPort` over a table of tokens it minted. Held to the real verifier
+    (`shared.adapters.idtoken.IdTokenVerifier`, on the sandbox's certificate server) by
+    tests/test_identity_datapath_contract.py: a token it minted names its requester (the email in
+    lower case), anything else is `Rejected` of kind UNAUTHENTICATED on `attributes.idToken`."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, Any] = {}
+
+    def mint(self, email: str) -> str:
+        import secrets
+
+        token = f"fake.{secrets.token_urlsafe(16)}.sig"
+        self.tokens[token] = email
+        return token
+
+    def verify(self, token: str | None) -> Any:
+        from shared.adapters.idtoken import unauthenticated
+        from shared.core.requesters import Requester
+
+        if not token:
+            raise unauthenticated("no ID token")
+        email = self.tokens.get(token)
+        if email is None:
+            raise unauthenticated("the token does not verify")
+        return Requester(email=email.lower(), subject=f"sub-{email.lower()}")
+
+
+class FakeDataPath:
+    """`DataPathPort` over tables: `pods[(cluster path, pod uid)]` is what the node's kernel shows,
+    `reaches[(cluster path, pod uid, address)]` whether it answered. Held to the real adapter
+    (`shared.adapters.datapath.HttpDataPath` on the sandbox's probe) by
+    tests/test_identity_datapath_contract.py: what is not known is None ("not checked")."""
+
+    def __init__(self) -> None:
+        from shared.ports import PodDataPath, Reach
+
+        self.pods: dict[tuple[str, str], PodDataPath] = {}
+        self.reaches: dict[tuple[str, str, str], Reach] = {}
+
+    def observe(self, ref: ClusterRef, pod_uid: str, ifname: str) -> Any:
+        return self.pods.get((ref.path, pod_uid))
+
+    def reach(self, ref: ClusterRef, pod_uid: str, address: str, ifname: str) -> Any:
+        if (ref.path, pod_uid) not in self.pods:
+            return None
+        from shared.ports import Reach
+
+        return self.reaches.get((ref.path, pod_uid, address), Reach(False, False, "no answer"))
+
+
 # --------------------------------------------------------------------------- NAD records in tests
 
 def nad_change(state: str | None = None, fields: Mapping[str, Any] | None = None,

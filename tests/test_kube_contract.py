@@ -133,14 +133,17 @@ def test_the_fakes_have_their_ports_methods() -> None:
     """Every method of each port exists on its fake and its adapter, with the port's parameters."""
     import inspect
 
+    from shared.adapters.datapath import HttpDataPath, NoDataPath
     from shared.adapters.gke import Gke
+    from shared.adapters.idtoken import IdTokenVerifier
     from shared.adapters.kube import Kube
     from shared.adapters.pubsub import Publisher
-    from shared.ports import ClusterApiPort, GkePort, PublisherPort
-    from tests.fakes import FakeGke, FakePublisher
+    from shared.ports import ClusterApiPort, DataPathPort, GkePort, IdentityPort, PublisherPort
+    from tests.fakes import FakeDataPath, FakeGke, FakeIdentity, FakePublisher
 
     for port, impls in ((ClusterApiPort, (FakeKube, Kube)), (GkePort, (FakeGke, Gke)),
-                        (PublisherPort, (FakePublisher, Publisher))):
+                        (PublisherPort, (FakePublisher, Publisher)), (IdentityPort, (FakeIdentity, IdTokenVerifier)),
+                        (DataPathPort, (FakeDataPath, HttpDataPath, NoDataPath))):
         methods = [n for n, v in vars(port).items() if callable(v) and not n.startswith("_")]
         assert methods, port
         for name in methods:
