@@ -317,6 +317,19 @@ class _Field:
     null: bool = False  # None is stored as null (the field stays); otherwise None removes the field
 
 
+def _decoded(table: Sequence[_Field], doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's attributes from a document through its table: a field absent, null or malformed
+    (decoded as None) leaves the attribute at its default."""
+    values: dict[str, Any] = {}
+    for f in table:
+        raw = doc.get(f.name)
+        if raw is not None:
+            decoded = f.decode(raw)
+            if decoded is not None:
+                values[f.attr] = decoded
+    return values
+
+
 # The one table of the cluster document's workflow fields (docs/FIRESTORE.md `clusters/{id}`):
 # `ClusterWorkflow` attribute -> camelCase field. Adding a workflow field: the attribute in
 # `shared.core.records.ClusterWorkflow`, and a row here.
@@ -354,13 +367,7 @@ CLUSTER_FIELDS: tuple[_Field, ...] = (
 
 def workflow_of(data: Mapping[str, Any]) -> ClusterWorkflow:
     """A cluster document's workflow fields as the typed record (missing or malformed: the defaults)."""
-    values = {}
-    for f in CLUSTER_FIELDS:
-        if f.name in data and data[f.name] is not None:
-            decoded = f.decode(data[f.name])
-            if decoded is not None:
-                values[f.attr] = decoded
-    return ClusterWorkflow(**values)
+    return ClusterWorkflow(**_decoded(CLUSTER_FIELDS, data))
 
 
 def workflow_changes(update: WorkflowUpdate | None) -> dict[str, Any]:
@@ -578,13 +585,7 @@ NAD_BY_NAME = {f.name: f for f in NAD_FIELDS}
 
 def nad_of(namespace: str, name: str, view: Mapping[str, Any], update_time: Any = None) -> NadRecord:
     """A NAD document, as read (`nad_view`: the last request whole), as the typed record."""
-    values: dict[str, Any] = {}
-    for f in NAD_FIELDS:
-        raw = view.get(f.name)
-        if raw is not None:
-            decoded = f.decode(raw)
-            if decoded is not None:
-                values[f.attr] = decoded
+    values = _decoded(NAD_FIELDS, view)
     updated = view.get("updatedAt")
     return NadRecord(namespace, name, **values, updated_at=updated if isinstance(updated, datetime) else None,
                      data=view)
@@ -713,14 +714,7 @@ ROLLOUT_FIELDS: tuple[_Field, ...] = (
 def rollout_of(data: Mapping[str, Any]) -> FleetRollout:
     """`rollouts/current` as the typed record: a field missing or malformed reads as the attribute's
     default (an unknown state word as None, which nothing drives); fields not in the table are left out."""
-    values: dict[str, Any] = {}
-    for f in ROLLOUT_FIELDS:
-        raw = data.get(f.name)
-        if raw is not None:
-            decoded = f.decode(raw)
-            if decoded is not None:
-                values[f.attr] = decoded
-    return FleetRollout(**values)
+    return FleetRollout(**_decoded(ROLLOUT_FIELDS, data))
 
 
 def rollout_changes(rollout: FleetRollout) -> dict[str, Any]:
