@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import gc
 import ipaddress
 import json
 import os
 import ssl
-import stat
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -404,9 +403,11 @@ def test_api_client_verifies_tls_with_the_ca_from_gke(https_server, tmp_path):
     try:
         cluster = gke.get_cluster(LEGACY)  # endpoint and CA exactly as the GKE API reports them
         assert base64.b64decode(cluster.ca_certificate) == tls.ca_pem
+        before = set(os.listdir(tempfile.gettempdir()))
         api = gke.api_client(cluster)
-        ca_path = api.configuration.ssl_ca_cert
-        assert stat.S_IMODE(os.stat(ca_path).st_mode) == 0o600
+        # the CA is kept in memory, never in a file that a killed process would leave behind
+        assert api.configuration.ca_cert_data == tls.ca_pem.decode() and api.configuration.ssl_ca_cert is None
+        assert not [f for f in set(os.listdir(tempfile.gettempdir())) - before if f.startswith("multus-gke-ca-")]
         assert api.configuration.verify_ssl is True
         assert kubernetes.client.VersionApi(api).get_code().git_version == "v1.30.5-gke.1014001"
         assert seen[-1] == "Bearer sandbox-token-1"
@@ -418,9 +419,6 @@ def test_api_client_verifies_tls_with_the_ca_from_gke(https_server, tmp_path):
         assert seen[-1] == "Bearer sandbox-token-2"
 
         api.close()
-        del api
-        gc.collect()
-        assert not os.path.exists(ca_path)  # the private CA file goes with the client
     finally:
         gke.close()
         sandbox.stop()

@@ -23,9 +23,7 @@ import collections
 import ipaddress
 import os
 import re
-import tempfile
 import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -334,33 +332,17 @@ def decode_cluster(cluster: container_v1.Cluster) -> ClusterFacts:
                    ca_certificate=str(cluster.master_auth.cluster_ca_certificate))
 
 
-def _ca_pem(cluster: ClusterFacts) -> bytes:
+def _ca_pem(cluster: ClusterFacts) -> str:
+    """The cluster's CA as PEM text (GKE reports it base64-encoded); `Permanent` when it is not one."""
     raw = cluster.ca_certificate
     try:
-        pem = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        pem = b""
-    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        pem = base64.b64decode(raw, validate=True).decode("ascii")
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        pem = ""
+    if "-----BEGIN CERTIFICATE-----" not in pem:
         raise Permanent(f"cluster {cluster.name!r}: master_auth.cluster_ca_certificate is not a base64 PEM "
                         "certificate", code="INVALID_ARGUMENT", api=API)
     return pem
-
-
-def _write_private(data: bytes) -> str:
-    """Write `data` to a new temp file readable by this user only (mkstemp creates it 0600)."""
-    fd, path = tempfile.mkstemp(prefix="multus-gke-ca-", suffix=".pem")
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    return path
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,7 +610,6 @@ class Gke:
         lock = threading.Lock()
         token = fresh_token(creds, lock)
         cfg = kubernetes.client.Configuration()
-        path = None
         if chosen.kind == endpoints.DNS:
             if not _HOSTNAME.match(chosen.host):
                 raise Permanent(f"cluster {cluster.name!r}: malformed DNS endpoint {chosen.host[:100]!r}",
@@ -641,9 +622,10 @@ class Gke:
             cfg.ssl_ca_cert = self.settings.dns_endpoint_ca_file or None
         else:
             endpoint = _endpoint(cluster) if chosen.kind == endpoints.PUBLIC_IP else _checked(chosen.address, cluster)
-            path = _write_private(_ca_pem(cluster))
             cfg.host = f"https://{endpoint}"
-            cfg.ssl_ca_cert = path
+            # The CA stays in memory (urllib3's `ca_cert_data`): a file per client was left in /tmp
+            # by every process that ended without running its finalizers (a killed worker).
+            cfg.ca_cert_data = _ca_pem(cluster)
         cfg.verify_ssl = True
         cfg.api_key = {"authorization": token}
         cfg.api_key_prefix = {"authorization": "Bearer"}
@@ -652,7 +634,4 @@ class Gke:
             config.api_key["authorization"] = fresh_token(creds, lock)
 
         cfg.refresh_api_key_hook = refresh  # type: ignore[assignment]  # the client declares the hook None
-        client = kubernetes.client.ApiClient(cfg)
-        if path is not None:
-            weakref.finalize(client, _unlink, path)
-        return client
+        return kubernetes.client.ApiClient(cfg)
