@@ -1125,7 +1125,7 @@ def throughput_why(res: dict[str, Any]) -> str:
             f"per request), the emulators {cpu['emulators']:.2f}, other work on the machine {cpu['rest']:.2f}; the "
             f"rest of a request is its two cluster requests and waiting for a core (the worker's Python "
             f"threads run one at a time). What would close the gap: less CPU per request in the worker (the "
-            f"encoding of its two commits, the decoding of the NAD query and of the cluster's NAD list, the "
+            f"encoding of its two commits, the decoding of the records list and of the cluster's NAD LIST, the "
             f"last two growing with the NADs of the cluster), or a machine not shared with other work.")
 
 

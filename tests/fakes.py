@@ -51,6 +51,7 @@ from shared.adapters.store import (
 )
 from shared.core.endpoints import Endpoint
 from shared.core.errors import Problem, Rejected, RejectionKind, Transient, UnknownCluster
+from shared.core.nad import managed, refuse_foreign
 from shared.core.names import is_dns_label, is_object_name
 from shared.core.observed import PoolFailure
 from shared.core.prechecks import ClusterFacts
@@ -660,7 +661,7 @@ class FakeKube:
         if listed is None:
             self._owned(md.get("namespace") or "default", md.get("name"), cluster)
         else:
-            self._refuse_foreign(listed.live, cluster)
+            refuse_foreign(listed.live, cluster)
         return self._put(obj)
 
     def delete_nad(self, namespace: str, name: str, *, cluster: str | None = None) -> bool:
@@ -673,28 +674,17 @@ class FakeKube:
     def _owned(self, namespace: str, name: str, cluster: str | None) -> dict[str, Any] | None:
         """The real adapter's ownership check (`nad.foreign_nad`), with its GET."""
         live = self.get("k8s.cni.cncf.io/v1", "NetworkAttachmentDefinition", namespace, name)
-        self._refuse_foreign(live, cluster)
+        refuse_foreign(live, cluster)
         return live
-
-    @staticmethod
-    def _refuse_foreign(live: Mapping[str, Any] | None, cluster: str | None) -> None:
-        from shared.core.errors import NotOurs
-        from shared.core.nad import foreign_nad
-
-        foreign = foreign_nad(live, cluster) if live is not None else None
-        if foreign is not None:
-            raise NotOurs(foreign[1], owner=foreign[0])
 
     def list_nads(self) -> list[dict[str, Any]]:
         self.requests += 1
         return [copy.deepcopy(o) for k, o in sorted(self.objects.items()) if k[1] == "NetworkAttachmentDefinition"]
 
     def list_managed_nads(self) -> list[dict[str, Any]]:
-        from shared.core.nad import MANAGED_BY
-
         self.requests += 1
         return [copy.deepcopy(o) for k, o in sorted(self.objects.items()) if k[1] == "NetworkAttachmentDefinition"
-                and ((o.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY[0]) == MANAGED_BY[1]]
+                and managed(o)]
 
     def list_ippools(self) -> list[dict[str, Any]]:
         self.requests += 1

@@ -299,9 +299,12 @@ def test_every_call_carries_an_explicit_deadline_and_retry_policy(store: Store) 
 
 
 def test_queries_decode_documents_as_the_library_does(store: Store, firestore_client: Any) -> None:
-    """`list_nads` decodes each result's protobuf itself (no DocumentSnapshot, issue 21): every
-    value type comes back as the library's own `stream()` gives it, with and without a projection."""
+    """`list_nads` (ListDocuments, or a query for one state) and a request's first read (`_fetch`,
+    BatchGetDocuments) decode each answer's protobuf themselves (no DocumentSnapshot, issue 21):
+    every value type comes back as the library's own `stream()` and `get_all()` give it, with and
+    without a projection (nested keys included), and the update time to the nanosecond."""
     from google.cloud import firestore
+    from google.cloud.firestore_v1.base_query import FieldFilter
     from google.cloud.firestore_v1.vector import Vector
 
     from shared.core.refs import ClusterRef
@@ -317,14 +320,29 @@ def test_queries_decode_documents_as_the_library_does(store: Store, firestore_cl
               "vector": Vector([1.0, 2.5])}
     nads.document("default~all").set(values)
     nads.document("kube-system~other").set({"state": "PENDING", "master": "eth2"})
-    for fields in (None, ("state", "master", "applied", "claim")):
+    for fields in (None, ("state", "master", "applied", "claim"), ("state", "applied.range", "applied.deep")):
         query = nads if fields is None else nads.select(list(fields))
         expected = {s.id: s.to_dict() for s in query.stream()}
-        got = store.list_nads(REF, fields=fields)
+        got = store.list_nads(REF, fields=fields)  # ListDocuments, projected by `mask`
         assert [(n.namespace, n.name) for n in got] == [("default", "all"), ("kube-system", "other")]
         for n in got:
             want = expected[f"{n.namespace}~{n.name}"]
             assert _typed({k: v for k, v in n.data.items() if k in want}) == _typed(want)
+    (applied,) = store.list_nads(REF, state="APPLIED")  # one state: a query, decoded the same way
+    assert _typed({k: v for k, v in applied.data.items() if k in values}) == _typed(
+        next(nads.where(filter=FieldFilter("state", "==", "APPLIED")).stream()).to_dict())
+    # a request's first look (`_fetch`): the same values and update time as `get_all`, None when absent
+    refs = [nads.document("default~all"), nads.document("kube-system~other"), nads.document("default~absent")]
+    snaps = {s.reference.path: s for s in firestore_client.get_all(refs)}
+    fetched = store._fetch(refs)
+    for ref in refs:
+        snap = snaps[ref.path]
+        if not snap.exists:
+            assert fetched[ref.path] is None
+            continue
+        data, updated = fetched[ref.path]  # type: ignore[misc]
+        assert _typed(data) == _typed(snap.to_dict()) and updated == snap.update_time
+        assert updated.nanosecond == snap.update_time.nanosecond  # a write's precondition: nanoseconds kept
     assert nad_docs(store, ClusterRef.of("proj-one", "us-central1", "nobody")) == []
 
 

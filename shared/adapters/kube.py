@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from shared.core.errors import NotOurs, NotYet, Permanent, Problem, Rejected, Transient
+from shared.core.errors import NotYet, Permanent, Problem, Rejected, Transient
 from shared.core.multus import object_key
 from shared.core.observed import ApplyResult, Key, Listed, Rollout
 
@@ -254,7 +254,7 @@ class Kube:
         is left untouched; only one the controller owns is applied with `force`. A new one is
         applied without it, so one created by someone else in between is a conflict, not a takeover.
         """
-        from shared.core.nad import CLUSTER_ANNOTATION
+        from shared.core.nad import CLUSTER_ANNOTATION, refuse_foreign
 
         if obj.get("apiVersion") != NAD_API_VERSION or obj.get("kind") != NAD_KIND:
             raise Rejected("not a NetworkAttachmentDefinition",
@@ -262,9 +262,11 @@ class Kube:
                                             f"{obj.get('apiVersion')!r} {obj.get('kind')!r}")])
         md = obj.get("metadata") or {}
         cluster = (md.get("annotations") or {}).get(CLUSTER_ANNOTATION)
-        live = self._owned(md.get("namespace"), md.get("name"), cluster) if listed is None else listed.live
-        if listed is not None:
-            _refuse_foreign(live, cluster)
+        if listed is None:
+            live = self._owned(md.get("namespace"), md.get("name"), cluster)
+        else:
+            live = listed.live
+            refuse_foreign(live, cluster)
         return self._apply_one(obj, None, force=live is not None)
 
     def delete_nad(self, namespace: str, name: str, *, cluster: str | None = None) -> bool:
@@ -281,8 +283,10 @@ class Kube:
 
     def _owned(self, namespace: Any, name: Any, cluster: str | None) -> dict[str, Any] | None:
         """The NAD on the cluster (None: there is none), after checking it is the controller's."""
+        from shared.core.nad import refuse_foreign
+
         live = self.get(NAD_API_VERSION, NAD_KIND, namespace, name)
-        _refuse_foreign(live, cluster)
+        refuse_foreign(live, cluster)
         return live
 
     def list_nads(self) -> list[dict[str, Any]]:
@@ -403,12 +407,3 @@ def _forbidden_hint(message: str, path: str) -> str:
                 "(apply `multus-provisioner render-rbac` at opt-in, docs/DEPLOY.md)")
     return ("; the controller's RBAC in this cluster does not allow it "
             "(`multus-provisioner render-rbac`, docs/DEPLOY.md)")
-
-
-def _refuse_foreign(live: Mapping[str, Any] | None, cluster: str | None) -> None:
-    """`NotOurs` when a NAD on the cluster is not the controller's (of `cluster`, when given)."""
-    from shared.core.nad import foreign_nad
-
-    foreign = foreign_nad(live, cluster) if live is not None else None
-    if foreign is not None:
-        raise NotOurs(foreign[1], owner=foreign[0])

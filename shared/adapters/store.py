@@ -111,10 +111,6 @@ def safe_id(text: str) -> str:
     return out
 
 
-def snap_data(snap: Any) -> dict[str, Any]:
-    return (snap.to_dict() or {}) if snap is not None and snap.exists else {}
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -1092,12 +1088,11 @@ class Store:
         """The cluster's record and whether the ledger has `ledger_key`, in one read (a request's
         first look: a duplicate stops here, anything else needs the cluster's state anyway)."""
         doc, ledger = self._cluster_doc(ref), self._ledger_doc(ledger_key)
-        snaps = {x.reference.path: x for x in self.client.get_all([doc, ledger], **self._opts)}
-        seen = snaps.get(ledger.path)
-        if seen is not None and seen.exists:
+        found = self._fetch([doc, ledger])
+        if found.get(ledger.path) is not None:
             return None, True
-        snap = snaps.get(doc.path)
-        return (record_of(ref, snap.to_dict() or {}) if snap is not None and snap.exists else None), False
+        cluster = found.get(doc.path)
+        return (record_of(ref, cluster[0]) if cluster is not None else None), False
 
     @_edge
     def claim(self, ref: ClusterRef, *, event_id: str, step: str, ledger_key: str | None = None,
@@ -1379,14 +1374,12 @@ class Store:
                 update_time = known.update_time
                 current = known.record if known.record is not None and update_time is not None else blank
             else:
-                snaps = {x.reference.path: x
-                         for x in self.client.get_all([d for d in (doc, ledger) if d is not None])}
-                snap = snaps.get(doc.path)
-                seen = snaps.get(ledger.path) if ledger is not None else None
-                if seen is not None and seen.exists:
+                found = self._fetch([d for d in (doc, ledger) if d is not None])
+                if ledger is not None and found.get(ledger.path) is not None:
                     return None
-                if snap is not None and snap.exists:
-                    current, update_time = nad_of(namespace, name, nad_view(snap.to_dict() or {})), snap.update_time
+                mine = found.get(doc.path)
+                if mine is not None:
+                    current, update_time = nad_of(namespace, name, nad_view(mine[0])), mine[1]
                 else:
                     current, update_time = blank, None
             exists = update_time is not None

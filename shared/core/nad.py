@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from shared.core.errors import Problem, Rejected, RejectionKind
+from shared.core.errors import NotOurs, Problem, Rejected, RejectionKind
 from shared.core.names import is_dns_label
 from shared.core.refs import ClusterRef, parse_resource_name
 
@@ -597,7 +597,7 @@ def foreign_nad(live: Mapping[str, Any], cluster_path: str | None) -> tuple[str,
     with `force` would otherwise silently take its fields, and a delete would remove it."""
     md = _mapping(live.get("metadata"))
     labels, notes = _mapping(md.get("labels")), _mapping(md.get("annotations"))
-    marked = labels.get(MANAGED_BY[0]) == MANAGED_BY[1]
+    marked = managed(live)
     said = notes.get(CLUSTER_ANNOTATION)
     if marked and isinstance(said, str) and (cluster_path is None or said == cluster_path):
         return None
@@ -614,6 +614,14 @@ def foreign_nad(live: Mapping[str, Any], cluster_path: str | None) -> tuple[str,
     return owner, (f"NAD {name} on the cluster belongs to {owner!r}, not to the controller ({why}); "
                    "it is left untouched: choose another name, or have its owner delete it")
 
+
+
+def refuse_foreign(live: Mapping[str, Any] | None, cluster_path: str | None) -> None:
+    """`NotOurs` naming the owner when `live` (a NAD found on the cluster, None: there is none) is
+    not the controller's: what every apply and delete checks first, by a GET or in a LIST."""
+    foreign = foreign_nad(live, cluster_path) if live is not None else None
+    if foreign is not None:
+        raise NotOurs(foreign[1], owner=foreign[0])
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}

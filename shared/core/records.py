@@ -9,9 +9,10 @@ keeps its module constants (`decisions.READY`) as aliases of these members.
 `ClusterWorkflow` is a cluster's workflow record as typed values, `NadRecord` a NAD's (its applied
 part `AppliedNad` and its last request `LastRequest`, once each), `FleetRollout` the fleet's
 bundle rollout (`rollouts/current`: its `Wave`s, its `RolloutCluster`s, the `BundleOptions` it
-rolls out and back); only the store adapter turns them into Firestore documents and back (its
-`CLUSTER_FIELDS`, `NAD_FIELDS` and `ROLLOUT_FIELDS` tables), so the documents people read in the
-console keep their camelCase shape (docs/FIRESTORE.md).
+rolls out and back), `LedgerEntry` a handled event (with the `LedgerNote` of a NAD request); only
+the store adapter turns them into Firestore documents and back (its `CLUSTER_FIELDS`, `NAD_FIELDS`,
+`ROLLOUT_FIELDS` and `LEDGER_NOTE_FIELDS` tables), so the documents people read in the console
+keep their camelCase shape (docs/FIRESTORE.md).
 """
 
 from __future__ import annotations

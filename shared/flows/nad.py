@@ -56,9 +56,9 @@ from shared.ports import NadVersion
 A = TypeVar("A")
 B = TypeVar("B")
 
-# What the NAD decisions read of the other NADs (`NadRecord` attributes; namespace and name are the id).
-# What the overlap and limit checks read of the other NADs: of the applied part and of a claim in
-# flight only their master and range (`footprints`), not their digests, ids and times.
+# What the overlap and limit checks read of the other NADs (`NadRecord` attributes; namespace and
+# name are the id): of the applied part and of a claim in flight only their master and range
+# (`footprints`), not their digests, ids and times.
 NAD_DECISION_FIELDS = ("state", "master", "range", "claim_order", "claim_refused", "applied.range", "applied.master",
                        "claim.range", "claim.master")
 # A claim is abandoned, not slow, once it is this many leases old (see `apply_pending`).
